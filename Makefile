@@ -1,0 +1,46 @@
+# Tether: every target sets itself up on a fresh machine (Python >= 3.11 and make).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DATA   ?= .tether/dev
+LISTEN ?= 127.0.0.1:8420
+
+.PHONY: run test lint fmt bench clean lock
+
+$(STAMP): requirements/dev.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Tether needs Python >= 3.11")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+## run: set up, initialise a dev data dir if missing, start Tether with a narrated example
+run: $(STAMP)
+	$(BIN)/tether demo --data-dir $(DATA) --listen $(LISTEN)
+
+## test: set up, lint and type-check, run the whole suite
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+## lint: ruff and mypy --strict on src/
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy src
+
+fmt: $(STAMP)
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+## lock: re-resolve the locked dependencies (needs network to PyPI)
+lock:
+	$(PYTHON) -m pip install --quiet uv
+	$(PYTHON) -m uv pip compile pyproject.toml --python-version 3.11 --generate-hashes -o requirements/runtime.lock
+	$(PYTHON) -m uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -o requirements/dev.lock
+
+clean:
+	rm -rf $(VENV) .tether .pytest_cache .mypy_cache .ruff_cache

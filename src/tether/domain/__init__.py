@@ -1,0 +1,1 @@
+"""Pure data and rules. Nothing in this package does I/O."""

@@ -1,0 +1,100 @@
+"""One exception tree for all of Tether.
+
+Every error Tether raises on purpose derives from :class:`TetherError`. Foreign
+errors (driver, crypto, HTTP) are turned into one of these at the boundary where
+they occur, so that callers only ever handle this tree::
+
+    TetherError
+    ├── InvalidInputError        bad input: a path, a value, a field        (422)
+    ├── NotFoundError            no such secret, operator, version          (404)
+    ├── ConflictError            a concurrent or check-and-set write lost   (409)
+    ├── AuthenticationError      no or unknown credentials                  (401)
+    ├── PermissionDeniedError    authenticated, but not allowed             (403)
+    ├── SealedError              the barrier holds no keys                  (503)
+    ├── CryptoError              a key or ciphertext is unusable
+    │   ├── DecryptionError      opaque: wrong key, tampered or swapped data
+    │   └── KeyProviderError     the root key cannot be obtained
+    ├── StorageError             the store failed; driver errors are wrapped (503)
+    │   └── StorageUnavailableError   the store cannot be reached
+    └── ConfigError              settings are missing, malformed or out of bounds
+
+Messages never contain secret values. :class:`DecryptionError` deliberately says
+the same thing for every cause so that it is no oracle.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigError",
+    "ConflictError",
+    "CryptoError",
+    "DecryptionError",
+    "InvalidInputError",
+    "KeyProviderError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "SealedError",
+    "StorageError",
+    "StorageUnavailableError",
+    "TetherError",
+]
+
+
+class TetherError(Exception):
+    """Base of every error Tether raises on purpose."""
+
+
+class InvalidInputError(TetherError):
+    """Input failed validation; the message says which field and why."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class NotFoundError(TetherError):
+    """The named thing does not exist (or is hidden from the caller)."""
+
+
+class ConflictError(TetherError):
+    """A write conflicted with another write or with an expected version."""
+
+
+class AuthenticationError(TetherError):
+    """Credentials are absent, malformed, unknown or revoked."""
+
+
+class PermissionDeniedError(TetherError):
+    """The caller is authenticated but not allowed to do this."""
+
+
+class SealedError(TetherError):
+    """The barrier is sealed: no secret can be read or written."""
+
+
+class CryptoError(TetherError):
+    """A key or ciphertext cannot be used."""
+
+
+class DecryptionError(CryptoError):
+    """Decryption failed: wrong key, tampered, truncated or swapped ciphertext."""
+
+    def __init__(self, message: str = "decryption failed: wrong key or corrupted data") -> None:
+        super().__init__(message)
+
+
+class KeyProviderError(CryptoError):
+    """The key provider could not produce a usable root key."""
+
+
+class StorageError(TetherError):
+    """The store failed. Driver exceptions are chained, never exposed."""
+
+
+class StorageUnavailableError(StorageError):
+    """The store cannot be reached or opened."""
+
+
+class ConfigError(TetherError):
+    """A setting is missing, malformed or out of bounds."""

@@ -1,0 +1,366 @@
+"""One SQLAlchemy Core implementation of :class:`~tether.store.base.Storage`.
+
+The SQLite and PostgreSQL backends differ only in how they connect (see
+``tether.store.sqlite`` and ``tether.store.postgres``); the queries are the same.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tether.crypto.envelope import EncryptedValue
+from tether.domain.operators import OperatorRecord, Role
+from tether.domain.secrets import SecretMetadata, SecretRecord, SecretVersionInfo, Sensitivity
+from tether.errors import ConflictError, StorageError, StorageUnavailableError, TetherError
+from tether.store import schema as t
+from tether.store.base import StoredValue, VersionConflictError
+
+__all__ = ["SQLStorage", "from_us", "to_us"]
+
+
+def to_us(value: datetime) -> int:
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1_000_000, tz=UTC)
+
+
+def _like_escape(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class SQLStorage:
+    """Storage on a SQLAlchemy async engine."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        backend: str,
+        migrate_hook: Callable[[AsyncConnection], Any] | None = None,
+        unavailable_hint: str = "",
+    ) -> None:
+        self._engine = engine
+        self.backend = backend
+        self._migrate_hook = migrate_hook
+        self._hint = unavailable_hint
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _translate(self, exc: SQLAlchemyError) -> StorageError:
+        if isinstance(exc, InterfaceError | OperationalError) or (
+            isinstance(exc, DBAPIError) and exc.connection_invalidated
+        ):
+            detail = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
+            return StorageUnavailableError(f"{self.backend} store unavailable{self._hint}: {detail}")
+        return StorageError(f"{self.backend} store error: {type(exc).__name__}")
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self._engine.begin() as conn:
+                yield conn
+        except TetherError:
+            raise
+        except SQLAlchemyError as exc:
+            raise self._translate(exc) from exc
+        except OSError as exc:  # connection refused and friends, raised by the driver
+            raise StorageUnavailableError(
+                f"{self.backend} store unavailable{self._hint}: {exc.strerror or exc}"
+            ) from exc
+
+    async def migrate(self) -> None:
+        from tether.store.migrations import upgrade
+
+        async with self._tx() as conn:
+            if self._migrate_hook is not None:
+                await self._migrate_hook(conn)
+            await conn.run_sync(upgrade)
+
+    async def ping(self) -> None:
+        async with self._tx() as conn:
+            await conn.execute(select(1))
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    # -- meta ---------------------------------------------------------------------------
+    async def get_meta(self, key: str) -> bytes | None:
+        async with self._tx() as conn:
+            row = (await conn.execute(select(t.meta.c.value).where(t.meta.c.key == key))).first()
+        return None if row is None else bytes(row[0])
+
+    async def put_meta(self, key: str, value: bytes, *, expected: bytes | None) -> None:
+        try:
+            async with self._tx() as conn:
+                if expected is None:
+                    await conn.execute(t.meta.insert().values(key=key, value=value))
+                    return
+                result = await conn.execute(
+                    update(t.meta).where(and_(t.meta.c.key == key, t.meta.c.value == expected)).values(value=value)
+                )
+                if result.rowcount != 1:
+                    raise ConflictError(f"meta {key!r} changed concurrently")
+        except StorageError as exc:
+            if isinstance(exc.__cause__, IntegrityError):
+                raise ConflictError(f"meta {key!r} already exists") from None
+            raise
+
+    # -- secrets ------------------------------------------------------------------------
+    @staticmethod
+    def _secret(row: Any, versions: tuple[SecretVersionInfo, ...] = ()) -> SecretRecord:
+        return SecretRecord(
+            path=row.path,
+            metadata=SecretMetadata(
+                sensitivity=Sensitivity(row.sensitivity),
+                purposes=frozenset(json.loads(row.purposes)),
+                destinations=frozenset(json.loads(row.destinations)),
+                owner=row.owner,
+                rotation_period_seconds=row.rotation_period_seconds,
+            ),
+            current_version=row.current_version,
+            created_at=from_us(row.created_at_us),
+            updated_at=from_us(row.updated_at_us),
+            deleted_at=None if row.deleted_at_us is None else from_us(row.deleted_at_us),
+            versions=versions,
+        )
+
+    async def get_secret(
+        self, path: str, *, include_deleted: bool = False, with_versions: bool = False
+    ) -> SecretRecord | None:
+        async with self._tx() as conn:
+            query = select(t.secrets).where(t.secrets.c.path == path)
+            if not include_deleted:
+                query = query.where(t.secrets.c.deleted_at_us.is_(None))
+            row = (await conn.execute(query)).first()
+            if row is None:
+                return None
+            versions: tuple[SecretVersionInfo, ...] = ()
+            if with_versions:
+                v = t.secret_versions.c
+                rows = await conn.execute(
+                    select(v.version, v.created_at_us, v.created_by, v.kek_version)
+                    .where(v.path == path)
+                    .order_by(v.version)
+                )
+                versions = tuple(
+                    SecretVersionInfo(r.version, from_us(r.created_at_us), r.created_by, r.kek_version)
+                    for r in rows
+                )
+        return self._secret(row, versions)
+
+    async def list_secrets(
+        self, prefix: str, *, include_deleted: bool = False, after: str | None = None, limit: int = 100
+    ) -> list[SecretRecord]:
+        c = t.secrets.c
+        query = select(t.secrets).order_by(c.path).limit(limit)
+        if prefix:
+            query = query.where(c.path.like(_like_escape(prefix) + "%", escape="\\"))
+        if after is not None:
+            query = query.where(c.path > after)
+        if not include_deleted:
+            query = query.where(c.deleted_at_us.is_(None))
+        async with self._tx() as conn:
+            rows = (await conn.execute(query)).all()
+        return [self._secret(row) for row in rows]
+
+    async def append_secret_version(
+        self,
+        path: str,
+        value: EncryptedValue,
+        *,
+        expected_version: int,
+        metadata: SecretMetadata | None,
+        actor: str,
+        now: datetime,
+    ) -> SecretRecord:
+        now_us = to_us(now)
+        new_version = expected_version + 1
+        meta_values: dict[str, Any] = {}
+        if metadata is not None:
+            meta_values = {
+                "sensitivity": int(metadata.sensitivity),
+                "purposes": json.dumps(sorted(metadata.purposes)),
+                "destinations": json.dumps(sorted(metadata.destinations)),
+                "owner": metadata.owner,
+                "rotation_period_seconds": metadata.rotation_period_seconds,
+            }
+        try:
+            async with self._tx() as conn:
+                c = t.secrets.c
+                if expected_version == 0:
+                    if metadata is None:
+                        raise StorageError("a new secret needs metadata")
+                    await conn.execute(
+                        t.secrets.insert().values(
+                            path=path,
+                            current_version=1,
+                            created_at_us=now_us,
+                            updated_at_us=now_us,
+                            deleted_at_us=None,
+                            **meta_values,
+                        )
+                    )
+                else:
+                    result = await conn.execute(
+                        update(t.secrets)
+                        .where(and_(c.path == path, c.current_version == expected_version))
+                        .values(current_version=new_version, updated_at_us=now_us, deleted_at_us=None, **meta_values)
+                    )
+                    if result.rowcount != 1:
+                        actual = (
+                            await conn.execute(select(c.current_version).where(c.path == path))
+                        ).scalar_one_or_none()
+                        raise VersionConflictError(path, expected_version, actual)
+                await conn.execute(
+                    t.secret_versions.insert().values(
+                        path=path,
+                        version=new_version,
+                        kek_version=value.kek_version,
+                        wrapped_dek=value.wrapped_dek,
+                        ciphertext=value.ciphertext,
+                        created_at_us=now_us,
+                        created_by=actor,
+                    )
+                )
+                row = (await conn.execute(select(t.secrets).where(c.path == path))).one()
+        except StorageError as exc:
+            if isinstance(exc.__cause__, IntegrityError):
+                raise VersionConflictError(path, expected_version, None) from None
+            raise
+        return self._secret(row)
+
+    async def read_secret_value(self, path: str, version: int | None = None) -> StoredValue | None:
+        s, v = t.secrets.c, t.secret_versions.c
+        query = (
+            select(v.version, v.kek_version, v.wrapped_dek, v.ciphertext)
+            .join_from(t.secret_versions, t.secrets, v.path == s.path)
+            .where(and_(s.path == path, s.deleted_at_us.is_(None)))
+        )
+        query = query.where(v.version == (s.current_version if version is None else version))
+        async with self._tx() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        return StoredValue(
+            path, row.version, EncryptedValue(row.kek_version, bytes(row.wrapped_dek), bytes(row.ciphertext))
+        )
+
+    async def delete_secret(self, path: str, *, now: datetime) -> bool:
+        c = t.secrets.c
+        async with self._tx() as conn:
+            result = await conn.execute(
+                update(t.secrets)
+                .where(and_(c.path == path, c.deleted_at_us.is_(None)))
+                .values(deleted_at_us=to_us(now))
+            )
+        return bool(result.rowcount == 1)
+
+    async def values_wrapped_below(self, kek_version: int, *, limit: int) -> list[StoredValue]:
+        v = t.secret_versions.c
+        async with self._tx() as conn:
+            rows = await conn.execute(
+                select(v.path, v.version, v.kek_version, v.wrapped_dek, v.ciphertext)
+                .where(v.kek_version < kek_version)
+                .order_by(v.path, v.version)
+                .limit(limit)
+            )
+            return [
+                StoredValue(
+                    r.path, r.version, EncryptedValue(r.kek_version, bytes(r.wrapped_dek), bytes(r.ciphertext))
+                )
+                for r in rows
+            ]
+
+    async def replace_wrapped_keys(self, updates: Sequence[tuple[StoredValue, EncryptedValue]]) -> int:
+        v = t.secret_versions.c
+        changed = 0
+        async with self._tx() as conn:
+            for old, new in updates:
+                if new.ciphertext != old.value.ciphertext:
+                    raise StorageError("rewrap must not change a value's ciphertext")
+                result = await conn.execute(
+                    update(t.secret_versions)
+                    .where(
+                        and_(
+                            v.path == old.path,
+                            v.version == old.version,
+                            v.kek_version == old.value.kek_version,
+                            v.wrapped_dek == old.value.wrapped_dek,
+                        )
+                    )
+                    .values(kek_version=new.kek_version, wrapped_dek=new.wrapped_dek)
+                )
+                changed += result.rowcount
+        return changed
+
+    # -- operators ----------------------------------------------------------------------
+    @staticmethod
+    def _operator(row: Any) -> OperatorRecord:
+        return OperatorRecord(
+            id=row.id,
+            name=row.name,
+            role=Role(row.role),
+            token_hash=bytes(row.token_hash),
+            created_at=from_us(row.created_at_us),
+            created_by=row.created_by,
+            revoked_at=None if row.revoked_at_us is None else from_us(row.revoked_at_us),
+        )
+
+    async def create_operator(self, operator: OperatorRecord) -> None:
+        try:
+            async with self._tx() as conn:
+                await conn.execute(
+                    t.operators.insert().values(
+                        id=operator.id,
+                        name=operator.name,
+                        role=operator.role.value,
+                        token_hash=operator.token_hash,
+                        created_at_us=to_us(operator.created_at),
+                        created_by=operator.created_by,
+                        revoked_at_us=None if operator.revoked_at is None else to_us(operator.revoked_at),
+                    )
+                )
+        except StorageError as exc:
+            if isinstance(exc.__cause__, IntegrityError):
+                raise ConflictError(f"an operator named {operator.name!r} already exists") from None
+            raise
+
+    async def operator_by_token_hash(self, token_hash: bytes) -> OperatorRecord | None:
+        async with self._tx() as conn:
+            row = (await conn.execute(select(t.operators).where(t.operators.c.token_hash == token_hash))).first()
+        return None if row is None else self._operator(row)
+
+    async def get_operator(self, operator_id: str) -> OperatorRecord | None:
+        async with self._tx() as conn:
+            row = (await conn.execute(select(t.operators).where(t.operators.c.id == operator_id))).first()
+        return None if row is None else self._operator(row)
+
+    async def list_operators(self) -> list[OperatorRecord]:
+        async with self._tx() as conn:
+            rows = (await conn.execute(select(t.operators).order_by(t.operators.c.created_at_us))).all()
+        return [self._operator(row) for row in rows]
+
+    async def revoke_operator(self, operator_id: str, *, now: datetime) -> bool:
+        c = t.operators.c
+        async with self._tx() as conn:
+            result = await conn.execute(
+                update(t.operators)
+                .where(and_(c.id == operator_id, c.revoked_at_us.is_(None)))
+                .values(revoked_at_us=to_us(now))
+            )
+        return bool(result.rowcount == 1)
+
+    async def count_rows(self, table: str) -> int:
+        """For tests and health: how many rows a table holds."""
+        async with self._tx() as conn:
+            return int((await conn.execute(select(func.count()).select_from(t.metadata.tables[table]))).scalar_one())

@@ -1,0 +1,127 @@
+"""The storage protocol.
+
+Storage is untrusted: it only ever sees ciphertext for secret values (see
+``tether.crypto``), token hashes for operators, and metadata. Implementations
+turn their driver's errors into :class:`~tether.errors.StorageError` (or
+:class:`~tether.errors.StorageUnavailableError` when the store cannot be reached)
+and never let a driver exception escape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from tether.crypto.envelope import EncryptedValue
+from tether.domain.operators import OperatorRecord
+from tether.domain.secrets import SecretMetadata, SecretRecord
+from tether.errors import ConflictError
+
+__all__ = ["StoredValue", "Storage", "VersionConflictError"]
+
+
+class VersionConflictError(ConflictError):
+    """The secret's current version is not the one the writer expected."""
+
+    def __init__(self, path: str, expected: int, actual: int | None) -> None:
+        super().__init__(
+            f"secret {path!r} is at version {actual if actual is not None else 0}, not {expected}"
+        )
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+
+
+@dataclass(frozen=True, slots=True)
+class StoredValue:
+    """One encrypted secret version as the store holds it."""
+
+    path: str
+    version: int
+    value: EncryptedValue
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """What Tether needs from a database. Every method is one transaction."""
+
+    backend: str
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest version (idempotent)."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise :class:`StorageUnavailableError` unless the store answers."""
+        ...
+
+    async def close(self) -> None: ...
+
+    # -- small named blobs (the keyring, deployment settings) ------------------------
+    async def get_meta(self, key: str) -> bytes | None: ...
+
+    async def put_meta(self, key: str, value: bytes, *, expected: bytes | None) -> None:
+        """Write ``value`` if the current value equals ``expected`` (``None``: absent), else
+        raise :class:`ConflictError`."""
+        ...
+
+    # -- secrets -----------------------------------------------------------------------
+    async def get_secret(
+        self, path: str, *, include_deleted: bool = False, with_versions: bool = False
+    ) -> SecretRecord | None: ...
+
+    async def list_secrets(
+        self, prefix: str, *, include_deleted: bool = False, after: str | None = None, limit: int = 100
+    ) -> list[SecretRecord]:
+        """Secrets whose path starts with ``prefix``, ordered by path, after ``after``."""
+        ...
+
+    async def append_secret_version(
+        self,
+        path: str,
+        value: EncryptedValue,
+        *,
+        expected_version: int,
+        metadata: SecretMetadata | None,
+        actor: str,
+        now: datetime,
+    ) -> SecretRecord:
+        """Add version ``expected_version + 1``. ``expected_version`` 0 creates the secret
+        (``metadata`` required); otherwise ``metadata`` None keeps the current metadata. A
+        soft-deleted secret comes back. Raises :class:`VersionConflictError` if another
+        writer got there first."""
+        ...
+
+    async def read_secret_value(self, path: str, version: int | None = None) -> StoredValue | None:
+        """The encrypted value of ``version`` (the current one if None) of a live secret."""
+        ...
+
+    async def delete_secret(self, path: str, *, now: datetime) -> bool:
+        """Soft delete: hidden from reads; versions are kept. False if absent or deleted."""
+        ...
+
+    async def values_wrapped_below(self, kek_version: int, *, limit: int) -> list[StoredValue]:
+        """Encrypted values whose data key is wrapped by a KEK older than ``kek_version``."""
+        ...
+
+    async def replace_wrapped_keys(self, updates: Sequence[tuple[StoredValue, EncryptedValue]]) -> int:
+        """Store rewrapped data keys, each only if the row still holds the old wrap.
+        Returns how many rows changed. The ciphertext never changes."""
+        ...
+
+    # -- operators ---------------------------------------------------------------------
+    async def create_operator(self, operator: OperatorRecord) -> None:
+        """Raise :class:`ConflictError` if the name or id is taken."""
+        ...
+
+    async def operator_by_token_hash(self, token_hash: bytes) -> OperatorRecord | None: ...
+
+    async def get_operator(self, operator_id: str) -> OperatorRecord | None: ...
+
+    async def list_operators(self) -> list[OperatorRecord]: ...
+
+    async def revoke_operator(self, operator_id: str, *, now: datetime) -> bool:
+        """False if absent or already revoked."""
+        ...

@@ -1,0 +1,36 @@
+"""The embedded default: SQLite in WAL mode, one file under the data dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from tether.store._sql import SQLStorage
+
+__all__ = ["open_sqlite"]
+
+
+def open_sqlite(path: Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000) -> SQLStorage:
+    """Storage in the SQLite file at ``path`` (created on first migration)."""
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}", pool_size=4, max_overflow=4)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the driver so that every transaction starts with
+        # BEGIN IMMEDIATE: writers queue on busy_timeout instead of failing on upgrade.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return SQLStorage(engine, backend="sqlite", unavailable_hint=f" at {path}")
