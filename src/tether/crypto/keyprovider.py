@@ -72,9 +72,7 @@ def _read_key_file(path: Path) -> bytes:
     except OSError as exc:
         raise KeyProviderError(f"root key file {path} cannot be read: {exc.strerror}") from None
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyProviderError(
-            f"root key file {path} is readable by group or others; run: chmod 600 {path}"
-        )
+        raise KeyProviderError(f"root key file {path} is readable by group or others; run: chmod 600 {path}")
     return decode_root_key(path.read_text(encoding="ascii", errors="replace"), str(path))
 
 

@@ -71,7 +71,11 @@ def encode_keyring(keyring: Keyring, root_key: bytes) -> bytes:
     """Serialise and encrypt the keyring under the root key."""
     body = json.dumps(
         [
-            {"version": k.version, "key": base64.b64encode(k.key).decode(), "created_at": k.created_at.isoformat()}
+            {
+                "version": k.version,
+                "key": base64.b64encode(k.key).decode(),
+                "created_at": k.created_at.isoformat(),
+            }
             for k in keyring.keks
         ]
     ).encode()

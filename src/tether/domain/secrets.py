@@ -99,7 +99,9 @@ def validate_prefix(prefix: str) -> str:
     return prefix
 
 
-def validate_name_set(values: frozenset[str] | set[str] | list[str] | tuple[str, ...], what: str) -> frozenset[str]:
+def validate_name_set(
+    values: frozenset[str] | set[str] | list[str] | tuple[str, ...], what: str
+) -> frozenset[str]:
     """Validate a set of short lowercase names (purposes, destinations)."""
     result = frozenset(values)
     if len(result) > MAX_SET_SIZE:

@@ -106,7 +106,9 @@ class SQLStorage:
                     await conn.execute(t.meta.insert().values(key=key, value=value))
                     return
                 result = await conn.execute(
-                    update(t.meta).where(and_(t.meta.c.key == key, t.meta.c.value == expected)).values(value=value)
+                    update(t.meta)
+                    .where(and_(t.meta.c.key == key, t.meta.c.value == expected))
+                    .values(value=value)
                 )
                 if result.rowcount != 1:
                     raise ConflictError(f"meta {key!r} changed concurrently")
@@ -214,7 +216,12 @@ class SQLStorage:
                     result = await conn.execute(
                         update(t.secrets)
                         .where(and_(c.path == path, c.current_version == expected_version))
-                        .values(current_version=new_version, updated_at_us=now_us, deleted_at_us=None, **meta_values)
+                        .values(
+                            current_version=new_version,
+                            updated_at_us=now_us,
+                            deleted_at_us=None,
+                            **meta_values,
+                        )
                     )
                     if result.rowcount != 1:
                         actual = (
@@ -276,7 +283,9 @@ class SQLStorage:
             )
             return [
                 StoredValue(
-                    r.path, r.version, EncryptedValue(r.kek_version, bytes(r.wrapped_dek), bytes(r.ciphertext))
+                    r.path,
+                    r.version,
+                    EncryptedValue(r.kek_version, bytes(r.wrapped_dek), bytes(r.ciphertext)),
                 )
                 for r in rows
             ]
@@ -337,7 +346,9 @@ class SQLStorage:
 
     async def operator_by_token_hash(self, token_hash: bytes) -> OperatorRecord | None:
         async with self._tx() as conn:
-            row = (await conn.execute(select(t.operators).where(t.operators.c.token_hash == token_hash))).first()
+            row = (
+                await conn.execute(select(t.operators).where(t.operators.c.token_hash == token_hash))
+            ).first()
         return None if row is None else self._operator(row)
 
     async def get_operator(self, operator_id: str) -> OperatorRecord | None:
@@ -363,4 +374,6 @@ class SQLStorage:
     async def count_rows(self, table: str) -> int:
         """For tests and health: how many rows a table holds."""
         async with self._tx() as conn:
-            return int((await conn.execute(select(func.count()).select_from(t.metadata.tables[table]))).scalar_one())
+            return int(
+                (await conn.execute(select(func.count()).select_from(t.metadata.tables[table]))).scalar_one()
+            )

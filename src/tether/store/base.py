@@ -19,7 +19,7 @@ from tether.domain.operators import OperatorRecord
 from tether.domain.secrets import SecretMetadata, SecretRecord
 from tether.errors import ConflictError
 
-__all__ = ["StoredValue", "Storage", "VersionConflictError"]
+__all__ = ["Storage", "StoredValue", "VersionConflictError"]
 
 
 class VersionConflictError(ConflictError):

@@ -37,7 +37,11 @@ def open_postgres(dsn: str, *, schema: str | None = None, pool_size: int = 10) -
             raise ConfigError(f"PostgreSQL schema name {schema!r} is not a plain lowercase identifier")
         connect_args["server_settings"] = {"search_path": schema}
     engine = create_async_engine(
-        _asyncpg_url(dsn), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, connect_args=connect_args
+        _asyncpg_url(dsn),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args=connect_args,
     )
 
     async def create_schema(conn: AsyncConnection) -> None:

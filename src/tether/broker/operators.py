@@ -1,0 +1,70 @@
+"""Operators: bootstrap, create, authenticate, list, revoke."""
+
+from __future__ import annotations
+
+from tether.broker.access import require
+from tether.clock import Clock
+from tether.domain.operators import OperatorRecord, Permission, Role, validate_operator_name
+from tether.errors import AuthenticationError, ConflictError, NotFoundError
+from tether.identity.operators import hash_token, new_operator_id, new_token, parse_token
+from tether.store.base import Storage
+
+__all__ = ["ROOT_OPERATOR", "OperatorService"]
+
+ROOT_OPERATOR = "root"
+
+
+class OperatorService:
+    def __init__(self, storage: Storage, clock: Clock) -> None:
+        self._storage = storage
+        self._clock = clock
+
+    async def _create(self, name: str, role: Role, created_by: str) -> tuple[OperatorRecord, str]:
+        token = new_token()
+        record = OperatorRecord(
+            id=new_operator_id(),
+            name=validate_operator_name(name),
+            role=role,
+            token_hash=hash_token(token),
+            created_at=self._clock.now(),
+            created_by=created_by,
+        )
+        await self._storage.create_operator(record)
+        return record, token
+
+    async def bootstrap(self) -> tuple[OperatorRecord, str]:
+        """Create the first admin. Refused once any operator exists."""
+        if await self._storage.list_operators():
+            raise ConflictError("this store is already initialised: it has operators")
+        return await self._create(ROOT_OPERATOR, Role.ADMIN, created_by="tether init")
+
+    async def create(self, actor: OperatorRecord, name: str, role: Role) -> tuple[OperatorRecord, str]:
+        """A new operator and its token, which is returned here and never again."""
+        require(actor, Permission.OPERATOR_MANAGE)
+        return await self._create(name, role, created_by=actor.name)
+
+    async def authenticate(self, token: str) -> OperatorRecord:
+        record = await self._storage.operator_by_token_hash(hash_token(parse_token(token)))
+        if record is None or not record.active:
+            raise AuthenticationError("unknown or revoked operator token")
+        return record
+
+    async def list(self, actor: OperatorRecord) -> list[OperatorRecord]:
+        require(actor, Permission.OPERATOR_MANAGE)
+        return await self._storage.list_operators()
+
+    async def revoke(self, actor: OperatorRecord, name_or_id: str) -> OperatorRecord:
+        """Revoke by name or id. The last active admin cannot be revoked (no lockout)."""
+        require(actor, Permission.OPERATOR_MANAGE)
+        operators = await self._storage.list_operators()
+        target = next((op for op in operators if name_or_id in (op.id, op.name)), None)
+        if target is None or not target.active:
+            raise NotFoundError(f"no active operator {name_or_id!r}")
+        admins = [op for op in operators if op.active and op.role is Role.ADMIN]
+        if target.role is Role.ADMIN and len(admins) == 1:
+            raise ConflictError("refusing to revoke the last active admin")
+        if not await self._storage.revoke_operator(target.id, now=self._clock.now()):
+            raise NotFoundError(f"no active operator {name_or_id!r}")
+        revoked = await self._storage.get_operator(target.id)
+        assert revoked is not None
+        return revoked

@@ -1,0 +1,160 @@
+"""Secret administration: write, rotate, read metadata, list, delete.
+
+Values are write-only here. The only way to a value is :meth:`SecretService.read_value`,
+which is for the broker's activation path, never for operators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tether.broker.access import require
+from tether.broker.keys import KeyService
+from tether.clock import Clock
+from tether.crypto.barrier import Barrier
+from tether.domain.operators import OperatorRecord, Permission
+from tether.domain.secrets import SecretMetadata, SecretRecord, validate_path, validate_prefix
+from tether.errors import ConflictError, InvalidInputError, NotFoundError, SealedError
+from tether.store.base import Storage, VersionConflictError
+
+__all__ = ["SecretPage", "SecretService"]
+
+_WRITE_ATTEMPTS = 8
+MAX_LIST_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SecretPage:
+    items: list[SecretRecord]
+    next_after: str | None
+
+
+class SecretService:
+    def __init__(
+        self, storage: Storage, barrier: Barrier, keys: KeyService, clock: Clock, *, max_value_bytes: int
+    ) -> None:
+        self._storage = storage
+        self._barrier = barrier
+        self._keys = keys
+        self._clock = clock
+        self._max_value_bytes = max_value_bytes
+
+    def _check_unsealed(self) -> None:
+        if self._barrier.sealed:
+            raise SealedError("Tether is sealed: secret operations are unavailable until it is unsealed")
+
+    def _encode(self, value: str | bytes) -> bytes:
+        data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        if not data:
+            raise InvalidInputError("secret value is empty", field="value")
+        if len(data) > self._max_value_bytes:
+            raise InvalidInputError(
+                f"secret value is {len(data)} bytes; the limit is {self._max_value_bytes}", field="value"
+            )
+        return data
+
+    async def put(
+        self,
+        actor: OperatorRecord,
+        path: str,
+        value: str | bytes,
+        metadata: SecretMetadata,
+        *,
+        cas: int | None = None,
+    ) -> SecretRecord:
+        """Write a new version with ``metadata``. ``cas``: the version the writer expects to be
+        current (0: the secret must not exist); a mismatch is a :class:`ConflictError`. Without
+        ``cas``, concurrent writes each become a version: none is lost."""
+        require(actor, Permission.SECRET_WRITE)
+        validate_path(path)
+        if cas is not None and cas < 0:
+            raise InvalidInputError("cas must be 0 or a positive version", field="cas")
+        data = self._encode(value)
+        self._check_unsealed()
+        return await self._append(actor, path, data, metadata, cas=cas, must_exist=False)
+
+    async def rotate(self, actor: OperatorRecord, path: str, value: str | bytes) -> SecretRecord:
+        """A new version of an existing secret; metadata is kept."""
+        require(actor, Permission.SECRET_WRITE)
+        validate_path(path)
+        data = self._encode(value)
+        self._check_unsealed()
+        return await self._append(actor, path, data, None, cas=None, must_exist=True)
+
+    async def _append(
+        self,
+        actor: OperatorRecord,
+        path: str,
+        data: bytes,
+        metadata: SecretMetadata | None,
+        *,
+        cas: int | None,
+        must_exist: bool,
+    ) -> SecretRecord:
+        for _ in range(_WRITE_ATTEMPTS):
+            current = await self._storage.get_secret(path, include_deleted=True)
+            live = current is not None and not current.deleted
+            if must_exist and not live:
+                raise NotFoundError(f"secret {path!r} does not exist")
+            if cas is not None and cas != (current.current_version if live and current else 0):
+                raise ConflictError(
+                    f"secret {path!r} is at version {current.current_version if live and current else 0}, "
+                    f"not {cas}"
+                )
+            expected = current.current_version if current is not None else 0
+            encrypted = self._barrier.encrypt(path, expected + 1, data)
+            try:
+                return await self._storage.append_secret_version(
+                    path,
+                    encrypted,
+                    expected_version=expected,
+                    metadata=metadata,
+                    actor=actor.name,
+                    now=self._clock.now(),
+                )
+            except VersionConflictError:
+                if cas is not None:
+                    raise
+        raise ConflictError(f"secret {path!r} is being written concurrently; try again")
+
+    async def show(self, actor: OperatorRecord, path: str) -> SecretRecord:
+        require(actor, Permission.SECRET_READ_METADATA)
+        validate_path(path)
+        self._check_unsealed()
+        record = await self._storage.get_secret(path, with_versions=True)
+        if record is None:
+            raise NotFoundError(f"secret {path!r} does not exist")
+        return record
+
+    async def list(
+        self, actor: OperatorRecord, prefix: str = "", *, after: str | None = None, limit: int = 100
+    ) -> SecretPage:
+        require(actor, Permission.SECRET_READ_METADATA)
+        validate_prefix(prefix)
+        if after is not None:
+            validate_path(after)
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidInputError(f"limit must be between 1 and {MAX_LIST_LIMIT}", field="limit")
+        self._check_unsealed()
+        items = await self._storage.list_secrets(prefix, after=after, limit=limit + 1)
+        more = len(items) > limit
+        items = items[:limit]
+        return SecretPage(items=items, next_after=items[-1].path if more else None)
+
+    async def delete(self, actor: OperatorRecord, path: str) -> None:
+        require(actor, Permission.SECRET_DELETE)
+        validate_path(path)
+        self._check_unsealed()
+        if not await self._storage.delete_secret(path, now=self._clock.now()):
+            raise NotFoundError(f"secret {path!r} does not exist")
+
+    async def read_value(self, path: str, version: int | None = None) -> tuple[int, bytes]:
+        """Decrypt a live secret's value. For the broker's activation path only: callers must
+        have decided, and recorded, that this use is allowed."""
+        validate_path(path)
+        self._check_unsealed()
+        stored = await self._storage.read_secret_value(path, version)
+        if stored is None:
+            raise NotFoundError(f"secret {path!r} does not exist")
+        await self._keys.ensure_kek(stored.value.kek_version)
+        return stored.version, self._barrier.decrypt(path, stored.version, stored.value)

@@ -1,0 +1,132 @@
+"""Settings: read from ``<data dir>/tether.toml``, overridden by ``TETHER_*`` environment variables.
+
+Settings are frozen and checked when built; units are in the names.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from tether.crypto.keyprovider import EnvKeyProvider, FileKeyProvider, KeyProvider, UnsafeDevKeyProvider
+from tether.errors import ConfigError
+
+__all__ = ["CONFIG_FILE", "DEFAULT_LISTEN", "Settings", "parse_listen"]
+
+CONFIG_FILE = "tether.toml"
+DEFAULT_LISTEN = "127.0.0.1:8420"
+KEY_PROVIDERS = ("unsafe-dev", "env", "file")
+_TRUST_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+_ENV = {
+    "database_url": "TETHER_DATABASE_URL",
+    "pg_schema": "TETHER_PG_SCHEMA",
+    "key_provider": "TETHER_KEY_PROVIDER",
+    "root_key_file": "TETHER_ROOT_KEY_FILE",
+    "trust_domain": "TETHER_TRUST_DOMAIN",
+    "node_id": "TETHER_NODE_ID",
+    "max_secret_bytes": "TETHER_MAX_SECRET_BYTES",
+}
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` → (host, port), with the port checked."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not (0 < int(port_text) < 65536):
+        raise ConfigError(f"listen address {value!r} must be host:port, e.g. {DEFAULT_LISTEN}")
+    return host.strip("[]"), int(port_text)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a Tether node needs to start."""
+
+    data_dir: Path
+    database_url: str = ""
+    pg_schema: str | None = None
+    key_provider: str = "unsafe-dev"
+    root_key_file: Path | None = None
+    trust_domain: str = "tether.local"
+    node_id: str = "node-1"
+    max_secret_bytes: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'tether.db'}")
+        if not self.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ConfigError("database_url must start with sqlite:/// or postgresql://")
+        if self.key_provider not in KEY_PROVIDERS:
+            raise ConfigError(f"key_provider must be one of {', '.join(KEY_PROVIDERS)}")
+        if self.key_provider == "file" and self.root_key_file is None:
+            raise ConfigError("key_provider 'file' needs root_key_file (or TETHER_ROOT_KEY_FILE)")
+        if not _TRUST_DOMAIN.fullmatch(self.trust_domain):
+            raise ConfigError(f"trust_domain {self.trust_domain!r} is not a lowercase DNS name")
+        if not (1 <= self.max_secret_bytes <= 1024 * 1024):
+            raise ConfigError("max_secret_bytes must be between 1 and 1048576")
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / CONFIG_FILE
+
+    @property
+    def backend(self) -> str:
+        return "sqlite" if self.database_url.startswith("sqlite:") else "postgresql"
+
+    def key_provider_instance(self) -> KeyProvider:
+        if self.key_provider == "env":
+            return EnvKeyProvider()
+        if self.key_provider == "file":
+            assert self.root_key_file is not None  # checked in __post_init__
+            return FileKeyProvider(self.root_key_file)
+        return UnsafeDevKeyProvider(self.data_dir / "dev-root.key")
+
+    @classmethod
+    def load(cls, data_dir: Path, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then the data dir's ``tether.toml``, then the environment, then ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        path = data_dir / CONFIG_FILE
+        if path.exists():
+            try:
+                values.update(tomllib.loads(path.read_text(encoding="utf-8")))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        for name, variable in _ENV.items():
+            if env.get(variable):
+                values[name] = env[variable]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in fields(cls)} - {"data_dir"}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        try:
+            if "root_key_file" in values:
+                values["root_key_file"] = Path(values["root_key_file"])
+            if "max_secret_bytes" in values:
+                values["max_secret_bytes"] = int(values["max_secret_bytes"])
+        except (TypeError, ValueError):
+            raise ConfigError("max_secret_bytes must be an integer") from None
+        for name in ("database_url", "pg_schema", "key_provider", "trust_domain", "node_id"):
+            if name in values and not isinstance(values[name], str):
+                raise ConfigError(f"{name} must be a string")
+        return cls(data_dir=data_dir, **values)
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def to_toml(self) -> str:
+        """The settings worth persisting, as TOML (strings and integers only)."""
+        lines = ["# Tether settings; TETHER_* environment variables override these."]
+        for name in ("database_url", "pg_schema", "key_provider", "root_key_file", "trust_domain", "node_id"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(f'{name} = "{text}"')
+        lines.append(f"max_secret_bytes = {self.max_secret_bytes}")
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Who is calling: operators (bearer tokens) now; agents (keys, DPoP) later."""
