@@ -1,0 +1,113 @@
+"""The FastAPI application: thin routers over the broker."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tether import __version__
+from tether.api import routes_operators, routes_secrets, routes_sys
+from tether.api.metrics import Metrics
+from tether.api.problems import Problem, install_problem_handlers, problem_response
+from tether.broker import Broker
+
+__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "create_app"]
+
+DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
+
+
+class _BodyLimit:
+    """Refuse request bodies over a bound, whether or not Content-Length is declared."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
+                response = problem_response(
+                    413,
+                    "payload-too-large",
+                    "Request body too large",
+                    f"the limit is {self.max_bytes} bytes",
+                )
+                await response(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise Problem(
+                        413,
+                        "payload-too-large",
+                        "Request body too large",
+                        f"the limit is {self.max_bytes} bytes",
+                    )
+            return message
+
+        await self.app(scope, limited, send)
+
+
+class _Measure:
+    """Count and time requests by route template (never by raw path)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route: Any = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(scope["method"], template, str(status)).inc()
+            self.metrics.latency.labels(template).observe(time.perf_counter() - start)
+
+
+def create_app(broker: Broker, *, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> FastAPI:
+    """An app serving ``broker``. The caller starts and closes the broker."""
+    app = FastAPI(
+        title="Tether",
+        version=__version__,
+        summary="Secret-governance broker for AI agents",
+        description=(
+            "Operators administer secrets (write-only values), operators and keys. Every error is "
+            "`application/problem+json` (RFC 9457) with a stable `type`."
+        ),
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.broker = broker
+    metrics = Metrics()
+    app.state.metrics = metrics
+    install_problem_handlers(app)
+    app.include_router(routes_sys.router)
+    app.include_router(routes_operators.router)
+    app.include_router(routes_secrets.router)
+    app.add_middleware(_BodyLimit, max_bytes=max_request_bytes)
+    app.add_middleware(_Measure, metrics=metrics)
+    return app

@@ -1,0 +1,65 @@
+"""Run a node: start the broker, then serve HTTP until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import uvicorn
+
+from tether.api.app import create_app
+from tether.broker import Broker
+from tether.config import Settings
+
+__all__ = ["serve", "serve_broker"]
+
+log = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _is_loopback(host: str) -> bool:
+    return host in {"127.0.0.1", "::1", "localhost"} or host.startswith("127.")
+
+
+async def serve_broker(
+    broker: Broker, host: str, port: int, *, started: asyncio.Event | None = None, access_log: bool = True
+) -> None:
+    """Serve an already started ``broker`` until the server is told to stop."""
+    if not _is_loopback(host):
+        log.warning("listening on %s: Tether serves plain HTTP; put TLS in front of it", host)
+    config = uvicorn.Config(
+        create_app(broker),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=access_log,
+        server_header=False,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    if started is not None:
+
+        async def _notify() -> None:
+            while not server.started:
+                await asyncio.sleep(0.02)
+            started.set()
+
+        notifier = asyncio.create_task(_notify())
+        try:
+            await server.serve()
+        finally:
+            notifier.cancel()
+    else:
+        await server.serve()
+
+
+async def serve(settings: Settings, host: str, port: int) -> None:
+    """Start a broker from ``settings`` (migrate, unseal) and serve it. Storage errors propagate."""
+    broker = Broker.from_settings(settings)
+    try:
+        await broker.start()
+        log.info("Tether %s on http://%s:%d (storage: %s)", settings.node_id, host, port, settings.backend)
+        await serve_broker(broker, host, port)
+    finally:
+        await broker.close()

@@ -1,0 +1,52 @@
+"""Fixtures for the HTTP API: a real broker on SQLite (and PostgreSQL where configured)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tether.api import create_app
+from tether.broker import Broker
+from tether.config import Settings
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    settings = Settings(data_dir=tmp_path)
+    node = Broker.from_settings(settings)
+    result = await node.init()
+    node.root_token = result.root_token  # type: ignore[attr-defined]
+    yield node
+    await node.close()
+
+
+@pytest.fixture
+def root_token(broker: Broker) -> str:
+    token: str = broker.root_token  # type: ignore[attr-defined]
+    return token
+
+
+@pytest.fixture
+async def client(broker: Broker) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(broker)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://tether.test") as http:
+        yield http
+
+
+@pytest.fixture
+def admin(root_token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {root_token}"}
+
+
+@pytest.fixture
+async def make_operator(client: httpx.AsyncClient, admin: dict[str, str]):  # type: ignore[no-untyped-def]
+    async def make(name: str, role: str) -> dict[str, str]:
+        response = await client.post("/v1/operators", json={"name": name, "role": role}, headers=admin)
+        assert response.status_code == 201, response.text
+        return {"Authorization": f"Bearer {response.json()['token']}"}
+
+    return make
