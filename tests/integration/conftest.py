@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from tether.api import create_app
 from tether.broker import Broker
 from tether.config import Settings
 
 
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    settings = Settings(data_dir=tmp_path)
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Broker]:
+    """A freshly initialised node on SQLite, and on PostgreSQL (own schema) when configured."""
+    schema = None
+    if request.param == "postgresql":
+        dsn = os.environ.get("TETHER_TEST_PG_DSN")
+        if not dsn:
+            pytest.skip("TETHER_TEST_PG_DSN is not set; PostgreSQL tests skipped")
+        schema = "t_api_" + secrets.token_hex(6)
+        settings = Settings(data_dir=tmp_path, database_url=dsn, pg_schema=schema)
+    else:
+        settings = Settings(data_dir=tmp_path)
     node = Broker.from_settings(settings)
     result = await node.init()
     node.root_token = result.root_token  # type: ignore[attr-defined]
     yield node
+    if schema is not None:
+        async with node.storage._engine.begin() as conn:  # type: ignore[attr-defined]
+            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     await node.close()
 
 

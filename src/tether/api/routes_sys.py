@@ -11,9 +11,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tether import __version__
 from tether.api.deps import BrokerDep, OperatorDep
 from tether.api.models import Health, KeyStatus, KeyVersionOut, RotationOut, SealStatus, Unseal
+from tether.api.problems import Problem
 from tether.broker.access import require
 from tether.domain.operators import Permission
-from tether.errors import InvalidInputError, StorageError
+from tether.errors import DecryptionError, InvalidInputError, StorageError
 
 router = APIRouter()
 
@@ -61,7 +62,12 @@ async def unseal(
             raise InvalidInputError("root_key is not valid base64", field="root_key") from None
         if len(key) != 32:
             raise InvalidInputError("root_key must be 32 bytes, base64-encoded", field="root_key")
-    await broker.keys.unseal(key)
+    try:
+        await broker.keys.unseal(key)
+    except DecryptionError:
+        raise Problem(
+            400, "unseal-failed", "Unseal failed", "this root key does not open the store's keyring"
+        ) from None
     request.app.state.metrics.sealed.set(0)
     return SealStatus(sealed=False)
 

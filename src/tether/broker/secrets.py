@@ -6,6 +6,8 @@ which is for the broker's activation path, never for operators.
 
 from __future__ import annotations
 
+import asyncio
+import random
 from dataclasses import dataclass
 
 from tether.broker.access import require
@@ -19,7 +21,9 @@ from tether.store.base import Storage, VersionConflictError
 
 __all__ = ["SecretPage", "SecretService"]
 
-_WRITE_ATTEMPTS = 8
+# Optimistic concurrency: each round of a write race has one winner, so N racing writers
+# need up to N rounds. Past this many, the writer gets a clean 409 rather than waiting on.
+_WRITE_ATTEMPTS = 32
 MAX_LIST_LIMIT = 1000
 
 
@@ -91,7 +95,7 @@ class SecretService:
         cas: int | None,
         must_exist: bool,
     ) -> SecretRecord:
-        for _ in range(_WRITE_ATTEMPTS):
+        for attempt in range(_WRITE_ATTEMPTS):
             current = await self._storage.get_secret(path, include_deleted=True)
             live = current is not None and not current.deleted
             if must_exist and not live:
@@ -115,6 +119,7 @@ class SecretService:
             except VersionConflictError:
                 if cas is not None:
                     raise
+                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # noqa: S311 - jitter, not crypto
         raise ConflictError(f"secret {path!r} is being written concurrently; try again")
 
     async def show(self, actor: OperatorRecord, path: str) -> SecretRecord:
