@@ -57,7 +57,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         if not self.database_url:
-            object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'tether.db'}")
+            object.__setattr__(self, "database_url", self._default_database_url())
         if not self.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ConfigError("database_url must start with sqlite:/// or postgresql://")
         if self.key_provider not in KEY_PROVIDERS:
@@ -68,6 +68,9 @@ class Settings:
             raise ConfigError(f"trust_domain {self.trust_domain!r} is not a lowercase DNS name")
         if not (1 <= self.max_secret_bytes <= 1024 * 1024):
             raise ConfigError("max_secret_bytes must be between 1 and 1048576")
+
+    def _default_database_url(self) -> str:
+        return f"sqlite:///{self.data_dir / 'tether.db'}"
 
     @property
     def config_path(self) -> Path:
@@ -124,8 +127,8 @@ class Settings:
         lines = ["# Tether settings; TETHER_* environment variables override these."]
         for name in ("database_url", "pg_schema", "key_provider", "root_key_file", "trust_domain", "node_id"):
             value = getattr(self, name)
-            if value is None:
-                continue
+            if value is None or (name == "database_url" and value == self._default_database_url()):
+                continue  # the default follows the data dir, so the dir can move
             text = str(value).replace("\\", "\\\\").replace('"', '\\"')
             lines.append(f'{name} = "{text}"')
         lines.append(f"max_secret_bytes = {self.max_secret_bytes}")
