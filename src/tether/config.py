@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from tether.crypto.keyprovider import EnvKeyProvider, FileKeyProvider, KeyProvider, UnsafeDevKeyProvider
 from tether.errors import ConfigError
@@ -22,6 +23,8 @@ CONFIG_FILE = "tether.toml"
 DEFAULT_LISTEN = "127.0.0.1:8420"
 KEY_PROVIDERS = ("unsafe-dev", "env", "file")
 _TRUST_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+_DIGITS = re.compile(r"[0-9]{1,9}")
 
 _ENV = {
     "database_url": "TETHER_DATABASE_URL",
@@ -34,10 +37,27 @@ _ENV = {
 }
 
 
+def _integer(name: str, value: object) -> int:
+    """An integer from TOML (int, not bool or float) or the environment (ASCII digits)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        return int(value)
+    raise ConfigError(f"{name} must be an integer")
+
+
+def _redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     """``host:port`` → (host, port), with the port checked."""
     host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not (0 < int(port_text) < 65536):
+    if not sep or not host or not _DIGITS.fullmatch(port_text) or not (0 < int(port_text) < 65536):
         raise ConfigError(f"listen address {value!r} must be host:port, e.g. {DEFAULT_LISTEN}")
     return host.strip("[]"), int(port_text)
 
@@ -68,6 +88,14 @@ class Settings:
             raise ConfigError(f"trust_domain {self.trust_domain!r} is not a lowercase DNS name")
         if not (1 <= self.max_secret_bytes <= 1024 * 1024):
             raise ConfigError("max_secret_bytes must be between 1 and 1048576")
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{f.name}={_redact_url(v) if f.name == 'database_url' else v!r}"
+            for f in fields(self)
+            if (v := getattr(self, f.name)) is not None
+        )
+        return f"Settings({shown})"
 
     def _default_database_url(self) -> str:
         return f"sqlite:///{self.data_dir / 'tether.db'}"
@@ -107,13 +135,12 @@ class Settings:
         unknown = set(values) - known
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        try:
-            if "root_key_file" in values:
-                values["root_key_file"] = Path(values["root_key_file"])
-            if "max_secret_bytes" in values:
-                values["max_secret_bytes"] = int(values["max_secret_bytes"])
-        except (TypeError, ValueError):
-            raise ConfigError("max_secret_bytes must be an integer") from None
+        if "root_key_file" in values:
+            if not isinstance(values["root_key_file"], str | Path):
+                raise ConfigError("root_key_file must be a path string")
+            values["root_key_file"] = Path(values["root_key_file"])
+        if "max_secret_bytes" in values:
+            values["max_secret_bytes"] = _integer("max_secret_bytes", values["max_secret_bytes"])
         for name in ("database_url", "pg_schema", "key_provider", "trust_domain", "node_id"):
             if name in values and not isinstance(values[name], str):
                 raise ConfigError(f"{name} must be a string")
