@@ -457,3 +457,20 @@ async def test_metrics_count_requests_by_route_template(
     assert 'route="/v1/secrets/{path:path}"' in response.text
     assert "secret-path-name" not in response.text
     assert "tether_secret_writes_total" in response.text
+
+
+async def test_malformed_json_names_the_body(client: httpx.AsyncClient, admin: dict[str, str]) -> None:
+    response = await client.put(
+        "/v1/secrets/ok/path", content=b'{"value": ', headers={**admin, "content-type": "application/json"}
+    )
+    body = assert_problem(response, 422, "invalid-input")
+    assert body["errors"][0]["field"] == "body"
+
+
+async def test_non_numeric_content_length_is_400(client: httpx.AsyncClient, admin: dict[str, str]) -> None:
+    response = await client.put(
+        "/v1/secrets/ok/path",
+        content=b'{"value": "v"}',
+        headers={**admin, "content-type": "application/json", "content-length": "abc"},
+    )
+    assert_problem(response, 400, "bad-request")

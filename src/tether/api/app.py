@@ -31,15 +31,20 @@ class _BodyLimit:
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", ()):
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
+            if name != b"content-length":
+                continue
+            if not value.isdigit():
                 response = problem_response(
-                    413,
-                    "payload-too-large",
-                    "Request body too large",
-                    f"the limit is {self.max_bytes} bytes",
+                    400, "bad-request", "Bad request", "Content-Length is not a number"
                 )
-                await response(scope, receive, send)
-                return
+            elif int(value) > self.max_bytes:
+                response = problem_response(
+                    413, "payload-too-large", "Request body too large", f"the limit is {self.max_bytes} bytes"
+                )
+            else:
+                break
+            await response(scope, receive, send)
+            return
         seen = 0
 
         async def limited() -> Message:

@@ -119,7 +119,11 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         # Never echo the offending input: it may be a secret value.
         details = [
-            {"field": _loc(tuple(e.get("loc", ()))), "message": str(e.get("msg", ""))} for e in exc.errors()
+            {
+                "field": "body" if e.get("type") == "json_invalid" else _loc(tuple(e.get("loc", ()))),
+                "message": str(e.get("msg", "")),
+            }
+            for e in exc.errors()
         ]
         detail = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
         return problem_response(422, "invalid-input", "Invalid input", detail, errors=details)
