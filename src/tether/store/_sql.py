@@ -6,6 +6,7 @@ The SQLite and PostgreSQL backends differ only in how they connect (see
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -17,11 +18,26 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tether.crypto.envelope import EncryptedValue
+from tether.domain.events import (
+    GENESIS_HASH,
+    Event,
+    MalformedEventError,
+    event_body_json,
+    event_from_body,
+    time_us,
+)
 from tether.domain.operators import OperatorRecord, Role
 from tether.domain.secrets import SecretMetadata, SecretRecord, SecretVersionInfo, Sensitivity
 from tether.errors import ConflictError, StorageError, StorageUnavailableError, TetherError
 from tether.store import schema as t
-from tether.store.base import StoredValue, VersionConflictError
+from tether.store.base import (
+    AuditConflictError,
+    AuditCorruptionError,
+    StoredAuditRow,
+    StoredCheckpoint,
+    StoredValue,
+    VersionConflictError,
+)
 
 __all__ = ["SQLStorage", "from_us", "to_us"]
 
@@ -377,3 +393,184 @@ class SQLStorage:
             return int(
                 (await conn.execute(select(func.count()).select_from(t.metadata.tables[table]))).scalar_one()
             )
+
+    # -- audit ----------------------------------------------------------------------------
+    async def append_audit_events(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        for before, after in itertools.pairwise(events):
+            if after.seq != before.seq + 1 or after.prev_hash != before.hash:
+                raise StorageError("an audit batch must be one contiguous run of the chain")
+        first = events[0]
+        rows = [
+            {
+                "seq": e.seq,
+                "time_us": e.time_us,
+                "kind": e.kind,
+                "actor_id": e.actor.id,
+                "task_id": e.task_id,
+                "resource": e.resource,
+                "allowed": e.allowed,
+                "body": event_body_json(e),
+                "hash": e.hash,
+            }
+            for e in events
+        ]
+        c = t.audit_events.c
+        try:
+            async with self._tx() as conn:
+                # The primary key stops two writers taking one seq; this read also stops a
+                # writer whose idea of the head is stale from forking the chain.
+                if first.seq == 1:
+                    linked = first.prev_hash == GENESIS_HASH
+                else:
+                    previous = (
+                        await conn.execute(select(c.hash).where(c.seq == first.seq - 1))
+                    ).scalar_one_or_none()
+                    linked = previous is not None and bytes(previous) == first.prev_hash
+                if not linked:
+                    raise AuditConflictError(f"audit event {first.seq} does not continue the stored chain")
+                await conn.execute(t.audit_events.insert(), rows)
+        except StorageError as exc:
+            if isinstance(exc.__cause__, IntegrityError):
+                raise AuditConflictError(
+                    f"audit seq {first.seq}..{events[-1].seq} was taken by another writer"
+                ) from None
+            raise
+
+    async def audit_head(self) -> tuple[int, bytes] | None:
+        c = t.audit_events.c
+        async with self._tx() as conn:
+            row = (await conn.execute(select(c.seq, c.hash).order_by(c.seq.desc()).limit(1))).first()
+        return None if row is None else (int(row.seq), bytes(row.hash))
+
+    @staticmethod
+    def _audit_event(row: Any) -> Event:
+        try:
+            event = event_from_body(row.body, bytes(row.hash))
+        except MalformedEventError as exc:
+            raise AuditCorruptionError(int(row.seq), f"unreadable body: {exc}") from None
+        index = (row.seq, row.time_us, row.kind, row.actor_id, row.task_id, row.resource, row.allowed)
+        implied = (
+            event.seq,
+            event.time_us,
+            event.kind,
+            event.actor.id,
+            event.task_id,
+            event.resource,
+            event.allowed,
+        )
+        if index != implied:
+            # Queries filter on these columns: an index that lies could hide events.
+            raise AuditCorruptionError(int(row.seq), "index columns disagree with the event body")
+        return event
+
+    async def read_audit_events(
+        self,
+        *,
+        after_seq: int = 0,
+        limit: int,
+        kind: str | None = None,
+        actor: str | None = None,
+        task_id: str | None = None,
+        resource: str | None = None,
+        allowed: bool | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[Event]:
+        if limit < 1:
+            raise StorageError("limit must be at least 1")
+        c = t.audit_events.c
+        query = select(t.audit_events).where(c.seq > after_seq).order_by(c.seq).limit(limit)
+        if kind is not None:
+            if kind.endswith(".*"):
+                query = query.where(c.kind.like(_like_escape(kind[:-1]) + "%", escape="\\"))
+            else:
+                query = query.where(c.kind == kind)
+        if actor is not None:
+            query = query.where(c.actor_id == actor)
+        if task_id is not None:
+            query = query.where(c.task_id == task_id)
+        if resource is not None:
+            query = query.where(c.resource == resource)
+        if allowed is not None:
+            query = query.where(c.allowed.is_(allowed))
+        if since is not None:
+            query = query.where(c.time_us >= time_us(since))
+        if until is not None:
+            query = query.where(c.time_us < time_us(until))
+        async with self._tx() as conn:
+            rows = (await conn.execute(query)).all()
+        return [self._audit_event(row) for row in rows]
+
+    async def read_audit_rows(self, *, after_seq: int = 0, limit: int) -> list[StoredAuditRow]:
+        if limit < 1:
+            raise StorageError("limit must be at least 1")
+        c = t.audit_events.c
+        async with self._tx() as conn:
+            rows = (
+                await conn.execute(
+                    select(t.audit_events).where(c.seq > after_seq).order_by(c.seq).limit(limit)
+                )
+            ).all()
+        return [
+            StoredAuditRow(
+                seq=int(r.seq),
+                time_us=int(r.time_us),
+                kind=r.kind,
+                actor_id=r.actor_id,
+                task_id=r.task_id,
+                resource=r.resource,
+                allowed=r.allowed,
+                body=r.body,
+                hash=bytes(r.hash),
+            )
+            for r in rows
+        ]
+
+    async def put_audit_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
+        try:
+            async with self._tx() as conn:
+                await conn.execute(
+                    t.audit_checkpoints.insert().values(
+                        seq=checkpoint.seq,
+                        time_us=checkpoint.time_us,
+                        head_hash=checkpoint.head_hash,
+                        key_id=checkpoint.key_id,
+                        signature=checkpoint.signature,
+                        body=checkpoint.body,
+                    )
+                )
+        except StorageError as exc:
+            if isinstance(exc.__cause__, IntegrityError):
+                raise ConflictError(f"an audit checkpoint at seq {checkpoint.seq} exists") from None
+            raise
+
+    @staticmethod
+    def _checkpoint(row: Any) -> StoredCheckpoint:
+        return StoredCheckpoint(
+            seq=int(row.seq),
+            time_us=int(row.time_us),
+            head_hash=bytes(row.head_hash),
+            key_id=row.key_id,
+            signature=bytes(row.signature),
+            body=row.body,
+        )
+
+    async def list_audit_checkpoints(
+        self, *, after_seq: int = 0, limit: int = 1000
+    ) -> list[StoredCheckpoint]:
+        c = t.audit_checkpoints.c
+        async with self._tx() as conn:
+            rows = (
+                await conn.execute(
+                    select(t.audit_checkpoints).where(c.seq > after_seq).order_by(c.seq).limit(limit)
+                )
+            ).all()
+        return [self._checkpoint(row) for row in rows]
+
+    async def latest_audit_checkpoint(self) -> StoredCheckpoint | None:
+        c = t.audit_checkpoints.c
+        async with self._tx() as conn:
+            row = (await conn.execute(select(t.audit_checkpoints).order_by(c.seq.desc()).limit(1))).first()
+        return None if row is None else self._checkpoint(row)

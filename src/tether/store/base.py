@@ -15,11 +15,20 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from tether.crypto.envelope import EncryptedValue
+from tether.domain.events import Event
 from tether.domain.operators import OperatorRecord
 from tether.domain.secrets import SecretMetadata, SecretRecord
-from tether.errors import ConflictError
+from tether.errors import ConflictError, StorageError
 
-__all__ = ["Storage", "StoredValue", "VersionConflictError"]
+__all__ = [
+    "AuditConflictError",
+    "AuditCorruptionError",
+    "Storage",
+    "StoredAuditRow",
+    "StoredCheckpoint",
+    "StoredValue",
+    "VersionConflictError",
+]
 
 
 class VersionConflictError(ConflictError):
@@ -32,6 +41,51 @@ class VersionConflictError(ConflictError):
         self.path = path
         self.expected = expected
         self.actual = actual
+
+
+class AuditConflictError(ConflictError):
+    """Another writer (another node) appended at these sequence numbers first, or the batch
+    does not continue the stored head. Reload the head and rebuild the batch."""
+
+
+class AuditCorruptionError(StorageError):
+    """A stored audit row cannot be read back as the event it claims to be (tampering or
+    corruption); ``tether audit verify`` says where and how."""
+
+    def __init__(self, seq: int, detail: str) -> None:
+        super().__init__(f"audit event at seq {seq} is corrupt ({detail}); run `tether audit verify`")
+        self.seq = seq
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAuditRow:
+    """One ``audit_events`` row exactly as stored, for verification (nothing parsed or trusted).
+
+    ``body`` is the event's canonical JSON; the other columns are an index derived from it.
+    """
+
+    seq: int
+    time_us: int
+    kind: str
+    actor_id: str
+    task_id: str | None
+    resource: str | None
+    allowed: bool | None
+    body: str
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    """One signed checkpoint of the audit chain head; ``body`` is its full JSON form."""
+
+    seq: int
+    time_us: int
+    head_hash: bytes
+    key_id: str
+    signature: bytes
+    body: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,3 +179,49 @@ class Storage(Protocol):
     async def revoke_operator(self, operator_id: str, *, now: datetime) -> bool:
         """False if absent or already revoked."""
         ...
+
+    # -- audit (append-only; see tether.audit) ---------------------------------------------
+    async def append_audit_events(self, events: Sequence[Event]) -> None:
+        """Append a contiguous run of chained events in one transaction. Raises
+        :class:`AuditConflictError` if any sequence number is taken or the first event does
+        not link to the stored event before it (a concurrent append from another node)."""
+        ...
+
+    async def audit_head(self) -> tuple[int, bytes] | None:
+        """``(seq, hash)`` of the newest event, or None if the log is empty."""
+        ...
+
+    async def read_audit_events(
+        self,
+        *,
+        after_seq: int = 0,
+        limit: int,
+        kind: str | None = None,
+        actor: str | None = None,
+        task_id: str | None = None,
+        resource: str | None = None,
+        allowed: bool | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[Event]:
+        """Events with seq > ``after_seq`` matching every given filter, ordered by seq, at most
+        ``limit``. ``kind`` ending in ``.*`` matches a prefix (``approval.*``); ``actor`` is
+        the actor id; ``since`` is inclusive, ``until`` exclusive. A row that does not match
+        its own body raises :class:`AuditCorruptionError`."""
+        ...
+
+    async def read_audit_rows(self, *, after_seq: int = 0, limit: int) -> list[StoredAuditRow]:
+        """Raw rows with seq > ``after_seq`` in seq order, for verification."""
+        ...
+
+    async def put_audit_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
+        """Keep a checkpoint; :class:`ConflictError` if one exists at that seq."""
+        ...
+
+    async def list_audit_checkpoints(
+        self, *, after_seq: int = 0, limit: int = 1000
+    ) -> list[StoredCheckpoint]:
+        """Checkpoints with seq > ``after_seq``, oldest first."""
+        ...
+
+    async def latest_audit_checkpoint(self) -> StoredCheckpoint | None: ...

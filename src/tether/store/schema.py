@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     ForeignKeyConstraint,
     Index,
@@ -63,4 +64,40 @@ operators = Table(
     Column("created_at_us", BigInteger, nullable=False),
     Column("created_by", String(128), nullable=False),
     Column("revoked_at_us", BigInteger, nullable=True),
+)
+
+# Audit: append-only. ``body`` is the event's canonical JSON (what the hash covers); the
+# other columns are an index derived from it, for queries. On SQLite the key is INTEGER
+# so that it is the rowid (no second b-tree for the primary key).
+_SEQ = BigInteger().with_variant(Integer(), "sqlite")
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", _SEQ, primary_key=True, autoincrement=False),
+    Column("time_us", BigInteger, nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("actor_id", String(256), nullable=False),
+    Column("task_id", String(256), nullable=True),
+    Column("resource", String(512), nullable=True),
+    Column("allowed", Boolean, nullable=True),
+    Column("body", Text, nullable=False),
+    Column("hash", LargeBinary, nullable=False),
+    # (column, seq): filtered queries page by seq without sorting.
+    Index("ix_audit_events_kind", "kind", "seq"),
+    Index("ix_audit_events_task", "task_id", "seq"),
+    Index("ix_audit_events_actor", "actor_id", "seq"),
+    Index("ix_audit_events_resource", "resource", "seq"),
+    Index("ix_audit_events_time", "time_us"),
+)
+
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("seq", _SEQ, primary_key=True, autoincrement=False),
+    Column("time_us", BigInteger, nullable=False),
+    Column("head_hash", LargeBinary, nullable=False),
+    Column("key_id", String(128), nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+    Column("body", Text, nullable=False),
 )

@@ -1,0 +1,630 @@
+"""Audit events and their hash chain: pure data, canonical encoding, hashing, fingerprints.
+
+Nothing here does I/O; ``tether.audit`` appends, stores, exports and verifies.
+
+Canonical encoding
+------------------
+An event's *body* is a JSON object holding every field except ``hash``::
+
+    {"v": 1, "seq": 7, "prev_hash": "<64 hex>", "time_us": 1767225600000000, "node": "node-1",
+     "kind": "decision", "actor": {"type": "agent", "id": "spiffe://acme.test/agent/bot"},
+     "resource": "secret:prod/github/token", "task_id": "...", "chain": ["..."],
+     "decision": {"allowed": false, "policies": ["deny-restricted"], "missing": ["approval"]},
+     "reason": "...", "request_id": "...", "data": {...}}
+
+Optional fields are omitted when they hold their default (None, empty, ""), so the body
+of an event is one exact byte string. It is encoded as RFC 8785 (JCS): for the values
+allowed here — strings, integers of at most 53 bits, booleans, null, arrays and objects
+whose keys are ASCII — ``json.dumps(obj, sort_keys=True, separators=(",", ":"),
+ensure_ascii=False)`` encoded as UTF-8 *is* JCS. Floats (whose JCS form Python does not
+produce), NaN, non-string keys, non-ASCII keys (JCS sorts by UTF-16 code units, Python by
+code points) and lone surrogates are refused when an event is built, so the encoding is
+always exact and any JCS implementation reproduces it.
+
+Hash chain
+----------
+``hash = SHA-256(prev_hash ‖ canonical_json(body))`` where ``prev_hash`` is the previous
+event's 32-byte hash (32 zero bytes for event 1) and also appears, hex, in the body.
+Sequence numbers start at 1 and increase by exactly 1.
+
+Sensitive values
+----------------
+No secret value, token or key ever goes into an event. Where an event must name one
+(so that an operator can later find its uses), it carries
+``"hmac-sha256:" + hex(HMAC-SHA256(audit key, value))`` from a :class:`Fingerprinter`
+keyed per deployment. Wrap such values in :class:`Sensitive` when recording: the audit
+log fingerprints them before the event exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, TypeAlias
+
+from tether.errors import InvalidInputError
+
+__all__ = [
+    "EVENT_FORMAT_VERSION",
+    "EVENT_KINDS",
+    "FINGERPRINT_PREFIX",
+    "GENESIS_HASH",
+    "HASH_BYTES",
+    "Actor",
+    "ActorType",
+    "DecisionSummary",
+    "Event",
+    "EventDraft",
+    "Fingerprinter",
+    "JsonValue",
+    "MalformedEventError",
+    "Sensitive",
+    "canonical_json",
+    "compute_hash",
+    "contains_sensitive",
+    "event_body",
+    "event_body_json",
+    "event_from_body",
+    "event_from_json",
+    "event_to_json",
+    "from_time_us",
+    "parse_json_object",
+    "seal_event",
+    "time_us",
+]
+
+JsonValue: TypeAlias = "str | int | bool | list[JsonValue] | dict[str, JsonValue] | None"
+
+EVENT_FORMAT_VERSION = 1
+HASH_BYTES = 32
+GENESIS_HASH = bytes(HASH_BYTES)
+FINGERPRINT_PREFIX = "hmac-sha256:"
+
+#: The event vocabulary: kind → what it records. Unknown kinds are refused, so that every
+#: kind an auditor can meet is documented here (docs/audit.md renders this table).
+EVENT_KINDS: Mapping[str, str] = MappingProxyType(
+    {
+        "auth.token": "an agent obtained (or was refused) an access token",
+        "task.open": "an agent opened a task (intent declared)",
+        "task.update": "a task's context changed and was re-evaluated",
+        "task.end": "a task completed, failed, expired or was revoked",
+        "decision": "one policy evaluation: allow or deny, the determining policies, what is missing",
+        "grant.issue": "a grant was issued for a task (no secret material)",
+        "grant.activate": "a grant was used: inject, reveal or dynamic",
+        "grant.revoke": "a grant was revoked",
+        "delegation": "an agent handed a narrower sub-task to another agent",
+        "approval.request": "an approval was requested for a task, action and resource",
+        "approval.decide": "an approver approved or denied a request",
+        "secret.write": "an operator wrote a secret (a new version; the value only as a fingerprint)",
+        "secret.rotate": "an operator rotated a secret's value",
+        "secret.delete": "an operator deleted a secret",
+        "policy.deploy": "a policy set version was deployed",
+        "operator.create": "an operator was created",
+        "operator.revoke": "an operator was revoked",
+        "operator.auth_failed": "an operator credential was refused",
+        "sys.init": "the deployment was initialised",
+        "sys.seal": "the node was sealed",
+        "sys.unseal": "the node was unsealed",
+        "sys.keys.rotate": "the key-encryption key was rotated",
+        "audit.checkpoint": "a signed checkpoint of the chain head was taken",
+    }
+)
+
+# Dotted lowercase words; the vocabulary above is the authority, the shape is a sanity net.
+_KIND = re.compile(r"[a-z]+(\.[a-z_]+)*")
+_TEXT = re.compile(r"[^\x00-\x1f\x7f]+")  # one line of printable text
+_RESOURCE = re.compile(r"[a-z_]+:[^\x00-\x1f\x7f]+")
+_DATA_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+MAX_ID_CHARS = 256
+MAX_RESOURCE_CHARS = 512
+MAX_REASON_CHARS = 1024
+MAX_CHAIN = 32
+MAX_NAMES = 64
+MAX_DATA_BYTES = 16 * 1024
+MAX_DATA_DEPTH = 6
+# JCS serialises numbers as IEEE doubles: integers beyond 2**53 would not round-trip.
+MAX_SAFE_INT = 2**53 - 1
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class MalformedEventError(InvalidInputError):
+    """An event (or its JSON form) is not well formed."""
+
+
+def _fail(message: str, field_name: str | None = None) -> MalformedEventError:
+    return MalformedEventError(message, field=field_name)
+
+
+# -- time ---------------------------------------------------------------------------------
+def time_us(value: datetime) -> int:
+    """Microseconds since the Unix epoch, exactly (no float on the way)."""
+    if value.tzinfo is None:
+        raise _fail("event time must be timezone-aware", "time")
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_time_us(value: int) -> datetime:
+    """The aware UTC datetime ``value`` microseconds after the Unix epoch."""
+    return _EPOCH + timedelta(microseconds=value)
+
+
+# -- JSON values and the canonical encoding ----------------------------------------------------
+def _check_text(value: object, name: str, *, max_chars: int, pattern: re.Pattern[str] = _TEXT) -> str:
+    if not isinstance(value, str) or not (0 < len(value) <= max_chars) or not pattern.fullmatch(value):
+        raise _fail(f"{name} must be 1-{max_chars} printable characters", name)
+    _check_encodable(value, name)
+    return value
+
+
+def _check_encodable(value: str, name: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _fail(f"{name} holds an unpaired surrogate", name) from None
+
+
+def _json_copy(value: object, path: str, depth: int) -> JsonValue:
+    """A deep copy of ``value`` if it is a JSON value this format allows; else raise."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+            raise _fail(f"{path}: integers must fit in 53 bits for an exact canonical encoding", "data")
+        return int(value)
+    if isinstance(value, str):
+        _check_encodable(value, path)
+        return str(value)
+    if isinstance(value, float):
+        raise _fail(f"{path}: floats are not allowed in events (use integers or strings)", "data")
+    if depth >= MAX_DATA_DEPTH:
+        raise _fail(f"{path}: nested deeper than {MAX_DATA_DEPTH} levels", "data")
+    if isinstance(value, list | tuple):
+        return [_json_copy(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+    if isinstance(value, Mapping):
+        result: dict[str, JsonValue] = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or not _DATA_KEY.fullmatch(key):
+                raise _fail(f"{path}: keys must be 1-64 ASCII letters, digits, '_', '.', ':' or '-'", "data")
+            result[key] = _json_copy(item, f"{path}.{key}", depth + 1)
+        return result
+    raise _fail(f"{path}: {type(value).__name__} is not a JSON value", "data")
+
+
+def canonical_json(value: Mapping[str, Any]) -> bytes:
+    """The RFC 8785 (JCS) encoding of ``value``, after checking it holds only allowed values."""
+    checked = _json_copy(value, "$", -1)  # -1: the envelope itself does not count as depth
+    return json.dumps(checked, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _encode_trusted(value: Mapping[str, JsonValue]) -> bytes:
+    # For bodies assembled from already-validated parts: skips the second walk.
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+# -- parts of an event --------------------------------------------------------------------------
+class ActorType(StrEnum):
+    AGENT = "agent"
+    OPERATOR = "operator"
+    SYSTEM = "system"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who did it: an agent (SPIFFE ID), an operator (name) or the system (node id)."""
+
+    type: ActorType
+    id: str
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "type", ActorType(self.type))
+        except (ValueError, TypeError):
+            raise _fail("actor type must be agent, operator or system", "actor") from None
+        _check_text(self.id, "actor id", max_chars=MAX_ID_CHARS)
+
+    @classmethod
+    def agent(cls, agent_id: str) -> Actor:
+        return cls(ActorType.AGENT, agent_id)
+
+    @classmethod
+    def operator(cls, name: str) -> Actor:
+        return cls(ActorType.OPERATOR, name)
+
+    @classmethod
+    def system(cls, node_id: str) -> Actor:
+        return cls(ActorType.SYSTEM, node_id)
+
+
+def _names(values: Iterable[str], name: str) -> tuple[str, ...]:
+    if isinstance(values, str):
+        raise _fail(f"{name} must be a list of strings, not a string", name)
+    items = tuple(values)
+    if len(items) > MAX_NAMES:
+        raise _fail(f"{name} holds more than {MAX_NAMES} entries", name)
+    for item in items:
+        _check_text(item, name, max_chars=MAX_ID_CHARS)
+    return items
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionSummary:
+    """What an event says about a policy decision: allowed, determining policies, missing."""
+
+    allowed: bool
+    policies: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.allowed, bool):
+            raise _fail("decision.allowed must be a boolean", "decision")
+        object.__setattr__(self, "policies", _names(self.policies, "decision.policies"))
+        object.__setattr__(self, "missing", _names(self.missing, "decision.missing"))
+
+
+@dataclass(frozen=True, slots=True)
+class Sensitive:
+    """A value that must only ever appear in the audit log as its fingerprint."""
+
+    value: bytes | str
+
+    def __repr__(self) -> str:  # never print the value
+        return "Sensitive(<redacted>)"
+
+
+class Fingerprinter:
+    """HMAC-SHA256 under the deployment's audit key: find uses of a known value, learn nothing
+    about unknown ones."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: bytes) -> None:
+        if not isinstance(key, bytes) or len(key) != 32:
+            raise ValueError("the audit HMAC key must be 32 bytes")
+        self._key = key
+
+    def fingerprint(self, value: bytes | str) -> str:
+        """``"hmac-sha256:" + hex`` of ``value`` (strings are UTF-8 encoded first)."""
+        data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        return FINGERPRINT_PREFIX + hmac.new(self._key, data, hashlib.sha256).hexdigest()
+
+    def redact(self, value: object) -> object:
+        """``value`` with every :class:`Sensitive` inside (dicts, lists) replaced by its fingerprint."""
+        if isinstance(value, Sensitive):
+            return self.fingerprint(value.value)
+        if isinstance(value, Mapping):
+            return {k: self.redact(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.redact(v) for v in value]
+        return value
+
+    def __repr__(self) -> str:
+        return "Fingerprinter(<key>)"
+
+
+def contains_sensitive(value: object) -> bool:
+    """Whether a :class:`Sensitive` value sits anywhere inside ``value`` (dicts, lists)."""
+    if isinstance(value, Sensitive):
+        return True
+    if isinstance(value, Mapping):
+        return any(contains_sensitive(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(contains_sensitive(v) for v in value)
+    return False
+
+
+# -- the event ------------------------------------------------------------------------------
+def _check_kind(kind: object) -> str:
+    if not isinstance(kind, str) or not _KIND.fullmatch(kind):
+        raise _fail("event kind must be dotted lowercase words, e.g. grant.issue", "kind")
+    if kind not in EVENT_KINDS:
+        raise _fail(f"unknown event kind {kind!r}; see tether.domain.events.EVENT_KINDS", "kind")
+    return kind
+
+
+def _check_data(data: object) -> Mapping[str, JsonValue]:
+    if data is None:
+        return MappingProxyType({})
+    if not isinstance(data, Mapping):
+        raise _fail("event data must be a mapping", "data")
+    if contains_sensitive(data):
+        raise _fail("event data holds a Sensitive value: fingerprint it first", "data")
+    copied = _json_copy(data, "data", 0)
+    assert isinstance(copied, dict)
+    if len(_encode_trusted(copied)) > MAX_DATA_BYTES:
+        raise _fail(f"event data exceeds {MAX_DATA_BYTES} bytes", "data")
+    return MappingProxyType(copied)
+
+
+@dataclass(frozen=True, slots=True)
+class EventDraft:
+    """What the caller says happened; the audit log gives it a place in the chain."""
+
+    kind: str
+    actor: Actor
+    resource: str | None = None
+    task_id: str | None = None
+    chain: tuple[str, ...] = ()
+    decision: DecisionSummary | None = None
+    reason: str = ""
+    request_id: str | None = None
+    data: Mapping[str, JsonValue] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        _check_content(self)
+
+
+def _check_content(content: EventDraft | Event) -> None:
+    """The content rules shared by drafts and events (normalises ``chain`` and ``data``)."""
+    _check_kind(content.kind)
+    if not isinstance(content.actor, Actor):
+        raise _fail("actor must be an Actor", "actor")
+    if content.resource is not None:
+        _check_text(content.resource, "resource", max_chars=MAX_RESOURCE_CHARS, pattern=_RESOURCE)
+    if content.task_id is not None:
+        _check_text(content.task_id, "task_id", max_chars=MAX_ID_CHARS)
+    chain = _names(content.chain, "chain")
+    if len(chain) > MAX_CHAIN:
+        raise _fail(f"a delegation chain holds at most {MAX_CHAIN} tasks", "chain")
+    object.__setattr__(content, "chain", chain)
+    if content.decision is not None and not isinstance(content.decision, DecisionSummary):
+        raise _fail("decision must be a DecisionSummary", "decision")
+    if not isinstance(content.reason, str) or len(content.reason) > MAX_REASON_CHARS:
+        raise _fail(f"reason must be a string of at most {MAX_REASON_CHARS} characters", "reason")
+    _check_encodable(content.reason, "reason")
+    if content.request_id is not None:
+        _check_text(content.request_id, "request_id", max_chars=MAX_ID_CHARS)
+    object.__setattr__(content, "data", _check_data(content.data))
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One audit record in the chain. Built by :func:`seal_event` or parsed by
+    :func:`event_from_json`; a parsed event's ``hash`` is what was stored, and is checked
+    by verification, not here."""
+
+    seq: int
+    time: datetime
+    node_id: str
+    kind: str
+    actor: Actor
+    prev_hash: bytes
+    hash: bytes
+    resource: str | None = None
+    task_id: str | None = None
+    chain: tuple[str, ...] = ()
+    decision: DecisionSummary | None = None
+    reason: str = ""
+    request_id: str | None = None
+    data: Mapping[str, JsonValue] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seq, int) or isinstance(self.seq, bool) or not 1 <= self.seq <= MAX_SAFE_INT:
+            raise _fail("seq must be a positive integer", "seq")
+        if not isinstance(self.time, datetime) or self.time.tzinfo is None:
+            raise _fail("event time must be an aware datetime", "time")
+        object.__setattr__(self, "time", self.time.astimezone(UTC))
+        _check_text(self.node_id, "node", max_chars=MAX_ID_CHARS)
+        for name in ("prev_hash", "hash"):
+            value = getattr(self, name)
+            if not isinstance(value, bytes) or len(value) != HASH_BYTES:
+                raise _fail(f"{name} must be {HASH_BYTES} bytes", name)
+        _check_content(self)
+
+    @property
+    def time_us(self) -> int:
+        return time_us(self.time)
+
+    @property
+    def allowed(self) -> bool | None:
+        return None if self.decision is None else self.decision.allowed
+
+    def computed_hash(self) -> bytes:
+        """The hash this event's content implies (compare with :attr:`hash`)."""
+        return compute_hash(self.prev_hash, event_body_json(self).encode("utf-8"))
+
+
+def compute_hash(prev_hash: bytes, body: bytes) -> bytes:
+    """``SHA-256(prev_hash ‖ body)`` where ``body`` is the canonical JSON of the event body."""
+    return hashlib.sha256(prev_hash + body).digest()
+
+
+def _body(
+    *,
+    seq: int,
+    prev_hash: bytes,
+    time_value: int,
+    node_id: str,
+    draft: EventDraft | Event,
+) -> dict[str, JsonValue]:
+    body: dict[str, JsonValue] = {
+        "v": EVENT_FORMAT_VERSION,
+        "seq": seq,
+        "prev_hash": prev_hash.hex(),
+        "time_us": time_value,
+        "node": node_id,
+        "kind": draft.kind,
+        "actor": {"type": draft.actor.type.value, "id": draft.actor.id},
+    }
+    if draft.resource is not None:
+        body["resource"] = draft.resource
+    if draft.task_id is not None:
+        body["task_id"] = draft.task_id
+    if draft.chain:
+        body["chain"] = list(draft.chain)
+    if draft.decision is not None:
+        body["decision"] = {
+            "allowed": draft.decision.allowed,
+            "policies": list(draft.decision.policies),
+            "missing": list(draft.decision.missing),
+        }
+    if draft.reason:
+        body["reason"] = draft.reason
+    if draft.request_id is not None:
+        body["request_id"] = draft.request_id
+    if draft.data:
+        body["data"] = dict(draft.data)
+    return body
+
+
+def event_body(event: Event) -> dict[str, JsonValue]:
+    """The hashed part of ``event``: every field but ``hash``, defaults omitted."""
+    return _body(
+        seq=event.seq, prev_hash=event.prev_hash, time_value=event.time_us, node_id=event.node_id, draft=event
+    )
+
+
+def event_body_json(event: Event) -> str:
+    """The canonical JSON text of :func:`event_body` (what storage keeps and the hash covers)."""
+    return _encode_trusted(event_body(event)).decode("utf-8")
+
+
+def seal_event(draft: EventDraft, *, seq: int, prev_hash: bytes, time: datetime, node_id: str) -> Event:
+    """Give ``draft`` its place in the chain: sequence number, time, node, links and hash."""
+    when = time.astimezone(UTC) if time.tzinfo is not None else time
+    body = _body(seq=seq, prev_hash=prev_hash, time_value=time_us(when), node_id=node_id, draft=draft)
+    digest = compute_hash(prev_hash, _encode_trusted(body))
+    return Event(
+        seq=seq,
+        time=when,
+        node_id=node_id,
+        kind=draft.kind,
+        actor=draft.actor,
+        prev_hash=prev_hash,
+        hash=digest,
+        resource=draft.resource,
+        task_id=draft.task_id,
+        chain=draft.chain,
+        decision=draft.decision,
+        reason=draft.reason,
+        request_id=draft.request_id,
+        data=draft.data,
+    )
+
+
+# -- JSON form (export lines) ------------------------------------------------------------------
+_REQUIRED = frozenset({"v", "seq", "prev_hash", "time_us", "node", "kind", "actor", "hash"})
+_OPTIONAL = frozenset({"resource", "task_id", "chain", "decision", "reason", "request_id", "data"})
+
+
+def event_to_json(event: Event) -> dict[str, JsonValue]:
+    """One JSON Lines export record: the body plus ``"hash"`` (hex)."""
+    record = event_body(event)
+    record["hash"] = event.hash.hex()
+    return record
+
+
+def _hex_hash(value: object, name: str) -> bytes:
+    if not isinstance(value, str) or len(value) != 2 * HASH_BYTES:
+        raise _fail(f"{name} must be {2 * HASH_BYTES} hex digits", name)
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise _fail(f"{name} must be {2 * HASH_BYTES} hex digits", name) from None
+
+
+def _int(value: object, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _fail(f"{name} must be an integer", name)
+    return value
+
+
+def _str_list(value: object, name: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _fail(f"{name} must be a list of strings", name)
+    return tuple(value)
+
+
+def event_from_json(record: Mapping[str, Any]) -> Event:
+    """Parse an export record (or a stored body plus ``hash``); strict: unknown or
+    ill-typed fields raise :class:`MalformedEventError`."""
+    if not isinstance(record, Mapping):
+        raise _fail("an event record must be a JSON object")
+    keys = set(record)
+    if not keys >= _REQUIRED or not keys <= _REQUIRED | _OPTIONAL:
+        missing = sorted(_REQUIRED - keys)
+        extra = sorted(keys - _REQUIRED - _OPTIONAL)
+        raise _fail(f"event record fields: missing {missing}, unknown {extra}")
+    if record["v"] != EVENT_FORMAT_VERSION or isinstance(record["v"], bool):
+        raise _fail(f"unsupported event format version {record['v']!r}", "v")
+    actor = record["actor"]
+    if not isinstance(actor, Mapping) or set(actor) != {"type", "id"}:
+        raise _fail("actor must be {type, id}", "actor")
+    decision = record.get("decision")
+    summary = None
+    if decision is not None:
+        if not isinstance(decision, Mapping) or set(decision) != {"allowed", "policies", "missing"}:
+            raise _fail("decision must be {allowed, policies, missing}", "decision")
+        summary = DecisionSummary(
+            allowed=decision["allowed"],
+            policies=_str_list(decision["policies"], "decision.policies"),
+            missing=_str_list(decision["missing"], "decision.missing"),
+        )
+    reason = record.get("reason", "")
+    time_value = _int(record["time_us"], "time_us")
+    try:
+        when = from_time_us(time_value)
+    except (OverflowError, ValueError):
+        raise _fail("time_us is out of range", "time_us") from None
+    return Event(
+        seq=_int(record["seq"], "seq"),
+        time=when,
+        node_id=record["node"],
+        kind=record["kind"],
+        actor=Actor(actor["type"], actor["id"]),
+        prev_hash=_hex_hash(record["prev_hash"], "prev_hash"),
+        hash=_hex_hash(record["hash"], "hash"),
+        resource=record.get("resource"),
+        task_id=record.get("task_id"),
+        chain=_str_list(record.get("chain", []), "chain"),
+        decision=summary,
+        reason=reason,
+        request_id=record.get("request_id"),
+        data=record.get("data", {}),
+    )
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _fail(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise _fail(f"{name} is not allowed in events")
+
+
+def parse_json_object(text: str | bytes) -> dict[str, Any]:
+    """Strict JSON: no duplicate keys, no NaN/Infinity; floats are caught by event validation."""
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        if isinstance(exc, MalformedEventError):
+            raise
+        raise _fail(f"not valid JSON: {str(exc)[:100]}") from None
+    if not isinstance(value, dict):
+        raise _fail("an event record must be a JSON object")
+    return value
+
+
+def event_from_body(body: str | bytes, hash_value: bytes) -> Event:
+    """Rebuild an event from its stored canonical body text and stored hash."""
+    record = parse_json_object(body)
+    if "hash" in record:
+        raise _fail("a stored body must not contain the hash")
+    if not isinstance(hash_value, bytes) or len(hash_value) != HASH_BYTES:
+        raise _fail(f"hash must be {HASH_BYTES} bytes", "hash")
+    record["hash"] = hash_value.hex()
+    return event_from_json(record)
