@@ -1,0 +1,1 @@
+"""Benchmarks: runnable scripts (``python -m bench.<name>``); results go to bench/results/."""
