@@ -300,14 +300,23 @@ def test_stored_bodies_with_duplicate_keys_or_nan_are_malformed() -> None:
         event_from_body("not json", event.hash)
 
 
-def test_event_data_is_a_frozen_copy() -> None:
-    data = {"list": [1, 2]}
+def test_event_data_is_a_deep_frozen_copy() -> None:
+    data = {"list": [1, 2], "map": {"k": [3]}}
     event = sealed(data=data)
     data["list"].append(3)
-    assert event.data["list"] == [1, 2]
+    assert event.data["list"] == (1, 2)
     assert event.computed_hash() == event.hash
     with pytest.raises(TypeError):
         event.data["new"] = 1  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        event.data["list"].append(3)
+    with pytest.raises(TypeError):
+        event.data["map"]["k"] = 1
+    exported = event_to_json(event)
+    assert exported["data"] == {"list": [1, 2], "map": {"k": [3]}}  # plain JSON out
+    exported["data"]["list"].append(4)  # type: ignore[index,union-attr]
+    assert event.computed_hash() == event.hash
+    assert json.loads(json.dumps(exported))["data"]["map"] == {"k": [3]}
 
 
 def test_fingerprint_is_hmac_sha256_under_the_deployment_key() -> None:

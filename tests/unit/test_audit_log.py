@@ -227,7 +227,7 @@ async def test_sensitive_values_are_stored_only_as_fingerprints(
     await log.flush()
     fingerprint = keys.fingerprinter.fingerprint(canary)
     assert event.data["value"] == fingerprint
-    assert event.data["also"] == [fingerprint]
+    assert event.data["also"] == (fingerprint,)
     assert log.fingerprint(canary) == fingerprint
     exported = io.StringIO()
     await export_jsonl(store, exported)

@@ -173,8 +173,12 @@ def _check_encodable(value: str, name: str) -> None:
         raise _fail(f"{name} holds an unpaired surrogate", name) from None
 
 
-def _json_copy(value: object, path: str, depth: int) -> JsonValue:
-    """A deep copy of ``value`` if it is a JSON value this format allows; else raise."""
+def _json_copy(value: object, path: str, depth: int, *, freeze: bool = False) -> Any:
+    """A deep copy of ``value`` if it is a JSON value this format allows; else raise.
+
+    With ``freeze``, arrays become tuples and objects read-only mappings, so that an event's
+    content cannot change after its hash was computed.
+    """
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
@@ -189,15 +193,25 @@ def _json_copy(value: object, path: str, depth: int) -> JsonValue:
     if depth >= MAX_DATA_DEPTH:
         raise _fail(f"{path}: nested deeper than {MAX_DATA_DEPTH} levels", "data")
     if isinstance(value, list | tuple):
-        return [_json_copy(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+        items = [_json_copy(item, f"{path}[{i}]", depth + 1, freeze=freeze) for i, item in enumerate(value)]
+        return tuple(items) if freeze else items
     if isinstance(value, Mapping):
-        result: dict[str, JsonValue] = {}
+        result: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str) or not _DATA_KEY.fullmatch(key):
                 raise _fail(f"{path}: keys must be 1-64 ASCII letters, digits, '_', '.', ':' or '-'", "data")
-            result[key] = _json_copy(item, f"{path}.{key}", depth + 1)
-        return result
+            result[key] = _json_copy(item, f"{path}.{key}", depth + 1, freeze=freeze)
+        return MappingProxyType(result) if freeze else result
     raise _fail(f"{path}: {type(value).__name__} is not a JSON value", "data")
+
+
+def _thaw(value: Any) -> JsonValue:
+    """Plain lists and dicts again (for JSON encoders other than ours)."""
+    if isinstance(value, tuple | list):
+        return [_thaw(item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: _thaw(item) for key, item in value.items()}
+    return value  # type: ignore[no-any-return]
 
 
 def canonical_json(value: Mapping[str, Any]) -> bytes:
@@ -331,23 +345,25 @@ def _check_kind(kind: object) -> str:
     return kind
 
 
-def _check_data(data: object) -> Mapping[str, JsonValue]:
+def _check_data(data: object) -> Mapping[str, Any]:
     if data is None:
         return MappingProxyType({})
     if not isinstance(data, Mapping):
         raise _fail("event data must be a mapping", "data")
     if contains_sensitive(data):
         raise _fail("event data holds a Sensitive value: fingerprint it first", "data")
-    copied = _json_copy(data, "data", 0)
-    assert isinstance(copied, dict)
-    if len(_encode_trusted(copied)) > MAX_DATA_BYTES:
+    frozen: Mapping[str, Any] = _json_copy(data, "data", 0, freeze=True)
+    if len(_encode_trusted({"data": _thaw(frozen)})) > MAX_DATA_BYTES:
         raise _fail(f"event data exceeds {MAX_DATA_BYTES} bytes", "data")
-    return MappingProxyType(copied)
+    return frozen
 
 
 @dataclass(frozen=True, slots=True)
 class EventDraft:
-    """What the caller says happened; the audit log gives it a place in the chain."""
+    """What the caller says happened; the audit log gives it a place in the chain.
+
+    ``data`` is copied and deep-frozen (arrays become tuples, objects read-only mappings).
+    """
 
     kind: str
     actor: Actor
@@ -357,7 +373,7 @@ class EventDraft:
     decision: DecisionSummary | None = None
     reason: str = ""
     request_id: str | None = None
-    data: Mapping[str, JsonValue] = field(default_factory=lambda: MappingProxyType({}))
+    data: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         _check_content(self)
@@ -390,7 +406,8 @@ def _check_content(content: EventDraft | Event) -> None:
 class Event:
     """One audit record in the chain. Built by :func:`seal_event` or parsed by
     :func:`event_from_json`; a parsed event's ``hash`` is what was stored, and is checked
-    by verification, not here."""
+    by verification, not here. Immutable all the way down (see :class:`EventDraft`), so
+    its content cannot drift from its hash; :func:`event_to_json` gives plain JSON."""
 
     seq: int
     time: datetime
@@ -405,7 +422,7 @@ class Event:
     decision: DecisionSummary | None = None
     reason: str = ""
     request_id: str | None = None
-    data: Mapping[str, JsonValue] = field(default_factory=lambda: MappingProxyType({}))
+    data: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         if not isinstance(self.seq, int) or isinstance(self.seq, bool) or not 1 <= self.seq <= MAX_SAFE_INT:
@@ -472,7 +489,7 @@ def _body(
     if draft.request_id is not None:
         body["request_id"] = draft.request_id
     if draft.data:
-        body["data"] = dict(draft.data)
+        body["data"] = _thaw(draft.data)
     return body
 
 
