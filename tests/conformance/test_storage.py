@@ -438,17 +438,7 @@ async def test_list_prefix_treats_like_wildcards_literally(
     assert [r.path for r in await storage.list_secrets(prefix)] == expected
 
 
-async def test_list_prefix_is_case_sensitive(
-    storage: Storage, clock: FrozenClock, request: pytest.FixtureRequest
-) -> None:
-    if storage.backend == "sqlite":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="known bug: SQLite LIKE is case-insensitive for ASCII, so prefix 'Prod/' "
-                "also lists 'prod/...' (tether/store/_sql.py list_secrets)",
-            )
-        )
+async def test_list_prefix_is_case_sensitive(storage: Storage, clock: FrozenClock) -> None:
     for path in ["prod/a", "Prod/b", "PROD/c"]:
         await create(storage, path, clock.now())
     assert [r.path for r in await storage.list_secrets("Prod/")] == ["Prod/b"]

@@ -70,9 +70,19 @@ class SQLStorage:
         self.backend = backend
         self._migrate_hook = migrate_hook
         self._hint = unavailable_hint
+        self._binary_collation = "BINARY" if backend == "sqlite" else "C"
 
     # -- plumbing ------------------------------------------------------------------------
     def _translate(self, exc: SQLAlchemyError) -> StorageError:
+        text = str(getattr(exc, "orig", exc))
+        if (
+            "no such table" in text
+            or "UndefinedTable" in type(getattr(exc, "orig", None)).__name__
+            or ("does not exist" in text and "relation" in text)
+        ):
+            return StorageError(
+                f"{self.backend} store has no Tether schema{self._hint}: run `tether migrate`"
+            )
         if isinstance(exc, InterfaceError | OperationalError) or (
             isinstance(exc, DBAPIError) and exc.connection_invalidated
         ):
@@ -81,10 +91,15 @@ class SQLStorage:
         return StorageError(f"{self.backend} store error: {type(exc).__name__}")
 
     @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[AsyncConnection]:
+    async def _tx(self, *, write: bool = True) -> AsyncIterator[AsyncConnection]:
+        """One transaction. Reads say so: on SQLite they then take no write lock (WAL lets
+        them run beside a writer); writes start with BEGIN IMMEDIATE and queue."""
         try:
-            async with self._engine.begin() as conn:
-                yield conn
+            async with self._engine.connect() as conn:
+                if not write:
+                    await conn.execution_options(tether_read_only=True)
+                async with conn.begin():
+                    yield conn
         except TetherError:
             raise
         except SQLAlchemyError as exc:
@@ -103,7 +118,7 @@ class SQLStorage:
             await conn.run_sync(upgrade)
 
     async def ping(self) -> None:
-        async with self._tx() as conn:
+        async with self._tx(write=False) as conn:
             await conn.execute(select(1))
 
     async def close(self) -> None:
@@ -111,7 +126,7 @@ class SQLStorage:
 
     # -- meta ---------------------------------------------------------------------------
     async def get_meta(self, key: str) -> bytes | None:
-        async with self._tx() as conn:
+        async with self._tx(write=False) as conn:
             row = (await conn.execute(select(t.meta.c.value).where(t.meta.c.key == key))).first()
         return None if row is None else bytes(row[0])
 
@@ -155,7 +170,7 @@ class SQLStorage:
     async def get_secret(
         self, path: str, *, include_deleted: bool = False, with_versions: bool = False
     ) -> SecretRecord | None:
-        async with self._tx() as conn:
+        async with self._tx(write=False) as conn:
             query = select(t.secrets).where(t.secrets.c.path == path)
             if not include_deleted:
                 query = query.where(t.secrets.c.deleted_at_us.is_(None))
@@ -180,14 +195,19 @@ class SQLStorage:
         self, prefix: str, *, include_deleted: bool = False, after: str | None = None, limit: int = 100
     ) -> list[SecretRecord]:
         c = t.secrets.c
-        query = select(t.secrets).order_by(c.path).limit(limit)
+        # Byte-wise order and comparison on every backend (PostgreSQL's default collation may
+        # be linguistic; SQLite's LIKE ignores case), so pages and prefixes mean the same
+        # everywhere. Paths are ASCII, so the prefix range ends at its last character + 1.
+        path = c.path.collate(self._binary_collation)
+        query = select(t.secrets).order_by(path).limit(limit)
         if prefix:
-            query = query.where(c.path.like(_like_escape(prefix) + "%", escape="\\"))
+            upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+            query = query.where(path >= prefix, path < upper)
         if after is not None:
-            query = query.where(c.path > after)
+            query = query.where(path > after)
         if not include_deleted:
             query = query.where(c.deleted_at_us.is_(None))
-        async with self._tx() as conn:
+        async with self._tx(write=False) as conn:
             rows = (await conn.execute(query)).all()
         return [self._secret(row) for row in rows]
 
@@ -270,7 +290,7 @@ class SQLStorage:
             .where(and_(s.path == path, s.deleted_at_us.is_(None)))
         )
         query = query.where(v.version == (s.current_version if version is None else version))
-        async with self._tx() as conn:
+        async with self._tx(write=False) as conn:
             row = (await conn.execute(query)).first()
         if row is None:
             return None
@@ -290,7 +310,7 @@ class SQLStorage:
 
     async def values_wrapped_below(self, kek_version: int, *, limit: int) -> list[StoredValue]:
         v = t.secret_versions.c
-        async with self._tx() as conn:
+        async with self._tx(write=False) as conn:
             rows = await conn.execute(
                 select(v.path, v.version, v.kek_version, v.wrapped_dek, v.ciphertext)
                 .where(v.kek_version < kek_version)
@@ -361,19 +381,19 @@ class SQLStorage:
             raise
 
     async def operator_by_token_hash(self, token_hash: bytes) -> OperatorRecord | None:
-        async with self._tx() as conn:
+        async with self._tx(write=False) as conn:
             row = (
                 await conn.execute(select(t.operators).where(t.operators.c.token_hash == token_hash))
             ).first()
         return None if row is None else self._operator(row)
 
     async def get_operator(self, operator_id: str) -> OperatorRecord | None:
-        async with self._tx() as conn:
+        async with self._tx(write=False) as conn:
             row = (await conn.execute(select(t.operators).where(t.operators.c.id == operator_id))).first()
         return None if row is None else self._operator(row)
 
     async def list_operators(self) -> list[OperatorRecord]:
-        async with self._tx() as conn:
+        async with self._tx(write=False) as conn:
             rows = (await conn.execute(select(t.operators).order_by(t.operators.c.created_at_us))).all()
         return [self._operator(row) for row in rows]
 
@@ -389,7 +409,7 @@ class SQLStorage:
 
     async def count_rows(self, table: str) -> int:
         """For tests and health: how many rows a table holds."""
-        async with self._tx() as conn:
+        async with self._tx(write=False) as conn:
             return int(
                 (await conn.execute(select(func.count()).select_from(t.metadata.tables[table]))).scalar_one()
             )
@@ -440,7 +460,7 @@ class SQLStorage:
 
     async def audit_head(self) -> tuple[int, bytes] | None:
         c = t.audit_events.c
-        async with self._tx() as conn:
+        async with self._tx(write=False) as conn:
             row = (await conn.execute(select(c.seq, c.hash).order_by(c.seq.desc()).limit(1))).first()
         return None if row is None else (int(row.seq), bytes(row.hash))
 
@@ -499,7 +519,7 @@ class SQLStorage:
             query = query.where(c.time_us >= time_us(since))
         if until is not None:
             query = query.where(c.time_us < time_us(until))
-        async with self._tx() as conn:
+        async with self._tx(write=False) as conn:
             rows = (await conn.execute(query)).all()
         return [self._audit_event(row) for row in rows]
 
@@ -507,7 +527,7 @@ class SQLStorage:
         if limit < 1:
             raise StorageError("limit must be at least 1")
         c = t.audit_events.c
-        async with self._tx() as conn:
+        async with self._tx(write=False) as conn:
             rows = (
                 await conn.execute(
                     select(t.audit_events).where(c.seq > after_seq).order_by(c.seq).limit(limit)
@@ -561,7 +581,7 @@ class SQLStorage:
         self, *, after_seq: int = 0, limit: int = 1000
     ) -> list[StoredCheckpoint]:
         c = t.audit_checkpoints.c
-        async with self._tx() as conn:
+        async with self._tx(write=False) as conn:
             rows = (
                 await conn.execute(
                     select(t.audit_checkpoints).where(c.seq > after_seq).order_by(c.seq).limit(limit)
@@ -571,6 +591,6 @@ class SQLStorage:
 
     async def latest_audit_checkpoint(self) -> StoredCheckpoint | None:
         c = t.audit_checkpoints.c
-        async with self._tx() as conn:
+        async with self._tx(write=False) as conn:
             row = (await conn.execute(select(t.audit_checkpoints).order_by(c.seq.desc()).limit(1))).first()
         return None if row is None else self._checkpoint(row)

@@ -35,9 +35,15 @@ class VersionConflictError(ConflictError):
     """The secret's current version is not the one the writer expected."""
 
     def __init__(self, path: str, expected: int, actual: int | None) -> None:
-        super().__init__(
-            f"secret {path!r} is at version {actual if actual is not None else 0}, not {expected}"
-        )
+        if actual is None:
+            message = (
+                f"secret {path!r} already exists"
+                if expected == 0
+                else f"secret {path!r} was written concurrently (expected version {expected})"
+            )
+        else:
+            message = f"secret {path!r} is at version {actual}, not {expected}"
+        super().__init__(message)
         self.path = path
         self.expected = expected
         self.actual = actual

@@ -20,7 +20,8 @@ def open_sqlite(path: Path, *, synchronous: str = "FULL", busy_timeout_ms: int =
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control from the driver so that every transaction starts with
-        # BEGIN IMMEDIATE: writers queue on busy_timeout instead of failing on upgrade.
+        # BEGIN IMMEDIATE (reads: a plain BEGIN): writers queue on busy_timeout instead of
+        # failing when a read transaction tries to upgrade.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -31,6 +32,7 @@ def open_sqlite(path: Path, *, synchronous: str = "FULL", busy_timeout_ms: int =
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get("tether_read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return SQLStorage(engine, backend="sqlite", unavailable_hint=f" at {path}")
