@@ -34,6 +34,9 @@ _ENV = {
     "trust_domain": "TETHER_TRUST_DOMAIN",
     "node_id": "TETHER_NODE_ID",
     "max_secret_bytes": "TETHER_MAX_SECRET_BYTES",
+    "audit_jsonl_path": "TETHER_AUDIT_JSONL",
+    "audit_checkpoint_every_events": "TETHER_AUDIT_CHECKPOINT_EVERY_EVENTS",
+    "audit_checkpoint_interval_seconds": "TETHER_AUDIT_CHECKPOINT_INTERVAL_SECONDS",
 }
 
 
@@ -74,6 +77,9 @@ class Settings:
     trust_domain: str = "tether.local"
     node_id: str = "node-1"
     max_secret_bytes: int = 64 * 1024
+    audit_jsonl_path: Path | None = None
+    audit_checkpoint_every_events: int = 1000
+    audit_checkpoint_interval_seconds: int = 60
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -88,6 +94,10 @@ class Settings:
             raise ConfigError(f"trust_domain {self.trust_domain!r} is not a lowercase DNS name")
         if not (1 <= self.max_secret_bytes <= 1024 * 1024):
             raise ConfigError("max_secret_bytes must be between 1 and 1048576")
+        if not (1 <= self.audit_checkpoint_every_events <= 10_000_000):
+            raise ConfigError("audit_checkpoint_every_events must be between 1 and 10000000")
+        if not (1 <= self.audit_checkpoint_interval_seconds <= 86_400):
+            raise ConfigError("audit_checkpoint_interval_seconds must be between 1 and 86400")
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -135,12 +145,18 @@ class Settings:
         unknown = set(values) - known
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        if "root_key_file" in values:
-            if not isinstance(values["root_key_file"], str | Path):
-                raise ConfigError("root_key_file must be a path string")
-            values["root_key_file"] = Path(values["root_key_file"])
-        if "max_secret_bytes" in values:
-            values["max_secret_bytes"] = _integer("max_secret_bytes", values["max_secret_bytes"])
+        for name in ("root_key_file", "audit_jsonl_path"):
+            if name in values:
+                if not isinstance(values[name], str | Path):
+                    raise ConfigError(f"{name} must be a path string")
+                values[name] = Path(values[name])
+        for name in (
+            "max_secret_bytes",
+            "audit_checkpoint_every_events",
+            "audit_checkpoint_interval_seconds",
+        ):
+            if name in values:
+                values[name] = _integer(name, values[name])
         for name in ("database_url", "pg_schema", "key_provider", "trust_domain", "node_id"):
             if name in values and not isinstance(values[name], str):
                 raise ConfigError(f"{name} must be a string")
@@ -152,11 +168,24 @@ class Settings:
     def to_toml(self) -> str:
         """The settings worth persisting, as TOML (strings and integers only)."""
         lines = ["# Tether settings; TETHER_* environment variables override these."]
-        for name in ("database_url", "pg_schema", "key_provider", "root_key_file", "trust_domain", "node_id"):
+        for name in (
+            "database_url",
+            "pg_schema",
+            "key_provider",
+            "root_key_file",
+            "trust_domain",
+            "node_id",
+            "audit_jsonl_path",
+        ):
             value = getattr(self, name)
             if value is None or (name == "database_url" and value == self._default_database_url()):
                 continue  # the default follows the data dir, so the dir can move
             text = str(value).replace("\\", "\\\\").replace('"', '\\"')
             lines.append(f'{name} = "{text}"')
-        lines.append(f"max_secret_bytes = {self.max_secret_bytes}")
+        for name in (
+            "max_secret_bytes",
+            "audit_checkpoint_every_events",
+            "audit_checkpoint_interval_seconds",
+        ):
+            lines.append(f"{name} = {getattr(self, name)}")
         return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tether.audit import AuditKeys, AuditLog
 from tether.broker.keys import KEYRING_META, KeyService
 from tether.broker.secrets import SecretService
 from tether.clock import FrozenClock
@@ -53,7 +54,10 @@ class Node:
 def node(storage: SQLStorage, root_key: bytes, clock: FrozenClock) -> Node:
     barrier = Barrier()
     keys = KeyService(storage, barrier, provider(root_key), clock)
-    return Node(storage, barrier, keys, SecretService(storage, barrier, keys, clock, max_value_bytes=4096))
+    audit = AuditLog(storage, node_id="node-test", clock=clock, keys=AuditKeys.generate(clock.now()))
+    return Node(
+        storage, barrier, keys, SecretService(storage, barrier, keys, audit, clock, max_value_bytes=4096)
+    )
 
 
 @pytest.fixture

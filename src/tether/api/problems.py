@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tether import errors
+from tether.store.base import AuditCorruptionError
 
 __all__ = ["PROBLEM_JSON", "Problem", "install_problem_handlers", "problem_response"]
 
@@ -49,6 +50,7 @@ _MAPPING: dict[type[errors.TetherError], tuple[int, str, str]] = {
     errors.DecryptionError: (500, "decryption-failed", "A stored value could not be decrypted"),
     errors.KeyProviderError: (503, "key-unavailable", "The root key is unavailable"),
     errors.CryptoError: (400, "crypto", "Key error"),
+    AuditCorruptionError: (500, "audit-corrupted", "The audit log failed verification"),
     errors.StorageUnavailableError: (503, "storage-unavailable", "Storage is unavailable"),
     errors.StorageError: (503, "storage-error", "Storage error"),
     errors.ConfigError: (500, "config", "Configuration error"),

@@ -42,8 +42,7 @@ async def health(broker: BrokerDep, response: Response) -> Health:
 @router.post("/v1/sys/seal", tags=["sys"])
 async def seal(broker: BrokerDep, operator: OperatorDep, request: Request) -> SealStatus:
     """Drop every key from memory: no secret is served until unsealed."""
-    require(operator, Permission.SYS_SEAL)
-    broker.keys.seal()
+    await broker.seal(operator)
     request.app.state.metrics.sealed.set(1)
     return SealStatus(sealed=True)
 
@@ -53,7 +52,6 @@ async def unseal(
     broker: BrokerDep, operator: OperatorDep, request: Request, body: Unseal | None = None
 ) -> SealStatus:
     """Open the keyring with the given root key, or with the configured key provider."""
-    require(operator, Permission.SYS_SEAL)
     key: bytes | None = None
     if body is not None and body.root_key is not None:
         try:
@@ -63,7 +61,7 @@ async def unseal(
         if len(key) != 32:
             raise InvalidInputError("root_key must be 32 bytes, base64-encoded", field="root_key")
     try:
-        await broker.keys.unseal(key)
+        await broker.unseal(operator, key)
     except DecryptionError:
         raise Problem(
             400, "unseal-failed", "Unseal failed", "this root key does not open the store's keyring"
@@ -87,8 +85,7 @@ async def key_status(broker: BrokerDep, operator: OperatorDep) -> KeyStatus:
 @router.post("/v1/sys/keys/rotate", tags=["sys"])
 async def rotate_keys(broker: BrokerDep, operator: OperatorDep, request: Request) -> RotationOut:
     """Add a key-encryption-key version and rewrap every data key under it."""
-    require(operator, Permission.SYS_KEYS)
-    result = await broker.keys.rotate()
+    result = await broker.rotate_keys(operator)
     request.app.state.metrics.key_rotations.inc()
     return RotationOut(kek_version=result.kek_version, rewrapped=result.rewrapped)
 

@@ -80,6 +80,13 @@ class KeyService:
     def sealed(self) -> bool:
         return self._barrier.sealed
 
+    def root_key(self) -> bytes:
+        """The root key, for deriving other deployment keys (audit) while unsealed. It never
+        leaves the process."""
+        if self._root_key is None:
+            raise SealedError("Tether is sealed")
+        return self._root_key
+
     async def refresh(self) -> None:
         """Reload the keyring from the store (another node may have rotated it)."""
         if self._root_key is None:

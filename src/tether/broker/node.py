@@ -5,15 +5,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from tether.broker.keys import KeyService
+from tether.audit import AuditLog, AuditSink, JsonlFileSink, load_or_create_audit_keys
+from tether.broker.access import authorize, operator_actor
+from tether.broker.keys import KeyService, RotationResult
 from tether.broker.operators import OperatorService
 from tether.broker.secrets import SecretService
 from tether.clock import Clock, SystemClock
 from tether.config import Settings
 from tether.crypto.barrier import Barrier
 from tether.crypto.keyprovider import KeyProvider
-from tether.domain.operators import OperatorRecord
-from tether.errors import CryptoError
+from tether.domain.operators import OperatorRecord, Permission
+from tether.errors import CryptoError, SealedError
 from tether.store import Storage, open_storage
 
 __all__ = ["Broker", "InitResult"]
@@ -46,10 +48,19 @@ class Broker:
         self.keys = KeyService(
             storage, self.barrier, key_provider or settings.key_provider_instance(), self.clock
         )
+        sinks: list[AuditSink] = []
+        if settings.audit_jsonl_path is not None:
+            sinks.append(JsonlFileSink(settings.audit_jsonl_path))
+        self.audit = AuditLog(storage, node_id=settings.node_id, clock=self.clock, sinks=sinks)
         self.secrets = SecretService(
-            storage, self.barrier, self.keys, self.clock, max_value_bytes=settings.max_secret_bytes
+            storage,
+            self.barrier,
+            self.keys,
+            self.audit,
+            self.clock,
+            max_value_bytes=settings.max_secret_bytes,
         )
-        self.operators = OperatorService(storage, self.clock)
+        self.operators = OperatorService(storage, self.audit, self.clock)
 
     @classmethod
     def from_settings(
@@ -59,11 +70,67 @@ class Broker:
         return cls(settings, storage, clock=clock, key_provider=key_provider)
 
     async def init(self) -> InitResult:
-        """Create the schema, the keyring and the first admin (``tether init``)."""
+        """Create the schema, the keyring, the audit keys and the first admin (``tether init``)."""
         await self.storage.migrate()
         created = await self.keys.initialize()
+        await self._attach_audit_keys()
+        if created:
+            await self.audit.record(
+                "sys.init", self.audit.actor, data={"key_provider": self.keys.provider_name}
+            )
         root, token = await self.operators.bootstrap()
         return InitResult(root=root, root_token=token, keyring_created=created)
+
+    async def _attach_audit_keys(self) -> None:
+        self.audit.attach_keys(
+            await load_or_create_audit_keys(self.storage, self.keys.root_key(), self.clock.now())
+        )
+
+    async def unseal(self, actor: OperatorRecord, root_key: bytes | None = None) -> None:
+        """Open the keyring (with ``root_key`` or the key provider's) and the audit keys."""
+        await authorize(self.audit, actor, Permission.SYS_SEAL, "sys:barrier")
+        try:
+            await self.keys.unseal(root_key)
+            await self._attach_audit_keys()
+        except CryptoError as exc:
+            self.seal_now()
+            await self.audit.record(
+                "sys.unseal",
+                operator_actor(actor),
+                resource="sys:barrier",
+                reason=f"failed: {type(exc).__name__}",
+            )
+            raise
+        await self.audit.record("sys.unseal", operator_actor(actor), resource="sys:barrier")
+
+    async def seal(self, actor: OperatorRecord) -> None:
+        """Drop every key from memory. Recorded first: if the record fails, seal anyway
+        (sealing is the safe direction) and let the error through."""
+        await authorize(self.audit, actor, Permission.SYS_SEAL, "sys:barrier")
+        try:
+            await self.audit.record("sys.seal", operator_actor(actor), resource="sys:barrier")
+        finally:
+            self.seal_now()
+
+    def seal_now(self) -> None:
+        self.keys.seal()
+        self.audit.detach_keys()
+
+    async def rotate_keys(self, actor: OperatorRecord) -> RotationResult:
+        """Add a KEK version and rewrap every data key under it."""
+        await authorize(self.audit, actor, Permission.SYS_KEYS, "sys:keyring")
+        if self.keys.sealed:
+            raise SealedError("Tether is sealed")
+        await self.audit.record("sys.keys.rotate", operator_actor(actor), resource="sys:keyring")
+        result = await self.keys.rotate()
+        await self.audit.record(
+            "sys.keys.rotate",
+            operator_actor(actor),
+            resource="sys:keyring",
+            reason="completed",
+            data={"kek_version": result.kek_version, "rewrapped": result.rewrapped},
+        )
+        return result
 
     async def start(self, *, migrate: bool = True) -> None:
         """Migrate, then unseal with the configured key provider. If the key cannot be had,
@@ -75,9 +142,12 @@ class Broker:
             raise CryptoError("this store is not initialised; run `tether init --data-dir DIR` first")
         try:
             await self.keys.unseal()
+            await self._attach_audit_keys()
         except CryptoError as exc:
+            self.seal_now()
             log.warning("starting sealed: %s", exc)
 
     async def close(self) -> None:
-        self.keys.seal()
+        await self.audit.close()
+        self.seal_now()
         await self.storage.close()

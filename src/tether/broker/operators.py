@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tether.broker.access import require
+from tether.audit import AuditLog
+from tether.broker.access import authorize, operator_actor
 from tether.clock import Clock
 from tether.domain.operators import OperatorRecord, Permission, Role, validate_operator_name
 from tether.errors import AuthenticationError, ConflictError, NotFoundError
@@ -15,8 +16,9 @@ ROOT_OPERATOR = "root"
 
 
 class OperatorService:
-    def __init__(self, storage: Storage, clock: Clock) -> None:
+    def __init__(self, storage: Storage, audit: AuditLog, clock: Clock) -> None:
         self._storage = storage
+        self._audit = audit
         self._clock = clock
 
     async def _create(self, name: str, role: Role, created_by: str) -> tuple[OperatorRecord, str]:
@@ -36,26 +38,42 @@ class OperatorService:
         """Create the first admin. Refused once any operator exists."""
         if await self._storage.list_operators():
             raise ConflictError("this store is already initialised: it has operators")
+        await self._audit.record(
+            "operator.create",
+            self._audit.actor,
+            resource=f"operator:{ROOT_OPERATOR}",
+            reason="tether init",
+            data={"role": Role.ADMIN.value},
+        )
         return await self._create(ROOT_OPERATOR, Role.ADMIN, created_by="tether init")
 
     async def create(self, actor: OperatorRecord, name: str, role: Role) -> tuple[OperatorRecord, str]:
         """A new operator and its token, which is returned here and never again."""
-        require(actor, Permission.OPERATOR_MANAGE)
+        validate_operator_name(name)
+        await authorize(self._audit, actor, Permission.OPERATOR_MANAGE, f"operator:{name}")
+        await self._audit.record(
+            "operator.create", operator_actor(actor), resource=f"operator:{name}", data={"role": role.value}
+        )
         return await self._create(name, role, created_by=actor.name)
 
     async def authenticate(self, token: str) -> OperatorRecord:
-        record = await self._storage.operator_by_token_hash(hash_token(parse_token(token)))
-        if record is None or not record.active:
-            raise AuthenticationError("unknown or revoked operator token")
+        try:
+            record = await self._storage.operator_by_token_hash(hash_token(parse_token(token)))
+            if record is None or not record.active:
+                raise AuthenticationError("unknown or revoked operator token")
+        except AuthenticationError as exc:
+            # Who failed is unknown by definition; the reason is recorded, never the token.
+            await self._audit.record("operator.auth_failed", self._audit.actor, reason=str(exc))
+            raise
         return record
 
     async def list(self, actor: OperatorRecord) -> list[OperatorRecord]:
-        require(actor, Permission.OPERATOR_MANAGE)
+        await authorize(self._audit, actor, Permission.OPERATOR_MANAGE, "operator:*")
         return await self._storage.list_operators()
 
     async def revoke(self, actor: OperatorRecord, name_or_id: str) -> OperatorRecord:
         """Revoke by name or id. The last active admin cannot be revoked (no lockout)."""
-        require(actor, Permission.OPERATOR_MANAGE)
+        await authorize(self._audit, actor, Permission.OPERATOR_MANAGE, f"operator:{name_or_id}")
         operators = await self._storage.list_operators()
         target = next((op for op in operators if name_or_id in (op.id, op.name)), None)
         if target is None or not target.active:
@@ -63,6 +81,7 @@ class OperatorService:
         admins = [op for op in operators if op.active and op.role is Role.ADMIN]
         if target.role is Role.ADMIN and len(admins) == 1:
             raise ConflictError("refusing to revoke the last active admin")
+        await self._audit.record("operator.revoke", operator_actor(actor), resource=f"operator:{target.name}")
         if not await self._storage.revoke_operator(target.id, now=self._clock.now()):
             raise NotFoundError(f"no active operator {name_or_id!r}")
         revoked = await self._storage.get_operator(target.id)

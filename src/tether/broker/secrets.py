@@ -7,16 +7,20 @@ which is for the broker's activation path, never for operators.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
-from tether.broker.access import require
+from tether.audit import AuditLog, Sensitive
+from tether.broker.access import authorize, operator_actor
 from tether.broker.keys import KeyService
 from tether.clock import Clock
 from tether.crypto.barrier import Barrier
 from tether.domain.operators import OperatorRecord, Permission
 from tether.domain.secrets import SecretMetadata, SecretRecord, validate_path, validate_prefix
-from tether.errors import ConflictError, InvalidInputError, NotFoundError, SealedError
+from tether.errors import ConflictError, InvalidInputError, NotFoundError, SealedError, TetherError
 from tether.store.base import Storage, VersionConflictError
 
 __all__ = ["SecretPage", "SecretService"]
@@ -35,9 +39,17 @@ class SecretPage:
 
 class SecretService:
     def __init__(
-        self, storage: Storage, barrier: Barrier, keys: KeyService, clock: Clock, *, max_value_bytes: int
+        self,
+        storage: Storage,
+        barrier: Barrier,
+        keys: KeyService,
+        audit: AuditLog,
+        clock: Clock,
+        *,
+        max_value_bytes: int,
     ) -> None:
         self._storage = storage
+        self._audit = audit
         self._barrier = barrier
         self._keys = keys
         self._clock = clock
@@ -69,21 +81,61 @@ class SecretService:
         """Write a new version with ``metadata``. ``cas``: the version the writer expects to be
         current (0: the secret must not exist); a mismatch is a :class:`ConflictError`. Without
         ``cas``, concurrent writes each become a version: none is lost."""
-        require(actor, Permission.SECRET_WRITE)
         validate_path(path)
+        await authorize(self._audit, actor, Permission.SECRET_WRITE, f"secret:{path}")
         if cas is not None and cas < 0:
             raise InvalidInputError("cas must be 0 or a positive version", field="cas")
         data = self._encode(value)
         self._check_unsealed()
-        return await self._append(actor, path, data, metadata, cas=cas, must_exist=False)
+        details: dict[str, object] = {
+            "value": Sensitive(data),
+            "sensitivity": metadata.sensitivity.label,
+            "purposes": sorted(metadata.purposes),
+            "destinations": sorted(metadata.destinations),
+        }
+        if cas is not None:
+            details["cas"] = cas
+        await self._audit.record(
+            "secret.write", operator_actor(actor), resource=f"secret:{path}", data=details
+        )
+        return await self._audited(
+            "secret.write", actor, path, self._append(actor, path, data, metadata, cas=cas, must_exist=False)
+        )
 
     async def rotate(self, actor: OperatorRecord, path: str, value: str | bytes) -> SecretRecord:
         """A new version of an existing secret; metadata is kept."""
-        require(actor, Permission.SECRET_WRITE)
         validate_path(path)
+        await authorize(self._audit, actor, Permission.SECRET_WRITE, f"secret:{path}")
         data = self._encode(value)
         self._check_unsealed()
-        return await self._append(actor, path, data, None, cas=None, must_exist=True)
+        await self._audit.record(
+            "secret.rotate", operator_actor(actor), resource=f"secret:{path}", data={"value": Sensitive(data)}
+        )
+        return await self._audited(
+            "secret.rotate", actor, path, self._append(actor, path, data, None, cas=None, must_exist=True)
+        )
+
+    async def _audited(
+        self, kind: str, actor: OperatorRecord, path: str, action: Coroutine[Any, Any, SecretRecord]
+    ) -> SecretRecord:
+        """Run an action whose request is already audited; audit its outcome too."""
+        try:
+            record = await action
+        except TetherError as exc:
+            await self._record_failure(kind, actor, path, exc)
+            raise
+        return record
+
+    async def _record_failure(self, kind: str, actor: OperatorRecord, path: str, exc: Exception) -> None:
+        # Best effort: the action already failed and that error is what the caller must see.
+        with contextlib.suppress(TetherError):
+            await self._audit.record(
+                kind,
+                operator_actor(actor),
+                resource=f"secret:{path}",
+                reason=f"failed: {type(exc).__name__}",
+                data={"outcome": "failed"},
+            )
 
     async def _append(
         self,
@@ -123,8 +175,8 @@ class SecretService:
         raise ConflictError(f"secret {path!r} is being written concurrently; try again")
 
     async def show(self, actor: OperatorRecord, path: str) -> SecretRecord:
-        require(actor, Permission.SECRET_READ_METADATA)
         validate_path(path)
+        await authorize(self._audit, actor, Permission.SECRET_READ_METADATA, f"secret:{path}")
         self._check_unsealed()
         record = await self._storage.get_secret(path, with_versions=True)
         if record is None:
@@ -134,8 +186,8 @@ class SecretService:
     async def list(
         self, actor: OperatorRecord, prefix: str = "", *, after: str | None = None, limit: int = 100
     ) -> SecretPage:
-        require(actor, Permission.SECRET_READ_METADATA)
         validate_prefix(prefix)
+        await authorize(self._audit, actor, Permission.SECRET_READ_METADATA, f"secret:{prefix}*")
         if after is not None:
             validate_path(after)
         if not 1 <= limit <= MAX_LIST_LIMIT:
@@ -147,11 +199,14 @@ class SecretService:
         return SecretPage(items=items, next_after=items[-1].path if more else None)
 
     async def delete(self, actor: OperatorRecord, path: str) -> None:
-        require(actor, Permission.SECRET_DELETE)
         validate_path(path)
+        await authorize(self._audit, actor, Permission.SECRET_DELETE, f"secret:{path}")
         self._check_unsealed()
+        await self._audit.record("secret.delete", operator_actor(actor), resource=f"secret:{path}")
         if not await self._storage.delete_secret(path, now=self._clock.now()):
-            raise NotFoundError(f"secret {path!r} does not exist")
+            exc = NotFoundError(f"secret {path!r} does not exist")
+            await self._record_failure("secret.delete", actor, path, exc)
+            raise exc
 
     async def read_value(self, path: str, version: int | None = None) -> tuple[int, bytes]:
         """Decrypt a live secret's value. For the broker's activation path only: callers must
