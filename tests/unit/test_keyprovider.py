@@ -141,6 +141,8 @@ def test_dev_provider_creates_a_0600_key_file_once_and_warns(
 ) -> None:
     path = tmp_path / "data" / "dev-root.key"
     provider = UnsafeDevKeyProvider(path)
+    assert provider.create_if_missing() is True
+    assert provider.create_if_missing() is False
     with caplog.at_level(logging.WARNING, logger="tether.crypto.keyprovider"):
         first = provider.root_key()
         second = provider.root_key()
@@ -158,6 +160,7 @@ def test_dev_provider_creates_a_0600_key_file_once_and_warns(
 
 def test_dev_provider_reuses_an_existing_key_file(tmp_path: Path) -> None:
     path = tmp_path / "dev-root.key"
+    UnsafeDevKeyProvider(path).create_if_missing()
     first = UnsafeDevKeyProvider(path).root_key()
     mtime = path.stat().st_mtime_ns
     assert UnsafeDevKeyProvider(path).root_key() == first
@@ -167,11 +170,18 @@ def test_dev_provider_reuses_an_existing_key_file(tmp_path: Path) -> None:
 def test_dev_provider_file_is_private_even_with_a_permissive_umask(tmp_path: Path) -> None:
     old = os.umask(0)
     try:
-        UnsafeDevKeyProvider(tmp_path / "new-dir" / "dev-root.key").root_key()
+        UnsafeDevKeyProvider(tmp_path / "new-dir" / "dev-root.key").create_if_missing()
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "new-dir" / "dev-root.key").stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "new-dir").stat().st_mode) == 0o700
+
+
+def test_dev_provider_never_invents_a_missing_key_outside_init(tmp_path: Path) -> None:
+    path = tmp_path / "dev-root.key"
+    with pytest.raises(KeyProviderError, match="does not exist"):
+        UnsafeDevKeyProvider(path).root_key()
+    assert not path.exists()
 
 
 def test_dev_provider_refuses_an_existing_key_file_readable_by_others(tmp_path: Path) -> None:

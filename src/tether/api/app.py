@@ -6,17 +6,19 @@ import time
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether import __version__
 from tether.api import routes_audit, routes_operators, routes_secrets, routes_sys
 from tether.api.metrics import Metrics
-from tether.api.problems import Problem, install_problem_handlers, problem_response
+from tether.api.problems import install_problem_handlers, problem_response
 from tether.broker import Broker
 
 __all__ = ["DEFAULT_MAX_REQUEST_BYTES", "create_app"]
 
 DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class _BodyLimit:
@@ -53,12 +55,8 @@ class _BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise Problem(
-                        413,
-                        "payload-too-large",
-                        "Request body too large",
-                        f"the limit is {self.max_bytes} bytes",
-                    )
+                    # An HTTPException survives FastAPI's body parsing (other errors become 400).
+                    raise HTTPException(413, "Request body too large")
             return message
 
         await self.app(scope, limited, send)
@@ -89,7 +87,8 @@ class _Measure:
         finally:
             route: Any = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(scope["method"], template, str(status)).inc()
+            method = scope["method"] if scope["method"] in _METHODS else "other"  # bounded label values
+            self.metrics.requests.labels(method, template, str(status)).inc()
             self.metrics.latency.labels(template).observe(time.perf_counter() - start)
 
 

@@ -99,9 +99,13 @@ def _for_tether_error(exc: errors.TetherError) -> JSONResponse:
     extra: dict[str, Any] = {}
     if isinstance(exc, errors.InvalidInputError) and exc.field:
         extra["errors"] = [{"field": exc.field, "message": str(exc)}]
-    if status == 500:
+    detail = str(exc)
+    if isinstance(exc, errors.StorageError | errors.ConfigError) or status == 500:
+        # Operators read the specifics in the log; callers (perhaps unauthenticated) learn
+        # nothing about paths, hosts or internals.
         log.error("request failed: %s: %s", type(exc).__name__, exc)
-    return problem_response(status, slug, title, str(exc), headers=headers, **extra)
+        detail = "see the server log for details"
+    return problem_response(status, slug, title, detail, headers=headers, **extra)
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

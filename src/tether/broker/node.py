@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
-from tether.audit import AuditLog, AuditSink, JsonlFileSink, load_or_create_audit_keys
+from tether.audit import AUDIT_KEYS_META, AuditLog, AuditSink, JsonlFileSink, load_or_create_audit_keys
 from tether.broker.access import authorize, operator_actor
 from tether.broker.keys import KeyService, RotationResult
 from tether.broker.operators import OperatorService
@@ -15,7 +16,7 @@ from tether.config import Settings
 from tether.crypto.barrier import Barrier
 from tether.crypto.keyprovider import KeyProvider
 from tether.domain.operators import OperatorRecord, Permission
-from tether.errors import CryptoError, SealedError
+from tether.errors import CryptoError, SealedError, TetherError
 from tether.store import Storage, open_storage
 
 __all__ = ["Broker", "InitResult"]
@@ -73,12 +74,23 @@ class Broker:
         """Create the schema, the keyring, the audit keys and the first admin (``tether init``)."""
         await self.storage.migrate()
         created = await self.keys.initialize()
-        await self._attach_audit_keys()
-        if created:
-            await self.audit.record(
-                "sys.init", self.audit.actor, data={"key_provider": self.keys.provider_name}
-            )
-        root, token = await self.operators.bootstrap()
+        try:
+            await self._attach_audit_keys()
+            if created:
+                await self.audit.record(
+                    "sys.init", self.audit.actor, data={"key_provider": self.keys.provider_name}
+                )
+            root, token = await self.operators.bootstrap()
+        except BaseException:
+            # Nothing half-written: without an operator the store is useless, and a keyring
+            # whose (dev) key the caller may now delete would block every later init.
+            if created and not await self.storage.list_operators():
+                with contextlib.suppress(TetherError):
+                    audit_keys = await self.storage.get_meta(AUDIT_KEYS_META)
+                    if audit_keys is not None:
+                        await self.storage.delete_meta(AUDIT_KEYS_META, expected=audit_keys)
+                    await self.keys.forget_new_keyring()
+            raise
         return InitResult(root=root, root_token=token, keyring_created=created)
 
     async def _attach_audit_keys(self) -> None:

@@ -79,7 +79,7 @@ class OperatorService:
         if target is None or not target.active:
             raise NotFoundError(f"no active operator {name_or_id!r}")
         admins = [op for op in operators if op.active and op.role is Role.ADMIN]
-        if target.role is Role.ADMIN and len(admins) == 1:
+        if target.role is Role.ADMIN and len(admins) == 1:  # re-checked atomically by the store
             raise ConflictError("refusing to revoke the last active admin")
         await self._audit.record("operator.revoke", operator_actor(actor), resource=f"operator:{target.name}")
         if not await self._storage.revoke_operator(target.id, now=self._clock.now()):

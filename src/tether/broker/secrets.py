@@ -147,6 +147,7 @@ class SecretService:
         cas: int | None,
         must_exist: bool,
     ) -> SecretRecord:
+        await self._keys.ensure_current()
         for attempt in range(_WRITE_ATTEMPTS):
             current = await self._storage.get_secret(path, include_deleted=True)
             live = current is not None and not current.deleted

@@ -114,13 +114,19 @@ class UnsafeDevKeyProvider:
         self._path = path
         self._warned = False
 
+    def create_if_missing(self) -> bool:
+        """Write a new random key file (0600) if there is none; only ``tether init`` does this,
+        so a node whose key file went missing starts sealed instead of with a new key."""
+        if self._path.exists():
+            return False
+        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(generate_root_key() + "\n")
+        return True
+
     def root_key(self) -> bytes:
         if not self._warned:
             log.warning(DEV_WARNING.format(path=self._path))
             self._warned = True
-        if not self._path.exists():
-            self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="ascii") as handle:
-                handle.write(generate_root_key() + "\n")
         return _read_key_file(self._path)

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -28,7 +28,7 @@ from tether.domain.events import (
 )
 from tether.domain.operators import OperatorRecord, Role
 from tether.domain.secrets import SecretMetadata, SecretRecord, SecretVersionInfo, Sensitivity
-from tether.errors import ConflictError, StorageError, StorageUnavailableError, TetherError
+from tether.errors import ConflictError, InvalidInputError, StorageError, StorageUnavailableError, TetherError
 from tether.store import schema as t
 from tether.store.base import (
     AuditConflictError,
@@ -75,6 +75,10 @@ class SQLStorage:
     # -- plumbing ------------------------------------------------------------------------
     def _translate(self, exc: SQLAlchemyError) -> StorageError:
         text = str(getattr(exc, "orig", exc))
+        sqlstate = str(getattr(getattr(exc, "orig", None), "sqlstate", "") or "")
+        if sqlstate[:2] in {"08", "28", "3D", "57"}:  # connection, auth, no such database, shutdown
+            first = text.splitlines()[0][:200] if text else type(exc).__name__
+            return StorageUnavailableError(f"{self.backend} store unavailable{self._hint}: {first}")
         if (
             "no such table" in text
             or "UndefinedTable" in type(getattr(exc, "orig", None)).__name__
@@ -148,9 +152,24 @@ class SQLStorage:
                 raise ConflictError(f"meta {key!r} already exists") from None
             raise
 
+    async def delete_meta(self, key: str, *, expected: bytes) -> bool:
+        async with self._tx() as conn:
+            result = await conn.execute(
+                t.meta.delete().where(and_(t.meta.c.key == key, t.meta.c.value == expected))
+            )
+        return bool(result.rowcount == 1)
+
     # -- secrets ------------------------------------------------------------------------
     @staticmethod
     def _secret(row: Any, versions: tuple[SecretVersionInfo, ...] = ()) -> SecretRecord:
+        try:
+            return SQLStorage._build_secret(row, versions)
+        except (InvalidInputError, ValueError, TypeError) as exc:
+            # A row that fails the domain's validation is corrupted storage, not bad input.
+            raise StorageError(f"stored metadata of a secret is invalid: {type(exc).__name__}") from None
+
+    @staticmethod
+    def _build_secret(row: Any, versions: tuple[SecretVersionInfo, ...]) -> SecretRecord:
         return SecretRecord(
             path=row.path,
             metadata=SecretMetadata(
@@ -397,22 +416,21 @@ class SQLStorage:
             rows = (await conn.execute(select(t.operators).order_by(t.operators.c.created_at_us))).all()
         return [self._operator(row) for row in rows]
 
-    async def revoke_operator(self, operator_id: str, *, now: datetime) -> bool:
+    async def revoke_operator(self, operator_id: str, *, now: datetime, keep_an_admin: bool = True) -> bool:
         c = t.operators.c
         async with self._tx() as conn:
+            if keep_an_admin:
+                # Lock the active admins (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises).
+                active_admins = select(c.id).where(and_(c.role == "admin", c.revoked_at_us.is_(None)))
+                admins = (await conn.execute(active_admins.with_for_update())).scalars().all()
+                if operator_id in admins and len(admins) == 1:
+                    raise ConflictError("refusing to revoke the last active admin")
             result = await conn.execute(
                 update(t.operators)
                 .where(and_(c.id == operator_id, c.revoked_at_us.is_(None)))
                 .values(revoked_at_us=to_us(now))
             )
         return bool(result.rowcount == 1)
-
-    async def count_rows(self, table: str) -> int:
-        """For tests and health: how many rows a table holds."""
-        async with self._tx(write=False) as conn:
-            return int(
-                (await conn.execute(select(func.count()).select_from(t.metadata.tables[table]))).scalar_one()
-            )
 
     # -- audit ----------------------------------------------------------------------------
     async def append_audit_events(self, events: Sequence[Event]) -> None:

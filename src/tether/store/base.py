@@ -127,6 +127,10 @@ class Storage(Protocol):
         raise :class:`ConflictError`."""
         ...
 
+    async def delete_meta(self, key: str, *, expected: bytes) -> bool:
+        """Delete ``key`` if it still holds ``expected``. False if it changed or is absent."""
+        ...
+
     # -- secrets -----------------------------------------------------------------------
     async def get_secret(
         self, path: str, *, include_deleted: bool = False, with_versions: bool = False
@@ -182,8 +186,10 @@ class Storage(Protocol):
 
     async def list_operators(self) -> list[OperatorRecord]: ...
 
-    async def revoke_operator(self, operator_id: str, *, now: datetime) -> bool:
-        """False if absent or already revoked."""
+    async def revoke_operator(self, operator_id: str, *, now: datetime, keep_an_admin: bool = True) -> bool:
+        """False if absent or already revoked. With ``keep_an_admin``, raise
+        :class:`ConflictError` instead of revoking the last active admin (checked in the
+        same transaction, so two admins revoking each other cannot both succeed)."""
         ...
 
     # -- audit (append-only; see tether.audit) ---------------------------------------------

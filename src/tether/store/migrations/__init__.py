@@ -8,7 +8,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy.engine import Connection
+
+from tether.errors import StorageError
 
 __all__ = ["VERSION_TABLE", "current_revision", "head_revision", "upgrade"]
 
@@ -26,7 +29,14 @@ def _config(connection: Connection | None = None) -> Config:
 
 def upgrade(connection: Connection) -> None:
     """Apply every migration not yet applied, on ``connection`` (inside its transaction)."""
-    command.upgrade(_config(connection), "head")
+    try:
+        command.upgrade(_config(connection), "head")
+    except CommandError as exc:
+        current = current_revision(connection)
+        raise StorageError(
+            f"the store's schema revision {current!r} is unknown to this Tether (newest known: "
+            f"{head_revision()!r}); is it newer than this version?"
+        ) from exc
 
 
 def head_revision() -> str:

@@ -45,6 +45,8 @@ def open_postgres(dsn: str, *, schema: str | None = None, pool_size: int = 10) -
     )
 
     async def create_schema(conn: AsyncConnection) -> None:
+        # Nodes starting together must not race on DDL: one migrates, the others wait.
+        await conn.execute(text("SELECT pg_advisory_xact_lock(7420001)"))
         if schema is not None:
             await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
 
