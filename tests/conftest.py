@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,3 +138,50 @@ async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 def raw_store(request: pytest.FixtureRequest, storage: Storage) -> RawStore:
     """Raw access to the backend behind ``storage`` in the same test."""
     return request.node.stash[RAW_STORE]
+
+
+# -- suite-wide audit canary scan ---------------------------------------------------------------
+# Every broker the suite starts (in-process, and server subprocesses through the environment)
+# copies its audit events to one JSON Lines file. When the session ends, that file is scanned
+# for every canary value the tests issued (tests.security.canaries.new_canary), in plain, URL,
+# hex and base64 forms. A leak fails the run.
+
+AUDIT_SINK_ENV = "TETHER_AUDIT_JSONL"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if AUDIT_SINK_ENV not in os.environ:
+        sink_dir = Path(tempfile.mkdtemp(prefix="tether-audit-scan-"))
+        os.environ[AUDIT_SINK_ENV] = str(sink_dir / "all-events.jsonl")
+        config.stash[_OWN_SINK] = True
+
+
+_OWN_SINK = pytest.StashKey[bool]()
+_SCAN = pytest.StashKey[str]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from tests.security.canaries import ISSUED, find_leaks
+
+    if not session.config.stash.get(_OWN_SINK, False):
+        return
+    path = Path(os.environ[AUDIT_SINK_ENV])
+    content = path.read_bytes() if path.exists() else b""
+    events = content.count(b"\n")
+    leaks = find_leaks(content, ISSUED) if content else []
+    session.config.stash[_SCAN] = (
+        f"audit canary scan: {events} events from the whole suite, {len(ISSUED)} canaries, {len(leaks)} leaks"
+        + (f": {leaks[:5]}" if leaks else "")
+    )
+    if leaks:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    else:
+        shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    line = config.stash.get(_SCAN, None)
+    if line:
+        terminalreporter.write_line(
+            line, red="leaks: [" in line or ": [" in line, green=line.endswith(" 0 leaks")
+        )

@@ -16,6 +16,12 @@ from tether.broker import Broker
 from tether.config import Settings
 
 
+def _audit_sink() -> Path | None:
+    """The suite-wide audit copy scanned for canaries at the end (see tests/conftest.py)."""
+    path = os.environ.get("TETHER_AUDIT_JSONL")
+    return Path(path) if path else None
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Broker]:
     """A freshly initialised node on SQLite, and on PostgreSQL (own schema) when configured."""
@@ -25,9 +31,11 @@ async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         if not dsn:
             pytest.skip("TETHER_TEST_PG_DSN is not set; PostgreSQL tests skipped")
         schema = "t_api_" + secrets.token_hex(6)
-        settings = Settings(data_dir=tmp_path, database_url=dsn, pg_schema=schema)
+        settings = Settings(
+            data_dir=tmp_path, database_url=dsn, pg_schema=schema, audit_jsonl_path=_audit_sink()
+        )
     else:
-        settings = Settings(data_dir=tmp_path)
+        settings = Settings(data_dir=tmp_path, audit_jsonl_path=_audit_sink())
     node = Broker.from_settings(settings)
     result = await node.init()
     node.root_token = result.root_token  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from tests.security.canaries import new_canary
 from tether.broker import Broker
 from tether.errors import DecryptionError
 
@@ -30,7 +31,7 @@ def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str
 
 
 def canary() -> str:
-    return "canary-" + secrets.token_hex(16)
+    return new_canary("api")
 
 
 async def put(

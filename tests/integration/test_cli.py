@@ -321,7 +321,66 @@ def test_delete_asks_for_confirmation_then_deletes(node: Node) -> None:
 
 
 def test_bad_path_is_refused_with_the_reason(node: Node) -> None:
-    assert_error(run(["secret", "show", "a//b"], node.env()), 1, "empty segment", "422")
+    assert_error(run(["secret", "show", "a//b"], node.env()), 2, "invalid secret path", "empty segment")
+
+
+# Paths an HTTP client would normalise (``a/../b`` -> ``b``) or that the server would refuse:
+# the CLI must refuse every one itself, before any URL is built, and touch nothing.
+TRAVERSAL_PATHS = [
+    "junk/../cli/guarded/db",
+    "nothing/../CLI/guarded/x",
+    "../cli/guarded/db",
+    "cli/guarded/db/..",
+    "cli/./guarded/db",
+    "./cli/guarded/db",
+    "cli/guarded/db/.",
+    "junk/%2e%2e/cli/guarded/db",
+    "junk/%2E%2E/cli/guarded/db",
+    "%2e%2e/cli/guarded/db",
+    "junk/.%2e/cli/guarded/db",
+    "cli//guarded/db",
+    "/cli/guarded/db",
+    "cli/guarded/db/",
+    "cli/guarded%2fdb",
+    "cli\\..\\guarded",
+]
+
+
+def _secret_state(node: Node) -> dict[str, int]:
+    listed = run(["secret", "list", "--all", "--json"], node.env())
+    assert listed.returncode == 0, listed.stderr
+    return {s["path"]: s["current_version"] for s in json.loads(listed.stdout)["secrets"]}
+
+
+@pytest.mark.parametrize("command", ["put", "rotate", "show", "delete"])
+def test_dot_segments_encoded_dots_and_empty_segments_are_refused_and_change_nothing(
+    node: Node, command: str
+) -> None:
+    for target in ("cli/guarded/db", "CLI/guarded/x"):
+        if run(["secret", "show", target], node.env()).returncode != 0:
+            put = run(["secret", "put", target, "--stdin"], node.env(), stdin=new_value())
+            assert put.returncode == 0, put.stderr
+    before = _secret_state(node)
+    for path in TRAVERSAL_PATHS:
+        if command in {"put", "rotate"}:
+            result = run(["secret", command, path, "--stdin"], node.env(), stdin=new_value())
+        elif command == "delete":
+            result = run(["secret", "delete", path, "--yes"], node.env())
+        else:
+            result = run(["secret", "show", path, "--json"], node.env())
+        assert_error(result, 2, "invalid secret path")
+        assert result.stdout == "", (path, result.stdout)
+    assert _secret_state(node) == before
+
+
+def test_list_refuses_a_traversing_prefix_or_cursor(node: Node) -> None:
+    assert_error(run(["secret", "list", "junk/../cli/"], node.env()), 2, "invalid secret prefix", "'..'")
+    assert_error(run(["secret", "list", "--after", "a/../b"], node.env()), 2, "invalid secret path")
+
+
+def test_operator_revoke_refuses_dot_segments(node: Node) -> None:
+    for name in ("..", "."):
+        assert_error(run(["operator", "revoke", name], node.env()), 2, "not a valid name or id")
 
 
 def test_there_is_no_value_option_and_usage_errors_exit_2(node: Node) -> None:

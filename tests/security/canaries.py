@@ -6,10 +6,15 @@ import base64
 import secrets
 import urllib.parse
 
+ISSUED: list[str] = []
+"""Every canary issued in this test process; the suite-wide audit scan looks for each."""
+
 
 def new_canary(label: str) -> str:
     """A unique, recognisable value; random so it cannot appear by accident."""
-    return f"CANARY-{label}-{secrets.token_hex(12)}"
+    value = f"CANARY-{label}-{secrets.token_hex(12)}"
+    ISSUED.append(value)
+    return value
 
 
 def _b64_forms(data: bytes) -> set[str]:

@@ -51,7 +51,7 @@ class Recorder:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def backend_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_") or k == "TETHER_AUDIT_JSONL"}
     if request.param == "sqlite":
         yield env
         return
