@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import uvicorn
@@ -38,6 +39,22 @@ async def serve_broker(
         lifespan="off",
     )
     server = uvicorn.Server(config)
+    checkpoints = asyncio.create_task(
+        broker.audit.checkpoint_loop(
+            every_events=broker.settings.audit_checkpoint_every_events,
+            interval_seconds=broker.settings.audit_checkpoint_interval_seconds,
+        ),
+        name="tether-audit-checkpoints",
+    )
+    try:
+        await _serve(server, started)
+    finally:
+        checkpoints.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await checkpoints
+
+
+async def _serve(server: uvicorn.Server, started: asyncio.Event | None) -> None:
     if started is not None:
 
         async def _notify() -> None:

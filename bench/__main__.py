@@ -1,0 +1,19 @@
+"""`make bench`: run every benchmark and write bench/results/. Benchmarks measure; they never assert."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from bench import audit_bench
+
+
+def main() -> None:
+    args = []
+    if dsn := os.environ.get("TETHER_TEST_PG_DSN"):
+        args += ["--pg-dsn", dsn]
+    asyncio.run(audit_bench.main(args))
+
+
+if __name__ == "__main__":
+    main()
