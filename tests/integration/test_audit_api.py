@@ -156,3 +156,17 @@ async def test_bad_audit_queries_are_422(client: httpx.AsyncClient, admin: dict[
         assert response.headers["content-type"].startswith("application/problem+json")
     both = await client.get("/v1/audit/events", params={"secret": "a", "resource": "b"}, headers=admin)
     assert both.status_code == 422
+
+
+async def test_a_failed_action_leaves_its_request_and_its_failure(
+    client: httpx.AsyncClient, admin: dict[str, str], make_operator: Any
+) -> None:
+    await client.post("/v1/operators", json={"name": "dup", "role": "auditor"}, headers=admin)
+    again = await client.post("/v1/operators", json={"name": "dup", "role": "auditor"}, headers=admin)
+    assert again.status_code == 409
+    created = await events(client, admin, kind="operator.create", resource="operator:dup")
+    assert [e.get("reason", "") for e in created] == ["", "", "failed: ConflictError"]
+    writer = await make_operator("metrics-writer", "secret-writer")
+    assert (await client.get("/metrics", headers=writer)).status_code == 403
+    denied = await events(client, admin, kind="decision", resource="sys:metrics")
+    assert len(denied) == 1

@@ -27,4 +27,9 @@ class Metrics:
         self.secret_writes = Counter(
             "tether_secret_writes", "Secret versions written", ["kind"], registry=self.registry
         )
+        self.audit_sink_failures = Gauge(
+            "tether_audit_sink_failures",
+            "Batches a secondary audit sink failed to write (the store's copy is unaffected)",
+            registry=self.registry,
+        )
         self.key_rotations = Counter("tether_key_rotations", "Keyring rotations", registry=self.registry)

@@ -12,7 +12,7 @@ from tether import __version__
 from tether.api.deps import BrokerDep, OperatorDep
 from tether.api.models import Health, KeyStatus, KeyVersionOut, RotationOut, SealStatus, Unseal
 from tether.api.problems import Problem
-from tether.broker.access import require
+from tether.broker.access import authorize
 from tether.domain.operators import Permission
 from tether.errors import DecryptionError, InvalidInputError, StorageError
 
@@ -73,7 +73,7 @@ async def unseal(
 @router.get("/v1/sys/keys", tags=["sys"])
 async def key_status(broker: BrokerDep, operator: OperatorDep) -> KeyStatus:
     """The keyring's versions (never the keys)."""
-    require(operator, Permission.SYS_KEYS)
+    await authorize(broker.audit, operator, Permission.SYS_KEYS, "sys:keyring")
     keyring = broker.barrier.keyring
     return KeyStatus(
         active=keyring.active.version,
@@ -93,7 +93,8 @@ async def rotate_keys(broker: BrokerDep, operator: OperatorDep, request: Request
 @router.get("/metrics", tags=["sys"], response_class=Response)
 async def metrics(broker: BrokerDep, operator: OperatorDep, request: Request) -> Response:
     """Prometheus metrics (operator token with the admin or auditor role)."""
-    require(operator, Permission.METRICS_READ)
+    await authorize(broker.audit, operator, Permission.METRICS_READ, "sys:metrics")
     state = request.app.state.metrics
     state.sealed.set(1 if broker.keys.sealed else 0)
+    state.audit_sink_failures.set(broker.audit.sink_failures)
     return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from tether.audit import AuditLog
 from tether.broker.access import authorize, operator_actor
 from tether.clock import Clock
 from tether.domain.operators import OperatorRecord, Permission, Role, validate_operator_name
-from tether.errors import AuthenticationError, ConflictError, NotFoundError
+from tether.errors import AuthenticationError, ConflictError, NotFoundError, TetherError
 from tether.identity.operators import hash_token, new_operator_id, new_token, parse_token
 from tether.store.base import Storage
 
@@ -54,7 +56,22 @@ class OperatorService:
         await self._audit.record(
             "operator.create", operator_actor(actor), resource=f"operator:{name}", data={"role": role.value}
         )
-        return await self._create(name, role, created_by=actor.name)
+        try:
+            return await self._create(name, role, created_by=actor.name)
+        except TetherError as exc:
+            await self._record_failure("operator.create", actor, f"operator:{name}", exc)
+            raise
+
+    async def _record_failure(self, kind: str, actor: OperatorRecord, resource: str, exc: Exception) -> None:
+        # Best effort: the action already failed and that error is what the caller must see.
+        with contextlib.suppress(TetherError):
+            await self._audit.record(
+                kind,
+                operator_actor(actor),
+                resource=resource,
+                reason=f"failed: {type(exc).__name__}",
+                data={"outcome": "failed"},
+            )
 
     async def authenticate(self, token: str) -> OperatorRecord:
         try:
@@ -81,9 +98,14 @@ class OperatorService:
         admins = [op for op in operators if op.active and op.role is Role.ADMIN]
         if target.role is Role.ADMIN and len(admins) == 1:  # re-checked atomically by the store
             raise ConflictError("refusing to revoke the last active admin")
-        await self._audit.record("operator.revoke", operator_actor(actor), resource=f"operator:{target.name}")
-        if not await self._storage.revoke_operator(target.id, now=self._clock.now()):
-            raise NotFoundError(f"no active operator {name_or_id!r}")
+        resource = f"operator:{target.name}"
+        await self._audit.record("operator.revoke", operator_actor(actor), resource=resource)
+        try:
+            if not await self._storage.revoke_operator(target.id, now=self._clock.now()):
+                raise NotFoundError(f"no active operator {name_or_id!r}")
+        except TetherError as exc:
+            await self._record_failure("operator.revoke", actor, resource, exc)
+            raise
         revoked = await self._storage.get_operator(target.id)
         assert revoked is not None
         return revoked
