@@ -572,3 +572,19 @@ def test_migrate_reports_the_revision(node: Node) -> None:
     assert json.loads(result.stdout) == {"revision": head_revision(), "storage": "sqlite"}
     human = run(["migrate", "--data-dir", str(node.data_dir)], clean_env())
     assert head_revision() in human.stdout
+
+
+def test_no_url_is_built_from_a_path_the_validator_refused() -> None:
+    from tether.cli.client import secret_url, url_segment
+    from tether.cli.output import CommandError
+
+    for path in TRAVERSAL_PATHS:
+        with pytest.raises(CommandError) as refused:
+            secret_url(path)
+        assert refused.value.exit_code == 2
+    for name in ("", ".", ".."):
+        with pytest.raises(CommandError):
+            url_segment(name)
+    url = httpx.Request("GET", "http://tether.test" + secret_url("prod/db.main", ":rotate")).url
+    assert url.path == "/v1/secrets/prod/db.main:rotate"
+    assert url_segment("a/b") == "a%2Fb"

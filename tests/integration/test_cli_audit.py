@@ -159,7 +159,8 @@ def test_admin_actions_are_queryable_by_kind_and_actor(audit_node: Node) -> None
     assert [e["actor"]["id"] for e in created["events"]] == ["root"]
 
     by_root = query(audit_node, "--actor", "root", "--all")["events"]
-    assert by_root and all(e["actor"]["id"] == "root" for e in by_root)
+    assert by_root
+    assert all(e["actor"]["id"] == "root" for e in by_root)
 
 
 def test_query_pages_with_limit_after_and_all(audit_node: Node) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -10,7 +11,15 @@ import httpx
 from tether import __version__
 from tether.cli.output import EXIT_USAGE, CommandError
 
-__all__ = ["DEFAULT_ADDR", "APIError", "OperatorClient", "secret_url"]
+__all__ = [
+    "DEFAULT_ADDR",
+    "APIError",
+    "OperatorClient",
+    "check_secret_path",
+    "check_secret_prefix",
+    "secret_url",
+    "url_segment",
+]
 
 DEFAULT_ADDR = "http://127.0.0.1:8420"
 _TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -26,9 +35,45 @@ class APIError(CommandError):
         self.problem_type = problem_type
 
 
+def check_secret_path(path: str) -> str:
+    """``path`` if it is a valid secret path, else a usage error with the validator's reason.
+
+    Checked here, before any URL is built: an HTTP client normalises ``.`` and ``..``
+    segments away before sending, so ``junk/../prod/db`` would otherwise reach the server
+    as ``prod/db`` and pass its validation."""
+    from tether.domain.secrets import validate_path
+    from tether.errors import InvalidInputError
+
+    try:
+        return validate_path(path)
+    except InvalidInputError as exc:
+        raise CommandError(f"invalid secret path {path[:80]!r}: {exc}", EXIT_USAGE) from None
+
+
+def check_secret_prefix(prefix: str) -> str:
+    """A listing prefix (empty, or a path optionally ending in ``/``), else a usage error."""
+    from tether.domain.secrets import validate_prefix
+    from tether.errors import InvalidInputError
+
+    try:
+        return validate_prefix(prefix)
+    except InvalidInputError as exc:
+        raise CommandError(f"invalid secret prefix {prefix[:80]!r}: {exc}", EXIT_USAGE) from None
+
+
 def secret_url(path: str, suffix: str = "") -> str:
-    """``/v1/secrets/<path>``, each segment percent-encoded; the server validates the path."""
-    return "/v1/secrets/" + quote(path, safe="/") + suffix
+    """``/v1/secrets/<path>`` for a path that passed :func:`check_secret_path` (checked again
+    here, so no URL is ever built from an unvalidated path)."""
+    segments = check_secret_path(path).split("/")
+    return "/v1/secrets/" + "/".join(url_segment(s) for s in segments) + suffix
+
+
+def url_segment(value: str) -> str:
+    """One URL path segment, percent-encoded (``/`` too). Empty, ``.`` and ``..`` are refused:
+    the HTTP client would collapse them and send the request to another resource."""
+    if value in {"", ".", ".."}:
+        raise CommandError(f"{value!r} is not a valid name or id", EXIT_USAGE)
+    return quote(value, safe="")
 
 
 def _problem_message(response: httpx.Response) -> tuple[str, str]:
@@ -84,29 +129,14 @@ class OperatorClient:
     ) -> Any:
         """Send one request; return the decoded JSON body (None for 204). Errors become
         :class:`APIError` (the API said no) or :class:`CommandError` (no answer at all)."""
-        headers: dict[str, str] = {}
-        if auth:
-            if not self._token:
-                raise CommandError(
-                    "no operator token: set TETHER_TOKEN (or pass --token); "
-                    "`tether init` printed the first admin token",
-                    EXIT_USAGE,
-                )
-            headers["Authorization"] = f"Bearer {self._token}"
+        headers = self._headers(auth)
         extra: dict[str, Any] = {}
         if timeout is not None:
             extra["timeout"] = httpx.Timeout(timeout, connect=5.0)
         try:
             response = self._http.request(method, url, json=json, params=params, headers=headers, **extra)
-        except httpx.ConnectError:
-            raise CommandError(
-                f"cannot connect to Tether at {self.addr}: is `tether server` running there? "
-                "(set TETHER_ADDR or --addr)"
-            ) from None
-        except httpx.TimeoutException:
-            raise CommandError(f"Tether at {self.addr} did not answer in time") from None
         except httpx.HTTPError as exc:
-            raise CommandError(f"request to {self.addr} failed: {type(exc).__name__}") from None
+            raise self._transport_error(exc) from None
         if response.status_code >= 400 and response.status_code not in accept_status:
             message, problem_type = _problem_message(response)
             raise APIError(response.status_code, message, problem_type)
@@ -119,6 +149,52 @@ class OperatorClient:
                 f"{self.addr} answered HTTP {response.status_code} with a body that is not JSON; "
                 "is TETHER_ADDR pointing at Tether?"
             ) from None
+
+    def stream(
+        self,
+        url: str,
+        write: Callable[[bytes], object],
+        *,
+        params: dict[str, Any] | None = None,
+    ) -> int:
+        """GET ``url`` and hand the body to ``write`` chunk by chunk, as it arrives; returns the
+        number of bytes. An error status becomes :class:`APIError` before anything is written."""
+        total = 0
+        try:
+            with self._http.stream("GET", url, params=params, headers=self._headers(True)) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    message, problem_type = _problem_message(response)
+                    raise APIError(response.status_code, message, problem_type)
+                for chunk in response.iter_bytes():
+                    write(chunk)
+                    total += len(chunk)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        return total
+
+    def _headers(self, auth: bool) -> dict[str, str]:
+        if not auth:
+            return {}
+        if not self._token:
+            raise CommandError(
+                "no operator token: set TETHER_TOKEN (or pass --token); "
+                "`tether init` printed the first admin token",
+                EXIT_USAGE,
+            )
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def _transport_error(self, exc: httpx.HTTPError) -> CommandError:
+        if isinstance(exc, httpx.ConnectError):
+            return CommandError(
+                f"cannot connect to Tether at {self.addr}: is `tether server` running there? "
+                "(set TETHER_ADDR or --addr)"
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return CommandError(f"Tether at {self.addr} did not answer in time")
+        if isinstance(exc, httpx.RemoteProtocolError):
+            return CommandError(f"the connection to {self.addr} broke off before the answer was complete")
+        return CommandError(f"request to {self.addr} failed: {type(exc).__name__}")
 
     def get(self, url: str, **kwargs: Any) -> Any:
         return self.request("GET", url, **kwargs)

@@ -12,14 +12,31 @@ import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
-from urllib.parse import quote
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from tether import __version__
-from tether.cli.client import DEFAULT_ADDR, OperatorClient, secret_url
+from tether.cli.audit import audit_app
+from tether.cli.client import (
+    DEFAULT_ADDR,
+    check_secret_path,
+    check_secret_prefix,
+    secret_url,
+    url_segment,
+)
+from tether.cli.common import (
+    Addr,
+    DataDir,
+    FromFile,
+    Json,
+    Listen,
+    Stdin,
+    Token,
+    client,
+    read_value,
+)
 from tether.cli.output import (
     EXIT_FAILURE,
     EXIT_USAGE,
@@ -34,8 +51,6 @@ from tether.cli.output import (
 )
 
 __all__ = ["app", "main"]
-
-MAX_VALUE_READ_BYTES = 2 * 1024 * 1024
 
 app = typer.Typer(
     name="tether",
@@ -54,6 +69,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(sys_app, name="sys")
 app.add_typer(secret_app, name="secret")
 app.add_typer(operator_app, name="operator")
+app.add_typer(audit_app, name="audit")
 
 
 class SensitivityChoice(StrEnum):
@@ -75,52 +91,6 @@ class KeyProviderChoice(StrEnum):
     unsafe_dev = "unsafe-dev"
     env = "env"
     file = "file"
-
-
-# -- shared options ---------------------------------------------------------------------
-
-DataDir = Annotated[
-    Path,
-    typer.Option(
-        "--data-dir", envvar="TETHER_DATA_DIR", help="The node's data directory.", show_default=False
-    ),
-]
-Addr = Annotated[
-    str,
-    typer.Option(
-        "--addr", envvar="TETHER_ADDR", help="The Tether server's URL.", rich_help_panel="Connection"
-    ),
-]
-Token = Annotated[
-    str | None,
-    typer.Option(
-        "--token",
-        envvar="TETHER_TOKEN",
-        help="Operator bearer token. Prefer the TETHER_TOKEN variable: options land in shell history.",
-        show_default=False,
-        show_envvar=True,
-        rich_help_panel="Connection",
-    ),
-]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
-Listen = Annotated[
-    str, typer.Option("--listen", help="host:port to listen on (plain HTTP; loopback by default).")
-]
-FromFile = Annotated[
-    Path | None,
-    typer.Option(
-        "--from-file",
-        metavar="FILE",
-        help="Read the value from this file.",
-        show_default=False,
-        dir_okay=False,
-    ),
-]
-Stdin = Annotated[bool, typer.Option("--stdin", help="Read the value from standard input.")]
-
-
-def _client(addr: str, token: str | None) -> OperatorClient:
-    return OperatorClient(addr, token)
 
 
 def _version(value: bool) -> None:
@@ -242,7 +212,7 @@ def demo(
 @keys_app.command("rotate")
 def keys_rotate(addr: Addr = DEFAULT_ADDR, token: Token = None, json_output: Json = False) -> None:
     """Add a key-encryption-key version and rewrap every data key under it."""
-    with _client(addr, token) as api, err.status("Rotating the keyring and rewrapping every data key…"):
+    with client(addr, token) as api, err.status("Rotating the keyring and rewrapping every data key…"):
         result = api.post("/v1/sys/keys/rotate", timeout=3600.0)
     if json_output:
         print_json(result)
@@ -256,7 +226,7 @@ def keys_rotate(addr: Addr = DEFAULT_ADDR, token: Token = None, json_output: Jso
 @keys_app.command("status")
 def keys_status(addr: Addr = DEFAULT_ADDR, token: Token = None, json_output: Json = False) -> None:
     """The keyring's versions (never the keys)."""
-    with _client(addr, token) as api:
+    with client(addr, token) as api:
         result = api.get("/v1/sys/keys")
     if json_output:
         print_json(result)
@@ -278,7 +248,7 @@ def keys_status(addr: Addr = DEFAULT_ADDR, token: Token = None, json_output: Jso
 @sys_app.command("health")
 def sys_health(addr: Addr = DEFAULT_ADDR, json_output: Json = False) -> None:
     """Liveness and seal state (no token needed). Exits 1 when the node is unavailable."""
-    with _client(addr, None) as api:
+    with client(addr, None) as api:
         result = api.get("/v1/sys/health", auth=False, accept_status=frozenset({503}))
     if json_output:
         print_json(result)
@@ -295,7 +265,7 @@ def sys_health(addr: Addr = DEFAULT_ADDR, json_output: Json = False) -> None:
 @sys_app.command("seal")
 def sys_seal(addr: Addr = DEFAULT_ADDR, token: Token = None, json_output: Json = False) -> None:
     """Drop every key from memory: no secret is served until unsealed."""
-    with _client(addr, token) as api:
+    with client(addr, token) as api:
         result = api.post("/v1/sys/seal")
     if json_output:
         print_json(result)
@@ -325,7 +295,7 @@ def sys_unseal(
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "not ASCII text"
             raise CommandError(f"cannot read {root_key_file}: {reason}") from None
-    with _client(addr, token) as api:
+    with client(addr, token) as api:
         result = api.post("/v1/sys/unseal", json=body)
     if json_output:
         print_json(result)
@@ -334,43 +304,6 @@ def sys_unseal(
 
 
 # -- secrets ----------------------------------------------------------------------------
-
-
-def _read_value(from_file: Path | None, use_stdin: bool) -> str:
-    """The secret value from a file, stdin or a hidden prompt. Never from an argument."""
-    if from_file is not None and use_stdin:
-        raise CommandError("use either --from-file or --stdin, not both", EXIT_USAGE)
-    if from_file is not None:
-        source = str(from_file)
-        try:
-            with from_file.open("rb") as handle:
-                data = handle.read(MAX_VALUE_READ_BYTES + 1)
-        except OSError as exc:
-            raise CommandError(f"cannot read {from_file}: {exc.strerror or type(exc).__name__}") from None
-    elif use_stdin:
-        source = "stdin"
-        data = sys.stdin.buffer.read(MAX_VALUE_READ_BYTES + 1)
-    elif sys.stdin.isatty():
-        value: str = typer.prompt("Secret value", hide_input=True, confirmation_prompt=True)
-        if not value:
-            raise CommandError("the value is empty")
-        return value
-    else:
-        raise CommandError(
-            "no value: use --from-file F or --stdin, or run in a terminal to be prompted "
-            "(there is deliberately no --value option: it would land in shell history)",
-            EXIT_USAGE,
-        )
-    if len(data) > MAX_VALUE_READ_BYTES:
-        raise CommandError(f"the value from {source} is larger than {MAX_VALUE_READ_BYTES} bytes")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CommandError(f"the value from {source} is not UTF-8 text") from None
-    text = text.removesuffix("\n").removesuffix("\r")
-    if not text:
-        raise CommandError(f"the value from {source} is empty")
-    return text
 
 
 def _print_secret_written(result: dict[str, Any], verb: str) -> None:
@@ -412,7 +345,8 @@ def secret_put(
     removed. There is deliberately no --value option: a value on the command line would land
     in your shell history and in the process list.
     """
-    value = _read_value(from_file, stdin)
+    check_secret_path(path)
+    value = read_value(from_file, stdin)
     body: dict[str, Any] = {"value": value}
     optional = {
         "sensitivity": sensitivity.value if sensitivity is not None else None,
@@ -423,7 +357,7 @@ def secret_put(
         "cas": cas,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
-    with _client(addr, token) as api:
+    with client(addr, token) as api:
         result = api.put(secret_url(path), json=body)
     if json_output:
         print_json(result)
@@ -444,8 +378,9 @@ def secret_rotate(
 
     The value comes from --from-file, --stdin, or a hidden prompt (no --value option, by design).
     """
-    value = _read_value(from_file, stdin)
-    with _client(addr, token) as api:
+    check_secret_path(path)
+    value = read_value(from_file, stdin)
+    with client(addr, token) as api:
         result = api.post(secret_url(path, ":rotate"), json={"value": value})
     if json_output:
         print_json(result)
@@ -461,7 +396,8 @@ def secret_show(
     json_output: Json = False,
 ) -> None:
     """A secret's metadata and versions (never its value)."""
-    with _client(addr, token) as api:
+    check_secret_path(path)
+    with client(addr, token) as api:
         result = api.get(secret_url(path))
     if json_output:
         print_json(result)
@@ -504,9 +440,12 @@ def secret_list(
     json_output: Json = False,
 ) -> None:
     """Secrets in path order, a page at a time."""
+    check_secret_prefix(prefix)
+    if after is not None:
+        check_secret_path(after)
     items: list[dict[str, Any]] = []
     next_after = after
-    with _client(addr, token) as api:
+    with client(addr, token) as api:
         while True:
             params: dict[str, Any] = {"prefix": prefix, "limit": limit}
             if next_after is not None:
@@ -550,11 +489,12 @@ def secret_delete(
     token: Token = None,
 ) -> None:
     """Delete a secret: it disappears from reads; its versions are kept."""
+    check_secret_path(path)
     if not yes:
         if not sys.stdin.isatty():
             raise CommandError("refusing to delete without confirmation: pass --yes", EXIT_USAGE)
         typer.confirm(f"Delete secret {path}?", abort=True)
-    with _client(addr, token) as api:
+    with client(addr, token) as api:
         api.delete(secret_url(path))
     out.print(f"Deleted {escape(path)}.")
 
@@ -585,7 +525,7 @@ def operator_create(
     json_output: Json = False,
 ) -> None:
     """Create an operator and print its token, once."""
-    with _client(addr, token) as api:
+    with client(addr, token) as api:
         result = api.post("/v1/operators", json={"name": name, "role": role.value})
     if json_output:
         print_json(result)
@@ -598,7 +538,7 @@ def operator_create(
 @operator_app.command("list")
 def operator_list(addr: Addr = DEFAULT_ADDR, token: Token = None, json_output: Json = False) -> None:
     """Every operator, active and revoked (never their tokens)."""
-    with _client(addr, token) as api:
+    with client(addr, token) as api:
         result = api.get("/v1/operators")
     if json_output:
         print_json(result)
@@ -614,8 +554,8 @@ def operator_revoke(
     json_output: Json = False,
 ) -> None:
     """Revoke an operator's token at once."""
-    with _client(addr, token) as api:
-        result = api.post(f"/v1/operators/{quote(name_or_id, safe='')}/revoke")
+    with client(addr, token) as api:
+        result = api.post(f"/v1/operators/{url_segment(name_or_id)}/revoke")
     if json_output:
         print_json(result)
         return
@@ -627,7 +567,7 @@ def operator_revoke(
 @operator_app.command("whoami")
 def operator_whoami(addr: Addr = DEFAULT_ADDR, token: Token = None, json_output: Json = False) -> None:
     """The operator behind the token in use."""
-    with _client(addr, token) as api:
+    with client(addr, token) as api:
         result = api.get("/v1/operators/me")
     if json_output:
         print_json(result)
