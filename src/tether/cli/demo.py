@@ -184,6 +184,8 @@ def _next_steps(addr: str, token: str, data_dir: Path, *, keep_serving: bool) ->
     out.print(f"  {tether} secret list")
     out.print(f"  {tether} secret show {DEMO_SECRET}")
     out.print(f"  {tether} keys status")
+    out.print(f"  {tether} audit query --kind 'secret.*'   # every write above, values as fingerprints only")
+    out.print(f"  {tether} audit verify")
     out.print(f"  curl {addr}/v1/sys/health")
     if keep_serving:
         out.print("Press Ctrl-C to stop.")
