@@ -62,7 +62,16 @@ class ConflictError(TetherError):
 
 
 class AuthenticationError(TetherError):
-    """Credentials are absent, malformed, unknown or revoked."""
+    """Credentials are absent, malformed, unknown or revoked.
+
+    ``code`` is the OAuth / RFC 6750 / RFC 9449 error code to answer with (``invalid_token``,
+    ``invalid_client``, ``invalid_grant``, ``invalid_dpop_proof``, ...). The message is for the
+    audit log and the operator; agents get the code and a terse description.
+    """
+
+    def __init__(self, message: str, *, code: str = "invalid_token") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class PermissionDeniedError(TetherError):
