@@ -26,6 +26,7 @@ __all__ = [
     "AGENT_ALGORITHMS",
     "FEDERATION_ALGORITHMS",
     "MAX_JWT_BYTES",
+    "KeyObject",
     "PublicKey",
     "generate_private_jwk",
     "jws_header",

@@ -1,0 +1,219 @@
+"""Agent-side clients: authenticate with the agent's key, keep a DPoP-bound token fresh,
+and sign a proof for every request.
+
+    agent = Agent("http://127.0.0.1:8420", "spiffe://acme.test/agent/ci", key="ci.jwk")
+    agent.whoami()
+
+A workload holding a federated token (a JWT-SVID, a Kubernetes or CI token) exchanges it
+instead, proving possession of a key it generated itself::
+
+    agent = Agent.federated("http://127.0.0.1:8420", subject_token=read_svid)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tether.crypto.jose import generate_private_jwk
+from tether.errors import AuthenticationError, TetherError
+from tether.sdk._signer import ASSERTION_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE, Signer
+
+__all__ = ["Agent", "AsyncAgent", "TetherAPIError"]
+
+TOKEN_PATH = "/v1/auth/token"
+REFRESH_MARGIN_SECONDS = 30
+
+
+class TetherAPIError(TetherError):
+    """A request to Tether failed; ``status`` and the problem (or OAuth error) body say why."""
+
+    def __init__(self, status: int, body: Mapping[str, Any]) -> None:
+        detail = body.get("error_description") or body.get("detail") or body.get("title") or "request failed"
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.body = dict(body)
+
+
+@dataclass
+class _Token:
+    value: str
+    expires_at: float
+
+
+def _body(response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        return {"detail": response.text[:200]}
+    return data if isinstance(data, dict) else {"detail": str(data)[:200]}
+
+
+class _Session:
+    """What both clients share: the token cache and how requests are signed."""
+
+    def __init__(
+        self,
+        base_url: str,
+        agent_id: str | None,
+        signer: Signer,
+        subject_token: Callable[[], str] | None,
+        clock: Callable[[], float],
+    ) -> None:
+        if agent_id is None and subject_token is None:
+            raise AuthenticationError("an agent id (with its key) or a federated subject token is needed")
+        self.base_url = base_url.rstrip("/")
+        self.agent_id = agent_id
+        self.signer = signer
+        self.subject_token = subject_token
+        self.clock = clock
+        self.token: _Token | None = None
+
+    def token_request(self) -> tuple[dict[str, str], dict[str, str]]:
+        now = int(self.clock())
+        url = self.base_url + TOKEN_PATH
+        if self.subject_token is not None:
+            form = {
+                "grant_type": TOKEN_EXCHANGE,
+                "subject_token": self.subject_token(),
+                "subject_token_type": JWT_TOKEN_TYPE,
+            }
+        else:
+            assert self.agent_id is not None
+            form = {
+                "grant_type": "client_credentials",
+                "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": self.signer.client_assertion(self.agent_id, url, now),
+            }
+        return form, {"DPoP": self.signer.proof("POST", url, now)}
+
+    def accept_token(self, response: httpx.Response) -> str:
+        body = _body(response)
+        if response.status_code != 200 or not isinstance(body.get("access_token"), str):
+            raise TetherAPIError(response.status_code, body)
+        expires_in = body.get("expires_in", 60)
+        self.token = _Token(body["access_token"], self.clock() + float(expires_in))
+        return self.token.value
+
+    def fresh_token(self) -> str | None:
+        if self.token is not None and self.token.expires_at - self.clock() > REFRESH_MARGIN_SECONDS:
+            return self.token.value
+        return None
+
+    def signed_headers(self, method: str, url: str, token: str) -> dict[str, str]:
+        return {
+            "Authorization": f"DPoP {token}",
+            "DPoP": self.signer.proof(method, url, int(self.clock()), access_token=token),
+        }
+
+
+def _signer_for(key: Mapping[str, Any] | Path | str | None) -> Signer:
+    return Signer(key if key is not None else generate_private_jwk("Ed25519"))
+
+
+class Agent:
+    """A synchronous agent client."""
+
+    def __init__(
+        self,
+        base_url: str,
+        agent_id: str | None = None,
+        key: Mapping[str, Any] | Path | str | None = None,
+        *,
+        subject_token: Callable[[], str] | None = None,
+        http: httpx.Client | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._session = _Session(base_url, agent_id, _signer_for(key), subject_token, clock)
+        self._http = http or httpx.Client(timeout=30.0)
+
+    @classmethod
+    def federated(cls, base_url: str, subject_token: Callable[[], str], **kwargs: Any) -> Agent:
+        """An agent that exchanges a federated token, bound to a key generated in memory."""
+        return cls(base_url, subject_token=subject_token, **kwargs)
+
+    def token(self) -> str:
+        """A DPoP-bound access token, fetched or refreshed when needed."""
+        cached = self._session.fresh_token()
+        if cached is not None:
+            return cached
+        form, headers = self._session.token_request()
+        return self._session.accept_token(
+            self._http.post(self._session.base_url + TOKEN_PATH, data=form, headers=headers)
+        )
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send an authenticated request (a fresh DPoP proof each time)."""
+        url = self._session.base_url + path
+        headers = {**kwargs.pop("headers", {}), **self._session.signed_headers(method, url, self.token())}
+        return self._http.request(method, url, headers=headers, **kwargs)
+
+    def whoami(self) -> dict[str, Any]:
+        response = self.request("GET", "/v1/auth/whoami")
+        if response.status_code != 200:
+            raise TetherAPIError(response.status_code, _body(response))
+        return _body(response)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class AsyncAgent:
+    """The asynchronous twin of :class:`Agent`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        agent_id: str | None = None,
+        key: Mapping[str, Any] | Path | str | None = None,
+        *,
+        subject_token: Callable[[], str] | None = None,
+        http: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._session = _Session(base_url, agent_id, _signer_for(key), subject_token, clock)
+        self._http = http or httpx.AsyncClient(timeout=30.0)
+
+    @classmethod
+    def federated(cls, base_url: str, subject_token: Callable[[], str], **kwargs: Any) -> AsyncAgent:
+        return cls(base_url, subject_token=subject_token, **kwargs)
+
+    async def token(self) -> str:
+        cached = self._session.fresh_token()
+        if cached is not None:
+            return cached
+        form, headers = self._session.token_request()
+        response = await self._http.post(self._session.base_url + TOKEN_PATH, data=form, headers=headers)
+        return self._session.accept_token(response)
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        url = self._session.base_url + path
+        token = await self.token()
+        headers = {**kwargs.pop("headers", {}), **self._session.signed_headers(method, url, token)}
+        return await self._http.request(method, url, headers=headers, **kwargs)
+
+    async def whoami(self) -> dict[str, Any]:
+        response = await self.request("GET", "/v1/auth/whoami")
+        if response.status_code != 200:
+            raise TetherAPIError(response.status_code, _body(response))
+        return _body(response)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncAgent:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
