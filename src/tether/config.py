@@ -35,6 +35,8 @@ _ENV = {
     "node_id": "TETHER_NODE_ID",
     "max_secret_bytes": "TETHER_MAX_SECRET_BYTES",
     "audit_jsonl_path": "TETHER_AUDIT_JSONL",
+    "public_url": "TETHER_PUBLIC_URL",
+    "token_ttl_seconds": "TETHER_TOKEN_TTL_SECONDS",
     "audit_checkpoint_every_events": "TETHER_AUDIT_CHECKPOINT_EVERY_EVENTS",
     "audit_checkpoint_interval_seconds": "TETHER_AUDIT_CHECKPOINT_INTERVAL_SECONDS",
 }
@@ -80,6 +82,8 @@ class Settings:
     audit_jsonl_path: Path | None = None
     audit_checkpoint_every_events: int = 1000
     audit_checkpoint_interval_seconds: int = 60
+    public_url: str | None = None
+    token_ttl_seconds: int = 600
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -96,6 +100,12 @@ class Settings:
             raise ConfigError("max_secret_bytes must be between 1 and 1048576")
         if not (1 <= self.audit_checkpoint_every_events <= 10_000_000):
             raise ConfigError("audit_checkpoint_every_events must be between 1 and 10000000")
+        if self.public_url is not None:
+            parts = urlsplit(self.public_url)
+            if parts.scheme not in {"http", "https"} or not parts.netloc or parts.query or parts.fragment:
+                raise ConfigError("public_url must be an http(s) URL without query or fragment")
+        if not (60 <= self.token_ttl_seconds <= 3600):
+            raise ConfigError("token_ttl_seconds must be between 60 and 3600")
         if not (1 <= self.audit_checkpoint_interval_seconds <= 86_400):
             raise ConfigError("audit_checkpoint_interval_seconds must be between 1 and 86400")
 
@@ -154,10 +164,11 @@ class Settings:
             "max_secret_bytes",
             "audit_checkpoint_every_events",
             "audit_checkpoint_interval_seconds",
+            "token_ttl_seconds",
         ):
             if name in values:
                 values[name] = _integer(name, values[name])
-        for name in ("database_url", "pg_schema", "key_provider", "trust_domain", "node_id"):
+        for name in ("database_url", "pg_schema", "key_provider", "trust_domain", "node_id", "public_url"):
             if name in values and not isinstance(values[name], str):
                 raise ConfigError(f"{name} must be a string")
         return cls(data_dir=data_dir, **values)
@@ -176,6 +187,7 @@ class Settings:
             "trust_domain",
             "node_id",
             "audit_jsonl_path",
+            "public_url",
         ):
             value = getattr(self, name)
             if value is None or (name == "database_url" and value == self._default_database_url()):
@@ -186,6 +198,7 @@ class Settings:
             "max_secret_bytes",
             "audit_checkpoint_every_events",
             "audit_checkpoint_interval_seconds",
+            "token_ttl_seconds",
         ):
             lines.append(f"{name} = {getattr(self, name)}")
         return "\n".join(lines) + "\n"
