@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tether import __version__
+from tether.cli.agents import agent_app, issuer_app, keygen
 from tether.cli.audit import audit_app
 from tether.cli.client import (
     DEFAULT_ADDR,
@@ -70,6 +71,9 @@ app.add_typer(sys_app, name="sys")
 app.add_typer(secret_app, name="secret")
 app.add_typer(operator_app, name="operator")
 app.add_typer(audit_app, name="audit")
+app.add_typer(agent_app, name="agent")
+app.add_typer(issuer_app, name="issuer")
+app.command("keygen")(keygen)
 
 
 class SensitivityChoice(StrEnum):
