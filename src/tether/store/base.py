@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from tether.crypto.envelope import EncryptedValue
+from tether.domain.agents import AgentKey, AgentRecord, TrustedIssuer
 from tether.domain.events import Event
 from tether.domain.operators import OperatorRecord
 from tether.domain.secrets import SecretMetadata, SecretRecord
@@ -237,3 +238,58 @@ class Storage(Protocol):
         ...
 
     async def latest_audit_checkpoint(self) -> StoredCheckpoint | None: ...
+
+    # -- agents (identity) -----------------------------------------------------------------
+    async def create_agent(self, record: AgentRecord) -> None:
+        """Store an agent with its keys. :class:`ConflictError` if the name (or id) is taken."""
+        ...
+
+    async def get_agent(self, agent_id: str) -> AgentRecord | None:
+        """The agent with all its keys (removed ones too), in one query; None if absent.
+        Disabled agents are returned: callers decide what disabled means."""
+        ...
+
+    async def get_agent_by_name(self, name: str) -> AgentRecord | None: ...
+
+    async def list_agents(self, *, after: str | None = None, limit: int = 100) -> list[AgentRecord]:
+        """Agents ordered by name (byte-wise), with names after ``after``, at most ``limit``."""
+        ...
+
+    async def set_agent_disabled(self, agent_id: str, now: datetime) -> bool:
+        """Disable an agent. False if absent or already disabled."""
+        ...
+
+    async def add_agent_key(self, agent_id: str, key: AgentKey) -> None:
+        """Add an active key. :class:`NotFoundError` if the agent is absent;
+        :class:`ConflictError` if it holds (or held) this kid, or already has
+        ``MAX_ACTIVE_KEYS`` active keys (checked in the same transaction)."""
+        ...
+
+    async def remove_agent_key(self, agent_id: str, kid: str, now: datetime) -> bool:
+        """Mark an active key removed. False if no such active key; :class:`ConflictError`
+        if it is the agent's last active key (checked in the same transaction)."""
+        ...
+
+    async def remember_jti(self, key: bytes, *, expires_at: datetime, now: datetime) -> bool:
+        """Record a one-time identifier (``key``: a hash the caller computes) until
+        ``expires_at``. True if it is new (or its old entry had expired); False if a live entry
+        exists — a replay — including when a concurrent caller records it first. Also deletes
+        a bounded number of expired entries."""
+        ...
+
+    # -- trusted issuers (federation) ------------------------------------------------------
+    async def put_trusted_issuer(self, issuer: TrustedIssuer) -> None:
+        """Store a trusted issuer. :class:`ConflictError` if its name or issuer is taken."""
+        ...
+
+    async def get_trusted_issuer_by_issuer(self, issuer: str) -> TrustedIssuer | None:
+        """The trusted issuer whose ``issuer`` (the ``iss`` claim) is exactly ``issuer``."""
+        ...
+
+    async def list_trusted_issuers(self) -> list[TrustedIssuer]:
+        """Every trusted issuer, ordered by name."""
+        ...
+
+    async def delete_trusted_issuer(self, name: str) -> bool:
+        """False if there is no trusted issuer ``name``."""
+        ...

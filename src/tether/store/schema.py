@@ -101,3 +101,46 @@ audit_checkpoints = Table(
     Column("signature", LargeBinary, nullable=False),
     Column("body", Text, nullable=False),
 )
+
+# Agents (identity). ``attributes`` is a JSON object (team, environment, owner, labels).
+agents = Table(
+    "agents",
+    metadata,
+    Column("id", String(400), primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("trust_domain", String(255), nullable=False),
+    Column("attributes", Text, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("disabled_at_us", BigInteger, nullable=True),
+)
+
+agent_keys = Table(
+    "agent_keys",
+    metadata,
+    Column("agent_id", String(400), primary_key=True),
+    Column("kid", String(128), primary_key=True),
+    Column("jwk", Text, nullable=False),  # the public JWK, JSON
+    Column("added_at_us", BigInteger, nullable=False),
+    Column("removed_at_us", BigInteger, nullable=True),
+    ForeignKeyConstraint(["agent_id"], ["agents.id"]),
+)
+
+# Replay records (assertion and DPoP proof jti): ``key`` is a hash the caller computes.
+jti_replay = Table(
+    "jti_replay",
+    metadata,
+    Column("key", LargeBinary, primary_key=True),
+    Column("expires_at_us", BigInteger, nullable=False),
+    Index("ix_jti_replay_expires", "expires_at_us"),
+)
+
+# Federation: ``body`` is the issuer's JSON (audience, jwks | jwks_url, claim mapping, created_by).
+trusted_issuers = Table(
+    "trusted_issuers",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("issuer", String(256), nullable=False, unique=True),
+    Column("body", Text, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+)
