@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from tether.audit import AUDIT_KEYS_META, AuditLog, AuditSink, JsonlFileSink, load_or_create_audit_keys
 from tether.broker.access import authorize, operator_actor
+from tether.broker.agents import AgentService, IssuerService
 from tether.broker.keys import KeyService, RotationResult
 from tether.broker.operators import OperatorService
 from tether.broker.secrets import SecretService
@@ -62,6 +63,8 @@ class Broker:
             max_value_bytes=settings.max_secret_bytes,
         )
         self.operators = OperatorService(storage, self.audit, self.clock)
+        self.agents = AgentService(storage, self.audit, self.clock, settings.trust_domain)
+        self.issuers = IssuerService(storage, self.audit, self.clock)
 
     @classmethod
     def from_settings(

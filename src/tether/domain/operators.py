@@ -47,6 +47,8 @@ class Permission(StrEnum):
     SYS_SEAL = "sys.seal"
     SYS_KEYS = "sys.keys"
     METRICS_READ = "metrics.read"
+    AGENT_WRITE = "agent.write"
+    AGENT_READ = "agent.read"
 
 
 _GRANTS: dict[Role, frozenset[Permission]] = {
@@ -62,6 +64,7 @@ _GRANTS: dict[Role, frozenset[Permission]] = {
             Permission.SECRET_READ_METADATA,
             Permission.POLICY_READ,
             Permission.METRICS_READ,
+            Permission.AGENT_READ,
         }
     ),
 }
