@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from tether.audit import AUDIT_KEYS_META, AuditLog, AuditSink, JsonlFileSink, load_or_create_audit_keys
 from tether.broker.access import authorize, operator_actor
 from tether.broker.agents import AgentService, IssuerService
+from tether.broker.auth import AuthService
 from tether.broker.keys import KeyService, RotationResult
 from tether.broker.operators import OperatorService
 from tether.broker.secrets import SecretService
@@ -18,6 +19,7 @@ from tether.crypto.barrier import Barrier
 from tether.crypto.keyprovider import KeyProvider
 from tether.domain.operators import OperatorRecord, Permission
 from tether.errors import CryptoError, SealedError, TetherError
+from tether.identity.signing import TOKEN_KEYS_META
 from tether.store import Storage, open_storage
 
 __all__ = ["Broker", "InitResult"]
@@ -65,6 +67,14 @@ class Broker:
         self.operators = OperatorService(storage, self.audit, self.clock)
         self.agents = AgentService(storage, self.audit, self.clock, settings.trust_domain)
         self.issuers = IssuerService(storage, self.audit, self.clock)
+        self.auth = AuthService(
+            storage,
+            self.audit,
+            self.clock,
+            self.agents,
+            trust_domain=settings.trust_domain,
+            token_ttl_seconds=settings.token_ttl_seconds,
+        )
 
     @classmethod
     def from_settings(
@@ -89,17 +99,19 @@ class Broker:
             # whose (dev) key the caller may now delete would block every later init.
             if created and not await self.storage.list_operators():
                 with contextlib.suppress(TetherError):
-                    audit_keys = await self.storage.get_meta(AUDIT_KEYS_META)
-                    if audit_keys is not None:
-                        await self.storage.delete_meta(AUDIT_KEYS_META, expected=audit_keys)
+                    for derived in (AUDIT_KEYS_META, TOKEN_KEYS_META):
+                        blob = await self.storage.get_meta(derived)
+                        if blob is not None:
+                            await self.storage.delete_meta(derived, expected=blob)
                     await self.keys.forget_new_keyring()
             raise
         return InitResult(root=root, root_token=token, keyring_created=created)
 
     async def _attach_audit_keys(self) -> None:
-        self.audit.attach_keys(
-            await load_or_create_audit_keys(self.storage, self.keys.root_key(), self.clock.now())
-        )
+        """Open the keys derived from the root key: audit (HMAC, checkpoints) and token signing."""
+        root_key = self.keys.root_key()
+        self.audit.attach_keys(await load_or_create_audit_keys(self.storage, root_key, self.clock.now()))
+        await self.auth.attach_keys(root_key)
 
     async def unseal(self, actor: OperatorRecord, root_key: bytes | None = None) -> None:
         """Open the keyring (with ``root_key`` or the key provider's) and the audit keys."""
@@ -130,6 +142,7 @@ class Broker:
     def seal_now(self) -> None:
         self.keys.seal()
         self.audit.detach_keys()
+        self.auth.detach_keys()
 
     async def rotate_keys(self, actor: OperatorRecord) -> RotationResult:
         """Add a KEK version and rewrap every data key under it."""

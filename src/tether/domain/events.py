@@ -92,6 +92,7 @@ FINGERPRINT_PREFIX = "hmac-sha256:"
 EVENT_KINDS: Mapping[str, str] = MappingProxyType(
     {
         "auth.token": "an agent obtained (or was refused) an access token",
+        "auth.failed": "an agent request failed authentication (token, proof, replay, disabled agent)",
         "task.open": "an agent opened a task (intent declared)",
         "task.update": "a task's context changed and was re-evaluated",
         "task.end": "a task completed, failed, expired or was revoked",

@@ -1,0 +1,131 @@
+"""Agent authentication: the OAuth token endpoint, the JWKS, and who-am-I."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from tether.api.deps import BrokerDep
+from tether.api.problems import PROBLEM_BASE, Problem
+from tether.domain.agents import AgentRecord
+from tether.errors import AuthenticationError
+
+router = APIRouter(tags=["auth"])
+
+MAX_FORM_BYTES = 16 * 1024
+_DPOP_ALGS = 'algs="Ed25519 EdDSA ES256"'
+# RFC 6749 §5.2: a failed client authentication is 401; everything else the token endpoint refuses is 400.
+_STATUS = {"invalid_client": 401}
+
+
+def endpoint_url(request: Request, path: str) -> str:
+    """The URL agents sign for (``htu``, ``aud``): the configured public URL, else the request's."""
+    public = request.app.state.broker.settings.public_url
+    base = public.rstrip("/") if public else f"{request.url.scheme}://{request.url.netloc}"
+    return base + path
+
+
+def oauth_error(code: str, description: str, status: int | None = None) -> JSONResponse:
+    """An RFC 6749 §5.2 error body that is also an RFC 9457 problem."""
+    status = status or _STATUS.get(code, 400)
+    headers = {"Cache-Control": "no-store"}
+    if status == 401:
+        headers["WWW-Authenticate"] = f'DPoP {_DPOP_ALGS}, error="{code}"'
+    body = {
+        "error": code,
+        "error_description": description,
+        "type": f"{PROBLEM_BASE}oauth-{code.replace('_', '-')}",
+        "title": "Token request refused",
+        "status": status,
+    }
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+        raise AuthenticationError(
+            "the token endpoint takes application/x-www-form-urlencoded", code="invalid_request"
+        )
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        raise AuthenticationError(
+            f"the token request is larger than {MAX_FORM_BYTES} bytes", code="invalid_request"
+        )
+    try:
+        pairs = parse_qsl(
+            body.decode("ascii"), keep_blank_values=True, strict_parsing=bool(body), max_num_fields=16
+        )
+    except (UnicodeDecodeError, ValueError):
+        raise AuthenticationError("malformed form body", code="invalid_request") from None
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        if name in form:  # RFC 6749 §3.2: parameters must not be included more than once
+            raise AuthenticationError(f"parameter {name[:40]!r} is repeated", code="invalid_request")
+        form[name] = value
+    return form
+
+
+@router.post("/v1/auth/token", response_model=None)
+async def token(request: Request, broker: BrokerDep) -> JSONResponse:
+    """Client credentials (RFC 7523 assertion) or token exchange (RFC 8693) → a DPoP-bound token."""
+    try:
+        form = await _form(request)
+        grant = await broker.auth.issue_token(
+            form, request.headers.get("dpop"), endpoint_url(request, "/v1/auth/token")
+        )
+    except AuthenticationError as exc:
+        return oauth_error(exc.code, str(exc))
+    body: dict[str, Any] = {
+        "access_token": grant.token.token,
+        "token_type": "DPoP",
+        "expires_in": grant.ttl_seconds,
+    }
+    if grant.grant_type.endswith("token-exchange"):
+        body["issued_token_type"] = "urn:ietf:params:oauth:token-type:access_token"
+    return JSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+
+@router.get("/v1/auth/jwks")
+async def jwks(broker: BrokerDep) -> dict[str, Any]:
+    """Tether's token-signing public keys, for anyone who verifies Tether's access tokens."""
+    return broker.auth.jwks()
+
+
+async def get_agent(request: Request, broker: BrokerDep) -> AgentRecord:
+    """The agent behind ``Authorization: DPoP`` and its proof; 401 otherwise."""
+    url = endpoint_url(request, request.url.path)
+    try:
+        return await broker.auth.authenticate(
+            request.headers.get("authorization"), request.headers.get("dpop"), request.method, url
+        )
+    except AuthenticationError as exc:
+        raise Problem(
+            401,
+            "unauthenticated",
+            "Authentication required",
+            f"{exc.code}: {exc}",
+            headers={"WWW-Authenticate": f'DPoP {_DPOP_ALGS}, error="{exc.code}"'},
+        ) from None
+
+
+AgentDep = Annotated[AgentRecord, Depends(get_agent)]
+
+
+@router.get("/v1/auth/whoami")
+async def whoami(agent: AgentDep) -> dict[str, Any]:
+    """The authenticated agent: its SPIFFE ID and attributes."""
+    attributes = agent.attributes
+    return {
+        "id": agent.id,
+        "name": agent.name,
+        "trust_domain": agent.trust_domain,
+        "attributes": {
+            "team": attributes.team,
+            "environment": attributes.environment,
+            "owner": attributes.owner,
+            "labels": sorted(attributes.labels),
+        },
+    }

@@ -1,0 +1,252 @@
+"""Agent authentication: the token endpoint and the check every agent request passes.
+
+Token endpoint (``POST /v1/auth/token``): a DPoP proof is required, and the access token is
+bound to the proof's key (``cnf.jkt``). Grants:
+
+* ``client_credentials`` with an RFC 7523 ``private_key_jwt`` assertion signed by one of the
+  agent's registered keys; the DPoP key must be that same key;
+* RFC 8693 token exchange of a JWT from a trusted issuer, mapped to a registered agent; the
+  DPoP key is whatever key the workload proves it holds.
+
+Every agent request then carries ``Authorization: DPoP <token>`` and a fresh proof. Its jti is
+remembered in the store for the proof's lifetime, so a replay is refused on every node. The
+agent is read from the store on each request: a disabled agent's tokens stop at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from tether.audit import Actor, AuditLog
+from tether.broker.agents import AgentService
+from tether.clock import Clock
+from tether.crypto.jose import PublicKey, parse_public_jwk
+from tether.domain.agents import AgentRecord, agent_id
+from tether.errors import AuthenticationError, InvalidInputError, SealedError, TetherError
+from tether.identity.assertions import peek_issuer, verify_client_assertion
+from tether.identity.dpop import DpopProof, verify_dpop_proof
+from tether.identity.federation import (
+    FederationRule,
+    parse_jwks,
+    peek_federated_issuer,
+    verify_federated_token,
+)
+from tether.identity.signing import TokenSigningKeys, load_or_create_token_keys
+from tether.identity.tokens import IssuedToken, issue_access_token, verify_access_token
+from tether.store.base import Storage
+
+__all__ = ["ASSERTION_TYPE", "JWT_TOKEN_TYPE", "TOKEN_EXCHANGE", "AuthService", "TokenGrant"]
+
+
+def _claimed(assertion: str) -> str | None:
+    """Who an assertion claims to be (unverified), to name the actor of a refusal."""
+    try:
+        return peek_issuer(assertion)
+    except AuthenticationError:
+        return None
+
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGrant:
+    """What the token endpoint hands out."""
+
+    token: IssuedToken
+    agent: AgentRecord
+    grant_type: str
+    ttl_seconds: int
+
+
+class AuthService:
+    def __init__(
+        self,
+        storage: Storage,
+        audit: AuditLog,
+        clock: Clock,
+        agents: AgentService,
+        *,
+        trust_domain: str,
+        token_ttl_seconds: int = 600,
+    ) -> None:
+        self._storage = storage
+        self._audit = audit
+        self._clock = clock
+        self._agents = agents
+        self._trust_domain = trust_domain
+        self._ttl = token_ttl_seconds
+        self._keys: TokenSigningKeys | None = None
+
+    # -- keys --------------------------------------------------------------------------
+    async def attach_keys(self, root_key: bytes) -> None:
+        self._keys = await load_or_create_token_keys(self._storage, root_key, self._clock.now())
+
+    def detach_keys(self) -> None:
+        self._keys = None
+
+    def _signing_keys(self) -> TokenSigningKeys:
+        if self._keys is None:
+            raise SealedError("Tether is sealed: no access tokens can be issued or checked")
+        return self._keys
+
+    def jwks(self) -> dict[str, object]:
+        return dict(self._signing_keys().public_jwks(self._clock.now(), self._ttl))
+
+    # -- the token endpoint ------------------------------------------------------------------
+    async def issue_token(self, form: Mapping[str, str], dpop: str | None, token_url: str) -> TokenGrant:
+        """Check a token request; record the outcome (before answering) either way."""
+        grant_type = form.get("grant_type", "")
+        subject: str | None = None
+        try:
+            if not dpop:
+                raise AuthenticationError("a DPoP proof is required", code="invalid_dpop_proof")
+            now = self._clock.now()
+            proof = verify_dpop_proof(dpop, method="POST", url=token_url, now=now)
+            if grant_type == "client_credentials":
+                subject = _claimed(form.get("client_assertion", ""))
+                agent, subject = await self._client_credentials(form, proof, token_url)
+            elif grant_type == TOKEN_EXCHANGE:
+                agent, subject = await self._token_exchange(form)
+            else:
+                raise AuthenticationError(
+                    f"grant_type {grant_type[:60]!r} is not supported", code="unsupported_grant_type"
+                )
+            await self._remember(
+                proof.replay_key, proof.replay_expires_at, "DPoP proof replayed", "invalid_dpop_proof"
+            )
+            issued = issue_access_token(
+                self._signing_keys(),
+                agent_id=agent.id,
+                jkt=proof.jkt,
+                trust_domain=self._trust_domain,
+                now=now,
+                ttl_seconds=self._ttl,
+            )
+        except AuthenticationError as exc:
+            await self._refused("auth.token", subject, exc, grant_type)
+            raise
+        await self._audit.record(
+            "auth.token",
+            Actor.agent(agent.id),
+            resource=f"agent:{agent.name}",
+            reason=grant_type,
+            data={"token_jti": issued.jti, "jkt": proof.jkt, "expires_at": issued.expires_at.isoformat()},
+        )
+        return TokenGrant(token=issued, agent=agent, grant_type=grant_type, ttl_seconds=self._ttl)
+
+    async def _client_credentials(
+        self, form: Mapping[str, str], proof: DpopProof, token_url: str
+    ) -> tuple[AgentRecord, str]:
+        if form.get("client_assertion_type") != ASSERTION_TYPE or not form.get("client_assertion"):
+            raise AuthenticationError(
+                f"client_credentials needs client_assertion_type={ASSERTION_TYPE} and a client_assertion",
+                code="invalid_client",
+            )
+        assertion = form["client_assertion"]
+        claimed = peek_issuer(assertion)
+        agent = await self._agents.active_agent(claimed)
+        keys = [parse_public_jwk(dict(key.jwk)) for key in agent.active_keys]
+        checked = verify_client_assertion(
+            assertion, agent_keys=keys, audience=token_url, now=self._clock.now()
+        )
+        if proof.jkt != checked.kid:
+            raise AuthenticationError(
+                "the DPoP proof must be signed by the key that signed the client assertion",
+                code="invalid_dpop_proof",
+            )
+        await self._remember(
+            checked.replay_key, checked.expires_at, "client assertion replayed", "invalid_client"
+        )
+        return agent, agent.id
+
+    async def _token_exchange(self, form: Mapping[str, str]) -> tuple[AgentRecord, str]:
+        token = form.get("subject_token", "")
+        if not token or form.get("subject_token_type") not in {JWT_TOKEN_TYPE, ACCESS_TOKEN_TYPE}:
+            raise AuthenticationError(
+                f"token exchange needs a subject_token of type {JWT_TOKEN_TYPE}", code="invalid_request"
+            )
+        issuer = await self._storage.get_trusted_issuer_by_issuer(peek_federated_issuer(token))
+        if issuer is None:
+            raise AuthenticationError("the subject token's issuer is not trusted", code="invalid_grant")
+        rule = FederationRule(
+            issuer=issuer.issuer,
+            audience=issuer.audience,
+            keys=self._issuer_keys(issuer.jwks),
+            subject_claim=issuer.subject_claim,
+            subject_pattern=re.compile(issuer.subject_pattern),
+        )
+        identity = verify_federated_token(token, rule, now=self._clock.now())
+        try:
+            agent = await self._agents.active_agent(agent_id(self._trust_domain, identity.agent_name))
+        except InvalidInputError:
+            raise AuthenticationError(
+                "the federated subject maps to no valid agent", code="invalid_grant"
+            ) from None
+        if identity.jti is not None:
+            key = hashlib.sha256(
+                b"federated\0"
+                + issuer.issuer.encode()
+                + b"\0"
+                + identity.jti.encode("utf-8", "surrogatepass")
+            ).digest()
+            await self._remember(key, identity.expires_at, "federated token replayed", "invalid_grant")
+        return agent, agent.id
+
+    @staticmethod
+    def _issuer_keys(jwks: Mapping[str, object] | None) -> list[PublicKey]:
+        if jwks is None:  # jwks_url: fetching remote key sets comes with an HTTP cache (not yet)
+            raise AuthenticationError("the issuer's keys are not available", code="invalid_grant")
+        return parse_jwks(dict(jwks))
+
+    # -- every agent request --------------------------------------------------------------------
+    async def authenticate(
+        self, authorization: str | None, dpop: str | None, method: str, url: str
+    ) -> AgentRecord:
+        """The agent behind a request, or :class:`AuthenticationError` (recorded)."""
+        subject: str | None = None
+        try:
+            scheme, _, token = (authorization or "").partition(" ")
+            if scheme.lower() != "dpop" or not token.strip():
+                raise AuthenticationError(
+                    "agent requests need Authorization: DPoP <token>", code="invalid_token"
+                )
+            if not dpop:
+                raise AuthenticationError("a DPoP proof is required", code="invalid_dpop_proof")
+            now = self._clock.now()
+            claims = verify_access_token(
+                token.strip(), keys=self._signing_keys(), trust_domain=self._trust_domain, now=now
+            )
+            subject = claims.agent_id
+            proof = verify_dpop_proof(
+                dpop, method=method, url=url, now=now, access_token=token.strip(), expected_jkt=claims.jkt
+            )
+            await self._remember(
+                proof.replay_key, proof.replay_expires_at, "DPoP proof replayed", "invalid_dpop_proof"
+            )
+            return await self._agents.active_agent(claims.agent_id)
+        except AuthenticationError as exc:
+            await self._refused("auth.failed", subject, exc, f"{method} {url}")
+            raise
+
+    async def _remember(self, key: bytes, expires_at: datetime, message: str, code: str) -> None:
+        """Single use, across every node: the store keeps the key until ``expires_at``."""
+        if not await self._storage.remember_jti(key, expires_at=expires_at, now=self._clock.now()):
+            raise AuthenticationError(message, code=code)
+
+    async def _refused(self, kind: str, subject: str | None, exc: AuthenticationError, context: str) -> None:
+        actor = self._audit.actor
+        if subject is not None:
+            with contextlib.suppress(TetherError):
+                actor = Actor.agent(subject)
+        await self._audit.record(
+            kind, actor, reason=f"refused: {exc.code}: {str(exc)[:200]}", data={"context": context[:200]}
+        )
