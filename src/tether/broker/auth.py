@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+
+import httpx
 
 from tether.audit import Actor, AuditLog
 from tether.broker.agents import AgentService
 from tether.clock import Clock
 from tether.crypto.jose import PublicKey, parse_public_jwk
-from tether.domain.agents import AgentRecord, agent_id
+from tether.domain.agents import AgentRecord, TrustedIssuer, agent_id
 from tether.errors import AuthenticationError, InvalidInputError, SealedError, TetherError
 from tether.identity.assertions import peek_issuer, verify_client_assertion
 from tether.identity.dpop import DpopProof, verify_dpop_proof
@@ -55,6 +59,11 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+JWKS_CACHE_SECONDS = 300
+JWKS_TIMEOUT_SECONDS = 5.0
+MAX_JWKS_BYTES = 64 * 1024
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +94,7 @@ class AuthService:
         self._trust_domain = trust_domain
         self._ttl = token_ttl_seconds
         self._keys: TokenSigningKeys | None = None
+        self._jwks_cache: dict[str, tuple[float, list[PublicKey]]] = {}
 
     # -- keys --------------------------------------------------------------------------
     async def attach_keys(self, root_key: bytes) -> None:
@@ -180,7 +190,7 @@ class AuthService:
         rule = FederationRule(
             issuer=issuer.issuer,
             audience=issuer.audience,
-            keys=self._issuer_keys(issuer.jwks),
+            keys=await self._issuer_keys(issuer),
             subject_claim=issuer.subject_claim,
             subject_pattern=re.compile(issuer.subject_pattern),
         )
@@ -201,11 +211,27 @@ class AuthService:
             await self._remember(key, identity.expires_at, "federated token replayed", "invalid_grant")
         return agent, agent.id
 
-    @staticmethod
-    def _issuer_keys(jwks: Mapping[str, object] | None) -> list[PublicKey]:
-        if jwks is None:  # jwks_url: fetching remote key sets comes with an HTTP cache (not yet)
-            raise AuthenticationError("the issuer's keys are not available", code="invalid_grant")
-        return parse_jwks(dict(jwks))
+    async def _issuer_keys(self, issuer: TrustedIssuer) -> list[PublicKey]:
+        """The issuer's verification keys: inline, or fetched from its JWKS URL and cached for
+        a few minutes. Any failure to get them refuses the exchange (fail closed)."""
+        if issuer.jwks is not None:
+            return parse_jwks(dict(issuer.jwks))
+        url = issuer.jwks_url or ""
+        now = time.monotonic()
+        cached = self._jwks_cache.get(url)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            async with httpx.AsyncClient(timeout=JWKS_TIMEOUT_SECONDS, follow_redirects=False) as http:
+                response = await http.get(url, headers={"Accept": "application/json"})
+            if response.status_code != 200 or len(response.content) > MAX_JWKS_BYTES:
+                raise ValueError(f"HTTP {response.status_code}, {len(response.content)} bytes")
+            keys = parse_jwks(response.json())
+        except (httpx.HTTPError, ValueError, InvalidInputError) as exc:
+            log.warning("cannot fetch the JWKS of issuer %s: %s", issuer.name, type(exc).__name__)
+            raise AuthenticationError("the issuer's keys are not available", code="invalid_grant") from None
+        self._jwks_cache[url] = (now + JWKS_CACHE_SECONDS, keys)
+        return keys
 
     # -- every agent request --------------------------------------------------------------------
     async def authenticate(
