@@ -13,6 +13,7 @@ from tether.api import create_app
 from tether.broker import Broker
 from tether.crypto.jose import generate_private_jwk
 from tether.sdk import AsyncAgent, TetherAPIError
+from tether.store import open_storage
 
 pytestmark = pytest.mark.asyncio
 
@@ -99,3 +100,32 @@ async def test_token_request_without_dpop_is_refused(http: httpx.AsyncClient) ->
     response = await http.post("/v1/auth/token", data={"grant_type": "client_credentials"})
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_dpop_proof"
+
+
+async def test_token_key_rotation_reaches_other_nodes_and_keeps_old_tokens(
+    http: httpx.AsyncClient, admin: dict[str, str], broker: Broker
+) -> None:
+    agent_id, key = await register(http, admin, "rotating")
+    old_agent = AsyncAgent(BASE, agent_id, key, http=http)
+    await old_agent.whoami()
+    other = Broker(
+        broker.settings, open_storage(broker.settings.database_url, pg_schema=broker.settings.pg_schema)
+    )
+    await other.start(migrate=False)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(other)), base_url=BASE
+        ) as node_b:
+            rotated = await http.post("/v1/sys/token-keys/rotate", headers=admin)
+            assert rotated.status_code == 200
+            new_agent = AsyncAgent(BASE, agent_id, key, http=http)
+            await new_agent.token()
+            on_b = AsyncAgent(BASE, agent_id, key, http=node_b)
+            on_b._session.token = new_agent._session.token  # a token node A signed with the new key
+            assert (await on_b.whoami())["id"] == agent_id
+            assert (await old_agent.whoami())["id"] == agent_id  # the previous key still verifies
+            jwks = (await http.get("/v1/auth/jwks")).json()["keys"]
+            assert rotated.json()["kid"] in {k["kid"] for k in jwks}
+            assert len(jwks) == 2
+    finally:
+        await other.close()

@@ -90,6 +90,12 @@ async def rotate_keys(broker: BrokerDep, operator: OperatorDep, request: Request
     return RotationOut(kek_version=result.kek_version, rewrapped=result.rewrapped)
 
 
+@router.post("/v1/sys/token-keys/rotate", tags=["sys"])
+async def rotate_token_keys(broker: BrokerDep, operator: OperatorDep) -> dict[str, str]:
+    """A new Ed25519 key for signing access tokens; the previous one keeps verifying live tokens."""
+    return {"kid": await broker.rotate_token_keys(operator)}
+
+
 @router.get("/metrics", tags=["sys"], response_class=Response)
 async def metrics(broker: BrokerDep, operator: OperatorDep, request: Request) -> Response:
     """Prometheus metrics (operator token with the admin or auditor role)."""

@@ -29,7 +29,7 @@ import httpx
 from tether.audit import Actor, AuditLog
 from tether.broker.agents import AgentService
 from tether.clock import Clock
-from tether.crypto.jose import PublicKey, parse_public_jwk
+from tether.crypto.jose import PublicKey, jws_header, parse_public_jwk
 from tether.domain.agents import AgentRecord, TrustedIssuer, agent_id
 from tether.errors import AuthenticationError, InvalidInputError, SealedError, TetherError
 from tether.identity.assertions import peek_issuer, verify_client_assertion
@@ -40,7 +40,7 @@ from tether.identity.federation import (
     peek_federated_issuer,
     verify_federated_token,
 )
-from tether.identity.signing import TokenSigningKeys, load_or_create_token_keys
+from tether.identity.signing import TokenSigningKeys, load_or_create_token_keys, rotate_token_keys
 from tether.identity.tokens import IssuedToken, issue_access_token, verify_access_token
 from tether.store.base import Storage
 
@@ -60,6 +60,7 @@ TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 JWKS_CACHE_SECONDS = 300
+KEY_RELOAD_SECONDS = 5.0
 JWKS_TIMEOUT_SECONDS = 5.0
 MAX_JWKS_BYTES = 64 * 1024
 
@@ -95,13 +96,36 @@ class AuthService:
         self._ttl = token_ttl_seconds
         self._keys: TokenSigningKeys | None = None
         self._jwks_cache: dict[str, tuple[float, list[PublicKey]]] = {}
+        self._root_key: bytes | None = None
+        self._last_reload = 0.0  # monotonic time of the last reload for an unknown kid
 
     # -- keys --------------------------------------------------------------------------
     async def attach_keys(self, root_key: bytes) -> None:
+        self._root_key = root_key
         self._keys = await load_or_create_token_keys(self._storage, root_key, self._clock.now())
+
+    async def rotate_keys(self, root_key: bytes) -> str:
+        """A new token-signing key (the previous one keeps verifying live tokens); its kid."""
+        self._keys = await rotate_token_keys(self._storage, root_key, self._clock.now())
+        return self._keys.active.kid
+
+    async def _refresh_for(self, token: str) -> None:
+        """A token signed by a key this node has not seen: another node rotated. Reload the
+        keys, at most once every few seconds (a flood of bogus kids costs one read each time)."""
+        if self._root_key is None or self._keys is None:
+            return
+        with contextlib.suppress(AuthenticationError):
+            kid = jws_header(token).get("kid")
+            if not isinstance(kid, str) or self._keys.key_for(kid) is not None:
+                return
+            if time.monotonic() - self._last_reload < KEY_RELOAD_SECONDS:
+                return
+            self._last_reload = time.monotonic()
+            self._keys = await load_or_create_token_keys(self._storage, self._root_key, self._clock.now())
 
     def detach_keys(self) -> None:
         self._keys = None
+        self._root_key = None
 
     def _signing_keys(self) -> TokenSigningKeys:
         if self._keys is None:
@@ -248,6 +272,7 @@ class AuthService:
             if not dpop:
                 raise AuthenticationError("a DPoP proof is required", code="invalid_dpop_proof")
             now = self._clock.now()
+            await self._refresh_for(token.strip())
             claims = verify_access_token(
                 token.strip(), keys=self._signing_keys(), trust_domain=self._trust_domain, now=now
             )

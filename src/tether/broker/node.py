@@ -144,6 +144,13 @@ class Broker:
         self.audit.detach_keys()
         self.auth.detach_keys()
 
+    async def rotate_token_keys(self, actor: OperatorRecord) -> str:
+        """A new access-token signing key; tokens signed by the previous one stay valid."""
+        await authorize(self.audit, actor, Permission.SYS_KEYS, "sys:token-keys")
+        root_key = self.keys.root_key()
+        await self.audit.record("sys.keys.rotate", operator_actor(actor), resource="sys:token-keys")
+        return await self.auth.rotate_keys(root_key)
+
     async def rotate_keys(self, actor: OperatorRecord) -> RotationResult:
         """Add a KEK version and rewrap every data key under it."""
         await authorize(self.audit, actor, Permission.SYS_KEYS, "sys:keyring")
