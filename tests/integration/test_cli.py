@@ -588,3 +588,11 @@ def test_no_url_is_built_from_a_path_the_validator_refused() -> None:
     url = httpx.Request("GET", "http://tether.test" + secret_url("prod/db.main", ":rotate")).url
     assert url.path == "/v1/secrets/prod/db.main:rotate"
     assert url_segment("a/b") == "a%2Fb"
+
+
+def test_keys_rotate_signing_publishes_a_new_token_key(node: Node) -> None:
+    rotated = run(["keys", "rotate-signing", "--json"], node.env())
+    assert rotated.returncode == 0, rotated.stderr
+    kid = json.loads(rotated.stdout)["kid"]
+    jwks = httpx.get(node.env()["TETHER_ADDR"] + "/v1/auth/jwks", timeout=10).json()
+    assert kid in {key["kid"] for key in jwks["keys"]}

@@ -227,6 +227,19 @@ def keys_rotate(addr: Addr = DEFAULT_ADDR, token: Token = None, json_output: Jso
     )
 
 
+@keys_app.command("rotate-signing")
+def keys_rotate_signing(addr: Addr = DEFAULT_ADDR, token: Token = None, json_output: Json = False) -> None:
+    """A new Ed25519 key for signing agents' access tokens; the previous one keeps verifying them."""
+    with client(addr, token) as api:
+        result = api.post("/v1/sys/token-keys/rotate")
+    if json_output:
+        print_json(result)
+        return
+    out.print(
+        f"Token-signing key rotated: new kid {result['kid']}; earlier tokens stay valid until they expire."
+    )
+
+
 @keys_app.command("status")
 def keys_status(addr: Addr = DEFAULT_ADDR, token: Token = None, json_output: Json = False) -> None:
     """The keyring's versions (never the keys)."""
