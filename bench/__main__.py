@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from bench import audit_bench
+from bench import audit_bench, identity_bench
 
 
 def main() -> None:
@@ -13,6 +13,8 @@ def main() -> None:
     if dsn := os.environ.get("TETHER_TEST_PG_DSN"):
         args += ["--pg-dsn", dsn]
     asyncio.run(audit_bench.main(args))
+    print()
+    asyncio.run(identity_bench.main([]))
 
 
 if __name__ == "__main__":
