@@ -129,3 +129,41 @@ async def test_token_key_rotation_reaches_other_nodes_and_keeps_old_tokens(
             assert len(jwks) == 2
     finally:
         await other.close()
+
+
+async def test_removing_a_key_stops_the_tokens_it_obtained(
+    http: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    agent_id, old_key = await register(http, admin, "rekeyed")
+    old = AsyncAgent(BASE, agent_id, old_key, http=http)
+    await old.whoami()
+    new_key = generate_private_jwk()
+    public = {k: v for k, v in new_key.items() if k in {"kty", "crv", "x"}}
+    assert (
+        await http.post("/v1/agents/rekeyed/keys", json={"public_key": public}, headers=admin)
+    ).status_code == 201
+    new = AsyncAgent(BASE, agent_id, new_key, http=http)
+    assert (await new.whoami())["id"] == agent_id  # overlap: both keys work
+    assert (await old.whoami())["id"] == agent_id
+    removed = await http.delete(f"/v1/agents/rekeyed/keys/{old_key['kid']}", headers=admin)
+    assert removed.status_code == 204
+    with pytest.raises(TetherAPIError) as refused:
+        await old.whoami()  # its cached token is bound to the removed key
+    assert refused.value.status == 401
+    assert (await new.whoami())["id"] == agent_id
+
+
+async def test_a_refusal_never_names_an_unverified_agent_as_actor(
+    http: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    victim_id, _ = await register(http, admin, "victim")
+    attacker_key = generate_private_jwk()
+    forged = AsyncAgent(BASE, victim_id, attacker_key, http=http)  # claims to be the victim
+    with pytest.raises(TetherAPIError):
+        await forged.whoami()
+    refusals = (await http.get("/v1/audit/events", params={"kind": "auth.token"}, headers=admin)).json()[
+        "events"
+    ]
+    assert refusals
+    assert all(e["actor"]["type"] == "system" for e in refusals)
+    assert refusals[-1]["data"]["claimed_agent"] == victim_id

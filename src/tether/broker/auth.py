@@ -41,7 +41,7 @@ from tether.identity.federation import (
     verify_federated_token,
 )
 from tether.identity.signing import TokenSigningKeys, load_or_create_token_keys, rotate_token_keys
-from tether.identity.tokens import IssuedToken, issue_access_token, verify_access_token
+from tether.identity.tokens import IssuedToken, issue_access_token, peek_claims, verify_access_token
 from tether.store.base import Storage
 
 __all__ = ["ASSERTION_TYPE", "JWT_TOKEN_TYPE", "TOKEN_EXCHANGE", "AuthService", "TokenGrant"]
@@ -59,6 +59,11 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+# Which grant a token came from: a key-bound token stops when its key is removed; a federated
+# one is bound to a key the workload generated, unknown to the registry.
+BINDING_CLAIM = "tether_binding"
+KEY_BOUND = "agent-key"
+FEDERATED = "federated"
 JWKS_CACHE_SECONDS = 300
 KEY_RELOAD_SECONDS = 5.0
 JWKS_TIMEOUT_SECONDS = 5.0
@@ -139,17 +144,20 @@ class AuthService:
     async def issue_token(self, form: Mapping[str, str], dpop: str | None, token_url: str) -> TokenGrant:
         """Check a token request; record the outcome (before answering) either way."""
         grant_type = form.get("grant_type", "")
-        subject: str | None = None
+        claimed: str | None = None
         try:
+            self._signing_keys()  # sealed: refuse before any state (replay records) is written
             if not dpop:
                 raise AuthenticationError("a DPoP proof is required", code="invalid_dpop_proof")
             now = self._clock.now()
             proof = verify_dpop_proof(dpop, method="POST", url=token_url, now=now)
             if grant_type == "client_credentials":
-                subject = _claimed(form.get("client_assertion", ""))
-                agent, subject = await self._client_credentials(form, proof, token_url)
+                claimed = _claimed(form.get("client_assertion", ""))
+                agent = await self._client_credentials(form, proof, token_url)
+                binding = KEY_BOUND
             elif grant_type == TOKEN_EXCHANGE:
-                agent, subject = await self._token_exchange(form)
+                agent = await self._token_exchange(form)
+                binding = FEDERATED
             else:
                 raise AuthenticationError(
                     f"grant_type {grant_type[:60]!r} is not supported", code="unsupported_grant_type"
@@ -164,14 +172,16 @@ class AuthService:
                 trust_domain=self._trust_domain,
                 now=now,
                 ttl_seconds=self._ttl,
+                extra={BINDING_CLAIM: binding},
             )
         except AuthenticationError as exc:
-            await self._refused("auth.token", subject, exc, grant_type)
+            # Nothing about the caller is verified here: a claimed id is data, never the actor.
+            await self._refused("auth.token", None, exc, grant_type, claimed=claimed)
             raise
         await self._audit.record(
             "auth.token",
             Actor.agent(agent.id),
-            resource=f"agent:{agent.name}",
+            resource=f"agent:{agent.id}",
             reason=grant_type,
             data={"token_jti": issued.jti, "jkt": proof.jkt, "expires_at": issued.expires_at.isoformat()},
         )
@@ -179,7 +189,7 @@ class AuthService:
 
     async def _client_credentials(
         self, form: Mapping[str, str], proof: DpopProof, token_url: str
-    ) -> tuple[AgentRecord, str]:
+    ) -> AgentRecord:
         if form.get("client_assertion_type") != ASSERTION_TYPE or not form.get("client_assertion"):
             raise AuthenticationError(
                 f"client_credentials needs client_assertion_type={ASSERTION_TYPE} and a client_assertion",
@@ -200,9 +210,9 @@ class AuthService:
         await self._remember(
             checked.replay_key, checked.expires_at, "client assertion replayed", "invalid_client"
         )
-        return agent, agent.id
+        return agent
 
-    async def _token_exchange(self, form: Mapping[str, str]) -> tuple[AgentRecord, str]:
+    async def _token_exchange(self, form: Mapping[str, str]) -> AgentRecord:
         token = form.get("subject_token", "")
         if not token or form.get("subject_token_type") not in {JWT_TOKEN_TYPE, ACCESS_TOKEN_TYPE}:
             raise AuthenticationError(
@@ -221,9 +231,10 @@ class AuthService:
         identity = verify_federated_token(token, rule, now=self._clock.now())
         try:
             agent = await self._agents.active_agent(agent_id(self._trust_domain, identity.agent_name))
-        except InvalidInputError:
+        except (InvalidInputError, AuthenticationError):
+            # RFC 8693: a subject token that names no usable agent is a bad grant.
             raise AuthenticationError(
-                "the federated subject maps to no valid agent", code="invalid_grant"
+                "the federated subject maps to no registered, enabled agent", code="invalid_grant"
             ) from None
         if identity.jti is not None:
             key = hashlib.sha256(
@@ -233,7 +244,7 @@ class AuthService:
                 + identity.jti.encode("utf-8", "surrogatepass")
             ).digest()
             await self._remember(key, identity.expires_at, "federated token replayed", "invalid_grant")
-        return agent, agent.id
+        return agent
 
     async def _issuer_keys(self, issuer: TrustedIssuer) -> list[PublicKey]:
         """The issuer's verification keys: inline, or fetched from its JWKS URL and cached for
@@ -264,6 +275,7 @@ class AuthService:
         """The agent behind a request, or :class:`AuthenticationError` (recorded)."""
         subject: str | None = None
         try:
+            self._signing_keys()  # sealed: refuse before any state is written
             scheme, _, token = (authorization or "").partition(" ")
             if scheme.lower() != "dpop" or not token.strip():
                 raise AuthenticationError(
@@ -283,21 +295,38 @@ class AuthService:
             await self._remember(
                 proof.replay_key, proof.replay_expires_at, "DPoP proof replayed", "invalid_dpop_proof"
             )
-            return await self._agents.active_agent(claims.agent_id)
+            agent = await self._agents.active_agent(claims.agent_id)
+            if peek_claims(token.strip()).get(BINDING_CLAIM) != FEDERATED and claims.jkt not in {
+                key.kid for key in agent.active_keys
+            }:
+                # A key-bound token dies with its key: removing a key revokes what it obtained.
+                raise AuthenticationError("the key this token is bound to was removed", code="invalid_token")
         except AuthenticationError as exc:
             await self._refused("auth.failed", subject, exc, f"{method} {url}")
             raise
+        return agent
 
     async def _remember(self, key: bytes, expires_at: datetime, message: str, code: str) -> None:
         """Single use, across every node: the store keeps the key until ``expires_at``."""
         if not await self._storage.remember_jti(key, expires_at=expires_at, now=self._clock.now()):
             raise AuthenticationError(message, code=code)
 
-    async def _refused(self, kind: str, subject: str | None, exc: AuthenticationError, context: str) -> None:
+    async def _refused(
+        self,
+        kind: str,
+        subject: str | None,
+        exc: AuthenticationError,
+        context: str,
+        *,
+        claimed: str | None = None,
+    ) -> None:
+        """Record a refusal. ``subject`` is a verified agent id (the actor); ``claimed`` an
+        unverified one (kept as data, so nobody can pin a refusal on another agent)."""
         actor = self._audit.actor
         if subject is not None:
             with contextlib.suppress(TetherError):
                 actor = Actor.agent(subject)
-        await self._audit.record(
-            kind, actor, reason=f"refused: {exc.code}: {str(exc)[:200]}", data={"context": context[:200]}
-        )
+        data = {"context": context[:200]}
+        if claimed is not None:
+            data["claimed_agent"] = claimed[:300]
+        await self._audit.record(kind, actor, reason=f"refused: {exc.code}: {str(exc)[:200]}", data=data)
