@@ -16,6 +16,7 @@ from tether.errors import AuthenticationError
 router = APIRouter(tags=["auth"])
 
 MAX_FORM_BYTES = 16 * 1024
+CLIENT_AUTH_FAILED = "client authentication failed"
 _DPOP_ALGS = 'algs="Ed25519 EdDSA ES256"'
 # RFC 6749 §5.2: a failed client authentication is 401; everything else the token endpoint refuses is 400.
 _STATUS = {"invalid_client": 401}
@@ -73,11 +74,18 @@ async def token(request: Request, broker: BrokerDep) -> JSONResponse:
     """Client credentials (RFC 7523 assertion) or token exchange (RFC 8693) → a DPoP-bound token."""
     try:
         form = await _form(request)
+    except AuthenticationError as exc:
+        await broker.auth.refuse_token_request(exc)
+        return oauth_error(exc.code, str(exc))
+    try:
         grant = await broker.auth.issue_token(
             form, request.headers.get("dpop"), endpoint_url(request, "/v1/auth/token")
         )
     except AuthenticationError as exc:
-        return oauth_error(exc.code, str(exc))
+        # Client authentication failures all read the same to the caller, so that nobody can
+        # probe which agents exist or are disabled; the audit event holds the precise reason.
+        description = CLIENT_AUTH_FAILED if exc.code == "invalid_client" else str(exc)
+        return oauth_error(exc.code, description)
     body: dict[str, Any] = {
         "access_token": grant.token.token,
         "token_type": "DPoP",

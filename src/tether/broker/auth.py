@@ -151,6 +151,11 @@ class AuthService:
                 raise AuthenticationError("a DPoP proof is required", code="invalid_dpop_proof")
             now = self._clock.now()
             proof = verify_dpop_proof(dpop, method="POST", url=token_url, now=now)
+            # The proof is single-use whatever happens next; checking it first means a replayed
+            # proof cannot burn an assertion or subject token it carries.
+            await self._remember(
+                proof.replay_key, proof.replay_expires_at, "DPoP proof replayed", "invalid_dpop_proof"
+            )
             if grant_type == "client_credentials":
                 claimed = _claimed(form.get("client_assertion", ""))
                 agent = await self._client_credentials(form, proof, token_url)
@@ -162,9 +167,6 @@ class AuthService:
                 raise AuthenticationError(
                     f"grant_type {grant_type[:60]!r} is not supported", code="unsupported_grant_type"
                 )
-            await self._remember(
-                proof.replay_key, proof.replay_expires_at, "DPoP proof replayed", "invalid_dpop_proof"
-            )
             issued = issue_access_token(
                 self._signing_keys(),
                 agent_id=agent.id,
@@ -186,6 +188,10 @@ class AuthService:
             data={"token_jti": issued.jti, "jkt": proof.jkt, "expires_at": issued.expires_at.isoformat()},
         )
         return TokenGrant(token=issued, agent=agent, grant_type=grant_type, ttl_seconds=self._ttl)
+
+    async def refuse_token_request(self, exc: AuthenticationError) -> None:
+        """Record a token request refused before it could be read (content type, form)."""
+        await self._refused("auth.token", None, exc, "malformed request")
 
     async def _client_credentials(
         self, form: Mapping[str, str], proof: DpopProof, token_url: str
@@ -295,7 +301,11 @@ class AuthService:
             await self._remember(
                 proof.replay_key, proof.replay_expires_at, "DPoP proof replayed", "invalid_dpop_proof"
             )
-            agent = await self._agents.active_agent(claims.agent_id)
+            try:
+                agent = await self._agents.active_agent(claims.agent_id)
+            except AuthenticationError as exc:
+                # RFC 6750 §3.1: on a resource request the token is what is no longer good.
+                raise AuthenticationError(str(exc), code="invalid_token") from None
             if peek_claims(token.strip()).get(BINDING_CLAIM) != FEDERATED and claims.jkt not in {
                 key.kid for key in agent.active_keys
             }:
