@@ -120,4 +120,8 @@ async def test_an_unreachable_or_failing_jwks_url_refuses_the_exchange(
         agent = AsyncAgent.federated(BASE, subject_token=lambda: token, http=http)
         with pytest.raises(TetherAPIError) as refused:
             await agent.whoami()
+        again = AsyncAgent.federated(BASE, subject_token=lambda: token, http=http)
+        with pytest.raises(TetherAPIError):
+            await again.whoami()
+        assert failing.requests == 1  # the failure is remembered: forged tokens cannot amplify
     assert refused.value.body["error"] == "invalid_grant"

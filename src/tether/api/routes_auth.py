@@ -23,10 +23,17 @@ _STATUS = {"invalid_client": 401}
 
 
 def endpoint_url(request: Request, path: str) -> str:
-    """The URL agents sign for (``htu``, ``aud``): the configured public URL, else the request's."""
+    """The URL agents sign for (``htu``, ``aud``): the configured public URL (``tether server``
+    always has one), else — for an app embedded without one — the request's own."""
     public = request.app.state.broker.settings.public_url
     base = public.rstrip("/") if public else f"{request.url.scheme}://{request.url.netloc}"
     return base + path
+
+
+def request_path(request: Request) -> str:
+    """The path as the client sent it (still percent-encoded), which is what it signed as htu."""
+    raw = request.scope.get("raw_path")
+    return raw.decode("latin-1") if isinstance(raw, bytes) else request.url.path
 
 
 def oauth_error(code: str, description: str, status: int | None = None) -> JSONResponse:
@@ -104,7 +111,7 @@ async def jwks(broker: BrokerDep) -> dict[str, Any]:
 
 async def get_agent(request: Request, broker: BrokerDep) -> AgentRecord:
     """The agent behind ``Authorization: DPoP`` and its proof; 401 otherwise."""
-    url = endpoint_url(request, request.url.path)
+    url = endpoint_url(request, request_path(request))
     try:
         return await broker.auth.authenticate(
             request.headers.get("authorization"), request.headers.get("dpop"), request.method, url

@@ -11,6 +11,7 @@ import uvicorn
 from tether.api.app import create_app
 from tether.broker import Broker
 from tether.config import Settings
+from tether.errors import ConfigError
 
 __all__ = ["serve", "serve_broker"]
 
@@ -71,9 +72,23 @@ async def _serve(server: uvicorn.Server, started: asyncio.Event | None) -> None:
         await server.serve()
 
 
+def with_public_url(settings: Settings, host: str, port: int) -> Settings:
+    """Agents sign the server's URL into assertions (aud) and proofs (htu). It must come from
+    configuration, never from a request's Host header: on loopback it is the listen address;
+    anywhere else ``public_url`` must be set."""
+    if settings.public_url is not None:
+        return settings
+    if not _is_loopback(host):
+        raise ConfigError(
+            f"listening on {host}: set public_url (TETHER_PUBLIC_URL), the URL agents use to reach Tether"
+        )
+    shown = f"[{host}]" if ":" in host else host
+    return settings.with_overrides(public_url=f"http://{shown}:{port}")
+
+
 async def serve(settings: Settings, host: str, port: int) -> None:
     """Start a broker from ``settings`` (migrate, unseal) and serve it. Storage errors propagate."""
-    broker = Broker.from_settings(settings)
+    broker = Broker.from_settings(with_public_url(settings, host, port))
     try:
         await broker.start()
         log.info("Tether %s on http://%s:%d (storage: %s)", settings.node_id, host, port, settings.backend)

@@ -15,14 +15,15 @@ agent is read from the store on each request: a disabled agent's tokens stop at 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import hashlib
+import json
 import logging
 import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import httpx
 
@@ -47,6 +48,25 @@ from tether.store.base import Storage
 __all__ = ["ASSERTION_TYPE", "JWT_TOKEN_TYPE", "TOKEN_EXCHANGE", "AuthService", "TokenGrant"]
 
 
+async def _fetch_jwks(url: str) -> list[PublicKey]:
+    """GET a JWKS, reading at most MAX_JWKS_BYTES of it (streamed, so a huge body costs nothing)."""
+    async with (
+        httpx.AsyncClient(timeout=JWKS_TIMEOUT_SECONDS, follow_redirects=False) as http,
+        http.stream("GET", url, headers={"Accept": "application/json"}) as response,
+    ):
+        if response.status_code != 200:
+            raise ValueError(f"HTTP {response.status_code}")
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > MAX_JWKS_BYTES:
+                raise ValueError(f"JWKS larger than {MAX_JWKS_BYTES} bytes")
+    data = json.loads(bytes(body))
+    if not isinstance(data, dict):
+        raise TypeError("JWKS is not a JSON object")
+    return parse_jwks(data)
+
+
 def _claimed(assertion: str) -> str | None:
     """Who an assertion claims to be (unverified), to name the actor of a refusal."""
     try:
@@ -65,7 +85,11 @@ BINDING_CLAIM = "tether_binding"
 KEY_BOUND = "agent-key"
 FEDERATED = "federated"
 JWKS_CACHE_SECONDS = 300
+JWKS_FAILURE_SECONDS = 30
 KEY_RELOAD_SECONDS = 5.0
+# Replay records outlive the credential's acceptance window (which includes clock leeway).
+REPLAY_MARGIN = timedelta(seconds=60)
+_PRINTABLE = re.compile(r"[\x21-\x7e]{1,256}")
 JWKS_TIMEOUT_SECONDS = 5.0
 MAX_JWKS_BYTES = 64 * 1024
 
@@ -100,7 +124,8 @@ class AuthService:
         self._trust_domain = trust_domain
         self._ttl = token_ttl_seconds
         self._keys: TokenSigningKeys | None = None
-        self._jwks_cache: dict[str, tuple[float, list[PublicKey]]] = {}
+        self._jwks_cache: dict[str, tuple[float, list[PublicKey] | None]] = {}
+        self._jwks_locks: dict[str, asyncio.Lock] = {}
         self._root_key: bytes | None = None
         self._last_reload = 0.0  # monotonic time of the last reload for an unknown kid
 
@@ -180,6 +205,14 @@ class AuthService:
             # Nothing about the caller is verified here: a claimed id is data, never the actor.
             await self._refused("auth.token", None, exc, grant_type, claimed=claimed)
             raise
+        except TetherError:
+            raise  # sealed, storage down: the caller gets 503 and nothing was issued
+        except Exception as exc:  # noqa: BLE001 - any surprise on hostile input is a refusal
+            refusal = AuthenticationError(
+                f"malformed token request ({type(exc).__name__})", code="invalid_request"
+            )
+            await self._refused("auth.token", None, refusal, grant_type, claimed=claimed)
+            raise refusal from None
         await self._audit.record(
             "auth.token",
             Actor.agent(agent.id),
@@ -224,7 +257,10 @@ class AuthService:
             raise AuthenticationError(
                 f"token exchange needs a subject_token of type {JWT_TOKEN_TYPE}", code="invalid_request"
             )
-        issuer = await self._storage.get_trusted_issuer_by_issuer(peek_federated_issuer(token))
+        claimed_issuer = peek_federated_issuer(token)
+        if not _PRINTABLE.fullmatch(claimed_issuer):
+            raise AuthenticationError("the subject token's issuer is not trusted", code="invalid_grant")
+        issuer = await self._storage.get_trusted_issuer_by_issuer(claimed_issuer)
         if issuer is None:
             raise AuthenticationError("the subject token's issuer is not trusted", code="invalid_grant")
         rule = FederationRule(
@@ -242,14 +278,9 @@ class AuthService:
             raise AuthenticationError(
                 "the federated subject maps to no registered, enabled agent", code="invalid_grant"
             ) from None
-        if identity.jti is not None:
-            key = hashlib.sha256(
-                b"federated\0"
-                + issuer.issuer.encode()
-                + b"\0"
-                + identity.jti.encode("utf-8", "surrogatepass")
-            ).digest()
-            await self._remember(key, identity.expires_at, "federated token replayed", "invalid_grant")
+        # Subject tokens are not single-use: workloads present the same projected token (a
+        # Kubernetes service-account token, a JWT-SVID) for its whole life, and every exchange
+        # is bound to the key the presenter proved with DPoP.
         return agent
 
     async def _issuer_keys(self, issuer: TrustedIssuer) -> list[PublicKey]:
@@ -258,21 +289,25 @@ class AuthService:
         if issuer.jwks is not None:
             return parse_jwks(dict(issuer.jwks))
         url = issuer.jwks_url or ""
-        now = time.monotonic()
-        cached = self._jwks_cache.get(url)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        try:
-            async with httpx.AsyncClient(timeout=JWKS_TIMEOUT_SECONDS, follow_redirects=False) as http:
-                response = await http.get(url, headers={"Accept": "application/json"})
-            if response.status_code != 200 or len(response.content) > MAX_JWKS_BYTES:
-                raise ValueError(f"HTTP {response.status_code}, {len(response.content)} bytes")
-            keys = parse_jwks(response.json())
-        except (httpx.HTTPError, ValueError, InvalidInputError) as exc:
-            log.warning("cannot fetch the JWKS of issuer %s: %s", issuer.name, type(exc).__name__)
-            raise AuthenticationError("the issuer's keys are not available", code="invalid_grant") from None
-        self._jwks_cache[url] = (now + JWKS_CACHE_SECONDS, keys)
-        return keys
+        # One fetch per URL at a time, and a failure is remembered for a while: forged tokens
+        # naming a trusted issuer must not turn Tether into a request amplifier.
+        async with self._jwks_locks.setdefault(url, asyncio.Lock()):
+            now = time.monotonic()
+            cached = self._jwks_cache.get(url)
+            if cached is not None and cached[0] > now:
+                if cached[1] is None:
+                    raise AuthenticationError("the issuer's keys are not available", code="invalid_grant")
+                return cached[1]
+            try:
+                keys = await _fetch_jwks(url)
+            except (httpx.HTTPError, ValueError, TypeError, RecursionError, InvalidInputError) as exc:
+                log.warning("cannot fetch the JWKS of issuer %s: %s", issuer.name, type(exc).__name__)
+                self._jwks_cache[url] = (now + JWKS_FAILURE_SECONDS, None)
+                raise AuthenticationError(
+                    "the issuer's keys are not available", code="invalid_grant"
+                ) from None
+            self._jwks_cache[url] = (now + JWKS_CACHE_SECONDS, keys)
+            return keys
 
     # -- every agent request --------------------------------------------------------------------
     async def authenticate(
@@ -314,11 +349,21 @@ class AuthService:
         except AuthenticationError as exc:
             await self._refused("auth.failed", subject, exc, f"{method} {url}")
             raise
+        except TetherError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything unexpected
+            refusal = AuthenticationError(
+                f"malformed credentials ({type(exc).__name__})", code="invalid_token"
+            )
+            await self._refused("auth.failed", subject, refusal, f"{method} {url}")
+            raise refusal from None
         return agent
 
     async def _remember(self, key: bytes, expires_at: datetime, message: str, code: str) -> None:
         """Single use, across every node: the store keeps the key until ``expires_at``."""
-        if not await self._storage.remember_jti(key, expires_at=expires_at, now=self._clock.now()):
+        now = self._clock.now()
+        keep_until = max(expires_at, now) + REPLAY_MARGIN
+        if not await self._storage.remember_jti(key, expires_at=keep_until, now=now):
             raise AuthenticationError(message, code=code)
 
     async def _refused(

@@ -196,10 +196,10 @@ def _next_steps(addr: str, token: str, data_dir: Path, *, keep_serving: bool) ->
 async def _serve_and_seed(
     settings: Settings, host: str, port: int, token: str, *, exit_after_seed: bool
 ) -> None:
-    from tether.api.server import serve_broker
+    from tether.api.server import serve_broker, with_public_url
     from tether.broker import Broker
 
-    broker = Broker.from_settings(settings)
+    broker = Broker.from_settings(with_public_url(settings, host, port))
     try:
         await broker.start()
         started = asyncio.Event()

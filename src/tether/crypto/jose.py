@@ -135,7 +135,7 @@ def private_key_from_jwk(value: Mapping[str, Any]) -> tuple[KeyObject, PublicKey
 def _b64json(segment: str) -> dict[str, Any]:
     try:
         data = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting is hostile input too
         raise AuthenticationError("malformed JWT", code="invalid_token") from None
     if not isinstance(data, dict):
         raise AuthenticationError("malformed JWT", code="invalid_token")
@@ -175,7 +175,7 @@ def verify_jws(
         raise AuthenticationError("bad signature", code="invalid_token") from None
     try:
         claims = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise AuthenticationError("malformed JWT claims", code="invalid_token") from None
     if not isinstance(claims, dict):
         raise AuthenticationError("malformed JWT claims", code="invalid_token")

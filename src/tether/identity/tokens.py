@@ -113,7 +113,7 @@ def peek_claims(token: str, *, code: str = "invalid_token") -> dict[str, Any]:
     payload = token.split(".")[1]
     try:
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise AuthenticationError("malformed JWT claims", code=code) from None
     if not isinstance(claims, dict):
         raise AuthenticationError("malformed JWT claims: not a JSON object", code=code)
