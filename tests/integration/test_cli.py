@@ -8,6 +8,7 @@ one-line errors, the ``--json`` shapes, and that no secret value is ever printed
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -127,11 +128,12 @@ class Node:
         return clean_env(TETHER_ADDR=self.addr, TETHER_TOKEN=token or self.token, **extra)
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    base = tmp_path_factory.mktemp("cli")
+@contextlib.contextmanager
+def running_node(base: Path, *init_args: str, forbidden: list[str]) -> Iterator[Node]:
+    """``tether init`` then ``tether server`` as a real process on loopback; afterwards, none of
+    the ``forbidden`` values (secrets, private keys) may appear in the server log."""
     data_dir = base / "data"
-    init = run(["init", "--data-dir", str(data_dir), "--json"], clean_env())
+    init = run(["init", "--data-dir", str(data_dir), *init_args, "--json"], clean_env())
     assert init.returncode == 0, init.stderr
     info = json.loads(init.stdout)
     port = free_port()
@@ -151,8 +153,14 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         finally:
             stop(proc)
     server_log = log_path.read_text(errors="replace")
-    for value in SECRET_VALUES:
+    for value in forbidden:
         assert value not in server_log
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    with running_node(tmp_path_factory.mktemp("cli"), forbidden=SECRET_VALUES) as started:
+        yield started
 
 
 def operator(node: Node, name: str, role: str) -> str:

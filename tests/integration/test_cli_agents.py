@@ -15,14 +15,11 @@ from typing import Any
 import pytest
 
 from tests.integration.test_cli import (
-    TETHER,
     Node,
     assert_error,
     clean_env,
-    free_port,
     run,
-    stop,
-    wait_healthy,
+    running_node,
 )
 
 TRUST_DOMAIN = "cli-agents.test"
@@ -33,29 +30,8 @@ PRIVATE_VALUES: list[str] = []
 @pytest.fixture(scope="module")
 def agents_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     base = tmp_path_factory.mktemp("cli-agents")
-    data_dir = base / "data"
-    init = run(["init", "--data-dir", str(data_dir), "--trust-domain", TRUST_DOMAIN, "--json"], clean_env())
-    assert init.returncode == 0, init.stderr
-    info = json.loads(init.stdout)
-    port = free_port()
-    log_path = base / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [*TETHER, "server", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=clean_env(),
-        )
-        try:
-            addr = f"http://127.0.0.1:{port}"
-            wait_healthy(addr, proc, log_path)
-            yield Node(data_dir, port, addr, info["root_token"], info, init.stderr)
-        finally:
-            stop(proc)
-    server_log = log_path.read_text(errors="replace")
-    for value in PRIVATE_VALUES:
-        assert value not in server_log
+    with running_node(base, "--trust-domain", TRUST_DOMAIN, forbidden=PRIVATE_VALUES) as started:
+        yield started
 
 
 def cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

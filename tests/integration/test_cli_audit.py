@@ -20,49 +20,24 @@ from tests.integration.test_cli import (
     Node,
     assert_error,
     clean_env,
-    free_port,
     new_value,
     run,
-    stop,
-    wait_healthy,
+    running_node,
 )
 
 
 @pytest.fixture(scope="module")
 def audit_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     """A node with some history: secret writes, an operator, a seal and an unseal."""
-    base = tmp_path_factory.mktemp("cli-audit")
-    data_dir = base / "data"
-    init = run(["init", "--data-dir", str(data_dir), "--json"], clean_env())
-    assert init.returncode == 0, init.stderr
-    info = json.loads(init.stdout)
-    port = free_port()
-    log_path = base / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [*TETHER, "server", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=clean_env(),
-        )
-        try:
-            addr = f"http://127.0.0.1:{port}"
-            wait_healthy(addr, proc, log_path)
-            node = Node(data_dir, port, addr, info["root_token"], info, init.stderr)
-            for path in ("audit/one", "audit/two", "audit/three"):
-                put = run(["secret", "put", path, "--stdin"], node.env(), stdin=new_value())
-                assert put.returncode == 0, put.stderr
-            created = run(["operator", "create", "audit-bystander", "--role", "approver"], node.env())
-            assert created.returncode == 0, created.stderr
-            assert run(["sys", "seal"], node.env()).returncode == 0
-            assert run(["sys", "unseal"], node.env()).returncode == 0
-            yield node
-        finally:
-            stop(proc)
-    server_log = log_path.read_text(errors="replace")
-    for value in SECRET_VALUES:
-        assert value not in server_log
+    with running_node(tmp_path_factory.mktemp("cli-audit"), forbidden=SECRET_VALUES) as node:
+        for path in ("audit/one", "audit/two", "audit/three"):
+            put = run(["secret", "put", path, "--stdin"], node.env(), stdin=new_value())
+            assert put.returncode == 0, put.stderr
+        created = run(["operator", "create", "audit-bystander", "--role", "approver"], node.env())
+        assert created.returncode == 0, created.stderr
+        assert run(["sys", "seal"], node.env()).returncode == 0
+        assert run(["sys", "unseal"], node.env()).returncode == 0
+        yield node
 
 
 def token_for(node: Node, name: str, role: str) -> str:
