@@ -24,6 +24,7 @@ from tether.errors import ConflictError, StorageError
 __all__ = [
     "AuditConflictError",
     "AuditCorruptionError",
+    "PolicySetRecord",
     "Storage",
     "StoredAuditRow",
     "StoredCheckpoint",
@@ -102,6 +103,19 @@ class StoredValue:
     path: str
     version: int
     value: EncryptedValue
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySetRecord:
+    """One deployed policy set version (immutable once stored)."""
+
+    version: int
+    text: str
+    sha256: str
+    policy_ids: tuple[str, ...]
+    created_at: datetime
+    created_by: str
+    comment: str
 
 
 @runtime_checkable
@@ -292,4 +306,38 @@ class Storage(Protocol):
 
     async def delete_trusted_issuer(self, name: str) -> bool:
         """False if there is no trusted issuer ``name``."""
+        ...
+
+    # -- policy sets ---------------------------------------------------------------------
+    async def put_policy_set(
+        self,
+        text: str,
+        sha256: str,
+        policy_ids: Sequence[str],
+        created_by: str,
+        now: datetime,
+        *,
+        comment: str = "",
+        expected_active: int | None,
+    ) -> PolicySetRecord:
+        """Store a new version (the highest so far + 1) and make it the active one, if the
+        active version is still ``expected_active`` (``None``: no set was ever active); else
+        raise :class:`ConflictError` and store nothing."""
+        ...
+
+    async def get_policy_set(self, version: int) -> PolicySetRecord | None: ...
+
+    async def active_policy_set(self) -> PolicySetRecord | None:
+        """The active version (one indexed read), or None before the first deploy."""
+        ...
+
+    async def active_policy_version(self) -> int | None: ...
+
+    async def list_policy_sets(self, *, limit: int = 100, after: int | None = None) -> list[PolicySetRecord]:
+        """Versions newest first, those below ``after`` when given, at most ``limit``."""
+        ...
+
+    async def activate_policy_version(self, version: int, *, expected_active: int | None) -> None:
+        """Make a stored ``version`` active again (rollback). :class:`NotFoundError` if absent;
+        :class:`ConflictError` if the active version is no longer ``expected_active``."""
         ...

@@ -144,3 +144,25 @@ trusted_issuers = Table(
     Column("body", Text, nullable=False),
     Column("created_at_us", BigInteger, nullable=False),
 )
+
+# Policy sets (Cedar text), versioned and immutable; ``policy_ids`` is a JSON array. The
+# active version lives in ``policy_active`` (one row, id 1), so finding it is one key lookup.
+policy_sets = Table(
+    "policy_sets",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("text", Text, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("policy_ids", Text, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("comment", Text, nullable=False),
+)
+
+policy_active = Table(
+    "policy_active",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", Integer, nullable=False),
+    ForeignKeyConstraint(["version"], ["policy_sets.version"]),
+)
