@@ -1,0 +1,294 @@
+"""Compile a Cedar policy set once; decide requests against the policies that can apply.
+
+Compilation parses the text, insists on a unique, well-formed ``@id`` per policy (so explanations
+name what users wrote), validates against :data:`~tether.policy.schema.SCHEMA_TEXT` and builds an
+index: for each action and resource type, the policies whose scope can match, with the policies
+pinned to one resource (``resource == Secret::"x"``) kept apart and added only for that resource.
+A decision hands Cedar only that subset, pre-parsed.
+
+Decisions fail closed: any error Cedar reports (Cedar skips a policy that errors at runtime, which
+can silently switch a ``forbid`` off), any exception, an unknown determining policy: deny.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from hashlib import sha256
+from typing import Any, Final
+
+import cedarpy
+
+from tether.domain.decision import Decision
+from tether.errors import InvalidInputError
+from tether.policy.request import DecisionRequest, to_cedar_value
+from tether.policy.schema import ACTIONS, RESOURCE_TYPES, SCHEMA_TEXT
+
+__all__ = ["MAX_POLICY_TEXT_BYTES", "CompiledPolicySet", "PolicyValidationError", "compile_policy_set"]
+
+MAX_POLICY_TEXT_BYTES: Final = 1024 * 1024
+MAX_MESSAGE_LENGTH: Final = 2000
+_POLICY_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_CEDAR_ID: Final = re.compile(r"\bpolicy(\d+)\b")
+_SCHEMA: Final = cedarpy.Schema.from_str(SCHEMA_TEXT)
+_ALL_TYPES: Final = frozenset(t for types in RESOURCE_TYPES.values() for t in types)
+
+# A bucket is the set of policies that can apply to (action, resource type).
+_BucketKey = tuple[str, str]
+
+
+class PolicyValidationError(InvalidInputError):
+    """A policy set was refused; ``messages`` holds every reason, naming policies by ``@id``."""
+
+    def __init__(self, messages: Sequence[str]) -> None:
+        self.messages: list[str] = list(messages) or ["policy set is invalid"]
+        super().__init__("invalid policy set: " + "; ".join(self.messages[:5]), field="policies")
+
+
+@dataclass(frozen=True, slots=True)
+class _Policy:
+    id: str
+    effect: str
+    est: Mapping[str, Any]
+    actions: frozenset[str]
+    resource_types: frozenset[str]
+    resource_id: str | None  # set when the scope pins one resource: `resource == T::"id"`
+
+
+def _policy_set(policies: Sequence[_Policy]) -> cedarpy.PolicySet:
+    # Cedar's policy ids are the users' @id values, so reasons and errors name them directly.
+    document = {
+        "staticPolicies": {policy.id: policy.est for policy in policies},
+        "templates": {},
+        "templateLinks": [],
+    }
+    return cedarpy.PolicySet.from_json_str(json.dumps(document))
+
+
+@dataclass(slots=True)
+class _Bucket:
+    general: tuple[_Policy, ...]
+    pinned: dict[str, tuple[_Policy, ...]]
+    handle: cedarpy.PolicySet | None
+    pinned_handles: dict[str, cedarpy.PolicySet] = field(default_factory=dict)
+
+    def handle_for(self, resource_id: str) -> tuple[cedarpy.PolicySet | None, tuple[_Policy, ...]]:
+        extra = self.pinned.get(resource_id)
+        if not extra:
+            return self.handle, self.general
+        policies = self.general + extra
+        handle = self.pinned_handles.get(resource_id)
+        if handle is None:
+            # Built on first use (pure; the cache only saves parsing), so compile stays linear.
+            handle = _policy_set(policies)
+            self.pinned_handles[resource_id] = handle
+        return handle, policies
+
+
+class CompiledPolicySet:
+    """A validated, indexed policy set. Build with :func:`compile_policy_set`.
+
+    Attributes:
+        text: The Cedar text as deployed.
+        policy_ids: Every policy's ``@id``, in the order written.
+        sha256: Hex SHA-256 of ``text`` (UTF-8).
+    """
+
+    __slots__ = ("_buckets", "_effects", "policy_ids", "sha256", "text")
+
+    def __init__(self, text: str, policies: Sequence[_Policy]) -> None:
+        self.text = text
+        self.policy_ids: tuple[str, ...] = tuple(policy.id for policy in policies)
+        self.sha256 = sha256(text.encode("utf-8")).hexdigest()
+        self._effects = {policy.id: policy.effect for policy in policies}
+        self._buckets: dict[_BucketKey, _Bucket] = {}
+        for action in ACTIONS:
+            for resource_type in RESOURCE_TYPES[action]:
+                applicable = [
+                    p for p in policies if action in p.actions and resource_type in p.resource_types
+                ]
+                general = tuple(p for p in applicable if p.resource_id is None)
+                pinned: dict[str, tuple[_Policy, ...]] = {}
+                for policy in applicable:
+                    if policy.resource_id is not None:
+                        pinned[policy.resource_id] = (*pinned.get(policy.resource_id, ()), policy)
+                handle = _policy_set(general) if general else None
+                self._buckets[(action, resource_type)] = _Bucket(general, pinned, handle)
+
+    def applicable(self, action: str, resource_type: str, resource_id: str) -> tuple[str, ...]:
+        """The ids of the policies a request for this action and resource is evaluated against."""
+        bucket = self._buckets.get((action, resource_type))
+        if bucket is None:
+            return ()
+        return tuple(policy.id for policy in bucket.general + bucket.pinned.get(resource_id, ()))
+
+    def decide(self, request: DecisionRequest) -> Decision:
+        """Decide ``request``: allow only if a permit matches, no forbid does, and nothing errored.
+
+        A deny that an approval would turn into an allow says so: ``missing == ("approval",)``, with the
+        permits that would allow as ``policies``.
+        """
+        bucket = self._buckets.get((request.action, request.resource.type))
+        if bucket is None:  # DecisionRequest validation makes this unreachable; fail closed anyway
+            return Decision.deny(errors=(f"no policies index for {request.action}",))
+        handle, policies = bucket.handle_for(request.resource.id)
+        if handle is None or not any(policy.effect == "permit" for policy in policies):
+            return Decision.deny()  # default deny: nothing can permit this request
+        try:
+            entities = _entities_json(request)
+        except (TypeError, ValueError) as exc:
+            return Decision.deny(errors=(_clip(f"request entities are unusable: {exc}"),))
+        context = {key: to_cedar_value(value) for key, value in request.context.items()}
+        decision = self._evaluate(handle, request, context, entities)
+        if decision.allowed or decision.errors or context.get("approval") is not False:
+            return decision
+        with_approval = self._evaluate(handle, request, {**context, "approval": True}, entities)
+        if with_approval.allowed:
+            return Decision.deny(policies=with_approval.policies, missing=("approval",))
+        return decision
+
+    def _evaluate(
+        self, handle: cedarpy.PolicySet, request: DecisionRequest, context: dict[str, Any], entities: str
+    ) -> Decision:
+        cedar_request = {
+            "principal": {"type": request.principal.type, "id": request.principal.id},
+            "action": {"type": "Action", "id": request.action},
+            "resource": {"type": request.resource.type, "id": request.resource.id},
+            "context": context,
+        }
+        try:
+            result = cedarpy.is_authorized(cedar_request, handle, entities, schema=_SCHEMA)
+            errors = tuple(_clip(str(error)) for error in result.diagnostics.errors)
+            reasons = tuple(str(reason) for reason in result.diagnostics.reasons)
+            allowed = result.decision is cedarpy.Decision.Allow
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything the engine throws
+            return Decision.deny(errors=(_clip(f"policy engine failed: {type(exc).__name__}: {exc}"),))
+        unknown = [reason for reason in reasons if reason not in self._effects]
+        if unknown:
+            errors = (*errors, f"engine named unknown policies: {', '.join(sorted(unknown))}")
+        if errors:
+            return Decision.deny(policies=reasons, errors=errors)
+        if allowed and all(self._effects[reason] == "permit" for reason in reasons) and reasons:
+            return Decision(allowed=True, policies=reasons)
+        if allowed:
+            return Decision.deny(errors=("engine allowed without a determining permit",))
+        return Decision.deny(policies=tuple(r for r in reasons if self._effects[r] == "forbid"))
+
+    def __repr__(self) -> str:
+        return f"CompiledPolicySet(policies={len(self.policy_ids)}, sha256={self.sha256[:12]}…)"
+
+
+def _clip(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE_LENGTH else message[: MAX_MESSAGE_LENGTH - 1] + "…"
+
+
+def _entities_json(request: DecisionRequest) -> str:
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for entity in (request.principal, request.resource, *request.entities):
+        cedar = entity.to_cedar()
+        previous = seen.get(entity.uid)
+        if previous is not None and previous != cedar:
+            raise ValueError(f"entity {entity.type}::{entity.id!r} is given twice with different attributes")
+        seen[entity.uid] = cedar
+    return json.dumps(list(seen.values()))
+
+
+def _scope_actions(scope: Mapping[str, Any]) -> frozenset[str]:
+    op = scope.get("op")
+    if op == "All":
+        return frozenset(ACTIONS)
+    if op == "==":
+        return frozenset({scope["entity"]["id"]})
+    if op == "in":
+        entities = scope.get("entities") or [scope["entity"]]
+        return frozenset(entity["id"] for entity in entities)
+    return frozenset(ACTIONS)  # unknown shape: assume it can apply (never drop a forbid)
+
+
+def _scope_resource(scope: Mapping[str, Any]) -> tuple[frozenset[str], str | None]:
+    op = scope.get("op")
+    if op == "==" and "entity" in scope:
+        return frozenset({scope["entity"]["type"]}), scope["entity"]["id"]
+    if op == "is":
+        return frozenset({scope["entity_type"]}), None
+    return _ALL_TYPES, None  # All, `in` (hierarchy), or unknown shape: any type
+
+
+def compile_policy_set(text: str) -> CompiledPolicySet:
+    """Parse, check and index a Cedar policy set.
+
+    Args:
+        text: Cedar policies; each must carry a unique ``@id("...")`` matching ``[A-Za-z0-9._:-]{1,128}``.
+
+    Returns:
+        The compiled set. An empty set, or one without a ``permit``, denies everything.
+
+    Raises:
+        InvalidInputError: ``text`` is not a string or is larger than 1 MiB.
+        PolicyValidationError: the text does not parse, an ``@id`` is missing, ill-formed or repeated,
+            or the set fails validation against the schema.
+    """
+    if not isinstance(text, str):
+        raise InvalidInputError("policies must be Cedar text", field="policies")
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_POLICY_TEXT_BYTES:
+        raise InvalidInputError("policy text is larger than 1 MiB", field="policies")
+    try:
+        document = json.loads(cedarpy.policies_to_json_str(text))
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a refusal with its message
+        raise PolicyValidationError([_clip(f"policies do not parse: {exc}")]) from None
+    if document.get("templates"):
+        raise PolicyValidationError(["policy templates (?principal / ?resource) are not supported"])
+    statics: dict[str, Any] = document.get("staticPolicies", {})
+    ordered = sorted(statics.items(), key=lambda item: _policy_number(item[0]))
+    messages: list[str] = []
+    names = _check_ids(ordered, messages)
+    result = cedarpy.validate_policies(text, _SCHEMA)
+    if not result.validation_passed:
+        for error in result.errors:
+            message = _CEDAR_ID.sub(
+                lambda match: names.get(match.group(0), f"policy #{int(match.group(1)) + 1}"), str(error)
+            )
+            messages.append(_clip(message))
+    if messages:
+        raise PolicyValidationError(messages)
+    policies = []
+    for cedar_id, est in ordered:
+        resource_types, resource_id = _scope_resource(est.get("resource", {}))
+        policies.append(
+            _Policy(
+                id=names[cedar_id],
+                effect=est["effect"],
+                est=est,
+                actions=_scope_actions(est.get("action", {})),
+                resource_types=resource_types,
+                resource_id=resource_id,
+            )
+        )
+    return CompiledPolicySet(text, policies)
+
+
+def _policy_number(cedar_id: str) -> int:
+    match = re.fullmatch(r"policy(\d+)", cedar_id)
+    return int(match.group(1)) if match else 0
+
+
+def _check_ids(ordered: Sequence[tuple[str, Any]], messages: list[str]) -> dict[str, str]:
+    """Map Cedar's positional ids (``policyN``) to each policy's ``@id``; append refusals to ``messages``."""
+    names: dict[str, str] = {}
+    seen: set[str] = set()
+    for position, (cedar_id, est) in enumerate(ordered, start=1):
+        annotations = est.get("annotations") or {}
+        name = annotations.get("id")
+        where = f"policy #{position}"
+        if name is None:
+            messages.append(f'{where} has no @id("...") annotation; every policy needs one')
+        elif not isinstance(name, str) or not _POLICY_ID.fullmatch(name):
+            messages.append(f"{where} has an ill-formed @id {name!r}: use 1-128 of A-Z a-z 0-9 . _ : -")
+        elif name in seen:
+            messages.append(f"@id {name!r} is used by more than one policy ({where} repeats it)")
+        else:
+            seen.add(name)
+            names[cedar_id] = name
+    return names
