@@ -10,7 +10,15 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether import __version__
-from tether.api import routes_agents, routes_audit, routes_auth, routes_operators, routes_secrets, routes_sys
+from tether.api import (
+    routes_agents,
+    routes_audit,
+    routes_auth,
+    routes_operators,
+    routes_policies,
+    routes_secrets,
+    routes_sys,
+)
 from tether.api.metrics import Metrics
 from tether.api.problems import install_problem_handlers, problem_response
 from tether.broker import Broker
@@ -115,6 +123,7 @@ def create_app(broker: Broker, *, max_request_bytes: int = DEFAULT_MAX_REQUEST_B
     app.include_router(routes_audit.router)
     app.include_router(routes_agents.router)
     app.include_router(routes_auth.router)
+    app.include_router(routes_policies.router)
     app.add_middleware(_BodyLimit, max_bytes=max_request_bytes)
     app.add_middleware(_Measure, metrics=metrics)
     return app

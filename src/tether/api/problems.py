@@ -97,7 +97,10 @@ def _for_tether_error(exc: errors.TetherError) -> JSONResponse:
     if status == 503:
         headers = {"Retry-After": "5"}
     extra: dict[str, Any] = {}
-    if isinstance(exc, errors.InvalidInputError) and exc.field:
+    messages = getattr(exc, "messages", None)  # a policy set's validator messages
+    if isinstance(exc, errors.InvalidInputError) and isinstance(messages, list) and messages:
+        extra["errors"] = [{"message": str(message)} for message in messages]
+    elif isinstance(exc, errors.InvalidInputError) and exc.field:
         extra["errors"] = [{"field": exc.field, "message": str(exc)}]
     detail = str(exc)
     if isinstance(exc, errors.StorageError | errors.ConfigError) or status == 500:

@@ -12,6 +12,7 @@ from tether.broker.agents import AgentService, IssuerService
 from tether.broker.auth import AuthService
 from tether.broker.keys import KeyService, RotationResult
 from tether.broker.operators import OperatorService
+from tether.broker.policies import PolicyService
 from tether.broker.secrets import SecretService
 from tether.clock import Clock, SystemClock
 from tether.config import Settings
@@ -67,6 +68,7 @@ class Broker:
         self.operators = OperatorService(storage, self.audit, self.clock)
         self.agents = AgentService(storage, self.audit, self.clock, settings.trust_domain)
         self.issuers = IssuerService(storage, self.audit, self.clock)
+        self.policies = PolicyService(storage, self.audit, self.clock)
         self.auth = AuthService(
             storage,
             self.audit,
