@@ -50,6 +50,7 @@ from tether.cli.output import (
     print_table,
     yes_no,
 )
+from tether.cli.policy import policy_app
 
 __all__ = ["app", "main"]
 
@@ -73,6 +74,7 @@ app.add_typer(operator_app, name="operator")
 app.add_typer(audit_app, name="audit")
 app.add_typer(agent_app, name="agent")
 app.add_typer(issuer_app, name="issuer")
+app.add_typer(policy_app, name="policy")
 app.command("keygen")(keygen)
 
 
