@@ -13,7 +13,10 @@ open_task and delegate rules by team. Measured requests:
 - activate approval: a restricted secret without approval, so the derived-approval rule
   evaluates twice and answers ``missing=("approval",)``;
 - whole set, no index: the activate allow request handed to Cedar with every policy (a
-  pre-parsed handle), for comparison with the indexed subset.
+  pre-parsed handle, pre-parsed entities), for comparison with the indexed subset.
+
+A decision's floor is cedarpy's per-call cost (context JSON, schema check of the request,
+result JSON), roughly 100-130 µs on its own here; the index keeps the rest flat as sets grow.
 """
 
 from __future__ import annotations
@@ -177,7 +180,8 @@ def run(size: int, iterations: int) -> dict[str, Any]:
         "resource": {"type": "Secret", "id": release.id},
         "context": to_cedar_value(activate_allow.context),
     }
-    raw_entities = json.dumps([AGENT.to_cedar(), release.to_cedar()])
+    # Same footing as the indexed path: entities pre-parsed once, schema as a handle.
+    raw_entities = cedarpy.Entities.from_json_str(json.dumps([AGENT.to_cedar(), release.to_cedar()]), schema)
 
     def whole_set() -> object:
         result = cedarpy.is_authorized(raw_request, whole, raw_entities, schema=schema)

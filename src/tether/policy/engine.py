@@ -34,6 +34,10 @@ _POLICY_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _CEDAR_ID: Final = re.compile(r"\bpolicy(\d+)\b")
 _SCHEMA: Final = cedarpy.Schema.from_str(SCHEMA_TEXT)
 _ALL_TYPES: Final = frozenset(t for types in RESOURCE_TYPES.values() for t in types)
+_ENTITIES_CACHE_SIZE: Final = 4096
+# Parsed (and schema-checked) entity sets by their JSON: agents and secrets recur across requests,
+# and parsing them is a large share of a decision's cost. Memoisation only; bounded; no I/O.
+_entities_cache: dict[str, cedarpy.Entities] = {}
 
 # A bucket is the set of policies that can apply to (action, resource type).
 _BucketKey = tuple[str, str]
@@ -159,7 +163,7 @@ class CompiledPolicySet:
             "context": context,
         }
         try:
-            result = cedarpy.is_authorized(cedar_request, handle, entities, schema=_SCHEMA)
+            result = cedarpy.is_authorized(cedar_request, handle, _entities(entities), schema=_SCHEMA)
             errors = tuple(_clip(str(error)) for error in result.diagnostics.errors)
             reasons = tuple(str(reason) for reason in result.diagnostics.reasons)
             allowed = result.decision is cedarpy.Decision.Allow
@@ -193,6 +197,17 @@ def _entities_json(request: DecisionRequest) -> str:
             raise ValueError(f"entity {entity.type}::{entity.id!r} is given twice with different attributes")
         seen[entity.uid] = cedar
     return json.dumps(list(seen.values()))
+
+
+def _entities(entities_json: str) -> cedarpy.Entities:
+    """The parsed entity set for ``entities_json``, checked against the schema (``ValueError`` if not)."""
+    parsed = _entities_cache.get(entities_json)
+    if parsed is None:
+        parsed = cedarpy.Entities.from_json_str(entities_json, _SCHEMA)
+        if len(_entities_cache) >= _ENTITIES_CACHE_SIZE:
+            _entities_cache.clear()
+        _entities_cache[entities_json] = parsed
+    return parsed
 
 
 def _scope_actions(scope: Mapping[str, Any]) -> frozenset[str]:
