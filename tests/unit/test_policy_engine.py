@@ -242,6 +242,27 @@ def test_request_not_matching_the_schema_is_denied_with_an_error() -> None:
     assert decision.errors
 
 
+def test_unserialisable_or_deeply_nested_requests_are_denied_with_an_error() -> None:
+    compiled = compile_policy_set('@id("open") permit(principal, action == Action::"open_task", resource);')
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(100_000):
+        node["x"] = {}
+        node = node["x"]
+    for ctx in (context(uses=object()), context(extra=deep)):
+        decision = compiled.decide(DecisionRequest(agent(), "open_task", agent(), ctx))
+        assert not decision
+        assert decision.errors
+
+
+def test_policy_ids_may_use_every_allowed_character() -> None:
+    ident = "team.platform:open_task-v2"
+    compiled = compile_policy_set(
+        f'@id("{ident}") permit(principal, action == Action::"open_task", resource);'
+    )
+    assert compiled.decide(open_task()).policies == (ident,)
+
+
 def test_conflicting_duplicate_entities_are_denied_with_an_error() -> None:
     compiled = compile_policy_set('@id("open") permit(principal, action == Action::"open_task", resource);')
     other = agent(team="other")

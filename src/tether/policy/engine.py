@@ -142,9 +142,9 @@ class CompiledPolicySet:
             return Decision.deny()  # default deny: nothing can permit this request
         try:
             entities = _entities_json(request)
-        except (TypeError, ValueError) as exc:
-            return Decision.deny(errors=(_clip(f"request entities are unusable: {exc}"),))
-        context = {key: to_cedar_value(value) for key, value in request.context.items()}
+            context = {key: to_cedar_value(value) for key, value in request.context.items()}
+        except (TypeError, ValueError, RecursionError) as exc:
+            return Decision.deny(errors=(_clip(f"request is unusable: {type(exc).__name__}: {exc}"),))
         decision = self._evaluate(handle, request, context, entities)
         if decision.allowed or decision.errors or context.get("approval") is not False:
             return decision
