@@ -393,6 +393,28 @@ def test_index_follows_resource_type_and_pinned_resources() -> None:
     assert root.policies == ("one",)
 
 
+def test_index_follows_pinned_principals() -> None:
+    other = "spiffe://acme.test/agent/other"
+    text = f"""
+@id("open") permit(principal, action == Action::"open_task", resource);
+@id("ban-other") forbid(principal == Agent::"{other}", action, resource);
+@id("other-root") permit(principal == Agent::"{other}", action == Action::"activate",
+  resource == Secret::"prod/db/root");
+@id("me-root") permit(principal == Agent::"{AGENT}", action == Action::"activate",
+  resource == Secret::"prod/db/root");
+"""
+    compiled = compile_policy_set(text)
+    assert compiled.applicable("open_task", "Agent", AGENT, AGENT) == ("open",)
+    assert compiled.applicable("open_task", "Agent", other, other) == ("open", "ban-other")
+    assert compiled.applicable("activate", "Secret", "prod/db/root", AGENT) == ("me-root",)
+    assert compiled.applicable("activate", "Secret", "prod/db/root", other) == ("ban-other", "other-root")
+    assert compiled.decide(open_task())
+    banned = compiled.decide(DecisionRequest(agent(other), "open_task", agent(other), context()))
+    assert banned.policies == ("ban-other",)
+    root = compiled.decide(activate(secret("prod/db/root")))
+    assert root.policies == ("me-root",)
+
+
 def test_resource_hierarchy_scopes_are_kept_for_every_type() -> None:
     text = """
 @id("open") permit(principal, action == Action::"open_task", resource);

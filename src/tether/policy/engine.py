@@ -3,7 +3,8 @@
 Compilation parses the text, insists on a unique, well-formed ``@id`` per policy (so explanations
 name what users wrote), validates against :data:`~tether.policy.schema.SCHEMA_TEXT` and builds an
 index: for each action and resource type, the policies whose scope can match, with the policies
-pinned to one resource (``resource == Secret::"x"``) kept apart and added only for that resource.
+pinned to one resource (``resource == Secret::"x"``) or one agent (``principal == Agent::"x"``)
+kept apart and added only for requests about that resource or from that agent.
 A decision hands Cedar only that subset, pre-parsed.
 
 Decisions fail closed: any error Cedar reports (Cedar skips a policy that errors at runtime, which
@@ -53,12 +54,14 @@ class PolicyValidationError(InvalidInputError):
 
 @dataclass(frozen=True, slots=True)
 class _Policy:
+    position: int
     id: str
     effect: str
     est: Mapping[str, Any]
     actions: frozenset[str]
     resource_types: frozenset[str]
     resource_id: str | None  # set when the scope pins one resource: `resource == T::"id"`
+    principal_id: str | None  # set when the scope pins one agent: `principal == Agent::"id"`
 
 
 def _policy_set(policies: Sequence[_Policy]) -> cedarpy.PolicySet:
@@ -71,23 +74,44 @@ def _policy_set(policies: Sequence[_Policy]) -> cedarpy.PolicySet:
     return cedarpy.PolicySet.from_json_str(json.dumps(document))
 
 
+_HANDLE_CACHE_SIZE: Final = 4096
+
+
 @dataclass(slots=True)
 class _Bucket:
-    general: tuple[_Policy, ...]
-    pinned: dict[str, tuple[_Policy, ...]]
-    handle: cedarpy.PolicySet | None
-    pinned_handles: dict[str, cedarpy.PolicySet] = field(default_factory=dict)
+    """The policies for one (action, resource type): those that apply to every request, plus pins."""
 
-    def handle_for(self, resource_id: str) -> tuple[cedarpy.PolicySet | None, tuple[_Policy, ...]]:
-        extra = self.pinned.get(resource_id)
+    general: tuple[_Policy, ...]
+    by_resource: dict[str, tuple[_Policy, ...]]  # resource pinned (principal pinned or not)
+    by_principal: dict[str, tuple[_Policy, ...]]  # principal pinned, resource not
+    handle: cedarpy.PolicySet | None
+    pinned_handles: dict[tuple[int, ...], cedarpy.PolicySet] = field(default_factory=dict)
+
+    def select(self, principal_id: str, resource_id: str) -> tuple[_Policy, ...]:
+        extra = [
+            policy
+            for policy in self.by_resource.get(resource_id, ())
+            if policy.principal_id is None or policy.principal_id == principal_id
+        ]
+        extra += self.by_principal.get(principal_id, ())
         if not extra:
-            return self.handle, self.general
-        policies = self.general + extra
-        handle = self.pinned_handles.get(resource_id)
+            return self.general
+        return tuple(sorted((*self.general, *extra), key=lambda policy: policy.position))
+
+    def handle_for(
+        self, principal_id: str, resource_id: str
+    ) -> tuple[cedarpy.PolicySet | None, tuple[_Policy, ...]]:
+        policies = self.select(principal_id, resource_id)
+        if policies is self.general:
+            return self.handle, policies
+        key = tuple(policy.position for policy in policies)
+        handle = self.pinned_handles.get(key)
         if handle is None:
-            # Built on first use (pure; the cache only saves parsing), so compile stays linear.
+            # Built on first use and memoised (pure; only saves parsing), so compiling stays linear.
             handle = _policy_set(policies)
-            self.pinned_handles[resource_id] = handle
+            if len(self.pinned_handles) >= _HANDLE_CACHE_SIZE:
+                self.pinned_handles.clear()
+            self.pinned_handles[key] = handle
         return handle, policies
 
 
@@ -113,20 +137,26 @@ class CompiledPolicySet:
                 applicable = [
                     p for p in policies if action in p.actions and resource_type in p.resource_types
                 ]
-                general = tuple(p for p in applicable if p.resource_id is None)
-                pinned: dict[str, tuple[_Policy, ...]] = {}
+                general = tuple(p for p in applicable if p.resource_id is None and p.principal_id is None)
+                by_resource: dict[str, tuple[_Policy, ...]] = {}
+                by_principal: dict[str, tuple[_Policy, ...]] = {}
                 for policy in applicable:
                     if policy.resource_id is not None:
-                        pinned[policy.resource_id] = (*pinned.get(policy.resource_id, ()), policy)
+                        by_resource[policy.resource_id] = (*by_resource.get(policy.resource_id, ()), policy)
+                    elif policy.principal_id is not None:
+                        pid = policy.principal_id
+                        by_principal[pid] = (*by_principal.get(pid, ()), policy)
                 handle = _policy_set(general) if general else None
-                self._buckets[(action, resource_type)] = _Bucket(general, pinned, handle)
+                self._buckets[(action, resource_type)] = _Bucket(general, by_resource, by_principal, handle)
 
-    def applicable(self, action: str, resource_type: str, resource_id: str) -> tuple[str, ...]:
-        """The ids of the policies a request for this action and resource is evaluated against."""
+    def applicable(
+        self, action: str, resource_type: str, resource_id: str, principal_id: str = ""
+    ) -> tuple[str, ...]:
+        """The ids of the policies a request for this action, resource and principal is evaluated against."""
         bucket = self._buckets.get((action, resource_type))
         if bucket is None:
             return ()
-        return tuple(policy.id for policy in bucket.general + bucket.pinned.get(resource_id, ()))
+        return tuple(policy.id for policy in bucket.select(principal_id, resource_id))
 
     def decide(self, request: DecisionRequest) -> Decision:
         """Decide ``request``: allow only if a permit matches, no forbid does, and nothing errored.
@@ -137,7 +167,7 @@ class CompiledPolicySet:
         bucket = self._buckets.get((request.action, request.resource.type))
         if bucket is None:  # DecisionRequest validation makes this unreachable; fail closed anyway
             return Decision.deny(errors=(f"no policies index for {request.action}",))
-        handle, policies = bucket.handle_for(request.resource.id)
+        handle, policies = bucket.handle_for(request.principal.id, request.resource.id)
         if handle is None or not any(policy.effect == "permit" for policy in policies):
             return Decision.deny()  # default deny: nothing can permit this request
         try:
@@ -222,6 +252,12 @@ def _scope_actions(scope: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(ACTIONS)  # unknown shape: assume it can apply (never drop a forbid)
 
 
+def _scope_principal(scope: Mapping[str, Any]) -> str | None:
+    if scope.get("op") == "==" and "entity" in scope and scope["entity"].get("type") == "Agent":
+        return str(scope["entity"]["id"])
+    return None  # All, `is`, `in` (hierarchy) or unknown shape: any principal
+
+
 def _scope_resource(scope: Mapping[str, Any]) -> tuple[frozenset[str], str | None]:
     op = scope.get("op")
     if op == "==" and "entity" in scope:
@@ -269,16 +305,18 @@ def compile_policy_set(text: str) -> CompiledPolicySet:
     if messages:
         raise PolicyValidationError(messages)
     policies = []
-    for cedar_id, est in ordered:
+    for position, (cedar_id, est) in enumerate(ordered):
         resource_types, resource_id = _scope_resource(est.get("resource", {}))
         policies.append(
             _Policy(
+                position=position,
                 id=names[cedar_id],
                 effect=est["effect"],
                 est=est,
                 actions=_scope_actions(est.get("action", {})),
                 resource_types=resource_types,
                 resource_id=resource_id,
+                principal_id=_scope_principal(est.get("principal", {})),
             )
         )
     return CompiledPolicySet(text, policies)
