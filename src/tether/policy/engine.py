@@ -24,7 +24,7 @@ import cedarpy
 
 from tether.domain.decision import Decision
 from tether.errors import InvalidInputError
-from tether.policy.request import DecisionRequest, to_cedar_value
+from tether.policy.request import DecisionRequest, json_default
 from tether.policy.schema import ACTIONS, RESOURCE_TYPES, SCHEMA_TEXT
 
 __all__ = ["MAX_POLICY_TEXT_BYTES", "CompiledPolicySet", "PolicyValidationError", "compile_policy_set"]
@@ -172,26 +172,26 @@ class CompiledPolicySet:
             return Decision.deny()  # default deny: nothing can permit this request
         try:
             entities = _entities_json(request)
-            context = {key: to_cedar_value(value) for key, value in request.context.items()}
+            context = json.dumps(dict(request.context), default=json_default)
         except (TypeError, ValueError, RecursionError) as exc:
             return Decision.deny(errors=(_clip(f"request is unusable: {type(exc).__name__}: {exc}"),))
-        decision = self._evaluate(handle, request, context, entities)
-        if decision.allowed or decision.errors or context.get("approval") is not False:
-            return decision
-        with_approval = self._evaluate(handle, request, {**context, "approval": True}, entities)
-        if with_approval.allowed:
-            return Decision.deny(policies=with_approval.policies, missing=("approval",))
-        return decision
-
-    def _evaluate(
-        self, handle: cedarpy.PolicySet, request: DecisionRequest, context: dict[str, Any], entities: str
-    ) -> Decision:
         cedar_request = {
             "principal": {"type": request.principal.type, "id": request.principal.id},
             "action": {"type": "Action", "id": request.action},
             "resource": {"type": request.resource.type, "id": request.resource.id},
             "context": context,
         }
+        decision = self._evaluate(handle, cedar_request, entities)
+        if decision.allowed or decision.errors or request.context.get("approval") is not False:
+            return decision
+        # Derived approval: would the same request be allowed with an approval?
+        approved = json.dumps({**request.context, "approval": True}, default=json_default)
+        with_approval = self._evaluate(handle, {**cedar_request, "context": approved}, entities)
+        if with_approval.allowed:
+            return Decision.deny(policies=with_approval.policies, missing=("approval",))
+        return decision
+
+    def _evaluate(self, handle: cedarpy.PolicySet, cedar_request: dict[str, Any], entities: str) -> Decision:
         try:
             result = cedarpy.is_authorized(cedar_request, handle, _entities(entities), schema=_SCHEMA)
             errors = tuple(_clip(str(error)) for error in result.diagnostics.errors)
@@ -221,12 +221,16 @@ def _clip(message: str) -> str:
 def _entities_json(request: DecisionRequest) -> str:
     seen: dict[tuple[str, str], dict[str, Any]] = {}
     for entity in (request.principal, request.resource, *request.entities):
-        cedar = entity.to_cedar()
+        cedar = {
+            "uid": {"type": entity.type, "id": entity.id},
+            "attrs": dict(entity.attributes),
+            "parents": [{"type": kind, "id": ident} for kind, ident in entity.parents],
+        }
         previous = seen.get(entity.uid)
         if previous is not None and previous != cedar:
             raise ValueError(f"entity {entity.type}::{entity.id!r} is given twice with different attributes")
         seen[entity.uid] = cedar
-    return json.dumps(list(seen.values()))
+    return json.dumps(list(seen.values()), default=json_default)
 
 
 def _entities(entities_json: str) -> cedarpy.Entities:

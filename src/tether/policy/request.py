@@ -77,6 +77,15 @@ class Entity:
         }
 
 
+def json_default(value: Any) -> Any:
+    """``json.dumps`` hook: sets become lists, other mappings dicts; anything else is refused."""
+    if isinstance(value, set | frozenset):
+        return list(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not a Cedar value")
+
+
 def to_cedar_value(value: Any) -> Any:
     """Turn Python values into Cedar JSON values (sets and tuples become lists)."""
     if isinstance(value, Mapping):
