@@ -288,6 +288,7 @@ def test_runtime_error_in_a_policy_denies_with_the_error_named() -> None:
     assert decision.errors
     assert "use-cap" in decision.errors[0]
     assert "overflow" in decision.errors[0]
+    assert decision.policies == ("use-cap",)
     assert explain(decision).startswith("denied: policy evaluation failed")
 
 

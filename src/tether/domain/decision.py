@@ -28,8 +28,9 @@ class Decision:
     Attributes:
         allowed: Whether the request is allowed. Fail closed: never true when ``errors`` is not empty.
         policies: The determining policy ids, as users wrote them in ``@id``. For an allow, the permits
-            that matched; for a deny, the forbids that matched (empty for a default deny) or, when
-            ``missing`` is set, the permits that would allow once it is provided.
+            that matched; for a deny, the forbids that matched (empty for a default deny), the policies
+            that failed to evaluate when ``errors`` is set, or, when ``missing`` is set, the permits that
+            would allow once it is provided.
         errors: Evaluation errors; any error makes the decision a deny.
         missing: What the request lacks to be allowed, e.g. ``("approval",)``.
     """

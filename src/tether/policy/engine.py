@@ -33,6 +33,7 @@ MAX_POLICY_TEXT_BYTES: Final = 1024 * 1024
 MAX_MESSAGE_LENGTH: Final = 2000
 _POLICY_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _CEDAR_ID: Final = re.compile(r"\bpolicy(\d+)\b")
+_ERRORED_POLICY: Final = re.compile(r"while evaluating policy `([A-Za-z0-9._:-]{1,128})`")
 _SCHEMA: Final = cedarpy.Schema.from_str(SCHEMA_TEXT)
 _ALL_TYPES: Final = frozenset(t for types in RESOURCE_TYPES.values() for t in types)
 _ENTITIES_CACHE_SIZE: Final = 4096
@@ -203,7 +204,11 @@ class CompiledPolicySet:
         if unknown:
             errors = (*errors, f"engine named unknown policies: {', '.join(sorted(unknown))}")
         if errors:
-            return Decision.deny(policies=reasons, errors=errors)
+            # Fail closed. The determining policies of this deny are the ones that failed.
+            failed = dict.fromkeys(
+                match.group(1) for error in errors for match in _ERRORED_POLICY.finditer(error)
+            )
+            return Decision.deny(policies=tuple(p for p in failed if p in self._effects), errors=errors)
         if allowed and all(self._effects[reason] == "permit" for reason in reasons) and reasons:
             return Decision(allowed=True, policies=reasons)
         if allowed:
