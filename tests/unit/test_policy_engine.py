@@ -186,6 +186,17 @@ def test_policy_text_over_one_mebibyte_is_refused() -> None:
         compile_policy_set(text)
 
 
+def test_text_that_is_not_unicode_is_refused() -> None:
+    with pytest.raises(InvalidInputError, match="Unicode"):
+        compile_policy_set('@id("a\ud800") permit(principal, action, resource);')
+
+
+def test_policy_that_applies_to_no_action_is_refused() -> None:
+    with pytest.raises(PolicyValidationError) as caught:
+        compile_policy_set('@id("nothing") forbid(principal, action in [], resource);')
+    assert all("nothing" in message for message in caught.value.messages)
+
+
 def test_templates_are_refused() -> None:
     with pytest.raises(PolicyValidationError, match="template"):
         compile_policy_set('@id("t") permit(principal == ?principal, action, resource);')

@@ -256,7 +256,7 @@ def _scope_actions(scope: Mapping[str, Any]) -> frozenset[str]:
     if op == "==":
         return frozenset({scope["entity"]["id"]})
     if op == "in":
-        entities = scope.get("entities") or [scope["entity"]]
+        entities = scope["entities"] if "entities" in scope else [scope["entity"]]
         return frozenset(entity["id"] for entity in entities)
     return frozenset(ACTIONS)  # unknown shape: assume it can apply (never drop a forbid)
 
@@ -286,13 +286,17 @@ def compile_policy_set(text: str) -> CompiledPolicySet:
         The compiled set. An empty set, or one without a ``permit``, denies everything.
 
     Raises:
-        InvalidInputError: ``text`` is not a string or is larger than 1 MiB.
+        InvalidInputError: ``text`` is not a string, not valid Unicode, or larger than 1 MiB.
         PolicyValidationError: the text does not parse, an ``@id`` is missing, ill-formed or repeated,
             or the set fails validation against the schema.
     """
     if not isinstance(text, str):
         raise InvalidInputError("policies must be Cedar text", field="policies")
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_POLICY_TEXT_BYTES:
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInputError("policy text is not valid Unicode", field="policies") from None
+    if size > MAX_POLICY_TEXT_BYTES:
         raise InvalidInputError("policy text is larger than 1 MiB", field="policies")
     try:
         document = json.loads(cedarpy.policies_to_json_str(text))
