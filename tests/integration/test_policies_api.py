@@ -166,3 +166,21 @@ async def test_roles(client: httpx.AsyncClient, admin: Headers, broker: Broker, 
     assert {(e.actor.id, e.resource) for e in denials} >= {("sw", "policy:set"), ("aud", "policy:set")}
     # Only the author's deploy happened.
     assert [v.created_by for v in await broker.storage.list_policy_sets()] == ["pa"]
+
+
+async def test_a_large_set_deploys_and_its_audit_event_stays_small(
+    client: httpx.AsyncClient, admin: Headers, broker: Broker
+) -> None:
+    text = "".join(
+        f'@id("open-policy-number-{i:04d}")\n'
+        f'permit(principal, action == Action::"open_task", resource == Agent::"a{i}");\n'
+        for i in range(1000)
+    )
+    response = await deploy(client, admin, text)
+    assert response.status_code == 201, response.text
+    assert len(response.json()["policy_ids"]) == 1000
+    (event,) = await policy_events(broker)
+    assert event[2]["policy_count"] == 1000
+    assert event[2]["policy_ids_truncated"] is True
+    assert 0 < len(event[2]["policy_ids"]) < 1000
+    assert event[2]["sha256"] == response.json()["sha256"]

@@ -12,6 +12,7 @@ storage on every call (no cached authorization state).
 from __future__ import annotations
 
 import contextlib
+import json
 
 from tether.audit import AuditLog
 from tether.broker.access import authorize, operator_actor
@@ -26,6 +27,23 @@ __all__ = ["MAX_COMMENT_CHARS", "PolicyService"]
 MAX_COMMENT_CHARS = 1000
 MAX_VERSIONS_LIMIT = 1000
 RESOURCE = "policy:set"
+#: Audit events carry at most this many characters of policy ids (events are size-capped); the
+#: sha256 names the exact set, whose text is kept by version.
+AUDIT_IDS_BUDGET = 8 * 1024
+
+
+def _audit_ids(policy_ids: tuple[str, ...] | list[str]) -> dict[str, object]:
+    shown: list[str] = []
+    used = 0
+    for policy_id in policy_ids:
+        used += len(json.dumps(policy_id)) + 2  # as JSON, with a separator
+        if used > AUDIT_IDS_BUDGET:
+            break
+        shown.append(policy_id)
+    data: dict[str, object] = {"policy_ids": shown, "policy_count": len(policy_ids)}
+    if len(shown) < len(policy_ids):
+        data["policy_ids_truncated"] = True
+    return data
 
 
 def _check_text(text: str) -> None:
@@ -76,7 +94,7 @@ class PolicyService:
         expected = await self._storage.active_policy_version()
         data: dict[str, object] = {
             "sha256": sha256,
-            "policy_ids": list(compiled.policy_ids),
+            **_audit_ids(list(compiled.policy_ids)),
             "previous_version": expected,
         }
         await self._audit.record(
@@ -130,7 +148,7 @@ class PolicyService:
         expected = await self._storage.active_policy_version()
         data: dict[str, object] = {
             "sha256": record.sha256,
-            "policy_ids": list(record.policy_ids),
+            **_audit_ids(record.policy_ids),
             "version": version,
             "previous_version": expected,
         }
