@@ -169,6 +169,18 @@ def test_missing_ill_formed_or_duplicate_ids_are_refused(text: str, fragment: st
     assert any(fragment in message for message in caught.value.messages)
 
 
+def test_policy_without_id_is_described_so_users_can_find_it() -> None:
+    text = """
+@id("open") permit(principal, action == Action::"open_task", resource);
+forbid(principal, action == Action::"activate", resource);
+"""
+    with pytest.raises(PolicyValidationError) as caught:
+        compile_policy_set(text)
+    assert caught.value.messages == [
+        'policy #2 (forbid, action activate) has no @id("...") annotation; every policy needs one'
+    ]
+
+
 def test_every_problem_is_reported_at_once() -> None:
     text = """
 permit(principal, action == Action::"open_task", resource);

@@ -340,6 +340,13 @@ def _policy_number(cedar_id: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def _describe(est: Mapping[str, Any]) -> str:
+    """A short, recognisable summary of a policy for messages about it: its effect and actions."""
+    actions = sorted(_scope_actions(est.get("action", {})))
+    scope = "any action" if len(actions) == len(ACTIONS) else "action " + "|".join(actions)
+    return f"{est.get('effect', '?')}, {scope}"
+
+
 def _check_ids(ordered: Sequence[tuple[str, Any]], messages: list[str]) -> dict[str, str]:
     """Map Cedar's positional ids (``policyN``) to each policy's ``@id``; append refusals to ``messages``."""
     names: dict[str, str] = {}
@@ -347,7 +354,7 @@ def _check_ids(ordered: Sequence[tuple[str, Any]], messages: list[str]) -> dict[
     for position, (cedar_id, est) in enumerate(ordered, start=1):
         annotations = est.get("annotations") or {}
         name = annotations.get("id")
-        where = f"policy #{position}"
+        where = f"policy #{position} ({_describe(est)})"
         if name is None:
             messages.append(f'{where} has no @id("...") annotation; every policy needs one')
         elif not isinstance(name, str) or not _POLICY_ID.fullmatch(name):
