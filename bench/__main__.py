@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from bench import audit_bench, identity_bench
+from bench import audit_bench, identity_bench, policy_bench
 
 
 def main() -> None:
@@ -15,6 +15,8 @@ def main() -> None:
     asyncio.run(audit_bench.main(args))
     print()
     asyncio.run(identity_bench.main([]))
+    print()
+    policy_bench.main([])
 
 
 if __name__ == "__main__":
