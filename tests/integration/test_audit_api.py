@@ -170,3 +170,20 @@ async def test_a_failed_action_leaves_its_request_and_its_failure(
     assert (await client.get("/metrics", headers=writer)).status_code == 403
     denied = await events(client, admin, kind="decision", resource="sys:metrics")
     assert len(denied) == 1
+
+
+async def test_out_of_range_cursors_and_times_are_422_not_500(
+    client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    for path, params in (
+        ("/v1/audit/events", {"after": 2**63}),
+        ("/v1/audit/export", {"after": 2**63}),
+        ("/v1/audit/events", {"since": "0001-01-01T00:00:00+01:00"}),
+        ("/v1/audit/events", {"until": "9999-12-31T23:59:59-01:00"}),
+        ("/v1/policies/versions", {"after": 2**63}),
+    ):
+        response = await client.get(path, params=params, headers=admin)
+        assert response.status_code == 422, (path, params, response.text)
+    assert (await client.get(f"/v1/policies/{2**63}", headers=admin)).status_code == 422
+    rollback = await client.post("/v1/policies/rollback", json={"version": 2**63}, headers=admin)
+    assert rollback.status_code == 422

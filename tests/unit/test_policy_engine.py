@@ -482,3 +482,18 @@ def test_explain_mentions_every_error_count() -> None:
     text = explain(Decision.deny(errors=("first", "second", "third")))
     assert "first" in text
     assert "2 more errors" in text
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["(" * 1000 + "true" + ")" * 1000, "!" * 1000 + "true", "[" * 2000 + "]" * 2000 + " == []"],
+)
+def test_deep_nesting_is_refused_before_the_parser_can_crash_the_process(body: str) -> None:
+    # cedarpy's parser overflows the native stack (the process dies) at a few hundred levels.
+    with pytest.raises(PolicyValidationError, match="nest deeper"):
+        compile_policy_set(f'@id("deep") permit(principal, action, resource) when {{ {body} }};')
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    text = '@id("s") permit(principal, action, resource) when { context.destination == "' + "(" * 500 + '" };'
+    assert compile_policy_set(text).policy_ids == ("s",)

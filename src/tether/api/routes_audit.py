@@ -18,6 +18,8 @@ from tether.broker.access import authorize
 from tether.domain.operators import Permission
 from tether.errors import InvalidInputError, NotFoundError
 
+MAX_INT64 = 2**63 - 1  # database integers: larger cursors and versions are invalid input
+
 router = APIRouter(tags=["audit"])
 
 _EXPORT_PAGE = 1000
@@ -73,7 +75,7 @@ async def query_events(
     allowed: bool | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    after: Annotated[int, Query(ge=0, description="Cursor: the last seq already seen")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_INT64, description="Cursor: the last seq already seen")] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_QUERY_LIMIT)] = 100,
 ) -> EventPage:
     """Events in sequence order, filtered, a page at a time."""
@@ -85,7 +87,7 @@ async def query_events(
 
 @router.get("/v1/audit/export", response_class=StreamingResponse)
 async def export_events(
-    broker: BrokerDep, operator: OperatorDep, after: Annotated[int, Query(ge=0)] = 0
+    broker: BrokerDep, operator: OperatorDep, after: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0
 ) -> StreamingResponse:
     """The whole chain (from ``after``) as JSON Lines, for offline verification."""
     await authorize(broker.audit, operator, Permission.AUDIT_READ, "audit:export")

@@ -12,6 +12,8 @@ from tether.api.deps import BrokerDep, OperatorDep
 from tether.broker.policies import MAX_COMMENT_CHARS
 from tether.store.base import PolicySetRecord
 
+MAX_INT64 = 2**63 - 1  # database integers: larger cursors and versions are invalid input
+
 router = APIRouter(tags=["policies"])
 
 
@@ -29,7 +31,7 @@ class PolicyValidate(_Request):
 
 
 class PolicyRollback(_Request):
-    version: Annotated[int, Field(ge=1, description="The stored version to make active again.")]
+    version: Annotated[int, Field(ge=1, le=MAX_INT64, description="The stored version to make active again.")]
 
 
 class PolicySetSummary(BaseModel):
@@ -93,7 +95,7 @@ async def active_policies(broker: BrokerDep, operator: OperatorDep) -> PolicySet
 async def policy_versions(
     broker: BrokerDep,
     operator: OperatorDep,
-    after: Annotated[int | None, Query(ge=1)] = None,
+    after: Annotated[int | None, Query(ge=1, le=MAX_INT64)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> PolicyVersions:
     """Deployed versions, newest first."""
@@ -109,7 +111,7 @@ async def policy_versions(
 
 @router.get("/v1/policies/{version}")
 async def show_policy_version(
-    version: Annotated[int, Path(ge=1)], broker: BrokerDep, operator: OperatorDep
+    version: Annotated[int, Path(ge=1, le=MAX_INT64)], broker: BrokerDep, operator: OperatorDep
 ) -> PolicySetOut:
     """One deployed version, with its text."""
     record = await broker.policies.show(operator, version)

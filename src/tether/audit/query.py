@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from tether.domain.events import EVENT_KINDS, Event
+from tether.domain.events import EVENT_KINDS, Event, time_us
 from tether.errors import InvalidInputError
 from tether.store.base import Storage
 
@@ -46,7 +46,11 @@ class AuditFilter:
             if value is not None:
                 if not isinstance(value, datetime) or value.tzinfo is None:
                     raise InvalidInputError(f"{name} must be an aware time", field=name)
-                object.__setattr__(self, name, value.astimezone(UTC))
+                try:
+                    object.__setattr__(self, name, value.astimezone(UTC))
+                    time_us(getattr(self, name))
+                except (OverflowError, ValueError):
+                    raise InvalidInputError(f"{name} is out of range", field=name) from None
         if self.since is not None and self.until is not None and self.until <= self.since:
             raise InvalidInputError("until must be after since", field="until")
 

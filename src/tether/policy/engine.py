@@ -276,6 +276,39 @@ def _scope_resource(scope: Mapping[str, Any]) -> tuple[frozenset[str], str | Non
     return _ALL_TYPES, None  # All, `in` (hierarchy), or unknown shape: any type
 
 
+MAX_NESTING = 64
+_UNARY = frozenset("!-")
+
+
+def _check_nesting(text: str) -> None:
+    """Refuse deeply nested expressions before Cedar sees them: its parser overflows the native
+    stack (killing the process, not raising) at a few hundred levels. Strings and comments are
+    skipped; brackets and chains of unary operators count as nesting."""
+    depth = deepest = unary = 0
+    i, n = 0, len(text)
+    while i < n:
+        char = text[i]
+        if char == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+        elif char == "/" and text.startswith("//", i):
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+        elif char in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]}":
+            depth -= 1
+        if char in _UNARY:
+            unary += 1
+        elif not char.isspace():
+            unary = 0
+        if deepest > MAX_NESTING or unary > MAX_NESTING:
+            raise PolicyValidationError([f"policies nest deeper than {MAX_NESTING} levels"])
+        i += 1
+
+
 def compile_policy_set(text: str) -> CompiledPolicySet:
     """Parse, check and index a Cedar policy set.
 
@@ -298,6 +331,7 @@ def compile_policy_set(text: str) -> CompiledPolicySet:
         raise InvalidInputError("policy text is not valid Unicode", field="policies") from None
     if size > MAX_POLICY_TEXT_BYTES:
         raise InvalidInputError("policy text is larger than 1 MiB", field="policies")
+    _check_nesting(text)
     try:
         document = json.loads(cedarpy.policies_to_json_str(text))
     except Exception as exc:  # noqa: BLE001 - any parser failure is a refusal with its message
