@@ -6,11 +6,14 @@ missing) before the caller learns of it.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping
+
 from tether.audit import Actor, AuditLog, DecisionSummary
 from tether.domain.operators import OperatorRecord, Permission, role_allows
-from tether.errors import PermissionDeniedError
+from tether.errors import PermissionDeniedError, TetherError
 
-__all__ = ["authorize", "operator_actor", "require"]
+__all__ = ["authorize", "operator_actor", "record_failure", "require"]
 
 
 def operator_actor(operator: OperatorRecord) -> Actor:
@@ -40,3 +43,25 @@ async def authorize(audit: AuditLog, actor: OperatorRecord, permission: Permissi
             reason=str(exc),
         )
         raise
+
+
+async def record_failure(
+    audit: AuditLog,
+    kind: str,
+    actor: OperatorRecord,
+    resource: str,
+    exc: Exception,
+    data: Mapping[str, object] | None = None,
+) -> None:
+    """After an action whose request was recorded has failed, record the failure too.
+
+    Best effort: the action already failed and that error is what the caller must see.
+    """
+    with contextlib.suppress(TetherError):
+        await audit.record(
+            kind,
+            operator_actor(actor),
+            resource=resource,
+            reason=f"failed: {type(exc).__name__}",
+            data={**(data or {}), "outcome": "failed"},
+        )

@@ -8,13 +8,12 @@ made, and a failed change leaves a failure event after it.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from tether.audit import AuditLog
-from tether.broker.access import authorize, operator_actor
+from tether.broker.access import authorize, operator_actor, record_failure
 from tether.clock import Clock
 from tether.domain.agents import (
     AgentAttributes,
@@ -47,20 +46,6 @@ class AgentPage:
 
     items: list[AgentRecord]
     next_after: str | None
-
-
-async def _record_failure(
-    audit: AuditLog, kind: str, actor: OperatorRecord, resource: str, exc: Exception
-) -> None:
-    # Best effort: the action already failed and that error is what the caller must see.
-    with contextlib.suppress(TetherError):
-        await audit.record(
-            kind,
-            operator_actor(actor),
-            resource=resource,
-            reason=f"failed: {type(exc).__name__}",
-            data={"outcome": "failed"},
-        )
 
 
 class AgentService:
@@ -119,7 +104,7 @@ class AgentService:
         try:
             await self._storage.create_agent(record)
         except TetherError as exc:
-            await _record_failure(self._audit, "agent.register", actor, resource, exc)
+            await record_failure(self._audit, "agent.register", actor, resource, exc)
             raise
         return record
 
@@ -154,7 +139,7 @@ class AgentService:
             if not await self._storage.set_agent_disabled(target, self._clock.now()):
                 raise ConflictError(f"agent {target!r} was disabled concurrently")
         except TetherError as exc:
-            await _record_failure(self._audit, "agent.disable", actor, resource, exc)
+            await record_failure(self._audit, "agent.disable", actor, resource, exc)
             raise
         return await self._existing(target)
 
@@ -171,7 +156,7 @@ class AgentService:
         try:
             await self._storage.add_agent_key(target, key)
         except TetherError as exc:
-            await _record_failure(self._audit, "agent.key_add", actor, resource, exc)
+            await record_failure(self._audit, "agent.key_add", actor, resource, exc)
             raise
         return await self._existing(target)
 
@@ -193,7 +178,7 @@ class AgentService:
             if not await self._storage.remove_agent_key(target, kid, self._clock.now()):
                 raise NotFoundError(f"agent {target!r} has no active key {kid!r}")
         except TetherError as exc:
-            await _record_failure(self._audit, "agent.key_remove", actor, resource, exc)
+            await record_failure(self._audit, "agent.key_remove", actor, resource, exc)
             raise
         return await self._existing(target)
 
@@ -263,7 +248,7 @@ class IssuerService:
         try:
             await self._storage.put_trusted_issuer(record)
         except TetherError as exc:
-            await _record_failure(self._audit, "issuer.add", actor, resource, exc)
+            await record_failure(self._audit, "issuer.add", actor, resource, exc)
             raise
         return record
 
@@ -285,7 +270,7 @@ class IssuerService:
             if not await self._storage.delete_trusted_issuer(name):
                 raise NotFoundError(f"no trusted issuer {name!r}")
         except TetherError as exc:
-            await _record_failure(self._audit, "issuer.remove", actor, resource, exc)
+            await record_failure(self._audit, "issuer.remove", actor, resource, exc)
             raise
 
     async def trusted(self, issuer: str) -> TrustedIssuer | None:

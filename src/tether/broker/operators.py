@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-
 from tether.audit import AuditLog
-from tether.broker.access import authorize, operator_actor
+from tether.broker.access import authorize, operator_actor, record_failure
 from tether.clock import Clock
 from tether.domain.operators import OperatorRecord, Permission, Role, validate_operator_name
 from tether.errors import AuthenticationError, ConflictError, NotFoundError, TetherError
@@ -59,19 +57,8 @@ class OperatorService:
         try:
             return await self._create(name, role, created_by=actor.name)
         except TetherError as exc:
-            await self._record_failure("operator.create", actor, f"operator:{name}", exc)
+            await record_failure(self._audit, "operator.create", actor, f"operator:{name}", exc)
             raise
-
-    async def _record_failure(self, kind: str, actor: OperatorRecord, resource: str, exc: Exception) -> None:
-        # Best effort: the action already failed and that error is what the caller must see.
-        with contextlib.suppress(TetherError):
-            await self._audit.record(
-                kind,
-                operator_actor(actor),
-                resource=resource,
-                reason=f"failed: {type(exc).__name__}",
-                data={"outcome": "failed"},
-            )
 
     async def authenticate(self, token: str) -> OperatorRecord:
         try:
@@ -104,7 +91,7 @@ class OperatorService:
             if not await self._storage.revoke_operator(target.id, now=self._clock.now()):
                 raise NotFoundError(f"no active operator {name_or_id!r}")
         except TetherError as exc:
-            await self._record_failure("operator.revoke", actor, resource, exc)
+            await record_failure(self._audit, "operator.revoke", actor, resource, exc)
             raise
         revoked = await self._storage.get_operator(target.id)
         assert revoked is not None

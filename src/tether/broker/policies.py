@@ -11,11 +11,10 @@ storage on every call (no cached authorization state).
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 from tether.audit import AuditLog
-from tether.broker.access import authorize, operator_actor
+from tether.broker.access import authorize, operator_actor, record_failure
 from tether.clock import Clock
 from tether.domain.operators import OperatorRecord, Permission
 from tether.errors import InvalidInputError, NotFoundError, TetherError
@@ -66,17 +65,6 @@ class PolicyService:
         # Every role that may write policies may also read them (POLICY_WRITE implies READ).
         await authorize(self._audit, actor, Permission.POLICY_READ, RESOURCE)
 
-    async def _failed(self, actor: OperatorRecord, exc: Exception, data: dict[str, object]) -> None:
-        # Best effort: the action already failed and that error is what the caller must see.
-        with contextlib.suppress(TetherError):
-            await self._audit.record(
-                "policy.deploy",
-                operator_actor(actor),
-                resource=RESOURCE,
-                reason=f"failed: {type(exc).__name__}",
-                data={**data, "outcome": "failed"},
-            )
-
     async def validate(self, actor: OperatorRecord, text: str) -> CompiledPolicySet:
         """Compile ``text`` against the schema; :class:`PolicyValidationError` if it fails."""
         await self._may_read(actor)
@@ -111,7 +99,7 @@ class PolicyService:
                 expected_active=expected,
             )
         except TetherError as exc:
-            await self._failed(actor, exc, data)
+            await record_failure(self._audit, "policy.deploy", actor, RESOURCE, exc, data)
             raise
         self._compiled[record.version] = compiled
         return record
@@ -162,7 +150,7 @@ class PolicyService:
         try:
             await self._storage.activate_policy_version(version, expected_active=expected)
         except TetherError as exc:
-            await self._failed(actor, exc, data)
+            await record_failure(self._audit, "policy.deploy", actor, RESOURCE, exc, data)
             raise
         return record
 

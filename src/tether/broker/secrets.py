@@ -7,14 +7,13 @@ which is for the broker's activation path, never for operators.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from tether.audit import AuditLog, Sensitive
-from tether.broker.access import authorize, operator_actor
+from tether.broker.access import authorize, operator_actor, record_failure
 from tether.broker.keys import KeyService
 from tether.clock import Clock
 from tether.crypto.barrier import Barrier
@@ -122,20 +121,9 @@ class SecretService:
         try:
             record = await action
         except TetherError as exc:
-            await self._record_failure(kind, actor, path, exc)
+            await record_failure(self._audit, kind, actor, f"secret:{path}", exc)
             raise
         return record
-
-    async def _record_failure(self, kind: str, actor: OperatorRecord, path: str, exc: Exception) -> None:
-        # Best effort: the action already failed and that error is what the caller must see.
-        with contextlib.suppress(TetherError):
-            await self._audit.record(
-                kind,
-                operator_actor(actor),
-                resource=f"secret:{path}",
-                reason=f"failed: {type(exc).__name__}",
-                data={"outcome": "failed"},
-            )
 
     async def _append(
         self,
@@ -206,7 +194,7 @@ class SecretService:
         await self._audit.record("secret.delete", operator_actor(actor), resource=f"secret:{path}")
         if not await self._storage.delete_secret(path, now=self._clock.now()):
             exc = NotFoundError(f"secret {path!r} does not exist")
-            await self._record_failure("secret.delete", actor, path, exc)
+            await record_failure(self._audit, "secret.delete", actor, f"secret:{path}", exc)
             raise exc
 
     async def read_value(self, path: str, version: int | None = None) -> tuple[int, bytes]:
