@@ -110,7 +110,9 @@ class SQLStorage:
         return StorageError(f"{self.backend} store error: {type(exc).__name__}")
 
     @asynccontextmanager
-    async def _tx(self, *, write: bool = True) -> AsyncIterator[AsyncConnection]:
+    async def _tx(
+        self, *, write: bool = True, on_duplicate: Callable[[], TetherError] | None = None
+    ) -> AsyncIterator[AsyncConnection]:
         """One transaction. Reads say so: on SQLite they then take no write lock (WAL lets
         them run beside a writer); writes start with BEGIN IMMEDIATE and queue."""
         try:
@@ -122,6 +124,8 @@ class SQLStorage:
         except TetherError:
             raise
         except SQLAlchemyError as exc:
+            if on_duplicate is not None and isinstance(exc, IntegrityError):
+                raise on_duplicate() from None  # a unique key taken: the caller's conflict
             raise self._translate(exc) from exc
         except OSError as exc:  # connection refused and friends, raised by the driver
             raise StorageUnavailableError(
@@ -150,22 +154,17 @@ class SQLStorage:
         return None if row is None else bytes(row[0])
 
     async def put_meta(self, key: str, value: bytes, *, expected: bytes | None) -> None:
-        try:
-            async with self._tx() as conn:
-                if expected is None:
-                    await conn.execute(t.meta.insert().values(key=key, value=value))
-                    return
-                result = await conn.execute(
-                    update(t.meta)
-                    .where(and_(t.meta.c.key == key, t.meta.c.value == expected))
-                    .values(value=value)
-                )
-                if result.rowcount != 1:
-                    raise ConflictError(f"meta {key!r} changed concurrently")
-        except StorageError as exc:
-            if isinstance(exc.__cause__, IntegrityError):
-                raise ConflictError(f"meta {key!r} already exists") from None
-            raise
+        async with self._tx(on_duplicate=lambda: ConflictError(f"meta {key!r} already exists")) as conn:
+            if expected is None:
+                await conn.execute(t.meta.insert().values(key=key, value=value))
+                return
+            result = await conn.execute(
+                update(t.meta)
+                .where(and_(t.meta.c.key == key, t.meta.c.value == expected))
+                .values(value=value)
+            )
+            if result.rowcount != 1:
+                raise ConflictError(f"meta {key!r} changed concurrently")
 
     async def delete_meta(self, key: str, *, expected: bytes) -> bool:
         async with self._tx() as conn:
@@ -266,54 +265,49 @@ class SQLStorage:
                 "owner": metadata.owner,
                 "rotation_period_seconds": metadata.rotation_period_seconds,
             }
-        try:
-            async with self._tx() as conn:
-                c = t.secrets.c
-                if expected_version == 0:
-                    if metadata is None:
-                        raise StorageError("a new secret needs metadata")
-                    await conn.execute(
-                        t.secrets.insert().values(
-                            path=path,
-                            current_version=1,
-                            created_at_us=now_us,
-                            updated_at_us=now_us,
-                            deleted_at_us=None,
-                            **meta_values,
-                        )
-                    )
-                else:
-                    result = await conn.execute(
-                        update(t.secrets)
-                        .where(and_(c.path == path, c.current_version == expected_version))
-                        .values(
-                            current_version=new_version,
-                            updated_at_us=now_us,
-                            deleted_at_us=None,
-                            **meta_values,
-                        )
-                    )
-                    if result.rowcount != 1:
-                        actual = (
-                            await conn.execute(select(c.current_version).where(c.path == path))
-                        ).scalar_one_or_none()
-                        raise VersionConflictError(path, expected_version, actual)
+        async with self._tx(on_duplicate=lambda: VersionConflictError(path, expected_version, None)) as conn:
+            c = t.secrets.c
+            if expected_version == 0:
+                if metadata is None:
+                    raise StorageError("a new secret needs metadata")
                 await conn.execute(
-                    t.secret_versions.insert().values(
+                    t.secrets.insert().values(
                         path=path,
-                        version=new_version,
-                        kek_version=value.kek_version,
-                        wrapped_dek=value.wrapped_dek,
-                        ciphertext=value.ciphertext,
+                        current_version=1,
                         created_at_us=now_us,
-                        created_by=actor,
+                        updated_at_us=now_us,
+                        deleted_at_us=None,
+                        **meta_values,
                     )
                 )
-                row = (await conn.execute(select(t.secrets).where(c.path == path))).one()
-        except StorageError as exc:
-            if isinstance(exc.__cause__, IntegrityError):
-                raise VersionConflictError(path, expected_version, None) from None
-            raise
+            else:
+                result = await conn.execute(
+                    update(t.secrets)
+                    .where(and_(c.path == path, c.current_version == expected_version))
+                    .values(
+                        current_version=new_version,
+                        updated_at_us=now_us,
+                        deleted_at_us=None,
+                        **meta_values,
+                    )
+                )
+                if result.rowcount != 1:
+                    actual = (
+                        await conn.execute(select(c.current_version).where(c.path == path))
+                    ).scalar_one_or_none()
+                    raise VersionConflictError(path, expected_version, actual)
+            await conn.execute(
+                t.secret_versions.insert().values(
+                    path=path,
+                    version=new_version,
+                    kek_version=value.kek_version,
+                    wrapped_dek=value.wrapped_dek,
+                    ciphertext=value.ciphertext,
+                    created_at_us=now_us,
+                    created_by=actor,
+                )
+            )
+            row = (await conn.execute(select(t.secrets).where(c.path == path))).one()
         return self._secret(row)
 
     async def read_secret_value(self, path: str, version: int | None = None) -> StoredValue | None:
@@ -396,23 +390,20 @@ class SQLStorage:
         )
 
     async def create_operator(self, operator: OperatorRecord) -> None:
-        try:
-            async with self._tx() as conn:
-                await conn.execute(
-                    t.operators.insert().values(
-                        id=operator.id,
-                        name=operator.name,
-                        role=operator.role.value,
-                        token_hash=operator.token_hash,
-                        created_at_us=to_us(operator.created_at),
-                        created_by=operator.created_by,
-                        revoked_at_us=None if operator.revoked_at is None else to_us(operator.revoked_at),
-                    )
+        async with self._tx(
+            on_duplicate=lambda: ConflictError(f"an operator named {operator.name!r} already exists")
+        ) as conn:
+            await conn.execute(
+                t.operators.insert().values(
+                    id=operator.id,
+                    name=operator.name,
+                    role=operator.role.value,
+                    token_hash=operator.token_hash,
+                    created_at_us=to_us(operator.created_at),
+                    created_by=operator.created_by,
+                    revoked_at_us=None if operator.revoked_at is None else to_us(operator.revoked_at),
                 )
-        except StorageError as exc:
-            if isinstance(exc.__cause__, IntegrityError):
-                raise ConflictError(f"an operator named {operator.name!r} already exists") from None
-            raise
+            )
 
     async def operator_by_token_hash(self, token_hash: bytes) -> OperatorRecord | None:
         async with self._tx(write=False) as conn:
@@ -470,26 +461,23 @@ class SQLStorage:
             for e in events
         ]
         c = t.audit_events.c
-        try:
-            async with self._tx() as conn:
-                # The primary key stops two writers taking one seq; this read also stops a
-                # writer whose idea of the head is stale from forking the chain.
-                if first.seq == 1:
-                    linked = first.prev_hash == GENESIS_HASH
-                else:
-                    previous = (
-                        await conn.execute(select(c.hash).where(c.seq == first.seq - 1))
-                    ).scalar_one_or_none()
-                    linked = previous is not None and bytes(previous) == first.prev_hash
-                if not linked:
-                    raise AuditConflictError(f"audit event {first.seq} does not continue the stored chain")
-                await conn.execute(t.audit_events.insert(), rows)
-        except StorageError as exc:
-            if isinstance(exc.__cause__, IntegrityError):
-                raise AuditConflictError(
-                    f"audit seq {first.seq}..{events[-1].seq} was taken by another writer"
-                ) from None
-            raise
+        async with self._tx(
+            on_duplicate=lambda: AuditConflictError(
+                f"audit seq {first.seq}..{events[-1].seq} was taken by another writer"
+            )
+        ) as conn:
+            # The primary key stops two writers taking one seq; this read also stops a
+            # writer whose idea of the head is stale from forking the chain.
+            if first.seq == 1:
+                linked = first.prev_hash == GENESIS_HASH
+            else:
+                previous = (
+                    await conn.execute(select(c.hash).where(c.seq == first.seq - 1))
+                ).scalar_one_or_none()
+                linked = previous is not None and bytes(previous) == first.prev_hash
+            if not linked:
+                raise AuditConflictError(f"audit event {first.seq} does not continue the stored chain")
+            await conn.execute(t.audit_events.insert(), rows)
 
     async def audit_head(self) -> tuple[int, bytes] | None:
         c = t.audit_events.c
@@ -582,22 +570,19 @@ class SQLStorage:
         ]
 
     async def put_audit_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
-        try:
-            async with self._tx() as conn:
-                await conn.execute(
-                    t.audit_checkpoints.insert().values(
-                        seq=checkpoint.seq,
-                        time_us=checkpoint.time_us,
-                        head_hash=checkpoint.head_hash,
-                        key_id=checkpoint.key_id,
-                        signature=checkpoint.signature,
-                        body=checkpoint.body,
-                    )
+        async with self._tx(
+            on_duplicate=lambda: ConflictError(f"an audit checkpoint at seq {checkpoint.seq} exists")
+        ) as conn:
+            await conn.execute(
+                t.audit_checkpoints.insert().values(
+                    seq=checkpoint.seq,
+                    time_us=checkpoint.time_us,
+                    head_hash=checkpoint.head_hash,
+                    key_id=checkpoint.key_id,
+                    signature=checkpoint.signature,
+                    body=checkpoint.body,
                 )
-        except StorageError as exc:
-            if isinstance(exc.__cause__, IntegrityError):
-                raise ConflictError(f"an audit checkpoint at seq {checkpoint.seq} exists") from None
-            raise
+            )
 
     @staticmethod
     def _checkpoint(row: Any) -> StoredCheckpoint:
@@ -713,27 +698,24 @@ class SQLStorage:
         }
 
     async def create_agent(self, record: AgentRecord) -> None:
-        try:
-            async with self._tx() as conn:
-                await conn.execute(
-                    t.agents.insert().values(
-                        id=record.id,
-                        name=record.name,
-                        trust_domain=record.trust_domain,
-                        attributes=json.dumps(record.attributes.to_json(), sort_keys=True),
-                        created_at_us=to_us(record.created_at),
-                        created_by=record.created_by,
-                        disabled_at_us=None if record.disabled_at is None else to_us(record.disabled_at),
-                    )
+        async with self._tx(
+            on_duplicate=lambda: ConflictError(f"an agent named {record.name!r} already exists")
+        ) as conn:
+            await conn.execute(
+                t.agents.insert().values(
+                    id=record.id,
+                    name=record.name,
+                    trust_domain=record.trust_domain,
+                    attributes=json.dumps(record.attributes.to_json(), sort_keys=True),
+                    created_at_us=to_us(record.created_at),
+                    created_by=record.created_by,
+                    disabled_at_us=None if record.disabled_at is None else to_us(record.disabled_at),
                 )
-                if record.keys:
-                    await conn.execute(
-                        t.agent_keys.insert(), [self._key_row(record.id, key) for key in record.keys]
-                    )
-        except StorageError as exc:
-            if isinstance(exc.__cause__, IntegrityError):
-                raise ConflictError(f"an agent named {record.name!r} already exists") from None
-            raise
+            )
+            if record.keys:
+                await conn.execute(
+                    t.agent_keys.insert(), [self._key_row(record.id, key) for key in record.keys]
+                )
 
     async def get_agent(self, agent_id: str) -> AgentRecord | None:
         return await self._one_agent(t.agents.c.id == agent_id)
@@ -781,20 +763,15 @@ class SQLStorage:
     async def add_agent_key(self, agent_id: str, key: AgentKey) -> None:
         if not key.active:
             raise InvalidInputError("only an active key can be added", field="public_key")
-        try:
-            async with self._tx() as conn:
-                keys = await self._lock_agent_keys(conn, agent_id)
-                if any(row.kid == key.kid for row in keys):
-                    raise ConflictError(f"the agent already has (or had) key {key.kid!r}")
-                if sum(row.removed_at_us is None for row in keys) >= MAX_ACTIVE_KEYS:
-                    raise ConflictError(
-                        f"the agent already has {MAX_ACTIVE_KEYS} active keys; remove one first"
-                    )
-                await conn.execute(t.agent_keys.insert().values(**self._key_row(agent_id, key)))
-        except StorageError as exc:
-            if isinstance(exc.__cause__, IntegrityError):
-                raise ConflictError(f"the agent already has (or had) key {key.kid!r}") from None
-            raise
+        async with self._tx(
+            on_duplicate=lambda: ConflictError(f"the agent already has (or had) key {key.kid!r}")
+        ) as conn:
+            keys = await self._lock_agent_keys(conn, agent_id)
+            if any(row.kid == key.kid for row in keys):
+                raise ConflictError(f"the agent already has (or had) key {key.kid!r}")
+            if sum(row.removed_at_us is None for row in keys) >= MAX_ACTIVE_KEYS:
+                raise ConflictError(f"the agent already has {MAX_ACTIVE_KEYS} active keys; remove one first")
+            await conn.execute(t.agent_keys.insert().values(**self._key_row(agent_id, key)))
 
     async def remove_agent_key(self, agent_id: str, kid: str, now: datetime) -> bool:
         k = t.agent_keys.c
@@ -889,22 +866,19 @@ class SQLStorage:
             "subject_pattern": issuer.subject_pattern,
             "created_by": issuer.created_by,
         }
-        try:
-            async with self._tx() as conn:
-                await conn.execute(
-                    t.trusted_issuers.insert().values(
-                        name=issuer.name,
-                        issuer=issuer.issuer,
-                        body=json.dumps(body, sort_keys=True),
-                        created_at_us=to_us(issuer.created_at),
-                    )
+        async with self._tx(
+            on_duplicate=lambda: ConflictError(
+                f"a trusted issuer named {issuer.name!r} or for {issuer.issuer!r} already exists"
+            )
+        ) as conn:
+            await conn.execute(
+                t.trusted_issuers.insert().values(
+                    name=issuer.name,
+                    issuer=issuer.issuer,
+                    body=json.dumps(body, sort_keys=True),
+                    created_at_us=to_us(issuer.created_at),
                 )
-        except StorageError as exc:
-            if isinstance(exc.__cause__, IntegrityError):
-                raise ConflictError(
-                    f"a trusted issuer named {issuer.name!r} or for {issuer.issuer!r} already exists"
-                ) from None
-            raise
+            )
 
     async def get_trusted_issuer_by_issuer(self, issuer: str) -> TrustedIssuer | None:
         c = t.trusted_issuers.c
@@ -979,32 +953,29 @@ class SQLStorage:
         expected_active: int | None,
     ) -> PolicySetRecord:
         p = t.policy_sets.c
-        try:
-            async with self._tx() as conn:
-                active = await self._locked_active(conn)
-                if active != expected_active:
-                    raise ConflictError(
-                        f"the active policy set is version {active}, not {expected_active}"
-                        if active is not None
-                        else "no policy set is active yet"
-                    )
-                newest = (await conn.execute(select(func.max(p.version)))).scalar_one_or_none()
-                version = int(newest or 0) + 1
-                values = {
-                    "version": version,
-                    "text": text,
-                    "sha256": sha256,
-                    "policy_ids": json.dumps(list(policy_ids)),
-                    "created_at_us": to_us(now),
-                    "created_by": created_by,
-                    "comment": comment,
-                }
-                await conn.execute(t.policy_sets.insert().values(**values))
-                await self._set_active(conn, version, expected_active)
-        except StorageError as exc:
-            if isinstance(exc.__cause__, IntegrityError):
-                raise ConflictError("another policy set was deployed concurrently") from None
-            raise
+        async with self._tx(
+            on_duplicate=lambda: ConflictError("another policy set was deployed concurrently")
+        ) as conn:
+            active = await self._locked_active(conn)
+            if active != expected_active:
+                raise ConflictError(
+                    f"the active policy set is version {active}, not {expected_active}"
+                    if active is not None
+                    else "no policy set is active yet"
+                )
+            newest = (await conn.execute(select(func.max(p.version)))).scalar_one_or_none()
+            version = int(newest or 0) + 1
+            values = {
+                "version": version,
+                "text": text,
+                "sha256": sha256,
+                "policy_ids": json.dumps(list(policy_ids)),
+                "created_at_us": to_us(now),
+                "created_by": created_by,
+                "comment": comment,
+            }
+            await conn.execute(t.policy_sets.insert().values(**values))
+            await self._set_active(conn, version, expected_active)
         return PolicySetRecord(
             version=version,
             text=text,
@@ -1047,16 +1018,13 @@ class SQLStorage:
 
     async def activate_policy_version(self, version: int, *, expected_active: int | None) -> None:
         p = t.policy_sets.c
-        try:
-            async with self._tx() as conn:
-                active = await self._locked_active(conn)
-                if active != expected_active:
-                    raise ConflictError("the active policy set changed concurrently")
-                found = (await conn.execute(select(p.version).where(p.version == version))).first()
-                if found is None:
-                    raise NotFoundError(f"no policy set version {version}")
-                await self._set_active(conn, version, expected_active)
-        except StorageError as exc:
-            if isinstance(exc.__cause__, IntegrityError):
-                raise ConflictError("the active policy set changed concurrently") from None
-            raise
+        async with self._tx(
+            on_duplicate=lambda: ConflictError("the active policy set changed concurrently")
+        ) as conn:
+            active = await self._locked_active(conn)
+            if active != expected_active:
+                raise ConflictError("the active policy set changed concurrently")
+            found = (await conn.execute(select(p.version).where(p.version == version))).first()
+            if found is None:
+                raise NotFoundError(f"no policy set version {version}")
+            await self._set_active(conn, version, expected_active)
