@@ -9,14 +9,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.crypto.envelope import EncryptedValue
 from tether.domain.agents import MAX_ACTIVE_KEYS, AgentAttributes, AgentKey, AgentRecord, TrustedIssuer
@@ -35,10 +34,11 @@ from tether.errors import (
     InvalidInputError,
     NotFoundError,
     StorageError,
-    StorageUnavailableError,
-    TetherError,
 )
 from tether.store import schema as t
+from tether.store._destinations import DestinationStore
+from tether.store._sqlbase import from_us, like_escape, to_us
+from tether.store._tasks import TaskStore
 from tether.store.base import (
     AuditConflictError,
     AuditCorruptionError,
@@ -57,80 +57,8 @@ MAX_JTI_KEY_BYTES = 64
 MAX_JTI_INPUT_BYTES = 8192
 
 
-def to_us(value: datetime) -> int:
-    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_us(value: int) -> datetime:
-    return datetime.fromtimestamp(value / 1_000_000, tz=UTC)
-
-
-def _like_escape(prefix: str) -> str:
-    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-class SQLStorage:
+class SQLStorage(TaskStore, DestinationStore):
     """Storage on a SQLAlchemy async engine."""
-
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        *,
-        backend: str,
-        migrate_hook: Callable[[AsyncConnection], Any] | None = None,
-        unavailable_hint: str = "",
-    ) -> None:
-        self._engine = engine
-        self.backend = backend
-        self._migrate_hook = migrate_hook
-        self._hint = unavailable_hint
-        self._binary_collation = "BINARY" if backend == "sqlite" else "C"
-
-    # -- plumbing ------------------------------------------------------------------------
-    def _translate(self, exc: SQLAlchemyError) -> StorageError:
-        text = str(getattr(exc, "orig", exc))
-        sqlstate = str(getattr(getattr(exc, "orig", None), "sqlstate", "") or "")
-        if sqlstate[:2] in {"08", "28", "3D", "57"}:  # connection, auth, no such database, shutdown
-            first = text.splitlines()[0][:200] if text else type(exc).__name__
-            return StorageUnavailableError(f"{self.backend} store unavailable{self._hint}: {first}")
-        if (
-            "no such table" in text
-            or "UndefinedTable" in type(getattr(exc, "orig", None)).__name__
-            or ("does not exist" in text and "relation" in text)
-        ):
-            return StorageError(
-                f"{self.backend} store has no Tether schema{self._hint}: run `tether migrate`"
-            )
-        if isinstance(exc, InterfaceError | OperationalError) or (
-            isinstance(exc, DBAPIError) and exc.connection_invalidated
-        ):
-            detail = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
-            return StorageUnavailableError(f"{self.backend} store unavailable{self._hint}: {detail}")
-        return StorageError(f"{self.backend} store error: {type(exc).__name__}")
-
-    @asynccontextmanager
-    async def _tx(
-        self, *, write: bool = True, on_duplicate: Callable[[], TetherError] | None = None
-    ) -> AsyncIterator[AsyncConnection]:
-        """One transaction. Reads say so: on SQLite they then take no write lock (WAL lets
-        them run beside a writer); writes start with BEGIN IMMEDIATE and queue."""
-        try:
-            async with self._engine.connect() as conn:
-                if not write:
-                    await conn.execution_options(tether_read_only=True)
-                async with conn.begin():
-                    yield conn
-        except TetherError:
-            raise
-        except SQLAlchemyError as exc:
-            if on_duplicate is not None and isinstance(exc, IntegrityError):
-                raise on_duplicate() from None  # a unique key taken: the caller's conflict
-            raise self._translate(exc) from exc
-        except OSError as exc:  # connection refused and friends, raised by the driver
-            raise StorageUnavailableError(
-                f"{self.backend} store unavailable{self._hint}: {exc.strerror or exc}"
-            ) from exc
 
     async def migrate(self) -> None:
         from tether.store.migrations import upgrade
@@ -525,7 +453,7 @@ class SQLStorage:
         query = select(t.audit_events).where(c.seq > after_seq).order_by(c.seq).limit(limit)
         if kind is not None:
             if kind.endswith(".*"):
-                query = query.where(c.kind.like(_like_escape(kind[:-1]) + "%", escape="\\"))
+                query = query.where(c.kind.like(like_escape(kind[:-1]) + "%", escape="\\"))
             else:
                 query = query.where(c.kind == kind)
         if actor is not None:

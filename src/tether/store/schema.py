@@ -166,3 +166,109 @@ policy_active = Table(
     Column("version", Integer, nullable=False),
     ForeignKeyConstraint(["version"], ["policy_sets.version"]),
 )
+
+# Destinations (egress upstreams). ``body`` is the destination's JSON (inject, methods,
+# path_prefixes, timeouts and size limits, created_by); see tether.domain.destinations.
+destinations = Table(
+    "destinations",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("base_url", Text, nullable=False),
+    Column("secret", String(256), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+)
+
+# Tasks: one agent, one intent, a lifetime. Sets (secrets, destinations, tools, chain) are
+# JSON arrays. ``root_id`` and ``parent_id`` make a delegation tree revocable in one statement.
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("agent_id", String(400), nullable=False),
+    Column("status", String(24), nullable=False),
+    Column("purpose", String(64), nullable=False),
+    Column("objective", Text, nullable=False),
+    Column("objective_sha256", String(64), nullable=False),
+    Column("sensitivity", Integer, nullable=False),
+    Column("secrets", Text, nullable=False),
+    Column("destinations", Text, nullable=False),
+    Column("tools", Text, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("expires_at_us", BigInteger, nullable=False),
+    Column("ended_at_us", BigInteger, nullable=True),
+    Column("end_reason", String(64), nullable=True),
+    Column("parent_id", String(64), nullable=True),
+    Column("root_id", String(64), nullable=False),
+    Column("depth", Integer, nullable=False),
+    Column("chain", Text, nullable=False),
+    Column("context_version", Integer, nullable=False),
+    Column("approval_id", String(64), nullable=True),
+    Index("ix_tasks_agent", "agent_id", "status"),
+    Index("ix_tasks_status_expires", "status", "expires_at_us"),
+    Index("ix_tasks_root", "root_id"),
+    Index("ix_tasks_parent", "parent_id"),
+)
+
+# Grants (issuance): key-bound (``jkt``), task-scoped, with an optional use budget.
+grants = Table(
+    "grants",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("task_id", String(64), nullable=False),
+    Column("agent_id", String(400), nullable=False),
+    Column("jkt", String(128), nullable=False),
+    Column("secret", String(256), nullable=True),
+    Column("destination", String(64), nullable=True),
+    Column("mode", String(16), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("expires_at_us", BigInteger, nullable=False),
+    Column("max_uses", Integer, nullable=True),
+    Column("uses", Integer, nullable=False),
+    Column("revoked_at_us", BigInteger, nullable=True),
+    Column("revoke_reason", String(64), nullable=True),
+    ForeignKeyConstraint(["task_id"], ["tasks.id"]),
+    Index("ix_grants_task", "task_id"),
+    Index("ix_grants_secret", "secret"),
+)
+
+# Approvals: one task, one action, one resource, one task context (its hash).
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("task_id", String(64), nullable=False),
+    Column("agent_id", String(400), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("resource", String(512), nullable=False),
+    Column("context_hash", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("policies", Text, nullable=False),
+    Column("requested_at_us", BigInteger, nullable=False),
+    Column("expires_at_us", BigInteger, nullable=False),
+    Column("decided_at_us", BigInteger, nullable=True),
+    Column("decided_by", String(128), nullable=True),
+    Column("reason", Text, nullable=False),
+    ForeignKeyConstraint(["task_id"], ["tasks.id"]),
+    Index("ix_approvals_task", "task_id", "action", "resource"),
+    Index("ix_approvals_status", "status", "requested_at_us"),
+)
+
+# Leases from secret engines (dynamic mode). ``handle`` is the engine's JSON needed to revoke
+# the credential; it never holds the credential itself.
+leases = Table(
+    "leases",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("grant_id", String(64), nullable=False),
+    Column("task_id", String(64), nullable=False),
+    Column("engine", String(64), nullable=False),
+    Column("handle", Text, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("expires_at_us", BigInteger, nullable=False),
+    Column("revoked_at_us", BigInteger, nullable=True),
+    Column("engine_revoked_at_us", BigInteger, nullable=True),
+    ForeignKeyConstraint(["task_id"], ["tasks.id"]),
+    Index("ix_leases_task", "task_id"),
+    Index("ix_leases_pending", "engine_revoked_at_us", "expires_at_us"),
+)
