@@ -18,14 +18,34 @@ P = Permission
 # The whole matrix, written out: a change to who may do what must change this table too.
 EXPECTED: dict[Role, set[Permission]] = {
     Role.ADMIN: set(Permission),
-    Role.SECRET_WRITER: {P.SECRET_WRITE, P.SECRET_READ_METADATA, P.SECRET_DELETE},
+    Role.SECRET_WRITER: {
+        P.SECRET_WRITE,
+        P.SECRET_READ_METADATA,
+        P.SECRET_DELETE,
+        P.DESTINATION_WRITE,
+        P.DESTINATION_READ,
+    },
     Role.POLICY_AUTHOR: {P.POLICY_WRITE, P.POLICY_READ},
     Role.APPROVER: {P.APPROVAL_DECIDE},
-    Role.AUDITOR: {P.AUDIT_READ, P.SECRET_READ_METADATA, P.POLICY_READ, P.METRICS_READ, P.AGENT_READ},
+    Role.AUDITOR: {
+        P.AUDIT_READ,
+        P.SECRET_READ_METADATA,
+        P.POLICY_READ,
+        P.METRICS_READ,
+        P.AGENT_READ,
+        P.DESTINATION_READ,
+    },
 }
 
 NON_ADMIN = [role for role in Role if role is not Role.ADMIN]
-SECRET_PERMISSIONS = {P.SECRET_WRITE, P.SECRET_READ_METADATA, P.SECRET_DELETE}
+# Wiring a secret to an upstream (a destination) is part of writing it; neither grants use.
+SECRET_PERMISSIONS = {
+    P.SECRET_WRITE,
+    P.SECRET_READ_METADATA,
+    P.SECRET_DELETE,
+    P.DESTINATION_WRITE,
+    P.DESTINATION_READ,
+}
 WRITES = {
     P.SECRET_WRITE,
     P.SECRET_DELETE,
@@ -34,6 +54,7 @@ WRITES = {
     P.OPERATOR_MANAGE,
     P.SYS_KEYS,
     P.AGENT_WRITE,
+    P.DESTINATION_WRITE,
 }
 
 

@@ -116,6 +116,8 @@ EVENT_KINDS: Mapping[str, str] = MappingProxyType(
         "agent.key_remove": "an operator removed a public key from an agent",
         "issuer.add": "an operator added a trusted token issuer (federation)",
         "issuer.remove": "an operator removed a trusted token issuer",
+        "destination.add": "an operator registered a destination (an egress upstream and its injection)",
+        "destination.remove": "an operator removed a destination",
         "sys.init": "the deployment was initialised",
         "sys.seal": "the node was sealed",
         "sys.unseal": "the node was unsealed",

@@ -49,12 +49,21 @@ class Permission(StrEnum):
     METRICS_READ = "metrics.read"
     AGENT_WRITE = "agent.write"
     AGENT_READ = "agent.read"
+    DESTINATION_WRITE = "destination.write"
+    DESTINATION_READ = "destination.read"
 
 
 _GRANTS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
+    # Secret writers also wire secrets to upstreams (destinations); that grants no use.
     Role.SECRET_WRITER: frozenset(
-        {Permission.SECRET_WRITE, Permission.SECRET_READ_METADATA, Permission.SECRET_DELETE}
+        {
+            Permission.SECRET_WRITE,
+            Permission.SECRET_READ_METADATA,
+            Permission.SECRET_DELETE,
+            Permission.DESTINATION_WRITE,
+            Permission.DESTINATION_READ,
+        }
     ),
     Role.POLICY_AUTHOR: frozenset({Permission.POLICY_WRITE, Permission.POLICY_READ}),
     Role.APPROVER: frozenset({Permission.APPROVAL_DECIDE}),
@@ -65,6 +74,7 @@ _GRANTS: dict[Role, frozenset[Permission]] = {
             Permission.POLICY_READ,
             Permission.METRICS_READ,
             Permission.AGENT_READ,
+            Permission.DESTINATION_READ,
         }
     ),
 }

@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 
 from tether.crypto.envelope import EncryptedValue
 from tether.domain.agents import AgentKey, AgentRecord, TrustedIssuer
+from tether.domain.destinations import Destination
 from tether.domain.events import Event
 from tether.domain.operators import OperatorRecord
 from tether.domain.secrets import SecretMetadata, SecretRecord
@@ -340,4 +341,21 @@ class Storage(Protocol):
     async def activate_policy_version(self, version: int, *, expected_active: int | None) -> None:
         """Make a stored ``version`` active again (rollback). :class:`NotFoundError` if absent;
         :class:`ConflictError` if the active version is no longer ``expected_active``."""
+        ...
+
+    # -- destinations ----------------------------------------------------------------------
+    async def put_destination(self, destination: Destination) -> None:
+        """Store a new destination. :class:`ConflictError` if its name is taken."""
+        ...
+
+    async def get_destination(self, name: str) -> Destination | None:
+        """The destination ``name``, or None."""
+        ...
+
+    async def list_destinations(self) -> list[Destination]:
+        """Every destination, ordered by name (byte order)."""
+        ...
+
+    async def delete_destination(self, name: str) -> bool:
+        """Delete destination ``name``; False if there is none."""
         ...
