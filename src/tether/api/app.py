@@ -14,6 +14,7 @@ from tether.api import (
     routes_agents,
     routes_audit,
     routes_auth,
+    routes_destinations,
     routes_operators,
     routes_policies,
     routes_secrets,
@@ -124,6 +125,7 @@ def create_app(broker: Broker, *, max_request_bytes: int = DEFAULT_MAX_REQUEST_B
     app.include_router(routes_agents.router)
     app.include_router(routes_auth.router)
     app.include_router(routes_policies.router)
+    app.include_router(routes_destinations.router)
     app.add_middleware(_BodyLimit, max_bytes=max_request_bytes)
     app.add_middleware(_Measure, metrics=metrics)
     return app

@@ -10,6 +10,7 @@ from tether.audit import AUDIT_KEYS_META, AuditLog, AuditSink, JsonlFileSink, lo
 from tether.broker.access import authorize, operator_actor
 from tether.broker.agents import AgentService, IssuerService
 from tether.broker.auth import AuthService
+from tether.broker.destinations import DestinationService
 from tether.broker.keys import KeyService, RotationResult
 from tether.broker.operators import OperatorService
 from tether.broker.policies import PolicyService
@@ -68,6 +69,7 @@ class Broker:
         self.operators = OperatorService(storage, self.audit, self.clock)
         self.agents = AgentService(storage, self.audit, self.clock, settings.trust_domain)
         self.issuers = IssuerService(storage, self.audit, self.clock)
+        self.destinations = DestinationService(storage, self.audit, self.clock)
         self.policies = PolicyService(storage, self.audit, self.clock)
         self.auth = AuthService(
             storage,
