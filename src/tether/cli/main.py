@@ -38,6 +38,7 @@ from tether.cli.common import (
     client,
     read_value,
 )
+from tether.cli.destinations import destination_app
 from tether.cli.output import (
     EXIT_FAILURE,
     EXIT_USAGE,
@@ -74,6 +75,7 @@ app.add_typer(operator_app, name="operator")
 app.add_typer(audit_app, name="audit")
 app.add_typer(agent_app, name="agent")
 app.add_typer(issuer_app, name="issuer")
+app.add_typer(destination_app, name="destination")
 app.add_typer(policy_app, name="policy")
 app.command("keygen")(keygen)
 
