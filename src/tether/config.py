@@ -39,7 +39,29 @@ _ENV = {
     "token_ttl_seconds": "TETHER_TOKEN_TTL_SECONDS",
     "audit_checkpoint_every_events": "TETHER_AUDIT_CHECKPOINT_EVERY_EVENTS",
     "audit_checkpoint_interval_seconds": "TETHER_AUDIT_CHECKPOINT_INTERVAL_SECONDS",
+    "task_max_ttl_seconds": "TETHER_TASK_MAX_TTL_SECONDS",
+    "task_default_ttl_seconds": "TETHER_TASK_DEFAULT_TTL_SECONDS",
+    "approval_ttl_seconds": "TETHER_APPROVAL_TTL_SECONDS",
+    "task_purposes": "TETHER_TASK_PURPOSES",
+    "approval_webhook_url": "TETHER_APPROVAL_WEBHOOK_URL",
+    "max_delegation_depth": "TETHER_MAX_DELEGATION_DEPTH",
+    "sweep_interval_seconds": "TETHER_SWEEP_INTERVAL_SECONDS",
 }
+
+#: The purposes a task may declare unless the deployment configures its own vocabulary.
+DEFAULT_TASK_PURPOSES = ("deploy", "incident", "maintenance", "report", "research", "support", "testing")
+_PURPOSE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_INTEGERS = (
+    "max_secret_bytes",
+    "audit_checkpoint_every_events",
+    "audit_checkpoint_interval_seconds",
+    "token_ttl_seconds",
+    "task_max_ttl_seconds",
+    "task_default_ttl_seconds",
+    "approval_ttl_seconds",
+    "max_delegation_depth",
+    "sweep_interval_seconds",
+)
 
 
 def _integer(name: str, value: object) -> int:
@@ -84,6 +106,13 @@ class Settings:
     audit_checkpoint_interval_seconds: int = 60
     public_url: str | None = None
     token_ttl_seconds: int = 600
+    task_max_ttl_seconds: int = 86_400
+    task_default_ttl_seconds: int = 900
+    approval_ttl_seconds: int = 900
+    task_purposes: tuple[str, ...] = DEFAULT_TASK_PURPOSES
+    approval_webhook_url: str | None = None
+    max_delegation_depth: int = 4
+    sweep_interval_seconds: int = 5
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -108,6 +137,35 @@ class Settings:
             raise ConfigError("token_ttl_seconds must be between 60 and 3600")
         if not (1 <= self.audit_checkpoint_interval_seconds <= 86_400):
             raise ConfigError("audit_checkpoint_interval_seconds must be between 1 and 86400")
+        self._check_task_settings()
+
+    def _check_task_settings(self) -> None:
+        if not (60 <= self.task_max_ttl_seconds <= 30 * 86_400):
+            raise ConfigError("task_max_ttl_seconds must be between 60 and 2592000")
+        if not (1 <= self.task_default_ttl_seconds <= self.task_max_ttl_seconds):
+            raise ConfigError("task_default_ttl_seconds must be between 1 and task_max_ttl_seconds")
+        if not (60 <= self.approval_ttl_seconds <= 7 * 86_400):
+            raise ConfigError("approval_ttl_seconds must be between 60 and 604800")
+        if not (0 <= self.max_delegation_depth <= 16):
+            raise ConfigError("max_delegation_depth must be between 0 and 16")
+        if not (1 <= self.sweep_interval_seconds <= 3600):
+            raise ConfigError("sweep_interval_seconds must be between 1 and 3600")
+        purposes = self.task_purposes
+        if isinstance(purposes, str):  # from the environment: comma-separated
+            purposes = tuple(p.strip() for p in purposes.split(",") if p.strip())
+        elif isinstance(purposes, list):  # from TOML
+            purposes = tuple(purposes)
+        if (
+            not isinstance(purposes, tuple | list)
+            or not purposes
+            or not all(isinstance(p, str) and _PURPOSE.fullmatch(p) for p in purposes)
+        ):
+            raise ConfigError("task_purposes must be a non-empty list of lowercase names")
+        object.__setattr__(self, "task_purposes", tuple(dict.fromkeys(purposes)))
+        if self.approval_webhook_url is not None:
+            parts = urlsplit(self.approval_webhook_url)
+            if parts.scheme not in {"http", "https"} or not parts.netloc:
+                raise ConfigError("approval_webhook_url must be an http(s) URL")
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -160,15 +218,18 @@ class Settings:
                 if not isinstance(values[name], str | Path):
                     raise ConfigError(f"{name} must be a path string")
                 values[name] = Path(values[name])
-        for name in (
-            "max_secret_bytes",
-            "audit_checkpoint_every_events",
-            "audit_checkpoint_interval_seconds",
-            "token_ttl_seconds",
-        ):
+        for name in _INTEGERS:
             if name in values:
                 values[name] = _integer(name, values[name])
-        for name in ("database_url", "pg_schema", "key_provider", "trust_domain", "node_id", "public_url"):
+        for name in (
+            "database_url",
+            "pg_schema",
+            "key_provider",
+            "trust_domain",
+            "node_id",
+            "public_url",
+            "approval_webhook_url",
+        ):
             if name in values and not isinstance(values[name], str):
                 raise ConfigError(f"{name} must be a string")
         return cls(data_dir=data_dir, **values)
@@ -188,17 +249,14 @@ class Settings:
             "node_id",
             "audit_jsonl_path",
             "public_url",
+            "approval_webhook_url",
         ):
             value = getattr(self, name)
             if value is None or (name == "database_url" and value == self._default_database_url()):
                 continue  # the default follows the data dir, so the dir can move
             text = str(value).replace("\\", "\\\\").replace('"', '\\"')
             lines.append(f'{name} = "{text}"')
-        for name in (
-            "max_secret_bytes",
-            "audit_checkpoint_every_events",
-            "audit_checkpoint_interval_seconds",
-            "token_ttl_seconds",
-        ):
+        for name in _INTEGERS:
             lines.append(f"{name} = {getattr(self, name)}")
+        lines.append("task_purposes = [" + ", ".join(f'"{p}"' for p in self.task_purposes) + "]")
         return "\n".join(lines) + "\n"

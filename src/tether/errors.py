@@ -10,12 +10,14 @@ they occur, so that callers only ever handle this tree::
     ├── ConflictError            a concurrent or check-and-set write lost   (409)
     ├── AuthenticationError      no or unknown credentials                  (401)
     ├── PermissionDeniedError    authenticated, but not allowed             (403)
+    │   └── DeniedError          a governed-path refusal, with its decision  (403)
     ├── SealedError              the barrier holds no keys                  (503)
     ├── CryptoError              a key or ciphertext is unusable
     │   ├── DecryptionError      opaque: wrong key, tampered or swapped data
     │   └── KeyProviderError     the root key cannot be obtained
     ├── StorageError             the store failed; driver errors are wrapped (503)
     │   └── StorageUnavailableError   the store cannot be reached
+    ├── EngineError              a secret engine failed to issue or revoke    (502)
     └── ConfigError              settings are missing, malformed or out of bounds
 
 Messages never contain secret values. :class:`DecryptionError` deliberately says
@@ -24,12 +26,16 @@ the same thing for every cause so that it is no oracle.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AuthenticationError",
     "ConfigError",
     "ConflictError",
     "CryptoError",
     "DecryptionError",
+    "DeniedError",
+    "EngineError",
     "InvalidInputError",
     "KeyProviderError",
     "NotFoundError",
@@ -76,6 +82,21 @@ class AuthenticationError(TetherError):
 
 class PermissionDeniedError(TetherError):
     """The caller is authenticated but not allowed to do this."""
+
+
+class DeniedError(PermissionDeniedError):
+    """An agent's request on the governed path was refused: by policy (``decision`` says which
+    policies and what is missing), or because the task or grant cannot be used (the message says
+    why). ``approval_id`` is set when an approval was requested that would allow it."""
+
+    def __init__(self, message: str, *, decision: Any = None, approval_id: str | None = None) -> None:
+        super().__init__(message)
+        self.decision = decision
+        self.approval_id = approval_id
+
+
+class EngineError(TetherError):
+    """A secret engine failed to issue or revoke a credential; the engine's own error is chained."""
 
 
 class SealedError(TetherError):

@@ -26,7 +26,7 @@ EXPECTED: dict[Role, set[Permission]] = {
         P.DESTINATION_READ,
     },
     Role.POLICY_AUTHOR: {P.POLICY_WRITE, P.POLICY_READ},
-    Role.APPROVER: {P.APPROVAL_DECIDE},
+    Role.APPROVER: {P.APPROVAL_DECIDE, P.TASK_READ},
     Role.AUDITOR: {
         P.AUDIT_READ,
         P.SECRET_READ_METADATA,
@@ -34,6 +34,7 @@ EXPECTED: dict[Role, set[Permission]] = {
         P.METRICS_READ,
         P.AGENT_READ,
         P.DESTINATION_READ,
+        P.TASK_READ,
     },
 }
 
@@ -55,6 +56,7 @@ WRITES = {
     P.SYS_KEYS,
     P.AGENT_WRITE,
     P.DESTINATION_WRITE,
+    P.TASK_REVOKE,
 }
 
 

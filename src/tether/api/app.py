@@ -19,6 +19,7 @@ from tether.api import (
     routes_policies,
     routes_secrets,
     routes_sys,
+    routes_tasks,
 )
 from tether.api.metrics import Metrics
 from tether.api.problems import install_problem_handlers, problem_response
@@ -125,6 +126,7 @@ def create_app(broker: Broker, *, max_request_bytes: int = DEFAULT_MAX_REQUEST_B
     app.include_router(routes_agents.router)
     app.include_router(routes_auth.router)
     app.include_router(routes_policies.router)
+    app.include_router(routes_tasks.router)
     app.include_router(routes_destinations.router)
     app.add_middleware(_BodyLimit, max_bytes=max_request_bytes)
     app.add_middleware(_Measure, metrics=metrics)

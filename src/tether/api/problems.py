@@ -45,7 +45,9 @@ _MAPPING: dict[type[errors.TetherError], tuple[int, str, str]] = {
     errors.NotFoundError: (404, "not-found", "Not found"),
     errors.ConflictError: (409, "conflict", "Conflict"),
     errors.AuthenticationError: (401, "unauthenticated", "Authentication required"),
+    errors.DeniedError: (403, "denied", "Denied"),
     errors.PermissionDeniedError: (403, "forbidden", "Forbidden"),
+    errors.EngineError: (502, "engine-failed", "A secret engine failed"),
     errors.SealedError: (503, "sealed", "Tether is sealed"),
     errors.DecryptionError: (500, "decryption-failed", "A stored value could not be decrypted"),
     errors.KeyProviderError: (503, "key-unavailable", "The root key is unavailable"),
@@ -97,13 +99,18 @@ def _for_tether_error(exc: errors.TetherError) -> JSONResponse:
     if status == 503:
         headers = {"Retry-After": "5"}
     extra: dict[str, Any] = {}
+    if isinstance(exc, errors.DeniedError):
+        decision = exc.decision.to_json() if exc.decision is not None else None
+        extra["decision"] = decision or {"allowed": False, "policies": [], "errors": [], "missing": []}
+        if exc.approval_id is not None:
+            extra["approval_id"] = exc.approval_id
     messages = getattr(exc, "messages", None)  # a policy set's validator messages
     if isinstance(exc, errors.InvalidInputError) and isinstance(messages, list) and messages:
         extra["errors"] = [{"message": str(message)} for message in messages]
     elif isinstance(exc, errors.InvalidInputError) and exc.field:
         extra["errors"] = [{"field": exc.field, "message": str(exc)}]
     detail = str(exc)
-    if isinstance(exc, errors.StorageError | errors.ConfigError) or status == 500:
+    if isinstance(exc, errors.StorageError | errors.ConfigError | errors.EngineError) or status == 500:
         # Operators read the specifics in the log; callers (perhaps unauthenticated) learn
         # nothing about paths, hosts or internals.
         log.error("request failed: %s: %s", type(exc).__name__, exc)

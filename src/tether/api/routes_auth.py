@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from tether.api.deps import BrokerDep
 from tether.api.problems import PROBLEM_BASE, Problem
+from tether.broker.auth import AgentCaller
 from tether.domain.agents import AgentRecord
 from tether.errors import AuthenticationError
 
@@ -111,9 +112,14 @@ async def jwks(broker: BrokerDep) -> dict[str, Any]:
 
 async def get_agent(request: Request, broker: BrokerDep) -> AgentRecord:
     """The agent behind ``Authorization: DPoP`` and its proof; 401 otherwise."""
+    return (await get_agent_caller(request, broker)).agent
+
+
+async def get_agent_caller(request: Request, broker: BrokerDep) -> AgentCaller:
+    """The agent behind ``Authorization: DPoP`` and the key its token is bound to; 401 otherwise."""
     url = endpoint_url(request, request_path(request))
     try:
-        return await broker.auth.authenticate(
+        return await broker.auth.authenticate_caller(
             request.headers.get("authorization"), request.headers.get("dpop"), request.method, url
         )
     except AuthenticationError as exc:
@@ -127,6 +133,7 @@ async def get_agent(request: Request, broker: BrokerDep) -> AgentRecord:
 
 
 AgentDep = Annotated[AgentRecord, Depends(get_agent)]
+AgentCallerDep = Annotated[AgentCaller, Depends(get_agent_caller)]
 
 
 @router.get("/v1/auth/whoami")

@@ -47,12 +47,18 @@ async def serve_broker(
         ),
         name="tether-audit-checkpoints",
     )
+    # Expiry is enforced on every read; the sweeper makes it visible in the store and revokes
+    # engine leases of ended tasks.
+    sweeper = asyncio.create_task(
+        broker.tasks.sweep_loop(broker.settings.sweep_interval_seconds), name="tether-task-sweeper"
+    )
     try:
         await _serve(server, started)
     finally:
-        checkpoints.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await checkpoints
+        for background in (checkpoints, sweeper):
+            background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await background
 
 
 async def _serve(server: uvicorn.Server, started: asyncio.Event | None) -> None:

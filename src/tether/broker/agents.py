@@ -8,11 +8,11 @@ made, and a failed change leaves a failure event after it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tether.audit import AuditLog
+from tether.audit import Actor, AuditLog
 from tether.broker.access import authorize, operator_actor, record_failure
 from tether.clock import Clock
 from tether.domain.agents import (
@@ -56,6 +56,12 @@ class AgentService:
         self._audit = audit
         self._clock = clock
         self.trust_domain = validate_trust_domain(trust_domain)
+        # Set by the node: ends the agent's live tasks (and what was issued for them).
+        self.on_disable: Callable[[Actor, str, str], Awaitable[object]] | None = None
+
+    def id_of(self, name_or_id: str) -> str:
+        """The SPIFFE ID for an agent name or id (validated; the agent need not exist)."""
+        return self._id_of(name_or_id)
 
     def _id_of(self, name_or_id: str) -> str:
         """The agent id meant by a name or a SPIFFE ID (validated; no I/O)."""
@@ -141,6 +147,9 @@ class AgentService:
         except TetherError as exc:
             await record_failure(self._audit, "agent.disable", actor, resource, exc)
             raise
+        if self.on_disable is not None:
+            # Its tokens already fail (the auth path re-reads the agent); this ends its tasks too.
+            await self.on_disable(operator_actor(actor), target, "agent disabled")
         return await self._existing(target)
 
     async def add_key(self, actor: OperatorRecord, name_or_id: str, jwk: Mapping[str, Any]) -> AgentRecord:

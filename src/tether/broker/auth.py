@@ -45,7 +45,7 @@ from tether.identity.signing import TokenSigningKeys, load_or_create_token_keys,
 from tether.identity.tokens import IssuedToken, issue_access_token, peek_claims, verify_access_token
 from tether.store.base import Storage
 
-__all__ = ["ASSERTION_TYPE", "JWT_TOKEN_TYPE", "TOKEN_EXCHANGE", "AuthService", "TokenGrant"]
+__all__ = ["ASSERTION_TYPE", "JWT_TOKEN_TYPE", "TOKEN_EXCHANGE", "AgentCaller", "AuthService", "TokenGrant"]
 
 
 async def _fetch_jwks(url: str) -> list[PublicKey]:
@@ -104,6 +104,15 @@ class TokenGrant:
     agent: AgentRecord
     grant_type: str
     ttl_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCaller:
+    """An authenticated agent request: the agent, re-read from the store, and the thumbprint of
+    the key its access token is bound to (what grants are bound to)."""
+
+    agent: AgentRecord
+    jkt: str
 
 
 class AuthService:
@@ -314,6 +323,12 @@ class AuthService:
         self, authorization: str | None, dpop: str | None, method: str, url: str
     ) -> AgentRecord:
         """The agent behind a request, or :class:`AuthenticationError` (recorded)."""
+        return (await self.authenticate_caller(authorization, dpop, method, url)).agent
+
+    async def authenticate_caller(
+        self, authorization: str | None, dpop: str | None, method: str, url: str
+    ) -> AgentCaller:
+        """The agent behind a request and the key its token is bound to (``jkt``)."""
         subject: str | None = None
         try:
             self._signing_keys()  # sealed: refuse before any state is written
@@ -357,7 +372,7 @@ class AuthService:
             )
             await self._refused("auth.failed", subject, refusal, f"{method} {url}")
             raise refusal from None
-        return agent
+        return AgentCaller(agent=agent, jkt=claims.jkt)
 
     async def _remember(self, key: bytes, expires_at: datetime, message: str, code: str) -> None:
         """Single use, across every node: the store keeps the key until ``expires_at``."""

@@ -15,11 +15,14 @@ from tether.broker.keys import KeyService, RotationResult
 from tether.broker.operators import OperatorService
 from tether.broker.policies import PolicyService
 from tether.broker.secrets import SecretService
+from tether.broker.tasks import TaskService
+from tether.broker.webhook import ApprovalWebhook
 from tether.clock import Clock, SystemClock
 from tether.config import Settings
 from tether.crypto.barrier import Barrier
 from tether.crypto.keyprovider import KeyProvider
 from tether.domain.operators import OperatorRecord, Permission
+from tether.engines import EngineRegistry, StaticEngine
 from tether.errors import CryptoError, SealedError, TetherError
 from tether.identity.signing import TOKEN_KEYS_META
 from tether.store import Storage, open_storage
@@ -71,6 +74,14 @@ class Broker:
         self.issuers = IssuerService(storage, self.audit, self.clock)
         self.destinations = DestinationService(storage, self.audit, self.clock)
         self.policies = PolicyService(storage, self.audit, self.clock)
+        self.engines = EngineRegistry(StaticEngine(self.secrets.read_value))
+        self.tasks = TaskService(
+            storage, self.audit, self.clock, settings, self.policies, self.secrets, self.engines
+        )
+        self.agents.on_disable = self.tasks.revoke_agent
+        self.secrets.on_delete = self.tasks.secret_deleted
+        if settings.approval_webhook_url:
+            self.tasks.webhook = ApprovalWebhook(settings.approval_webhook_url)
         self.auth = AuthService(
             storage,
             self.audit,

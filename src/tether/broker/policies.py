@@ -158,13 +158,19 @@ class PolicyService:
         """The active version number (None before the first deploy)."""
         return await self._storage.active_policy_version()
 
+    async def compiled(self, version: int) -> CompiledPolicySet:
+        """Version ``version``, compiled (cached: a stored version never changes)."""
+        compiled = self._compiled.get(version)
+        if compiled is None:
+            record = await self._storage.get_policy_set(version)
+            if record is None:
+                raise NotFoundError(f"no policy set version {version}")
+            compiled = compile_policy_set(record.text)
+            self._compiled[version] = compiled
+        return compiled
+
     async def active(self) -> CompiledPolicySet | None:
         """The active set, compiled; None before the first deploy (default deny)."""
-        record = await self._storage.active_policy_set()
-        if record is None:
-            return None
-        compiled = self._compiled.get(record.version)
-        if compiled is None:
-            compiled = compile_policy_set(record.text)
-            self._compiled[record.version] = compiled
-        return compiled
+        # Which version is active is read every time (one small indexed read); its text only once.
+        version = await self._storage.active_policy_version()
+        return None if version is None else await self.compiled(version)

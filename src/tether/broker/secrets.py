@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from tether.audit import AuditLog, Sensitive
+from tether.audit import Actor, AuditLog, Sensitive
 from tether.broker.access import authorize, operator_actor, record_failure
 from tether.broker.keys import KeyService
 from tether.clock import Clock
@@ -20,7 +20,7 @@ from tether.crypto.barrier import Barrier
 from tether.domain.operators import OperatorRecord, Permission
 from tether.domain.secrets import SecretMetadata, SecretRecord, validate_path, validate_prefix
 from tether.errors import ConflictError, InvalidInputError, NotFoundError, SealedError, TetherError
-from tether.store.base import Storage, VersionConflictError
+from tether.store.base import Storage, StoredValue, VersionConflictError
 
 __all__ = ["SecretPage", "SecretService"]
 
@@ -53,6 +53,8 @@ class SecretService:
         self._keys = keys
         self._clock = clock
         self._max_value_bytes = max_value_bytes
+        # Set by the node: revokes the deleted secret's grants.
+        self.on_delete: Callable[[Actor, str, str], Awaitable[object]] | None = None
 
     def _check_unsealed(self) -> None:
         if self._barrier.sealed:
@@ -196,6 +198,8 @@ class SecretService:
             exc = NotFoundError(f"secret {path!r} does not exist")
             await record_failure(self._audit, "secret.delete", actor, f"secret:{path}", exc)
             raise exc
+        if self.on_delete is not None:
+            await self.on_delete(operator_actor(actor), path, "secret deleted")
 
     async def read_value(self, path: str, version: int | None = None) -> tuple[int, bytes]:
         """Decrypt a live secret's value. For the broker's activation path only: callers must
@@ -205,5 +209,10 @@ class SecretService:
         stored = await self._storage.read_secret_value(path, version)
         if stored is None:
             raise NotFoundError(f"secret {path!r} does not exist")
+        return await self.decrypt_stored(stored)
+
+    async def decrypt_stored(self, stored: StoredValue) -> tuple[int, bytes]:
+        """Decrypt a value already read from the store (the activation read brings it along)."""
+        self._check_unsealed()
         await self._keys.ensure_kek(stored.value.kek_version)
-        return stored.version, self._barrier.decrypt(path, stored.version, stored.value)
+        return stored.version, self._barrier.decrypt(stored.path, stored.version, stored.value)

@@ -51,6 +51,8 @@ class Permission(StrEnum):
     AGENT_READ = "agent.read"
     DESTINATION_WRITE = "destination.write"
     DESTINATION_READ = "destination.read"
+    TASK_READ = "task.read"
+    TASK_REVOKE = "task.revoke"
 
 
 _GRANTS: dict[Role, frozenset[Permission]] = {
@@ -66,7 +68,8 @@ _GRANTS: dict[Role, frozenset[Permission]] = {
         }
     ),
     Role.POLICY_AUTHOR: frozenset({Permission.POLICY_WRITE, Permission.POLICY_READ}),
-    Role.APPROVER: frozenset({Permission.APPROVAL_DECIDE}),
+    # Approvers see the task an approval is about; revoking tasks is for admins (emergencies).
+    Role.APPROVER: frozenset({Permission.APPROVAL_DECIDE, Permission.TASK_READ}),
     Role.AUDITOR: frozenset(
         {
             Permission.AUDIT_READ,
@@ -75,6 +78,7 @@ _GRANTS: dict[Role, frozenset[Permission]] = {
             Permission.METRICS_READ,
             Permission.AGENT_READ,
             Permission.DESTINATION_READ,
+            Permission.TASK_READ,
         }
     ),
 }

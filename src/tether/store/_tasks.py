@@ -1,11 +1,706 @@
-"""SQL storage for tasks; mixed into :class:`~tether.store._sql.SQLStorage`."""
+"""SQL storage for tasks, grants, approvals and leases; mixed into :class:`~tether.store._sql.SQLStorage`.
+
+Everything that ends authorization (ending a task tree, revoking grants, voiding approvals) is one
+transaction, so a revocation is in force on every node as soon as it commits. Activation reads the
+grant, its task and its secret in one indexed query and counts a use with one conditional UPDATE.
+"""
 
 from __future__ import annotations
 
-from tether.store._sqlbase import SQLBase
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tether.crypto.envelope import EncryptedValue
+from tether.domain.secrets import SecretMetadata, SecretRecord, Sensitivity
+from tether.domain.tasks import (
+    LIVE_STATUSES,
+    Approval,
+    ApprovalStatus,
+    Ended,
+    Grant,
+    Intent,
+    Lease,
+    Task,
+    TaskStatus,
+)
+from tether.errors import ConflictError, InvalidInputError, NotFoundError, StorageError
+from tether.store import schema as t
+from tether.store._sqlbase import SQLBase, from_us, to_us
+from tether.store.base import GrantInUse, StoredValue
 
 __all__ = ["TaskStore"]
 
+_LIVE = [status.value for status in LIVE_STATUSES]
+_LIVE_APPROVALS = [ApprovalStatus.PENDING.value, ApprovalStatus.APPROVED.value]
+
+
+def _us(value: datetime | None) -> int | None:
+    return None if value is None else to_us(value)
+
+
+def _dt(value: int | None) -> datetime | None:
+    return None if value is None else from_us(value)
+
+
+def _list(text: str) -> list[str]:
+    value = json.loads(text)
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise TypeError("expected a list of strings")
+    return value
+
+
+def _corrupt(what: str, exc: Exception) -> StorageError:
+    return StorageError(f"a stored {what} is invalid: {type(exc).__name__}")
+
+
+def _task_values(task: Task) -> dict[str, Any]:
+    intent = task.intent
+    return {
+        "id": task.id,
+        "agent_id": task.agent_id,
+        "status": task.status.value,
+        "purpose": intent.purpose,
+        "objective": intent.objective,
+        "objective_sha256": intent.objective_sha256,
+        "sensitivity": int(intent.sensitivity),
+        "secrets": json.dumps(sorted(intent.secrets)),
+        "destinations": json.dumps(sorted(intent.destinations)),
+        "tools": json.dumps(sorted(intent.tools)),
+        "created_at_us": to_us(task.created_at),
+        "expires_at_us": to_us(task.expires_at),
+        "ended_at_us": _us(task.ended_at),
+        "end_reason": task.end_reason,
+        "parent_id": task.parent_id,
+        "root_id": task.root_id,
+        "depth": task.depth,
+        "chain": json.dumps(list(task.chain)),
+        "context_version": task.context_version,
+        "approval_id": task.approval_id,
+    }
+
+
+def _task(row: Any, prefix: str = "") -> Task:
+    def col(name: str) -> Any:
+        return getattr(row, prefix + name)
+
+    try:
+        return Task(
+            id=col("id"),
+            agent_id=col("agent_id"),
+            intent=Intent(
+                purpose=col("purpose"),
+                objective=col("objective"),
+                sensitivity=Sensitivity(col("sensitivity")),
+                secrets=frozenset(_list(col("secrets"))),
+                destinations=frozenset(_list(col("destinations"))),
+                tools=frozenset(_list(col("tools"))),
+            ),
+            status=TaskStatus(col("status")),
+            created_at=from_us(col("created_at_us")),
+            expires_at=from_us(col("expires_at_us")),
+            ended_at=_dt(col("ended_at_us")),
+            end_reason=col("end_reason"),
+            parent_id=col("parent_id"),
+            root_id=col("root_id"),
+            depth=col("depth"),
+            chain=tuple(_list(col("chain"))),
+            context_version=col("context_version"),
+            approval_id=col("approval_id"),
+        )
+    except (InvalidInputError, ValueError, TypeError) as exc:
+        raise _corrupt("task", exc) from None
+
+
+def _grant_values(grant: Grant) -> dict[str, Any]:
+    return {
+        "id": grant.id,
+        "task_id": grant.task_id,
+        "agent_id": grant.agent_id,
+        "jkt": grant.jkt,
+        "secret": grant.secret,
+        "destination": grant.destination,
+        "mode": grant.mode.value,
+        "created_at_us": to_us(grant.created_at),
+        "expires_at_us": to_us(grant.expires_at),
+        "max_uses": grant.max_uses,
+        "uses": grant.uses,
+        "revoked_at_us": _us(grant.revoked_at),
+        "revoke_reason": grant.revoke_reason,
+    }
+
+
+def _grant(row: Any, prefix: str = "") -> Grant:
+    def col(name: str) -> Any:
+        return getattr(row, prefix + name)
+
+    try:
+        return Grant(
+            id=col("id"),
+            task_id=col("task_id"),
+            agent_id=col("agent_id"),
+            jkt=col("jkt"),
+            secret=col("secret"),
+            destination=col("destination"),
+            mode=col("mode"),
+            created_at=from_us(col("created_at_us")),
+            expires_at=from_us(col("expires_at_us")),
+            max_uses=col("max_uses"),
+            uses=col("uses"),
+            revoked_at=_dt(col("revoked_at_us")),
+            revoke_reason=col("revoke_reason"),
+        )
+    except (InvalidInputError, ValueError, TypeError) as exc:
+        raise _corrupt("grant", exc) from None
+
+
+def _approval(row: Any) -> Approval:
+    try:
+        return Approval(
+            id=row.id,
+            task_id=row.task_id,
+            agent_id=row.agent_id,
+            action=row.action,
+            resource=row.resource,
+            context_hash=row.context_hash,
+            status=ApprovalStatus(row.status),
+            policies=tuple(_list(row.policies)),
+            requested_at=from_us(row.requested_at_us),
+            expires_at=from_us(row.expires_at_us),
+            decided_at=_dt(row.decided_at_us),
+            decided_by=row.decided_by,
+            reason=row.reason,
+        )
+    except (InvalidInputError, ValueError, TypeError) as exc:
+        raise _corrupt("approval", exc) from None
+
+
+def _lease(row: Any) -> Lease:
+    try:
+        handle = json.loads(row.handle)
+        if not isinstance(handle, dict):
+            raise TypeError("handle")
+        return Lease(
+            id=row.id,
+            grant_id=row.grant_id,
+            task_id=row.task_id,
+            engine=row.engine,
+            handle=handle,
+            created_at=from_us(row.created_at_us),
+            expires_at=from_us(row.expires_at_us),
+            revoked_at=_dt(row.revoked_at_us),
+            engine_revoked_at=_dt(row.engine_revoked_at_us),
+        )
+    except (InvalidInputError, ValueError, TypeError) as exc:
+        raise _corrupt("lease", exc) from None
+
+
+# The activation read: grant ⋈ task ⟕ live secret, with prefixed labels so columns never clash.
+_G, _T, _S, _V = t.grants, t.tasks, t.secrets, t.secret_versions
+_USE_QUERY = select(
+    *[c.label("g_" + c.name) for c in _G.c],
+    *[c.label("t_" + c.name) for c in _T.c],
+    *[c.label("s_" + c.name) for c in _S.c],
+    _V.c.version.label("v_version"),
+    _V.c.kek_version.label("v_kek_version"),
+    _V.c.wrapped_dek.label("v_wrapped_dek"),
+    _V.c.ciphertext.label("v_ciphertext"),
+    select(t.policy_active.c.version)
+    .where(t.policy_active.c.id == 1)
+    .scalar_subquery()
+    .label("policy_version"),
+).select_from(
+    _G.join(_T, _T.c.id == _G.c.task_id)
+    .outerjoin(_S, and_(_S.c.path == _G.c.secret, _S.c.deleted_at_us.is_(None)))
+    .outerjoin(_V, and_(_V.c.path == _S.c.path, _V.c.version == _S.c.current_version))
+)
+
+
+def _secret_from(row: Any) -> SecretRecord | None:
+    if row.s_path is None:
+        return None
+    try:
+        return SecretRecord(
+            path=row.s_path,
+            metadata=SecretMetadata(
+                sensitivity=Sensitivity(row.s_sensitivity),
+                purposes=frozenset(_list(row.s_purposes)),
+                destinations=frozenset(_list(row.s_destinations)),
+                owner=row.s_owner,
+                rotation_period_seconds=row.s_rotation_period_seconds,
+            ),
+            current_version=row.s_current_version,
+            created_at=from_us(row.s_created_at_us),
+            updated_at=from_us(row.s_updated_at_us),
+        )
+    except (InvalidInputError, ValueError, TypeError) as exc:
+        raise _corrupt("secret", exc) from None
+
 
 class TaskStore(SQLBase):
-    """Storage methods for tasks."""
+    """Storage methods for tasks, grants, approvals and leases."""
+
+    # -- tasks -------------------------------------------------------------------------------
+    async def create_task(self, task: Task) -> None:
+        c = t.tasks.c
+        async with self._tx(on_duplicate=lambda: ConflictError(f"task {task.id} already exists")) as conn:
+            if task.parent_id is not None:
+                parent = (
+                    await conn.execute(
+                        select(c.status, c.expires_at_us).where(c.id == task.parent_id).with_for_update()
+                    )
+                ).first()
+                if (
+                    parent is None
+                    or parent.status != TaskStatus.ACTIVE.value
+                    or parent.expires_at_us <= to_us(task.created_at)
+                ):
+                    raise ConflictError(f"parent task {task.parent_id} is not active")
+            await conn.execute(t.tasks.insert().values(**_task_values(task)))
+
+    async def get_task(self, task_id: str) -> Task | None:
+        async with self._tx(write=False) as conn:
+            row = (await conn.execute(select(t.tasks).where(t.tasks.c.id == task_id))).first()
+        return None if row is None else _task(row)
+
+    async def list_tasks(
+        self,
+        *,
+        agent_id: str | None = None,
+        statuses: Sequence[str] = (),
+        root_id: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[Task]:
+        if limit < 1:
+            raise StorageError("limit must be at least 1")
+        c = t.tasks.c
+        query = select(t.tasks).order_by(c.id).limit(limit)
+        if agent_id is not None:
+            query = query.where(c.agent_id == agent_id)
+        if statuses:
+            query = query.where(c.status.in_(list(statuses)))
+        if root_id is not None:
+            query = query.where(c.root_id == root_id)
+        if after is not None:
+            query = query.where(c.id > after)
+        async with self._tx(write=False) as conn:
+            rows = (await conn.execute(query)).all()
+        return [_task(row) for row in rows]
+
+    async def update_task(
+        self,
+        task: Task,
+        *,
+        expected_version: int,
+        revoke_grants: Sequence[str],
+        reason: str,
+        now: datetime,
+    ) -> None:
+        c = t.tasks.c
+        values = _task_values(task)
+        del values["id"]
+        async with self._tx() as conn:
+            result = await conn.execute(
+                update(t.tasks)
+                .where(
+                    and_(
+                        c.id == task.id,
+                        c.context_version == expected_version,
+                        c.status.in_(_LIVE),
+                        c.expires_at_us > to_us(now),
+                    )
+                )
+                .values(**values)
+            )
+            if result.rowcount != 1:
+                raise ConflictError(f"task {task.id} changed or ended meanwhile; read it and try again")
+            if revoke_grants:
+                await self._revoke_grant_rows(conn, t.grants.c.id.in_(list(revoke_grants)), reason, now)
+            await self._void_approvals(conn, [task.id], now)
+
+    async def end_tasks(self, task_ids: Sequence[str], status: str, reason: str, now: datetime) -> Ended:
+        async with self._tx() as conn:
+            return await self._end(conn, list(task_ids), status, reason, now)
+
+    async def expire_tasks(self, now: datetime, *, limit: int = 500) -> Ended:
+        c = t.tasks.c
+        async with self._tx() as conn:
+            rows = (
+                await conn.execute(
+                    select(c.id)
+                    .where(and_(c.status.in_(_LIVE), c.expires_at_us <= to_us(now)))
+                    .order_by(c.expires_at_us)
+                    .limit(limit)
+                )
+            ).all()
+            if not rows:
+                return Ended()
+            return await self._end(conn, [row.id for row in rows], TaskStatus.EXPIRED.value, "expired", now)
+
+    async def _end(
+        self, conn: AsyncConnection, task_ids: list[str], status: str, reason: str, now: datetime
+    ) -> Ended:
+        c = t.tasks.c
+        if not task_ids:
+            return Ended()
+        roots = (
+            await conn.execute(select(c.id, c.root_id).where(c.id.in_(task_ids)).with_for_update())
+        ).all()
+        root_ids = sorted({row.root_id for row in roots})
+        targets = {row.id for row in roots}
+        if not root_ids:
+            return Ended()
+        # Every live task of the same trees; a descendant has an ended task in its chain.
+        tree = (
+            await conn.execute(
+                select(c.id, c.chain, c.status).where(and_(c.root_id.in_(root_ids), c.status.in_(_LIVE)))
+            )
+        ).all()
+        direct = [row.id for row in tree if row.id in targets]
+        descendants = [
+            row.id for row in tree if row.id not in targets and targets.intersection(_list(row.chain))
+        ]
+        if not direct and not descendants:
+            return Ended()
+        now_us = to_us(now)
+        live = c.status.in_(_LIVE)
+        if direct:
+            await conn.execute(
+                update(t.tasks)
+                .where(and_(c.id.in_(direct), live))
+                .values(status=status, ended_at_us=now_us, end_reason=reason)
+            )
+        if descendants:
+            await conn.execute(
+                update(t.tasks)
+                .where(and_(c.id.in_(descendants), live))
+                .values(status=TaskStatus.REVOKED.value, ended_at_us=now_us, end_reason="parent_ended")
+            )
+        ended = direct + descendants
+        revoked = await self._revoke_grant_rows(conn, t.grants.c.task_id.in_(ended), reason, now)
+        await self._void_approvals(conn, ended, now)
+        lc = t.leases.c
+        lease_rows = (
+            await conn.execute(
+                select(t.leases).where(and_(lc.task_id.in_(ended), lc.engine_revoked_at_us.is_(None)))
+            )
+        ).all()
+        await conn.execute(
+            update(t.leases)
+            .where(and_(lc.task_id.in_(ended), lc.revoked_at_us.is_(None)))
+            .values(revoked_at_us=now_us)
+        )
+        return Ended(tuple(ended), revoked, tuple(_lease(row) for row in lease_rows))
+
+    @staticmethod
+    async def _revoke_grant_rows(conn: AsyncConnection, condition: Any, reason: str, now: datetime) -> int:
+        g = t.grants.c
+        result = await conn.execute(
+            update(t.grants)
+            .where(and_(condition, g.revoked_at_us.is_(None)))
+            .values(revoked_at_us=to_us(now), revoke_reason=reason[:64])
+        )
+        return int(result.rowcount or 0)
+
+    @staticmethod
+    async def _void_approvals(conn: AsyncConnection, task_ids: list[str], now: datetime) -> None:
+        a = t.approvals.c
+        await conn.execute(
+            update(t.approvals)
+            .where(and_(a.task_id.in_(task_ids), a.status.in_(_LIVE_APPROVALS)))
+            .values(status=ApprovalStatus.VOIDED.value, decided_at_us=to_us(now))
+        )
+
+    # -- grants ------------------------------------------------------------------------------
+    async def create_grant(self, grant: Grant, *, now: datetime) -> None:
+        c = t.tasks.c
+        async with self._tx(on_duplicate=lambda: ConflictError(f"grant {grant.id} already exists")) as conn:
+            task = (
+                await conn.execute(
+                    select(c.status, c.expires_at_us).where(c.id == grant.task_id).with_for_update()
+                )
+            ).first()
+            if task is None or task.status != TaskStatus.ACTIVE.value or task.expires_at_us <= to_us(now):
+                raise ConflictError(f"task {grant.task_id} is not active")
+            await conn.execute(t.grants.insert().values(**_grant_values(grant)))
+
+    async def get_grant(self, grant_id: str) -> Grant | None:
+        async with self._tx(write=False) as conn:
+            row = (await conn.execute(select(t.grants).where(t.grants.c.id == grant_id))).first()
+        return None if row is None else _grant(row)
+
+    async def grant_for_use(self, grant_id: str) -> GrantInUse | None:
+        async with self._tx(write=False) as conn:
+            row = (await conn.execute(_USE_QUERY.where(_G.c.id == grant_id))).first()
+        if row is None:
+            return None
+        secret = _secret_from(row)
+        value = None
+        if secret is not None and row.v_version is not None:
+            encrypted = EncryptedValue(row.v_kek_version, bytes(row.v_wrapped_dek), bytes(row.v_ciphertext))
+            value = StoredValue(secret.path, row.v_version, encrypted)
+        return GrantInUse(
+            grant=_grant(row, "g_"),
+            task=_task(row, "t_"),
+            secret=secret,
+            value=value,
+            policy_version=row.policy_version,
+        )
+
+    async def list_grants(self, task_id: str) -> list[Grant]:
+        g = t.grants.c
+        async with self._tx(write=False) as conn:
+            rows = (
+                await conn.execute(
+                    select(t.grants).where(g.task_id == task_id).order_by(g.created_at_us, g.id)
+                )
+            ).all()
+        return [_grant(row) for row in rows]
+
+    async def consume_grant_use(self, grant_id: str, task_id: str, now: datetime) -> int | None:
+        g, c = t.grants.c, t.tasks.c
+        now_us = to_us(now)
+        live_task = (
+            select(c.id)
+            .where(and_(c.id == task_id, c.status == TaskStatus.ACTIVE.value, c.expires_at_us > now_us))
+            .scalar_subquery()
+        )
+        async with self._tx() as conn:
+            row = (
+                await conn.execute(
+                    update(t.grants)
+                    .where(
+                        and_(
+                            g.id == grant_id,
+                            g.task_id == live_task,
+                            g.revoked_at_us.is_(None),
+                            g.expires_at_us > now_us,
+                            or_(g.max_uses.is_(None), g.uses < g.max_uses),
+                        )
+                    )
+                    .values(uses=g.uses + 1)
+                    .returning(g.uses)
+                )
+            ).first()
+        return None if row is None else int(row[0])
+
+    async def revoke_grants(
+        self,
+        *,
+        grant_ids: Sequence[str] = (),
+        secret: str | None = None,
+        reason: str,
+        now: datetime,
+    ) -> int:
+        g = t.grants.c
+        conditions: list[Any] = []
+        if grant_ids:
+            conditions.append(g.id.in_(list(grant_ids)))
+        if secret is not None:
+            conditions.append(g.secret == secret)
+        if not conditions:
+            return 0
+        async with self._tx() as conn:
+            return await self._revoke_grant_rows(conn, or_(*conditions), reason, now)
+
+    # -- approvals ---------------------------------------------------------------------------
+    async def open_approval(self, approval: Approval, now: datetime) -> Approval:
+        a = t.approvals.c
+        async with self._tx() as conn:
+            existing = (
+                await conn.execute(
+                    select(t.approvals)
+                    .where(
+                        and_(
+                            a.task_id == approval.task_id,
+                            a.action == approval.action,
+                            a.resource == approval.resource,
+                            a.context_hash == approval.context_hash,
+                            a.status.in_(_LIVE_APPROVALS),
+                            a.expires_at_us > to_us(now),
+                        )
+                    )
+                    .order_by(a.requested_at_us.desc())
+                    .limit(1)
+                )
+            ).first()
+            if existing is not None:
+                return _approval(existing)
+            await conn.execute(
+                t.approvals.insert().values(
+                    id=approval.id,
+                    task_id=approval.task_id,
+                    agent_id=approval.agent_id,
+                    action=approval.action,
+                    resource=approval.resource,
+                    context_hash=approval.context_hash,
+                    status=approval.status.value,
+                    policies=json.dumps(list(approval.policies)),
+                    requested_at_us=to_us(approval.requested_at),
+                    expires_at_us=to_us(approval.expires_at),
+                    decided_at_us=None,
+                    decided_by=None,
+                    reason=approval.reason,
+                )
+            )
+        return approval
+
+    async def get_approval(self, approval_id: str) -> Approval | None:
+        async with self._tx(write=False) as conn:
+            row = (await conn.execute(select(t.approvals).where(t.approvals.c.id == approval_id))).first()
+        return None if row is None else _approval(row)
+
+    async def find_approval(
+        self, task_id: str, action: str, resource: str, context_hash: str, now: datetime
+    ) -> Approval | None:
+        a = t.approvals.c
+        query = (
+            select(t.approvals)
+            .where(
+                and_(
+                    a.task_id == task_id,
+                    a.action == action,
+                    a.resource == resource,
+                    a.context_hash == context_hash,
+                    a.status == ApprovalStatus.APPROVED.value,
+                    a.expires_at_us > to_us(now),
+                )
+            )
+            .limit(1)
+        )
+        async with self._tx(write=False) as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _approval(row)
+
+    async def list_approvals(
+        self, *, statuses: Sequence[str] = (), after: str | None = None, limit: int = 100
+    ) -> list[Approval]:
+        if limit < 1:
+            raise StorageError("limit must be at least 1")
+        a = t.approvals.c
+        query = select(t.approvals).order_by(a.id).limit(limit)
+        if statuses:
+            query = query.where(a.status.in_(list(statuses)))
+        if after is not None:
+            query = query.where(a.id > after)
+        async with self._tx(write=False) as conn:
+            rows = (await conn.execute(query)).all()
+        return [_approval(row) for row in rows]
+
+    async def decide_approval(
+        self,
+        approval_id: str,
+        status: str,
+        *,
+        decided_by: str,
+        reason: str,
+        now: datetime,
+        expires_at: datetime,
+    ) -> tuple[Approval, Task | None]:
+        a, c = t.approvals.c, t.tasks.c
+        now_us = to_us(now)
+        async with self._tx() as conn:
+            row = (
+                await conn.execute(select(t.approvals).where(a.id == approval_id).with_for_update())
+            ).first()
+            if row is None:
+                raise NotFoundError(f"no approval {approval_id}")
+            current = _approval(row)
+            effective = current.effective_status(now)
+            if effective is not ApprovalStatus.PENDING:
+                raise ConflictError(f"approval {approval_id} is {effective.value}, not pending")
+            await conn.execute(
+                update(t.approvals)
+                .where(and_(a.id == approval_id, a.status == ApprovalStatus.PENDING.value))
+                .values(
+                    status=status,
+                    decided_at_us=now_us,
+                    decided_by=decided_by,
+                    reason=reason,
+                    expires_at_us=to_us(expires_at),
+                )
+            )
+            task: Task | None = None
+            if current.action == "open_task":
+                task_row = (
+                    await conn.execute(select(t.tasks).where(c.id == current.task_id).with_for_update())
+                ).first()
+                pending = task_row is not None and task_row.status == TaskStatus.PENDING_APPROVAL.value
+                if pending and task_row is not None and task_row.expires_at_us > now_us:
+                    if status == ApprovalStatus.APPROVED.value:
+                        values: dict[str, Any] = {"status": TaskStatus.ACTIVE.value}
+                    else:
+                        values = {
+                            "status": TaskStatus.REVOKED.value,
+                            "ended_at_us": now_us,
+                            "end_reason": "approval_denied",
+                        }
+                    await conn.execute(update(t.tasks).where(c.id == current.task_id).values(**values))
+                    task = _task((await conn.execute(select(t.tasks).where(c.id == current.task_id))).one())
+        decided = Approval(
+            id=current.id,
+            task_id=current.task_id,
+            agent_id=current.agent_id,
+            action=current.action,
+            resource=current.resource,
+            context_hash=current.context_hash,
+            status=ApprovalStatus(status),
+            policies=current.policies,
+            requested_at=current.requested_at,
+            expires_at=from_us(to_us(expires_at)),
+            decided_at=from_us(now_us),
+            decided_by=decided_by,
+            reason=reason,
+        )
+        return decided, task
+
+    # -- leases ------------------------------------------------------------------------------
+    async def create_lease(self, lease: Lease) -> None:
+        async with self._tx(on_duplicate=lambda: ConflictError(f"lease {lease.id} already exists")) as conn:
+            await conn.execute(
+                t.leases.insert().values(
+                    id=lease.id,
+                    grant_id=lease.grant_id,
+                    task_id=lease.task_id,
+                    engine=lease.engine,
+                    handle=json.dumps(dict(lease.handle), sort_keys=True),
+                    created_at_us=to_us(lease.created_at),
+                    expires_at_us=to_us(lease.expires_at),
+                    revoked_at_us=_us(lease.revoked_at),
+                    engine_revoked_at_us=None,
+                )
+            )
+
+    async def leases_to_revoke(self, now: datetime, *, limit: int = 100) -> list[Lease]:
+        lc = t.leases.c
+        query = (
+            select(t.leases)
+            .where(
+                and_(
+                    lc.engine_revoked_at_us.is_(None),
+                    or_(lc.revoked_at_us.is_not(None), lc.expires_at_us <= to_us(now)),
+                )
+            )
+            .order_by(lc.expires_at_us)
+            .limit(limit)
+        )
+        async with self._tx(write=False) as conn:
+            rows = (await conn.execute(query)).all()
+        return [_lease(row) for row in rows]
+
+    async def mark_lease_revoked(self, lease_id: str, now: datetime) -> None:
+        lc = t.leases.c
+        async with self._tx() as conn:
+            await conn.execute(
+                update(t.leases)
+                .where(lc.id == lease_id)
+                .values(
+                    engine_revoked_at_us=to_us(now),
+                    revoked_at_us=func.coalesce(lc.revoked_at_us, to_us(now)),
+                )
+            )

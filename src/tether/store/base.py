@@ -20,11 +20,13 @@ from tether.domain.destinations import Destination
 from tether.domain.events import Event
 from tether.domain.operators import OperatorRecord
 from tether.domain.secrets import SecretMetadata, SecretRecord
+from tether.domain.tasks import Approval, Ended, Grant, Lease, Task
 from tether.errors import ConflictError, StorageError
 
 __all__ = [
     "AuditConflictError",
     "AuditCorruptionError",
+    "GrantInUse",
     "PolicySetRecord",
     "Storage",
     "StoredAuditRow",
@@ -117,6 +119,18 @@ class PolicySetRecord:
     created_at: datetime
     created_by: str
     comment: str
+
+
+@dataclass(frozen=True, slots=True)
+class GrantInUse:
+    """What an activation reads, in one query: the grant, its task, and the secret it names
+    (None if that secret is deleted or the grant names a destination)."""
+
+    grant: Grant
+    task: Task
+    secret: SecretRecord | None
+    value: StoredValue | None = None  # the secret's current version, encrypted
+    policy_version: int | None = None  # the active policy set version (None: none deployed)
 
 
 @runtime_checkable
@@ -307,6 +321,127 @@ class Storage(Protocol):
 
     async def delete_trusted_issuer(self, name: str) -> bool:
         """False if there is no trusted issuer ``name``."""
+        ...
+
+    # -- tasks, grants, approvals, leases (see tether.domain.tasks) -----------------------
+    async def create_task(self, task: Task) -> None:
+        """Store a new task. With a parent, only if the parent is still active (checked in the same
+        transaction; :class:`ConflictError` otherwise)."""
+        ...
+
+    async def get_task(self, task_id: str) -> Task | None: ...
+
+    async def list_tasks(
+        self,
+        *,
+        agent_id: str | None = None,
+        statuses: Sequence[str] = (),
+        root_id: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[Task]:
+        """Tasks ordered by id, matching every filter given (stored status, not expiry)."""
+        ...
+
+    async def update_task(
+        self,
+        task: Task,
+        *,
+        expected_version: int,
+        revoke_grants: Sequence[str],
+        reason: str,
+        now: datetime,
+    ) -> None:
+        """Store ``task`` (new intent, status, context version, approval) if its stored context
+        version is still ``expected_version`` and it is live; revoke ``revoke_grants`` with
+        ``reason``; void the task's pending and approved approvals. One transaction;
+        :class:`ConflictError` if the task changed or ended meanwhile."""
+        ...
+
+    async def end_tasks(self, task_ids: Sequence[str], status: str, reason: str, now: datetime) -> Ended:
+        """End the live tasks ``task_ids`` and every live descendant of each: set ``status`` (the
+        descendants get ``revoked``), revoke their live grants and leases, void their approvals.
+        One transaction."""
+        ...
+
+    async def expire_tasks(self, now: datetime, *, limit: int = 500) -> Ended:
+        """End (``expired``) up to ``limit`` live tasks whose lifetime is over, as :meth:`end_tasks`."""
+        ...
+
+    async def create_grant(self, grant: Grant, *, now: datetime) -> None:
+        """Store a grant if its task is still active at ``now`` (same transaction);
+        :class:`ConflictError` otherwise."""
+        ...
+
+    async def get_grant(self, grant_id: str) -> Grant | None: ...
+
+    async def grant_for_use(self, grant_id: str) -> GrantInUse | None:
+        """The grant, its task and the secret it names (if live): one indexed read."""
+        ...
+
+    async def list_grants(self, task_id: str) -> list[Grant]:
+        """A task's grants, oldest first."""
+        ...
+
+    async def consume_grant_use(self, grant_id: str, task_id: str, now: datetime) -> int | None:
+        """Count one use, atomically: only if the grant is unrevoked, unexpired, has a use left and
+        its task is active at ``now``. The new use count, or None if nothing was counted."""
+        ...
+
+    async def revoke_grants(
+        self,
+        *,
+        grant_ids: Sequence[str] = (),
+        secret: str | None = None,
+        reason: str,
+        now: datetime,
+    ) -> int:
+        """Revoke live grants by id or by secret path; how many were revoked."""
+        ...
+
+    async def open_approval(self, approval: Approval, now: datetime) -> Approval:
+        """Store a pending approval, or return the live (pending or approved) one that already
+        binds the same task, context hash, action and resource."""
+        ...
+
+    async def get_approval(self, approval_id: str) -> Approval | None: ...
+
+    async def find_approval(
+        self, task_id: str, action: str, resource: str, context_hash: str, now: datetime
+    ) -> Approval | None:
+        """An approved, unexpired approval for exactly this task context, action and resource."""
+        ...
+
+    async def list_approvals(
+        self, *, statuses: Sequence[str] = (), after: str | None = None, limit: int = 100
+    ) -> list[Approval]:
+        """Approvals by request time (oldest first), then id."""
+        ...
+
+    async def decide_approval(
+        self,
+        approval_id: str,
+        status: str,
+        *,
+        decided_by: str,
+        reason: str,
+        now: datetime,
+        expires_at: datetime,
+    ) -> tuple[Approval, Task | None]:
+        """Approve or deny a pending, unexpired approval. An approval of ``open_task`` activates
+        its pending task; a denial of ``open_task`` revokes it (same transaction). Returns the
+        approval and the task if its status changed. :class:`NotFoundError` if absent,
+        :class:`ConflictError` if it is no longer pending."""
+        ...
+
+    async def create_lease(self, lease: Lease) -> None: ...
+
+    async def leases_to_revoke(self, now: datetime, *, limit: int = 100) -> list[Lease]:
+        """Leases revoked here (or expired) whose engine-side credential is not yet revoked."""
+        ...
+
+    async def mark_lease_revoked(self, lease_id: str, now: datetime) -> None:
+        """The engine revoked the lease's credential."""
         ...
 
     # -- policy sets ---------------------------------------------------------------------

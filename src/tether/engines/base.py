@@ -1,0 +1,108 @@
+"""The secret-engine protocol.
+
+An engine mints a credential for one grant of one task (``issue``) and takes it back
+(``revoke``; mandatory: a credential Tether cannot revoke outlives its task). ``renew`` is an
+optional capability (:class:`RenewableEngine`). Engines raise :class:`~tether.errors.EngineError`;
+:class:`EngineRegistry` wraps anything else an engine raises into one, so a plugin's error never
+escapes as itself, and never with its message (which may quote a credential).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from tether.domain.tasks import Lease
+from tether.errors import EngineError, NotFoundError, TetherError
+
+__all__ = ["EngineRegistry", "IssuedCredential", "LeaseRequest", "RenewableEngine", "SecretEngine"]
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRequest:
+    """What an engine is asked for: a credential for ``secret`` for one grant, until ``expires_at``."""
+
+    lease_id: str
+    task_id: str
+    grant_id: str
+    agent_id: str
+    secret: str
+    now: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCredential:
+    """An engine's answer. ``credential`` goes to the agent once and is never stored or logged;
+    ``handle`` is what the engine needs later to revoke it (stored; must hold no secret)."""
+
+    credential: Mapping[str, Any] = field(repr=False)
+    handle: Mapping[str, Any]
+    expires_at: datetime
+
+
+@runtime_checkable
+class SecretEngine(Protocol):
+    """Mints and revokes credentials. ``name`` is stored with each lease."""
+
+    name: str
+
+    async def issue(self, request: LeaseRequest) -> IssuedCredential: ...
+
+    async def revoke(self, lease: Lease) -> None:
+        """Revoke the lease's credential. Idempotent: revoking twice is not an error."""
+        ...
+
+
+@runtime_checkable
+class RenewableEngine(SecretEngine, Protocol):
+    async def renew(self, lease: Lease, expires_at: datetime) -> datetime: ...
+
+
+class EngineRegistry:
+    """The engines of a node, and which serves which secret (longest matching path prefix; the
+    default engine serves the rest)."""
+
+    def __init__(self, default: SecretEngine) -> None:
+        self._engines: dict[str, SecretEngine] = {default.name: default}
+        self._default = default
+        self._mounts: list[tuple[str, SecretEngine]] = []
+
+    def mount(self, prefix: str, engine: SecretEngine) -> None:
+        self._engines[engine.name] = engine
+        self._mounts.append((prefix, engine))
+        self._mounts.sort(key=lambda item: len(item[0]), reverse=True)
+
+    def for_secret(self, path: str) -> SecretEngine:
+        for prefix, engine in self._mounts:
+            if path.startswith(prefix):
+                return engine
+        return self._default
+
+    def named(self, name: str) -> SecretEngine:
+        engine = self._engines.get(name)
+        if engine is None:
+            raise NotFoundError(f"no secret engine {name!r} on this node")
+        return engine
+
+    async def issue(self, engine: SecretEngine, request: LeaseRequest) -> IssuedCredential:
+        try:
+            issued = await engine.issue(request)
+        except TetherError:
+            raise
+        except Exception as exc:
+            raise EngineError(f"engine {engine.name!r} failed to issue: {type(exc).__name__}") from exc
+        if issued.expires_at > request.expires_at:
+            raise EngineError(f"engine {engine.name!r} issued a credential that outlives its grant")
+        return issued
+
+    async def revoke(self, lease: Lease) -> None:
+        engine = self.named(lease.engine)
+        try:
+            await engine.revoke(lease)
+        except TetherError:
+            raise
+        except Exception as exc:
+            raise EngineError(f"engine {engine.name!r} failed to revoke: {type(exc).__name__}") from exc
