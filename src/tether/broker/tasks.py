@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -29,6 +29,7 @@ from tether.clock import Clock
 from tether.config import Settings
 from tether.domain.agents import AgentRecord
 from tether.domain.decision import Decision
+from tether.domain.destinations import Destination
 from tether.domain.operators import OperatorRecord, Permission
 from tether.domain.secrets import SecretRecord, Sensitivity
 from tether.domain.tasks import (
@@ -56,9 +57,9 @@ from tether.errors import (
     TetherError,
 )
 from tether.policy import DecisionRequest, Entity
-from tether.store.base import Storage
+from tether.store.base import GrantInUse, Storage
 
-__all__ = ["Activation", "TaskService", "agent_entity", "secret_entity"]
+__all__ = ["Activation", "EgressAuthorization", "TaskService", "agent_entity", "secret_entity"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,16 @@ class Activation:
 
     def __repr__(self) -> str:
         return f"Activation(grant={self.grant.id}, mode={self.grant.mode.value})"
+
+
+@dataclass(frozen=True, slots=True)
+class EgressAuthorization:
+    """An allowed, counted, recorded inject activation: what the egress proxy needs."""
+
+    grant: Grant
+    task: Task
+    destination: Destination
+    secret: bytes = field(repr=False)
 
 
 class TaskService:
@@ -758,19 +769,66 @@ class TaskService:
         then the value (or a fresh credential) is handed over once."""
         validate_id(grant_id, "grt", "grant_id")
         now = self._clock.now()
-        agent_id = caller.agent.id
         use = await self._storage.grant_for_use(grant_id)
-        if use is None or use.grant.agent_id != agent_id:
+        if use is None or use.grant.agent_id != caller.agent.id:
             raise NotFoundError(f"no grant {grant_id}")
+        if use.grant.mode is GrantMode.INJECT:
+            raise InvalidInputError("inject grants are used through /v1/egress/{destination}/…", field="mode")
+        grant = await self._use(caller, use, now, method=method, path=path)
+        assert use.secret is not None  # checked by _use
+        if grant.mode is GrantMode.REVEAL:
+            version, value = await self._reveal(use.secret.path, use.value)
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInputError(
+                    "this secret's value is not UTF-8 text; it cannot be revealed", field="mode"
+                ) from None
+            return Activation(grant=grant, value=text, version=version)
+        return await self._dynamic(caller, grant, use.task, use.secret.path, now)
+
+    async def authorize_egress(
+        self, caller: AgentCaller, task_id: str, destination: str, *, method: str, path: str
+    ) -> EgressAuthorization:
+        """Activation for ``inject``: the caller's live inject grant for ``destination`` in ``task_id``
+        is decided again with this request's method and path, counted and audited; the secret is
+        decrypted for the proxy to inject (the agent never receives it)."""
+        validate_id(task_id, "tsk", "Tether-Task")
+        now = self._clock.now()
+        use = await self._storage.inject_grant_for_use(task_id, destination, now)
+        if use is None or use.grant.agent_id != caller.agent.id:
+            task = await self._storage.get_task(task_id)
+            if task is None or task.agent_id != caller.agent.id:
+                raise NotFoundError(f"no task {task_id}")
+            status = task.effective_status(now)
+            why = (
+                f"task is {status.value}"
+                if status is not TaskStatus.ACTIVE
+                else (f"no usable inject grant for destination {destination!r} in this task")
+            )
+            raise await self._refuse(caller.agent.id, f"destination:{destination}", task, why)
+        if use.destination is None:
+            raise await self._refuse(
+                caller.agent.id, f"destination:{destination}", use.task, "the destination was removed"
+            )
+        grant = await self._use(caller, use, now, method=method, path=path)
+        assert use.secret is not None  # checked by _use
+        _, value = await self._reveal(use.secret.path, use.value)
+        return EgressAuthorization(grant=grant, task=use.task, destination=use.destination, secret=value)
+
+    async def _use(
+        self, caller: AgentCaller, use: GrantInUse, now: datetime, *, method: str, path: str
+    ) -> Grant:
+        """The part of every activation: check, decide, count, record. Returns the counted grant."""
+        agent_id = caller.agent.id
         grant, task = use.grant, use.task
         resource_label = f"secret:{grant.secret}" if grant.secret else f"destination:{grant.destination}"
-        if grant.mode is GrantMode.INJECT:
-            raise InvalidInputError("inject grants are used through /v1/egress/{destination}/…", field="mode")
-        why = self._unusable(use.grant, task, caller, now)
+        data = {"grant_id": grant.id, "method": method[:16], "path": path[:200]}
+        why = self._unusable(grant, task, caller, now)
         if why is None and use.secret is None:
             why = "the secret was deleted"
         if why is not None:
-            raise await self._refuse(agent_id, resource_label, task, why, data={"grant_id": grant.id})
+            raise await self._refuse(agent_id, resource_label, task, why, data=data)
         assert use.secret is not None
         resource = secret_entity(use.secret)
         context = decision_context(
@@ -789,25 +847,14 @@ class TaskService:
         if not decision.allowed:
             message = "approval required" if approval is not None else "policy denies this use"
             raise await self._refuse(
-                agent_id,
-                resource_label,
-                task,
-                message,
-                decision=decision,
-                approval=approval,
-                data={"grant_id": grant.id},
+                agent_id, resource_label, task, message, decision=decision, approval=approval, data=data
             )
         uses = await self._storage.consume_grant_use(grant.id, task.id, now)
         if uses is None:
             # Lost a race: the last use went to someone else, or the grant/task ended meanwhile.
             raise await self._refuse(
-                agent_id,
-                resource_label,
-                task,
-                "grant is used up, revoked or expired",
-                data={"grant_id": grant.id},
+                agent_id, resource_label, task, "grant is used up, revoked or expired", data=data
             )
-        grant = replace(grant, uses=uses)
         await self._audit.record(
             "grant.activate",
             Actor.agent(agent_id),
@@ -815,18 +862,9 @@ class TaskService:
             task_id=task.id,
             chain=task.chain,
             decision=_summary(decision),
-            data={"grant_id": grant.id, "mode": grant.mode.value, "uses": uses},
+            data={**data, "mode": grant.mode.value, "uses": uses},
         )
-        if grant.mode is GrantMode.REVEAL:
-            version, value = await self._reveal(use.secret.path, use.value)
-            try:
-                text = value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidInputError(
-                    "this secret's value is not UTF-8 text; it cannot be revealed", field="mode"
-                ) from None
-            return Activation(grant=grant, value=text, version=version)
-        return await self._dynamic(caller, grant, task, use.secret.path, now)
+        return replace(grant, uses=uses)
 
     @staticmethod
     def _unusable(grant: Grant, task: Task, caller: AgentCaller, now: datetime) -> str | None:

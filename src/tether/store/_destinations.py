@@ -27,18 +27,21 @@ class DestinationStore(SQLBase):
     """Storage methods for destinations."""
 
     @staticmethod
-    def _destination(row: Any) -> Destination:
+    def _destination(row: Any, prefix: str = "") -> Destination:
+        def col(name: str) -> Any:
+            return getattr(row, prefix + name)
+
         try:
-            body = json.loads(row.body)
+            body = json.loads(col("body"))
             if not isinstance(body, dict):
                 raise TypeError("body")
             return Destination.from_json(
                 {
                     **body,
-                    "name": row.name,
-                    "base_url": row.base_url,
-                    "secret": row.secret,
-                    "created_at": from_us(row.created_at_us).isoformat(),
+                    "name": col("name"),
+                    "base_url": col("base_url"),
+                    "secret": col("secret"),
+                    "created_at": from_us(col("created_at_us")).isoformat(),
                 }
             )
         except (InvalidInputError, ValueError, TypeError, KeyError) as exc:

@@ -30,7 +30,8 @@ from tether.domain.tasks import (
 )
 from tether.errors import ConflictError, InvalidInputError, NotFoundError, StorageError
 from tether.store import schema as t
-from tether.store._sqlbase import SQLBase, from_us, to_us
+from tether.store._destinations import DestinationStore
+from tether.store._sqlbase import from_us, to_us
 from tether.store.base import GrantInUse, StoredValue
 
 __all__ = ["TaskStore"]
@@ -200,7 +201,7 @@ def _lease(row: Any) -> Lease:
 
 
 # The activation read: grant ⋈ task ⟕ live secret, with prefixed labels so columns never clash.
-_G, _T, _S, _V = t.grants, t.tasks, t.secrets, t.secret_versions
+_G, _T, _S, _V, _D = t.grants, t.tasks, t.secrets, t.secret_versions, t.destinations
 _USE_QUERY = select(
     *[c.label("g_" + c.name) for c in _G.c],
     *[c.label("t_" + c.name) for c in _T.c],
@@ -209,6 +210,7 @@ _USE_QUERY = select(
     _V.c.kek_version.label("v_kek_version"),
     _V.c.wrapped_dek.label("v_wrapped_dek"),
     _V.c.ciphertext.label("v_ciphertext"),
+    *[c.label("d_" + c.name) for c in _D.c],
     select(t.policy_active.c.version)
     .where(t.policy_active.c.id == 1)
     .scalar_subquery()
@@ -217,6 +219,7 @@ _USE_QUERY = select(
     _G.join(_T, _T.c.id == _G.c.task_id)
     .outerjoin(_S, and_(_S.c.path == _G.c.secret, _S.c.deleted_at_us.is_(None)))
     .outerjoin(_V, and_(_V.c.path == _S.c.path, _V.c.version == _S.c.current_version))
+    .outerjoin(_D, _D.c.name == _G.c.destination)
 )
 
 
@@ -241,7 +244,7 @@ def _secret_from(row: Any) -> SecretRecord | None:
         raise _corrupt("secret", exc) from None
 
 
-class TaskStore(SQLBase):
+class TaskStore(DestinationStore):
     """Storage methods for tasks, grants, approvals and leases."""
 
     # -- tasks -------------------------------------------------------------------------------
@@ -437,8 +440,29 @@ class TaskStore(SQLBase):
     async def grant_for_use(self, grant_id: str) -> GrantInUse | None:
         async with self._tx(write=False) as conn:
             row = (await conn.execute(_USE_QUERY.where(_G.c.id == grant_id))).first()
-        if row is None:
-            return None
+        return None if row is None else self._in_use(row)
+
+    async def inject_grant_for_use(self, task_id: str, destination: str, now: datetime) -> GrantInUse | None:
+        g = _G.c
+        query = (
+            _USE_QUERY.where(
+                and_(
+                    g.task_id == task_id,
+                    g.destination == destination,
+                    g.mode == "inject",
+                    g.revoked_at_us.is_(None),
+                    g.expires_at_us > to_us(now),
+                    or_(g.max_uses.is_(None), g.uses < g.max_uses),
+                )
+            )
+            .order_by(g.created_at_us.desc(), g.id)
+            .limit(1)
+        )
+        async with self._tx(write=False) as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else self._in_use(row)
+
+    def _in_use(self, row: Any) -> GrantInUse:
         secret = _secret_from(row)
         value = None
         if secret is not None and row.v_version is not None:
@@ -450,6 +474,7 @@ class TaskStore(SQLBase):
             secret=secret,
             value=value,
             policy_version=row.policy_version,
+            destination=None if row.d_name is None else self._destination(row, "d_"),
         )
 
     async def list_grants(self, task_id: str) -> list[Grant]:

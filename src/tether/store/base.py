@@ -131,6 +131,7 @@ class GrantInUse:
     secret: SecretRecord | None
     value: StoredValue | None = None  # the secret's current version, encrypted
     policy_version: int | None = None  # the active policy set version (None: none deployed)
+    destination: Destination | None = None  # the destination the grant names, if any
 
 
 @runtime_checkable
@@ -377,6 +378,11 @@ class Storage(Protocol):
 
     async def grant_for_use(self, grant_id: str) -> GrantInUse | None:
         """The grant, its task and the secret it names (if live): one indexed read."""
+        ...
+
+    async def inject_grant_for_use(self, task_id: str, destination: str, now: datetime) -> GrantInUse | None:
+        """The newest usable ``inject`` grant of ``task_id`` for ``destination`` (unrevoked, unexpired,
+        a use left), with its task, secret and destination: one indexed read."""
         ...
 
     async def list_grants(self, task_id: str) -> list[Grant]:
