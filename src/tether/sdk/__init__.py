@@ -1,5 +1,23 @@
-"""Agent-side SDK: authenticate with a key (or a federated token) and call Tether with DPoP."""
+"""Agent-side SDK: authenticate with a key (or a federated token), call Tether with DPoP, and
+work inside tasks (grants, activation, approvals)."""
 
-from tether.sdk.client import Agent, AsyncAgent, TetherAPIError
+from tether.sdk.client import (
+    Agent,
+    ApprovalRequired,
+    AsyncAgent,
+    TetherAPIError,
+    TetherDenied,
+)
+from tether.sdk.tasks import AsyncTask, Grant, OpeningTask, Task
 
-__all__ = ["Agent", "AsyncAgent", "TetherAPIError"]
+__all__ = [
+    "Agent",
+    "ApprovalRequired",
+    "AsyncAgent",
+    "AsyncTask",
+    "Grant",
+    "OpeningTask",
+    "Task",
+    "TetherAPIError",
+    "TetherDenied",
+]

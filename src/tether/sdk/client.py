@@ -13,18 +13,22 @@ instead, proving possession of a key it generated itself::
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from tether.crypto.jose import generate_private_jwk
+from tether.domain.tasks import validate_id
 from tether.errors import AuthenticationError, TetherError
 from tether.sdk._signer import ASSERTION_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE, Signer
 
-__all__ = ["Agent", "AsyncAgent", "TetherAPIError"]
+if TYPE_CHECKING:
+    from tether.sdk.tasks import AsyncTask, OpeningTask, Task
+
+__all__ = ["Agent", "ApprovalRequired", "AsyncAgent", "TetherAPIError", "TetherDenied", "api_error"]
 
 TOKEN_PATH = "/v1/auth/token"
 REFRESH_MARGIN_SECONDS = 30
@@ -40,6 +44,42 @@ class TetherAPIError(TetherError):
         self.body = dict(body)
 
 
+DENIED_PROBLEM = "urn:tether:problem:denied"
+
+
+class TetherDenied(TetherAPIError):  # noqa: N818 - reads as what happened: "Tether denied"
+    """The governed path said no (403 ``urn:tether:problem:denied``): ``decision`` names the
+    policies and what is ``missing``; ``approval_id`` is set when an approval was requested."""
+
+    def __init__(self, status: int, body: Mapping[str, Any]) -> None:
+        super().__init__(status, body)
+        decision = body.get("decision")
+        self.decision: dict[str, Any] = dict(decision) if isinstance(decision, Mapping) else {}
+        approval_id = body.get("approval_id")
+        self.approval_id: str | None = approval_id if isinstance(approval_id, str) else None
+        missing = self.decision.get("missing")
+        self.missing: list[str] = [str(m) for m in missing] if isinstance(missing, list) else []
+        policies = self.decision.get("policies")
+        self.policies: list[str] = [str(p) for p in policies] if isinstance(policies, list) else []
+        if self.approval_id is not None:
+            self.args = (f"{self.args[0]} (approval {self.approval_id})",)
+
+
+class ApprovalRequired(TetherDenied):
+    """Denied only for want of a human approval; ``approval_id`` names the request an approver decides."""
+
+
+def api_error(status: int, body: Mapping[str, Any]) -> TetherAPIError:
+    """The most specific error for a failed answer: :class:`ApprovalRequired`,
+    :class:`TetherDenied`, or :class:`TetherAPIError`."""
+    if status == 403 and body.get("type") == DENIED_PROBLEM:
+        denied = TetherDenied(status, body)
+        if denied.missing == ["approval"]:
+            return ApprovalRequired(status, body)
+        return denied
+    return TetherAPIError(status, body)
+
+
 @dataclass
 class _Token:
     value: str
@@ -52,6 +92,14 @@ def _body(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {"detail": response.text[:200]}
     return data if isinstance(data, dict) else {"detail": str(data)[:200]}
+
+
+def checked(response: httpx.Response, ok: tuple[int, ...] = (200,)) -> dict[str, Any]:
+    """The JSON body of an answer with an ``ok`` status, else the matching :func:`api_error`."""
+    body = _body(response)
+    if response.status_code not in ok:
+        raise api_error(response.status_code, body)
+    return body
 
 
 class _Session:
@@ -159,6 +207,45 @@ class Agent:
             raise TetherAPIError(response.status_code, _body(response))
         return _body(response)
 
+    def task(
+        self,
+        *,
+        purpose: str,
+        objective: str,
+        secrets: Iterable[str] | None = None,
+        destinations: Iterable[str] | None = None,
+        tools: Iterable[str] | None = None,
+        sensitivity: str = "internal",
+        ttl_seconds: int | None = None,
+    ) -> Task:
+        """Open a task: declare what this agent is doing and what it needs. Use the result as a
+        context manager to complete the task on exit (fail it on an exception).
+
+        Raises:
+            ApprovalRequired / TetherDenied: policy refuses to open the task (a task that only
+                needs an approval opens as ``pending_approval`` instead).
+        """
+        from tether.sdk.tasks import Task, task_request
+
+        body = task_request(
+            purpose=purpose,
+            objective=objective,
+            secrets=secrets,
+            destinations=destinations,
+            tools=tools,
+            sensitivity=sensitivity,
+            ttl_seconds=ttl_seconds,
+        )
+        response = self.request("POST", "/v1/tasks", json=body)
+        return Task(self, checked(response, (201,)), self._session.clock)
+
+    def join_task(self, task_id: str) -> Task:
+        """A handle on an existing task of this agent (e.g. one delegated to it)."""
+        from tether.sdk.tasks import Task
+
+        validate_id(task_id, "tsk", "task_id")
+        return Task(self, checked(self.request("GET", f"/v1/tasks/{task_id}")), self._session.clock)
+
     def close(self) -> None:
         self._http.close()
 
@@ -208,6 +295,40 @@ class AsyncAgent:
         if response.status_code != 200:
             raise TetherAPIError(response.status_code, _body(response))
         return _body(response)
+
+    def task(
+        self,
+        *,
+        purpose: str,
+        objective: str,
+        secrets: Iterable[str] | None = None,
+        destinations: Iterable[str] | None = None,
+        tools: Iterable[str] | None = None,
+        sensitivity: str = "internal",
+        ttl_seconds: int | None = None,
+    ) -> OpeningTask:
+        """Open a task: ``async with agent.task(...) as task`` (completed on exit, failed on an
+        exception), or ``task = await agent.task(...)``."""
+        from tether.sdk.tasks import OpeningTask, task_request
+
+        body = task_request(
+            purpose=purpose,
+            objective=objective,
+            secrets=secrets,
+            destinations=destinations,
+            tools=tools,
+            sensitivity=sensitivity,
+            ttl_seconds=ttl_seconds,
+        )
+        return OpeningTask(self, body)
+
+    async def join_task(self, task_id: str) -> AsyncTask:
+        """A handle on an existing task of this agent (e.g. one delegated to it)."""
+        from tether.sdk.tasks import AsyncTask
+
+        validate_id(task_id, "tsk", "task_id")
+        response = await self.request("GET", f"/v1/tasks/{task_id}")
+        return AsyncTask(self, checked(response), self._session.clock)
 
     async def aclose(self) -> None:
         await self._http.aclose()
