@@ -65,6 +65,19 @@ class GrantCreate(_Request):
     max_uses: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
 
 
+class DelegationCreate(_Request):
+    agent: Annotated[str, Field(min_length=1, max_length=400, description="The delegate: SPIFFE ID or name.")]
+    objective: Annotated[str, Field(min_length=1, max_length=2000)]
+    secrets: Names = []
+    destinations: Names = []
+    tools: Names = []
+    sensitivity: SensitivityName | None = Field(default=None, description="Default: the parent's.")
+    ttl_seconds: Annotated[
+        int | None,
+        Field(ge=1, le=30 * 86_400, description="Default and maximum: the parent's remaining time."),
+    ] = None
+
+
 class Reason(_Request):
     reason: Annotated[str, Field(max_length=500)] = ""
 
@@ -308,6 +321,26 @@ async def revoke_task(
         return await _end(broker, caller, task_id, "revoke")
     reason = body.reason if body is not None else ""
     return EndedOut.of(await broker.tasks.revoke_by_operator(caller, task_id, reason))
+
+
+@router.post("/v1/tasks/{task_id}/delegate", status_code=201)
+async def delegate_task(
+    task_id: IdParam, body: DelegationCreate, caller: AgentCallerDep, broker: BrokerDep
+) -> TaskOut:
+    """Hand a narrower sub-task to another agent: ``delegate`` then ``open_task`` are decided."""
+    child = await broker.tasks.delegate(caller, task_id, body.model_dump())
+    return TaskOut.of(child, broker.clock.now())
+
+
+@router.get("/v1/tasks/{task_id}/tree")
+async def task_tree(task_id: IdParam, actor: OperatorDep, broker: BrokerDep) -> dict[str, Any]:
+    """The whole delegation tree the task belongs to, root first, each task with its state."""
+    tasks = await broker.tasks.tree(actor, task_id)
+    now = broker.clock.now()
+    return {
+        "root_id": tasks[0].root_id,
+        "items": [TaskOut.of(task, now).model_dump(mode="json") for task in tasks],
+    }
 
 
 # -- grants --------------------------------------------------------------------------------------

@@ -194,8 +194,22 @@ class TaskService:
         found = await self._storage.find_approval(task.id, action, resource_key, task.context_hash, now)
         if found is not None:
             return Decision(allowed=True, policies=decision.policies), found
+        return decision, await self._request_approval(task, action, resource, decision, now)
+
+    async def _request_approval(
+        self,
+        task: Task,
+        action: str,
+        resource: Entity,
+        decision: Decision,
+        now: datetime,
+        approval_id: str | None = None,
+    ) -> Approval:
+        """Open (or reuse) a pending approval for ``action`` on ``resource`` in ``task`` as it is now;
+        the task must already be stored."""
+        resource_key = f"{resource.type}::{resource.id}"
         approval = Approval(
-            id=new_id("apr"),
+            id=approval_id or new_id("apr"),
             task_id=task.id,
             agent_id=task.agent_id,
             action=action,
@@ -218,7 +232,7 @@ class TaskService:
         stored = await self._storage.open_approval(approval, now)
         if stored.id == approval.id and self.webhook is not None:
             self.webhook.notify(stored, task)
-        return decision, stored
+        return stored
 
     async def _refuse(
         self,
@@ -277,14 +291,19 @@ class TaskService:
             raise InvalidInputError(f"ttl_seconds must be between 1 and {maximum}", field="ttl_seconds")
         return ttl if limit_seconds is None else min(ttl, limit_seconds)
 
-    async def open(
+    async def open(self, caller: AgentCaller, fields: Mapping[str, Any]) -> Task:
+        """Open a task for ``caller`` with the declared intent (``open_task`` is decided)."""
+        return await self._open(caller.agent, fields, Actor.agent(caller.agent.id))
+
+    async def _open(
         self,
-        caller: AgentCaller,
+        agent: AgentRecord,
         fields: Mapping[str, Any],
+        actor: Actor,
         *,
         parent: Task | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> Task:
-        """Open a task for ``caller`` with the declared intent (``open_task`` is decided)."""
         now = self._clock.now()
         intent = self._intent(fields)
         await self._check_exists(intent)
@@ -296,7 +315,7 @@ class TaskService:
         chain = () if parent is None else (*parent.chain, parent.id)
         task = Task(
             id=task_id,
-            agent_id=caller.agent.id,
+            agent_id=agent.id,
             intent=intent,
             status=TaskStatus.ACTIVE,
             created_at=now,
@@ -306,28 +325,146 @@ class TaskService:
             depth=len(chain),
             chain=chain,
         )
-        principal = agent_entity(caller.agent)
-        context = decision_context(task, now, method="POST", path="/v1/tasks")
+        principal = agent_entity(agent)
+        path = "/v1/tasks" if parent is None else f"/v1/tasks/{parent.id}/delegate"
+        context = decision_context(task, now, method="POST", path=path)
         decision = await self._decide("open_task", principal, principal, context)
-        decision, approval = await self._with_approval(decision, task, "open_task", principal, now)
+        needs_approval = not decision.allowed and decision.missing == ("approval",)
         resource = f"task:{task.id}"
-        if not decision.allowed and approval is None:
+        if not decision.allowed and not needs_approval:
             raise await self._refuse(
-                caller.agent.id, resource, task, "policy denies opening this task", decision=decision
+                agent.id, resource, task, "policy denies opening this task", decision=decision
             )
-        if approval is not None and not decision.allowed:
-            task = replace(task, status=TaskStatus.PENDING_APPROVAL, approval_id=approval.id)
+        if needs_approval:  # a new task has no approval yet: it waits for one
+            task = replace(task, status=TaskStatus.PENDING_APPROVAL, approval_id=new_id("apr"))
         await self._audit.record(
             "task.open",
-            Actor.agent(caller.agent.id),
+            actor,
             resource=resource,
             task_id=task.id,
             chain=task.chain,
             decision=_summary(decision),
-            data=self._task_data(task),
+            data={**self._task_data(task), **(extra or {})},
         )
         await self._storage.create_task(task)
+        if needs_approval:
+            await self._request_approval(task, "open_task", principal, decision, now, task.approval_id)
         return task
+
+    async def delegate(self, caller: AgentCaller, task_id: str, fields: Mapping[str, Any]) -> Task:
+        """Hand a narrower sub-task of the caller's task to another agent.
+
+        Each hop is its own trust decision: ``delegate`` is decided for the delegator (principal)
+        and the delegate (resource) with the child task's context — its depth and the whole chain
+        — and then ``open_task`` is decided for the delegate. The child can only narrow its parent
+        (secrets, destinations, tools, sensitivity, lifetime) and inherits its purpose; nothing of
+        the delegator's identity is handed over. Ending the parent ends the child.
+        """
+        now = self._clock.now()
+        parent = await self._agent_task(caller, task_id)
+        status = parent.effective_status(now)
+        delegator = caller.agent.id
+        if status is not TaskStatus.ACTIVE:
+            raise await self._refuse(delegator, f"task:{parent.id}", parent, f"task is {status.value}")
+        target = fields.get("agent")
+        if not isinstance(target, str) or not target:
+            raise InvalidInputError("agent (the delegate's id or name) is required", field="agent")
+        delegate_id = self._agent_id_of(target)
+        delegate = await self._storage.get_agent(delegate_id)
+        if delegate is None or delegate.disabled:
+            raise InvalidInputError(f"agent: no active agent {target[:100]!r}", field="agent")
+        if delegate.id == delegator:
+            raise InvalidInputError("an agent cannot delegate to itself", field="agent")
+        if parent.depth + 1 > self._settings.max_delegation_depth:
+            raise await self._refuse(
+                delegator,
+                f"agent:{delegate.id}",
+                parent,
+                f"delegation deeper than {self._settings.max_delegation_depth} is not allowed",
+            )
+        parent_intent = parent.intent
+        child_fields = {
+            "purpose": parent_intent.purpose,  # a sub-task serves its parent's purpose
+            "objective": fields.get("objective", ""),
+            "sensitivity": fields.get("sensitivity") or parent_intent.sensitivity.label,
+            "secrets": fields.get("secrets") or [],
+            "destinations": fields.get("destinations") or [],
+            "tools": fields.get("tools") or [],
+            "ttl_seconds": fields.get("ttl_seconds"),
+        }
+        child_intent = self._intent(child_fields)
+        problems = child_intent.widening(parent_intent)
+        ttl = child_fields["ttl_seconds"]
+        if isinstance(ttl, int) and ttl > parent.remaining_seconds(now):
+            problems.append(f"ttl_seconds exceeds the parent's remaining {parent.remaining_seconds(now)} s")
+        if problems:
+            raise await self._refuse(
+                delegator,
+                f"agent:{delegate.id}",
+                parent,
+                "a sub-task can only narrow: " + "; ".join(problems),
+            )
+        # The decision sees the child as it would be: depth and chain include the parent.
+        chain = (*parent.chain, parent.id)
+        preview = Task(
+            id=new_id("tsk"),
+            agent_id=delegate.id,
+            intent=child_intent,
+            status=TaskStatus.ACTIVE,
+            created_at=now,
+            expires_at=parent.expires_at,
+            parent_id=parent.id,
+            root_id=parent.root_id,
+            depth=len(chain),
+            chain=chain,
+        )
+        resource = agent_entity(delegate)
+        context = decision_context(preview, now, method="POST", path=f"/v1/tasks/{parent.id}/delegate")
+        decision = await self._decide("delegate", agent_entity(caller.agent), resource, context)
+        decision, approval = await self._with_approval(decision, parent, "delegate", resource, now)
+        if not decision.allowed:
+            message = "approval required" if approval is not None else "policy denies this delegation"
+            raise await self._refuse(
+                delegator, f"agent:{delegate.id}", parent, message, decision=decision, approval=approval
+            )
+        await self._audit.record(
+            "delegation",
+            Actor.agent(delegator),
+            resource=f"agent:{delegate.id}",
+            task_id=parent.id,
+            chain=parent.chain,
+            decision=_summary(decision),
+            data={
+                "delegate": delegate.id,
+                "depth": len(chain),
+                "secrets": sorted(child_intent.secrets),
+                "destinations": sorted(child_intent.destinations),
+                "tools": sorted(child_intent.tools),
+                "sensitivity": child_intent.sensitivity.label,
+            },
+        )
+        return await self._open(
+            delegate,
+            child_fields,
+            Actor.agent(delegator),
+            parent=parent,
+            extra={"delegated_by": delegator, "delegate": delegate.id},
+        )
+
+    def _agent_id_of(self, name_or_id: str) -> str:
+        if name_or_id.startswith("spiffe://"):
+            return name_or_id
+        return f"spiffe://{self._settings.trust_domain}/agent/{name_or_id}"
+
+    async def join(self, caller: AgentCaller, task_id: str) -> Task:
+        """A delegate picks up the sub-task handed to it (its own task: the same as reading it)."""
+        return await self._agent_task(caller, task_id)
+
+    async def tree(self, actor: OperatorRecord, task_id: str) -> list[Task]:
+        """Every task in the delegation tree ``task_id`` belongs to, root first (operators)."""
+        task = await self.get_for_operator(actor, task_id)
+        tasks = await self._storage.list_tasks(root_id=task.root_id, limit=MAX_LIST_LIMIT)
+        return sorted(tasks, key=lambda item: (item.depth, item.created_at, item.id))
 
     @staticmethod
     def _task_data(task: Task) -> dict[str, Any]:

@@ -324,7 +324,7 @@ class TaskStore(DestinationStore):
                 raise ConflictError(f"task {task.id} changed or ended meanwhile; read it and try again")
             if revoke_grants:
                 await self._revoke_grant_rows(conn, t.grants.c.id.in_(list(revoke_grants)), reason, now)
-            await self._void_approvals(conn, [task.id], now)
+            await self._void_approvals(conn, [task.id], now, keep_hash=task.context_hash)
 
     async def end_tasks(self, task_ids: Sequence[str], status: str, reason: str, now: datetime) -> Ended:
         async with self._tx() as conn:
@@ -411,11 +411,17 @@ class TaskStore(DestinationStore):
         return int(result.rowcount or 0)
 
     @staticmethod
-    async def _void_approvals(conn: AsyncConnection, task_ids: list[str], now: datetime) -> None:
+    async def _void_approvals(
+        conn: AsyncConnection, task_ids: list[str], now: datetime, *, keep_hash: str | None = None
+    ) -> None:
+        """Void live approvals of ``task_ids`` (except those bound to ``keep_hash``: the new context)."""
         a = t.approvals.c
+        condition = and_(a.task_id.in_(task_ids), a.status.in_(_LIVE_APPROVALS))
+        if keep_hash is not None:
+            condition = and_(condition, a.context_hash != keep_hash)
         await conn.execute(
             update(t.approvals)
-            .where(and_(a.task_id.in_(task_ids), a.status.in_(_LIVE_APPROVALS)))
+            .where(condition)
             .values(status=ApprovalStatus.VOIDED.value, decided_at_us=to_us(now))
         )
 

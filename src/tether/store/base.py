@@ -355,7 +355,8 @@ class Storage(Protocol):
     ) -> None:
         """Store ``task`` (new intent, status, context version, approval) if its stored context
         version is still ``expected_version`` and it is live; revoke ``revoke_grants`` with
-        ``reason``; void the task's pending and approved approvals. One transaction;
+        ``reason``; void the task's pending and approved approvals bound to another context than
+        ``task.context_hash``. One transaction;
         :class:`ConflictError` if the task changed or ended meanwhile."""
         ...
 
