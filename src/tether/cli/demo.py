@@ -18,6 +18,7 @@ from typing import Any
 from rich.markup import escape
 
 from tether.cli.client import APIError, OperatorClient, secret_url
+from tether.cli.demo_governed import narrate_governed_path
 from tether.cli.node import (
     configure_cli_logging,
     ensure_port_free,
@@ -32,6 +33,7 @@ __all__ = ["DEMO_SECRET", "TOKEN_FILE", "run_demo"]
 
 DEMO_SECRET = "demo/github/token"
 DEMO_WRITER = "demo-writer"
+DEMO_TRUST_DOMAIN = "acme.test"
 TOKEN_FILE = "dev-root-token"
 START_TIMEOUT_SECONDS = 15.0
 _STEPS = 7
@@ -55,7 +57,7 @@ def _root_token(data_dir: Path) -> str:
     read the saved token."""
     token_file = data_dir / TOKEN_FILE
     if not (data_dir / CONFIG_FILE).exists():
-        outcome = initialise(data_dir, key_provider="unsafe-dev")
+        outcome = initialise(data_dir, key_provider="unsafe-dev", trust_domain=DEMO_TRUST_DOMAIN)
         fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="ascii") as handle:
             handle.write(outcome.root_token + "\n")
@@ -78,7 +80,7 @@ def _root_token(data_dir: Path) -> str:
     return token
 
 
-def _seed(addr: str, token: str) -> None:
+def _seed(addr: str, token: str, data_dir: Path) -> None:
     """The narrated example, over HTTP. Raises :class:`CommandError` if a step goes wrong."""
     with OperatorClient(addr, token) as api:
         operators = api.get("/v1/operators")["operators"]
@@ -158,6 +160,11 @@ def _seed(addr: str, token: str) -> None:
             "Unsealed with the node's key provider (here the dev key file; in production "
             "TETHER_ROOT_KEY or a root key file).",
         )
+        out.print()
+        out.print(
+            "[bold]The governed path[/]: an agent uses secrets only through a task, decided at every use."
+        )
+        narrate_governed_path(api, data_dir)
 
 
 def _check_no_value(body: dict[str, Any]) -> None:
@@ -186,6 +193,9 @@ def _next_steps(addr: str, token: str, data_dir: Path, *, keep_serving: bool) ->
     out.print(f"  {tether} keys status")
     out.print(f"  {tether} audit query --kind 'secret.*'   # every write above, values as fingerprints only")
     out.print(f"  {tether} audit verify")
+    out.print(f"  {tether} task list            # the demo's tasks and their states")
+    out.print(f"  {tether} approval list --status approved")
+    out.print(f"  {tether} policy show")
     out.print(f"  curl {addr}/v1/sys/health")
     if keep_serving:
         out.print("Press Ctrl-C to stop.")
@@ -213,7 +223,7 @@ async def _serve_and_seed(
                     server.result()  # re-raise why it stopped
                 raise CommandError(f"the HTTP server did not start on {host}:{port}")
             addr = f"http://{_url_host(host)}:{port}"
-            await asyncio.to_thread(_seed, addr, token)
+            await asyncio.to_thread(_seed, addr, token, settings.data_dir)
             _next_steps(addr, token, settings.data_dir, keep_serving=not exit_after_seed)
             if not exit_after_seed:
                 await server
