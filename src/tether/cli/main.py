@@ -52,6 +52,7 @@ from tether.cli.output import (
     yes_no,
 )
 from tether.cli.policy import policy_app
+from tether.cli.tasks import approval_app, revoke, task_app
 
 __all__ = ["app", "main"]
 
@@ -77,6 +78,9 @@ app.add_typer(agent_app, name="agent")
 app.add_typer(issuer_app, name="issuer")
 app.add_typer(destination_app, name="destination")
 app.add_typer(policy_app, name="policy")
+app.add_typer(task_app, name="task")
+app.add_typer(approval_app, name="approval")
+app.command("revoke")(revoke)
 app.command("keygen")(keygen)
 
 
