@@ -15,6 +15,7 @@ from tether.api import (
     routes_audit,
     routes_auth,
     routes_destinations,
+    routes_egress,
     routes_operators,
     routes_policies,
     routes_secrets,
@@ -128,6 +129,7 @@ def create_app(broker: Broker, *, max_request_bytes: int = DEFAULT_MAX_REQUEST_B
     app.include_router(routes_policies.router)
     app.include_router(routes_tasks.router)
     app.include_router(routes_destinations.router)
+    app.include_router(routes_egress.router)
     app.add_middleware(_BodyLimit, max_bytes=max_request_bytes)
     app.add_middleware(_Measure, metrics=metrics)
     return app

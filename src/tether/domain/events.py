@@ -118,6 +118,8 @@ EVENT_KINDS: Mapping[str, str] = MappingProxyType(
         "issuer.remove": "an operator removed a trusted token issuer",
         "destination.add": "an operator registered a destination (an egress upstream and its injection)",
         "destination.remove": "an operator removed a destination",
+        "egress.redact": "the egress leak guard redacted an injected secret from an upstream response "
+        "(reflection or exfiltration attempt)",
         "sys.init": "the deployment was initialised",
         "sys.seal": "the node was sealed",
         "sys.unseal": "the node was unsealed",

@@ -1,0 +1,109 @@
+"""Egress: ``ANY /v1/egress/{destination}/{path}`` — inject activation, forwarded upstream.
+
+Thin: parse the agent's request, hand it to :class:`tether.egress.EgressProxy`, stream the
+answer back. The path is read as the agent sent it (``raw_path``, still percent-encoded), which
+is also what its DPoP proof signs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import StreamingResponse
+
+from tether.api.deps import BrokerDep
+from tether.api.problems import Problem
+from tether.api.routes_auth import AgentCallerDep, request_path
+from tether.domain.destinations import ALLOWED_METHODS, validate_destination_name
+from tether.egress import EgressError, EgressProxy, EgressRequest, UnsafePathError
+from tether.errors import InvalidInputError
+
+__all__ = ["close_egress", "router"]
+
+TASK_HEADER = "tether-task"
+PREFIX = "/v1/egress/"
+
+
+async def close_egress(app: FastAPI) -> None:
+    """Release the egress proxy's upstream connections (an app served with lifespan off, or
+    driven through ``httpx.ASGITransport``, calls this itself when done)."""
+    proxy: EgressProxy | None = getattr(app.state, "egress", None)
+    if proxy is not None:
+        app.state.egress = None
+        await proxy.aclose()
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    await close_egress(app)
+
+
+router = APIRouter(tags=["egress"], lifespan=_lifespan)
+
+
+def get_egress(request: Request, broker: BrokerDep) -> EgressProxy:
+    """The app's proxy, created on first use (one connection pool per app)."""
+    proxy: EgressProxy | None = getattr(request.app.state, "egress", None)
+    if proxy is None:
+        proxy = EgressProxy(broker)
+        request.app.state.egress = proxy
+    return proxy
+
+
+EgressDep = Annotated[EgressProxy, Depends(get_egress)]
+
+
+def _agent_path(request: Request, destination: str) -> str:
+    raw = request_path(request)
+    prefix = PREFIX + destination
+    if not raw.startswith(prefix + "/"):  # e.g. the destination name itself percent-encoded
+        raise UnsafePathError("the destination name must be sent as it is registered")
+    return raw[len(prefix) :]
+
+
+async def _body(request: Request) -> AsyncIterator[bytes]:
+    async for chunk in request.stream():
+        if chunk:
+            yield chunk
+
+
+@router.api_route(
+    "/v1/egress/{destination}/{path:path}",
+    methods=sorted(ALLOWED_METHODS),
+    response_model=None,
+    summary="Call a destination with the task's secret injected",
+)
+async def egress(
+    destination: str, path: str, request: Request, caller: AgentCallerDep, proxy: EgressDep
+) -> StreamingResponse:
+    """Forward this request to ``destination`` with its secret injected, under the task named by
+    the ``Tether-Task`` header (which needs an ``inject`` grant for the destination). The answer
+    is the upstream's, with hop-by-hop headers and cookies removed, every occurrence of the secret
+    redacted, and ``Cache-Control: no-store``."""
+    del path  # the raw path is used: the decoded one hides %2F and friends
+    task_id = request.headers.get(TASK_HEADER)
+    if not task_id:
+        raise InvalidInputError("the Tether-Task header (the task's id) is required", field="Tether-Task")
+    try:
+        validate_destination_name(destination)
+        egress_request = EgressRequest(
+            destination=destination,
+            task_id=task_id,
+            method=request.method,
+            raw_path=_agent_path(request, destination),
+            raw_query=request.scope.get("query_string", b"").decode("latin-1"),
+            headers=list(request.headers.raw),
+            body=_body(request),
+        )
+        answer = await proxy.forward(caller, egress_request)
+    except UnsafePathError as exc:
+        raise Problem(400, "unsafe-path", "Path refused", str(exc)) from None
+    except EgressError as exc:
+        raise Problem(exc.status, exc.slug, exc.title, str(exc)) from None
+    response = StreamingResponse(answer.body, status_code=answer.status)
+    response.raw_headers = answer.headers
+    return response
