@@ -71,12 +71,6 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
             yield chunk
 
 
-@router.api_route(
-    "/v1/egress/{destination}/{path:path}",
-    methods=sorted(ALLOWED_METHODS),
-    response_model=None,
-    summary="Call a destination with the task's secret injected",
-)
 async def egress(
     destination: str, path: str, request: Request, caller: AgentCallerDep, proxy: EgressDep
 ) -> StreamingResponse:
@@ -107,3 +101,14 @@ async def egress(
     response = StreamingResponse(answer.body, status_code=answer.status)
     response.raw_headers = answer.headers
     return response
+
+
+for _method in sorted(ALLOWED_METHODS):  # one route per method: one OpenAPI operation each
+    router.add_api_route(
+        "/v1/egress/{destination}/{path:path}",
+        egress,
+        methods=[_method],
+        response_model=None,
+        operation_id=f"egress_{_method.lower()}",
+        summary=f"{_method} to a destination with the task's secret injected",
+    )
