@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from bench import audit_bench, egress_bench, identity_bench, policy_bench
+from bench import audit_bench, egress_bench, governed_bench, identity_bench, policy_bench
 
 
 def main() -> None:
@@ -19,6 +19,8 @@ def main() -> None:
     policy_bench.main([])
     print()
     asyncio.run(egress_bench.main([]))
+    print()
+    asyncio.run(governed_bench.main([]))
 
 
 if __name__ == "__main__":
