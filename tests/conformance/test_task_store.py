@@ -506,17 +506,7 @@ async def test_open_approval_reuses_a_live_one_for_the_same_context(storage: Sto
     assert (await storage.open_approval(make_approval(task, requested=at(100)), at(100))).id != first.id
 
 
-async def test_open_approval_dedups_under_concurrency(
-    storage: Storage, request: pytest.FixtureRequest
-) -> None:
-    if storage.backend == "postgresql":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="BUG: open_approval on PostgreSQL is SELECT-then-INSERT under READ COMMITTED with no "
-                "lock or unique key, so concurrent identical requests each open their own pending approval",
-            )
-        )
+async def test_open_approval_dedups_under_concurrency(storage: Storage) -> None:
     task = make_task()
     await storage.create_task(task)
     opened = await asyncio.gather(*(storage.open_approval(make_approval(task), NOW) for _ in range(20)))
@@ -650,11 +640,6 @@ async def test_list_approvals_filters_by_status_and_pages(storage: Storage) -> N
         await storage.list_approvals(limit=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Storage.list_approvals is documented 'by request time (oldest first), then id' but "
-    "both SQL backends order by id only (random), so approvers do not see the oldest request first",
-)
 async def test_list_approvals_is_oldest_first(storage: Storage) -> None:
     task = make_task()
     await storage.create_task(task)

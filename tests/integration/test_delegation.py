@@ -411,8 +411,7 @@ async def test_events_of_a_sub_task_carry_the_chain(env: Env) -> None:
     kinds = {event["kind"] for event in events}
     assert {"task.open", "grant.issue", "grant.activate", "decision", "task.end"} <= kinds
     for event in events:
-        if event["kind"] != "grant.revoke":  # see the xfail test below
-            assert event["chain"] == [root["id"], mid["id"]], event
+        assert event["chain"] == [root["id"], mid["id"]], event
     opened = next(event for event in events if event["kind"] == "task.open")
     assert opened["data"]["delegated_by"] == env.researcher.id
 
@@ -425,11 +424,6 @@ async def test_events_of_a_sub_task_carry_the_chain(env: Env) -> None:
     assert all("chain" not in event for event in await env.events(root["id"]))  # empty: omitted
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: TaskService._after_end records the grant.revoke event of an ending (task_id = the "
-    "sub-task) without chain=, so that event of a delegated task carries no chain",
-)
 async def test_revocation_event_of_an_ending_sub_task_carries_the_chain(env: Env) -> None:
     (root, mid, leaf), _ = await _chain_with_grants(env)
     assert (await env.runner.call("POST", f"/v1/tasks/{leaf['id']}/complete")).status_code == 200
@@ -438,11 +432,6 @@ async def test_revocation_event_of_an_ending_sub_task_carries_the_chain(env: Env
     assert revoked.get("chain") == [root["id"], mid["id"]], revoked
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: TaskService.update re-decides only the task's own grants; when a parent task is "
-    "narrowed by PATCH its sub-tasks keep the wider scope and their grants keep activating",
-)
 async def test_narrowing_a_parent_narrows_its_sub_tasks(env: Env) -> None:
     root = await env.planner.open()
     child = await env.planner.sub_task(root["id"], env.researcher, **NARROW_GITHUB)

@@ -375,9 +375,13 @@ async def test_only_approvers_decide_and_twice_is_a_conflict(env: Env, make_oper
         f"/v1/approvals/{approval_id}/approve", json={"reason": "changed my mind"}, headers=approver
     )
     assert twice.status_code == 409, twice.text
-    # A denied approval grants nothing; the request opens a new one.
+    # A denial stands: asking again in the same context gets the same answer, no new request
+    # (approvers are not spammed); changing the task's context is what opens a new one.
     again = _denied(await env.bot.issue(task["id"], DYNAMIC_PAGERDUTY))
-    assert again["approval_id"] != approval_id
+    assert again["approval_id"] == approval_id
+    assert "denied" in again["detail"] and "not an incident" in again["detail"]
+    pending = await env.http.get("/v1/approvals", headers=approver)
+    assert pending.json()["items"] == []
 
 
 async def test_patch_voids_an_approved_approval(env: Env, make_operator: Any) -> None:

@@ -295,8 +295,8 @@ async def update_task(
     return TaskUpdateOut(**TaskOut.of(task, broker.clock.now()).model_dump(), grants_revoked=revoked)
 
 
-async def _end(broker: BrokerDep, caller: AgentCaller, task_id: str, how: str) -> EndedOut:
-    return EndedOut.of(await broker.tasks.end_by_agent(caller, task_id, how))
+async def _end(broker: BrokerDep, caller: AgentCaller, task_id: str, how: str, reason: str = "") -> EndedOut:
+    return EndedOut.of(await broker.tasks.end_by_agent(caller, task_id, how, reason))
 
 
 @router.post("/v1/tasks/{task_id}/complete")
@@ -317,9 +317,9 @@ async def revoke_task(
 ) -> EndedOut:
     """Revoke a task: by its agent, or by an operator (``task.revoke``)."""
     caller = await _caller(request, broker)
-    if isinstance(caller, AgentCaller):
-        return await _end(broker, caller, task_id, "revoke")
     reason = body.reason if body is not None else ""
+    if isinstance(caller, AgentCaller):
+        return await _end(broker, caller, task_id, "revoke", reason)
     return EndedOut.of(await broker.tasks.revoke_by_operator(caller, task_id, reason))
 
 

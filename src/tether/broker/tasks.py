@@ -31,7 +31,7 @@ from tether.domain.agents import AgentRecord
 from tether.domain.decision import Decision
 from tether.domain.destinations import Destination
 from tether.domain.operators import OperatorRecord, Permission
-from tether.domain.secrets import SecretRecord, Sensitivity
+from tether.domain.secrets import SecretRecord, Sensitivity, validate_path
 from tether.domain.tasks import (
     LIVE_STATUSES,
     Approval,
@@ -208,6 +208,18 @@ class TaskService:
         """Open (or reuse) a pending approval for ``action`` on ``resource`` in ``task`` as it is now;
         the task must already be stored."""
         resource_key = f"{resource.type}::{resource.id}"
+        if approval_id is None:
+            # Asking again while a request is pending, or after a denial, gets that same answer.
+            existing = await self._storage.find_approval(
+                task.id,
+                action,
+                resource_key,
+                task.context_hash,
+                now,
+                statuses=(ApprovalStatus.PENDING.value, ApprovalStatus.DENIED.value),
+            )
+            if existing is not None:
+                return existing
         approval = Approval(
             id=approval_id or new_id("apr"),
             task_id=task.id,
@@ -233,6 +245,14 @@ class TaskService:
         if stored.id == approval.id and self.webhook is not None:
             self.webhook.notify(stored, task)
         return stored
+
+    @staticmethod
+    def _approval_message(approval: Approval | None, otherwise: str) -> str:
+        if approval is None:
+            return otherwise
+        if approval.status is ApprovalStatus.DENIED:
+            return f"an approver denied this ({approval.decided_by}: {approval.reason[:200]})"
+        return "approval required"
 
     async def _refuse(
         self,
@@ -423,7 +443,7 @@ class TaskService:
         decision = await self._decide("delegate", agent_entity(caller.agent), resource, context)
         decision, approval = await self._with_approval(decision, parent, "delegate", resource, now)
         if not decision.allowed:
-            message = "approval required" if approval is not None else "policy denies this delegation"
+            message = self._approval_message(approval, "policy denies this delegation")
             raise await self._refuse(
                 delegator, f"agent:{delegate.id}", parent, message, decision=decision, approval=approval
             )
@@ -567,13 +587,14 @@ class TaskService:
         context = decision_context(changed, now, method="PATCH", path=f"/v1/tasks/{task.id}")
         decision = await self._decide("open_task", principal, principal, context)
         decision, approval = await self._with_approval(decision, changed, "open_task", principal, now)
-        if not decision.allowed and approval is None:
+        if not decision.allowed and (approval is None or approval.status is ApprovalStatus.DENIED):
             raise await self._refuse(
                 caller.agent.id,
                 f"task:{task.id}",
                 task,
-                "policy denies the changed task context",
+                self._approval_message(approval, "policy denies the changed task context"),
                 decision=decision,
+                approval=approval,
             )
         if not decision.allowed and approval is not None:
             changed = replace(changed, status=TaskStatus.PENDING_APPROVAL, approval_id=approval.id)
@@ -588,6 +609,15 @@ class TaskService:
                 caller.agent, changed, grant, now
             ):
                 revoke.append(grant.id)
+        # A sub-task may never be wider than its parent: those the narrowed task no longer covers
+        # end (with their own sub-tasks) in the same transaction.
+        children = [
+            child.id
+            for child in await self._storage.list_tasks(
+                root_id=task.root_id, statuses=[s.value for s in LIVE_STATUSES], limit=MAX_LIST_LIMIT
+            )
+            if child.parent_id == task.id and child.intent.widening(new_intent)
+        ]
         await self._audit.record(
             "task.update",
             Actor.agent(caller.agent.id),
@@ -596,16 +626,24 @@ class TaskService:
             chain=task.chain,
             decision=_summary(decision),
             reason="context changed",
-            data={**self._task_data(changed), "grants_revoked": revoke[:50], "revoked_count": len(revoke)},
+            data={
+                **self._task_data(changed),
+                "grants_revoked": revoke[:50],
+                "revoked_count": len(revoke),
+                "sub_tasks_ended": children[:50],
+            },
         )
-        await self._storage.update_task(
+        ended = await self._storage.update_task(
             changed,
             expected_version=task.context_version,
             revoke_grants=revoke,
+            end_tasks=children,
             reason="context_changed",
             now=now,
         )
-        return changed, len(revoke)
+        if ended.task_ids:
+            await self._after_end(ended, Actor.agent(caller.agent.id), "parent_narrowed", chain=changed.chain)
+        return changed, len(revoke) + ended.grants_revoked
 
     async def _still_allowed(self, agent: AgentRecord, task: Task, grant: Grant, now: datetime) -> bool:
         """Would ``grant`` be issued in ``task`` as it is now? (Approvals of the old context are void,
@@ -627,12 +665,12 @@ class TaskService:
         )
         return bool(await self._decide("issue", agent_entity(agent), secret_entity(record), context))
 
-    async def end_by_agent(self, caller: AgentCaller, task_id: str, how: str) -> Ended:
+    async def end_by_agent(self, caller: AgentCaller, task_id: str, how: str, reason: str = "") -> Ended:
         """The task's agent completes, fails or revokes its task: everything issued for it (and for
         its sub-tasks) is revoked in one transaction."""
         status = ENDING_STATUSES[how]
         task = await self._agent_task(caller, task_id)
-        return await self._end(Actor.agent(caller.agent.id), task, status, how)
+        return await self._end(Actor.agent(caller.agent.id), task, status, reason.strip() or how)
 
     async def revoke_by_operator(self, actor: OperatorRecord, task_id: str, reason: str = "") -> Ended:
         validate_id(task_id, "tsk", "task_id")
@@ -659,10 +697,10 @@ class TaskService:
             data={"status": status.value},
         )
         ended = await self._storage.end_tasks([task.id], status.value, reason[:64], now)
-        await self._after_end(ended, actor, reason)
+        await self._after_end(ended, actor, reason, chain=task.chain)
         return ended
 
-    async def _after_end(self, ended: Ended, actor: Actor, reason: str) -> None:
+    async def _after_end(self, ended: Ended, actor: Actor, reason: str, *, chain: Sequence[str] = ()) -> None:
         """Record what an ending revoked (descendants, grants) and revoke engine leases."""
         if len(ended.task_ids) > 1 or ended.grants_revoked:
             with contextlib.suppress(TetherError):
@@ -671,6 +709,7 @@ class TaskService:
                     actor,
                     resource=f"task:{ended.task_ids[0]}",
                     task_id=ended.task_ids[0],
+                    chain=chain,
                     reason=reason[:MAX_REASON_CHARS],
                     data={
                         "tasks_ended": list(ended.task_ids[:50]),
@@ -714,6 +753,7 @@ class TaskService:
             await authorize(self._audit, actor, Permission.TASK_REVOKE, f"agent:{agent.id}")
             return await self.revoke_agent(operator_actor(actor), agent.id, reason)
         assert secret is not None
+        validate_path(secret)
         await authorize(self._audit, actor, Permission.TASK_REVOKE, f"secret:{secret}")
         return await self.revoke_secret(operator_actor(actor), secret, reason)
 
@@ -851,7 +891,7 @@ class TaskService:
         decision = await self._decide("issue", agent_entity(caller.agent), resource, context)
         decision, approval = await self._with_approval(decision, task, "issue", resource, now)
         if not decision.allowed:
-            message = "approval required" if approval is not None else "policy denies this grant"
+            message = self._approval_message(approval, "policy denies this grant")
             raise await self._refuse(
                 agent_id, f"secret:{secret_path}", task, message, decision=decision, approval=approval
             )
@@ -982,7 +1022,7 @@ class TaskService:
         )
         decision, approval = await self._with_approval(decision, task, "activate", resource, now)
         if not decision.allowed:
-            message = "approval required" if approval is not None else "policy denies this use"
+            message = self._approval_message(approval, "policy denies this use")
             raise await self._refuse(
                 agent_id, resource_label, task, message, decision=decision, approval=approval, data=data
             )

@@ -303,7 +303,8 @@ class TaskStore(DestinationStore):
         revoke_grants: Sequence[str],
         reason: str,
         now: datetime,
-    ) -> None:
+        end_tasks: Sequence[str] = (),
+    ) -> Ended:
         c = t.tasks.c
         values = _task_values(task)
         del values["id"]
@@ -325,6 +326,11 @@ class TaskStore(DestinationStore):
             if revoke_grants:
                 await self._revoke_grant_rows(conn, t.grants.c.id.in_(list(revoke_grants)), reason, now)
             await self._void_approvals(conn, [task.id], now, keep_hash=task.context_hash)
+            if end_tasks:
+                return await self._end(
+                    conn, list(end_tasks), TaskStatus.REVOKED.value, "parent_narrowed", now
+                )
+        return Ended()
 
     async def end_tasks(self, task_ids: Sequence[str], status: str, reason: str, now: datetime) -> Ended:
         async with self._tx() as conn:
@@ -541,8 +547,10 @@ class TaskStore(DestinationStore):
 
     # -- approvals ---------------------------------------------------------------------------
     async def open_approval(self, approval: Approval, now: datetime) -> Approval:
-        a = t.approvals.c
+        a, c = t.approvals.c, t.tasks.c
         async with self._tx() as conn:
+            # Lock the task row: identical concurrent requests queue here and the second finds the first.
+            await conn.execute(select(c.id).where(c.id == approval.task_id).with_for_update())
             existing = (
                 await conn.execute(
                     select(t.approvals)
@@ -552,7 +560,7 @@ class TaskStore(DestinationStore):
                             a.action == approval.action,
                             a.resource == approval.resource,
                             a.context_hash == approval.context_hash,
-                            a.status.in_(_LIVE_APPROVALS),
+                            a.status.in_([*_LIVE_APPROVALS, ApprovalStatus.DENIED.value]),
                             a.expires_at_us > to_us(now),
                         )
                     )
@@ -587,7 +595,14 @@ class TaskStore(DestinationStore):
         return None if row is None else _approval(row)
 
     async def find_approval(
-        self, task_id: str, action: str, resource: str, context_hash: str, now: datetime
+        self,
+        task_id: str,
+        action: str,
+        resource: str,
+        context_hash: str,
+        now: datetime,
+        *,
+        statuses: Sequence[str] = (ApprovalStatus.APPROVED.value,),
     ) -> Approval | None:
         a = t.approvals.c
         query = (
@@ -598,10 +613,11 @@ class TaskStore(DestinationStore):
                     a.action == action,
                     a.resource == resource,
                     a.context_hash == context_hash,
-                    a.status == ApprovalStatus.APPROVED.value,
+                    a.status.in_(list(statuses)),
                     a.expires_at_us > to_us(now),
                 )
             )
+            .order_by(a.requested_at_us.desc())
             .limit(1)
         )
         async with self._tx(write=False) as conn:
@@ -614,11 +630,15 @@ class TaskStore(DestinationStore):
         if limit < 1:
             raise StorageError("limit must be at least 1")
         a = t.approvals.c
-        query = select(t.approvals).order_by(a.id).limit(limit)
+        query = select(t.approvals).order_by(a.requested_at_us, a.id).limit(limit)
         if statuses:
             query = query.where(a.status.in_(list(statuses)))
         if after is not None:
-            query = query.where(a.id > after)
+            # Keyset paging on (requested_at, id), the cursor being the last approval's id.
+            cursor = select(a.requested_at_us).where(a.id == after).scalar_subquery()
+            query = query.where(
+                or_(a.requested_at_us > cursor, and_(a.requested_at_us == cursor, a.id > after))
+            )
         async with self._tx(write=False) as conn:
             rows = (await conn.execute(query)).all()
         return [_approval(row) for row in rows]

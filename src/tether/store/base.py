@@ -352,11 +352,13 @@ class Storage(Protocol):
         revoke_grants: Sequence[str],
         reason: str,
         now: datetime,
-    ) -> None:
+        end_tasks: Sequence[str] = (),
+    ) -> Ended:
         """Store ``task`` (new intent, status, context version, approval) if its stored context
         version is still ``expected_version`` and it is live; revoke ``revoke_grants`` with
-        ``reason``; void the task's pending and approved approvals bound to another context than
-        ``task.context_hash``. One transaction;
+        ``reason``; end the sub-tasks ``end_tasks`` (revoked, ``parent_narrowed``) as
+        :meth:`end_tasks` does, and return what that ended; void the task's pending and approved
+        approvals bound to another context than ``task.context_hash``. One transaction;
         :class:`ConflictError` if the task changed or ended meanwhile."""
         ...
 
@@ -407,22 +409,32 @@ class Storage(Protocol):
         ...
 
     async def open_approval(self, approval: Approval, now: datetime) -> Approval:
-        """Store a pending approval, or return the live (pending or approved) one that already
-        binds the same task, context hash, action and resource."""
+        """Store a pending approval, or return the unexpired one (pending, approved or denied) that
+        already binds the same task, context hash, action and resource: a denial stands until the
+        task's context changes or it expires. Identical concurrent calls store one."""
         ...
 
     async def get_approval(self, approval_id: str) -> Approval | None: ...
 
     async def find_approval(
-        self, task_id: str, action: str, resource: str, context_hash: str, now: datetime
+        self,
+        task_id: str,
+        action: str,
+        resource: str,
+        context_hash: str,
+        now: datetime,
+        *,
+        statuses: Sequence[str] = ("approved",),
     ) -> Approval | None:
-        """An approved, unexpired approval for exactly this task context, action and resource."""
+        """The newest unexpired approval in ``statuses`` (default: approved) for exactly this task
+        context, action and resource."""
         ...
 
     async def list_approvals(
         self, *, statuses: Sequence[str] = (), after: str | None = None, limit: int = 100
     ) -> list[Approval]:
-        """Approvals by request time (oldest first), then id."""
+        """Approvals by request time (oldest first), then id; ``after`` is the last id of the
+        previous page."""
         ...
 
     async def decide_approval(
