@@ -440,3 +440,21 @@ async def test_narrowing_a_parent_narrows_its_sub_tasks(env: Env) -> None:
     assert patched.status_code == 200, patched.text
     # The child now declares a secret its parent no longer does: it must not be usable.
     _denied(await env.researcher.activate(grant["id"]))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: changing a parent's purpose by PATCH leaves its sub-tasks on the old purpose "
+    "(TaskService.update ends only sub-tasks that Intent.widening flags, and widening ignores purpose)",
+)
+async def test_changing_a_parents_purpose_does_not_leave_sub_tasks_on_the_old_one(env: Env) -> None:
+    root = await env.planner.open()
+    child = await env.planner.sub_task(root["id"], env.researcher, **NARROW_GITHUB)
+    grant = await env.researcher.grant(child["id"])
+    patched = await env.planner.call("PATCH", f"/v1/tasks/{root['id']}", {"purpose": "incident"})
+    assert patched.status_code == 200, patched.text
+    tree = await env.tree(root["id"])
+    stale = tree[child["id"]]
+    # The sub-task must not keep serving a purpose its parent no longer has.
+    assert stale["status"] != "active" or stale["purpose"] == "incident", stale
+    assert (await env.researcher.activate(grant["id"])).status_code == 403
