@@ -34,7 +34,9 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix src tests
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/bench.lock
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.compare --run --profile
 
 ## lock: re-resolve the locked dependencies (needs network to PyPI)
 lock:
