@@ -442,11 +442,6 @@ async def test_narrowing_a_parent_narrows_its_sub_tasks(env: Env) -> None:
     _denied(await env.researcher.activate(grant["id"]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: changing a parent's purpose by PATCH leaves its sub-tasks on the old purpose "
-    "(TaskService.update ends only sub-tasks that Intent.widening flags, and widening ignores purpose)",
-)
 async def test_changing_a_parents_purpose_does_not_leave_sub_tasks_on_the_old_one(env: Env) -> None:
     root = await env.planner.open()
     child = await env.planner.sub_task(root["id"], env.researcher, **NARROW_GITHUB)

@@ -47,7 +47,9 @@ async def test_delegate_uses_sub_task_until_parent_ends(client, admin) -> None: 
     )
     assert child.status_code == 201, child.text
     body = child.json()
-    assert body["depth"] == 1 and body["chain"] == [pid] and body["parent_id"] == pid
+    assert body["depth"] == 1
+    assert body["chain"] == [pid]
+    assert body["parent_id"] == pid
     assert body["agent"] == worker_id
     cid = body["id"]
     grant = await worker.request(

@@ -379,7 +379,8 @@ async def test_only_approvers_decide_and_twice_is_a_conflict(env: Env, make_oper
     # (approvers are not spammed); changing the task's context is what opens a new one.
     again = _denied(await env.bot.issue(task["id"], DYNAMIC_PAGERDUTY))
     assert again["approval_id"] == approval_id
-    assert "denied" in again["detail"] and "not an incident" in again["detail"]
+    assert "denied" in again["detail"]
+    assert "not an incident" in again["detail"]
     pending = await env.http.get("/v1/approvals", headers=approver)
     assert pending.json()["items"] == []
 
@@ -936,7 +937,10 @@ async def test_activations_and_denials_are_audited_without_values(env: Env, make
         assert event["actor"] == {"type": "agent", "id": env.bot.id}
         assert event["decision"]["allowed"] is True
         assert event["data"]["grant_id"] == grant["id"]
-    assert [event["data"]["uses"] for event in activations] == [1, 2]
+        assert event["data"]["mode"] == "reveal"
+    # The use count commits in the same transaction as each event (the grant says how many).
+    grants = (await env.bot.call("GET", f"/v1/tasks/{task['id']}/grants")).json()["items"]
+    assert [g["uses"] for g in grants if g["id"] == grant["id"]] == [2]
 
     denials = await env.audit_events(kind="decision", allowed="false")
     assert len(denials) >= 3

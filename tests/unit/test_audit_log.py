@@ -69,13 +69,14 @@ class FlakyStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def append_audit_events(self, events: Sequence[Event]) -> None:
+    async def append_audit_events(self, events: Sequence[Event], effects: Any = ()) -> list[list[object]]:
         if self.fail_before_commit:
             raise StorageError("sqlite store error: disk I/O error")
-        await self._inner.append_audit_events(events)
+        results: list[list[object]] = await self._inner.append_audit_events(events, effects)
         if self.fail_after_commit:
             self.fail_after_commit -= 1
             raise StorageError("sqlite store error: connection lost during commit")
+        return results
 
 
 class BrokenSink:

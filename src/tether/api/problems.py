@@ -96,6 +96,9 @@ def _for_tether_error(exc: errors.TetherError) -> JSONResponse:
     else:  # pragma: no cover - TetherError itself is not raised
         status, slug, title = 500, "internal", "Internal error"
     headers = {"WWW-Authenticate": 'Bearer realm="tether"'} if status == 401 else None
+    if isinstance(exc, errors.AuthenticationError) and exc.code == "invalid_dpop_proof":
+        # An agent request (DPoP) refused after authentication, e.g. a replayed proof.
+        headers = {"WWW-Authenticate": f'DPoP error="{exc.code}"'}
     if status == 503:
         headers = {"Retry-After": "5"}
     extra: dict[str, Any] = {}

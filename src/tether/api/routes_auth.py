@@ -117,10 +117,24 @@ async def get_agent(request: Request, broker: BrokerDep) -> AgentRecord:
 
 async def get_agent_caller(request: Request, broker: BrokerDep) -> AgentCaller:
     """The agent behind ``Authorization: DPoP`` and the key its token is bound to; 401 otherwise."""
+    return await _agent_caller(request, broker, defer_replay=False)
+
+
+async def get_agent_caller_deferred(request: Request, broker: BrokerDep) -> AgentCaller:
+    """As :func:`get_agent_caller`, the proof's single use recorded by the service together with
+    what the request does (activation routes: one write instead of two)."""
+    return await _agent_caller(request, broker, defer_replay=True)
+
+
+async def _agent_caller(request: Request, broker: BrokerDep, *, defer_replay: bool) -> AgentCaller:
     url = endpoint_url(request, request_path(request))
     try:
         return await broker.auth.authenticate_caller(
-            request.headers.get("authorization"), request.headers.get("dpop"), request.method, url
+            request.headers.get("authorization"),
+            request.headers.get("dpop"),
+            request.method,
+            url,
+            defer_replay=defer_replay,
         )
     except AuthenticationError as exc:
         raise Problem(
@@ -134,6 +148,7 @@ async def get_agent_caller(request: Request, broker: BrokerDep) -> AgentCaller:
 
 AgentDep = Annotated[AgentRecord, Depends(get_agent)]
 AgentCallerDep = Annotated[AgentCaller, Depends(get_agent_caller)]
+ActivatingCallerDep = Annotated[AgentCaller, Depends(get_agent_caller_deferred)]
 
 
 @router.get("/v1/auth/whoami")

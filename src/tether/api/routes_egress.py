@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 
 from tether.api.deps import BrokerDep
 from tether.api.problems import Problem
-from tether.api.routes_auth import AgentCallerDep, request_path
+from tether.api.routes_auth import ActivatingCallerDep, request_path
 from tether.domain.destinations import ALLOWED_METHODS, validate_destination_name
 from tether.egress import EgressError, EgressProxy, EgressRequest, UnsafePathError
 from tether.errors import InvalidInputError
@@ -72,7 +72,7 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
 
 
 async def egress(
-    destination: str, path: str, request: Request, caller: AgentCallerDep, proxy: EgressDep
+    destination: str, path: str, request: Request, caller: ActivatingCallerDep, proxy: EgressDep
 ) -> StreamingResponse:
     """Forward this request to ``destination`` with its secret injected, under the task named by
     the ``Tether-Task`` header (which needs an ``inject`` grant for the destination). The answer

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tether.api.deps import BrokerDep, OperatorDep, get_operator
 from tether.api.models import SensitivityName
-from tether.api.routes_auth import AgentCallerDep, get_agent_caller
+from tether.api.routes_auth import ActivatingCallerDep, AgentCallerDep, get_agent_caller
 from tether.broker.auth import AgentCaller
 from tether.domain.operators import OperatorRecord
 from tether.domain.tasks import Approval, Ended, Grant, Task
@@ -371,7 +371,7 @@ async def list_grants(task_id: IdParam, request: Request, broker: BrokerDep) -> 
 
 @router.post("/v1/grants/{grant_id}/activate", response_model=None)
 async def activate_grant(
-    grant_id: IdParam, request: Request, caller: AgentCallerDep, broker: BrokerDep
+    grant_id: IdParam, request: Request, caller: ActivatingCallerDep, broker: BrokerDep
 ) -> JSONResponse:
     """Activation for ``reveal`` (the value, once) and ``dynamic`` (a fresh credential)."""
     activation = await broker.tasks.activate(caller, grant_id, method="POST", path=request.url.path)

@@ -39,7 +39,7 @@ from tether.domain.events import (
     seal_event,
 )
 from tether.errors import ConflictError, InvalidInputError, NotFoundError, SealedError, StorageError
-from tether.store.base import AuditConflictError, Storage
+from tether.store.base import AuditConflictError, Effect, EffectFailedError, Storage
 
 __all__ = ["AuditLog"]
 
@@ -52,7 +52,8 @@ DEFAULT_MAX_ATTEMPTS = 64
 @dataclass(slots=True)
 class _Pending:
     draft: EventDraft
-    future: asyncio.Future[Event]
+    future: asyncio.Future[tuple[Event, list[object]]]
+    effects: tuple[Effect, ...] = ()
 
 
 class AuditLog:
@@ -148,8 +149,13 @@ class AuditLog:
         reason: str = "",
         request_id: str | None = None,
         data: Mapping[str, Any] | None = None,
+        effects: Sequence[Effect] = (),
     ) -> Event:
         """Append one event and return it once it is durable.
+
+        ``effects`` (store changes such as counting a grant's use) commit in the same transaction
+        as the event, or neither does: :class:`~tether.store.base.EffectFailedError` then names
+        the effect that failed (use :meth:`record_with` to get the effects' results).
 
         Values wrapped in :class:`~tether.domain.events.Sensitive` anywhere in ``data`` are
         replaced by their fingerprint first (which needs the audit keys).
@@ -173,15 +179,30 @@ class AuditLog:
             request_id=request_id,
             data=data if data is not None else {},
         )
-        return await self.record_draft(draft)
+        event, _ = await self._submit(draft, tuple(effects))
+        return event
+
+    async def record_with(
+        self, kind: str, actor: Actor, *, effects: Sequence[Effect], **fields: Any
+    ) -> tuple[Event, list[object]]:
+        """:meth:`record` returning the effects' results too (one per effect, in order)."""
+        data = fields.pop("data", None)
+        if data is not None and contains_sensitive(data):
+            data = self.fingerprinter.redact(data)
+        draft = EventDraft(kind=kind, actor=actor, data=data if data is not None else {}, **fields)
+        return await self._submit(draft, tuple(effects))
 
     async def record_draft(self, draft: EventDraft) -> Event:
         """:meth:`record` for a prepared draft."""
+        event, _ = await self._submit(draft, ())
+        return event
+
+    async def _submit(self, draft: EventDraft, effects: tuple[Effect, ...]) -> tuple[Event, list[object]]:
         if self._closed:
             raise StorageError("the audit log is closed")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Event] = loop.create_future()
-        self._queue.append(_Pending(draft, future))
+        future: asyncio.Future[tuple[Event, list[object]]] = loop.create_future()
+        self._queue.append(_Pending(draft, future, effects))
         if self._writer is None or self._writer.done():
             # The writer is its own task so that a cancelled caller cannot abandon a batch
             # half-way; everyone queued while it commits goes in its next transaction.
@@ -196,7 +217,7 @@ class AuditLog:
                 del self._queue[: len(batch)]
                 try:
                     async with self._lock:
-                        events = await self._append([p.draft for p in batch])
+                        batch, events, results = await self._append(batch)
                 except Exception as exc:  # every caller of the batch must hear of it
                     error = (
                         exc if isinstance(exc, StorageError) else StorageError(f"audit append failed: {exc}")
@@ -209,11 +230,12 @@ class AuditLog:
                             pending.future.set_exception(error)
                     batch = []
                     continue
-                for pending, event in zip(batch, events, strict=True):
+                for pending, event, result in zip(batch, events, results, strict=True):
                     if not pending.future.done():
-                        pending.future.set_result(event)
+                        pending.future.set_result((event, result))
                 batch = []
-                await self._fan_out(events)
+                if events:
+                    await self._fan_out(events)
         finally:
             # Cancelled (loop shutdown): nobody may be left waiting for an answer.
             leftovers = batch + self._queue
@@ -237,14 +259,26 @@ class AuditLog:
         head = await self._storage.audit_head()
         return head if head is not None else (0, GENESIS_HASH)
 
-    async def _append(self, drafts: Sequence[EventDraft]) -> list[Event]:
-        """Seal ``drafts`` on top of the head and store them; the caller holds the lock."""
+    async def _append(self, batch: list[_Pending]) -> tuple[list[_Pending], list[Event], list[list[object]]]:
+        """Seal the batch on top of the head and store it; the caller holds the lock. Entries whose
+        effects fail are answered with :class:`EffectFailedError` and the rest is written without
+        them. Returns the entries written, their events and their effects' results."""
         for attempt in range(self._max_attempts):
+            if not batch:
+                return [], [], []
             if self._head is None:
                 self._head = await self._load_head()
-            events = self._seal_batch(drafts, self._head)
+            events = self._seal_batch([p.draft for p in batch], self._head)
+            effects = [p.effects for p in batch] if any(p.effects for p in batch) else []
             try:
-                await self._storage.append_audit_events(events)
+                results = await self._storage.append_audit_events(events, effects)
+            except EffectFailedError as exc:
+                # Nothing was written: answer those whose effect failed, retry the others.
+                for index, effect in exc.failed.items():
+                    if not batch[index].future.done():
+                        batch[index].future.set_exception(EffectFailedError({0: effect}))
+                batch = [p for index, p in enumerate(batch) if index not in exc.failed]
+                continue
             except AuditConflictError:
                 # Another node appended first: rebuild on its head. Jitter spreads nodes out.
                 self._head = None
@@ -256,7 +290,7 @@ class AuditLog:
                 raise
             self._head = (events[-1].seq, events[-1].hash)
             self.batches += 1
-            return events
+            return batch, events, results
         raise StorageError(f"audit append lost {self._max_attempts} races with other nodes; try again")
 
     async def _fan_out(self, events: Sequence[Event]) -> None:

@@ -43,7 +43,7 @@ from tether.identity.federation import (
 )
 from tether.identity.signing import TokenSigningKeys, load_or_create_token_keys, rotate_token_keys
 from tether.identity.tokens import IssuedToken, issue_access_token, peek_claims, verify_access_token
-from tether.store.base import Storage
+from tether.store.base import RememberJti, Storage
 
 __all__ = ["ASSERTION_TYPE", "JWT_TOKEN_TYPE", "TOKEN_EXCHANGE", "AgentCaller", "AuthService", "TokenGrant"]
 
@@ -113,6 +113,9 @@ class AgentCaller:
 
     agent: AgentRecord
     jkt: str
+    #: Set when the request's proof was not yet recorded as used (``defer_replay``): the service
+    #: must record it in the same transaction as its effect (see :meth:`AuthService.replay_effect`).
+    replay: RememberJti | None = None
 
 
 class AuthService:
@@ -326,9 +329,22 @@ class AuthService:
         return (await self.authenticate_caller(authorization, dpop, method, url)).agent
 
     async def authenticate_caller(
-        self, authorization: str | None, dpop: str | None, method: str, url: str
+        self,
+        authorization: str | None,
+        dpop: str | None,
+        method: str,
+        url: str,
+        *,
+        defer_replay: bool = False,
     ) -> AgentCaller:
-        """The agent behind a request and the key its token is bound to (``jkt``)."""
+        """The agent behind a request and the key its token is bound to (``jkt``).
+
+        With ``defer_replay`` the proof's one-time identifier is not recorded here but handed back
+        (:attr:`AgentCaller.replay`) for the service to record atomically with what the request
+        does (one transaction instead of two on the activation path). A service must then attach
+        it to every write it makes for the request; a request that writes nothing changed nothing,
+        so replaying it gains nothing either."""
+        replay: RememberJti | None = None
         subject: str | None = None
         try:
             self._signing_keys()  # sealed: refuse before any state is written
@@ -348,9 +364,13 @@ class AuthService:
             proof = verify_dpop_proof(
                 dpop, method=method, url=url, now=now, access_token=token.strip(), expected_jkt=claims.jkt
             )
-            await self._remember(
-                proof.replay_key, proof.replay_expires_at, "DPoP proof replayed", "invalid_dpop_proof"
-            )
+            if defer_replay:
+                keep_until = max(proof.replay_expires_at, now) + REPLAY_MARGIN
+                replay = RememberJti(proof.replay_key, keep_until, now)
+            else:
+                await self._remember(
+                    proof.replay_key, proof.replay_expires_at, "DPoP proof replayed", "invalid_dpop_proof"
+                )
             try:
                 agent = await self._agents.active_agent(claims.agent_id)
             except AuthenticationError as exc:
@@ -372,7 +392,13 @@ class AuthService:
             )
             await self._refused("auth.failed", subject, refusal, f"{method} {url}")
             raise refusal from None
-        return AgentCaller(agent=agent, jkt=claims.jkt)
+        return AgentCaller(agent=agent, jkt=claims.jkt, replay=replay)
+
+    async def refuse_replay(self, caller: AgentCaller, context: str) -> AuthenticationError:
+        """A deferred proof turned out to be a replay: record the refusal, return the error."""
+        exc = AuthenticationError("DPoP proof replayed", code="invalid_dpop_proof")
+        await self._refused("auth.failed", caller.agent.id, exc, context)
+        return exc
 
     async def _remember(self, key: bytes, expires_at: datetime, message: str, code: str) -> None:
         """Single use, across every node: the store keeps the key until ``expires_at``."""

@@ -90,6 +90,7 @@ class Broker:
             trust_domain=settings.trust_domain,
             token_ttl_seconds=settings.token_ttl_seconds,
         )
+        self.tasks.on_replay = self.auth.refuse_replay
 
     @classmethod
     def from_settings(

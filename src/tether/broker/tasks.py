@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -49,6 +49,7 @@ from tether.domain.tasks import (
 )
 from tether.engines import EngineRegistry, LeaseRequest
 from tether.errors import (
+    AuthenticationError,
     ConflictError,
     DeniedError,
     InvalidInputError,
@@ -57,7 +58,7 @@ from tether.errors import (
     TetherError,
 )
 from tether.policy import DecisionRequest, Entity
-from tether.store.base import GrantInUse, Storage
+from tether.store.base import ConsumeGrantUse, Effect, EffectFailedError, GrantInUse, RememberJti, Storage
 
 __all__ = ["Activation", "EgressAuthorization", "TaskService", "agent_entity", "secret_entity"]
 
@@ -150,6 +151,8 @@ class TaskService:
         self._secrets = secrets
         self._engines = engines
         self.webhook: Any = None  # set by the node: an ApprovalWebhook, or None
+        # Set by the node: records a replayed (deferred) proof and returns the error to raise.
+        self.on_replay: Callable[[AgentCaller, str], Awaitable[TetherError]] | None = None
 
     # -- deciding ----------------------------------------------------------------------------
     async def _decide(
@@ -246,6 +249,11 @@ class TaskService:
             self.webhook.notify(stored, task)
         return stored
 
+    async def _replayed(self, caller: AgentCaller, context: str) -> TetherError:
+        if self.on_replay is None:
+            return AuthenticationError("DPoP proof replayed", code="invalid_dpop_proof")
+        return await self.on_replay(caller, context)
+
     @staticmethod
     def _approval_message(approval: Approval | None, otherwise: str) -> str:
         if approval is None:
@@ -264,20 +272,28 @@ class TaskService:
         decision: Decision | None = None,
         approval: Approval | None = None,
         data: Mapping[str, Any] | None = None,
-    ) -> DeniedError:
-        """Record a denial (a ``decision`` event) and return the error to raise."""
+        caller: AgentCaller | None = None,
+    ) -> TetherError:
+        """Record a denial (a ``decision`` event) and return the error to raise. A caller whose
+        proof's single use is still to be recorded has it recorded with the denial."""
         if decision is None:  # not a policy decision: the task or grant cannot be used
             decision = Decision.deny(errors=(message,))
-        await self._audit.record(
-            "decision",
-            Actor.agent(agent_id),
-            resource=resource,
-            task_id=None if task is None else task.id,
-            chain=() if task is None else task.chain,
-            decision=_summary(decision),
-            reason=message[:MAX_REASON_CHARS],
-            data={**_decision_data(decision), **(data or {})},
-        )
+        replay = None if caller is None else caller.replay
+        try:
+            await self._audit.record(
+                "decision",
+                Actor.agent(agent_id),
+                resource=resource,
+                task_id=None if task is None else task.id,
+                chain=() if task is None else task.chain,
+                decision=_summary(decision),
+                reason=message[:MAX_REASON_CHARS],
+                data={**_decision_data(decision), **(data or {})},
+                effects=() if replay is None else (replay,),
+            )
+        except EffectFailedError:
+            assert caller is not None
+            return await self._replayed(caller, resource)
         return DeniedError(message, decision=decision, approval_id=None if approval is None else approval.id)
 
     # -- tasks -------------------------------------------------------------------------------
@@ -616,7 +632,8 @@ class TaskService:
             for child in await self._storage.list_tasks(
                 root_id=task.root_id, statuses=[s.value for s in LIVE_STATUSES], limit=MAX_LIST_LIMIT
             )
-            if child.parent_id == task.id and child.intent.widening(new_intent)
+            if child.parent_id == task.id
+            and (child.intent.widening(new_intent) or child.intent.purpose != new_intent.purpose)
         ]
         await self._audit.record(
             "task.update",
@@ -983,10 +1000,15 @@ class TaskService:
                 if status is not TaskStatus.ACTIVE
                 else (f"no usable inject grant for destination {destination!r} in this task")
             )
-            raise await self._refuse(caller.agent.id, f"destination:{destination}", task, why)
-        if use.destination is None:
+            raise await self._refuse(caller.agent.id, f"destination:{destination}", task, why, caller=caller)
+        if use.destination is None or not use.destination.permits(method, path):
+            why = (
+                "the destination was removed"
+                if use.destination is None
+                else f"{method} {path[:100]} is outside the methods and path prefixes of {destination!r}"
+            )
             raise await self._refuse(
-                caller.agent.id, f"destination:{destination}", use.task, "the destination was removed"
+                caller.agent.id, f"destination:{destination}", use.task, why, caller=caller
             )
         grant = await self._use(caller, use, now, method=method, path=path)
         assert use.secret is not None  # checked by _use
@@ -1005,7 +1027,7 @@ class TaskService:
         if why is None and use.secret is None:
             why = "the secret was deleted"
         if why is not None:
-            raise await self._refuse(agent_id, resource_label, task, why, data=data)
+            raise await self._refuse(agent_id, resource_label, task, why, data=data, caller=caller)
         assert use.secret is not None
         resource = secret_entity(use.secret)
         context = decision_context(
@@ -1024,23 +1046,43 @@ class TaskService:
         if not decision.allowed:
             message = self._approval_message(approval, "policy denies this use")
             raise await self._refuse(
-                agent_id, resource_label, task, message, decision=decision, approval=approval, data=data
+                agent_id,
+                resource_label,
+                task,
+                message,
+                decision=decision,
+                approval=approval,
+                data=data,
+                caller=caller,
             )
-        uses = await self._storage.consume_grant_use(grant.id, task.id, now)
-        if uses is None:
+        # One write: the event, the use count and the proof's single use commit together.
+        effects: list[Effect] = [ConsumeGrantUse(grant.id, task.id, now)]
+        if caller.replay is not None:
+            effects.insert(0, caller.replay)
+        try:
+            _, results = await self._audit.record_with(
+                "grant.activate",
+                Actor.agent(agent_id),
+                effects=effects,
+                resource=resource_label,
+                task_id=task.id,
+                chain=task.chain,
+                decision=_summary(decision),
+                data={**data, "mode": grant.mode.value},
+            )
+        except EffectFailedError as exc:
+            if any(isinstance(effect, RememberJti) for effect in exc.failed.values()):
+                raise await self._replayed(caller, f"{method} {path}") from None
             # Lost a race: the last use went to someone else, or the grant/task ended meanwhile.
             raise await self._refuse(
-                agent_id, resource_label, task, "grant is used up, revoked or expired", data=data
-            )
-        await self._audit.record(
-            "grant.activate",
-            Actor.agent(agent_id),
-            resource=resource_label,
-            task_id=task.id,
-            chain=task.chain,
-            decision=_summary(decision),
-            data={**data, "mode": grant.mode.value, "uses": uses},
-        )
+                agent_id,
+                resource_label,
+                task,
+                "grant is used up, revoked or expired",
+                data=data,
+                caller=caller,
+            ) from None
+        uses = int(results[-1])  # type: ignore[call-overload]
         return replace(grant, uses=uses)
 
     @staticmethod
@@ -1132,12 +1174,14 @@ class TaskService:
             raise NotFoundError(f"no approval {approval_id}")
         now = self._clock.now()
         status = ApprovalStatus.APPROVED if approve else ApprovalStatus.DENIED
+        task = await self._storage.get_task(approval.task_id)
         expires_at = now + timedelta(seconds=self._settings.approval_ttl_seconds)
         await self._audit.record(
             "approval.decide",
             operator_actor(actor),
             resource=f"approval:{approval_id}",
             task_id=approval.task_id,
+            chain=() if task is None else task.chain,
             reason=reason[:MAX_REASON_CHARS],
             data={
                 "status": status.value,

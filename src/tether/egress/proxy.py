@@ -282,22 +282,8 @@ class EgressProxy:
         except UnsafePathError as exc:
             await self._refuse(caller, request, f"unsafe path: {exc}", path=request.raw_path)
             raise
-        destination = await self._broker.storage.get_destination(request.destination)
-        if destination is None:
-            raise await self._refuse(caller, request, "no such destination", path=path.decoded)
-        if not destination.permits(request.method, path.decoded):
-            raise await self._refuse(
-                caller,
-                request,
-                f"{request.method} {path.decoded[:100]} is outside destination "
-                f"{destination.name!r}'s methods and path prefixes",
-                path=path.decoded,
-            )
-        declared = _declared_length(request.headers)
-        if declared is not None and declared > destination.max_body_bytes:
-            raise RequestBodyTooLargeError(
-                f"the destination accepts at most {destination.max_body_bytes} bytes"
-            )
+        # The destination (methods, path prefixes) is checked by the activation itself, which reads it
+        # with the grant in one query and refuses before counting a use.
         return path
 
     # -- forwarding --------------------------------------------------------------------------
@@ -314,8 +300,11 @@ class EgressProxy:
             caller, request.task_id, request.destination, method=request.method, path=path.decoded
         )
         destination = auth.destination
-        if not destination.permits(request.method, path.decoded):  # removed and added again meanwhile
-            raise await self._refuse(caller, request, "the destination changed", path=path.decoded)
+        declared = _declared_length(request.headers)
+        if declared is not None and declared > destination.max_body_bytes:
+            raise RequestBodyTooLargeError(
+                f"the destination accepts at most {destination.max_body_bytes} bytes"
+            )
         upstream, guard = self._build(auth, request, path)
         deadline = asyncio.get_running_loop().time() + destination.timeout_seconds
         try:

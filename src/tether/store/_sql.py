@@ -14,6 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -42,7 +44,10 @@ from tether.store._tasks import TaskStore
 from tether.store.base import (
     AuditConflictError,
     AuditCorruptionError,
+    Effect,
+    EffectFailedError,
     PolicySetRecord,
+    RememberJti,
     StoredAuditRow,
     StoredCheckpoint,
     StoredValue,
@@ -367,9 +372,13 @@ class SQLStorage(TaskStore, DestinationStore):
         return bool(result.rowcount == 1)
 
     # -- audit ----------------------------------------------------------------------------
-    async def append_audit_events(self, events: Sequence[Event]) -> None:
+    async def append_audit_events(
+        self, events: Sequence[Event], effects: Sequence[Sequence[Effect]] = ()
+    ) -> list[list[object]]:
         if not events:
-            return
+            return []
+        if effects and len(effects) != len(events):
+            raise StorageError("an audit batch needs one list of effects per event")
         for before, after in itertools.pairwise(events):
             if after.seq != before.seq + 1 or after.prev_hash != before.hash:
                 raise StorageError("an audit batch must be one contiguous run of the chain")
@@ -405,7 +414,53 @@ class SQLStorage(TaskStore, DestinationStore):
                 linked = previous is not None and bytes(previous) == first.prev_hash
             if not linked:
                 raise AuditConflictError(f"audit event {first.seq} does not continue the stored chain")
+            results = await self._apply_effects(conn, effects) if effects else [[] for _ in events]
             await conn.execute(t.audit_events.insert(), rows)
+        return results
+
+    async def _apply_effects(
+        self, conn: AsyncConnection, effects: Sequence[Sequence[Effect]]
+    ) -> list[list[object]]:
+        """Apply every event's effects; :class:`EffectFailedError` (rolling back) if any fails."""
+        results: list[list[object]] = []
+        failed: dict[int, Effect] = {}
+        for index, batch in enumerate(effects):
+            done: list[object] = []
+            for effect in batch:
+                if isinstance(effect, RememberJti):
+                    ok: object = await self._remember(conn, effect.key, effect.expires_at, effect.now)
+                else:
+                    ok = await self._consume(conn, effect.grant_id, effect.task_id, effect.now)
+                if ok is None or ok is False:
+                    failed[index] = effect
+                    break
+                done.append(ok)
+            results.append(done)
+        if failed:
+            raise EffectFailedError(failed)
+        return results
+
+    async def _remember(self, conn: AsyncConnection, key: bytes, expires_at: datetime, now: datetime) -> bool:
+        """Insert a replay record unless a live one exists (an expired one is replaced). Never
+        raises on a duplicate, so it can share a transaction with other writes."""
+        if len(key) > MAX_JTI_KEY_BYTES:
+            key = hashlib.sha256(b"tether-jti\0" + key).digest()
+        c = t.jti_replay.c
+        now_us, expires_us = to_us(now), to_us(expires_at)
+        dialect_insert = sqlite_insert if self.backend == "sqlite" else pg_insert
+        inserted = await conn.execute(
+            dialect_insert(t.jti_replay)
+            .values(key=key, expires_at_us=expires_us)
+            .on_conflict_do_nothing(index_elements=["key"])
+        )
+        if inserted.rowcount == 1:
+            return True
+        replaced = await conn.execute(
+            update(t.jti_replay)
+            .where(and_(c.key == key, c.expires_at_us <= now_us))
+            .values(expires_at_us=expires_us)
+        )
+        return bool(replaced.rowcount == 1)
 
     async def audit_head(self) -> tuple[int, bytes] | None:
         c = t.audit_events.c

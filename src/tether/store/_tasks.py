@@ -500,6 +500,12 @@ class TaskStore(DestinationStore):
         return [_grant(row) for row in rows]
 
     async def consume_grant_use(self, grant_id: str, task_id: str, now: datetime) -> int | None:
+        async with self._tx() as conn:
+            return await self._consume(conn, grant_id, task_id, now)
+
+    @staticmethod
+    async def _consume(conn: AsyncConnection, grant_id: str, task_id: str, now: datetime) -> int | None:
+        """Count one use if the grant is usable and its task active at ``now``: the new count."""
         g, c = t.grants.c, t.tasks.c
         now_us = to_us(now)
         live_task = (
@@ -507,23 +513,22 @@ class TaskStore(DestinationStore):
             .where(and_(c.id == task_id, c.status == TaskStatus.ACTIVE.value, c.expires_at_us > now_us))
             .scalar_subquery()
         )
-        async with self._tx() as conn:
-            row = (
-                await conn.execute(
-                    update(t.grants)
-                    .where(
-                        and_(
-                            g.id == grant_id,
-                            g.task_id == live_task,
-                            g.revoked_at_us.is_(None),
-                            g.expires_at_us > now_us,
-                            or_(g.max_uses.is_(None), g.uses < g.max_uses),
-                        )
+        row = (
+            await conn.execute(
+                update(t.grants)
+                .where(
+                    and_(
+                        g.id == grant_id,
+                        g.task_id == live_task,
+                        g.revoked_at_us.is_(None),
+                        g.expires_at_us > now_us,
+                        or_(g.max_uses.is_(None), g.uses < g.max_uses),
                     )
-                    .values(uses=g.uses + 1)
-                    .returning(g.uses)
                 )
-            ).first()
+                .values(uses=g.uses + 1)
+                .returning(g.uses)
+            )
+        ).first()
         return None if row is None else int(row[0])
 
     async def revoke_grants(

@@ -9,7 +9,7 @@ and never let a driver exception escape.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -26,8 +26,12 @@ from tether.errors import ConflictError, StorageError
 __all__ = [
     "AuditConflictError",
     "AuditCorruptionError",
+    "ConsumeGrantUse",
+    "Effect",
+    "EffectFailedError",
     "GrantInUse",
     "PolicySetRecord",
+    "RememberJti",
     "Storage",
     "StoredAuditRow",
     "StoredCheckpoint",
@@ -57,6 +61,39 @@ class VersionConflictError(ConflictError):
 class AuditConflictError(ConflictError):
     """Another writer (another node) appended at these sequence numbers first, or the batch
     does not continue the stored head. Reload the head and rebuild the batch."""
+
+
+@dataclass(frozen=True, slots=True)
+class RememberJti:
+    """Effect: record a one-time identifier (a DPoP proof's replay key) until ``expires_at``;
+    fails if a live record exists (a replay)."""
+
+    key: bytes
+    expires_at: datetime
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumeGrantUse:
+    """Effect: count one use of a grant, as :meth:`Storage.consume_grant_use`; fails if nothing
+    was counted. Its result is the new use count."""
+
+    grant_id: str
+    task_id: str
+    now: datetime
+
+
+#: What may ride along with an audit event, in the same transaction.
+Effect = RememberJti | ConsumeGrantUse
+
+
+class EffectFailedError(ConflictError):
+    """Effects of an audit batch failed; nothing of the batch was written. ``failed`` maps each
+    failing event's index in the batch to the effect that failed."""
+
+    def __init__(self, failed: Mapping[int, Effect]) -> None:
+        super().__init__(f"{len(failed)} audited effect(s) failed")
+        self.failed = dict(failed)
 
 
 class AuditCorruptionError(StorageError):
@@ -224,10 +261,17 @@ class Storage(Protocol):
         ...
 
     # -- audit (append-only; see tether.audit) ---------------------------------------------
-    async def append_audit_events(self, events: Sequence[Event]) -> None:
+    async def append_audit_events(
+        self, events: Sequence[Event], effects: Sequence[Sequence[Effect]] = ()
+    ) -> list[list[object]]:
         """Append a contiguous run of chained events in one transaction. Raises
         :class:`AuditConflictError` if any sequence number is taken or the first event does
-        not link to the stored event before it (a concurrent append from another node)."""
+        not link to the stored event before it (a concurrent append from another node).
+
+        ``effects[i]`` are applied in the same transaction as ``events[i]`` (what the event records
+        and the change it records commit together, or neither). If any fails, nothing is written
+        and :class:`EffectFailedError` names the events whose effects failed. Returns each event's
+        effect results (a :class:`ConsumeGrantUse` gives the new use count)."""
         ...
 
     async def audit_head(self) -> tuple[int, bytes] | None:
