@@ -192,7 +192,7 @@ def _destination(name: str, base: str, **extra: Any) -> dict[str, Any]:
 async def env(broker: Broker) -> AsyncIterator[Env]:
     upstream = Upstream()
     up_server, up_task, up_port = await _serve(upstream)
-    app = create_app(broker, max_request_bytes=16 * MIB)
+    app = create_app(broker)  # the default app limit: egress bodies are bounded per destination
     server, task, port = await _serve(app)
     url = f"http://127.0.0.1:{port}"
     base = f"http://127.0.0.1:{up_port}/gh"

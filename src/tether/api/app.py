@@ -29,6 +29,7 @@ from tether.broker import Broker
 __all__ = ["DEFAULT_MAX_REQUEST_BYTES", "create_app"]
 
 DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
+EGRESS_PREFIX = "/v1/egress/"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -40,7 +41,8 @@ class _BodyLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path", "").startswith(EGRESS_PREFIX):
+            # Egress bodies are bounded per destination (max_body_bytes) by the proxy itself.
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", ()):

@@ -9,6 +9,7 @@ import logging
 import uvicorn
 
 from tether.api.app import create_app
+from tether.api.routes_egress import close_egress
 from tether.broker import Broker
 from tether.config import Settings
 from tether.errors import ConfigError
@@ -30,8 +31,9 @@ async def serve_broker(
     """Serve an already started ``broker`` until the server is told to stop."""
     if not _is_loopback(host):
         log.warning("listening on %s: Tether serves plain HTTP; put TLS in front of it", host)
+    app = create_app(broker)
     config = uvicorn.Config(
-        create_app(broker),
+        app,
         host=host,
         port=port,
         log_config=None,
@@ -55,6 +57,7 @@ async def serve_broker(
     try:
         await _serve(server, started)
     finally:
+        await close_egress(app)  # lifespan is off: release the upstream connections here
         for background in (checkpoints, sweeper):
             background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
