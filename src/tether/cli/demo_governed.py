@@ -10,9 +10,12 @@ every answer comes from Tether.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import secrets
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +26,12 @@ from tether.cli.client import APIError, OperatorClient, secret_url
 from tether.cli.output import CommandError, out
 from tether.crypto.jose import generate_private_jwk
 from tether.sdk import Agent
+from tether.sdk.egress import EgressClient
 
 __all__ = ["GOVERNED_STEPS", "POLICY_FILE", "narrate_governed_path"]
 
 POLICY_FILE = Path(__file__).resolve().parents[3] / "examples" / "policies" / "tether.cedar"
-GOVERNED_STEPS = 11
+GOVERNED_STEPS = 12
 AGENTS_DIR = "demo-agents"
 
 # One secret of each sensitivity (values are generated at run time, never literals).
@@ -51,6 +55,50 @@ AGENTS = {
     },
     "report-bot": {"team": "data", "environment": "prod", "owner": "carol", "labels": ["report"]},
 }
+
+
+class _Upstream:
+    """A local stand-in for an API that needs the secret: it answers 200 only with
+    ``Authorization: Bearer <token>``, and (carelessly) echoes the header back, as a debugging
+    endpoint or a prompt-injected tool might."""
+
+    def __init__(self) -> None:
+        self.token = ""  # set once the demo has written the secret's value
+        self.seen_token = False
+
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                authorization = self.headers.get("Authorization", "")
+                expected = f"Bearer {upstream.token}"
+                ok = bool(upstream.token) and hmac.compare_digest(authorization.encode(), expected.encode())
+                upstream.seen_token = upstream.seen_token or ok
+                body = json.dumps(
+                    {"repo": "acme/app", "deployments": 3, "debug_echo": authorization}
+                    if ok
+                    else {"error": "bad credentials"}
+                ).encode()
+                self.send_response(200 if ok else 401)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, name="demo-upstream", daemon=True)
+
+    def __enter__(self) -> _Upstream:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def _step(number: int, text: str) -> None:
@@ -86,7 +134,9 @@ def _checked(response: httpx.Response, status: int, what: str) -> dict[str, Any]
     return body
 
 
-def _seed_domain(api: OperatorClient, data_dir: Path) -> dict[str, Agent]:
+def _seed_domain(
+    api: OperatorClient, data_dir: Path, upstream_port: int
+) -> tuple[dict[str, Agent], dict[str, str]]:
     if not POLICY_FILE.exists():
         raise CommandError(f"the example policy set is missing ({POLICY_FILE}); run the demo from a checkout")
     text = POLICY_FILE.read_text(encoding="utf-8")
@@ -98,23 +148,30 @@ def _seed_domain(api: OperatorClient, data_dir: Path) -> dict[str, Agent]:
         deployed = {}
     if deployed.get("sha256") != hashlib.sha256(text.encode("utf-8")).hexdigest():
         deployed = api.put("/v1/policies", json={"policies": text, "comment": "tether demo"})
+    values: dict[str, str] = {}
     for path, meta in SECRETS.items():
-        api.put(
-            secret_url(path), json={"value": "demo_" + secrets.token_urlsafe(24), "owner": "demo", **meta}
-        )
+        values[path] = "demo_" + secrets.token_urlsafe(24)  # generated now, never a literal
+        api.put(secret_url(path), json={"value": values[path], "owner": "demo", **meta})
     existing = {d["name"] for d in api.get("/v1/destinations")["destinations"]}
     for name, secret in DESTINATIONS.items():
-        if name not in existing:
-            api.post(
-                "/v1/destinations",
-                json={
-                    "name": name,
-                    "base_url": f"https://{name}.example.test/",
-                    "secret": secret,
-                    "inject": {"type": "header", "name": "Authorization", "template": "Bearer {secret}"},
-                    "methods": ["GET", "POST"],
-                },
-            )
+        local = name == "github"  # the local upstream, on a new port each run: registered afresh
+        if name in existing and local:
+            api.delete(f"/v1/destinations/{name}")
+        if name in existing and not local:
+            continue
+        api.post(
+            "/v1/destinations",
+            json={
+                "name": name,
+                "base_url": f"http://127.0.0.1:{upstream_port}/"
+                if local
+                else f"https://{name}.example.test/",
+                "secret": secret,
+                "inject": {"type": "header", "name": "Authorization", "template": "Bearer {secret}"},
+                "methods": ["GET", "POST"],
+                "path_prefixes": ["/repos"] if local else ["/"],
+            },
+        )
     agents: dict[str, Agent] = {}
     registered = {a["name"]: a for a in api.get("/v1/agents")["agents"]}
     for name, attributes in AGENTS.items():
@@ -131,13 +188,14 @@ def _seed_domain(api: OperatorClient, data_dir: Path) -> dict[str, Agent]:
         f"Example trust domain: policy set v{deployed['version']} from examples/policies (default deny, "
         f"{len(deployed.get('policy_ids', []))} policies), {len(SECRETS)} secrets (public, internal, "
         f"confidential, restricted), destinations {', '.join(DESTINATIONS)}, agents {', '.join(AGENTS)} "
-        f"(keys in {escape(str(data_dir / AGENTS_DIR))}).",
+        f"(keys in {escape(str(data_dir / AGENTS_DIR))}); destination github is a local upstream on "
+        f"127.0.0.1:{upstream_port} that needs prod/github/token.",
     )
-    return agents
+    return agents, values
 
 
 def _decision_of(api: OperatorClient, task_id: str, kind: str) -> str:
-    events = api.get("/v1/audit/events", params={"task_id": task_id, "kind": kind})["events"]
+    events = api.get("/v1/audit/events", params={"task": task_id, "kind": kind})["events"]
     if not events:
         return "?"
     decision = events[-1].get("decision") or {}
@@ -146,7 +204,21 @@ def _decision_of(api: OperatorClient, task_id: str, kind: str) -> str:
 
 def narrate_governed_path(api: OperatorClient, data_dir: Path) -> None:
     """Seed the example domain and walk the governed path. Raises :class:`CommandError` on surprise."""
-    agents = _seed_domain(api, data_dir)
+    with _Upstream() as upstream:
+        agents, values = _seed_domain(api, data_dir, upstream.port)
+        upstream.token = values["prod/github/token"]
+        tid = _walk(api, agents, values, upstream)
+    verified = api.get("/v1/audit/verify")
+    if not verified.get("ok"):
+        raise CommandError(f"audit verification failed: {verified}")
+    _step(
+        12,
+        f"Audit: every decision, issuance, use, redaction and revocation above is in the hash chain; "
+        f"verified {verified.get('checked', '?')} events, ok. Try `tether audit query --task {tid}`.",
+    )
+
+
+def _walk(api: OperatorClient, agents: dict[str, Agent], values: dict[str, str], upstream: _Upstream) -> str:
     bot = agents["deploy-bot"]
     try:
         me = bot.whoami()
@@ -160,7 +232,7 @@ def narrate_governed_path(api: OperatorClient, data_dir: Path) -> None:
                     "purpose": "deploy",
                     "objective": "Deploy release 1.4 of acme/app",
                     "sensitivity": "confidential",
-                    "secrets": ["prod/github/token", "prod/stripe/key"],
+                    "secrets": ["prod/docs/token", "prod/github/token", "prod/stripe/key"],
                     "destinations": ["github", "stripe"],
                     "ttl_seconds": 600,
                 },
@@ -179,27 +251,22 @@ def narrate_governed_path(api: OperatorClient, data_dir: Path) -> None:
             bot.request(
                 "POST",
                 f"/v1/tasks/{tid}/grants",
-                json={
-                    "secret": "prod/github/token",
-                    "destination": "github",
-                    "mode": "reveal",
-                    "max_uses": 3,
-                },
+                json={"secret": "prod/docs/token", "destination": "github", "mode": "reveal", "max_uses": 3},
             ),
             201,
             "issuing a grant",
         )
         _step(
             4,
-            f"Issued grant {grant['id']} (reveal prod/github/token, 3 uses, bound to deploy-bot's key). "
+            f"Issued grant {grant['id']} (reveal prod/docs/token, 3 uses, bound to deploy-bot's key). "
             "It holds no secret: issuance is not use.",
         )
 
         used = _checked(bot.request("POST", f"/v1/grants/{grant['id']}/activate"), 200, "activating")
         _step(
             5,
-            f"Activated it: decided again now, counted (uses left {used['uses_left']}), audited, then the "
-            f"value was handed over once: {_masked(used['value'])}.",
+            f"Activated it: decided again now, then audited and counted in one write (uses left "
+            f"{used['uses_left']}); only then was the value handed over: {_masked(used['value'])}.",
         )
 
         refused = bot.request(
@@ -214,8 +281,28 @@ def narrate_governed_path(api: OperatorClient, data_dir: Path) -> None:
             f"{', '.join(body['decision']['policies'])} — confidential values are injected, never shown.",
         )
 
+        inject = _checked(
+            bot.request("POST", f"/v1/tasks/{tid}/grants", json={"destination": "github", "mode": "inject"}),
+            201,
+            "issuing an inject grant",
+        )
+        http = EgressClient(bot, tid)
+        called = http.get("github", "/repos/acme/app")
+        answer = _checked(called, 200, "calling github through egress")
+        if not upstream.seen_token or values["prod/github/token"] in called.text:
+            raise CommandError("the egress call did not behave as expected; refusing to go on")
+        _step(
+            7,
+            f"Inject grant {inject['id']}: the agent called github through Tether "
+            f"(GET /v1/egress/github/repos/acme/app); Tether decided again, injected prod/github/token, and "
+            f"the upstream answered 200. The upstream echoed the token back; the agent got "
+            f"{escape(str(answer.get('debug_echo')))!r} (an egress.redact event records it).",
+        )
+
         patched = _checked(
-            bot.request("PATCH", f"/v1/tasks/{tid}", json={"secrets": ["prod/stripe/key"]}),
+            bot.request(
+                "PATCH", f"/v1/tasks/{tid}", json={"secrets": ["prod/github/token", "prod/stripe/key"]}
+            ),
             200,
             "changing the task",
         )
@@ -223,16 +310,17 @@ def narrate_governed_path(api: OperatorClient, data_dir: Path) -> None:
             bot.request("POST", f"/v1/grants/{grant['id']}/activate"), 403, "using a revoked grant"
         )
         _step(
-            7,
-            f"Changed the task's context (it no longer needs prod/github/token): {patched['grants_revoked']} "
-            f"live grant(s) revoked at once; the next use is refused: {escape(again['detail'])}.",
+            8,
+            f"Changed the task's context (it no longer needs prod/docs/token): every live grant was decided "
+            f"again at once and {patched['grants_revoked']} revoked; its next use is refused: "
+            f"{escape(again['detail'])}. The inject grant, still within the new context, stays.",
         )
 
         _incident(api, bot)
 
         ended = _checked(bot.request("POST", f"/v1/tasks/{tid}/complete"), 200, "completing the task")
         _step(
-            9,
+            10,
             f"Completed task {tid}: everything issued for it is revoked in one transaction "
             f"({ended['grants_revoked']} grant(s) were still live).",
         )
@@ -240,19 +328,16 @@ def narrate_governed_path(api: OperatorClient, data_dir: Path) -> None:
         after = _checked(
             bot.request("POST", f"/v1/grants/{grant['id']}/activate"), 403, "using after completion"
         )
-        _step(10, f"Tried the grant once more: refused ({escape(after['detail'])}).")
+        blocked = _checked(http.get("github", "/repos/acme/app"), 403, "egress after completion")
+        _step(
+            11,
+            f"Tried again: the reveal grant is refused ({escape(after['detail'])}), and so is the call "
+            f"to github ({escape(blocked['detail'])}).",
+        )
+        return str(tid)
     finally:
         for agent in agents.values():
             agent.close()
-
-    verified = api.get("/v1/audit/verify")
-    if not verified.get("ok"):
-        raise CommandError(f"audit verification failed: {verified}")
-    _step(
-        11,
-        f"Audit: every decision, issuance, use and revocation above is in the hash chain; verified "
-        f"{verified.get('checked', '?')} events, ok. Try `tether audit query --task {tid}`.",
-    )
 
 
 def _incident(api: OperatorClient, bot: Agent) -> None:
@@ -289,7 +374,7 @@ def _incident(api: OperatorClient, bot: Agent) -> None:
     )
     _checked(bot.request("POST", f"/v1/tasks/{iid}/revoke"), 200, "revoking the incident task")
     _step(
-        8,
+        9,
         f"Restricted secret prod/pagerduty/key: the first ask was answered 'approval required' "
         f"({approval_id}, policy {', '.join(pending['decision']['policies'])}); an approver approved it "
         f"with a reason, the same ask then got grant {granted['id']} (inject only), and revoking the "

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 from tether.domain.tasks import validate_id
 from tether.errors import InvalidInputError
 from tether.sdk.client import TetherAPIError, checked
+from tether.sdk.egress import AsyncEgressClient, EgressClient
 
 if TYPE_CHECKING:
     from tether.sdk.client import Agent, AsyncAgent
@@ -253,6 +254,31 @@ def _log_failed_ending(task_id: str, exc: BaseException) -> None:
     log.warning("task %s: could not be failed after an error (%s)", task_id, type(exc).__name__)
 
 
+def _delegation_request(
+    agent: str,
+    objective: str,
+    secrets: Iterable[str],
+    destinations: Iterable[str],
+    tools: Iterable[str],
+    sensitivity: str | None,
+    ttl_seconds: int | None,
+) -> dict[str, Any]:
+    if not isinstance(agent, str) or not agent:
+        raise InvalidInputError("agent (the delegate's SPIFFE ID or name) is required", field="agent")
+    body: dict[str, Any] = {
+        "agent": agent,
+        "objective": objective,
+        "secrets": list(secrets),
+        "destinations": list(destinations),
+        "tools": list(tools),
+    }
+    if sensitivity is not None:
+        body["sensitivity"] = sensitivity
+    if ttl_seconds is not None:
+        body["ttl_seconds"] = ttl_seconds
+    return body
+
+
 class Task(_TaskState):
     """A handle on one task of a synchronous :class:`~tether.sdk.Agent`. Use it as a context
     manager: the task is completed on normal exit and failed on an exception."""
@@ -260,6 +286,7 @@ class Task(_TaskState):
     def __init__(self, agent: Agent, body: Mapping[str, Any], clock: Callable[[], float] = time.time) -> None:
         super().__init__(body, clock)
         self._agent = agent
+        self._http: EgressClient | None = None
 
     def _call(self, method: str, path: str, ok: tuple[int, ...] = (200,), **kwargs: Any) -> dict[str, Any]:
         return checked(self._agent.request(method, path, **kwargs), ok)
@@ -292,6 +319,31 @@ class Task(_TaskState):
         """
         body = _grant_request(secret, destination, mode, ttl_seconds, max_uses)
         return Grant.from_json(self._call("POST", f"{self._url}/grants", (201,), json=body))
+
+    @property
+    def http(self) -> EgressClient:
+        """An HTTP client through Tether's egress for this task: ``task.http.get("github", "/repos/o/r")``
+        sends the request with the destination's secret injected by Tether; the agent never sees it
+        (it needs an ``inject`` grant for the destination: :meth:`grant`)."""
+        if self._http is None:
+            self._http = EgressClient(self._agent, self.id)
+        return self._http
+
+    def delegate(
+        self,
+        *,
+        agent: str,
+        objective: str,
+        secrets: Iterable[str] = (),
+        destinations: Iterable[str] = (),
+        tools: Iterable[str] = (),
+        sensitivity: str | None = None,
+        ttl_seconds: int | None = None,
+    ) -> str:
+        """Hand a narrower sub-task to ``agent`` (its SPIFFE ID or name); returns the child task's id,
+        which the delegate picks up with ``agent.join_task(id)``."""
+        body = _delegation_request(agent, objective, secrets, destinations, tools, sensitivity, ttl_seconds)
+        return str(self._call("POST", f"{self._url}/delegate", (201,), json=body)["id"])
 
     def grants(self) -> list[Grant]:
         """Every grant issued in this task, with its status."""
@@ -370,6 +422,29 @@ class AsyncTask(_TaskState):
     ) -> None:
         super().__init__(body, clock)
         self._agent = agent
+        self._http: AsyncEgressClient | None = None
+
+    @property
+    def http(self) -> AsyncEgressClient:
+        """The asynchronous twin of :attr:`Task.http`."""
+        if self._http is None:
+            self._http = AsyncEgressClient(self._agent, self.id)
+        return self._http
+
+    async def delegate(
+        self,
+        *,
+        agent: str,
+        objective: str,
+        secrets: Iterable[str] = (),
+        destinations: Iterable[str] = (),
+        tools: Iterable[str] = (),
+        sensitivity: str | None = None,
+        ttl_seconds: int | None = None,
+    ) -> str:
+        """Hand a narrower sub-task to ``agent``; returns the child task's id (see :meth:`Task.delegate`)."""
+        body = _delegation_request(agent, objective, secrets, destinations, tools, sensitivity, ttl_seconds)
+        return str((await self._call("POST", f"{self._url}/delegate", (201,), json=body))["id"])
 
     async def _call(
         self, method: str, path: str, ok: tuple[int, ...] = (200,), **kwargs: Any
