@@ -473,3 +473,12 @@ async def test_sdk_egress_client(env: Env) -> None:
     assert posted.status_code == 200
     assert env.upstream.seen[-1]["method"] == "POST"
     _assert_no_secret(env, posted.text)
+
+
+async def test_sdk_task_http_routes_through_egress(env: Env) -> None:
+    task = await env.agent.join_task(env.task_id)
+    response = await task.http.get("github", "/echo/task-http")
+    assert response.status_code == 200, response.text
+    assert env.upstream.seen[-1]["path"] == "/gh/echo/task-http"
+    assert dict(env.upstream.seen[-1]["headers"])["authorization"] == f"Bearer {env.secret}"
+    _assert_no_secret(env, response.text)

@@ -266,6 +266,26 @@ def test_join_task_gives_a_handle_on_an_existing_task(served: Served) -> None:
         assert opened.refresh().status == "completed"
 
 
+def test_delegate_hands_a_narrower_sub_task_that_the_delegate_joins(served: Served) -> None:
+    value = served.values["prod/github/token"]
+    with served.agent("planner") as planner, served.agent("worker") as worker:
+        with planner.task(**DEPLOY) as task:
+            child_id = task.delegate(
+                agent="worker",
+                objective="fetch the token",
+                secrets=["prod/github/token"],
+                destinations=["github"],
+            )
+            with pytest.raises(TetherDenied):  # wider than the parent: refused
+                task.delegate(agent="worker", objective="more", secrets=["prod/pagerduty/key"])
+            with worker.join_task(child_id) as child:
+                assert child.info["depth"] == 1
+                assert child.info["parent_id"] == task.id
+                assert child.reveal("prod/github/token", destination="github") == value
+            assert task.refresh().status == "active"  # the child ended; the parent did not
+        assert worker.join_task(child_id).status == "completed"
+
+
 def test_update_revokes_grants_the_new_context_no_longer_allows(served: Served) -> None:
     with served.agent("deploy-bot") as agent, agent.task(**DEPLOY) as task:
         assert task.reveal("prod/github/token", destination="github")
