@@ -180,6 +180,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    from tests.security.report import COUNTS
+
+    for category, counts in sorted(COUNTS.items()):
+        terminalreporter.write_line(
+            f"security: {category}: {counts.tried} tried, {counts.refused} refused, "
+            f"{counts.server_errors} server errors" + (f" ({counts.note})" if counts.note else ""),
+            red=counts.server_errors > 0,
+        )
     line = config.stash.get(_SCAN, None)
     if line:
         terminalreporter.write_line(
