@@ -46,6 +46,7 @@ _ENV = {
     "approval_webhook_url": "TETHER_APPROVAL_WEBHOOK_URL",
     "max_delegation_depth": "TETHER_MAX_DELEGATION_DEPTH",
     "sweep_interval_seconds": "TETHER_SWEEP_INTERVAL_SECONDS",
+    "sqlite_synchronous": "TETHER_SQLITE_SYNCHRONOUS",
 }
 
 #: The purposes a task may declare unless the deployment configures its own vocabulary.
@@ -113,6 +114,10 @@ class Settings:
     approval_webhook_url: str | None = None
     max_delegation_depth: int = 4
     sweep_interval_seconds: int = 5
+    #: ``full``: every commit (an audit event with what it records) is fsynced before it is
+    #: acknowledged — survives power loss. ``normal`` (WAL): survives a crash of the process, not
+    #: of the machine; an order of magnitude faster per commit. See docs/operations.md.
+    sqlite_synchronous: str = "full"
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -138,6 +143,8 @@ class Settings:
         if not (1 <= self.audit_checkpoint_interval_seconds <= 86_400):
             raise ConfigError("audit_checkpoint_interval_seconds must be between 1 and 86400")
         self._check_task_settings()
+        if self.sqlite_synchronous not in {"full", "normal"}:
+            raise ConfigError("sqlite_synchronous must be full or normal")
 
     def _check_task_settings(self) -> None:
         if not (60 <= self.task_max_ttl_seconds <= 30 * 86_400):
@@ -229,6 +236,7 @@ class Settings:
             "node_id",
             "public_url",
             "approval_webhook_url",
+            "sqlite_synchronous",
         ):
             if name in values and not isinstance(values[name], str):
                 raise ConfigError(f"{name} must be a string")
@@ -250,6 +258,7 @@ class Settings:
             "audit_jsonl_path",
             "public_url",
             "approval_webhook_url",
+            "sqlite_synchronous",
         ):
             value = getattr(self, name)
             if value is None or (name == "database_url" and value == self._default_database_url()):

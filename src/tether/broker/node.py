@@ -96,7 +96,11 @@ class Broker:
     def from_settings(
         cls, settings: Settings, *, clock: Clock | None = None, key_provider: KeyProvider | None = None
     ) -> Broker:
-        storage = open_storage(settings.database_url, pg_schema=settings.pg_schema)
+        storage = open_storage(
+            settings.database_url,
+            pg_schema=settings.pg_schema,
+            sqlite_synchronous=settings.sqlite_synchronous,
+        )
         return cls(settings, storage, clock=clock, key_provider=key_provider)
 
     async def init(self) -> InitResult:

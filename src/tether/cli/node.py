@@ -200,7 +200,9 @@ def migrate(data_dir: Path) -> tuple[str, str]:
     if not data_dir.is_dir():
         raise CommandError(f"data dir {data_dir} does not exist")
     settings = Settings.load(data_dir)
-    storage = open_storage(settings.database_url, pg_schema=settings.pg_schema)
+    storage = open_storage(
+        settings.database_url, pg_schema=settings.pg_schema, sqlite_synchronous=settings.sqlite_synchronous
+    )
 
     async def run() -> None:
         try:

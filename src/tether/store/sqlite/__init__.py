@@ -15,6 +15,8 @@ __all__ = ["open_sqlite"]
 
 def open_sqlite(path: Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000) -> SQLStorage:
     """Storage in the SQLite file at ``path`` (created on first migration)."""
+    if synchronous not in {"FULL", "NORMAL"}:
+        raise ValueError("synchronous must be FULL or NORMAL")
     engine = create_async_engine(f"sqlite+aiosqlite:///{path}", pool_size=4, max_overflow=4)
 
     @event.listens_for(engine.sync_engine, "connect")
