@@ -5,6 +5,7 @@ HTTP API fixtures live in ``tests/integration/conftest.py``.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -140,40 +141,140 @@ def raw_store(request: pytest.FixtureRequest, storage: Storage) -> RawStore:
     return request.node.stash[RAW_STORE]
 
 
-# -- suite-wide audit canary scan ---------------------------------------------------------------
-# Every broker the suite starts (in-process, and server subprocesses through the environment)
-# copies its audit events to one JSON Lines file. When the session ends, that file is scanned
-# for every canary value the tests issued (tests.security.canaries.new_canary), in plain, URL,
-# hex and base64 forms. A leak fails the run.
+# -- suite-wide leak canary scan -----------------------------------------------------------------
+# The tests plant canary secrets (tests.security.canaries.new_canary). Everything a thief or a
+# careless operator could read is scanned for each, in plain, URL, hex and base64 forms:
+# - audit: every broker the suite starts (in-process, and server subprocesses through the
+#   environment) copies its audit events to one JSON Lines file, scanned when the session ends;
+# - logs: every log record of this process (Tether's at DEBUG, httpx's at INFO, others at the
+#   root level), formatted with its exception text, scanned as it is emitted;
+# - http: every response any Tether app in this process sends (ASGI transport or uvicorn), headers
+#   and body, except the body of a reveal or dynamic activation (the one place a value belongs);
+# - db: the integration ``broker`` fixture's database at teardown (SQLite files, PostgreSQL rows);
+# - metrics: ``GET /metrics`` at ``client`` teardown, and every Tether app's registry at the end.
+# A leak fails the run; the summary prints one line of counts.
 
 AUDIT_SINK_ENV = "TETHER_AUDIT_JSONL"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    if AUDIT_SINK_ENV not in os.environ:
-        sink_dir = Path(tempfile.mkdtemp(prefix="tether-audit-scan-"))
-        os.environ[AUDIT_SINK_ENV] = str(sink_dir / "all-events.jsonl")
-        config.stash[_OWN_SINK] = True
+class _LogScan(logging.Handler):
+    """Scans each log record as the operator's log file would hold it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tests.security.canaries import SCAN
+
+        try:
+            line = self.format(record)
+        except Exception:  # a malformed record is logging's to report, not a leak
+            self.handleError(record)
+            return
+        SCAN.check("logs", f"log {record.name}:{record.lineno}", line, count=line.count("\n") + 1)
+
+
+def _scanning_call(original: Any) -> Any:
+    """``FastAPI.__call__`` that scans what a Tether app sends (other apps pass untouched)."""
+    from tests.security.canaries import SCAN
+
+    async def call(app: Any, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or getattr(app.state, "broker", None) is None:
+            await original(app, scope, receive, send)
+            return
+        registry = getattr(getattr(app.state, "metrics", None), "registry", None)
+        if registry is not None:
+            SCAN.metric_registries.setdefault(id(registry), registry)
+        method, path = scope["method"], scope["path"]
+        keep_request = method in ("POST", "PATCH") and path.startswith("/v1/tasks")
+        request_body: list[bytes] = []
+        status = 0
+        headers: list[tuple[bytes, bytes]] = []
+        body: list[bytes] = []
+
+        async def receive_copy() -> Any:
+            message = await receive()
+            if keep_request and message["type"] == "http.request":
+                request_body.append(message.get("body", b""))
+            return message
+
+        async def send_copy(message: Any) -> None:
+            nonlocal status, headers
+            if message["type"] == "http.response.start":
+                status, headers = message["status"], list(message.get("headers", []))
+            elif message["type"] == "http.response.body":
+                body.append(message.get("body", b""))
+            await send(message)
+
+        try:
+            await original(app, scope, receive_copy, send_copy)
+        finally:
+            if status:
+                SCAN.check_response(
+                    method=method,
+                    path=path,
+                    status=status,
+                    headers=headers,
+                    body=b"".join(body),
+                    request_body=b"".join(request_body),
+                )
+
+    return call
 
 
 _OWN_SINK = pytest.StashKey[bool]()
 _SCAN = pytest.StashKey[str]()
+_LEAKS = pytest.StashKey[list[str]]()
+_RESTORE = pytest.StashKey[list[Any]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from fastapi import FastAPI
+
+    if AUDIT_SINK_ENV not in os.environ:
+        sink_dir = Path(tempfile.mkdtemp(prefix="tether-audit-scan-"))
+        os.environ[AUDIT_SINK_ENV] = str(sink_dir / "all-events.jsonl")
+        config.stash[_OWN_SINK] = True
+    if not config.stash.get(_OWN_SINK, False):
+        return  # a nested run (a suite inside a test): the outer session scans
+    handler = _LogScan()
+    logging.getLogger().addHandler(handler)
+    levels = {name: logging.getLogger(name).level for name in ("tether", "httpx")}
+    logging.getLogger("tether").setLevel(logging.DEBUG)
+    logging.getLogger("httpx").setLevel(logging.INFO)
+    original = FastAPI.__call__
+    FastAPI.__call__ = _scanning_call(original)  # type: ignore[method-assign]
+    config.stash[_RESTORE] = [handler, levels, original]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from fastapi import FastAPI
+
+    restore = config.stash.get(_RESTORE, None)
+    if restore is None:
+        return
+    handler, levels, original = restore
+    logging.getLogger().removeHandler(handler)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    FastAPI.__call__ = original  # type: ignore[method-assign]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    from tests.security.canaries import ISSUED, find_leaks
+    from tests.security.canaries import SCAN
 
     if not session.config.stash.get(_OWN_SINK, False):
         return
     path = Path(os.environ[AUDIT_SINK_ENV])
     content = path.read_bytes() if path.exists() else b""
     events = content.count(b"\n")
-    leaks = find_leaks(content, ISSUED) if content else []
-    session.config.stash[_SCAN] = (
-        f"audit canary scan: {events} events from the whole suite, {len(ISSUED)} canaries, {len(leaks)} leaks"
-        + (f": {leaks[:5]}" if leaks else "")
-    )
-    if leaks:
+    if content:
+        SCAN.check("audit", "audit events (JSON Lines)", content, count=0)
+    SCAN.check_metric_registries()
+    session.config.stash[_SCAN] = SCAN.summary(events)
+    session.config.stash[_LEAKS] = [str(leak) for leak in SCAN.leaks]
+    if SCAN.leaks:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     else:
         shutil.rmtree(path.parent, ignore_errors=True)
@@ -190,6 +291,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         )
     line = config.stash.get(_SCAN, None)
     if line:
-        terminalreporter.write_line(
-            line, red="leaks: [" in line or ": [" in line, green=line.endswith(" 0 leaks")
-        )
+        leaks = config.stash.get(_LEAKS, [])
+        terminalreporter.write_line(line, red=bool(leaks), green=not leaks)
+        for leak in leaks[:20]:
+            terminalreporter.write_line(f"  leak: {leak}", red=True)
+        if len(leaks) > 20:
+            terminalreporter.write_line(f"  … and {len(leaks) - 20} more", red=True)

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from tests.security.canaries import SCAN
 from tether.api import create_app
 from tether.broker import Broker
 from tether.config import Settings
@@ -40,6 +41,7 @@ async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     result = await node.init()
     node.root_token = result.root_token  # type: ignore[attr-defined]
     yield node
+    await SCAN.check_store(node, request.node.nodeid)  # the suite-wide leak scan (tests/conftest.py)
     if schema is not None:
         async with node.storage._engine.begin() as conn:  # type: ignore[attr-defined]
             await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
@@ -58,6 +60,8 @@ async def client(broker: Broker) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://tether.test") as http:
         yield http
+        # Metrics output for the suite-wide leak scan (the response is scanned as it is sent).
+        await http.get("/metrics", headers={"Authorization": f"Bearer {broker.root_token}"})  # type: ignore[attr-defined]
 
 
 @pytest.fixture
