@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DATA   ?= .tether/dev
 LISTEN ?= 127.0.0.1:8420
 
-.PHONY: run test lint fmt bench clean lock
+.PHONY: run test lint fmt bench clean lock fuzz
 
 $(STAMP): requirements/dev.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Tether needs Python >= 3.11")'
@@ -22,6 +22,10 @@ run: $(STAMP)
 ## test: set up, lint and type-check, run the whole suite
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+## fuzz: a longer API fuzzing run (TETHER_FUZZ_EXAMPLES per operation, 100 unless set)
+fuzz: $(STAMP)
+	TETHER_FUZZ_EXAMPLES=$${TETHER_FUZZ_EXAMPLES:-100} $(BIN)/python -m pytest tests/security/test_api_fuzz.py
 
 ## lint: ruff and mypy --strict on src/
 lint: $(STAMP)
