@@ -6,6 +6,7 @@ add methods on top, and :class:`~tether.store._sql.SQLStorage` combines them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -48,6 +49,20 @@ class SQLBase:
         self._migrate_hook = migrate_hook
         self._hint = unavailable_hint
         self._binary_collation = "BINARY" if backend == "sqlite" else "C"
+        self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+
+    @property
+    def _write_lock(self) -> asyncio.Lock | None:
+        """SQLite: this process's writers take turns here (one lock per event loop)."""
+        if self.backend != "sqlite":
+            return None
+        loop = asyncio.get_running_loop()
+        lock = self._locks.get(loop)
+        if lock is None:
+            for stale in [other for other in self._locks if other.is_closed()]:
+                del self._locks[stale]
+            lock = self._locks[loop] = asyncio.Lock()
+        return lock
 
     # -- plumbing ------------------------------------------------------------------------
     def _translate(self, exc: SQLAlchemyError) -> StorageError:
@@ -76,7 +91,28 @@ class SQLBase:
         self, *, write: bool = True, on_duplicate: Callable[[], TetherError] | None = None
     ) -> AsyncIterator[AsyncConnection]:
         """One transaction. Reads say so: on SQLite they then take no write lock (WAL lets
-        them run beside a writer); writes start with BEGIN IMMEDIATE and queue."""
+        them run beside a writer); writes start with BEGIN IMMEDIATE and queue. On SQLite the
+        writers of this process queue on an asyncio lock first: SQLite admits one writer anyway,
+        and a writer waiting in SQLite's busy handler sleeps in steps of milliseconds."""
+        async with (
+            self._writer_turn(write),
+            self._transaction(write=write, on_duplicate=on_duplicate) as conn,
+        ):
+            yield conn
+
+    @asynccontextmanager
+    async def _writer_turn(self, write: bool) -> AsyncIterator[None]:
+        lock = self._write_lock if write else None
+        if lock is not None:
+            async with lock:
+                yield
+        else:
+            yield
+
+    @asynccontextmanager
+    async def _transaction(
+        self, *, write: bool, on_duplicate: Callable[[], TetherError] | None
+    ) -> AsyncIterator[AsyncConnection]:
         try:
             async with self._engine.connect() as conn:
                 if not write:

@@ -17,7 +17,9 @@ def open_sqlite(path: Path, *, synchronous: str = "FULL", busy_timeout_ms: int =
     """Storage in the SQLite file at ``path`` (created on first migration)."""
     if synchronous not in {"FULL", "NORMAL"}:
         raise ValueError("synchronous must be FULL or NORMAL")
-    engine = create_async_engine(f"sqlite+aiosqlite:///{path}", pool_size=4, max_overflow=4)
+    # A fixed pool: every connection is an aiosqlite thread and a file open, too dear to make and
+    # drop per request under load (overflow connections would be).
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}", pool_size=16, max_overflow=0, pool_timeout=30)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
