@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
-INPUTS = ("openbao", "policy", "egress", "governed", "audit", "identity")
+INPUTS = ("openbao", "openbao-full", "policy", "egress", "governed", "audit", "identity")
 
 
 def load(name: str) -> dict[str, Any] | None:
@@ -175,11 +175,34 @@ def markdown(latest: dict[str, Any]) -> str:
     lines.append("")
     if side is not None:
         lines += _side_by_side_md(side)
+    strict = latest["inputs"].get("openbao-full")
+    if strict is not None:
+        lines += _strict_md(strict)
     lines += ["## Inputs", ""]
     for name in INPUTS:
         lines.append(f"- {name}.json: {'included' if latest['inputs'].get(name) else 'missing'}")
     lines.append("")
     return "\n".join(lines)
+
+
+def _strict_md(side: dict[str, Any]) -> list[str]:
+    """The same comparison with Tether at sqlite_synchronous=full (openbao-full.json, a separate run)."""
+    lines = [
+        "## With every Tether commit fsynced (sqlite_synchronous=full)",
+        "",
+        "A separate run (`python -m bench.openbao --sqlite-synchronous full`). OpenBao's file audit device "
+        "writes without fsync; with `full`, Tether fsyncs every commit (audit event and state together) "
+        "before it answers — stricter than OpenBao, and this is what it costs.",
+        "",
+        "| measure | mode | Tether ops/s | OpenBao ops/s | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for label, name in (("B2_issuance", "B2 issuance"), ("B3_activation", "B3 activation")):
+        for mode in ("sequential", "concurrent_16"):
+            t = side[label]["tether"][mode]["ops_per_second"]["median"]
+            o = side[label]["openbao"][mode]["ops_per_second"]["median"]
+            lines.append(f"| {name} | {mode} | {t:,.1f} | {o:,.1f} | {_r(ratio(t, o))} |")
+    return [*lines, ""]
 
 
 def _side_by_side_md(side: dict[str, Any]) -> list[str]:

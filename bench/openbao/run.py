@@ -474,13 +474,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--profile", action="store_true", help="py-spy the Tether server under activation load"
     )
+    parser.add_argument(
+        "--sqlite-synchronous",
+        choices=("normal", "full"),
+        default="normal",
+        help="Tether's durability: normal (default) matches OpenBao's file audit device, which writes "
+        "without fsync; full fsyncs every commit",
+    )
     args = parser.parse_args(argv)
     if CONCURRENCY % args.procs:
         parser.error(f"--procs must divide {CONCURRENCY}")
     started = time.perf_counter()
     value = "bench-" + secrets.token_urlsafe(24)
     rss: dict[str, list[int]] = {"tether": [], "openbao": []}
-    with OpenBao() as bao, Tether() as tether:
+    results_path = RESULTS if args.sqlite_synchronous == "normal" else RESULTS.with_name("openbao-full.json")
+    with OpenBao() as bao, Tether(args.sqlite_synchronous) as tether:
         print(
             f"side by side: Tether pid {tether.pid} at {tether.addr}; "
             f"{bao.version} pid {bao.pid} at {bao.addr}",
@@ -511,7 +519,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "client_processes": args.procs,
                 "concurrency": CONCURRENCY,
                 "sequential_ops": SEQUENTIAL_COUNT,
-                "tether": "tether server (uvicorn, 1 process), SQLite WAL, hash-chained audit in the store, "
+                "tether": "tether server (uvicorn, 1 process), SQLite WAL with "
+                f"sqlite_synchronous={args.sqlite_synchronous}, hash-chained audit in the store, "
                 "DPoP on every agent request, example policy set",
                 "openbao": "bao server, raft storage, file audit device, KV v2, service tokens, "
                 "TLS off on loopback",
@@ -527,11 +536,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.profile:
             results["profile_tether_activation"] = profile(tether, bao, parents, args)
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    results_path.parent.mkdir(parents=True, exist_ok=True)
     for section in results.values():
         _drop_samples(section)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS} in {results['wall_seconds']} s", flush=True)
+    results_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {results_path} in {results['wall_seconds']} s", flush=True)
     return results
 
 

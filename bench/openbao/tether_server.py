@@ -53,7 +53,8 @@ def tether_executable() -> Path:
 class Tether:
     """One Tether node for one run: ``with Tether() as node: ...`` stops it on exit, also on error."""
 
-    def __init__(self) -> None:
+    def __init__(self, sqlite_synchronous: str = "normal") -> None:
+        self.sqlite_synchronous = sqlite_synchronous
         self.executable = tether_executable()
         self.workdir = Path(tempfile.mkdtemp(prefix="tether-bench-node-"))
         self.data_dir = self.workdir / "data"
@@ -75,6 +76,7 @@ class Tether:
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
         env["TETHER_PUBLIC_URL"] = self.addr
+        env["TETHER_SQLITE_SYNCHRONOUS"] = self.sqlite_synchronous
         return env
 
     def start(self) -> Tether:
