@@ -174,7 +174,7 @@ class TaskService:
             if compiled is None:
                 return Decision.deny(errors=("no policy set is deployed (default deny)",))
             request = DecisionRequest(principal=principal, action=action, resource=resource, context=context)
-            return compiled.decide(request)
+            return compiled.decide(request, trusted_context=True)  # built by decision_context
         except TetherError:
             raise
         except Exception as exc:
