@@ -8,6 +8,11 @@ Bounded in ``make test`` (a few examples per operation); ``make fuzz`` raises th
 ``TETHER_FUZZ_EXAMPLES``. Excluded: ``POST /v1/sys/seal`` (a sealed server refuses everything
 after it, so the rest of the run would test only the seal) and ``POST /v1/sys/keys/rotate``
 (re-wraps every value: correct, but seconds per call; covered by its own tests).
+
+Each operation runs as its own Hypothesis test built from ``operation.as_strategy`` (positive and
+negative cases), collected in one pytest test that lists every failing operation with a curl
+reproducer. ``schemathesis.pytest.from_fixture`` would do the looping, but schemathesis 4.32 sets
+``request.node._nodeid``, which pytest 9 no longer has.
 """
 
 from __future__ import annotations
