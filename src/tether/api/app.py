@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -134,4 +135,70 @@ def create_app(broker: Broker, *, max_request_bytes: int = DEFAULT_MAX_REQUEST_B
     app.include_router(routes_egress.router)
     app.add_middleware(_BodyLimit, max_bytes=max_request_bytes)
     app.add_middleware(_Measure, metrics=metrics)
+    app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
     return app
+
+
+# The errors any operation can answer, all application/problem+json (problems.py).
+_ERRORS = {
+    "400": "Bad request",
+    "401": "Authentication required",
+    "403": "Forbidden, or denied on the governed path (with the decision)",
+    "404": "Not found",
+    "405": "Method not allowed (e.g. POST /v1/secrets/{path} without :rotate)",
+    "409": "Conflict",
+    "413": "Request body too large",
+    "422": "Invalid input",
+    "502": "An upstream (egress) or a secret engine failed",
+    "503": "Sealed, or storage unavailable",
+    "504": "An upstream (egress) timed out",
+}
+_PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "RFC 9457 problem details; a denial also carries `decision` and `approval_id`.",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+        "decision": {"type": "object"},
+        "approval_id": {"type": "string"},
+    },
+    "additionalProperties": True,
+}
+
+
+def _openapi_with_problems(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with every error answer described as the problem+json it is (FastAPI
+    documents 422 as its own JSON shape and no other error)."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        description=app.description,
+        routes=app.routes,
+    )
+    schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = _PROBLEM_SCHEMA
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for path, item in schema.get("paths", {}).items():
+        for method, operation in item.items():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            for status, description in _ERRORS.items():
+                if path == "/v1/auth/token" and method == "post" and status in {"400", "401"}:
+                    # RFC 6749 §5.2: OAuth errors are application/json (carrying the problem fields too).
+                    responses[status] = {
+                        "description": description,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                    }
+                    continue
+                responses[status] = {"description": description, "content": problem}
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schema["components"]["schemas"].pop(unused, None)
+    app.openapi_schema = schema
+    return schema

@@ -30,7 +30,11 @@ async def list_secrets(
     return SecretList(secrets=[SecretOut.of(r, now) for r in page.items], next_after=page.next_after)
 
 
-@router.put("/v1/secrets/{path:path}", status_code=200)
+@router.put(
+    "/v1/secrets/{path:path}",
+    status_code=200,
+    responses={201: {"description": "Created: the first version of a new secret", "model": SecretOut}},
+)
 async def put_secret(
     path: str,
     body: SecretWrite,
