@@ -405,14 +405,6 @@ class GatedEngine:
         self.revoked.append(lease.id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: a dynamic activation whose task ends while the engine is issuing records its lease "
-        "after the ending (create_lease inserts it unrevoked), so neither the ending nor the "
-        "sweeper revokes it before it expires"
-    ),
-)
 async def test_lease_issued_while_its_task_ends_is_revoked(broker: Broker, admin: dict[str, str]) -> None:
     engine = GatedEngine()
     broker.engines.mount("prod/github/", engine)
@@ -428,7 +420,11 @@ async def test_lease_issued_while_its_task_ends_is_revoked(broker: Broker, admin
         done = await bot.request("POST", f"/v1/tasks/{task['id']}/complete")
         assert done.status_code == 200, done.text
         engine.release.set()
-        await activation
+        answered = await activation
+    assert answered.status_code == 403, answered.text  # the credential is not handed over
+    assert "the task ended" in answered.json()["detail"]
     assert engine.issued, "the engine issued no credential"
     await broker.tasks.sweep()
-    assert engine.revoked == engine.issued, "a credential of a completed task is still live at the engine"
+    # Revoked by the ending (by lease id, before the handle was known) and again with the handle:
+    # revocation is idempotent, what matters is that nothing issued stays live.
+    assert set(engine.revoked) == set(engine.issued), "a credential of a completed task is still live"

@@ -1116,22 +1116,31 @@ class TaskService:
             now=now,
             expires_at=grant.expires_at,
         )
-        issued = await self._engines.issue(engine, request)
+        # The lease is recorded before the engine issues anything: a task that ends meanwhile revokes
+        # it with everything else, and a crash mid-issue leaves a lease the sweeper revokes (engines
+        # name what they issue after request.lease_id, so they can revoke without a handle).
         lease = Lease(
             id=lease_id,
             grant_id=grant.id,
             task_id=task.id,
             engine=engine.name,
-            handle=dict(issued.handle),
+            handle={},
             created_at=now,
-            expires_at=issued.expires_at,
+            expires_at=grant.expires_at,
         )
         try:
             await self._storage.create_lease(lease)
-        except TetherError:
-            with contextlib.suppress(TetherError):
-                await self._engines.revoke(lease)  # unrecorded credentials must not live on
-            raise
+        except ConflictError:
+            raise await self._refuse(
+                caller.agent.id, f"secret:{path}", task, "the task ended", caller=None
+            ) from None
+        issued = await self._engines.issue(engine, request)
+        lease = replace(lease, handle=dict(issued.handle), expires_at=issued.expires_at)
+        if not await self._storage.set_lease_handle(lease.id, lease.handle, lease.expires_at):
+            with contextlib.suppress(TetherError):  # the sweeper retries if this fails
+                await self._engines.revoke(lease)
+                await self._storage.mark_lease_revoked(lease.id, self._clock.now())
+            raise await self._refuse(caller.agent.id, f"secret:{path}", task, "the task ended")
         return Activation(grant=grant, credential=issued.credential, expires_at=issued.expires_at)
 
     # -- approvals -----------------------------------------------------------------------------

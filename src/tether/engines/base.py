@@ -52,7 +52,9 @@ class SecretEngine(Protocol):
     async def issue(self, request: LeaseRequest) -> IssuedCredential: ...
 
     async def revoke(self, lease: Lease) -> None:
-        """Revoke the lease's credential. Idempotent: revoking twice is not an error."""
+        """Revoke the lease's credential. Idempotent: revoking twice is not an error. ``lease.handle``
+        may be empty (Tether stopped between issuing and recording the handle): an engine names what
+        it issues after ``LeaseRequest.lease_id`` so that it can still find and revoke it."""
         ...
 
 

@@ -8,7 +8,7 @@ grant, its task and its secret in one indexed query and counts a use with one co
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -717,7 +717,23 @@ class TaskStore(DestinationStore):
 
     # -- leases ------------------------------------------------------------------------------
     async def create_lease(self, lease: Lease) -> None:
+        c, g = t.tasks.c, t.grants.c
         async with self._tx(on_duplicate=lambda: ConflictError(f"lease {lease.id} already exists")) as conn:
+            # Locked, so that ending the task waits for this row and then revokes it with the rest.
+            task = (
+                await conn.execute(
+                    select(c.status, c.expires_at_us).where(c.id == lease.task_id).with_for_update()
+                )
+            ).first()
+            grant = (await conn.execute(select(g.revoked_at_us).where(g.id == lease.grant_id))).first()
+            if (
+                task is None
+                or task.status != TaskStatus.ACTIVE.value
+                or task.expires_at_us <= to_us(lease.created_at)
+                or grant is None
+                or grant.revoked_at_us is not None
+            ):
+                raise ConflictError(f"task {lease.task_id} or its grant is no longer active")
             await conn.execute(
                 t.leases.insert().values(
                     id=lease.id,
@@ -731,6 +747,19 @@ class TaskStore(DestinationStore):
                     engine_revoked_at_us=None,
                 )
             )
+
+    async def set_lease_handle(self, lease_id: str, handle: Mapping[str, Any], expires_at: datetime) -> bool:
+        lc = t.leases.c
+        async with self._tx() as conn:
+            await conn.execute(
+                update(t.leases)
+                .where(lc.id == lease_id)
+                .values(handle=json.dumps(dict(handle), sort_keys=True), expires_at_us=to_us(expires_at))
+            )
+            revoked = (
+                await conn.execute(select(lc.revoked_at_us).where(lc.id == lease_id))
+            ).scalar_one_or_none()
+        return revoked is None
 
     async def leases_to_revoke(self, now: datetime, *, limit: int = 100) -> list[Lease]:
         lc = t.leases.c

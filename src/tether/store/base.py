@@ -497,7 +497,17 @@ class Storage(Protocol):
         :class:`ConflictError` if it is no longer pending."""
         ...
 
-    async def create_lease(self, lease: Lease) -> None: ...
+    async def create_lease(self, lease: Lease) -> None:
+        """Record a lease before its engine issues the credential, if its task is active and its
+        grant unrevoked (checked under the task's lock); :class:`ConflictError` otherwise."""
+        ...
+
+    async def set_lease_handle(
+        self, lease_id: str, handle: Mapping[str, object], expires_at: datetime
+    ) -> bool:
+        """Store what the engine needs to revoke the credential it issued. False if the lease was
+        revoked meanwhile (its task ended while the engine was issuing): revoke it at once."""
+        ...
 
     async def leases_to_revoke(self, now: datetime, *, limit: int = 100) -> list[Lease]:
         """Leases revoked here (or expired) whose engine-side credential is not yet revoked."""
