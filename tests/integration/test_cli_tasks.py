@@ -168,6 +168,25 @@ def test_task_revoke_ends_the_task_and_its_grants(node: Node) -> None:
     assert_error(run(["task", "revoke", "nope"], node.env()), 2, "invalid task id")
 
 
+def test_task_tree_draws_the_delegation_tree_with_states(node: Node) -> None:
+    with agent(node, "tree-planner") as planner, agent(node, "tree-worker") as worker:
+        root = planner.task(**DEPLOY)
+        child_id = root.delegate(
+            agent="tree-worker", objective="sub", secrets=["prod/github/token"], destinations=["github"]
+        )
+        worker.join_task(child_id).complete()
+        drawn = ok(["task", "tree", child_id], node.env()).stdout
+        assert root.id in drawn
+        assert child_id in drawn
+        assert "active" in drawn
+        assert "completed" in drawn
+        assert "tree-worker" in drawn
+        tree = ok_json(["task", "tree", root.id], node.env())
+        assert [item["id"] for item in tree["items"]] == [root.id, child_id]
+        root.complete()
+    assert_error(run(["task", "tree", "../x"], node.env()), 2, "invalid task id")
+
+
 # -- tether approval -----------------------------------------------------------------------------
 
 

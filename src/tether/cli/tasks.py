@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.tree import Tree as RichTree
 
 from tether.cli.client import DEFAULT_ADDR, OperatorClient, check_secret_path, url_segment
 from tether.cli.common import Addr, Json, Token, client
@@ -218,6 +219,46 @@ def task_show(
         print_json({"task": task, "grants": grants})
         return
     _print_task(task, grants)
+
+
+@task_app.command("tree")
+def task_tree(
+    task_id: Annotated[str, typer.Argument(metavar="ID", help="Any task of the tree (tsk_…).")],
+    addr: Addr = DEFAULT_ADDR,
+    token: Token = None,
+    json_output: Json = False,
+) -> None:
+    """The delegation tree a task belongs to, root first, each task with its agent and state."""
+    url = _task_url(task_id, "/tree")
+    with client(addr, token) as api:
+        tree = api.get(url)
+    if json_output:
+        print_json(tree)
+        return
+    items: list[dict[str, Any]] = tree["items"]
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for item in items:
+        children.setdefault(item.get("parent_id"), []).append(item)
+    rich_tree = RichTree(_tree_label(children[None][0], task_id) if None in children else escape(task_id))
+
+    def add(node: RichTree, parent_id: str) -> None:
+        for child in children.get(parent_id, []):
+            add(node.add(_tree_label(child, task_id)), child["id"])
+
+    if None in children:
+        add(rich_tree, children[None][0]["id"])
+    out.print(rich_tree)
+
+
+def _tree_label(item: dict[str, Any], marked: str) -> str:
+    status = item["status"]
+    colour = {"active": "green", "pending_approval": "yellow"}.get(status, "dim")
+    mark = " [bold]◀[/]" if item["id"] == marked else ""
+    scope = ", ".join(item.get("secrets") or []) or "no secrets"
+    return (
+        f"{escape(item['id'])} [{colour}]{escape(status)}[/] {escape(_agent_name(item['agent']))} "
+        f"(depth {item['depth']}, {escape(item['sensitivity'])}; {escape(scope)}){mark}"
+    )
 
 
 @task_app.command("revoke")
