@@ -126,6 +126,7 @@ class FakeDatabaseEngine:
     """An in-memory dynamic engine: mints a role and password per lease, drops it on revoke."""
 
     name: str = "fake-db"
+    reveals_value: bool = False
     max_ttl_seconds: float = 900
     roles: dict[str, str] | None = None
 
@@ -209,6 +210,7 @@ class BrokenEngine:
 
     secret: str
     name: str = "broken"
+    reveals_value: bool = False
     issue_error: BaseException | None = None
     revoke_error: BaseException | None = None
     outlive: bool = False

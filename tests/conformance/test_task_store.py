@@ -557,6 +557,7 @@ async def test_deciding_an_open_task_approval_activates_the_pending_task(storage
 async def test_denying_an_open_task_approval_revokes_the_pending_task(storage: Storage) -> None:
     task = make_task(status=TaskStatus.PENDING_APPROVAL)
     approval = make_approval(task, action="open_task", resource=f"Agent::{AGENT}")
+    task = replace(task, approval_id=approval.id)  # the approval the task waits for
     await storage.create_task(task)
     await storage.open_approval(approval, NOW)
     decided, changed = await storage.decide_approval(
@@ -687,3 +688,41 @@ async def test_leases_to_revoke_are_revoked_or_expired_until_marked(storage: Sto
     assert await storage.leases_to_revoke(at(40)) == []
     again = await storage.end_tasks([other.id], TaskStatus.COMPLETED.value, "done", at(41))
     assert [lease.id for lease in again.leases] == [live.id]  # the engine already revoked `expiring`
+
+
+async def test_revoking_a_secrets_grants_marks_their_leases_for_engine_revocation(storage: Storage) -> None:
+    task = make_task()
+    await storage.create_task(task)
+    grant = make_grant(task)
+    await storage.create_grant(grant, now=NOW)
+    lease = make_lease(grant)
+    await storage.create_lease(lease)
+    assert await storage.leases_to_revoke(at(1)) == []
+    assert await storage.revoke_grants(secret=GITHUB, reason="rotated", now=at(2)) == 1
+    assert [pending.id for pending in await storage.leases_to_revoke(at(3))] == [lease.id]
+
+
+async def test_a_lease_revoked_while_its_handle_was_unknown_is_pending_again(storage: Storage) -> None:
+    task = make_task()
+    await storage.create_task(task)
+    grant = make_grant(task)
+    await storage.create_grant(grant, now=NOW)
+    lease = make_lease(grant)
+    await storage.create_lease(lease)
+    ended = await storage.end_tasks([task.id], TaskStatus.COMPLETED.value, "done", at(1))
+    assert [item.id for item in ended.leases] == [lease.id]
+    await storage.mark_lease_revoked(lease.id, at(2))  # revoked by lease id, before the handle was known
+    assert await storage.set_lease_handle(lease.id, {"role": "r1"}, at(60)) is False
+    (pending,) = await storage.leases_to_revoke(at(3))
+    assert pending.id == lease.id
+    assert dict(pending.handle) == {"role": "r1"}
+
+
+async def test_a_lease_cannot_be_recorded_for_an_ended_task(storage: Storage) -> None:
+    task = make_task()
+    await storage.create_task(task)
+    grant = make_grant(task)
+    await storage.create_grant(grant, now=NOW)
+    await storage.end_tasks([task.id], TaskStatus.COMPLETED.value, "done", at(1))
+    with pytest.raises(ConflictError):
+        await storage.create_lease(make_lease(grant))

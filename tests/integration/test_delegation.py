@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.integration.governed import BASE, SECRETS, deploy_policies, register_agent, seed
+from tests.integration.test_governed_path import MintingEngine
 from tests.security.canaries import new_canary
 from tether.api import create_app
 from tether.broker import Broker
@@ -123,9 +124,12 @@ class Env:
 
 
 @pytest.fixture
-async def env(client: httpx.AsyncClient, admin: dict[str, str]) -> Env:
+async def env(broker: Broker, client: httpx.AsyncClient, admin: dict[str, str]) -> Env:
     values = {path: new_canary(path) for path in SECRETS}
     await seed(client, admin, values)
+    # Restricted pagerduty credentials are minted per lease (the static engine's credential is the
+    # stored value itself, which policy decides as a reveal).
+    broker.engines.mount("prod/pagerduty/", MintingEngine())
     return Env(
         http=client,
         admin=admin,
@@ -169,7 +173,7 @@ async def test_restricted_secret_allowed_at_depth_zero_denied_at_depth_two(
     await _approve(env, approver, asked["approval_id"])
     used = await env.planner.activate(grant["id"])
     assert used.status_code == 200, used.text
-    assert used.json()["credential"]["value"] == env.values[PAGERDUTY]
+    assert used.json()["credential"]["type"] == "minted"
 
     # planner → researcher → tool-runner, each hop its own decision; the scope stays declared.
     scope = {"secrets": [PAGERDUTY], "destinations": ["pagerduty"]}

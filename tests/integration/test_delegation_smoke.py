@@ -66,3 +66,41 @@ async def test_delegate_uses_sub_task_until_parent_ends(client, admin) -> None: 
     refused = await worker.request("POST", f"/v1/grants/{grant.json()['id']}/activate")
     assert refused.status_code == 403, refused.text
     assert "revoked" in refused.json()["detail"]
+
+
+async def test_a_delegate_cannot_widen_its_sub_task_or_change_its_purpose(client, admin) -> None:  # type: ignore[no-untyped-def]
+    await seed(client, admin, {path: new_canary(path) for path in SECRETS})
+    planner = await register_agent(client, admin, "planner")
+    helper = await register_agent(client, admin, "helper")
+    parent = await planner.request(
+        "POST",
+        "/v1/tasks",
+        json={
+            "purpose": "deploy",
+            "objective": "release",
+            "secrets": ["prod/github/token", "prod/docs/token"],
+            "destinations": ["github"],
+        },
+    )
+    child = await planner.request(
+        "POST",
+        f"/v1/tasks/{parent.json()['id']}/delegate",
+        json={
+            "agent": "helper",
+            "objective": "docs only",
+            "secrets": ["prod/docs/token"],
+            "sensitivity": "public",
+        },
+    )
+    assert child.status_code == 201, child.text
+    cid = child.json()["id"]
+    for change in (
+        {"secrets": ["prod/docs/token", "prod/github/token"]},  # within the parent, beyond the hand-over
+        {"sensitivity": "internal"},
+        {"destinations": ["github"]},
+        {"purpose": "incident"},
+    ):
+        widened = await helper.request("PATCH", f"/v1/tasks/{cid}", json=change)
+        assert widened.status_code == 403, (change, widened.text)
+    narrowed = await helper.request("PATCH", f"/v1/tasks/{cid}", json={"objective": "docs, carefully"})
+    assert narrowed.status_code == 200, narrowed.text

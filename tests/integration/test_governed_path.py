@@ -150,11 +150,37 @@ def _agent_factory(
     return add
 
 
+class MintingEngine:
+    """A dynamic engine that mints a fresh credential per lease (nothing stored is handed out)."""
+
+    name = "minting"
+    reveals_value = False
+
+    def __init__(self) -> None:
+        self.issued: list[str] = []
+
+    async def issue(self, request: Any) -> Any:
+        from tether.engines import IssuedCredential
+
+        self.issued.append(request.lease_id)
+        return IssuedCredential(
+            credential={"type": "minted", "password": f"pw-{request.lease_id}"},
+            handle={"role": request.lease_id},
+            expires_at=request.expires_at,
+        )
+
+    async def revoke(self, lease: Any) -> None:
+        return None
+
+
 async def _env(
     broker: Broker, http: httpx.AsyncClient, admin: dict[str, str], clock: FrozenClock | None
 ) -> Env:
     values = {path: new_canary(path) for path in SECRETS}
     await seed(http, admin, values)
+    # Restricted pagerduty credentials are minted per lease (the static engine would hand out the
+    # stored value, which policy decides as a reveal).
+    broker.engines.mount("prod/pagerduty/", MintingEngine())
     add = _agent_factory(http, admin, clock)
     bot = await add("deploy-bot")
     return Env(broker, http, admin, values, bot, add)
@@ -320,6 +346,16 @@ async def _approve(env: Env, approver: dict[str, str], approval_id: str) -> dict
     return approval
 
 
+async def test_dynamic_on_an_engine_that_hands_out_the_stored_value_is_decided_as_reveal(env: Env) -> None:
+    # The static engine's credential is the stored value: asking for "dynamic" must not side-step a
+    # policy that never reveals confidential values.
+    task = await env.bot.open(secrets=[STRIPE], destinations=["stripe"], sensitivity="confidential")
+    refused = _denied(
+        await env.bot.issue(task["id"], {"secret": STRIPE, "destination": "stripe", "mode": "dynamic"})
+    )
+    assert "no-reveal-confidential" in refused["decision"]["policies"]
+
+
 async def test_restricted_secret_needs_approval_then_is_allowed(env: Env, make_operator: Any) -> None:
     approver = await make_operator("carol", "approver")
     task = await env.bot.open(**INCIDENT_TASK)
@@ -352,7 +388,8 @@ async def test_restricted_secret_needs_approval_then_is_allowed(env: Env, make_o
     await _approve(env, approver, use["approval_id"])
     used = await env.bot.activate(grant["id"])
     assert used.status_code == 200, used.text
-    assert used.json()["credential"]["value"] == env.values[PAGERDUTY]
+    assert used.json()["credential"]["type"] == "minted"
+    assert env.values[PAGERDUTY] not in used.text  # a fresh credential, never the stored value
 
 
 async def test_only_approvers_decide_and_twice_is_a_conflict(env: Env, make_operator: Any) -> None:
@@ -957,3 +994,46 @@ async def test_activations_and_denials_are_audited_without_values(env: Env, make
     verified = await env.http.get("/v1/audit/verify", headers=auditor)
     assert verified.status_code == 200, verified.text
     assert verified.json()["ok"] is True
+
+
+async def test_an_approval_allows_only_the_request_it_was_given_for(env: Env, make_operator: Any) -> None:
+    approver = await make_operator("carol", "approver")
+    task = await env.bot.open(**INCIDENT_TASK)
+    one_use = {**DYNAMIC_PAGERDUTY, "max_uses": 1}
+    first = _denied(await env.bot.issue(task["id"], one_use))["approval_id"]
+    shown = await env.http.get(f"/v1/approvals/{first}", headers=approver)
+    assert shown.json()["request"]["max_uses"] == 1  # what the approver sees is what is approved
+    await _approve(env, approver, first)
+    # The approval was for a one-use grant: a thousand-use grant is another request, another approval.
+    wider = _denied(await env.bot.issue(task["id"], {**DYNAMIC_PAGERDUTY, "max_uses": 1000}))
+    assert wider["decision"]["missing"] == ["approval"]
+    assert wider["approval_id"] != first
+    assert (await env.bot.issue(task["id"], one_use)).status_code == 201
+
+
+async def test_open_task_approval_for_an_older_context_does_not_open_the_task(
+    env: Env, make_operator: Any
+) -> None:
+    # A policy under which opening an incident task needs an approval.
+    text = EXAMPLE_POLICIES.read_text(encoding="utf-8").replace(
+        'permit(principal, action == Action::"open_task", resource)\n'
+        "when { principal.labels.contains(context.task.purpose) };",
+        'permit(principal, action == Action::"open_task", resource)\n'
+        "when { principal.labels.contains(context.task.purpose) && "
+        '(context.task.purpose != "incident" || context.approval) };',
+    )
+    await deploy_policies(env.http, env.admin, text)
+    approver = await make_operator("carol", "approver")
+    pending = await env.bot.call("POST", "/v1/tasks", {**INCIDENT_TASK})
+    assert pending.status_code == 201, pending.text
+    task = pending.json()
+    assert task["status"] == "pending_approval"
+    first = task["approval_id"]
+    patched = await env.bot.call("PATCH", f"/v1/tasks/{task['id']}", {"objective": "a wider plan"})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["approval_id"] != first  # the new context waits for its own approval
+    stale = await env.http.post(f"/v1/approvals/{first}/approve", json={"reason": "ok"}, headers=approver)
+    assert stale.status_code == 409, stale.text  # voided by the PATCH
+    assert (await env.bot.call("GET", f"/v1/tasks/{task['id']}")).json()["status"] == "pending_approval"
+    await _approve(env, approver, patched.json()["approval_id"])
+    assert (await env.bot.call("GET", f"/v1/tasks/{task['id']}")).json()["status"] == "active"

@@ -384,6 +384,7 @@ class GatedEngine:
     commit and its lease being recorded, held open deterministically."""
 
     name = "gated"
+    reveals_value = False
 
     def __init__(self) -> None:
         self.entered = asyncio.Event()

@@ -205,6 +205,11 @@ class ApprovalOut(BaseModel):
     decided_at: datetime | None
     decided_by: str | None
     reason: str
+    request: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Exactly what is approved (mode, destination, lifetime, uses; method and path; "
+        "or the delegated scope): the approval allows that request only.",
+    )
 
     @classmethod
     def of(cls, approval: Approval, now: datetime) -> ApprovalOut:
@@ -222,6 +227,7 @@ class ApprovalOut(BaseModel):
             decided_at=approval.decided_at,
             decided_by=approval.decided_by,
             reason=approval.reason,
+            request=dict(approval.request),
         )
 
 

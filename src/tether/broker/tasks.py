@@ -45,6 +45,7 @@ from tether.domain.tasks import (
     TaskStatus,
     decision_context,
     new_id,
+    request_hash,
     validate_id,
 )
 from tether.engines import EngineRegistry, LeaseRequest
@@ -188,16 +189,20 @@ class TaskService:
         action: str,
         resource: Entity,
         now: datetime,
+        request: Mapping[str, Any] | None = None,
     ) -> tuple[Decision, Approval | None]:
-        """If ``decision`` only lacks an approval: allowed when a matching approval exists, else
-        open (or reuse) a pending one."""
+        """If ``decision`` only lacks an approval: allowed when an approval of exactly this request
+        (task context, action, resource and ``request``) exists, else open (or reuse) a pending one."""
         if decision.allowed or decision.missing != ("approval",):
             return decision, None
+        request = dict(request or {})
         resource_key = f"{resource.type}::{resource.id}"
-        found = await self._storage.find_approval(task.id, action, resource_key, task.context_hash, now)
+        found = await self._storage.find_approval(
+            task.id, action, resource_key, task.context_hash, now, request_hash=request_hash(request)
+        )
         if found is not None:
             return Decision(allowed=True, policies=decision.policies), found
-        return decision, await self._request_approval(task, action, resource, decision, now)
+        return decision, await self._request_approval(task, action, resource, decision, now, request=request)
 
     async def _request_approval(
         self,
@@ -207,6 +212,8 @@ class TaskService:
         decision: Decision,
         now: datetime,
         approval_id: str | None = None,
+        *,
+        request: Mapping[str, Any] | None = None,
     ) -> Approval:
         """Open (or reuse) a pending approval for ``action`` on ``resource`` in ``task`` as it is now;
         the task must already be stored."""
@@ -220,6 +227,7 @@ class TaskService:
                 task.context_hash,
                 now,
                 statuses=(ApprovalStatus.PENDING.value, ApprovalStatus.DENIED.value),
+                request_hash=request_hash(dict(request or {})),
             )
             if existing is not None:
                 return existing
@@ -234,6 +242,7 @@ class TaskService:
             policies=decision.policies,
             requested_at=now,
             expires_at=now + timedelta(seconds=self._settings.approval_ttl_seconds),
+            request=dict(request or {}),
         )
         await self._audit.record(
             "approval.request",
@@ -242,7 +251,12 @@ class TaskService:
             task_id=task.id,
             chain=task.chain,
             decision=_summary(decision),
-            data={"action": action, "target": resource_key[:400], "context_hash": task.context_hash},
+            data={
+                "action": action,
+                "target": resource_key[:400],
+                "context_hash": task.context_hash,
+                "request": dict(approval.request),
+            },
         )
         stored = await self._storage.open_approval(approval, now)
         if stored.id == approval.id and self.webhook is not None:
@@ -457,7 +471,16 @@ class TaskService:
         resource = agent_entity(delegate)
         context = decision_context(preview, now, method="POST", path=f"/v1/tasks/{parent.id}/delegate")
         decision = await self._decide("delegate", agent_entity(caller.agent), resource, context)
-        decision, approval = await self._with_approval(decision, parent, "delegate", resource, now)
+        # An approval is for this hop: this delegate and exactly this narrowed scope.
+        asked = {
+            "delegate": delegate.id,
+            "secrets": sorted(child_intent.secrets),
+            "destinations": sorted(child_intent.destinations),
+            "tools": sorted(child_intent.tools),
+            "sensitivity": child_intent.sensitivity.label,
+            "ttl_seconds": child_fields["ttl_seconds"],
+        }
+        decision, approval = await self._with_approval(decision, parent, "delegate", resource, now, asked)
         if not decision.allowed:
             message = self._approval_message(approval, "policy denies this delegation")
             raise await self._refuse(
@@ -589,8 +612,11 @@ class TaskService:
         new_intent = self._intent(merged)
         await self._check_exists(new_intent)
         if task.parent_id is not None:
-            parent = await self._storage.get_task(task.parent_id)
-            problems = ["the parent task is gone"] if parent is None else new_intent.widening(parent.intent)
+            # What the delegator handed over is the limit: a sub-task may only narrow itself further
+            # (widening it again would be a new delegation, decided for the delegator).
+            problems = new_intent.widening(task.intent)
+            if new_intent.purpose != task.intent.purpose:
+                problems.append("a sub-task keeps its parent's purpose")
             if problems:
                 raise await self._refuse(
                     caller.agent.id,
@@ -674,7 +700,7 @@ class TaskService:
         context = decision_context(
             task,
             now,
-            mode=grant.mode.value,
+            mode=self._policy_mode(grant.mode, grant.secret),
             destination=grant.destination or "",
             method="PATCH",
             path=f"/v1/tasks/{task.id}",
@@ -853,6 +879,18 @@ class TaskService:
                 log.warning("task sweep failed: %s", exc)
             await asyncio.sleep(interval_seconds)
 
+    def _policy_mode(self, mode: GrantMode, secret: str | None) -> str:
+        """The mode policies see. A ``dynamic`` grant whose engine hands out the stored value itself
+        (the static engine) is a reveal in all but name, and is decided as one: a policy that never
+        reveals confidential values cannot be side-stepped by asking for ``dynamic``."""
+        if (
+            mode is GrantMode.DYNAMIC
+            and secret is not None
+            and self._engines.for_secret(secret).reveals_value
+        ):
+            return GrantMode.REVEAL.value
+        return mode.value
+
     # -- grants (issuance) ---------------------------------------------------------------------
     async def issue(self, caller: AgentCaller, task_id: str, fields: Mapping[str, Any]) -> Grant:
         """Issue a grant in the caller's task (``issue`` is decided). No secret material."""
@@ -900,13 +938,20 @@ class TaskService:
         context = decision_context(
             task,
             now,
-            mode=mode.value,
+            mode=self._policy_mode(mode, secret_path),
             destination=destination_name or "",
             method="POST",
             path=f"/v1/tasks/{task.id}/grants",
         )
         decision = await self._decide("issue", agent_entity(caller.agent), resource, context)
-        decision, approval = await self._with_approval(decision, task, "issue", resource, now)
+        # An approval is for this grant as asked: its mode, destination, lifetime and use budget.
+        asked = {
+            "mode": mode.value,
+            "destination": destination_name or "",
+            "ttl_seconds": fields.get("ttl_seconds"),
+            "max_uses": max_uses,
+        }
+        decision, approval = await self._with_approval(decision, task, "issue", resource, now, asked)
         if not decision.allowed:
             message = self._approval_message(approval, "policy denies this grant")
             raise await self._refuse(
@@ -1001,10 +1046,16 @@ class TaskService:
                 else (f"no usable inject grant for destination {destination!r} in this task")
             )
             raise await self._refuse(caller.agent.id, f"destination:{destination}", task, why, caller=caller)
-        if use.destination is None or not use.destination.permits(method, path):
+        if (
+            use.destination is None
+            or use.destination.secret != use.grant.secret
+            or not use.destination.permits(method, path)
+        ):
             why = (
                 "the destination was removed"
                 if use.destination is None
+                else "the destination was changed to inject another secret"
+                if use.destination.secret != use.grant.secret
                 else f"{method} {path[:100]} is outside the methods and path prefixes of {destination!r}"
             )
             raise await self._refuse(
@@ -1033,7 +1084,7 @@ class TaskService:
         context = decision_context(
             task,
             now,
-            mode=grant.mode.value,
+            mode=self._policy_mode(grant.mode, grant.secret),
             destination=grant.destination or "",
             method=method,
             path=path,
@@ -1042,7 +1093,9 @@ class TaskService:
         decision = await self._decide(
             "activate", agent_entity(caller.agent), resource, context, policy_version=use.policy_version
         )
-        decision, approval = await self._with_approval(decision, task, "activate", resource, now)
+        # An approval is for this use: this grant, this method and path.
+        asked = {"grant_id": grant.id, "method": method, "path": path}
+        decision, approval = await self._with_approval(decision, task, "activate", resource, now, asked)
         if not decision.allowed:
             message = self._approval_message(approval, "policy denies this use")
             raise await self._refuse(

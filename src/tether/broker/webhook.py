@@ -53,6 +53,7 @@ class ApprovalWebhook:
             "purpose": task.intent.purpose,
             "sensitivity": task.intent.sensitivity.label,
             "policies": list(approval.policies),
+            "request": dict(approval.request),
             "expires_at": approval.expires_at.isoformat(),
         }
 

@@ -13,9 +13,10 @@ import json
 import re
 import secrets as _random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, Final
 
 from tether.domain.secrets import MAX_SET_SIZE, Sensitivity, validate_path
@@ -35,6 +36,7 @@ __all__ = [
     "TaskStatus",
     "decision_context",
     "new_id",
+    "request_hash",
     "validate_id",
 ]
 
@@ -152,10 +154,10 @@ class Intent:
     def widening(self, parent: Intent) -> list[str]:
         """How this intent exceeds ``parent`` (empty when it only narrows)."""
         problems = []
-        for field in ("secrets", "destinations", "tools"):
-            extra = sorted(getattr(self, field) - getattr(parent, field))
+        for name in ("secrets", "destinations", "tools"):
+            extra = sorted(getattr(self, name) - getattr(parent, name))
             if extra:
-                problems.append(f"{field} not in the parent task: {', '.join(extra[:5])}")
+                problems.append(f"{name} not in the parent task: {', '.join(extra[:5])}")
         if self.sensitivity > parent.sensitivity:
             problems.append(
                 f"sensitivity {self.sensitivity.label} exceeds the parent's {parent.sensitivity.label}"
@@ -351,9 +353,13 @@ class Approval:
     decided_at: datetime | None = None
     decided_by: str | None = None
     reason: str = ""
+    #: The exact request approved (mode, destination, method and path; or the delegated scope):
+    #: an approval allows that request, not any other on the same resource.
+    request: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         validate_id(self.id, "apr")
+        object.__setattr__(self, "request", MappingProxyType(dict(self.request)))
         object.__setattr__(self, "status", ApprovalStatus(self.status))
         _aware(self.requested_at, "requested_at")
         _aware(self.expires_at, "expires_at")
@@ -364,6 +370,10 @@ class Approval:
             return ApprovalStatus.EXPIRED
         return self.status
 
+    @property
+    def request_hash(self) -> str:
+        return request_hash(self.request)
+
     def grants(self, task: Task, action: str, resource: str, now: datetime) -> bool:
         """Whether this approval allows ``action`` on ``resource`` in ``task`` as it is now."""
         return (
@@ -373,6 +383,11 @@ class Approval:
             and self.resource == resource
             and self.context_hash == task.context_hash
         )
+
+
+def request_hash(request: Mapping[str, Any]) -> str:
+    """SHA-256 of a request's canonical JSON: what an approval binds besides the task context."""
+    return hashlib.sha256(_canonical(dict(request))).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from tether.domain.tasks import Task, validate_id
 from tether.egress.leakguard import LeakGuard, StreamRedactor
 from tether.egress.paths import AgentPath, UnsafePathError, filter_query, normalise_path, upstream_url
 from tether.errors import DeniedError, InvalidInputError, NotFoundError, TetherError
+from tether.store.base import EffectFailedError
 
 if TYPE_CHECKING:
     from tether.broker import Broker
@@ -258,20 +259,25 @@ class EgressProxy:
 
     async def _refuse(
         self, caller: AgentCaller, request: EgressRequest, reason: str, *, path: str
-    ) -> DeniedError:
+    ) -> TetherError:
         """Record a refusal made before activation (a ``decision`` event) and return the error.
-        The task is named only if it is the caller's own."""
+        The task is named only if it is the caller's own. The request's proof is used up by the
+        record (a replayed copy is refused as a replay, and writes nothing)."""
         task = await self._task_or_none(caller, request.task_id)
-        await self._broker.audit.record(
-            "decision",
-            Actor.agent(caller.agent.id),
-            resource=f"destination:{request.destination}",
-            task_id=None if task is None else task.id,
-            chain=() if task is None else task.chain,
-            decision=DecisionSummary(allowed=False),
-            reason=reason,
-            data={"method": request.method[:16], "path": _audit_path(path), "stage": "egress"},
-        )
+        try:
+            await self._broker.audit.record(
+                "decision",
+                Actor.agent(caller.agent.id),
+                resource=f"destination:{request.destination}",
+                task_id=None if task is None else task.id,
+                chain=() if task is None else task.chain,
+                decision=DecisionSummary(allowed=False),
+                reason=reason,
+                data={"method": request.method[:16], "path": _audit_path(path), "stage": "egress"},
+                effects=() if caller.replay is None else (caller.replay,),
+            )
+        except EffectFailedError:
+            return await self._broker.auth.refuse_replay(caller, f"{request.method} egress")
         return DeniedError(reason, decision=Decision.deny(errors=(reason,)))
 
     async def _check(self, caller: AgentCaller, request: EgressRequest) -> AgentPath:
@@ -280,7 +286,9 @@ class EgressProxy:
             path = normalise_path(request.raw_path)
             filter_query(request.raw_query)
         except UnsafePathError as exc:
-            await self._refuse(caller, request, f"unsafe path: {exc}", path=request.raw_path)
+            refusal = await self._refuse(caller, request, f"unsafe path: {exc}", path=request.raw_path)
+            if not isinstance(refusal, DeniedError):
+                raise refusal from None  # a replayed request
             raise
         # The destination (methods, path prefixes) is checked by the activation itself, which reads it
         # with the grant in one query and refuses before counting a use.

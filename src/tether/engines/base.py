@@ -48,6 +48,9 @@ class SecretEngine(Protocol):
     """Mints and revokes credentials. ``name`` is stored with each lease."""
 
     name: str
+    #: True for an engine whose credential is the stored secret value itself (the static engine):
+    #: its ``dynamic`` grants are decided by policy as ``reveal``.
+    reveals_value: bool
 
     async def issue(self, request: LeaseRequest) -> IssuedCredential: ...
 

@@ -21,6 +21,7 @@ class StaticEngine:
     """Serves the stored value of a secret (``read_value(path) -> (version, bytes)``)."""
 
     name = "static"
+    reveals_value = True  # the credential is the stored value: decided as a reveal
 
     def __init__(self, read_value: ValueReader) -> None:
         self._read_value = read_value

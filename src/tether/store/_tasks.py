@@ -28,6 +28,7 @@ from tether.domain.tasks import (
     Task,
     TaskStatus,
 )
+from tether.domain.tasks import request_hash as request_hash_of
 from tether.errors import ConflictError, InvalidInputError, NotFoundError, StorageError
 from tether.store import schema as t
 from tether.store._destinations import DestinationStore
@@ -175,9 +176,17 @@ def _approval(row: Any) -> Approval:
             decided_at=_dt(row.decided_at_us),
             decided_by=row.decided_by,
             reason=row.reason,
+            request=_object(row.request),
         )
     except (InvalidInputError, ValueError, TypeError) as exc:
         raise _corrupt("approval", exc) from None
+
+
+def _object(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise TypeError("expected an object")
+    return value
 
 
 def _lease(row: Any) -> Lease:
@@ -548,7 +557,16 @@ class TaskStore(DestinationStore):
         if not conditions:
             return 0
         async with self._tx() as conn:
-            return await self._revoke_grant_rows(conn, or_(*conditions), reason, now)
+            condition = or_(*conditions)
+            # Their engine leases too: the sweeper then revokes the credentials at the engine.
+            lc = t.leases.c
+            affected = select(g.id).where(and_(condition, g.revoked_at_us.is_(None)))
+            await conn.execute(
+                update(t.leases)
+                .where(and_(lc.grant_id.in_(affected), lc.revoked_at_us.is_(None)))
+                .values(revoked_at_us=to_us(now))
+            )
+            return await self._revoke_grant_rows(conn, condition, reason, now)
 
     # -- approvals ---------------------------------------------------------------------------
     async def open_approval(self, approval: Approval, now: datetime) -> Approval:
@@ -565,6 +583,7 @@ class TaskStore(DestinationStore):
                             a.action == approval.action,
                             a.resource == approval.resource,
                             a.context_hash == approval.context_hash,
+                            a.request_hash == approval.request_hash,
                             a.status.in_([*_LIVE_APPROVALS, ApprovalStatus.DENIED.value]),
                             a.expires_at_us > to_us(now),
                         )
@@ -590,6 +609,8 @@ class TaskStore(DestinationStore):
                     decided_at_us=None,
                     decided_by=None,
                     reason=approval.reason,
+                    request=json.dumps(dict(approval.request), sort_keys=True),
+                    request_hash=approval.request_hash,
                 )
             )
         return approval
@@ -608,6 +629,7 @@ class TaskStore(DestinationStore):
         now: datetime,
         *,
         statuses: Sequence[str] = (ApprovalStatus.APPROVED.value,),
+        request_hash: str | None = None,
     ) -> Approval | None:
         a = t.approvals.c
         query = (
@@ -618,6 +640,7 @@ class TaskStore(DestinationStore):
                     a.action == action,
                     a.resource == resource,
                     a.context_hash == context_hash,
+                    a.request_hash == (request_hash if request_hash is not None else request_hash_of({})),
                     a.status.in_(list(statuses)),
                     a.expires_at_us > to_us(now),
                 )
@@ -686,7 +709,13 @@ class TaskStore(DestinationStore):
                 task_row = (
                     await conn.execute(select(t.tasks).where(c.id == current.task_id).with_for_update())
                 ).first()
-                pending = task_row is not None and task_row.status == TaskStatus.PENDING_APPROVAL.value
+                # Only the approval the task is waiting for, for the context it has now, changes it.
+                pending = (
+                    task_row is not None
+                    and task_row.status == TaskStatus.PENDING_APPROVAL.value
+                    and task_row.approval_id == approval_id
+                    and _task(task_row).context_hash == current.context_hash
+                )
                 if pending and task_row is not None and task_row.expires_at_us > now_us:
                     if status == ApprovalStatus.APPROVED.value:
                         values: dict[str, Any] = {"status": TaskStatus.ACTIVE.value}
@@ -712,6 +741,7 @@ class TaskStore(DestinationStore):
             decided_at=from_us(now_us),
             decided_by=decided_by,
             reason=reason,
+            request=current.request,
         )
         return decided, task
 
@@ -751,14 +781,18 @@ class TaskStore(DestinationStore):
     async def set_lease_handle(self, lease_id: str, handle: Mapping[str, Any], expires_at: datetime) -> bool:
         lc = t.leases.c
         async with self._tx() as conn:
-            await conn.execute(
-                update(t.leases)
-                .where(lc.id == lease_id)
-                .values(handle=json.dumps(dict(handle), sort_keys=True), expires_at_us=to_us(expires_at))
-            )
             revoked = (
                 await conn.execute(select(lc.revoked_at_us).where(lc.id == lease_id))
             ).scalar_one_or_none()
+            values: dict[str, Any] = {
+                "handle": json.dumps(dict(handle), sort_keys=True),
+                "expires_at_us": to_us(expires_at),
+            }
+            if revoked is not None:
+                # Revoked while the engine was issuing: whatever revocation ran did not know this
+                # credential, so it is pending again (the caller revokes now; the sweeper retries).
+                values["engine_revoked_at_us"] = None
+            await conn.execute(update(t.leases).where(lc.id == lease_id).values(**values))
         return revoked is None
 
     async def leases_to_revoke(self, now: datetime, *, limit: int = 100) -> list[Lease]:

@@ -454,7 +454,7 @@ class Storage(Protocol):
 
     async def open_approval(self, approval: Approval, now: datetime) -> Approval:
         """Store a pending approval, or return the unexpired one (pending, approved or denied) that
-        already binds the same task, context hash, action and resource: a denial stands until the
+        already binds the same task, context hash, action, resource and request: a denial stands until the
         task's context changes or it expires. Identical concurrent calls store one."""
         ...
 
@@ -469,9 +469,10 @@ class Storage(Protocol):
         now: datetime,
         *,
         statuses: Sequence[str] = ("approved",),
+        request_hash: str | None = None,
     ) -> Approval | None:
         """The newest unexpired approval in ``statuses`` (default: approved) for exactly this task
-        context, action and resource."""
+        context, action, resource and request (``request_hash``; None: the empty request)."""
         ...
 
     async def list_approvals(

@@ -249,6 +249,8 @@ approvals = Table(
     Column("decided_at_us", BigInteger, nullable=True),
     Column("decided_by", String(128), nullable=True),
     Column("reason", Text, nullable=False),
+    Column("request", Text, nullable=False, server_default="{}"),  # JSON: what exactly is approved
+    Column("request_hash", String(64), nullable=False, server_default=""),
     ForeignKeyConstraint(["task_id"], ["tasks.id"]),
     Index("ix_approvals_task", "task_id", "action", "resource"),
     Index("ix_approvals_status", "status", "requested_at_us"),
