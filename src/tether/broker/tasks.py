@@ -1034,7 +1034,7 @@ class TaskService:
         decrypted for the proxy to inject (the agent never receives it)."""
         validate_id(task_id, "tsk", "Tether-Task")
         now = self._clock.now()
-        use = await self._storage.inject_grant_for_use(task_id, destination, now)
+        use = await self._storage.inject_grant_for_use(task_id, destination, now, jkt=caller.jkt)
         if use is None or use.grant.agent_id != caller.agent.id:
             task = await self._storage.get_task(task_id)
             if task is None or task.agent_id != caller.agent.id:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.crypto.envelope import EncryptedValue
@@ -463,12 +463,15 @@ class TaskStore(DestinationStore):
             row = (await conn.execute(_USE_QUERY.where(_G.c.id == grant_id))).first()
         return None if row is None else self._in_use(row)
 
-    async def inject_grant_for_use(self, task_id: str, destination: str, now: datetime) -> GrantInUse | None:
+    async def inject_grant_for_use(
+        self, task_id: str, destination: str, now: datetime, *, jkt: str | None = None
+    ) -> GrantInUse | None:
         g = _G.c
         query = (
             _USE_QUERY.where(
                 and_(
                     g.task_id == task_id,
+                    true() if jkt is None else g.jkt == jkt,
                     g.destination == destination,
                     g.mode == "inject",
                     g.revoked_at_us.is_(None),

@@ -427,9 +427,12 @@ class Storage(Protocol):
         """The grant, its task and the secret it names (if live): one indexed read."""
         ...
 
-    async def inject_grant_for_use(self, task_id: str, destination: str, now: datetime) -> GrantInUse | None:
+    async def inject_grant_for_use(
+        self, task_id: str, destination: str, now: datetime, *, jkt: str | None = None
+    ) -> GrantInUse | None:
         """The newest usable ``inject`` grant of ``task_id`` for ``destination`` (unrevoked, unexpired,
-        a use left), with its task, secret and destination: one indexed read."""
+        a use left; bound to ``jkt`` when given), with its task, secret and destination: one
+        indexed read."""
         ...
 
     async def list_grants(self, task_id: str) -> list[Grant]:
