@@ -8,13 +8,15 @@ import pytest
 
 from tests.integration.governed import BASE, SECRETS, register_agent, seed
 from tests.security.canaries import new_canary
+from tether.sdk import AsyncAgent
 
 pytestmark = pytest.mark.asyncio
 
 
-async def test_replayed_activation_request_is_refused_and_counts_no_use(
-    client: httpx.AsyncClient, admin: dict[str, str]
-) -> None:
+async def _reveal_grant(
+    client: httpx.AsyncClient, admin: dict[str, str], **extra: object
+) -> tuple[AsyncAgent, str, str, dict[str, str]]:
+    """A seeded deployment, an agent, a task and a reveal grant: (agent, task id, grant id, values)."""
     values = {path: new_canary(path) for path in SECRETS}
     await seed(client, admin, values)
     bot = await register_agent(client, admin, "deploy-bot")
@@ -31,9 +33,16 @@ async def test_replayed_activation_request_is_refused_and_counts_no_use(
     grant = await bot.request(
         "POST",
         f"/v1/tasks/{task.json()['id']}/grants",
-        json={"secret": "prod/github/token", "destination": "github", "mode": "reveal", "max_uses": 5},
+        json={"secret": "prod/github/token", "destination": "github", "mode": "reveal", **extra},
     )
-    path = f"/v1/grants/{grant.json()['id']}/activate"
+    return bot, task.json()["id"], grant.json()["id"], values
+
+
+async def test_replayed_activation_request_is_refused_and_counts_no_use(
+    client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    bot, task_id, grant_id, values = await _reveal_grant(client, admin, max_uses=5)
+    path = f"/v1/grants/{grant_id}/activate"
     session = bot._session  # the exact headers of one request, sent twice
     headers = session.signed_headers("POST", BASE + path, await bot.token())
     first = await client.post(path, headers=headers)
@@ -42,7 +51,7 @@ async def test_replayed_activation_request_is_refused_and_counts_no_use(
     assert replayed.status_code == 401, replayed.text
     assert "DPoP" in replayed.headers["www-authenticate"]
     assert values["prod/github/token"] not in replayed.text
-    listed = await bot.request("GET", f"/v1/tasks/{task.json()['id']}/grants")
+    listed = await bot.request("GET", f"/v1/tasks/{task_id}/grants")
     assert [g["uses"] for g in listed.json()["items"]] == [1]
     refusals = await client.get("/v1/audit/events", params={"kind": "auth.failed"}, headers=admin)
     assert any("replayed" in event["reason"] for event in refusals.json()["events"])

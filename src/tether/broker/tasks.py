@@ -204,6 +204,38 @@ class TaskService:
             return Decision(allowed=True, policies=decision.policies), found
         return decision, await self._request_approval(task, action, resource, decision, now, request=request)
 
+    async def _allowed_or_refuse(
+        self,
+        decision: Decision,
+        task: Task,
+        action: str,
+        resource: Entity,
+        now: datetime,
+        asked: Mapping[str, Any],
+        *,
+        agent_id: str,
+        label: str,
+        denied: str,
+        data: Mapping[str, Any] | None = None,
+        caller: AgentCaller | None = None,
+    ) -> tuple[Decision, Approval | None]:
+        """The decision once approvals are taken into account (and the approval that allows it, if
+        any); a refusal (recorded, naming the approval it opened or the denial that stands) if it is
+        still a deny."""
+        decision, approval = await self._with_approval(decision, task, action, resource, now, asked)
+        if decision.allowed:
+            return decision, approval
+        raise await self._refuse(
+            agent_id,
+            label,
+            task,
+            self._approval_message(approval, denied),
+            decision=decision,
+            approval=approval,
+            data=data,
+            caller=caller,
+        )
+
     async def _request_approval(
         self,
         task: Task,
@@ -480,12 +512,17 @@ class TaskService:
             "sensitivity": child_intent.sensitivity.label,
             "ttl_seconds": child_fields["ttl_seconds"],
         }
-        decision, approval = await self._with_approval(decision, parent, "delegate", resource, now, asked)
-        if not decision.allowed:
-            message = self._approval_message(approval, "policy denies this delegation")
-            raise await self._refuse(
-                delegator, f"agent:{delegate.id}", parent, message, decision=decision, approval=approval
-            )
+        decision, approval = await self._allowed_or_refuse(
+            decision,
+            parent,
+            "delegate",
+            resource,
+            now,
+            asked,
+            agent_id=delegator,
+            label=f"agent:{delegate.id}",
+            denied="policy denies this delegation",
+        )
         await self._audit.record(
             "delegation",
             Actor.agent(delegator),
@@ -500,6 +537,7 @@ class TaskService:
                 "destinations": sorted(child_intent.destinations),
                 "tools": sorted(child_intent.tools),
                 "sensitivity": child_intent.sensitivity.label,
+                **({"approval_id": approval.id} if approval is not None else {}),
             },
         )
         return await self._open(
@@ -951,12 +989,17 @@ class TaskService:
             "ttl_seconds": fields.get("ttl_seconds"),
             "max_uses": max_uses,
         }
-        decision, approval = await self._with_approval(decision, task, "issue", resource, now, asked)
-        if not decision.allowed:
-            message = self._approval_message(approval, "policy denies this grant")
-            raise await self._refuse(
-                agent_id, f"secret:{secret_path}", task, message, decision=decision, approval=approval
-            )
+        decision, approval = await self._allowed_or_refuse(
+            decision,
+            task,
+            "issue",
+            resource,
+            now,
+            asked,
+            agent_id=agent_id,
+            label=f"secret:{secret_path}",
+            denied="policy denies this grant",
+        )
         await self._audit.record(
             "grant.issue",
             Actor.agent(agent_id),
@@ -1095,19 +1138,19 @@ class TaskService:
         )
         # An approval is for this use: this grant, this method and path.
         asked = {"grant_id": grant.id, "method": method, "path": path}
-        decision, approval = await self._with_approval(decision, task, "activate", resource, now, asked)
-        if not decision.allowed:
-            message = self._approval_message(approval, "policy denies this use")
-            raise await self._refuse(
-                agent_id,
-                resource_label,
-                task,
-                message,
-                decision=decision,
-                approval=approval,
-                data=data,
-                caller=caller,
-            )
+        decision, approval = await self._allowed_or_refuse(
+            decision,
+            task,
+            "activate",
+            resource,
+            now,
+            asked,
+            agent_id=agent_id,
+            label=resource_label,
+            denied="policy denies this use",
+            data=data,
+            caller=caller,
+        )
         # One write: the event, the use count and the proof's single use commit together.
         effects: list[Effect] = [ConsumeGrantUse(grant.id, task.id, now)]
         if caller.replay is not None:
@@ -1121,7 +1164,11 @@ class TaskService:
                 task_id=task.id,
                 chain=task.chain,
                 decision=_summary(decision),
-                data={**data, "mode": grant.mode.value},
+                data={
+                    **data,
+                    "mode": grant.mode.value,
+                    **({"approval_id": approval.id} if approval is not None else {}),
+                },
             )
         except EffectFailedError as exc:
             if any(isinstance(effect, RememberJti) for effect in exc.failed.values()):
