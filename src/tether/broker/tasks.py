@@ -553,10 +553,6 @@ class TaskService:
             return name_or_id
         return f"spiffe://{self._settings.trust_domain}/agent/{name_or_id}"
 
-    async def join(self, caller: AgentCaller, task_id: str) -> Task:
-        """A delegate picks up the sub-task handed to it (its own task: the same as reading it)."""
-        return await self._agent_task(caller, task_id)
-
     async def tree(self, actor: OperatorRecord, task_id: str) -> list[Task]:
         """Every task in the delegation tree ``task_id`` belongs to, root first (operators)."""
         task = await self.get_for_operator(actor, task_id)
