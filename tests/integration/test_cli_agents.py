@@ -266,9 +266,9 @@ def test_add_key_remove_key_and_the_last_key_stays(agents_node: Node, tmp_path: 
     shown = ok_json(["agent", "show", "rotator"], agents_node.env())
     assert {k["kid"] for k in shown["keys"] if k["removed_at"] is None} == {first["kid"], second["kid"]}
 
-    no_confirm = cli(["agent", "remove-key", "rotator", first["kid"]], agents_node.env())
+    no_confirm = cli(["agent", "remove-key", "--", "rotator", first["kid"]], agents_node.env())
     assert_error(no_confirm, 2, "--yes")
-    removed = cli(["agent", "remove-key", "rotator", first["kid"], "--yes"], agents_node.env())
+    removed = cli(["agent", "remove-key", "--yes", "--", "rotator", first["kid"]], agents_node.env())
     assert removed.returncode == 0, removed.stderr
     assert first["kid"] in removed.stdout
     shown = ok_json(["agent", "show", "rotator"], agents_node.env())
@@ -281,12 +281,12 @@ def test_add_key_remove_key_and_the_last_key_stays(agents_node: Node, tmp_path: 
     assert first["kid"] in people.stdout
     assert second["kid"] in people.stdout
 
-    last = cli(["agent", "remove-key", "rotator", second["kid"], "--yes"], agents_node.env())
+    last = cli(["agent", "remove-key", "--yes", "--", "rotator", second["kid"]], agents_node.env())
     assert_error(last, 1, "last active key", "409")
     shown = ok_json(["agent", "show", "rotator"], agents_node.env())
     assert [k["kid"] for k in shown["keys"] if k["removed_at"] is None] == [second["kid"]]
 
-    unknown = cli(["agent", "remove-key", "rotator", "no-such-kid", "--yes"], agents_node.env())
+    unknown = cli(["agent", "remove-key", "--yes", "--", "rotator", "no-such-kid"], agents_node.env())
     assert_error(unknown, 1, "404")
 
 
