@@ -10,7 +10,15 @@ import pytest
 from tests.conformance.test_task_store import NOW, at, make_grant, make_task
 from tether.audit import Actor, AuditLog
 from tether.clock import FrozenClock
-from tether.store.base import ConsumeGrantUse, EffectFailedError, RememberJti, Storage
+from tether.domain.tasks import TaskStatus
+from tether.store.base import (
+    ConsumeGrantUse,
+    CreateGrant,
+    CreateTask,
+    EffectFailedError,
+    RememberJti,
+    Storage,
+)
 
 AGENT = Actor.agent("spiffe://acme.test/agent/deploy-bot")
 
@@ -104,3 +112,40 @@ async def test_concurrent_uses_of_a_single_use_grant_succeed_once(storage: Stora
     assert sum(not isinstance(o, BaseException) for o in outcomes) == 1
     assert all(isinstance(o, EffectFailedError) for o in outcomes if isinstance(o, BaseException))
     assert len(await storage.read_audit_events(limit=100)) == 1
+
+
+async def test_a_task_and_its_grant_commit_with_their_events(storage: Storage) -> None:
+    task = make_task()
+    grant = make_grant(task)
+    audit = await _log(storage)
+    results = await asyncio.gather(
+        audit.record_with("task.open", AGENT, effects=[CreateTask(task)], task_id=task.id),
+        audit.record_with("grant.issue", AGENT, effects=[CreateGrant(grant, at(1))], task_id=task.id),
+    )
+    assert [r for _, r in results] == [[True], [True]]
+    assert await storage.get_task(task.id) == task
+    assert await storage.get_grant(grant.id) == grant
+    assert [e.kind for e in await storage.read_audit_events(limit=10)] == ["task.open", "grant.issue"]
+
+
+async def test_a_grant_for_an_inactive_task_is_refused_with_its_event(storage: Storage) -> None:
+    ended = make_task(status=TaskStatus.COMPLETED)
+    await storage.create_task(ended)
+    grant = make_grant(ended)
+    audit = await _log(storage)
+    with pytest.raises(EffectFailedError) as failed:
+        await audit.record_with("grant.issue", AGENT, effects=[CreateGrant(grant, at(1))])
+    assert isinstance(next(iter(failed.value.failed.values())), CreateGrant)
+    assert await storage.get_grant(grant.id) is None
+    assert await storage.read_audit_events(limit=10) == []
+
+
+async def test_a_sub_task_of_an_ended_parent_is_refused_with_its_event(storage: Storage) -> None:
+    parent = make_task(status=TaskStatus.REVOKED)
+    await storage.create_task(parent)
+    child = make_task(parent=parent)
+    audit = await _log(storage)
+    with pytest.raises(EffectFailedError):
+        await audit.record_with("task.open", AGENT, effects=[CreateTask(child)])
+    assert await storage.get_task(child.id) is None
+    assert await storage.read_audit_events(limit=10) == []

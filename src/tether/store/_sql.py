@@ -44,6 +44,8 @@ from tether.store._tasks import TaskStore
 from tether.store.base import (
     AuditConflictError,
     AuditCorruptionError,
+    ConsumeGrantUse,
+    CreateTask,
     Effect,
     EffectFailedError,
     PolicySetRecord,
@@ -427,10 +429,15 @@ class SQLStorage(TaskStore, DestinationStore):
         for index, batch in enumerate(effects):
             done: list[object] = []
             for effect in batch:
+                ok: object
                 if isinstance(effect, RememberJti):
-                    ok: object = await self._remember(conn, effect.key, effect.expires_at, effect.now)
-                else:
+                    ok = await self._remember(conn, effect.key, effect.expires_at, effect.now)
+                elif isinstance(effect, ConsumeGrantUse):
                     ok = await self._consume(conn, effect.grant_id, effect.task_id, effect.now)
+                elif isinstance(effect, CreateTask):
+                    ok = await self._insert_task(conn, effect.task)
+                else:
+                    ok = await self._insert_grant(conn, effect.grant, effect.now)
                 if ok is None or ok is False:
                     failed[index] = effect
                     break

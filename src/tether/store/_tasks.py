@@ -258,21 +258,28 @@ class TaskStore(DestinationStore):
 
     # -- tasks -------------------------------------------------------------------------------
     async def create_task(self, task: Task) -> None:
-        c = t.tasks.c
         async with self._tx(on_duplicate=lambda: ConflictError(f"task {task.id} already exists")) as conn:
-            if task.parent_id is not None:
-                parent = (
-                    await conn.execute(
-                        select(c.status, c.expires_at_us).where(c.id == task.parent_id).with_for_update()
-                    )
-                ).first()
-                if (
-                    parent is None
-                    or parent.status != TaskStatus.ACTIVE.value
-                    or parent.expires_at_us <= to_us(task.created_at)
-                ):
-                    raise ConflictError(f"parent task {task.parent_id} is not active")
-            await conn.execute(t.tasks.insert().values(**_task_values(task)))
+            if not await self._insert_task(conn, task):
+                raise ConflictError(f"parent task {task.parent_id} is not active")
+
+    @staticmethod
+    async def _insert_task(conn: AsyncConnection, task: Task) -> bool:
+        """Insert ``task``; False (nothing written) if it has a parent that is not active."""
+        c = t.tasks.c
+        if task.parent_id is not None:
+            parent = (
+                await conn.execute(
+                    select(c.status, c.expires_at_us).where(c.id == task.parent_id).with_for_update()
+                )
+            ).first()
+            if (
+                parent is None
+                or parent.status != TaskStatus.ACTIVE.value
+                or parent.expires_at_us <= to_us(task.created_at)
+            ):
+                return False
+        await conn.execute(t.tasks.insert().values(**_task_values(task)))
+        return True
 
     async def get_task(self, task_id: str) -> Task | None:
         async with self._tx(write=False) as conn:
@@ -442,16 +449,23 @@ class TaskStore(DestinationStore):
 
     # -- grants ------------------------------------------------------------------------------
     async def create_grant(self, grant: Grant, *, now: datetime) -> None:
-        c = t.tasks.c
         async with self._tx(on_duplicate=lambda: ConflictError(f"grant {grant.id} already exists")) as conn:
-            task = (
-                await conn.execute(
-                    select(c.status, c.expires_at_us).where(c.id == grant.task_id).with_for_update()
-                )
-            ).first()
-            if task is None or task.status != TaskStatus.ACTIVE.value or task.expires_at_us <= to_us(now):
+            if not await self._insert_grant(conn, grant, now):
                 raise ConflictError(f"task {grant.task_id} is not active")
-            await conn.execute(t.grants.insert().values(**_grant_values(grant)))
+
+    @staticmethod
+    async def _insert_grant(conn: AsyncConnection, grant: Grant, now: datetime) -> bool:
+        """Insert ``grant``; False (nothing written) if its task is not active at ``now``."""
+        c = t.tasks.c
+        task = (
+            await conn.execute(
+                select(c.status, c.expires_at_us).where(c.id == grant.task_id).with_for_update()
+            )
+        ).first()
+        if task is None or task.status != TaskStatus.ACTIVE.value or task.expires_at_us <= to_us(now):
+            return False
+        await conn.execute(t.grants.insert().values(**_grant_values(grant)))
+        return True
 
     async def get_grant(self, grant_id: str) -> Grant | None:
         async with self._tx(write=False) as conn:

@@ -27,6 +27,8 @@ __all__ = [
     "AuditConflictError",
     "AuditCorruptionError",
     "ConsumeGrantUse",
+    "CreateGrant",
+    "CreateTask",
     "Effect",
     "EffectFailedError",
     "GrantInUse",
@@ -83,8 +85,25 @@ class ConsumeGrantUse:
     now: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class CreateTask:
+    """Effect: store a new task, as :meth:`Storage.create_task`; fails if it has a parent that is
+    no longer active. Its result is True."""
+
+    task: Task
+
+
+@dataclass(frozen=True, slots=True)
+class CreateGrant:
+    """Effect: store a new grant, as :meth:`Storage.create_grant`; fails if its task is not active
+    at ``now`` (a task created by an earlier effect of the same batch counts). Its result is True."""
+
+    grant: Grant
+    now: datetime
+
+
 #: What may ride along with an audit event, in the same transaction.
-Effect = RememberJti | ConsumeGrantUse
+Effect = RememberJti | ConsumeGrantUse | CreateTask | CreateGrant
 
 
 class EffectFailedError(ConflictError):
