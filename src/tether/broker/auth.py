@@ -30,7 +30,7 @@ import httpx
 from tether.audit import Actor, AuditLog
 from tether.broker.agents import AgentService
 from tether.clock import Clock
-from tether.crypto.jose import PublicKey, jws_header, parse_public_jwk
+from tether.crypto.jose import CompactJws, PublicKey, parse_jws, parse_public_jwk
 from tether.domain.agents import AgentRecord, TrustedIssuer, agent_id
 from tether.errors import AuthenticationError, InvalidInputError, SealedError, TetherError
 from tether.identity.assertions import peek_issuer, verify_client_assertion
@@ -42,7 +42,12 @@ from tether.identity.federation import (
     verify_federated_token,
 )
 from tether.identity.signing import TokenSigningKeys, load_or_create_token_keys, rotate_token_keys
-from tether.identity.tokens import IssuedToken, issue_access_token, peek_claims, verify_access_token
+from tether.identity.tokens import (
+    AccessTokenCache,
+    IssuedToken,
+    issue_access_token,
+    verify_access_token,
+)
 from tether.store.base import RememberJti, Storage
 
 __all__ = ["ASSERTION_TYPE", "JWT_TOKEN_TYPE", "TOKEN_EXCHANGE", "AgentCaller", "AuthService", "TokenGrant"]
@@ -91,6 +96,7 @@ KEY_RELOAD_SECONDS = 5.0
 REPLAY_MARGIN = timedelta(seconds=60)
 _PRINTABLE = re.compile(r"[\x21-\x7e]{1,256}")
 JWKS_TIMEOUT_SECONDS = 5.0
+VERIFIED_TOKENS_MAX = 10_000
 MAX_JWKS_BYTES = 64 * 1024
 
 log = logging.getLogger(__name__)
@@ -140,6 +146,9 @@ class AuthService:
         self._jwks_locks: dict[str, asyncio.Lock] = {}
         self._root_key: bytes | None = None
         self._last_reload = 0.0  # monotonic time of the last reload for an unknown kid
+        # Verified access tokens by their exact text, until they expire: the signature is not
+        # checked again; the agent and its keys are still read on every request.
+        self._verified_tokens = AccessTokenCache(VERIFIED_TOKENS_MAX)
 
     # -- keys --------------------------------------------------------------------------
     async def attach_keys(self, root_key: bytes) -> None:
@@ -151,19 +160,18 @@ class AuthService:
         self._keys = await rotate_token_keys(self._storage, root_key, self._clock.now())
         return self._keys.active.kid
 
-    async def _refresh_for(self, token: str) -> None:
+    async def _refresh_for(self, token: CompactJws) -> None:
         """A token signed by a key this node has not seen: another node rotated. Reload the
         keys, at most once every few seconds (a flood of bogus kids costs one read each time)."""
         if self._root_key is None or self._keys is None:
             return
-        with contextlib.suppress(AuthenticationError):
-            kid = jws_header(token).get("kid")
-            if not isinstance(kid, str) or self._keys.key_for(kid) is not None:
-                return
-            if time.monotonic() - self._last_reload < KEY_RELOAD_SECONDS:
-                return
-            self._last_reload = time.monotonic()
-            self._keys = await load_or_create_token_keys(self._storage, self._root_key, self._clock.now())
+        kid = token.header.get("kid")
+        if not isinstance(kid, str) or self._keys.key_for(kid) is not None:
+            return
+        if time.monotonic() - self._last_reload < KEY_RELOAD_SECONDS:
+            return
+        self._last_reload = time.monotonic()
+        self._keys = await load_or_create_token_keys(self._storage, self._root_key, self._clock.now())
 
     def detach_keys(self) -> None:
         self._keys = None
@@ -356,13 +364,19 @@ class AuthService:
             if not dpop:
                 raise AuthenticationError("a DPoP proof is required", code="invalid_dpop_proof")
             now = self._clock.now()
-            await self._refresh_for(token.strip())
+            token = token.strip()
+            parsed = parse_jws(token)  # the one decoding of the token in this request
+            await self._refresh_for(parsed)
             claims = verify_access_token(
-                token.strip(), keys=self._signing_keys(), trust_domain=self._trust_domain, now=now
+                parsed,
+                keys=self._signing_keys(),
+                trust_domain=self._trust_domain,
+                now=now,
+                cache=self._verified_tokens,
             )
             subject = claims.agent_id
             proof = verify_dpop_proof(
-                dpop, method=method, url=url, now=now, access_token=token.strip(), expected_jkt=claims.jkt
+                dpop, method=method, url=url, now=now, access_token=token, expected_jkt=claims.jkt
             )
             if defer_replay:
                 keep_until = max(proof.replay_expires_at, now) + REPLAY_MARGIN
@@ -376,7 +390,7 @@ class AuthService:
             except AuthenticationError as exc:
                 # RFC 6750 §3.1: on a resource request the token is what is no longer good.
                 raise AuthenticationError(str(exc), code="invalid_token") from None
-            if peek_claims(token.strip()).get(BINDING_CLAIM) != FEDERATED and claims.jkt not in {
+            if claims.extra.get(BINDING_CLAIM) != FEDERATED and claims.jkt not in {
                 key.kid for key in agent.active_keys
             }:
                 # A key-bound token dies with its key: removing a key revokes what it obtained.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tether.crypto.jose import AGENT_ALGORITHMS, PublicKey, jws_header, verify_jws
+from tether.crypto.jose import AGENT_ALGORITHMS, PublicKey, parse_jws, verify_jws
 from tether.errors import AuthenticationError
 from tether.identity.tokens import _agent_id, _check_validity, _datetime, _recoded, peek_claims
 
@@ -80,10 +80,11 @@ def _audiences(claims: dict[str, Any]) -> set[str]:
 def _verify_signature(assertion: str, agent_keys: Sequence[PublicKey]) -> tuple[dict[str, Any], PublicKey]:
     """Check typ and alg, then the signature with the kid's key (or each fitting key)."""
     with _recoded(_CODE):
-        header = jws_header(assertion)
+        parsed = parse_jws(assertion)  # once, however many keys are tried below
+    header = parsed.header
     # Claims that are no JSON object are refused now, so that trying several keys below can
     # only fail for the signature.
-    peek_claims(assertion, code=_CODE)
+    peek_claims(parsed, code=_CODE)
     typ = header.get("typ")
     if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ASSERTION_TYPES):
         raise AuthenticationError("not a client assertion: unexpected typ", code=_CODE)
@@ -94,7 +95,7 @@ def _verify_signature(assertion: str, agent_keys: Sequence[PublicKey]) -> tuple[
         raise AuthenticationError("the agent has no active keys", code=_CODE)
     for key in _pick_key(header, agent_keys, alg):
         try:
-            _, claims = verify_jws(assertion, key, algorithms=AGENT_ALGORITHMS)
+            _, claims = verify_jws(parsed, key, algorithms=AGENT_ALGORITHMS)
         except AuthenticationError:
             continue
         return claims, key

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from tether.crypto.jose import AGENT_ALGORITHMS, PublicKey, jws_header, parse_public_jwk, verify_jws
+from tether.crypto.jose import AGENT_ALGORITHMS, PublicKey, parse_jws, parse_public_jwk, verify_jws
 from tether.errors import AuthenticationError, InvalidInputError
 from tether.identity.tokens import _datetime, _numeric_date, _recoded, _timestamp
 
@@ -94,9 +94,13 @@ def _string_claim(claims: dict[str, Any], name: str) -> str:
 
 
 def _proof_key_and_claims(proof: str) -> tuple[PublicKey, dict[str, Any]]:
-    """Check typ, alg and the header's public jwk, then the signature made with that jwk."""
+    """Check typ, alg and the header's public jwk, then the signature made with that jwk.
+
+    The proof is split and decoded once; a proof is single-use, so nothing of it is remembered.
+    """
     with _recoded(_CODE):
-        header = jws_header(proof)
+        parsed = parse_jws(proof)
+    header = parsed.header
     if header.get("typ") != DPOP_TYPE:
         raise AuthenticationError("not a DPoP proof: typ must be dpop+jwt", code=_CODE)
     alg = header.get("alg")
@@ -110,7 +114,7 @@ def _proof_key_and_claims(proof: str) -> tuple[PublicKey, dict[str, Any]]:
     except InvalidInputError as exc:
         raise AuthenticationError(f"DPoP proof jwk refused: {exc}", code=_CODE) from None
     with _recoded(_CODE):
-        _, claims = verify_jws(proof, key, algorithms=AGENT_ALGORITHMS)
+        _, claims = verify_jws(parsed, key, algorithms=AGENT_ALGORITHMS)
     return key, claims
 
 

@@ -9,6 +9,11 @@ This module also holds the small JWT helpers the other identity verifiers share:
 claims peek (for learning which keys to fetch, never for trusting anything), SPIFFE agent ID
 parsing, NumericDate checks, and re-coding :class:`AuthenticationError` to the OAuth error the
 endpoint at hand must answer with.
+
+A verified token may be remembered by its exact text in an :class:`AccessTokenCache` until it
+expires, so that the signature is not checked again on every request. Only what the signed token
+itself says is remembered: its time claims are checked against ``now`` on every use, and the
+agent (disabled? removed key?) is still read by the caller on every request.
 """
 
 from __future__ import annotations
@@ -18,14 +23,17 @@ import json
 import math
 import re
 import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, cast
 
 from tether.clock import utc
-from tether.crypto.jose import jws_header, sign_jws, verify_jws
+from tether.crypto.jose import CompactJws, parse_jws, sign_jws, verify_jws
 from tether.errors import AuthenticationError, InvalidInputError
 from tether.identity.signing import TokenSigningKeys
 
@@ -35,6 +43,7 @@ __all__ = [
     "MAX_ACCESS_TOKEN_TTL_SECONDS",
     "MIN_ACCESS_TOKEN_TTL_SECONDS",
     "AccessClaims",
+    "AccessTokenCache",
     "IssuedToken",
     "agent_id_for",
     "issue_access_token",
@@ -100,17 +109,19 @@ def _datetime(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def peek_claims(token: str, *, code: str = "invalid_token") -> dict[str, Any]:
+def peek_claims(token: str | CompactJws, *, code: str = "invalid_token") -> dict[str, Any]:
     """The claims of a compact JWS WITHOUT verifying it: only to learn which keys to fetch.
 
-    The size and shape checks of :func:`tether.crypto.jose.jws_header` apply first.
+    The size and shape checks of :func:`tether.crypto.jose.parse_jws` apply first (unless
+    ``token`` is already parsed).
 
     Raises:
         AuthenticationError: with ``code`` when the token is oversized or malformed.
     """
-    with _recoded(code):
-        jws_header(token)
-    payload = token.split(".")[1]
+    if not isinstance(token, CompactJws):
+        with _recoded(code):
+            token = parse_jws(token)
+    payload = token.payload_segment
     try:
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -205,13 +216,77 @@ class IssuedToken:
 
 @dataclass(frozen=True, slots=True)
 class AccessClaims:
-    """What a verified access token says: the agent and the key the token is bound to."""
+    """What a verified access token says: the agent and the key the token is bound to.
+
+    ``extra`` holds the token's other (signed) claims, those :func:`issue_access_token` was
+    given as ``extra``, so that a caller reads them without decoding the token again.
+    """
 
     agent_id: str
     jkt: str
     jti: str
     issued_at: datetime
     expires_at: datetime
+    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Remembered:
+    claims: AccessClaims
+    kid: str  # the verifying key's RFC 7638 thumbprint: a hit needs that key still held
+    trust_domain: str
+    exp: float
+    nbf: float | None
+    iat: float
+
+
+class AccessTokenCache:
+    """Access tokens whose signature and claims verified, by their exact text (bounded LRU).
+
+    A hit skips the signature check, never the rest: the token's ``exp``/``nbf``/``iat`` are
+    checked against ``now`` on every use, the key that verified it must still be held (a key
+    dropped after rotation stops its tokens here too), and nothing about the agent is kept —
+    the caller reads the agent, its keys and what a revocation changes from the store each time.
+    Safe to share between threads.
+    """
+
+    __slots__ = ("_entries", "_lock", "max_entries")
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        if max_entries < 1:
+            raise InvalidInputError("an access token cache holds at least one entry", field="max_entries")
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, _Remembered] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _get(self, token: str, keys: TokenSigningKeys, trust_domain: str) -> _Remembered | None:
+        with self._lock:
+            entry = self._entries.get(token)
+            if entry is None:
+                return None
+            if entry.trust_domain != trust_domain or keys.key_for(entry.kid) is None:
+                return None
+            self._entries.move_to_end(token)
+            return entry
+
+    def _put(self, token: str, entry: _Remembered) -> None:
+        with self._lock:
+            self._entries[token] = entry
+            self._entries.move_to_end(token)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def _forget(self, token: str) -> None:
+        with self._lock:
+            self._entries.pop(token, None)
+
+    def clear(self) -> None:
+        """Forget every remembered token."""
+        with self._lock:
+            self._entries.clear()
 
 
 def issue_access_token(
@@ -276,28 +351,52 @@ def issue_access_token(
     return IssuedToken(sign_jws(header, claims, active.private_key), jti, _datetime(expires))
 
 
+def _check_access_times(
+    exp: float, nbf: float | None, iat: float, at: float, leeway_seconds: int, code: str
+) -> None:
+    if at >= exp + leeway_seconds:
+        raise AuthenticationError("access token expired", code=code)
+    if (nbf is not None and at < nbf - leeway_seconds) or at < iat - leeway_seconds:
+        raise AuthenticationError("access token not yet valid", code=code)
+
+
 def verify_access_token(
-    token: str,
+    token: str | CompactJws,
     *,
     keys: TokenSigningKeys,
     trust_domain: str,
     now: datetime,
     leeway_seconds: int = 5,
+    cache: AccessTokenCache | None = None,
 ) -> AccessClaims:
     """Verify an access token of THIS trust domain; the DPoP proof is checked separately.
 
     Args:
-        token: the compact JWT from ``Authorization: DPoP <token>``.
+        token: the compact JWT from ``Authorization: DPoP <token>`` (or it, parsed once).
         keys: Tether's token-signing keys (current and recently retired).
         trust_domain: this deployment's trust domain.
         now: the time of the request.
         leeway_seconds: clock skew tolerated on ``exp``, ``nbf`` and ``iat``.
+        cache: where verified tokens are remembered (see :class:`AccessTokenCache`); a
+            remembered token's time claims are still checked against ``now``.
 
     Raises:
         AuthenticationError: (``invalid_token``) on any failure; the message names the check.
     """
     code = "invalid_token"
-    header = jws_header(token)
+    at = _timestamp(now)
+    text = token.token if isinstance(token, CompactJws) else token
+    if cache is not None and isinstance(text, str):
+        remembered = cache._get(text, keys, trust_domain)
+        if remembered is not None:
+            if at >= remembered.exp + leeway_seconds:
+                cache._forget(text)  # expired: remembered no longer
+            # The same checks, in the same order, as below: only the signature is not redone.
+            _check_access_times(remembered.exp, remembered.nbf, remembered.iat, at, leeway_seconds, code)
+            return remembered.claims
+
+    parsed = token if isinstance(token, CompactJws) else parse_jws(token)
+    header = parsed.header
     if header.get("typ") != ACCESS_TOKEN_TYPE:
         raise AuthenticationError("not an access token: typ must be at+jwt", code=code)
     kid = header.get("kid")
@@ -305,7 +404,7 @@ def verify_access_token(
     if key is None:
         raise AuthenticationError("access token signed with an unknown key id", code=code)
     # Only the algorithm we sign with: EdDSA is a client-compatibility alias, not ours.
-    _, claims = verify_jws(token, key.public, algorithms=frozenset({_ALGORITHM}))
+    _, claims = verify_jws(parsed, key.public, algorithms=frozenset({_ALGORITHM}))
 
     expected = issuer_for(trust_domain)
     if claims.get("iss") != expected:
@@ -314,16 +413,12 @@ def verify_access_token(
         raise AuthenticationError("access token meant for another audience", code=code)
     agent_id = _agent_id(claims.get("sub"), trust_domain=trust_domain, code=code)
 
-    at = _timestamp(now)
     exp = _numeric_date(claims, "exp", code=code, integer=True)
     nbf = _numeric_date(claims, "nbf", code=code, integer=True)
     iat = _numeric_date(claims, "iat", code=code, integer=True)
     if exp is None or iat is None:
         raise AuthenticationError("access token lacks exp or iat", code=code)
-    if at >= exp + leeway_seconds:
-        raise AuthenticationError("access token expired", code=code)
-    if (nbf is not None and at < nbf - leeway_seconds) or at < iat - leeway_seconds:
-        raise AuthenticationError("access token not yet valid", code=code)
+    _check_access_times(exp, nbf, iat, at, leeway_seconds, code)
     if not 0 < exp - iat <= MAX_ACCESS_TOKEN_TTL_SECONDS:
         raise AuthenticationError("access token lifetime out of bounds", code=code)
 
@@ -334,4 +429,8 @@ def verify_access_token(
     jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
     if not isinstance(jkt, str) or not _JKT.fullmatch(jkt):
         raise AuthenticationError("access token is not bound to a key (cnf.jkt)", code=code)
-    return AccessClaims(agent_id, jkt, jti, _datetime(iat), _datetime(exp))
+    extra = MappingProxyType({k: v for k, v in claims.items() if k not in _RESERVED_CLAIMS})
+    verified = AccessClaims(agent_id, jkt, jti, _datetime(iat), _datetime(exp), extra)
+    if cache is not None:
+        cache._put(parsed.token, _Remembered(verified, key.kid, trust_domain, exp, nbf, iat))
+    return verified
