@@ -213,6 +213,25 @@ def run(size: int, iterations: int) -> dict[str, Any]:
     }
 
 
+def cedar_floor(iterations: int) -> dict[str, Any]:
+    """cedarpy's own cost per call: a trivial one-policy ``is_authorized`` (no schema, no entities,
+    an empty context), pre-parsed policy set. No decision through cedarpy can be cheaper."""
+    trivial = cedarpy.PolicySet.from_str("permit(principal, action, resource);")
+    request = {
+        "principal": {"type": "Agent", "id": "a"},
+        "action": {"type": "Action", "id": "activate"},
+        "resource": {"type": "Secret", "id": "s"},
+        "context": {},
+    }
+
+    def call() -> object:
+        result = cedarpy.is_authorized(request, trivial, [])
+        assert result.allowed
+        return result
+
+    return {"what": "cedarpy.is_authorized, 1 trivial policy, pre-parsed set", **measure(call, iterations)}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--iterations", type=int, default=5000)
@@ -227,6 +246,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "bar": "p50 <= 100 us at 1000 policies (issue 8)",
         "results": rows,
+        "cedarpy_floor": cedar_floor(args.iterations),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
@@ -238,6 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{figures['p50_us']:>9} {figures['p99_us']:>9}"
             )
         print(f"{row['policies']:>8}  compile {row['compile_ms']} ms")
+    print(f"cedarpy floor (1 trivial policy, is_authorized): p50 {report['cedarpy_floor']['p50_us']} µs")
     print(f"wrote {RESULTS}")
     return report
 

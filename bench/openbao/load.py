@@ -4,8 +4,8 @@ One measurement starts ``procs`` processes (spawned, so nothing is shared with t
 event loop). Each process does its own setup (Tether: a DPoP-bound token for its agent, and for
 activation a task and a reveal grant per coroutine; OpenBao: child tokens made with its parent
 token), then waits on a barrier so that all start together. The parent samples the server's CPU
-around the measured window. Every Tether request goes through the SDK's ``AsyncAgent``: a fresh
-DPoP proof is signed for each one, as a real agent would.
+(its process and every worker process) around the measured window. Every Tether request goes
+through the SDK's ``AsyncAgent``: a fresh DPoP proof is signed for each one, as a real agent would.
 
 Operations (one "op" is what the issue's B-number counts):
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from bench.openbao.procs import cpu_seconds
+from bench.openbao.procs import tree_cpu_seconds
 from bench.openbao.server import KV_PATH, READ_POLICY
 from bench.openbao.tether_server import GRANT_BODY, TASK_BODY
 
@@ -176,9 +176,9 @@ def measure(specs: list[dict[str, Any]], server_pid: int) -> dict[str, Any]:
         proc.start()
     with contextlib.suppress(threading.BrokenBarrierError):
         barrier.wait(300)  # broken when a worker crashed during setup; its report says why
-    cpu0, start = cpu_seconds(server_pid), time.perf_counter()
+    cpu0, start = tree_cpu_seconds(server_pid), time.perf_counter()
     reports = [results.get(timeout=600) for _ in procs]
-    server_cpu = cpu_seconds(server_pid) - cpu0
+    server_cpu = tree_cpu_seconds(server_pid) - cpu0
     wall = time.perf_counter() - start
     for proc in procs:
         proc.join(30)

@@ -28,6 +28,48 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def _stat_fields(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return stat.read().rsplit(")", 1)[1].split()
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of a process (all its threads' children), from /proc/<pid>/task/*/children."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as f:
+            found += [int(c) for c in f.read().split()]
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and every live descendant (a server's worker processes),
+    plus what its exited children left in its cutime/cstime. A descendant that exits between two
+    samples is still counted once it is reaped; one that vanishes unreaped is not (rare: workers
+    live as long as the server)."""
+    total = 0.0
+    pending, seen = [pid], set()
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            fields = _stat_fields(current)
+        except OSError:
+            continue
+        # utime 14, stime 15, cutime 16, cstime 17 (1-based, after the command name) → 11..14.
+        total += int(fields[11]) + int(fields[12])
+        if current == pid:
+            total += int(fields[13]) + int(fields[14])
+        pending += children(current)
+    return total / CLOCK_TICKS
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of one process, from /proc/<pid>/statm."""
     with open(f"/proc/{pid}/statm", encoding="ascii") as statm:

@@ -42,6 +42,25 @@ TASK_BODY: dict[str, Any] = {
 GRANT_BODY: dict[str, Any] = {"secret": SECRET, "destination": DESTINATION, "mode": "reveal"}
 
 
+def server_has_workers_flag() -> bool:
+    """Whether ``tether server`` takes ``--workers`` (asked once per process, from its --help)."""
+    global _WORKERS_FLAG  # noqa: PLW0603 - a per-process memo of one CLI probe
+    if _WORKERS_FLAG is None:
+        done = subprocess.run(
+            [str(tether_executable()), "server", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
+        )
+        _WORKERS_FLAG = "--workers" in done.stdout
+    return _WORKERS_FLAG
+
+
+_WORKERS_FLAG: bool | None = None
+
+
 def tether_executable() -> Path:
     """The ``tether`` console script next to this interpreter (its PID is the server's)."""
     script = Path(sys.executable).parent / "tether"
@@ -53,8 +72,26 @@ def tether_executable() -> Path:
 class Tether:
     """One Tether node for one run: ``with Tether() as node: ...`` stops it on exit, also on error."""
 
-    def __init__(self, sqlite_synchronous: str = "normal") -> None:
+    def __init__(
+        self,
+        sqlite_synchronous: str = "normal",
+        *,
+        workers: int | None = None,
+        database_url: str | None = None,
+        pg_schema: str | None = None,
+        node_id: str = "node-1",
+        join: Tether | None = None,
+    ) -> None:
+        """``workers``: passed as ``--workers`` when the CLI has it (None: the server's default).
+        ``database_url``/``pg_schema``: PostgreSQL instead of the data dir's SQLite file.
+        ``join``: another node of the same deployment (same store, same root key): this node
+        copies its data dir instead of running ``tether init``."""
         self.sqlite_synchronous = sqlite_synchronous
+        self.workers = workers
+        self.database_url = database_url
+        self.pg_schema = pg_schema
+        self.node_id = node_id
+        self.join = join
         self.executable = tether_executable()
         self.workdir = Path(tempfile.mkdtemp(prefix="tether-bench-node-"))
         self.data_dir = self.workdir / "data"
@@ -63,6 +100,7 @@ class Tether:
         self.root_token = ""
         self.proc: subprocess.Popen[bytes] | None = None
         self.agents: list[dict[str, Any]] = []
+        self.workers_flag = False
 
     @property
     def pid(self) -> int:
@@ -77,50 +115,65 @@ class Tether:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
         env["TETHER_PUBLIC_URL"] = self.addr
         env["TETHER_SQLITE_SYNCHRONOUS"] = self.sqlite_synchronous
+        env["TETHER_NODE_ID"] = self.node_id
         return env
 
-    def start(self) -> Tether:
+    def _init(self) -> None:
+        if self.join is not None:
+            shutil.copytree(self.join.data_dir, self.data_dir)
+            self.root_token = self.join.root_token
+            return
+        command = [
+            str(self.executable),
+            "init",
+            "--data-dir",
+            str(self.data_dir),
+            "--json",
+            "--trust-domain",
+            "bench.test",
+        ]
+        if self.database_url:
+            command += ["--database-url", self.database_url]
+        if self.pg_schema:
+            command += ["--pg-schema", self.pg_schema]
         done = subprocess.run(
-            [
-                str(self.executable),
-                "init",
-                "--data-dir",
-                str(self.data_dir),
-                "--json",
-                "--trust-domain",
-                "bench.test",
-            ],
-            env=self._env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
+            command, env=self._env(), capture_output=True, text=True, timeout=120, check=False
         )
         if done.returncode != 0:
             raise RuntimeError(f"tether init failed: {done.stderr.strip()}")
         self.root_token = json.loads(done.stdout)["root_token"]
+
+    def start(self) -> Tether:
+        self._init()
+        command = [
+            str(self.executable),
+            "server",
+            "--data-dir",
+            str(self.data_dir),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+        ]
+        self.workers_flag = server_has_workers_flag()
+        if self.workers is not None and self.workers_flag:
+            command += ["--workers", str(self.workers)]
         log = (self.workdir / "server.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                str(self.executable),
-                "server",
-                "--data-dir",
-                str(self.data_dir),
-                "--listen",
-                f"127.0.0.1:{self.port}",
-            ],
-            env=self._env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        self.proc = subprocess.Popen(command, env=self._env(), stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, self.proc, timeout_seconds=60)
         return self
+
+    def log_tail(self, chars: int = 2000) -> str:
+        """The end of the server's log (for error reports)."""
+        path = self.workdir / "server.log"
+        return path.read_text(encoding="utf-8", errors="replace")[-chars:] if path.exists() else ""
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.root_token}"}
 
-    def seed(self, secret_value: str, agents: int) -> None:
-        """Policies, the secret, and ``agents`` agents (plus one delegate for sub-tasks)."""
+    def seed(
+        self, secret_value: str, agents: int, destination_url: str = "http://127.0.0.1:9/github"
+    ) -> None:
+        """Policies, the secret, the destination (at ``destination_url``), and ``agents`` agents
+        (plus one delegate for sub-tasks)."""
         with httpx.Client(base_url=self.addr, headers=self.headers(), timeout=30) as http:
             checked(http.put("/v1/policies", json={"policies": POLICIES.read_text(encoding="utf-8")}))
             checked(http.put(f"/v1/secrets/{SECRET}", json={"value": secret_value, **SECRET_META}))
@@ -129,7 +182,7 @@ class Tether:
                     "/v1/destinations",
                     json={
                         "name": DESTINATION,
-                        "base_url": "http://127.0.0.1:9/github",
+                        "base_url": destination_url,
                         "secret": SECRET,
                         "inject": {"type": "header", "name": "Authorization", "template": "Bearer {secret}"},
                         "methods": ["GET", "POST"],
