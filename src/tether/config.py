@@ -47,7 +47,9 @@ _ENV = {
     "max_delegation_depth": "TETHER_MAX_DELEGATION_DEPTH",
     "sweep_interval_seconds": "TETHER_SWEEP_INTERVAL_SECONDS",
     "sqlite_synchronous": "TETHER_SQLITE_SYNCHRONOUS",
+    "workers": "TETHER_WORKERS",
 }
+MAX_WORKERS = 64
 
 #: The purposes a task may declare unless the deployment configures its own vocabulary.
 DEFAULT_TASK_PURPOSES = ("deploy", "incident", "maintenance", "report", "research", "support", "testing")
@@ -118,6 +120,8 @@ class Settings:
     #: acknowledged — survives power loss. ``normal`` (WAL): survives a crash of the process, not
     #: of the machine; an order of magnitude faster per commit. See docs/operations.md.
     sqlite_synchronous: str = "full"
+    #: HTTP worker processes of ``tether server`` (1..64); unset: one per CPU core.
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -143,8 +147,13 @@ class Settings:
         if not (1 <= self.audit_checkpoint_interval_seconds <= 86_400):
             raise ConfigError("audit_checkpoint_interval_seconds must be between 1 and 86400")
         self._check_task_settings()
+        self._check_node_settings()
+
+    def _check_node_settings(self) -> None:
         if self.sqlite_synchronous not in {"full", "normal"}:
             raise ConfigError("sqlite_synchronous must be full or normal")
+        if self.workers is not None and not (1 <= self.workers <= MAX_WORKERS):
+            raise ConfigError(f"workers must be between 1 and {MAX_WORKERS}")
 
     def _check_task_settings(self) -> None:
         if not (60 <= self.task_max_ttl_seconds <= 30 * 86_400):
@@ -190,6 +199,13 @@ class Settings:
         return self.data_dir / CONFIG_FILE
 
     @property
+    def worker_count(self) -> int:
+        """``workers``, or one per CPU core (at most 64) when unset."""
+        if self.workers is not None:
+            return self.workers
+        return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+    @property
     def backend(self) -> str:
         return "sqlite" if self.database_url.startswith("sqlite:") else "postgresql"
 
@@ -225,7 +241,7 @@ class Settings:
                 if not isinstance(values[name], str | Path):
                     raise ConfigError(f"{name} must be a path string")
                 values[name] = Path(values[name])
-        for name in _INTEGERS:
+        for name in (*_INTEGERS, "workers"):
             if name in values:
                 values[name] = _integer(name, values[name])
         for name in (
@@ -267,5 +283,7 @@ class Settings:
             lines.append(f'{name} = "{text}"')
         for name in _INTEGERS:
             lines.append(f"{name} = {getattr(self, name)}")
+        if self.workers is not None:  # unset follows the machine's cores
+            lines.append(f"workers = {self.workers}")
         lines.append("task_purposes = [" + ", ".join(f'"{p}"' for p in self.task_purposes) + "]")
         return "\n".join(lines) + "\n"

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from tether import __version__
 from tether.api import (
@@ -26,8 +30,19 @@ from tether.api import (
 from tether.api.metrics import Metrics
 from tether.api.problems import install_problem_handlers, problem_response
 from tether.broker import Broker
+from tether.config import Settings
+from tether.errors import ConfigError
 
-__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "create_app"]
+__all__ = [
+    "DATA_DIR_ENV",
+    "DEFAULT_MAX_REQUEST_BYTES",
+    "create_app",
+    "create_app_from_env",
+    "create_node_app",
+]
+
+#: The data dir of the node that :func:`create_app_from_env` serves (as for the CLI's ``--data-dir``).
+DATA_DIR_ENV = "TETHER_DATA_DIR"
 
 DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 EGRESS_PREFIX = "/v1/egress/"
@@ -108,6 +123,63 @@ class _Measure:
 
 def create_app(broker: Broker, *, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> FastAPI:
     """An app serving ``broker``. The caller starts and closes the broker."""
+    app = _build_app(max_request_bytes=max_request_bytes)
+    app.state.broker = broker
+    return app
+
+
+def create_node_app(
+    settings: Settings, *, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, sealed: bool = False
+) -> FastAPI:
+    """An app that runs a node from ``settings`` in its lifespan: at startup the broker starts
+    (migrate, unseal; one process of the node at a time) and the node's background loops start
+    in this process if no other process of the node runs them; at shutdown both stop.
+
+    Agents sign Tether's URL into their proofs, so ``settings.public_url`` is required. With
+    ``sealed``, the broker drops its keys once started, before serving (a worker started while
+    its node is sealed).
+    """
+    from tether.api.lifespan import background_loops, start_broker
+
+    if settings.public_url is None:
+        raise ConfigError("set public_url (TETHER_PUBLIC_URL), the URL agents use to reach Tether")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        broker = Broker.from_settings(settings)
+        try:
+            await start_broker(broker)
+            if sealed:
+                broker.seal_now()
+                app.state.metrics.sealed.set(1)
+            app.state.broker = broker
+            async with background_loops(broker):
+                yield
+        finally:
+            await broker.close()
+
+    return _build_app(max_request_bytes=max_request_bytes, lifespan=lifespan)
+
+
+def create_app_from_env(environ: Mapping[str, str] | None = None, *, sealed: bool = False) -> FastAPI:
+    """The app factory for ASGI servers: the node whose data dir is ``$TETHER_DATA_DIR``, with its
+    ``tether.toml`` and the ``TETHER_*`` variables (``TETHER_PUBLIC_URL`` is required).
+
+    ``uvicorn --factory tether.api.app:create_app_from_env`` or ``gunicorn -k
+    uvicorn.workers.UvicornWorker 'tether.api.app:create_app_from_env()'``.
+    """
+    env = os.environ if environ is None else environ
+    if not env.get(DATA_DIR_ENV):
+        raise ConfigError(f"set {DATA_DIR_ENV} to the data dir of an initialised node (tether init)")
+    data_dir = Path(env[DATA_DIR_ENV]).expanduser().resolve()
+    settings = Settings.load(data_dir, env)
+    if settings.backend == "sqlite" and not Path(settings.database_url.removeprefix("sqlite:///")).exists():
+        # Starting would create an empty database as a side effect.
+        raise ConfigError(f"{data_dir} is not initialised; run `tether init --data-dir {data_dir}` first")
+    return create_node_app(settings, sealed=sealed)
+
+
+def _build_app(*, max_request_bytes: int, lifespan: Lifespan[FastAPI] | None = None) -> FastAPI:
     app = FastAPI(
         title="Tether",
         version=__version__,
@@ -118,8 +190,8 @@ def create_app(broker: Broker, *, max_request_bytes: int = DEFAULT_MAX_REQUEST_B
         ),
         docs_url="/docs",
         redoc_url=None,
+        lifespan=lifespan,
     )
-    app.state.broker = broker
     metrics = Metrics()
     app.state.metrics = metrics
     install_problem_handlers(app)

@@ -13,7 +13,9 @@ from tether.errors import AuthenticationError
 __all__ = ["BrokerDep", "OperatorDep", "get_broker", "get_operator"]
 
 
-def get_broker(request: Request) -> Broker:
+async def get_broker(request: Request) -> Broker:
+    """The app's broker. ``async`` on purpose: FastAPI runs a plain ``def`` dependency in its
+    threadpool, a thread hand-off on every request for one attribute read."""
     broker: Broker = request.app.state.broker
     return broker
 

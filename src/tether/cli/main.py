@@ -183,11 +183,24 @@ def init(
 
 
 @app.command()
-def server(data_dir: DataDir, listen: Listen = "127.0.0.1:8420") -> None:
+def server(
+    data_dir: DataDir,
+    listen: Listen = "127.0.0.1:8420",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="Worker processes on the one socket (default: the workers setting, else one per core).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
     """Run a node: migrate, unseal with the configured key provider, serve HTTP until Ctrl-C."""
     from tether.cli.node import serve
 
-    serve(data_dir, listen)
+    serve(data_dir, listen, workers)
 
 
 @app.command()

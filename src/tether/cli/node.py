@@ -155,16 +155,32 @@ def load_initialised(data_dir: Path) -> Settings:
     return settings
 
 
-def serve(data_dir: Path, listen: str) -> None:
-    """``tether server``: start the node and serve HTTP until Ctrl-C."""
+def serve(data_dir: Path, listen: str, workers: int | None = None) -> None:
+    """``tether server``: start the node and serve HTTP until Ctrl-C or SIGTERM, in this process
+    (one worker) or with ``workers`` worker processes on one socket (default: the ``workers``
+    setting, else one per CPU core)."""
     from tether.api import server
 
     host, port = listen_address(listen)
     settings = load_initialised(data_dir)
+    if workers is not None:
+        try:
+            settings = settings.with_overrides(workers=workers)
+        except ConfigError as exc:
+            raise CommandError(f"--workers: {exc}", EXIT_USAGE) from None
     ensure_port_free(host, port)
     logging.basicConfig(level=logging.INFO, format=server.LOG_FORMAT, stream=sys.stderr)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-start INFO lines are noise here
-    run_until_stopped(server.serve(settings, host, port), f"{host}:{port}")
+    count = settings.worker_count
+    if count == 1:
+        run_until_stopped(server.serve(settings, host, port), f"{host}:{port}")
+        return
+    from tether.api.workers import WorkerStartupError, supervise
+
+    try:
+        supervise(server.with_public_url(settings, host, port), host, port, count)
+    except WorkerStartupError as exc:
+        raise CommandError(f"{exc}; the node was stopped (the worker's log says why)") from None
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -178,9 +194,12 @@ def run_until_stopped(main: Coroutine[Any, Any, None], listen: str) -> None:
     own SIGINT handler that second signal would cancel the task while the broker is closing
     its store; a plain raising handler lets the close finish first.
     """
+    from tether.api.server import loop_factory
+
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        asyncio.run(main)
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:  # uvloop
+            runner.run(main)
     except KeyboardInterrupt:
         return
     except SystemExit as exc:  # uvicorn exits on a startup failure after logging why

@@ -1,0 +1,342 @@
+"""``tether server --workers N``: N worker processes serving one listening socket.
+
+The parent (the supervisor) checks that the node starts (migrate, unseal: the errors a single
+process would show, shown once), binds the socket, then runs ``python -m tether.api.workers``
+N times with the socket passed as a file descriptor. Each worker serves
+:func:`tether.api.app.create_node_app` under uvicorn (uvloop, httptools); the kernel hands each
+new connection to one of them. The supervisor
+
+- stops the workers (SIGTERM, then SIGKILL after :data:`GRACEFUL_SECONDS`) when it gets SIGTERM
+  or SIGINT;
+- restarts a worker that dies after it started, and stops the node if one dies during startup
+  (within :data:`STARTUP_GRACE_SECONDS`: a fault that a restart would only repeat);
+- relays a seal: a worker that answered ``POST /v1/sys/seal`` tells the supervisor (SIGUSR1),
+  which tells every worker to drop its keys, so the whole node is sealed, not one process. A
+  worker (re)started while the node is sealed starts sealed. An unseal is not relayed.
+
+Each worker reports once, on a pipe, that it serves (only then is it sent seals: before, the
+signal's default action would kill it). Workers die with the supervisor: on Linux the kernel
+sends them SIGKILL when it dies (``prctl(PR_SET_PDEATHSIG)``), elsewhere a watchdog thread
+notices the new parent. The node's background loops run in one worker only (see
+:mod:`tether.api.lifespan`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+
+import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tether.api.app import DATA_DIR_ENV, create_app_from_env
+from tether.api.lifespan import start_broker
+from tether.api.server import HTTP_OPTIONS, loop_factory
+from tether.broker import Broker
+from tether.config import Settings
+
+__all__ = [
+    "GRACEFUL_SECONDS",
+    "SEALED_ENV",
+    "STARTUP_GRACE_SECONDS",
+    "WorkerStartupError",
+    "die_with_parent",
+    "supervise",
+]
+
+log = logging.getLogger("tether.api.workers")  # also when run as __main__
+
+GRACEFUL_SECONDS = 30.0
+STARTUP_GRACE_SECONDS = 10.0
+RESTART_DELAY_SECONDS = 1.0
+POLL_SECONDS = 0.1
+BACKLOG = 2048
+WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [worker %(process)d]: %(message)s"
+#: Set for a worker (re)started while its node is sealed: it seals before it serves.
+SEALED_ENV = "TETHER_WORKER_SEALED"
+SEAL_SIGNAL = signal.SIGUSR1 if sys.platform != "win32" else signal.SIGTERM
+_PR_SET_PDEATHSIG = 1
+_READY = b"r"
+
+
+class WorkerStartupError(RuntimeError):
+    """A worker exited while starting; the node was stopped (the worker logged why)."""
+
+
+@dataclass
+class _Worker:
+    index: int
+    proc: subprocess.Popen[bytes]
+    ready_fd: int  # read end of the worker's readiness pipe
+    started_at: float = field(default_factory=time.monotonic)
+    ready: bool = False
+
+
+class _Supervisor:
+    def __init__(self, settings: Settings, sock: socket.socket, count: int) -> None:
+        self.settings = settings
+        self.sock = sock
+        self.count = count
+        self.workers: list[_Worker] = []
+        self.stopping = False
+        self.sealed = False
+
+    def _env(self) -> dict[str, str]:
+        assert self.settings.public_url is not None  # with_public_url ran first
+        env = dict(os.environ)
+        env[DATA_DIR_ENV] = str(self.settings.data_dir)
+        env["TETHER_PUBLIC_URL"] = self.settings.public_url
+        env.pop(SEALED_ENV, None)
+        if self.sealed:
+            env[SEALED_ENV] = "1"
+        return env
+
+    def spawn(self, index: int) -> _Worker:
+        fd = self.sock.fileno()
+        ready_read, ready_write = os.pipe()
+        os.set_blocking(ready_read, False)
+        command = [sys.executable, "-m", "tether.api.workers"]
+        command += ["--fd", str(fd), "--ready-fd", str(ready_write)]
+        command += ["--parent", str(os.getpid()), "--index", str(index)]
+        try:
+            proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
+                command, stdin=subprocess.DEVNULL, pass_fds=(fd, ready_write), env=self._env()
+            )
+        except BaseException:
+            os.close(ready_read)
+            raise
+        finally:
+            os.close(ready_write)
+        log.info("worker %d started (pid %d)", index, proc.pid)
+        return _Worker(index=index, proc=proc, ready_fd=ready_read)
+
+    def on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def on_seal_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.sealed = True
+        for worker in self.workers:
+            self._send_seal(worker)
+
+    def _send_seal(self, worker: _Worker) -> None:
+        if worker.ready and worker.proc.poll() is None:
+            os.kill(worker.proc.pid, SEAL_SIGNAL)
+
+    def _check_ready(self, worker: _Worker) -> None:
+        if worker.ready:
+            return
+        try:
+            signalled = os.read(worker.ready_fd, 1) == _READY
+        except BlockingIOError:
+            return
+        if signalled:
+            worker.ready = True
+            if self.sealed:  # sealed after it was spawned
+                self._send_seal(worker)
+
+    def run(self) -> None:
+        self.workers = [self.spawn(i) for i in range(self.count)]
+        while not self.stopping:
+            time.sleep(POLL_SECONDS)
+            for slot, worker in enumerate(self.workers):
+                self._check_ready(worker)
+                code = worker.proc.poll()
+                if code is None or self.stopping:
+                    continue
+                os.close(worker.ready_fd)
+                if time.monotonic() - worker.started_at < STARTUP_GRACE_SECONDS:
+                    log.error(
+                        "worker %d (pid %d) exited with %s while starting",
+                        worker.index,
+                        worker.proc.pid,
+                        code,
+                    )
+                    raise WorkerStartupError(f"worker {worker.index} exited with {code} while starting")
+                log.warning(
+                    "worker %d (pid %d) exited with %s; restarting it", worker.index, worker.proc.pid, code
+                )
+                time.sleep(RESTART_DELAY_SECONDS)
+                self.workers[slot] = self.spawn(worker.index)
+
+    def stop(self) -> None:
+        """SIGTERM every worker (uvicorn finishes the requests in flight, then the broker closes),
+        SIGKILL what is left after :data:`GRACEFUL_SECONDS`."""
+        self.stopping = True
+        for worker in self.workers:
+            if worker.proc.poll() is None:
+                worker.proc.terminate()
+        deadline = time.monotonic() + GRACEFUL_SECONDS
+        for worker in self.workers:
+            try:
+                worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "worker %d (pid %d) did not stop in time; killing it", worker.index, worker.proc.pid
+                )
+                worker.proc.kill()
+                worker.proc.wait()
+            if worker.ready_fd >= 0:
+                os.close(worker.ready_fd)
+                worker.ready_fd = -1
+        self.workers = []
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def supervise(settings: Settings, host: str, port: int, count: int) -> None:
+    """Serve the node with ``count`` worker processes until SIGTERM or SIGINT.
+
+    ``settings.public_url`` must be set (``with_public_url``). Raises whatever the node's start
+    raises (storage, keys), and :class:`WorkerStartupError` if a worker fails while starting.
+    """
+
+    async def check_start() -> None:
+        broker = Broker.from_settings(settings)
+        try:
+            await start_broker(broker)  # migrations run here, once, before any worker starts
+        finally:
+            await broker.close()
+
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(check_start())
+    sock = _listen(host, port)
+    supervisor = _Supervisor(settings, sock, count)
+    previous = {sig: signal.signal(sig, supervisor.on_stop_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    if sys.platform != "win32":
+        previous[SEAL_SIGNAL] = signal.signal(SEAL_SIGNAL, supervisor.on_seal_signal)
+    log.info("Tether %s on http://%s:%d with %d workers", settings.node_id, host, port, count)
+    try:
+        supervisor.run()
+    finally:
+        supervisor.stop()
+        sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make this process die when ``parent_pid``, its parent, dies, however it dies."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"prctl(PR_SET_PDEATHSIG): {os.strerror(errno)}")
+    else:
+
+        def watchdog() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watchdog, name="tether-parent-watchdog", daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the death signal was armed
+        os._exit(1)
+
+
+# -- the worker process ---------------------------------------------------------------------------
+
+
+class _SealNotifier:
+    """After this worker sealed (``POST /v1/sys/seal`` answered 200), tell the supervisor, which
+    seals every other worker. Told before the answer is sent: an operator who reads "sealed"
+    knows that every worker has been told."""
+
+    def __init__(self, app: ASGIApp, parent_pid: int) -> None:
+        self.app = app
+        self.parent_pid = parent_pid
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/sys/seal" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+
+        async def notify_then_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 200:
+                os.kill(self.parent_pid, SEAL_SIGNAL)
+            await send(message)
+
+        await self.app(scope, receive, notify_then_send)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _worker_main(fd: int, ready_fd: int, parent_pid: int, index: int) -> None:
+    die_with_parent(parent_pid)
+    # uvicorn handles SIGTERM/SIGINT while it serves, then raises the signal again once the app
+    # has shut down (the broker closed): this handler turns that into a clean exit.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _interrupt)
+    logging.basicConfig(level=logging.INFO, format=WORKER_LOG_FORMAT, stream=sys.stderr)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    sock = socket.socket(fileno=fd)
+    app = create_app_from_env(sealed=bool(os.environ.get(SEALED_ENV)))
+    if sys.platform != "win32":
+        app.add_middleware(_SealNotifier, parent_pid=parent_pid)
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", **HTTP_OPTIONS))
+
+    def seal() -> None:
+        broker: Broker = app.state.broker
+        broker.seal_now()
+        app.state.metrics.sealed.set(1)
+        log.warning("sealed: the node was sealed (through one of its workers)")
+
+    async def report_ready() -> None:
+        while not server.started:
+            await asyncio.sleep(0.02)
+        if sys.platform != "win32":
+            asyncio.get_running_loop().add_signal_handler(SEAL_SIGNAL, seal)
+        os.write(ready_fd, _READY)
+        os.close(ready_fd)
+        log.info("worker %d serving", index)
+
+    async def serve() -> None:
+        reporter = asyncio.create_task(report_ready())
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            reporter.cancel()
+
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(serve())
+    except KeyboardInterrupt:
+        return
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tether.api.workers``: one worker, run by :func:`supervise` (not by hand)."""
+    parser = argparse.ArgumentParser(prog="python -m tether.api.workers", description=main.__doc__)
+    parser.add_argument("--fd", type=int, required=True, help="the listening socket, inherited")
+    parser.add_argument("--ready-fd", type=int, required=True, help="a pipe to say 'serving' on")
+    parser.add_argument("--parent", type=int, required=True, help="the supervisor's pid")
+    parser.add_argument("--index", type=int, required=True)
+    args = parser.parse_args(argv)
+    _worker_main(args.fd, args.ready_fd, args.parent, args.index)
+
+
+if __name__ == "__main__":
+    main()
