@@ -78,6 +78,16 @@ class FlakyStore:
             raise StorageError("sqlite store error: connection lost during commit")
         return results
 
+    async def append_sealed(self, seal: Any, effects: Any = ()) -> tuple[list[Event], list[list[object]]]:
+        # The sealing append of a store that has one (SQLite) fails the same ways.
+        if self.fail_before_commit:
+            raise StorageError("sqlite store error: disk I/O error")
+        done: tuple[list[Event], list[list[object]]] = await self._inner.append_sealed(seal, effects)  # type: ignore[attr-defined]
+        if self.fail_after_commit:
+            self.fail_after_commit -= 1
+            raise StorageError("sqlite store error: connection lost during commit")
+        return done
+
 
 class BrokenSink:
     name = "broken-collector"

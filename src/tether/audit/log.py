@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import random
 from collections.abc import Mapping, Sequence
@@ -39,7 +40,7 @@ from tether.domain.events import (
     seal_event,
 )
 from tether.errors import ConflictError, InvalidInputError, NotFoundError, SealedError, StorageError
-from tether.store.base import AuditConflictError, Effect, EffectFailedError, Storage
+from tether.store.base import AuditConflictError, Effect, EffectFailedError, SealingStorage, Storage
 
 __all__ = ["AuditLog"]
 
@@ -95,6 +96,8 @@ class AuditLog:
         self._writer: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one append or checkpoint at a time on this node
         self._head: tuple[int, bytes] | None = None  # None: reload from the store
+        # A store that seals inside its write transaction never conflicts with other writers.
+        self._sealing = storage if isinstance(storage, SealingStorage) else None
         self._closed = False
         self.sink_failures = 0
         self.sink_failures_by_name: dict[str, int] = {}
@@ -266,12 +269,18 @@ class AuditLog:
         for attempt in range(self._max_attempts):
             if not batch:
                 return [], [], []
-            if self._head is None:
-                self._head = await self._load_head()
-            events = self._seal_batch([p.draft for p in batch], self._head)
+            drafts = [p.draft for p in batch]
             effects = [p.effects for p in batch] if any(p.effects for p in batch) else []
             try:
-                results = await self._storage.append_audit_events(events, effects)
+                if self._sealing is not None:
+                    events, results = await self._sealing.append_sealed(
+                        functools.partial(self._seal_batch, drafts), effects
+                    )
+                else:
+                    if self._head is None:
+                        self._head = await self._load_head()
+                    events = self._seal_batch(drafts, self._head)
+                    results = await self._storage.append_audit_events(events, effects)
             except EffectFailedError as exc:
                 # Nothing was written: answer those whose effect failed, retry the others.
                 for index, effect in exc.failed.items():

@@ -9,7 +9,7 @@ and never let a driver exception escape.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -34,6 +34,7 @@ __all__ = [
     "GrantInUse",
     "PolicySetRecord",
     "RememberJti",
+    "SealingStorage",
     "Storage",
     "StoredAuditRow",
     "StoredCheckpoint",
@@ -589,4 +590,21 @@ class Storage(Protocol):
 
     async def delete_destination(self, name: str) -> bool:
         """Delete destination ``name``; False if there is none."""
+        ...
+
+
+@runtime_checkable
+class SealingStorage(Protocol):
+    """Optional capability: append a batch sealed on top of the head read inside the write
+    transaction. Writers of several processes (or nodes) then queue on the store's lock instead of
+    racing for sequence numbers and retrying; the audit log uses it when the store has it."""
+
+    async def append_sealed(
+        self,
+        seal: Callable[[tuple[int, bytes]], list[Event]],
+        effects: Sequence[Sequence[Effect]] = (),
+    ) -> tuple[list[Event], list[list[object]]]:
+        """Call ``seal(head)`` with the stored head ``(seq, hash)`` (``(0, GENESIS_HASH)`` when
+        empty) inside the transaction and append what it returns with ``effects``, as
+        :meth:`Storage.append_audit_events`. Returns the events and their effects' results."""
         ...

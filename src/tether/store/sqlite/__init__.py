@@ -8,12 +8,13 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tether.store._sql import SQLStorage
+from tether.store.sqlite._driver import SQLiteDriver
+from tether.store.sqlite._storage import SQLiteStorage
 
-__all__ = ["open_sqlite"]
+__all__ = ["SQLiteStorage", "open_sqlite"]
 
 
-def open_sqlite(path: Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000) -> SQLStorage:
+def open_sqlite(path: Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000) -> SQLiteStorage:
     """Storage in the SQLite file at ``path`` (created on first migration)."""
     if synchronous not in {"FULL", "NORMAL"}:
         raise ValueError("synchronous must be FULL or NORMAL")
@@ -39,4 +40,6 @@ def open_sqlite(path: Path, *, synchronous: str = "FULL", busy_timeout_ms: int =
         read_only = conn.get_execution_options().get("tether_read_only", False)
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
-    return SQLStorage(engine, backend="sqlite", unavailable_hint=f" at {path}")
+    hint = f" at {path}"
+    driver = SQLiteDriver(path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms, hint=hint)
+    return SQLiteStorage(engine, driver, unavailable_hint=hint)

@@ -1,0 +1,140 @@
+"""Stdlib ``sqlite3`` under the hot paths: reads on the caller's thread, writes on one writer thread.
+
+A transaction is one function. :meth:`SQLiteDriver.read` runs one query on a connection of the calling
+thread (the event loop's): in WAL mode a reader never waits for the writer, and a single indexed query
+costs tens of microseconds — less than handing it to another thread and back.
+:meth:`SQLiteDriver.write` hands one function to the writer thread, which runs it between
+``BEGIN IMMEDIATE`` and ``COMMIT``: one thread hop per transaction, however many statements it holds.
+Writers of other processes (``tether server --workers N``) queue on SQLite's lock (``busy_timeout``),
+so everything read inside a write function (the audit chain's head, a task's state) is current.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tether.errors import StorageError, StorageUnavailableError, TetherError
+from tether.store._hot import Query
+
+__all__ = ["SQLiteDriver"]
+
+T = TypeVar("T")
+
+
+class SQLiteDriver:
+    """Connections to one SQLite file for the hot paths (see the module docstring)."""
+
+    def __init__(self, path: Path, *, synchronous: str, busy_timeout_ms: int, hint: str) -> None:
+        if synchronous not in {"FULL", "NORMAL"}:
+            raise ValueError("synchronous must be FULL or NORMAL")
+        self._path = path
+        self._synchronous = synchronous
+        self._busy_timeout_ms = int(busy_timeout_ms)
+        self._hint = hint
+        self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []
+        self._opened_lock = threading.Lock()
+        self._writer: ThreadPoolExecutor | None = None
+        self._closed = False
+
+    # -- connections ------------------------------------------------------------------------------
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if self._closed:
+            raise StorageError(f"sqlite store is closed{self._hint}")
+        try:
+            # Autocommit (isolation_level None): a lone SELECT is its own read transaction, and
+            # writes say BEGIN IMMEDIATE themselves. check_same_thread is off only so close() can
+            # close every thread's connection; each is used by its own thread alone.
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as exc:
+            raise self.translate(exc) from None
+        with self._opened_lock:
+            self._opened.append(conn)
+        self._local.conn = conn
+        return conn
+
+    def _writer_pool(self) -> ThreadPoolExecutor:
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-sqlite-writer")
+        return self._writer
+
+    # -- errors -------------------------------------------------------------------------------------
+    def translate(self, exc: sqlite3.Error) -> StorageError:
+        """The driver's error as ours (never the driver's text for anything but the cause)."""
+        text = str(exc)
+        if "no such table" in text:
+            return StorageError(f"sqlite store has no Tether schema{self._hint}: run `tether migrate`")
+        if isinstance(exc, sqlite3.OperationalError):
+            return StorageUnavailableError(
+                f"sqlite store unavailable{self._hint}: {text.splitlines()[0][:200]}"
+            )
+        return StorageError(f"sqlite store error: {type(exc).__name__}")
+
+    # -- reading --------------------------------------------------------------------------------------
+    def read(self, query: Query, params: Sequence[Any] = ()) -> list[Any]:
+        """Every row of one query, as ``query``'s named tuples, on this thread."""
+        try:
+            cursor = self._connection().execute(query.sql, params)
+            try:
+                raw = cursor.fetchall()  # fetch everything: an open cursor would hold the snapshot
+            finally:
+                cursor.close()
+        except sqlite3.Error as exc:
+            raise self.translate(exc) from None
+        return query.rows(raw)
+
+    # -- writing --------------------------------------------------------------------------------------
+    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in one ``BEGIN IMMEDIATE`` … ``COMMIT`` on the writer thread. Anything it
+        raises rolls the transaction back; the driver's errors become :class:`StorageError`."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer_pool(), self._transaction, work)
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except TetherError:
+            raise
+        except sqlite3.Error as exc:
+            raise self.translate(exc) from None
+        return result
+
+    def write_sync(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """:meth:`write` on the calling thread (tools and tests without an event loop)."""
+        return self._transaction(work)
+
+    # -- closing --------------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._closed = True
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            try:
+                conn.close()
+            except sqlite3.Error:  # pragma: no cover - closing a connection another thread holds
+                continue
+        self._local = threading.local()
