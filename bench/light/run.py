@@ -586,4 +586,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out} in {results['wall_seconds']} s", flush=True)
+    from bench.light.report import done_means, verdict
+
+    print("Done means (issue 13), from this run only:")
+    for row in done_means(results):
+        print(f"  {verdict(row):12} {row['target']}: {row['figure']}")
     return results
