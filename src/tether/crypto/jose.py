@@ -198,6 +198,28 @@ def _ed25519_public_key(members: Mapping[str, str]) -> PublicKey | None:
     )
 
 
+def _p256_public_key(members: Mapping[str, str], crv: object) -> PublicKey | None:
+    """The plain P-256 JWK ({kty, crv, x, y}, canonical 32-byte coordinates of a point on the
+    curve) without joserfc's import; None for anything else, which takes joserfc's path."""
+    if crv != "P-256" or len(members) != 4 or "x" not in members or "y" not in members:
+        return None
+    x, y = _b64url_strict(members["x"]), _b64url_strict(members["y"])
+    if x is None or y is None or len(x) != 32 or len(y) != 32:
+        return None
+    try:
+        verifier = EllipticCurvePublicKey.from_encoded_point(SECP256R1(), b"\x04" + x + y)
+    except ValueError:
+        return None
+    public = {"crv": "P-256", "x": members["x"], "y": members["y"], "kty": "EC"}
+    return PublicKey(
+        jwk=public,
+        kid=_thumbprint(public),
+        algorithms=_FITS[("EC", "P-256")],
+        key=ECKey(verifier, dict(public)),
+        verifier=verifier,
+    )
+
+
 def _verifier_of(key: KeyObject) -> Verifier | None:
     """The ``cryptography`` public key of an Ed25519 or P-256 JWK; None for the others."""
     raw = key.raw_value
@@ -227,7 +249,7 @@ def parse_public_jwk(value: object, *, allow_rsa: bool = False) -> PublicKey:
     members = {k: v for k, v in value.items() if k in {"kty", "crv", "x", "y", "n", "e"}}
     if not all(isinstance(v, str) for v in members.values()):
         raise InvalidInputError("JWK members must be strings", field="public_key")
-    fast = _ed25519_public_key(members) if kty == "OKP" else None
+    fast = _ed25519_public_key(members) if kty == "OKP" else _p256_public_key(members, crv)
     if fast is not None:
         return fast
     try:
