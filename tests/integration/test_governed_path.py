@@ -30,6 +30,7 @@ from tether.clock import FrozenClock
 from tether.config import Settings
 from tether.crypto.jose import generate_private_jwk
 from tether.sdk import AsyncAgent
+from tether.store.sqlite._driver import SQLiteDriver
 
 pytestmark = pytest.mark.asyncio
 
@@ -881,10 +882,19 @@ async def test_store_down_activation_is_503_and_never_a_value(env: Env) -> None:
     )
     broken = create_async_engine(url)
     storage._engine = broken
+    # The SQLite store's hot paths run on their own driver: break that one too.
+    driver = getattr(storage, "_driver", None)
+    if driver is not None:
+        storage._driver = SQLiteDriver(
+            Path("/nonexistent-dir/tether/none.db"), synchronous="FULL", busy_timeout_ms=100, hint=""
+        )
     try:
         refused = await env.bot.activate(grant["id"])
     finally:
         storage._engine = original
+        if driver is not None:
+            storage._driver.close()
+            storage._driver = driver
         await broken.dispose()
     assert refused.status_code == 503, refused.text
     assert refused.json()["type"].startswith("urn:tether:problem:storage")
