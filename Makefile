@@ -39,7 +39,13 @@ fmt: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/bench.lock
+	@command -v wrk >/dev/null || { \
+	  echo "bench: installing wrk (Debian package) for the light load generator"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }; \
+	  else sudo apt-get install -y wrk; fi; \
+	} || { echo "bench: wrk is missing and could not be installed: run 'sudo apt-get install -y wrk' (Debian/Ubuntu), or 'python -m bench.light --generator asyncio'"; exit 1; }
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.light
 	$(BIN)/python -m bench.compare --run --profile
 
 ## lock: re-resolve the locked dependencies (needs network to PyPI)
