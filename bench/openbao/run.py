@@ -519,7 +519,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "client_processes": args.procs,
                 "concurrency": CONCURRENCY,
                 "sequential_ops": SEQUENTIAL_COUNT,
-                "tether": "tether server (uvicorn, 1 process), SQLite WAL with "
+                "tether": f"tether server ({_workers_note()}), SQLite WAL with "
                 f"sqlite_synchronous={args.sqlite_synchronous}, hash-chained audit in the store, "
                 "DPoP on every agent request, example policy set",
                 "openbao": "bao server, raft storage, file audit device, KV v2, service tokens, "
@@ -542,6 +542,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {results_path} in {results['wall_seconds']} s", flush=True)
     return results
+
+
+def _workers_note() -> str:
+    from bench.openbao.tether_server import server_has_workers_flag
+
+    return "default workers: one per core" if server_has_workers_flag() else "one process"
 
 
 def _drop_samples(value: Any) -> None:
