@@ -31,10 +31,11 @@ from tether.broker.auth import AgentCaller
 from tether.config import Settings
 from tether.crypto.jose import generate_private_jwk
 from tether.domain.agents import AgentAttributes
+from tether.domain.commands import Delegate, IssueGrant, OpenTask
 from tether.domain.destinations import Injection, InjectionType
 from tether.domain.operators import OperatorRecord
 from tether.domain.secrets import SecretMetadata, Sensitivity
-from tether.domain.tasks import Grant, Task
+from tether.domain.tasks import Grant, GrantMode, Task
 from tether.errors import ConflictError, DeniedError, InvalidInputError, NotFoundError
 
 T = TypeVar("T")
@@ -180,7 +181,7 @@ def test_no_sequence_of_delegations_widens_any_task(node: Node, steps: list[dict
     async def scenario() -> None:
         callers = await node.agents(AGENTS_PER_TREE)
         by_id = {caller.agent.id: caller for caller in callers}
-        root = await node.broker.tasks.open(callers[0], ROOT_INTENT)
+        root = await node.broker.tasks.open(callers[0], OpenTask(**ROOT_INTENT))
         tasks = [root]
         for step in steps:
             parent = tasks[step["parent"] % len(tasks)]
@@ -199,7 +200,7 @@ def test_no_sequence_of_delegations_widens_any_task(node: Node, steps: list[dict
                 "ttl_seconds": ttl,
             }
             try:
-                child = await node.broker.tasks.delegate(by_id[parent.agent_id], parent.id, body)
+                child = await node.broker.tasks.delegate(by_id[parent.agent_id], parent.id, Delegate(**body))
             except REFUSED:
                 continue
             widening = child.intent.widening(parent.intent)
@@ -240,14 +241,16 @@ def test_ending_any_ancestor_stops_every_descendant_grant(
         tasks_service = node.broker.tasks
         callers = await node.agents(AGENTS_PER_TREE)
         by_id = {caller.agent.id: caller for caller in callers}
-        tasks = [await tasks_service.open(callers[0], ROOT_INTENT)]
+        tasks = [await tasks_service.open(callers[0], OpenTask(**ROOT_INTENT))]
         refusals: list[str] = []
         for parent_index, delegate, extra in shape:
             parent = tasks[parent_index % len(tasks)]
             keep = {"prop/internal-a"} | (extra & parent.intent.secrets)  # a narrowing, always
             body = {"agent": callers[delegate].agent.id, "objective": "a part", "secrets": sorted(keep)}
             try:
-                tasks.append(await tasks_service.delegate(by_id[parent.agent_id], parent.id, body))
+                tasks.append(
+                    await tasks_service.delegate(by_id[parent.agent_id], parent.id, Delegate(**body))
+                )
             except (InvalidInputError, DeniedError) as exc:  # self-delegation, depth limit
                 refusals.append(str(exc))
         assert all("itself" in why or "deeper" in why for why in refusals), refusals
@@ -255,7 +258,7 @@ def test_ending_any_ancestor_stops_every_descendant_grant(
         for task in tasks:
             caller = by_id[task.agent_id]
             grants[task.id] = [
-                await tasks_service.issue(caller, task.id, {"secret": path, "mode": "reveal"})
+                await tasks_service.issue(caller, task.id, IssueGrant(secret=path, mode=GrantMode.REVEAL))
                 for path in sorted(task.intent.secrets)
             ]
         target = tasks[victim % len(tasks)]

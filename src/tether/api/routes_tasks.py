@@ -17,8 +17,9 @@ from tether.api.deps import BrokerDep, OperatorDep, get_operator
 from tether.api.models import SensitivityName
 from tether.api.routes_auth import ActivatingCallerDep, AgentCallerDep, get_agent_caller
 from tether.broker.auth import AgentCaller
+from tether.domain.commands import MAX_USES, Delegate, IssueGrant, OpenTask, UpdateTask
 from tether.domain.operators import OperatorRecord
-from tether.domain.tasks import Approval, Ended, Grant, Task
+from tether.domain.tasks import Approval, Ended, Grant, GrantMode, Task
 from tether.errors import InvalidInputError
 
 router = APIRouter(tags=["tasks"])
@@ -47,6 +48,17 @@ class TaskCreate(_Request):
     tools: Names = []
     ttl_seconds: Annotated[int | None, Field(ge=1, le=30 * 86_400)] = None
 
+    def command(self) -> OpenTask:
+        return OpenTask(
+            purpose=self.purpose,
+            objective=self.objective,
+            sensitivity=self.sensitivity,
+            secrets=self.secrets,
+            destinations=self.destinations,
+            tools=self.tools,
+            ttl_seconds=self.ttl_seconds,
+        )
+
 
 class TaskPatch(_Request):
     purpose: Annotated[str | None, Field(min_length=1, max_length=64)] = None
@@ -56,13 +68,32 @@ class TaskPatch(_Request):
     destinations: Names | None = None
     tools: Names | None = None
 
+    def command(self) -> UpdateTask:
+        return UpdateTask(
+            purpose=self.purpose,
+            objective=self.objective,
+            sensitivity=self.sensitivity,
+            secrets=self.secrets,
+            destinations=self.destinations,
+            tools=self.tools,
+        )
+
 
 class GrantCreate(_Request):
     secret: Annotated[str | None, Field(min_length=1, max_length=256)] = None
     destination: Annotated[str | None, Field(min_length=1, max_length=64)] = None
     mode: Literal["inject", "reveal", "dynamic"] = "inject"
     ttl_seconds: Annotated[int | None, Field(ge=1, le=30 * 86_400)] = None
-    max_uses: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
+    max_uses: Annotated[int | None, Field(ge=1, le=MAX_USES)] = None
+
+    def command(self) -> IssueGrant:
+        return IssueGrant(
+            secret=self.secret,
+            destination=self.destination,
+            mode=GrantMode(self.mode),
+            ttl_seconds=self.ttl_seconds,
+            max_uses=self.max_uses,
+        )
 
 
 class DelegationCreate(_Request):
@@ -76,6 +107,17 @@ class DelegationCreate(_Request):
         int | None,
         Field(ge=1, le=30 * 86_400, description="Default and maximum: the parent's remaining time."),
     ] = None
+
+    def command(self) -> Delegate:
+        return Delegate(
+            agent=self.agent,
+            objective=self.objective,
+            secrets=self.secrets,
+            destinations=self.destinations,
+            tools=self.tools,
+            sensitivity=self.sensitivity,
+            ttl_seconds=self.ttl_seconds,
+        )
 
 
 class Reason(_Request):
@@ -252,7 +294,7 @@ async def _caller(request: Request, broker: BrokerDep) -> AgentCaller | Operator
 @router.post("/v1/tasks", status_code=201)
 async def open_task(body: TaskCreate, caller: AgentCallerDep, broker: BrokerDep) -> TaskOut:
     """Open a task: declare the intent; ``open_task`` is decided (or an approval is requested)."""
-    task = await broker.tasks.open(caller, body.model_dump())
+    task = await broker.tasks.open(caller, body.command())
     return TaskOut.of(task, broker.clock.now())
 
 
@@ -294,10 +336,9 @@ async def update_task(
     task_id: IdParam, body: TaskPatch, caller: AgentCallerDep, broker: BrokerDep
 ) -> TaskUpdateOut:
     """Change the task's context: decided again at once; grants no longer allowed are revoked."""
-    fields = body.model_dump(exclude_unset=True)
-    if not fields:
+    if not body.model_fields_set:
         raise InvalidInputError("name at least one field to change", field="body")
-    task, revoked = await broker.tasks.update(caller, task_id, fields)
+    task, revoked = await broker.tasks.update(caller, task_id, body.command())
     return TaskUpdateOut(**TaskOut.of(task, broker.clock.now()).model_dump(), grants_revoked=revoked)
 
 
@@ -334,7 +375,7 @@ async def delegate_task(
     task_id: IdParam, body: DelegationCreate, caller: AgentCallerDep, broker: BrokerDep
 ) -> TaskOut:
     """Hand a narrower sub-task to another agent: ``delegate`` then ``open_task`` are decided."""
-    child = await broker.tasks.delegate(caller, task_id, body.model_dump())
+    child = await broker.tasks.delegate(caller, task_id, body.command())
     return TaskOut.of(child, broker.clock.now())
 
 
@@ -355,7 +396,7 @@ async def issue_grant(
     task_id: IdParam, body: GrantCreate, caller: AgentCallerDep, broker: BrokerDep
 ) -> GrantOut:
     """Issuance: a key-bound grant to use one secret (or destination) in one mode. No secret."""
-    grant = await broker.tasks.issue(caller, task_id, body.model_dump())
+    grant = await broker.tasks.issue(caller, task_id, body.command())
     return GrantOut.of(grant, broker.clock.now())
 
 

@@ -51,13 +51,22 @@ class AgentPage:
 class AgentService:
     """Register, list, show, disable agents; add and remove their keys."""
 
-    def __init__(self, storage: Storage, audit: AuditLog, clock: Clock, trust_domain: str) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        audit: AuditLog,
+        clock: Clock,
+        trust_domain: str,
+        *,
+        on_disable: Callable[[Actor, str, str], Awaitable[object]] | None = None,
+    ) -> None:
         self._storage = storage
         self._audit = audit
         self._clock = clock
         self.trust_domain = validate_trust_domain(trust_domain)
         # Set by the node: ends the agent's live tasks (and what was issued for them).
-        self.on_disable: Callable[[Actor, str, str], Awaitable[object]] | None = None
+        # Ends a disabled agent's tasks (the node passes the revocation service's).
+        self.on_disable = on_disable
 
     def id_of(self, name_or_id: str) -> str:
         """The SPIFFE ID for an agent name or id (validated; the agent need not exist)."""

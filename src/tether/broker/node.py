@@ -7,13 +7,19 @@ import logging
 from dataclasses import dataclass
 
 from tether.audit import AUDIT_KEYS_META, AuditLog, AuditSink, JsonlFileSink, load_or_create_audit_keys
+from tether.broker._decisions import DecisionPoint
 from tether.broker.access import authorize, operator_actor
+from tether.broker.activation import ActivationService
 from tether.broker.agents import AgentService, IssuerService
+from tether.broker.approvals import ApprovalService
 from tether.broker.auth import AuthService
 from tether.broker.destinations import DestinationService
+from tether.broker.governed import GovernedPath
+from tether.broker.grants import GrantService
 from tether.broker.keys import KeyService, RotationResult
 from tether.broker.operators import OperatorService
 from tether.broker.policies import PolicyService
+from tether.broker.revocation import RevocationService, SecretRevocation
 from tether.broker.secrets import SecretService
 from tether.broker.tasks import TaskService
 from tether.broker.webhook import ApprovalWebhook
@@ -61,6 +67,8 @@ class Broker:
         if settings.audit_jsonl_path is not None:
             sinks.append(JsonlFileSink(settings.audit_jsonl_path))
         self.audit = AuditLog(storage, node_id=settings.node_id, clock=self.clock, sinks=sinks)
+        # Built in dependency order; each service gets its collaborators in its constructor.
+        secret_revocation = SecretRevocation(storage, self.audit, self.clock)
         self.secrets = SecretService(
             storage,
             self.barrier,
@@ -68,20 +76,17 @@ class Broker:
             self.audit,
             self.clock,
             max_value_bytes=settings.max_secret_bytes,
+            on_delete=secret_revocation.secret_deleted,
         )
+        self.engines = EngineRegistry(StaticEngine(self.secrets.read_value))
+        revocation = RevocationService(storage, self.audit, self.clock, self.engines, secret_revocation)
         self.operators = OperatorService(storage, self.audit, self.clock)
-        self.agents = AgentService(storage, self.audit, self.clock, settings.trust_domain)
+        self.agents = AgentService(
+            storage, self.audit, self.clock, settings.trust_domain, on_disable=revocation.revoke_agent
+        )
         self.issuers = IssuerService(storage, self.audit, self.clock)
         self.destinations = DestinationService(storage, self.audit, self.clock)
         self.policies = PolicyService(storage, self.audit, self.clock)
-        self.engines = EngineRegistry(StaticEngine(self.secrets.read_value))
-        self.tasks = TaskService(
-            storage, self.audit, self.clock, settings, self.policies, self.secrets, self.engines
-        )
-        self.agents.on_disable = self.tasks.revoke_agent
-        self.secrets.on_delete = self.tasks.secret_deleted
-        if settings.approval_webhook_url:
-            self.tasks.webhook = ApprovalWebhook(settings.approval_webhook_url)
         self.auth = AuthService(
             storage,
             self.audit,
@@ -90,7 +95,26 @@ class Broker:
             trust_domain=settings.trust_domain,
             token_ttl_seconds=settings.token_ttl_seconds,
         )
-        self.tasks.on_replay = self.auth.refuse_replay
+        decisions = DecisionPoint(
+            storage,
+            self.audit,
+            self.clock,
+            settings,
+            self.policies,
+            self.engines,
+            refuse_replay=self.auth.refuse_replay,
+            notifier=ApprovalWebhook(settings.approval_webhook_url)
+            if settings.approval_webhook_url
+            else None,
+        )
+        self.tasks = GovernedPath(
+            decisions,
+            TaskService(storage, self.audit, self.clock, settings, decisions, revocation),
+            GrantService(storage, self.audit, self.clock, decisions),
+            ActivationService(storage, self.audit, self.clock, self.secrets, self.engines, decisions),
+            ApprovalService(storage, self.audit, self.clock, settings),
+            revocation,
+        )
 
     @classmethod
     def from_settings(

@@ -46,6 +46,7 @@ class SecretService:
         clock: Clock,
         *,
         max_value_bytes: int,
+        on_delete: Callable[[Actor, str, str], Awaitable[object]] | None = None,
     ) -> None:
         self._storage = storage
         self._audit = audit
@@ -53,8 +54,8 @@ class SecretService:
         self._keys = keys
         self._clock = clock
         self._max_value_bytes = max_value_bytes
-        # Set by the node: revokes the deleted secret's grants.
-        self.on_delete: Callable[[Actor, str, str], Awaitable[object]] | None = None
+        # Revokes the deleted secret's grants (the node passes the revocation service's).
+        self.on_delete = on_delete
 
     def _check_unsealed(self) -> None:
         if self._barrier.sealed:
