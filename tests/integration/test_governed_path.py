@@ -882,12 +882,15 @@ async def test_store_down_activation_is_503_and_never_a_value(env: Env) -> None:
     )
     broken = create_async_engine(url)
     storage._engine = broken
-    # The SQLite store's hot paths run on their own driver: break that one too.
+    # The hot paths run on their own driver (sqlite3, a raw asyncpg pool): break that one too.
     driver = getattr(storage, "_driver", None)
+    pools, dsn = getattr(storage, "_pools", None), getattr(storage, "_dsn", None)
     if driver is not None:
         storage._driver = SQLiteDriver(
             Path("/nonexistent-dir/tether/none.db"), synchronous="FULL", busy_timeout_ms=100, hint=""
         )
+    if pools is not None:
+        storage._pools, storage._dsn = {}, "postgresql://postgres@127.0.0.1:1/none"
     try:
         refused = await env.bot.activate(grant["id"])
     finally:
@@ -895,6 +898,8 @@ async def test_store_down_activation_is_503_and_never_a_value(env: Env) -> None:
         if driver is not None:
             storage._driver.close()
             storage._driver = driver
+        if pools is not None:
+            storage._pools, storage._dsn = pools, dsn
         await broken.dispose()
     assert refused.status_code == 503, refused.text
     assert refused.json()["type"].startswith("urn:tether:problem:storage")

@@ -11,6 +11,7 @@ Placeholders are written ``?`` (SQLite); :attr:`Query.pg` renumbers them ``$1, $
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import namedtuple
 from collections.abc import Sequence
@@ -42,6 +43,7 @@ __all__ = [
     "TASK_BY_ID",
     "TASK_STATE_FOR_UPDATE",
     "Query",
+    "jti_key",
 ]
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -90,6 +92,15 @@ _AGENT_FROM = "FROM agents a LEFT JOIN agent_keys k ON k.agent_id = a.id"
 #: The agent with all its keys: one round trip, primary-key lookups on both sides.
 AGENT_BY_ID = _select(_AGENT_COLUMNS, f"{_AGENT_FROM} WHERE a.id = ? ORDER BY k.added_at_us, k.kid")
 AGENT_BY_NAME = _select(_AGENT_COLUMNS, f"{_AGENT_FROM} WHERE a.name = ? ORDER BY k.added_at_us, k.kid")
+
+#: Replay keys longer than this are stored as their hash, so the index stays small.
+MAX_JTI_KEY_BYTES = 64
+
+
+def jti_key(key: bytes) -> bytes:
+    """The stored form of a replay key (callers pass a hash; a longer key is hashed here)."""
+    return hashlib.sha256(b"tether-jti\0" + key).digest() if len(key) > MAX_JTI_KEY_BYTES else key
+
 
 INSERT_JTI = Query("INSERT INTO jti_replay (key, expires_at_us) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
 REPLACE_EXPIRED_JTI = Query("UPDATE jti_replay SET expires_at_us = ? WHERE key = ? AND expires_at_us <= ?")

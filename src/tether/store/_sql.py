@@ -6,7 +6,6 @@ The SQLite and PostgreSQL backends differ only in how they connect (see
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ from tether.errors import (
 )
 from tether.store import schema as t
 from tether.store._destinations import DestinationStore
+from tether.store._hot import jti_key
 from tether.store._sqlbase import from_us, like_escape, to_us
 from tether.store._tasks import TaskStore
 from tether.store.base import (
@@ -60,7 +60,6 @@ __all__ = ["SQLStorage", "from_us", "to_us"]
 
 #: How many expired replay records one ``remember_jti`` call deletes at most.
 JTI_SWEEP_LIMIT = 100
-MAX_JTI_KEY_BYTES = 64
 MAX_JTI_INPUT_BYTES = 8192
 
 
@@ -450,8 +449,7 @@ class SQLStorage(TaskStore, DestinationStore):
     async def _remember(self, conn: AsyncConnection, key: bytes, expires_at: datetime, now: datetime) -> bool:
         """Insert a replay record unless a live one exists (an expired one is replaced). Never
         raises on a duplicate, so it can share a transaction with other writes."""
-        if len(key) > MAX_JTI_KEY_BYTES:
-            key = hashlib.sha256(b"tether-jti\0" + key).digest()
+        key = jti_key(key)
         c = t.jti_replay.c
         now_us, expires_us = to_us(now), to_us(expires_at)
         dialect_insert = sqlite_insert if self.backend == "sqlite" else pg_insert
@@ -785,9 +783,7 @@ class SQLStorage(TaskStore, DestinationStore):
     async def remember_jti(self, key: bytes, *, expires_at: datetime, now: datetime) -> bool:
         if not isinstance(key, bytes) or not 0 < len(key) <= MAX_JTI_INPUT_BYTES:
             raise InvalidInputError(f"a replay key is 1-{MAX_JTI_INPUT_BYTES} bytes", field="jti")
-        if len(key) > MAX_JTI_KEY_BYTES:
-            # Callers should pass a hash; a longer key is hashed here so the index stays small.
-            key = hashlib.sha256(b"tether-jti\0" + key).digest()
+        key = jti_key(key)
         now_us, expires_us = to_us(now), to_us(expires_at)
         if expires_us <= now_us:
             raise InvalidInputError("a replay record must expire in the future", field="expires_at")

@@ -9,9 +9,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from tether.errors import ConfigError
-from tether.store._sql import SQLStorage
+from tether.store.postgres._storage import PostgresStorage
 
-__all__ = ["open_postgres"]
+__all__ = ["PostgresStorage", "open_postgres"]
 
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -29,7 +29,7 @@ def _redacted(dsn: str) -> str:
     return f"{host}:{parts.port or 5432}{parts.path}"
 
 
-def open_postgres(dsn: str, *, schema: str | None = None, pool_size: int = 10) -> SQLStorage:
+def open_postgres(dsn: str, *, schema: str | None = None, pool_size: int = 10) -> PostgresStorage:
     """Storage in PostgreSQL at ``dsn``; ``schema`` keeps Tether's tables in their own schema."""
     connect_args: dict[str, object] = {"timeout": 10}
     if schema is not None:
@@ -50,6 +50,12 @@ def open_postgres(dsn: str, *, schema: str | None = None, pool_size: int = 10) -
         if schema is not None:
             await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
 
-    return SQLStorage(
-        engine, backend="postgresql", migrate_hook=create_schema, unavailable_hint=f" at {_redacted(dsn)}"
+    url = _asyncpg_url(dsn)
+    return PostgresStorage(
+        engine,
+        dsn=urlunsplit(("postgresql", *urlsplit(url)[1:])),
+        server_settings={} if schema is None else {"search_path": schema},
+        pool_size=pool_size,
+        migrate_hook=create_schema,
+        unavailable_hint=f" at {_redacted(dsn)}",
     )

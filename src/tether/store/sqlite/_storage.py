@@ -9,7 +9,6 @@ connections; SQLite's lock orders the two kinds of writers.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -25,7 +24,7 @@ from tether.domain.secrets import SecretRecord
 from tether.domain.tasks import Grant, Task, TaskStatus
 from tether.errors import ConflictError, InvalidInputError, StorageError
 from tether.store import _hot as q
-from tether.store._sql import JTI_SWEEP_LIMIT, MAX_JTI_INPUT_BYTES, MAX_JTI_KEY_BYTES, SQLStorage
+from tether.store._sql import JTI_SWEEP_LIMIT, MAX_JTI_INPUT_BYTES, SQLStorage
 from tether.store._sqlbase import to_us
 from tether.store._tasks import _grant, _grant_values, _task, _task_values
 from tether.store.base import (
@@ -46,14 +45,9 @@ __all__ = ["SQLiteStorage"]
 Sealer = Callable[[tuple[int, bytes]], list[Event]]
 
 
-def _jti_key(key: bytes) -> bytes:
-    # Callers pass a hash; a longer key is hashed here so the index stays small.
-    return hashlib.sha256(b"tether-jti\0" + key).digest() if len(key) > MAX_JTI_KEY_BYTES else key
-
-
 def _remember(conn: sqlite3.Connection, key: bytes, expires_us: int, now_us: int) -> bool:
     """Insert a replay record unless a live one exists (an expired one is replaced)."""
-    key = _jti_key(key)
+    key = q.jti_key(key)
     if conn.execute(q.INSERT_JTI.sql, (key, expires_us)).rowcount == 1:
         return True
     return bool(conn.execute(q.REPLACE_EXPIRED_JTI.sql, (expires_us, key, now_us)).rowcount == 1)
@@ -257,7 +251,7 @@ class SQLiteStorage(SQLStorage):
         def work(conn: sqlite3.Connection) -> bool:
             if not _remember(conn, key, expires_us, now_us):
                 return False
-            conn.execute(q.JTI_SWEEP.sql, (now_us, _jti_key(key), JTI_SWEEP_LIMIT, now_us))
+            conn.execute(q.JTI_SWEEP.sql, (now_us, q.jti_key(key), JTI_SWEEP_LIMIT, now_us))
             return True
 
         return await self._driver.write(work)
