@@ -16,6 +16,7 @@ from sqlalchemy import and_, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.crypto.envelope import EncryptedValue
+from tether.domain.lifecycle import LIVE_APPROVAL_STATUSES, approval_voided, task_after_approval, tree_ending
 from tether.domain.secrets import SecretMetadata, SecretRecord, Sensitivity
 from tether.domain.tasks import (
     LIVE_STATUSES,
@@ -38,7 +39,7 @@ from tether.store.base import GrantInUse, StoredValue
 __all__ = ["TaskStore"]
 
 _LIVE = [status.value for status in LIVE_STATUSES]
-_LIVE_APPROVALS = [ApprovalStatus.PENDING.value, ApprovalStatus.APPROVED.value]
+_LIVE_APPROVALS = sorted(status.value for status in LIVE_APPROVAL_STATUSES)
 
 
 def _us(value: datetime | None) -> int | None:
@@ -386,10 +387,8 @@ class TaskStore(DestinationStore):
                 select(c.id, c.chain, c.status).where(and_(c.root_id.in_(root_ids), c.status.in_(_LIVE)))
             )
         ).all()
-        direct = [row.id for row in tree if row.id in targets]
-        descendants = [
-            row.id for row in tree if row.id not in targets and targets.intersection(_list(row.chain))
-        ]
+        ending = tree_ending(targets, ((row.id, _list(row.chain)) for row in tree))
+        direct, descendants = list(ending.direct), list(ending.descendants)
         if not direct and not descendants:
             return Ended()
         now_us = to_us(now)
@@ -436,16 +435,27 @@ class TaskStore(DestinationStore):
     async def _void_approvals(
         conn: AsyncConnection, task_ids: list[str], now: datetime, *, keep_hash: str | None = None
     ) -> None:
-        """Void live approvals of ``task_ids`` (except those bound to ``keep_hash``: the new context)."""
+        """Void the approvals of ``task_ids`` that :func:`~tether.domain.lifecycle.approval_voided` says
+        the change voids (``keep_hash``: the context the task has now)."""
         a = t.approvals.c
-        condition = and_(a.task_id.in_(task_ids), a.status.in_(_LIVE_APPROVALS))
-        if keep_hash is not None:
-            condition = and_(condition, a.context_hash != keep_hash)
-        await conn.execute(
-            update(t.approvals)
-            .where(condition)
-            .values(status=ApprovalStatus.VOIDED.value, decided_at_us=to_us(now))
-        )
+        rows = (
+            await conn.execute(
+                select(a.id, a.status, a.context_hash).where(
+                    and_(a.task_id.in_(task_ids), a.status.in_(_LIVE_APPROVALS))
+                )
+            )
+        ).all()
+        voided = [
+            row.id
+            for row in rows
+            if approval_voided(ApprovalStatus(row.status), row.context_hash, keep_hash=keep_hash)
+        ]
+        if voided:
+            await conn.execute(
+                update(t.approvals)
+                .where(and_(a.id.in_(voided), a.status.in_(_LIVE_APPROVALS)))
+                .values(status=ApprovalStatus.VOIDED.value, decided_at_us=to_us(now))
+            )
 
     # -- grants ------------------------------------------------------------------------------
     async def create_grant(self, grant: Grant, *, now: datetime) -> None:
@@ -726,24 +736,18 @@ class TaskStore(DestinationStore):
                 task_row = (
                     await conn.execute(select(t.tasks).where(c.id == current.task_id).with_for_update())
                 ).first()
-                # Only the approval the task is waiting for, for the context it has now, changes it.
-                pending = (
-                    task_row is not None
-                    and task_row.status == TaskStatus.PENDING_APPROVAL.value
-                    and task_row.approval_id == approval_id
-                    and _task(task_row).context_hash == current.context_hash
-                )
-                if pending and task_row is not None and task_row.expires_at_us > now_us:
-                    if status == ApprovalStatus.APPROVED.value:
-                        values: dict[str, Any] = {"status": TaskStatus.ACTIVE.value}
-                    else:
-                        values = {
-                            "status": TaskStatus.REVOKED.value,
-                            "ended_at_us": now_us,
-                            "end_reason": "approval_denied",
-                        }
-                    await conn.execute(update(t.tasks).where(c.id == current.task_id).values(**values))
-                    task = _task((await conn.execute(select(t.tasks).where(c.id == current.task_id))).one())
+                if task_row is not None:
+                    task = task_after_approval(_task(task_row), current, ApprovalStatus(status), now)
+                if task is not None:
+                    await conn.execute(
+                        update(t.tasks)
+                        .where(c.id == task.id)
+                        .values(
+                            status=task.status.value,
+                            ended_at_us=_us(task.ended_at),
+                            end_reason=task.end_reason,
+                        )
+                    )
         decided = Approval(
             id=current.id,
             task_id=current.task_id,
