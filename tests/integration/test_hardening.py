@@ -22,12 +22,12 @@ from tether.store.postgres import open_postgres
 pytestmark = pytest.mark.asyncio
 
 
-class SlowMeta(SQLStorage):
-    """The real SQLite store, with put_meta slowed so that a seal can land mid-rotation."""
+class SlowMeta:
+    """Mixed into the real store's class: put_meta slowed so that a seal can land mid-rotation."""
 
     async def put_meta(self, key: str, value: bytes, *, expected: bytes | None) -> None:
         await asyncio.sleep(0.2)
-        await super().put_meta(key, value, expected=expected)
+        await super().put_meta(key, value, expected=expected)  # type: ignore[misc]
 
 
 async def test_seal_during_key_rotation_stays_sealed(broker: Broker) -> None:
@@ -35,7 +35,8 @@ async def test_seal_during_key_rotation_stays_sealed(broker: Broker) -> None:
         pytest.skip("the race is the same on every backend; SQLite suffices")
     storage = broker.storage
     assert isinstance(storage, SQLStorage)
-    storage.__class__ = SlowMeta  # same engine and state, slower meta writes
+    # Same engine and state, slower meta writes.
+    storage.__class__ = type("SlowStore", (SlowMeta, type(storage)), {})
     root = await broker.operators.authenticate(broker.root_token)  # type: ignore[attr-defined]
     rotation = asyncio.create_task(broker.rotate_keys(root))
     await asyncio.sleep(0.05)

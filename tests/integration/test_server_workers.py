@@ -186,6 +186,29 @@ def test_a_seal_through_one_worker_seals_every_worker(two_workers: Node) -> None
     assert seen_sealed == workers, node.log()
 
 
+def test_an_unseal_through_one_worker_unseals_every_worker(two_workers: Node) -> None:
+    node = two_workers
+    admin = {"Authorization": f"Bearer {node.token}"}
+    assert httpx.post(f"{node.url}/v1/sys/seal", headers=admin, timeout=10.0).status_code == 200
+    unsealed = httpx.post(f"{node.url}/v1/sys/unseal", headers=admin, timeout=10.0)
+    assert unsealed.status_code == 200, unsealed.text
+
+    workers = children(node.proc.pid)
+    seen_unsealed: set[int] = set()
+    for _ in range(40):
+        before = len(ACCESS_LINE.findall(node.log()))
+        answers = node.burst()
+        pids = [int(pid) for pid, _ in ACCESS_LINE.findall(node.log())[before:]]
+        # The relay is a signal: a worker may answer "sealed" for a moment, never after.
+        if all(answer["sealed"] is False for answer in answers):
+            seen_unsealed |= set(pids)
+        if seen_unsealed == workers:
+            break
+        time.sleep(0.05)
+    assert seen_unsealed == workers, node.log()
+    assert "unsealed: the node was unsealed (through one of its workers)" in node.log()
+
+
 def test_killing_the_supervisor_kills_every_worker(two_workers: Node) -> None:
     node = two_workers
     workers = children(node.proc.pid)

@@ -12,7 +12,10 @@ new connection to one of them. The supervisor
   (within :data:`STARTUP_GRACE_SECONDS`: a fault that a restart would only repeat);
 - relays a seal: a worker that answered ``POST /v1/sys/seal`` tells the supervisor (SIGUSR1),
   which tells every worker to drop its keys, so the whole node is sealed, not one process. A
-  worker (re)started while the node is sealed starts sealed. An unseal is not relayed.
+  worker (re)started while the node is sealed starts sealed.
+- relays an unseal the same way (SIGUSR2): every other worker unseals with the key provider's key
+  (the answering worker recorded the unseal). A worker whose provider's key does not open the
+  keyring (an unseal with an explicit root key) stays sealed and says so in the log.
 
 Each worker reports once, on a pipe, that it serves (only then is it sent seals: before, the
 signal's default action would kill it). Workers die with the supervisor: on Linux the kernel
@@ -36,6 +39,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import ClassVar
 
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -66,6 +70,7 @@ WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [worker %(process)d]: %(
 #: Set for a worker (re)started while its node is sealed: it seals before it serves.
 SEALED_ENV = "TETHER_WORKER_SEALED"
 SEAL_SIGNAL = signal.SIGUSR1 if sys.platform != "win32" else signal.SIGTERM
+UNSEAL_SIGNAL = signal.SIGUSR2 if sys.platform != "win32" else signal.SIGTERM
 _PR_SET_PDEATHSIG = 1
 _READY = b"r"
 
@@ -129,9 +134,14 @@ class _Supervisor:
         for worker in self.workers:
             self._send_seal(worker)
 
-    def _send_seal(self, worker: _Worker) -> None:
+    def on_unseal_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.sealed = False
+        for worker in self.workers:
+            self._send_seal(worker, UNSEAL_SIGNAL)
+
+    def _send_seal(self, worker: _Worker, sig: signal.Signals = SEAL_SIGNAL) -> None:
         if worker.ready and worker.proc.poll() is None:
-            os.kill(worker.proc.pid, SEAL_SIGNAL)
+            os.kill(worker.proc.pid, sig)
 
     def _check_ready(self, worker: _Worker) -> None:
         if worker.ready:
@@ -226,6 +236,7 @@ def supervise(settings: Settings, host: str, port: int, count: int) -> None:
     previous = {sig: signal.signal(sig, supervisor.on_stop_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     if sys.platform != "win32":
         previous[SEAL_SIGNAL] = signal.signal(SEAL_SIGNAL, supervisor.on_seal_signal)
+        previous[UNSEAL_SIGNAL] = signal.signal(UNSEAL_SIGNAL, supervisor.on_unseal_signal)
     log.info("Tether %s on http://%s:%d with %d workers", settings.node_id, host, port, count)
     try:
         supervisor.run()
@@ -261,20 +272,27 @@ def die_with_parent(parent_pid: int) -> None:
 class _SealNotifier:
     """After this worker sealed (``POST /v1/sys/seal`` answered 200), tell the supervisor, which
     seals every other worker. Told before the answer is sent: an operator who reads "sealed"
-    knows that every worker has been told."""
+    knows that every worker has been told. An unseal (``POST /v1/sys/unseal``) is told the same
+    way, with its own signal."""
+
+    _SIGNALS: ClassVar[dict[str, signal.Signals]] = {
+        "/v1/sys/seal": SEAL_SIGNAL,
+        "/v1/sys/unseal": UNSEAL_SIGNAL,
+    }
 
     def __init__(self, app: ASGIApp, parent_pid: int) -> None:
         self.app = app
         self.parent_pid = parent_pid
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/sys/seal" or scope["method"] != "POST":
+        sig = self._SIGNALS.get(scope["path"]) if scope["type"] == "http" else None
+        if sig is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
 
         async def notify_then_send(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] == 200:
-                os.kill(self.parent_pid, SEAL_SIGNAL)
+                os.kill(self.parent_pid, sig)
             await send(message)
 
         await self.app(scope, receive, notify_then_send)
@@ -304,11 +322,30 @@ def _worker_main(fd: int, ready_fd: int, parent_pid: int, index: int) -> None:
         app.state.metrics.sealed.set(1)
         log.warning("sealed: the node was sealed (through one of its workers)")
 
+    async def unseal() -> None:
+        broker: Broker = app.state.broker
+        if await broker.unseal_relayed():
+            app.state.metrics.sealed.set(0)
+            log.warning("unsealed: the node was unsealed (through one of its workers)")
+        else:
+            log.error(
+                "still sealed: the node was unsealed through another worker with a key this worker's"
+                " key provider does not hold; unseal it again or restart the node"
+            )
+
+    def on_unseal() -> None:
+        unsealing.add(asyncio.get_running_loop().create_task(unseal()))
+        for done in [task for task in unsealing if task.done()]:
+            unsealing.discard(done)
+
+    unsealing: set[asyncio.Task[None]] = set()
+
     async def report_ready() -> None:
         while not server.started:
             await asyncio.sleep(0.02)
         if sys.platform != "win32":
             asyncio.get_running_loop().add_signal_handler(SEAL_SIGNAL, seal)
+            asyncio.get_running_loop().add_signal_handler(UNSEAL_SIGNAL, on_unseal)
         os.write(ready_fd, _READY)
         os.close(ready_fd)
         log.info("worker %d serving", index)

@@ -174,6 +174,20 @@ class Broker:
             raise
         await self.audit.record("sys.unseal", operator_actor(actor), resource="sys:barrier")
 
+    async def unseal_relayed(self) -> bool:
+        """Unseal with the key provider's key because another worker of this node was unsealed
+        (``tether server --workers N``; that worker recorded the unseal). False, and still sealed,
+        if the provider's key does not open the keyring (an unseal with an explicit root key)."""
+        if not self.keys.sealed:
+            return True
+        try:
+            await self.keys.unseal(None)
+            await self._attach_audit_keys()
+        except TetherError:
+            self.seal_now()
+            return False
+        return True
+
     async def seal(self, actor: OperatorRecord) -> None:
         """Drop every key from memory. Recorded first: if the record fails, seal anyway
         (sealing is the safe direction) and let the error through."""
