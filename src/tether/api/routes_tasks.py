@@ -17,7 +17,10 @@ from tether.api.deps import BrokerDep, OperatorDep, get_operator
 from tether.api.models import SensitivityName
 from tether.api.routes_auth import ActivatingCallerDep, AgentCallerDep, get_agent_caller
 from tether.broker.auth import AgentCaller
-from tether.domain.commands import MAX_USES, Delegate, IssueGrant, OpenTask, UpdateTask
+from tether.broker.grants import GrantOutcome
+from tether.broker.tasks import OpenedTask
+from tether.domain.commands import MAX_GRANTS_PER_TASK, MAX_USES, Delegate, IssueGrant, OpenTask, UpdateTask
+from tether.domain.decision import Decision
 from tether.domain.operators import OperatorRecord
 from tether.domain.tasks import Approval, Ended, Grant, GrantMode, Task
 from tether.errors import InvalidInputError
@@ -35,6 +38,23 @@ class _Request(BaseModel):
 Names = Annotated[list[str], Field(max_length=64)]
 
 
+class GrantCreate(_Request):
+    secret: Annotated[str | None, Field(min_length=1, max_length=256)] = None
+    destination: Annotated[str | None, Field(min_length=1, max_length=64)] = None
+    mode: Literal["inject", "reveal", "dynamic"] = "inject"
+    ttl_seconds: Annotated[int | None, Field(ge=1, le=30 * 86_400)] = None
+    max_uses: Annotated[int | None, Field(ge=1, le=MAX_USES)] = None
+
+    def command(self) -> IssueGrant:
+        return IssueGrant(
+            secret=self.secret,
+            destination=self.destination,
+            mode=GrantMode(self.mode),
+            ttl_seconds=self.ttl_seconds,
+            max_uses=self.max_uses,
+        )
+
+
 class TaskCreate(_Request):
     purpose: Annotated[
         str, Field(min_length=1, max_length=64, description="A purpose from the deployment's vocabulary.")
@@ -47,6 +67,14 @@ class TaskCreate(_Request):
     destinations: Names = []
     tools: Names = []
     ttl_seconds: Annotated[int | None, Field(ge=1, le=30 * 86_400)] = None
+    grants: Annotated[
+        list[GrantCreate],
+        Field(
+            max_length=MAX_GRANTS_PER_TASK,
+            description=f"Grants to issue in the same request (at most {MAX_GRANTS_PER_TASK}), each "
+            "decided on its own; none is issued if the task is refused or waits for an approval.",
+        ),
+    ] = []
 
     def command(self) -> OpenTask:
         return OpenTask(
@@ -57,7 +85,17 @@ class TaskCreate(_Request):
             destinations=self.destinations,
             tools=self.tools,
             ttl_seconds=self.ttl_seconds,
+            grants=[_item(index, grant) for index, grant in enumerate(self.grants)],
         )
+
+
+def _item(index: int, grant: GrantCreate) -> IssueGrant:
+    """The command of the request's grant ``index`` (a 422 names the item)."""
+    try:
+        return grant.command()
+    except InvalidInputError as exc:
+        field = f"grants.{index}.{exc.field or 'secret'}"
+        raise InvalidInputError(f"grants.{index}: {exc}", field=field) from None
 
 
 class TaskPatch(_Request):
@@ -76,23 +114,6 @@ class TaskPatch(_Request):
             secrets=self.secrets,
             destinations=self.destinations,
             tools=self.tools,
-        )
-
-
-class GrantCreate(_Request):
-    secret: Annotated[str | None, Field(min_length=1, max_length=256)] = None
-    destination: Annotated[str | None, Field(min_length=1, max_length=64)] = None
-    mode: Literal["inject", "reveal", "dynamic"] = "inject"
-    ttl_seconds: Annotated[int | None, Field(ge=1, le=30 * 86_400)] = None
-    max_uses: Annotated[int | None, Field(ge=1, le=MAX_USES)] = None
-
-    def command(self) -> IssueGrant:
-        return IssueGrant(
-            secret=self.secret,
-            destination=self.destination,
-            mode=GrantMode(self.mode),
-            ttl_seconds=self.ttl_seconds,
-            max_uses=self.max_uses,
         )
 
 
@@ -233,6 +254,56 @@ class GrantOut(BaseModel):
         )
 
 
+class GrantNotIssuedOut(BaseModel):
+    """A grant asked for with a task and not issued: denied (with the decision, as a denial carries
+    it) or waiting for an approval (``approval_id``)."""
+
+    index: int = Field(description="Its position in the request's `grants`.")
+    secret: str | None
+    destination: str | None
+    mode: str
+    detail: str
+    decision: dict[str, Any]
+    approval_id: str | None
+
+    @classmethod
+    def of(cls, outcome: GrantOutcome) -> GrantNotIssuedOut:
+        request = outcome.request
+        decision = Decision.deny(errors=(outcome.reason,)) if outcome.decision is None else outcome.decision
+        return cls(
+            index=outcome.index,
+            secret=request.secret,
+            destination=request.destination,
+            mode=request.mode.value,
+            detail=outcome.reason,
+            decision=decision.to_json(),
+            approval_id=outcome.approval_id,
+        )
+
+
+class TaskOpenedOut(TaskOut):
+    """The task, and what became of each grant asked for with it."""
+
+    grants: list[GrantOut] = Field(description="The grants issued, in request order.")
+    grant_indexes: list[int] = Field(description="The request position of each issued grant.")
+    grants_denied: list[GrantNotIssuedOut]
+    grants_pending_approval: list[GrantNotIssuedOut]
+
+    @classmethod
+    def opened(cls, opened: OpenedTask, now: datetime) -> TaskOpenedOut:
+        outcomes = opened.grants
+        issued = [outcome for outcome in outcomes if outcome.grant is not None]
+        return cls(
+            **TaskOut.of(opened.task, now).model_dump(),
+            grants=[GrantOut.of(outcome.grant, now) for outcome in issued if outcome.grant is not None],
+            grant_indexes=[outcome.index for outcome in issued],
+            grants_denied=[GrantNotIssuedOut.of(o) for o in outcomes if o.status == "denied"],
+            grants_pending_approval=[
+                GrantNotIssuedOut.of(o) for o in outcomes if o.status == "approval_required"
+            ],
+        )
+
+
 class ApprovalOut(BaseModel):
     id: str
     task_id: str
@@ -292,10 +363,12 @@ async def _caller(request: Request, broker: BrokerDep) -> AgentCaller | Operator
 
 # -- tasks ---------------------------------------------------------------------------------------
 @router.post("/v1/tasks", status_code=201)
-async def open_task(body: TaskCreate, caller: AgentCallerDep, broker: BrokerDep) -> TaskOut:
-    """Open a task: declare the intent; ``open_task`` is decided (or an approval is requested)."""
-    task = await broker.tasks.open(caller, body.command())
-    return TaskOut.of(task, broker.clock.now())
+async def open_task(body: TaskCreate, caller: ActivatingCallerDep, broker: BrokerDep) -> TaskOpenedOut:
+    """Open a task: declare the intent; ``open_task`` is decided (or an approval is requested).
+    The ``grants`` asked for with it are each decided on its own; the task, the grants and their
+    audit events are one write (the request's proof too)."""
+    opened = await broker.tasks.open_with_grants(caller, body.command())
+    return TaskOpenedOut.opened(opened, broker.clock.now())
 
 
 @router.get("/v1/tasks")
@@ -393,7 +466,7 @@ async def task_tree(task_id: IdParam, actor: OperatorDep, broker: BrokerDep) -> 
 # -- grants --------------------------------------------------------------------------------------
 @router.post("/v1/tasks/{task_id}/grants", status_code=201)
 async def issue_grant(
-    task_id: IdParam, body: GrantCreate, caller: AgentCallerDep, broker: BrokerDep
+    task_id: IdParam, body: GrantCreate, caller: ActivatingCallerDep, broker: BrokerDep
 ) -> GrantOut:
     """Issuance: a key-bound grant to use one secret (or destination) in one mode. No secret."""
     grant = await broker.tasks.issue(caller, task_id, body.command())

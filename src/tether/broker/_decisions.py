@@ -8,6 +8,7 @@ resource, request) is opened and the denial names it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
@@ -25,7 +26,7 @@ from tether.domain.tasks import Approval, ApprovalStatus, GrantMode, Task, new_i
 from tether.engines import EngineRegistry
 from tether.errors import DeniedError, NotFoundError, TetherError
 from tether.policy import DecisionRequest, Entity
-from tether.store.base import EffectFailedError, Storage
+from tether.store.base import EffectFailedError, RememberJti, Storage
 
 __all__ = [
     "MAX_LIST_LIMIT",
@@ -298,6 +299,13 @@ class DecisionPoint:
             "approval.request", Actor.agent(task.agent_id), **self.approval_event(approval, task, decision)
         )
         return await self.store_approval(approval, task, now)
+
+    async def spend_proof(self, replay: RememberJti) -> None:
+        """Record a deferred proof's single use on its own (for a request that wrote nothing). A
+        proof already recorded stays recorded; a store failure leaves the request's error as the
+        answer (it changed nothing)."""
+        with contextlib.suppress(TetherError):
+            await self._storage.remember_jti(replay.key, expires_at=replay.expires_at, now=replay.now)
 
     async def replayed(self, caller: AgentCaller, context: str) -> TetherError:
         return await self._refuse_replay(caller, context)

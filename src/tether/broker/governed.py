@@ -4,22 +4,28 @@ revocation); this class holds no rules of its own."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
 
 from tether.audit import Actor
 from tether.broker._decisions import ApprovalNotifier, DecisionPoint
 from tether.broker.activation import Activation, ActivationService, EgressAuthorization
 from tether.broker.approvals import ApprovalService
 from tether.broker.auth import AgentCaller
+from tether.broker.context import ContextService
+from tether.broker.delegation import DelegationService
 from tether.broker.grants import GrantService
 from tether.broker.revocation import RevocationService
-from tether.broker.tasks import TaskService
+from tether.broker.tasks import OpenedTask, TaskService
 from tether.domain.agents import AgentRecord
 from tether.domain.commands import Delegate, IssueGrant, OpenTask, UpdateTask
 from tether.domain.operators import OperatorRecord
 from tether.domain.tasks import Approval, Ended, Grant, Task
+from tether.errors import TetherError
 
 __all__ = ["GovernedPath"]
+
+T = TypeVar("T")
 
 
 class GovernedPath:
@@ -29,6 +35,8 @@ class GovernedPath:
         self,
         decisions: DecisionPoint,
         tasks: TaskService,
+        delegation: DelegationService,
+        context: ContextService,
         grants: GrantService,
         activation: ActivationService,
         approvals: ApprovalService,
@@ -36,10 +44,24 @@ class GovernedPath:
     ) -> None:
         self._decisions = decisions
         self.task_service = tasks
+        self.delegation_service = delegation
+        self.context_service = context
         self.grant_service = grants
         self.activation_service = activation
         self.approval_service = approvals
         self.revocation_service = revocation
+
+    async def _spending_proof(self, caller: AgentCaller, call: Awaitable[T]) -> T:
+        """Run ``call`` for a caller who may have deferred its proof's single use: every answer,
+        errors included, leaves the proof used. The services record it with their first write (the
+        refusal or the effect itself); a request that failed before writing anything has it recorded
+        here (a no-op if a write already did)."""
+        try:
+            return await call
+        except TetherError:
+            if caller.replay is not None:
+                await self._decisions.spend_proof(caller.replay)
+            raise
 
     @property
     def webhook(self) -> ApprovalNotifier | None:
@@ -48,13 +70,18 @@ class GovernedPath:
 
     # -- tasks -----------------------------------------------------------------------------------
     async def open(self, caller: AgentCaller, command: OpenTask) -> Task:
-        return await self.task_service.open(caller, command)
+        """Open a task (see :meth:`open_with_grants` for the grants asked for with it)."""
+        return (await self.open_with_grants(caller, command)).task
+
+    async def open_with_grants(self, caller: AgentCaller, command: OpenTask) -> OpenedTask:
+        """Open a task and decide each grant asked for with it, in one write."""
+        return await self._spending_proof(caller, self.task_service.open(caller, command))
 
     async def delegate(self, caller: AgentCaller, task_id: str, command: Delegate) -> Task:
-        return await self.task_service.delegate(caller, task_id, command)
+        return await self.delegation_service.delegate(caller, task_id, command)
 
     async def update(self, caller: AgentCaller, task_id: str, command: UpdateTask) -> tuple[Task, int]:
-        return await self.task_service.update(caller, task_id, command)
+        return await self.context_service.update(caller, task_id, command)
 
     async def get_for_agent(self, caller: AgentCaller, task_id: str) -> Task:
         return await self.task_service.get_for_agent(caller, task_id)
@@ -87,10 +114,12 @@ class GovernedPath:
 
     # -- grants and activation -------------------------------------------------------------------
     async def issue(self, caller: AgentCaller, task_id: str, command: IssueGrant) -> Grant:
-        return await self.grant_service.issue(caller, task_id, command)
+        return await self._spending_proof(caller, self.grant_service.issue(caller, task_id, command))
 
     async def activate(self, caller: AgentCaller, grant_id: str, *, method: str, path: str) -> Activation:
-        return await self.activation_service.activate(caller, grant_id, method=method, path=path)
+        return await self._spending_proof(
+            caller, self.activation_service.activate(caller, grant_id, method=method, path=path)
+        )
 
     async def authorize_egress(
         self, caller: AgentCaller, task_id: str, destination: str, *, method: str, path: str

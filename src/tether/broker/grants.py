@@ -4,18 +4,50 @@ decided again (:mod:`tether.broker.activation`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, Literal
 
 from tether.audit import Actor, AuditLog
 from tether.broker._decisions import DecisionPoint, agent_entity, secret_entity, summary
 from tether.broker.auth import AgentCaller
 from tether.clock import Clock
 from tether.domain.commands import IssueGrant
-from tether.domain.tasks import Grant, GrantMode, Task, TaskStatus, decision_context, new_id
-from tether.errors import InvalidInputError, NotFoundError
-from tether.store.base import Storage
+from tether.domain.decision import Decision
+from tether.domain.destinations import Destination
+from tether.domain.secrets import SecretRecord
+from tether.domain.tasks import Approval, Grant, GrantMode, Task, TaskStatus, decision_context, new_id
+from tether.errors import ConflictError, InvalidInputError, NotFoundError
+from tether.store.base import CreateGrant, Effect, EffectFailedError, RememberJti, Storage
 
-__all__ = ["GrantService"]
+__all__ = ["GrantOutcome", "GrantService", "PlannedEvent"]
+
+POLICY_DENIES = "policy denies this grant"
+
+
+@dataclass(frozen=True, slots=True)
+class GrantOutcome:
+    """What became of one grant asked for with a new task: issued, denied (with the decision and
+    why), or waiting for an approval (``approval_id``)."""
+
+    index: int
+    request: IssueGrant
+    status: Literal["issued", "denied", "approval_required"]
+    grant: Grant | None = None
+    decision: Decision | None = None
+    reason: str = ""
+    approval_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedEvent:
+    """An audit event (and the store changes riding with it) that a request is about to record."""
+
+    kind: str
+    fields: Mapping[str, Any]
+    effects: tuple[Effect, ...] = ()
+    approval: Approval | None = field(default=None, repr=False)  # stored once its event is
 
 
 class GrantService:
@@ -28,6 +60,13 @@ class GrantService:
         self._decisions = decisions
 
     async def issue(self, caller: AgentCaller, task_id: str, command: IssueGrant) -> Grant:
+        """Issue a grant in the caller's task (``issue`` is decided). No secret material.
+
+        A proof whose single use the caller deferred (``caller.replay``) is recorded with the
+        grant's event, or with the refusal."""
+        return await self._issue(caller, task_id, command)
+
+    async def _issue(self, caller: AgentCaller, task_id: str, command: IssueGrant) -> Grant:
         """Issue a grant in the caller's task (``issue`` is decided). No secret material."""
         now = self._clock.now()
         task = await self._decisions.agent_task(caller, task_id)
@@ -36,13 +75,19 @@ class GrantService:
         destination_name = command.destination
         status = task.effective_status(now)
         if status is not TaskStatus.ACTIVE:
-            raise await self._decisions.refuse(agent_id, command.label, task, f"task is {status.value}")
+            raise await self._decisions.refuse(
+                agent_id, command.label, task, f"task is {status.value}", caller=caller
+            )
         secret_path = await self._grant_target(caller, task, command)
         if secret_path is None:
             raise InvalidInputError(f"a {mode.value} grant names a secret", field="secret")
         if secret_path not in task.intent.secrets:
             raise await self._decisions.refuse(
-                agent_id, f"secret:{secret_path[:256]}", task, "secret is not declared by the task"
+                agent_id,
+                f"secret:{secret_path[:256]}",
+                task,
+                "secret is not declared by the task",
+                caller=caller,
             )
         record = await self._storage.get_secret(secret_path)
         if record is None:
@@ -68,19 +113,37 @@ class GrantService:
             command.asked(),
             agent_id=agent_id,
             label=f"secret:{secret_path}",
-            denied="policy denies this grant",
+            denied=POLICY_DENIES,
+            caller=caller,
         )
-        await self._audit.record(
-            "grant.issue",
-            Actor.agent(agent_id),
-            resource=f"secret:{secret_path}",
-            task_id=task.id,
-            chain=task.chain,
-            decision=summary(decision),
-            data=self.issue_data(grant, None if approval is None else approval.id),
-        )
-        await self._storage.create_grant(grant, now=now)
+        # One write: the event, the grant and the proof's single use commit together.
+        event = self.issue_event(task, grant, decision, None if approval is None else approval.id)
+        replay: tuple[Effect, ...] = () if caller.replay is None else (caller.replay,)
+        try:
+            await self._audit.record_with(
+                event.kind, Actor.agent(agent_id), effects=(*replay, *event.effects), **event.fields
+            )
+        except EffectFailedError as exc:
+            if any(isinstance(effect, RememberJti) for effect in exc.failed.values()):
+                raise await self._decisions.replayed(caller, f"POST /v1/tasks/{task.id}/grants") from None
+            raise ConflictError(f"task {task.id} is not active") from None
         return grant
+
+    def issue_event(
+        self, task: Task, grant: Grant, decision: Decision, approval_id: str | None
+    ) -> PlannedEvent:
+        """The ``grant.issue`` event, with the grant it stores."""
+        return PlannedEvent(
+            "grant.issue",
+            {
+                "resource": f"secret:{grant.secret}",
+                "task_id": task.id,
+                "chain": task.chain,
+                "decision": summary(decision),
+                "data": self.issue_data(grant, approval_id),
+            },
+            (CreateGrant(grant, grant.created_at),),
+        )
 
     @staticmethod
     def new_grant(caller: AgentCaller, task: Task, command: IssueGrant, secret: str, now: datetime) -> Grant:
@@ -127,6 +190,7 @@ class GrantService:
                 f"destination:{destination_name[:64]}",
                 task,
                 f"destination {destination_name[:64]!r} is not declared by the task",
+                caller=caller,
             )
         destination = await self._storage.get_destination(destination_name)
         if destination is None:
@@ -136,3 +200,117 @@ class GrantService:
         if secret is not None and secret != destination.secret:
             raise InvalidInputError("the destination injects a different secret", field="secret")
         return destination.secret
+
+    # -- with a new task ---------------------------------------------------------------------------
+    def targets(
+        self, task: Task, commands: Sequence[IssueGrant], destinations: Mapping[str, Destination]
+    ) -> list[str | None]:
+        """The secret each grant asked for with a new ``task`` is for (None: it names a destination
+        the task does not declare, a refusal). Ill-formed requests are refused with a 422 naming the
+        item, before anything is decided or written."""
+        targets: list[str | None] = []
+        for index, command in enumerate(commands):
+            try:
+                targets.append(self._target_of(task, command, destinations))
+            except InvalidInputError as exc:
+                raise InvalidInputError(
+                    f"grants.{index}: {exc}", field=f"grants.{index}.{exc.field or 'secret'}"
+                ) from None
+        return targets
+
+    @staticmethod
+    def _target_of(task: Task, command: IssueGrant, destinations: Mapping[str, Destination]) -> str | None:
+        mode, secret, name = command.mode, command.secret, command.destination
+        if name is None:
+            if mode is GrantMode.INJECT:
+                raise InvalidInputError(
+                    "an inject grant names the destination to inject into", field="destination"
+                )
+        elif name not in task.intent.destinations:
+            return None
+        elif mode is GrantMode.INJECT:
+            injects = destinations[name].secret
+            if secret is not None and secret != injects:
+                raise InvalidInputError("the destination injects a different secret", field="secret")
+            secret = injects
+        if secret is None:
+            raise InvalidInputError(f"a {mode.value} grant names a secret", field="secret")
+        return secret
+
+    async def decide_for_new_task(
+        self,
+        caller: AgentCaller,
+        task: Task,
+        commands: Sequence[IssueGrant],
+        targets: Sequence[str | None],
+        records: Mapping[str, SecretRecord],
+        policy_version: int | None,
+        now: datetime,
+    ) -> list[tuple[GrantOutcome, list[PlannedEvent]]]:
+        """Decide each grant asked for with a new, active ``task`` on its own, as :meth:`issue`
+        would, and say what to record for it. A new task has no approvals yet, so none is looked
+        up: a grant that only lacks one opens one."""
+        agent = agent_entity(caller.agent)
+        planned: list[tuple[GrantOutcome, list[PlannedEvent]]] = []
+        for index, (command, secret) in enumerate(zip(commands, targets, strict=True)):
+            if secret is None or secret not in task.intent.secrets:
+                label = command.label if secret is None else f"secret:{secret[:256]}"
+                why = (
+                    f"destination {str(command.destination)[:64]!r} is not declared by the task"
+                    if secret is None
+                    else "secret is not declared by the task"
+                )
+                decision = Decision.deny(errors=(why,))
+                outcome = GrantOutcome(index, command, "denied", decision=decision, reason=why)
+                event = self._decisions.refusal_event(label, task, why, decision)
+                planned.append((outcome, [PlannedEvent("decision", event)]))
+                continue
+            resource = secret_entity(records[secret])
+            context = decision_context(
+                task,
+                now,
+                mode=self._decisions.policy_mode(command.mode, secret),
+                destination=command.destination or "",
+                method="POST",
+                path="/v1/tasks",
+            )
+            decision = await self._decisions.decide(
+                "issue", agent, resource, context, policy_version=policy_version
+            )
+            if decision.allowed:
+                grant = self.new_grant(caller, task, command, secret, now)
+                outcome = GrantOutcome(index, command, "issued", grant=grant, decision=decision)
+                planned.append((outcome, [self.issue_event(task, grant, decision, None)]))
+                continue
+            events: list[PlannedEvent] = []
+            approval = None
+            if decision.missing == ("approval",):
+                approval = self._decisions.new_approval(
+                    task, "issue", resource, decision, now, request=command.asked()
+                )
+                events.append(
+                    PlannedEvent(
+                        "approval.request",
+                        self._decisions.approval_event(approval, task, decision),
+                        approval=approval,
+                    )
+                )
+            why = POLICY_DENIES if approval is None else "approval required"
+            status: Literal["denied", "approval_required"] = (
+                "denied" if approval is None else "approval_required"
+            )
+            events.append(
+                PlannedEvent(
+                    "decision", self._decisions.refusal_event(f"secret:{secret}", task, why, decision)
+                )
+            )
+            outcome = GrantOutcome(
+                index,
+                command,
+                status,
+                decision=decision,
+                reason=why,
+                approval_id=None if approval is None else approval.id,
+            )
+            planned.append((outcome, events))
+        return planned

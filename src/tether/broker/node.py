@@ -13,6 +13,8 @@ from tether.broker.activation import ActivationService
 from tether.broker.agents import AgentService, IssuerService
 from tether.broker.approvals import ApprovalService
 from tether.broker.auth import AuthService
+from tether.broker.context import ContextService
+from tether.broker.delegation import DelegationService
 from tether.broker.destinations import DestinationService
 from tether.broker.governed import GovernedPath
 from tether.broker.grants import GrantService
@@ -107,10 +109,14 @@ class Broker:
             if settings.approval_webhook_url
             else None,
         )
+        grants = GrantService(storage, self.audit, self.clock, decisions)
+        tasks = TaskService(storage, self.audit, self.clock, settings, decisions, grants, revocation)
         self.tasks = GovernedPath(
             decisions,
-            TaskService(storage, self.audit, self.clock, settings, decisions, revocation),
-            GrantService(storage, self.audit, self.clock, decisions),
+            tasks,
+            DelegationService(storage, self.audit, self.clock, settings, decisions, tasks),
+            ContextService(storage, self.audit, self.clock, decisions, tasks, revocation),
+            grants,
             ActivationService(storage, self.audit, self.clock, self.secrets, self.engines, decisions),
             ApprovalService(storage, self.audit, self.clock, settings),
             revocation,

@@ -8,8 +8,9 @@ acting, and fails closed: a policy error, a store error or an audit failure is a
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,23 +19,23 @@ from tether.broker._decisions import (
     MAX_LIST_LIMIT,
     DecisionPoint,
     agent_entity,
-    approval_message,
     secret_entity,
     summary,
 )
 from tether.broker.access import authorize
 from tether.broker.activation import Activation, EgressAuthorization
 from tether.broker.auth import AgentCaller
+from tether.broker.grants import GrantOutcome, GrantService, PlannedEvent
 from tether.broker.revocation import RevocationService
 from tether.clock import Clock
 from tether.config import Settings
 from tether.domain.agents import AgentRecord
-from tether.domain.commands import Delegate, OpenTask, UpdateTask
+from tether.domain.commands import IssueGrant, OpenTask
+from tether.domain.decision import Decision
+from tether.domain.destinations import Destination
 from tether.domain.operators import OperatorRecord, Permission
-from tether.domain.secrets import Sensitivity
+from tether.domain.secrets import SecretRecord, Sensitivity
 from tether.domain.tasks import (
-    LIVE_STATUSES,
-    ApprovalStatus,
     Ended,
     Grant,
     Intent,
@@ -45,11 +46,13 @@ from tether.domain.tasks import (
     validate_id,
 )
 from tether.errors import ConflictError, InvalidInputError, NotFoundError
-from tether.store.base import Storage
+from tether.store.base import CreateTask, Effect, EffectFailedError, RememberJti, Storage
 
 __all__ = [
     "Activation",
+    "Declared",
     "EgressAuthorization",
+    "OpenedTask",
     "TaskService",
     "agent_entity",
     "secret_entity",
@@ -58,8 +61,28 @@ __all__ = [
 ENDING_STATUSES = {"complete": TaskStatus.COMPLETED, "fail": TaskStatus.FAILED, "revoke": TaskStatus.REVOKED}
 
 
+@dataclass(frozen=True, slots=True)
+class Declared:
+    """What a task declares, as read from the store once per request."""
+
+    secrets: Mapping[str, SecretRecord]
+    destinations: Mapping[str, Destination]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedTask:
+    """A newly opened task and what became of each grant asked for with it (in request order)."""
+
+    task: Task
+    grants: tuple[GrantOutcome, ...] = ()
+
+    @property
+    def issued(self) -> tuple[Grant, ...]:
+        return tuple(outcome.grant for outcome in self.grants if outcome.grant is not None)
+
+
 class TaskService:
-    """Opening, reading, changing, ending and delegating tasks."""
+    """Opening (with the grants asked for alongside), reading, changing and ending tasks."""
 
     def __init__(
         self,
@@ -68,6 +91,7 @@ class TaskService:
         clock: Clock,
         settings: Settings,
         decisions: DecisionPoint,
+        grants: GrantService,
         revocation: RevocationService,
     ) -> None:
         self._storage = storage
@@ -75,6 +99,7 @@ class TaskService:
         self._clock = clock
         self._settings = settings
         self._decisions = decisions
+        self._grants = grants
         self._revocation = revocation
 
     # -- opening -------------------------------------------------------------------------------
@@ -85,7 +110,7 @@ class TaskService:
             raise InvalidInputError(f"purpose must be one of {allowed}", field="purpose")
         return intent
 
-    def _intent_of(self, fields: Mapping[str, Any]) -> Intent:
+    def intent_of(self, fields: Mapping[str, Any]) -> Intent:
         purpose = fields.get("purpose")
         if purpose not in self._settings.task_purposes:
             allowed = "|".join(self._settings.task_purposes)
@@ -99,14 +124,22 @@ class TaskService:
             tools=frozenset(fields.get("tools") or ()),
         )
 
-    async def check_exists(self, intent: Intent) -> None:
-        """Every declared secret and destination exists (422 naming the first that does not)."""
+    async def read_declared(self, intent: Intent) -> Declared:
+        """The declared secrets and destinations, each read once (a 422 names the first that does
+        not exist); issuance with the task reuses them instead of reading them again."""
+        secrets: dict[str, SecretRecord] = {}
         for path in sorted(intent.secrets):
-            if await self._storage.get_secret(path) is None:
+            record = await self._storage.get_secret(path)
+            if record is None:
                 raise InvalidInputError(f"secrets: no secret {path!r}", field="secrets")
+            secrets[path] = record
+        destinations: dict[str, Destination] = {}
         for name in sorted(intent.destinations):
-            if await self._storage.get_destination(name) is None:
+            destination = await self._storage.get_destination(name)
+            if destination is None:
                 raise InvalidInputError(f"destinations: no destination {name!r}", field="destinations")
+            destinations[name] = destination
+        return Declared(secrets, destinations)
 
     def ttl(self, ttl_seconds: int | None, *, limit_seconds: int | None = None) -> int:
         ttl = self._settings.task_default_ttl_seconds if ttl_seconds is None else ttl_seconds
@@ -115,11 +148,21 @@ class TaskService:
             raise InvalidInputError(f"ttl_seconds must be between 1 and {maximum}", field="ttl_seconds")
         return ttl if limit_seconds is None else min(ttl, limit_seconds)
 
-    async def open(self, caller: AgentCaller, command: OpenTask) -> Task:
-        """Open a task for ``caller`` with the declared intent (``open_task`` is decided)."""
+    async def open(self, caller: AgentCaller, command: OpenTask) -> OpenedTask:
+        """Open a task for ``caller`` with the declared intent (``open_task`` is decided), and decide
+        each grant asked for with it on its own (``issue``). The task, the grants and their events
+        (and the proof's single use, if the caller deferred it) are one write."""
         intent = self.intent(command.intent)
-        await self.check_exists(intent)
-        return await self._open(caller.agent, intent, command.ttl_seconds, Actor.agent(caller.agent.id))
+        declared = await self.read_declared(intent)
+        return await self.open_for(
+            caller.agent,
+            intent,
+            command.ttl_seconds,
+            Actor.agent(caller.agent.id),
+            caller=caller,
+            grants=tuple(command.grants),
+            declared=declared,
+        )
 
     def _new_task(
         self, agent: AgentRecord, intent: Intent, ttl_seconds: int | None, now: datetime, parent: Task | None
@@ -143,7 +186,7 @@ class TaskService:
             chain=chain,
         )
 
-    async def _open(
+    async def open_for(
         self,
         agent: AgentRecord,
         intent: Intent,
@@ -152,36 +195,123 @@ class TaskService:
         *,
         parent: Task | None = None,
         extra: Mapping[str, Any] | None = None,
-    ) -> Task:
+        caller: AgentCaller | None = None,
+        grants: Sequence[IssueGrant] = (),
+        declared: Declared | None = None,
+    ) -> OpenedTask:
+        """Open a task for ``agent`` (a sub-task of ``parent`` when delegated), with the grants
+        ``caller`` asked for in the same request."""
         now = self._clock.now()
         task = self._new_task(agent, intent, ttl_seconds, now, parent)
+        targets = self._grants.targets(task, grants, declared.destinations if declared else {})
         principal = agent_entity(agent)
         path = "/v1/tasks" if parent is None else f"/v1/tasks/{parent.id}/delegate"
         context = decision_context(task, now, method="POST", path=path)
-        decision = await self._decisions.decide("open_task", principal, principal, context)
+        version = await self._decisions.active_policy_version()
+        decision = await self._decisions.decide(
+            "open_task", principal, principal, context, policy_version=version
+        )
         needs_approval = not decision.allowed and decision.missing == ("approval",)
         resource = f"task:{task.id}"
         if not decision.allowed and not needs_approval:
+            why = "policy denies opening this task" + ("; no grant was issued" if grants else "")
             raise await self._decisions.refuse(
-                agent.id, resource, task, "policy denies opening this task", decision=decision
+                agent.id, resource, task, why, decision=decision, caller=caller
             )
-        if needs_approval:  # a new task has no approval yet: it waits for one
+        events: list[PlannedEvent] = []
+        outcomes: list[GrantOutcome] = []
+        if needs_approval:  # a new task has no approval yet: it waits for one, and issues nothing
             task = replace(task, status=TaskStatus.PENDING_APPROVAL, approval_id=new_id("apr"))
-        await self._audit.record(
-            "task.open",
-            actor,
-            resource=resource,
-            task_id=task.id,
-            chain=task.chain,
-            decision=summary(decision),
-            data={**self.task_data(task), **(extra or {})},
-        )
-        await self._storage.create_task(task)
-        if needs_approval:
-            await self._decisions.request_approval(
+            approval = self._decisions.new_approval(
                 task, "open_task", principal, decision, now, task.approval_id
             )
-        return task
+            events.append(
+                PlannedEvent(
+                    "approval.request",
+                    self._decisions.approval_event(approval, task, decision),
+                    approval=approval,
+                )
+            )
+            why = f"the task awaits approval {task.approval_id}: no grant is issued before it is approved"
+            outcomes = [
+                GrantOutcome(index, command, "denied", decision=decision, reason=why)
+                for index, command in enumerate(grants)
+            ]
+        elif grants:
+            assert declared is not None  # read by open()
+            assert caller is not None  # grants come with the caller's own task
+            for outcome, planned in await self._grants.decide_for_new_task(
+                caller, task, grants, targets, declared.secrets, version, now
+            ):
+                outcomes.append(outcome)
+                events.extend(planned)
+        data = {**self.task_data(task), **(extra or {}), **({"grants_asked": len(grants)} if grants else {})}
+        replay: tuple[Effect, ...] = () if caller is None or caller.replay is None else (caller.replay,)
+        opened = PlannedEvent(
+            "task.open",
+            {
+                "resource": resource,
+                "task_id": task.id,
+                "chain": task.chain,
+                "decision": summary(decision),
+                "data": data,
+            },
+            (*replay, CreateTask(task)),
+        )
+        outcomes = await self._record(actor, agent, task, opened, events, outcomes, caller)
+        return OpenedTask(task, tuple(outcomes))
+
+    async def _record(
+        self,
+        actor: Actor,
+        agent: AgentRecord,
+        task: Task,
+        opened: PlannedEvent,
+        events: Sequence[PlannedEvent],
+        outcomes: list[GrantOutcome],
+        caller: AgentCaller | None,
+    ) -> list[GrantOutcome]:
+        """Record the task's event and the grants' concurrently: the audit log commits them in one
+        transaction (a grant's store change sees the task created before it in the same batch)."""
+        results = await asyncio.gather(
+            self._audit.record_with(opened.kind, actor, effects=opened.effects, **opened.fields),
+            *(
+                self._audit.record_with(
+                    event.kind, Actor.agent(agent.id), effects=event.effects, **event.fields
+                )
+                for event in events
+            ),
+            return_exceptions=True,
+        )
+        first = results[0]
+        if isinstance(first, EffectFailedError):
+            if caller is not None and any(isinstance(e, RememberJti) for e in first.failed.values()):
+                raise await self._decisions.replayed(caller, "POST /v1/tasks") from None
+            raise ConflictError(f"parent task {task.parent_id} is not active") from None
+        if isinstance(first, BaseException):
+            raise first
+        failed = {
+            event.fields["data"].get("grant_id")
+            for event, result in zip(events, results[1:], strict=True)
+            if isinstance(result, BaseException)
+        }
+        for event, result in zip(events, results[1:], strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, EffectFailedError):
+                raise result
+            if event.approval is not None and not isinstance(result, BaseException):
+                await self._decisions.store_approval(event.approval, task, task.created_at)
+        return [
+            replace(
+                outcome,
+                status="denied",
+                grant=None,
+                decision=Decision.deny(errors=(f"task {task.id} is not active",)),
+                reason=f"task {task.id} is not active",
+            )
+            if outcome.grant is not None and outcome.grant.id in failed
+            else outcome
+            for outcome in outcomes
+        ]
 
     @staticmethod
     def task_data(task: Task) -> dict[str, Any]:
@@ -199,131 +329,6 @@ class TaskService:
             "context_hash": task.context_hash,
             **({"approval_id": task.approval_id} if task.approval_id else {}),
         }
-
-    # -- delegation ----------------------------------------------------------------------------
-    async def delegate(self, caller: AgentCaller, task_id: str, command: Delegate) -> Task:
-        """Hand a narrower sub-task of the caller's task to another agent.
-
-        Each hop is its own trust decision: ``delegate`` is decided for the delegator (principal)
-        and the delegate (resource) with the child task's context — its depth and the whole chain
-        — and then ``open_task`` is decided for the delegate. The child can only narrow its parent
-        (secrets, destinations, tools, sensitivity, lifetime) and inherits its purpose; nothing of
-        the delegator's identity is handed over. Ending the parent ends the child.
-        """
-        now = self._clock.now()
-        parent = await self._decisions.agent_task(caller, task_id)
-        status = parent.effective_status(now)
-        delegator = caller.agent.id
-        if status is not TaskStatus.ACTIVE:
-            raise await self._decisions.refuse(
-                delegator, f"task:{parent.id}", parent, f"task is {status.value}"
-            )
-        target = command.agent
-        delegate_id = self._agent_id_of(target)
-        delegate = await self._storage.get_agent(delegate_id)
-        if delegate is None or delegate.disabled:
-            raise InvalidInputError(f"agent: no active agent {target[:100]!r}", field="agent")
-        if delegate.id == delegator:
-            raise InvalidInputError("an agent cannot delegate to itself", field="agent")
-        if parent.depth + 1 > self._settings.max_delegation_depth:
-            raise await self._decisions.refuse(
-                delegator,
-                f"agent:{delegate.id}",
-                parent,
-                f"delegation deeper than {self._settings.max_delegation_depth} is not allowed",
-            )
-        parent_intent = parent.intent
-        child_intent = self._intent_of(
-            {
-                "purpose": parent_intent.purpose,  # a sub-task serves its parent's purpose
-                "objective": command.objective,
-                "sensitivity": parent_intent.sensitivity
-                if command.sensitivity is None
-                else command.sensitivity,
-                "secrets": command.secrets,
-                "destinations": command.destinations,
-                "tools": command.tools,
-            }
-        )
-        ttl = command.ttl_seconds
-        problems = child_intent.widening(parent_intent)
-        if ttl is not None and ttl > parent.remaining_seconds(now):
-            problems.append(f"ttl_seconds exceeds the parent's remaining {parent.remaining_seconds(now)} s")
-        if problems:
-            raise await self._decisions.refuse(
-                delegator,
-                f"agent:{delegate.id}",
-                parent,
-                "a sub-task can only narrow: " + "; ".join(problems),
-            )
-        # The decision sees the child as it would be: depth and chain include the parent.
-        chain = (*parent.chain, parent.id)
-        preview = Task(
-            id=new_id("tsk"),
-            agent_id=delegate.id,
-            intent=child_intent,
-            status=TaskStatus.ACTIVE,
-            created_at=now,
-            expires_at=parent.expires_at,
-            parent_id=parent.id,
-            root_id=parent.root_id,
-            depth=len(chain),
-            chain=chain,
-        )
-        resource = agent_entity(delegate)
-        context = decision_context(preview, now, method="POST", path=f"/v1/tasks/{parent.id}/delegate")
-        decision = await self._decisions.decide("delegate", agent_entity(caller.agent), resource, context)
-        # An approval is for this hop: this delegate and exactly this narrowed scope.
-        asked = {
-            "delegate": delegate.id,
-            "secrets": sorted(child_intent.secrets),
-            "destinations": sorted(child_intent.destinations),
-            "tools": sorted(child_intent.tools),
-            "sensitivity": child_intent.sensitivity.label,
-            "ttl_seconds": ttl,
-        }
-        decision, approval = await self._decisions.allowed_or_refuse(
-            decision,
-            parent,
-            "delegate",
-            resource,
-            now,
-            asked,
-            agent_id=delegator,
-            label=f"agent:{delegate.id}",
-            denied="policy denies this delegation",
-        )
-        await self._audit.record(
-            "delegation",
-            Actor.agent(delegator),
-            resource=f"agent:{delegate.id}",
-            task_id=parent.id,
-            chain=parent.chain,
-            decision=summary(decision),
-            data={
-                "delegate": delegate.id,
-                "depth": len(chain),
-                "secrets": sorted(child_intent.secrets),
-                "destinations": sorted(child_intent.destinations),
-                "tools": sorted(child_intent.tools),
-                "sensitivity": child_intent.sensitivity.label,
-                **({"approval_id": approval.id} if approval is not None else {}),
-            },
-        )
-        await self.check_exists(child_intent)
-        return await self._open(
-            delegate,
-            child_intent,
-            ttl,
-            Actor.agent(delegator),
-            parent=parent,
-            extra={"delegated_by": delegator, "delegate": delegate.id},
-        )
-
-    def _agent_id_of(self, name_or_id: str) -> str:
-        if name_or_id.startswith("spiffe://"):
-            return name_or_id
-        return f"spiffe://{self._settings.trust_domain}/agent/{name_or_id}"
 
     # -- reading -------------------------------------------------------------------------------
     async def tree(self, actor: OperatorRecord, task_id: str) -> list[Task]:
@@ -366,132 +371,7 @@ class TaskService:
     async def grants_of(self, task: Task) -> list[Grant]:
         return await self._storage.list_grants(task.id)
 
-    # -- changing and ending -------------------------------------------------------------------
-    async def update(self, caller: AgentCaller, task_id: str, command: UpdateTask) -> tuple[Task, int]:
-        """Change the task's context. ``open_task`` is decided again, and every live grant is
-        decided again (``issue``) in the new context; those no longer allowed are revoked
-        (``context_changed``). Approvals bound to the old context are voided. Returns the task
-        and how many grants were revoked."""
-        now = self._clock.now()
-        task = await self._decisions.agent_task(caller, task_id)
-        if task.effective_status(now) not in LIVE_STATUSES:
-            raise await self._decisions.refuse(
-                caller.agent.id, f"task:{task.id}", task, f"task is {task.effective_status(now).value}"
-            )
-        intent = task.intent
-        merged = {
-            "purpose": intent.purpose,
-            "objective": intent.objective,
-            "sensitivity": intent.sensitivity.label,
-            "secrets": sorted(intent.secrets),
-            "destinations": sorted(intent.destinations),
-            "tools": sorted(intent.tools),
-            **command.changes(),
-        }
-        new_intent = self._intent_of(merged)
-        await self.check_exists(new_intent)
-        if task.parent_id is not None:
-            # What the delegator handed over is the limit: a sub-task may only narrow itself further
-            # (widening it again would be a new delegation, decided for the delegator).
-            problems = new_intent.widening(task.intent)
-            if new_intent.purpose != task.intent.purpose:
-                problems.append("a sub-task keeps its parent's purpose")
-            if problems:
-                raise await self._decisions.refuse(
-                    caller.agent.id,
-                    f"task:{task.id}",
-                    task,
-                    "a sub-task can only narrow: " + "; ".join(problems),
-                )
-        changed = replace(task, intent=new_intent, context_version=task.context_version + 1, approval_id=None)
-        principal = agent_entity(caller.agent)
-        context = decision_context(changed, now, method="PATCH", path=f"/v1/tasks/{task.id}")
-        decision = await self._decisions.decide("open_task", principal, principal, context)
-        decision, approval = await self._decisions.with_approval(
-            decision, changed, "open_task", principal, now
-        )
-        if not decision.allowed and (approval is None or approval.status is ApprovalStatus.DENIED):
-            raise await self._decisions.refuse(
-                caller.agent.id,
-                f"task:{task.id}",
-                task,
-                approval_message(approval, "policy denies the changed task context"),
-                decision=decision,
-                approval=approval,
-            )
-        if not decision.allowed and approval is not None:
-            changed = replace(changed, status=TaskStatus.PENDING_APPROVAL, approval_id=approval.id)
-        else:
-            changed = replace(changed, status=TaskStatus.ACTIVE)
-        # Every live grant, decided again in the new context.
-        revoke: list[str] = []
-        for grant in await self._storage.list_grants(task.id):
-            if grant.unusable(now) is not None:
-                continue
-            if changed.status is not TaskStatus.ACTIVE or not await self._still_allowed(
-                caller.agent, changed, grant, now
-            ):
-                revoke.append(grant.id)
-        # A sub-task may never be wider than its parent: those the narrowed task no longer covers
-        # end (with their own sub-tasks) in the same transaction.
-        children = [
-            child.id
-            for child in await self._storage.list_tasks(
-                root_id=task.root_id, statuses=[s.value for s in LIVE_STATUSES], limit=MAX_LIST_LIMIT
-            )
-            if child.parent_id == task.id
-            and (child.intent.widening(new_intent) or child.intent.purpose != new_intent.purpose)
-        ]
-        await self._audit.record(
-            "task.update",
-            Actor.agent(caller.agent.id),
-            resource=f"task:{task.id}",
-            task_id=task.id,
-            chain=task.chain,
-            decision=summary(decision),
-            reason="context changed",
-            data={
-                **self.task_data(changed),
-                "grants_revoked": revoke[:50],
-                "revoked_count": len(revoke),
-                "sub_tasks_ended": children[:50],
-            },
-        )
-        ended = await self._storage.update_task(
-            changed,
-            expected_version=task.context_version,
-            revoke_grants=revoke,
-            end_tasks=children,
-            reason="context_changed",
-            now=now,
-        )
-        if ended.task_ids:
-            await self._revocation.after_end(
-                ended, Actor.agent(caller.agent.id), "parent_narrowed", chain=changed.chain
-            )
-        return changed, len(revoke) + ended.grants_revoked
-
-    async def _still_allowed(self, agent: AgentRecord, task: Task, grant: Grant, now: datetime) -> bool:
-        """Would ``grant`` be issued in ``task`` as it is now? (Approvals of the old context are void,
-        so a grant that needs one is not.)"""
-        declared = (grant.secret is None or grant.secret in task.intent.secrets) and (
-            grant.destination is None or grant.destination in task.intent.destinations
-        )
-        record = None if grant.secret is None else await self._storage.get_secret(grant.secret)
-        if not declared or record is None:
-            return declared and grant.secret is None
-        context = decision_context(
-            task,
-            now,
-            mode=self._decisions.policy_mode(grant.mode, grant.secret),
-            destination=grant.destination or "",
-            method="PATCH",
-            path=f"/v1/tasks/{task.id}",
-            uses=grant.uses,
-        )
-        decision = await self._decisions.decide("issue", agent_entity(agent), secret_entity(record), context)
-        return bool(decision)
-
+    # -- ending -------------------------------------------------------------------
     async def end_by_agent(self, caller: AgentCaller, task_id: str, how: str, reason: str = "") -> Ended:
         """The task's agent completes, fails or revokes its task: everything issued for it (and for
         its sub-tasks) is revoked in one transaction."""

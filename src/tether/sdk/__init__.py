@@ -8,7 +8,7 @@ from tether.sdk.client import (
     TetherAPIError,
     TetherDenied,
 )
-from tether.sdk.tasks import AsyncTask, Grant, OpeningTask, Task
+from tether.sdk.tasks import AsyncTask, Grant, GrantRequest, OpeningTask, Task
 
 __all__ = [
     "Agent",
@@ -16,6 +16,7 @@ __all__ = [
     "AsyncAgent",
     "AsyncTask",
     "Grant",
+    "GrantRequest",
     "OpeningTask",
     "Task",
     "TetherAPIError",

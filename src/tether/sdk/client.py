@@ -26,7 +26,7 @@ from tether.errors import AuthenticationError, TetherError
 from tether.sdk._signer import ASSERTION_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE, Signer
 
 if TYPE_CHECKING:
-    from tether.sdk.tasks import AsyncTask, OpeningTask, Task
+    from tether.sdk.tasks import AsyncTask, GrantSpec, OpeningTask, Task
 
 __all__ = ["Agent", "ApprovalRequired", "AsyncAgent", "TetherAPIError", "TetherDenied", "api_error"]
 
@@ -217,9 +217,15 @@ class Agent:
         tools: Iterable[str] | None = None,
         sensitivity: str = "internal",
         ttl_seconds: int | None = None,
+        grants: Iterable[GrantSpec] | None = None,
     ) -> Task:
         """Open a task: declare what this agent is doing and what it needs. Use the result as a
         context manager to complete the task on exit (fail it on an exception).
+
+        ``grants`` (:class:`~tether.sdk.GrantRequest` objects or grant request bodies) are issued
+        in the same round trip, each decided on its own: ``task.grant(...)`` with the same request
+        (and ``task.reveal(...)`` for a reveal grant) then uses them without asking again; those
+        not issued are in ``task.refused_grants`` (denied, or waiting for an approval).
 
         Raises:
             ApprovalRequired / TetherDenied: policy refuses to open the task (a task that only
@@ -235,9 +241,10 @@ class Agent:
             tools=tools,
             sensitivity=sensitivity,
             ttl_seconds=ttl_seconds,
+            grants=grants,
         )
         response = self.request("POST", "/v1/tasks", json=body)
-        return Task(self, checked(response, (201,)), self._session.clock)
+        return Task(self, checked(response, (201,)), self._session.clock, body.get("grants", ()))
 
     def join_task(self, task_id: str) -> Task:
         """A handle on an existing task of this agent (e.g. one delegated to it)."""
@@ -306,9 +313,11 @@ class AsyncAgent:
         tools: Iterable[str] | None = None,
         sensitivity: str = "internal",
         ttl_seconds: int | None = None,
+        grants: Iterable[GrantSpec] | None = None,
     ) -> OpeningTask:
         """Open a task: ``async with agent.task(...) as task`` (completed on exit, failed on an
-        exception), or ``task = await agent.task(...)``."""
+        exception), or ``task = await agent.task(...)``; ``grants`` are issued in the same round
+        trip (see :meth:`Agent.task`)."""
         from tether.sdk.tasks import OpeningTask, task_request
 
         body = task_request(
@@ -319,6 +328,7 @@ class AsyncAgent:
             tools=tools,
             sensitivity=sensitivity,
             ttl_seconds=ttl_seconds,
+            grants=grants,
         )
         return OpeningTask(self, body)
 

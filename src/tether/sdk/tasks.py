@@ -31,7 +31,7 @@ from tether.sdk.egress import AsyncEgressClient, EgressClient
 if TYPE_CHECKING:
     from tether.sdk.client import Agent, AsyncAgent
 
-__all__ = ["AsyncTask", "Grant", "Task"]
+__all__ = ["AsyncTask", "Grant", "GrantRequest", "Task"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,49 @@ class Grant:
         return self.expires_at is None or now < self.expires_at
 
 
+@dataclass(frozen=True, slots=True)
+class GrantRequest:
+    """A grant to ask for with the task (``agent.task(..., grants=[...])``): issued in the same
+    round trip as the task, each decided on its own."""
+
+    secret: str | None = None
+    destination: str | None = None
+    mode: str = "inject"
+    ttl_seconds: int | None = None
+    max_uses: int | None = None
+
+    def body(self) -> dict[str, Any]:
+        """The grant request's JSON body."""
+        return _grant_request(self.secret, self.destination, self.mode, self.ttl_seconds, self.max_uses)
+
+
+#: What ``grants=`` accepts: :class:`GrantRequest` objects or their JSON bodies.
+GrantSpec = GrantRequest | Mapping[str, Any]
+_OPENED_KEYS: Final = frozenset({"grants", "grant_indexes", "grants_denied", "grants_pending_approval"})
+
+
+def _grant_body(spec: GrantSpec) -> dict[str, Any]:
+    if isinstance(spec, GrantRequest):
+        return spec.body()
+    if not isinstance(spec, Mapping):
+        raise InvalidInputError("grants holds GrantRequest objects or grant request bodies", field="grants")
+    known = {"secret", "destination", "mode", "ttl_seconds", "max_uses"}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise InvalidInputError(f"grants: unknown field {unknown[0]!r}", field="grants")
+    return _grant_request(
+        spec.get("secret"),
+        spec.get("destination"),
+        spec.get("mode", "inject"),
+        spec.get("ttl_seconds"),
+        spec.get("max_uses"),
+    )
+
+
+def _key(body: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(body.items()))
+
+
 def _names(field: str, values: Iterable[str] | None) -> list[str]:
     if values is None:
         return []
@@ -103,8 +146,9 @@ def task_request(
     tools: Iterable[str] | None,
     sensitivity: str,
     ttl_seconds: int | None,
+    grants: Iterable[GrantSpec] | None = None,
 ) -> dict[str, Any]:
-    """The body of ``POST /v1/tasks``."""
+    """The body of ``POST /v1/tasks`` (with the grants to issue in the same round trip)."""
     body: dict[str, Any] = {
         "purpose": purpose,
         "objective": objective,
@@ -115,6 +159,10 @@ def task_request(
     }
     if ttl_seconds is not None:
         body["ttl_seconds"] = ttl_seconds
+    if grants is not None:
+        if isinstance(grants, Mapping | str):
+            raise InvalidInputError("grants is a list of grant requests", field="grants")
+        body["grants"] = [_grant_body(spec) for spec in grants]
     return body
 
 
@@ -152,22 +200,63 @@ def _patch_request(fields: Mapping[str, Any]) -> dict[str, Any]:
 class _TaskState:
     """What both task handles share: the task as last seen, the reveal grants, the URLs. No I/O."""
 
-    def __init__(self, body: Mapping[str, Any], clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        body: Mapping[str, Any],
+        clock: Callable[[], float],
+        asked: Iterable[Mapping[str, Any]] = (),
+    ) -> None:
         self._body: dict[str, Any] = {}
         self._clock = clock
         self._reveal_grants: dict[tuple[str, str | None], Grant] = {}
+        # Grants issued with the task, not yet handed out by grant(): by the request that asked.
+        self._issued: dict[tuple[tuple[str, Any], ...], list[Grant]] = {}
+        self.issued_grants: list[Grant] = []
+        self.refused_grants: list[dict[str, Any]] = []
         self._seen(body)
+        self._opened(body, list(asked))
+
+    def _opened(self, body: Mapping[str, Any], asked: list[Mapping[str, Any]]) -> None:
+        """Take in the grants issued (and refused) with the task."""
+        items = body.get("grants")
+        indexes = body.get("grant_indexes")
+        if not isinstance(items, list) or not isinstance(indexes, list):
+            return
+        for item, index in zip(items, indexes, strict=False):
+            if not isinstance(item, Mapping) or not isinstance(index, int) or not 0 <= index < len(asked):
+                continue
+            grant = Grant.from_json(item)
+            self.issued_grants.append(grant)
+            self._issued.setdefault(_key(asked[index]), []).append(grant)
+            if grant.mode == "reveal" and grant.secret is not None:
+                self._reveal_grants.setdefault((grant.secret, grant.destination), grant)
+        for name in ("grants_denied", "grants_pending_approval"):
+            refused = body.get(name)
+            if isinstance(refused, list):
+                self.refused_grants.extend(dict(item) for item in refused if isinstance(item, Mapping))
+
+    def _take_issued(self, body: Mapping[str, Any]) -> Grant | None:
+        """A grant issued with the task for exactly this request, if one is left and usable."""
+        waiting = self._issued.get(_key(body))
+        while waiting:
+            grant = waiting.pop(0)
+            if grant.usable(self._now()):
+                return grant
+        return None
 
     def _seen(self, body: Mapping[str, Any]) -> None:
         validate_id(body.get("id"), "tsk", "task id")
         if self._body and body["id"] != self._body["id"]:
             raise InvalidInputError("the answer is about another task", field="id")
-        self._body = {key: value for key, value in body.items() if key != "grants_revoked"}
+        self._body = {
+            key: value for key, value in body.items() if key != "grants_revoked" and key not in _OPENED_KEYS
+        }
 
     def _ended(self, how: str) -> None:
         self._body["status"] = _ENDED_BY[how]
         self._body["approval_id"] = None
         self._reveal_grants.clear()
+        self._issued.clear()
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
@@ -202,6 +291,7 @@ class _TaskState:
         self._seen(body)
         if revoked:
             self._reveal_grants.clear()
+            self._issued.clear()
         return revoked if isinstance(revoked, int) else 0
 
     @staticmethod
@@ -283,8 +373,14 @@ class Task(_TaskState):
     """A handle on one task of a synchronous :class:`~tether.sdk.Agent`. Use it as a context
     manager: the task is completed on normal exit and failed on an exception."""
 
-    def __init__(self, agent: Agent, body: Mapping[str, Any], clock: Callable[[], float] = time.time) -> None:
-        super().__init__(body, clock)
+    def __init__(
+        self,
+        agent: Agent,
+        body: Mapping[str, Any],
+        clock: Callable[[], float] = time.time,
+        asked: Iterable[Mapping[str, Any]] = (),
+    ) -> None:
+        super().__init__(body, clock, asked)
         self._agent = agent
         self._http: EgressClient | None = None
 
@@ -311,13 +407,17 @@ class Task(_TaskState):
         ttl_seconds: int | None = None,
         max_uses: int | None = None,
     ) -> Grant:
-        """Issuance: a grant to use ``secret`` (or what ``destination`` injects) in ``mode``.
+        """Issuance: a grant to use ``secret`` (or what ``destination`` injects) in ``mode``. A grant
+        issued with the task for exactly this request is handed out first (no round trip).
 
         Raises:
             ApprovalRequired: only a human approval is missing (``approval_id`` names it).
             TetherDenied: policy (or the task's state) refuses the grant.
         """
         body = _grant_request(secret, destination, mode, ttl_seconds, max_uses)
+        issued = self._take_issued(body)
+        if issued is not None:
+            return issued
         return Grant.from_json(self._call("POST", f"{self._url}/grants", (201,), json=body))
 
     @property
@@ -418,9 +518,13 @@ class AsyncTask(_TaskState):
     """The asynchronous twin of :class:`Task` (``async with``)."""
 
     def __init__(
-        self, agent: AsyncAgent, body: Mapping[str, Any], clock: Callable[[], float] = time.time
+        self,
+        agent: AsyncAgent,
+        body: Mapping[str, Any],
+        clock: Callable[[], float] = time.time,
+        asked: Iterable[Mapping[str, Any]] = (),
     ) -> None:
-        super().__init__(body, clock)
+        super().__init__(body, clock, asked)
         self._agent = agent
         self._http: AsyncEgressClient | None = None
 
@@ -471,6 +575,9 @@ class AsyncTask(_TaskState):
     ) -> Grant:
         """Issuance (see :meth:`Task.grant`)."""
         body = _grant_request(secret, destination, mode, ttl_seconds, max_uses)
+        issued = self._take_issued(body)
+        if issued is not None:
+            return issued
         return Grant.from_json(await self._call("POST", f"{self._url}/grants", (201,), json=body))
 
     async def grants(self) -> list[Grant]:
@@ -544,7 +651,12 @@ class OpeningTask:
     async def _open(self) -> AsyncTask:
         if self._task is None:
             response = await self._agent.request("POST", "/v1/tasks", json=self._request)
-            self._task = AsyncTask(self._agent, checked(response, (201,)), self._agent._session.clock)
+            self._task = AsyncTask(
+                self._agent,
+                checked(response, (201,)),
+                self._agent._session.clock,
+                self._request.get("grants", ()),
+            )
         return self._task
 
     def __await__(self) -> Generator[Any, None, AsyncTask]:
