@@ -63,9 +63,6 @@ def test_hot_routes_have_no_sync_dependency(method: str, path: str) -> None:
     assert _sync_dependencies(path, method) == set()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="routes_egress.get_egress is still a plain def (not this change's file)"
-)
 def test_egress_has_no_sync_dependency() -> None:
     assert _sync_dependencies("/v1/egress/{destination}/{path:path}", "POST") == set()
 

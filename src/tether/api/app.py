@@ -27,6 +27,7 @@ from tether.api import (
     routes_sys,
     routes_tasks,
 )
+from tether.api.hot import HotLane
 from tether.api.metrics import Metrics
 from tether.api.problems import install_problem_handlers, problem_response
 from tether.broker import Broker
@@ -205,6 +206,7 @@ def _build_app(*, max_request_bytes: int, lifespan: Lifespan[FastAPI] | None = N
     app.include_router(routes_tasks.router)
     app.include_router(routes_destinations.router)
     app.include_router(routes_egress.router)
+    app.add_middleware(HotLane)  # innermost: inside the body limit and the metrics
     app.add_middleware(_BodyLimit, max_bytes=max_request_bytes)
     app.add_middleware(_Measure, metrics=metrics)
     app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]

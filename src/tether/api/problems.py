@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tether import errors
 from tether.store.base import AuditCorruptionError
 
-__all__ = ["PROBLEM_JSON", "Problem", "install_problem_handlers", "problem_response"]
+__all__ = ["PROBLEM_JSON", "Problem", "install_problem_handlers", "problem_for", "problem_response"]
 
 log = logging.getLogger(__name__)
 
@@ -125,36 +125,40 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc if part not in {"body", "query", "path"}) or "body"
 
 
-def install_problem_handlers(app: FastAPI) -> None:
-    @app.exception_handler(errors.TetherError)
-    async def _tether(_: Request, exc: errors.TetherError) -> JSONResponse:
+def _for_validation_error(exc: RequestValidationError) -> JSONResponse:
+    # Never echo the offending input: it may be a secret value.
+    details = [
+        {
+            "field": "body" if e.get("type") == "json_invalid" else _loc(tuple(e.get("loc", ()))),
+            "message": str(e.get("msg", "")),
+        }
+        for e in exc.errors()
+    ]
+    detail = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
+    return problem_response(422, "invalid-input", "Invalid input", detail, errors=details)
+
+
+def problem_for(exc: BaseException) -> JSONResponse:
+    """The one way from an exception to its problem response (FastAPI's handlers and the hot
+    lane's endpoints both use it)."""
+    if isinstance(exc, errors.TetherError):
         return _for_tether_error(exc)
-
-    @app.exception_handler(Problem)
-    async def _problem(_: Request, exc: Problem) -> JSONResponse:
+    if isinstance(exc, Problem):
         return problem_response(exc.status, exc.slug, exc.title, exc.detail, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # Never echo the offending input: it may be a secret value.
-        details = [
-            {
-                "field": "body" if e.get("type") == "json_invalid" else _loc(tuple(e.get("loc", ()))),
-                "message": str(e.get("msg", "")),
-            }
-            for e in exc.errors()
-        ]
-        detail = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
-        return problem_response(422, "invalid-input", "Invalid input", detail, errors=details)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if isinstance(exc, RequestValidationError):
+        return _for_validation_error(exc)
+    if isinstance(exc, StarletteHTTPException):
         slug = _HTTP_SLUGS.get(exc.status_code, "http-error")
         title = str(exc.detail) if isinstance(exc.detail, str) else "HTTP error"
         return problem_response(exc.status_code, slug, title, headers=dict(exc.headers or {}))
+    # The class name only: exception text from deep inside may quote data.
+    log.error("unexpected error: %s", type(exc).__name__)
+    return problem_response(500, "internal", "Internal error", "the request failed; see the server log")
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        # The class name only: exception text from deep inside may quote data.
-        log.error("unexpected error: %s", type(exc).__name__)
-        return problem_response(500, "internal", "Internal error", "the request failed; see the server log")
+
+def install_problem_handlers(app: FastAPI) -> None:
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        return problem_for(exc)
+
+    for kind in (errors.TetherError, Problem, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(kind, handle)

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from tether.api.deps import BrokerDep
 from tether.api.problems import PROBLEM_BASE, Problem
+from tether.broker import Broker
 from tether.broker.auth import AgentCaller
 from tether.domain.agents import AgentRecord
 from tether.errors import AuthenticationError
@@ -80,6 +81,12 @@ async def _form(request: Request) -> dict[str, str]:
 @router.post("/v1/auth/token", response_model=None)
 async def token(request: Request, broker: BrokerDep) -> JSONResponse:
     """Client credentials (RFC 7523 assertion) or token exchange (RFC 8693) → a DPoP-bound token."""
+    return await token_endpoint(request)
+
+
+async def token_endpoint(request: Request) -> JSONResponse:
+    """``POST /v1/auth/token`` as a plain endpoint (the hot lane serves it; see ``tether.api.hot``)."""
+    broker: Broker = request.app.state.broker
     try:
         form = await _form(request)
     except AuthenticationError as exc:
@@ -117,16 +124,19 @@ async def get_agent(request: Request, broker: BrokerDep) -> AgentRecord:
 
 async def get_agent_caller(request: Request, broker: BrokerDep) -> AgentCaller:
     """The agent behind ``Authorization: DPoP`` and the key its token is bound to; 401 otherwise."""
-    return await _agent_caller(request, broker, defer_replay=False)
+    return await agent_caller(request, broker, defer_replay=False)
 
 
 async def get_agent_caller_deferred(request: Request, broker: BrokerDep) -> AgentCaller:
     """As :func:`get_agent_caller`, the proof's single use recorded by the service together with
     what the request does (activation routes: one write instead of two)."""
-    return await _agent_caller(request, broker, defer_replay=True)
+    return await agent_caller(request, broker, defer_replay=True)
 
 
-async def _agent_caller(request: Request, broker: BrokerDep, *, defer_replay: bool) -> AgentCaller:
+async def agent_caller(request: Request, broker: Broker, *, defer_replay: bool) -> AgentCaller:
+    """The agent behind the request's ``Authorization: DPoP`` and ``DPoP`` headers; a 401 problem
+    otherwise. With ``defer_replay``, the proof's single use is left to the service (see
+    :meth:`~tether.broker.auth.AuthService.authenticate_caller`)."""
     url = endpoint_url(request, request_path(request))
     try:
         return await broker.auth.authenticate_caller(

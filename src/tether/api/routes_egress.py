@@ -9,19 +9,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
 
-from tether.api.deps import BrokerDep
 from tether.api.problems import Problem
-from tether.api.routes_auth import ActivatingCallerDep, request_path
+from tether.api.routes_auth import agent_caller, request_path
+from tether.broker import Broker
 from tether.domain.destinations import ALLOWED_METHODS, validate_destination_name
 from tether.egress import EgressError, EgressProxy, EgressRequest, UnsafePathError
 from tether.errors import InvalidInputError
 
-__all__ = ["close_egress", "router"]
+__all__ = ["close_egress", "egress_endpoint", "egress_proxy", "router"]
 
 TASK_HEADER = "tether-task"
 PREFIX = "/v1/egress/"
@@ -45,16 +45,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 router = APIRouter(tags=["egress"], lifespan=_lifespan)
 
 
-def get_egress(request: Request, broker: BrokerDep) -> EgressProxy:
+def egress_proxy(app: Any) -> EgressProxy:
     """The app's proxy, created on first use (one connection pool per app)."""
-    proxy: EgressProxy | None = getattr(request.app.state, "egress", None)
+    proxy: EgressProxy | None = getattr(app.state, "egress", None)
     if proxy is None:
-        proxy = EgressProxy(broker)
-        request.app.state.egress = proxy
+        proxy = EgressProxy(app.state.broker)
+        app.state.egress = proxy
     return proxy
-
-
-EgressDep = Annotated[EgressProxy, Depends(get_egress)]
 
 
 def _agent_path(request: Request, destination: str) -> str:
@@ -71,14 +68,21 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
             yield chunk
 
 
-async def egress(
-    destination: str, path: str, request: Request, caller: ActivatingCallerDep, proxy: EgressDep
-) -> StreamingResponse:
+async def egress(destination: str, path: str, request: Request) -> Response:
     """Forward this request to ``destination`` with its secret injected, under the task named by
     the ``Tether-Task`` header (which needs an ``inject`` grant for the destination). The answer
     is the upstream's, with hop-by-hop headers and cookies removed, every occurrence of the secret
     redacted, and ``Cache-Control: no-store``."""
-    del path  # the raw path is used: the decoded one hides %2F and friends
+    del destination, path  # read from the request by the endpoint (the raw path, as signed)
+    return await egress_endpoint(request)
+
+
+async def egress_endpoint(request: Request) -> Response:
+    """``ANY /v1/egress/{destination}/{path}`` as a plain endpoint (the hot lane serves it; see
+    ``tether.api.hot``). The raw path is used: the decoded one hides %2F and friends."""
+    broker: Broker = request.app.state.broker
+    caller = await agent_caller(request, broker, defer_replay=True)
+    destination = request.path_params["destination"]
     task_id = request.headers.get(TASK_HEADER)
     if not task_id:
         raise InvalidInputError("the Tether-Task header (the task's id) is required", field="Tether-Task")
@@ -93,7 +97,7 @@ async def egress(
             headers=list(request.headers.raw),
             body=_body(request),
         )
-        answer = await proxy.forward(caller, egress_request)
+        answer = await egress_proxy(request.app).forward(caller, egress_request)
     except UnsafePathError as exc:
         raise Problem(400, "unsafe-path", "Path refused", str(exc)) from None
     except EgressError as exc:

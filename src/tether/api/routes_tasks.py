@@ -10,12 +10,14 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tether.api.deps import BrokerDep, OperatorDep, get_operator
 from tether.api.models import SensitivityName
-from tether.api.routes_auth import ActivatingCallerDep, AgentCallerDep, get_agent_caller
+from tether.api.routes_auth import ActivatingCallerDep, AgentCallerDep, agent_caller, get_agent_caller
+from tether.broker import Broker
 from tether.broker.auth import AgentCaller
 from tether.broker.grants import GrantOutcome
 from tether.broker.tasks import OpenedTask
@@ -362,13 +364,27 @@ async def _caller(request: Request, broker: BrokerDep) -> AgentCaller | Operator
 
 
 # -- tasks ---------------------------------------------------------------------------------------
-@router.post("/v1/tasks", status_code=201)
-async def open_task(body: TaskCreate, caller: ActivatingCallerDep, broker: BrokerDep) -> TaskOpenedOut:
+@router.post("/v1/tasks", status_code=201, response_model=TaskOpenedOut)
+async def open_task(body: TaskCreate, request: Request) -> Response:
     """Open a task: declare the intent; ``open_task`` is decided (or an approval is requested).
     The ``grants`` asked for with it are each decided on its own; the task, the grants and their
     audit events are one write (the request's proof too)."""
+    del body  # read and validated by the endpoint, after authentication
+    return await open_task_endpoint(request)
+
+
+async def open_task_endpoint(request: Request) -> Response:
+    """``POST /v1/tasks`` as a plain endpoint (the hot lane serves it; see ``tether.api.hot``): the
+    caller is authenticated before the body is read, and the body is validated once."""
+    broker: Broker = request.app.state.broker
+    caller = await agent_caller(request, broker, defer_replay=True)
+    try:
+        body = TaskCreate.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
     opened = await broker.tasks.open_with_grants(caller, body.command())
-    return TaskOpenedOut.opened(opened, broker.clock.now())
+    out = TaskOpenedOut.opened(opened, broker.clock.now())
+    return JSONResponse(out.model_dump(mode="json"), status_code=201)
 
 
 @router.get("/v1/tasks")
@@ -490,10 +506,18 @@ async def list_grants(task_id: IdParam, request: Request, broker: BrokerDep) -> 
 
 
 @router.post("/v1/grants/{grant_id}/activate", response_model=None)
-async def activate_grant(
-    grant_id: IdParam, request: Request, caller: ActivatingCallerDep, broker: BrokerDep
-) -> JSONResponse:
+async def activate_grant(grant_id: IdParam, request: Request) -> Response:
     """Activation for ``reveal`` (the value, once) and ``dynamic`` (a fresh credential)."""
+    del grant_id  # read from the path by the endpoint
+    return await activate_endpoint(request)
+
+
+async def activate_endpoint(request: Request) -> Response:
+    """``POST /v1/grants/{grant_id}/activate`` as a plain endpoint (the hot lane serves it; see
+    ``tether.api.hot``): authenticated first, then decided, counted and audited by the broker."""
+    broker: Broker = request.app.state.broker
+    caller = await agent_caller(request, broker, defer_replay=True)
+    grant_id = request.path_params["grant_id"]
     activation = await broker.tasks.activate(caller, grant_id, method="POST", path=request.url.path)
     grant = activation.grant
     body: dict[str, Any] = {"grant_id": grant.id, "mode": grant.mode.value, "uses_left": grant.uses_left}
