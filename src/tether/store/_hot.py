@@ -42,7 +42,9 @@ __all__ = [
     "REPLACE_EXPIRED_JTI",
     "TASK_BY_ID",
     "TASK_STATE_FOR_UPDATE",
+    "USE_PARTS",
     "Query",
+    "UseParts",
     "jti_key",
 ]
 
@@ -128,6 +130,30 @@ _USE_FROM = (
     " LEFT JOIN destinations d ON d.name = g.destination"
 )
 GRANT_FOR_USE = _select(_USE_COLUMNS, f"{_USE_FROM} WHERE g.id = ?")
+
+
+@dataclass(frozen=True)
+class UseParts:
+    """Where each table's columns sit in a :data:`GRANT_FOR_USE` row."""
+
+    grant: slice
+    task: slice
+    secret: slice
+    destination: slice
+
+
+def _parts() -> UseParts:
+    sizes = [len(t.grants.c), len(t.tasks.c), len(t.secrets.c), 4, len(t.destinations.c)]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return UseParts(
+        grant=slice(starts[0], starts[0] + sizes[0]),
+        task=slice(starts[1], starts[1] + sizes[1]),
+        secret=slice(starts[2], starts[2] + sizes[2]),
+        destination=slice(starts[4], starts[4] + sizes[4]),
+    )
+
+
+USE_PARTS = _parts()
 _INJECT_WHERE = (
     "g.destination = ? AND g.mode = 'inject' AND g.revoked_at_us IS NULL AND g.expires_at_us > ?"
     " AND (g.max_uses IS NULL OR g.uses < g.max_uses)"

@@ -25,9 +25,10 @@ from tether.domain.secrets import SecretRecord
 from tether.domain.tasks import Grant, Task, TaskStatus
 from tether.errors import ConflictError, InvalidInputError, StorageError, StorageUnavailableError, TetherError
 from tether.store import _hot as q
+from tether.store import _parsed
 from tether.store._sql import JTI_SWEEP_LIMIT, MAX_JTI_INPUT_BYTES, SQLStorage
 from tether.store._sqlbase import to_us
-from tether.store._tasks import _grant, _grant_values, _task, _task_values
+from tether.store._tasks import _grant, _grant_values, _task_values
 from tether.store.base import (
     AuditConflictError,
     ConsumeGrantUse,
@@ -233,16 +234,14 @@ class PostgresStorage(SQLStorage):
 
     # -- reads ------------------------------------------------------------------------------------
     async def get_agent(self, agent_id: str) -> AgentRecord | None:
-        records = self._agents(await self._fetch(q.AGENT_BY_ID, agent_id))
-        return records[0] if records else None
+        return _parsed.agent(await self._fetch(q.AGENT_BY_ID, agent_id))
 
     async def get_agent_by_name(self, name: str) -> AgentRecord | None:
-        records = self._agents(await self._fetch(q.AGENT_BY_NAME, name))
-        return records[0] if records else None
+        return _parsed.agent(await self._fetch(q.AGENT_BY_NAME, name))
 
     async def grant_for_use(self, grant_id: str) -> GrantInUse | None:
         rows = await self._fetch(q.GRANT_FOR_USE, grant_id)
-        return self._in_use(rows[0]) if rows else None
+        return _parsed.grant_in_use(rows[0]) if rows else None
 
     async def inject_grant_for_use(
         self, task_id: str, destination: str, now: datetime, *, jkt: str | None = None
@@ -251,11 +250,11 @@ class PostgresStorage(SQLStorage):
             rows = await self._fetch(q.INJECT_GRANT_FOR_USE_ANY_KEY, task_id, destination, to_us(now))
         else:
             rows = await self._fetch(q.INJECT_GRANT_FOR_USE, task_id, jkt, destination, to_us(now))
-        return self._in_use(rows[0]) if rows else None
+        return _parsed.grant_in_use(rows[0]) if rows else None
 
     async def get_task(self, task_id: str) -> Task | None:
         rows = await self._fetch(q.TASK_BY_ID, task_id)
-        return _task(rows[0]) if rows else None
+        return _parsed.task(tuple(rows[0])) if rows else None
 
     async def get_grant(self, grant_id: str) -> Grant | None:
         rows = await self._fetch(q.GRANT_BY_ID, grant_id)
@@ -269,11 +268,11 @@ class PostgresStorage(SQLStorage):
                 path, include_deleted=include_deleted, with_versions=with_versions
             )
         rows = await self._fetch(q.LIVE_SECRET, path)
-        return self._secret(rows[0]) if rows else None
+        return _parsed.secret(tuple(rows[0])) if rows else None
 
     async def get_destination(self, name: str) -> Destination | None:
         rows = await self._fetch(q.DESTINATION_BY_NAME, name)
-        return self._destination(rows[0]) if rows else None
+        return _parsed.destination(tuple(rows[0])) if rows else None
 
     async def active_policy_version(self) -> int | None:
         rows = await self._fetch(q.ACTIVE_POLICY_VERSION)
