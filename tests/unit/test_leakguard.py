@@ -8,7 +8,7 @@ import urllib.parse
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tether.egress.leakguard import REDACTED, LeakGuard, secret_forms
+from tether.egress.leakguard import REDACTED, LeakGuard, forget_guards, guard_for, secret_forms
 
 SECRET = b"ghp_9f8e7d6c5b4a39281706"
 
@@ -96,3 +96,19 @@ def test_no_form_survives_any_chunking(
     assert streamed_count == whole_count >= 1
     for form in (secret, base64.b64encode(secret).rstrip(b"="), secret.hex().encode()):
         assert form not in streamed
+
+
+def test_a_guard_is_reused_for_the_same_value_and_renderings_only() -> None:
+    forget_guards()
+    first = guard_for(b"s3cret-value-1", [b"Bearer s3cret-value-1"])
+    assert guard_for(b"s3cret-value-1", [b"Bearer s3cret-value-1"]) is first
+    assert guard_for(b"s3cret-value-2", [b"Bearer s3cret-value-2"]) is not first
+    # The parts are length-prefixed: moving bytes between value and rendering is another key.
+    assert guard_for(b"s3cret-value-1Bearer", [b" s3cret-value-1"]) is not first
+    assert first.redact(b"x s3cret-value-1 y") == (b"x [REDACTED] y", 1)
+
+
+def test_forgetting_guards_drops_every_kept_guard() -> None:
+    first = guard_for(b"s3cret-value-3")
+    forget_guards()
+    assert guard_for(b"s3cret-value-3") is not first

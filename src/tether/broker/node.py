@@ -30,6 +30,7 @@ from tether.config import Settings
 from tether.crypto.barrier import Barrier
 from tether.crypto.keyprovider import KeyProvider
 from tether.domain.operators import OperatorRecord, Permission
+from tether.egress.leakguard import forget_guards
 from tether.engines import EngineRegistry, StaticEngine
 from tether.errors import CryptoError, SealedError, TetherError
 from tether.identity.signing import TOKEN_KEYS_META
@@ -207,6 +208,7 @@ class Broker:
         self.keys.seal()
         self.audit.detach_keys()
         self.auth.detach_keys()
+        forget_guards()  # egress's leak guards hold the forms of values they redact
 
     async def rotate_token_keys(self, actor: OperatorRecord) -> str:
         """A new access-token signing key; tokens signed by the previous one stay valid."""

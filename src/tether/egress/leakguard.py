@@ -26,12 +26,15 @@ only in their direct forms (a few bytes would match too much by chance). Pure: n
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
-from collections.abc import Iterable
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from urllib.parse import quote, quote_plus
 
-__all__ = ["REDACTED", "LeakGuard", "StreamRedactor", "secret_forms"]
+__all__ = ["REDACTED", "LeakGuard", "StreamRedactor", "forget_guards", "guard_for", "secret_forms"]
 
 REDACTED = b"[REDACTED]"
 #: Below this many bytes, a value's partial (offset-aligned) base64 forms are not used: they
@@ -126,6 +129,45 @@ class LeakGuard:
     def stream(self) -> StreamRedactor:
         """A redactor for one body that arrives in chunks."""
         return StreamRedactor(self._pattern, self.max_form_bytes)
+
+
+#: Guards kept for reuse (each holds one secret's compiled forms), per process.
+MAX_GUARDS = 256
+_guards: OrderedDict[bytes, LeakGuard] = OrderedDict()
+_guards_lock = threading.Lock()
+
+
+def guard_for(secret: bytes, renderings: Sequence[bytes] = ()) -> LeakGuard:
+    """The guard for ``secret`` and ``renderings``, built once and reused while the same value is
+    injected (building one derives every form and compiles them: more than the rest of a forward).
+
+    Kept by a digest of the inputs in a bounded LRU, so a rotated secret's guard ages out; the
+    compiled patterns hold the value's forms in memory as any guard in use does, and
+    :func:`forget_guards` drops them (on seal)."""
+    digest = hashlib.sha256()
+    for part in (secret, *renderings):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    key = digest.digest()
+    with _guards_lock:
+        guard = _guards.get(key)
+        if guard is not None:
+            _guards.move_to_end(key)
+            return guard
+    guard = LeakGuard(secret, renderings)
+    with _guards_lock:
+        _guards[key] = guard
+        while len(_guards) > MAX_GUARDS:
+            _guards.popitem(last=False)
+    return guard
+
+
+def forget_guards() -> None:
+    """Drop every kept guard, and the ``re`` module's cache of compiled patterns (which holds the
+    forms too): nothing derived from a secret value stays in memory once Tether is sealed."""
+    with _guards_lock:
+        _guards.clear()
+    re.purge()
 
 
 class StreamRedactor:

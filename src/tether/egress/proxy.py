@@ -35,7 +35,7 @@ from tether.broker.auth import AgentCaller
 from tether.domain.decision import Decision
 from tether.domain.destinations import InjectionType
 from tether.domain.tasks import Task, validate_id
-from tether.egress.leakguard import LeakGuard, StreamRedactor
+from tether.egress.leakguard import LeakGuard, StreamRedactor, guard_for
 from tether.egress.paths import AgentPath, UnsafePathError, filter_query, normalise_path, upstream_url
 from tether.errors import DeniedError, InvalidInputError, NotFoundError, TetherError
 from tether.store.base import EffectFailedError
@@ -345,7 +345,7 @@ class EgressProxy:
         renderings = [rendered.encode("utf-8")]
         if injection.type is InjectionType.BASIC:
             renderings.append(f"{injection.name}:{value}".encode())
-        guard = LeakGuard(auth.secret, renderings)
+        guard = guard_for(auth.secret, renderings)
         headers = request_headers(request.headers, injection.header_name)
         inject_param: tuple[str, str] | None = None
         if injection.type is InjectionType.QUERY:
