@@ -12,10 +12,10 @@ so everything read inside a write function (the audit chain's head, a task's sta
 from __future__ import annotations
 
 import asyncio
+import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +25,18 @@ from tether.store._hot import Query
 __all__ = ["SQLiteDriver"]
 
 T = TypeVar("T")
+
+#: What the writer thread takes from its queue: the work, and where to answer (None: stop).
+_Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]"] | None
+
+
+def _answer(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled; the transaction happened (or not) all the same
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class SQLiteDriver:
@@ -40,7 +52,9 @@ class SQLiteDriver:
         self._local = threading.local()
         self._opened: list[sqlite3.Connection] = []
         self._opened_lock = threading.Lock()
-        self._writer: ThreadPoolExecutor | None = None
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
         self._closed = False
 
     # -- connections ------------------------------------------------------------------------------
@@ -66,10 +80,28 @@ class SQLiteDriver:
         self._local.conn = conn
         return conn
 
-    def _writer_pool(self) -> ThreadPoolExecutor:
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-sqlite-writer")
-        return self._writer
+    def _start_writer(self) -> None:
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_loop, name="tether-sqlite-writer", daemon=True
+                )
+                self._writer.start()
+
+    def _write_loop(self) -> None:
+        # One thread, one connection: every write transaction of this process, in arrival order.
+        while (job := self._jobs.get()) is not None:
+            work, loop, future = job
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = self._transaction(work)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
+                error = exc
+            try:
+                loop.call_soon_threadsafe(_answer, future, result, error)
+            except RuntimeError:  # the caller's loop is closed: nobody is waiting any more
+                continue
 
     # -- errors -------------------------------------------------------------------------------------
     def translate(self, exc: sqlite3.Error) -> StorageError:
@@ -100,8 +132,15 @@ class SQLiteDriver:
     async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` in one ``BEGIN IMMEDIATE`` … ``COMMIT`` on the writer thread. Anything it
         raises rolls the transaction back; the driver's errors become :class:`StorageError`."""
+        if self._closed:
+            raise StorageError(f"sqlite store is closed{self._hint}")
+        if self._writer is None:
+            self._start_writer()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer_pool(), self._transaction, work)
+        future: asyncio.Future[T] = loop.create_future()
+        # One hand-off each way: the queue to the writer thread, call_soon_threadsafe back.
+        self._jobs.put((work, loop, future))
+        return await future
 
     def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
         try:
@@ -127,9 +166,11 @@ class SQLiteDriver:
     # -- closing --------------------------------------------------------------------------------------
     def close(self) -> None:
         self._closed = True
-        if self._writer is not None:
-            self._writer.shutdown(wait=True)
-            self._writer = None
+        with self._writer_lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            self._jobs.put(None)  # after every job already queued
+            writer.join()
         with self._opened_lock:
             opened, self._opened = self._opened, []
         for conn in opened:
