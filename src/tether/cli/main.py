@@ -645,6 +645,15 @@ def main(argv: list[str] | None = None) -> None:
         _exit("aborted", EXIT_FAILURE)
     except KeyboardInterrupt:
         _exit("interrupted", 130)
+    except ModuleNotFoundError as exc:  # a command's lazy import of a module of an extra
+        from tether._extras import missing_extra_message
+
+        args = sys.argv[1:] if argv is None else argv
+        extra = missing_extra_message(exc, next((a for a in args if not a.startswith("-")), None))
+        if extra is None and os.environ.get("TETHER_DEBUG"):
+            raise
+        unexpected = f"unexpected {type(exc).__name__}; run with TETHER_DEBUG=1 for a traceback"
+        _exit(extra or unexpected, EXIT_FAILURE)
     except Exception as exc:
         if os.environ.get("TETHER_DEBUG"):
             raise
