@@ -40,7 +40,7 @@ from tether.domain.events import (
     seal_event,
 )
 from tether.errors import ConflictError, InvalidInputError, NotFoundError, SealedError, StorageError
-from tether.store.base import AuditConflictError, Effect, EffectFailedError, SealingStorage, Storage
+from tether.store.base import AuditConflictError, AuditStorage, Effect, EffectFailedError, SealingStorage
 
 __all__ = ["AuditLog"]
 
@@ -73,7 +73,7 @@ class AuditLog:
 
     def __init__(
         self,
-        storage: Storage,
+        storage: AuditStorage,
         *,
         node_id: str,
         clock: Clock,

@@ -8,7 +8,7 @@ from typing import Any
 
 from tether.domain.events import EVENT_KINDS, Event, time_us
 from tether.errors import InvalidInputError
-from tether.store.base import Storage
+from tether.store.base import AuditStorage
 
 __all__ = ["MAX_QUERY_LIMIT", "AuditFilter", "AuditPage", "query_events"]
 
@@ -55,7 +55,7 @@ class AuditFilter:
             raise InvalidInputError("until must be after since", field="until")
 
     def as_kwargs(self) -> dict[str, Any]:
-        """The filters as keyword arguments of :meth:`Storage.read_audit_events`."""
+        """The filters as keyword arguments of :meth:`AuditStorage.read_audit_events`."""
         return {
             "kind": self.kind,
             "actor": self.actor,
@@ -76,7 +76,7 @@ class AuditPage:
 
 
 async def query_events(
-    storage: Storage, where: AuditFilter | None = None, *, after_seq: int = 0, limit: int = 100
+    storage: AuditStorage, where: AuditFilter | None = None, *, after_seq: int = 0, limit: int = 100
 ) -> AuditPage:
     """Events matching ``where`` with seq > ``after_seq``, oldest first, at most ``limit``."""
     if not 1 <= limit <= MAX_QUERY_LIMIT:

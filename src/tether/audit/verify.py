@@ -56,7 +56,7 @@ from tether.domain.events import (
     event_from_json,
     parse_json_object,
 )
-from tether.store.base import Storage, StoredAuditRow
+from tether.store.base import AuditStorage, StoredAuditRow
 
 __all__ = [
     "ChainVerifier",
@@ -342,7 +342,7 @@ def _row_entry(row: StoredAuditRow) -> Event | Flagged:
     return event
 
 
-async def _store_rows(storage: Storage, page: int) -> AsyncIterator[StoredAuditRow]:
+async def _store_rows(storage: AuditStorage, page: int) -> AsyncIterator[StoredAuditRow]:
     after = 0
     while True:
         rows = await storage.read_audit_rows(after_seq=after, limit=page)
@@ -354,7 +354,7 @@ async def _store_rows(storage: Storage, page: int) -> AsyncIterator[StoredAuditR
 
 
 async def verify_store(
-    storage: Storage,
+    storage: AuditStorage,
     checkpoint: Checkpoint | Sequence[Checkpoint] | None = None,
     *,
     page: int = 1000,

@@ -24,21 +24,30 @@ from tether.domain.tasks import Approval, Ended, Grant, Lease, Task
 from tether.errors import ConflictError, StorageError
 
 __all__ = [
+    "AgentStorage",
     "AuditConflictError",
     "AuditCorruptionError",
+    "AuditStorage",
     "ConsumeGrantUse",
     "CreateGrant",
     "CreateTask",
+    "DestinationStorage",
     "Effect",
     "EffectFailedError",
     "GrantInUse",
+    "MetaStorage",
+    "OperatorStorage",
     "PolicySetRecord",
+    "PolicyStorage",
     "RememberJti",
     "SealingStorage",
+    "SecretStorage",
     "Storage",
+    "StoreLifecycle",
     "StoredAuditRow",
     "StoredCheckpoint",
     "StoredValue",
+    "TaskStorage",
     "VersionConflictError",
 ]
 
@@ -191,9 +200,8 @@ class GrantInUse:
     destination: Destination | None = None  # the destination the grant names, if any
 
 
-@runtime_checkable
-class Storage(Protocol):
-    """What Tether needs from a database. Every method is one transaction."""
+class StoreLifecycle(Protocol):
+    """Opening, migrating and closing a store."""
 
     backend: str
 
@@ -207,7 +215,10 @@ class Storage(Protocol):
 
     async def close(self) -> None: ...
 
-    # -- small named blobs (the keyring, deployment settings) ------------------------
+
+class MetaStorage(Protocol):
+    """Small named blobs: the keyring, derived keys, deployment settings."""
+
     async def get_meta(self, key: str) -> bytes | None: ...
 
     async def put_meta(self, key: str, value: bytes, *, expected: bytes | None) -> None:
@@ -219,7 +230,10 @@ class Storage(Protocol):
         """Delete ``key`` if it still holds ``expected``. False if it changed or is absent."""
         ...
 
-    # -- secrets -----------------------------------------------------------------------
+
+class SecretStorage(Protocol):
+    """Secrets: metadata and encrypted versions (the store sees ciphertext only)."""
+
     async def get_secret(
         self, path: str, *, include_deleted: bool = False, with_versions: bool = False
     ) -> SecretRecord | None: ...
@@ -263,7 +277,10 @@ class Storage(Protocol):
         Returns how many rows changed. The ciphertext never changes."""
         ...
 
-    # -- operators ---------------------------------------------------------------------
+
+class OperatorStorage(Protocol):
+    """Operators and their (hashed) tokens."""
+
     async def create_operator(self, operator: OperatorRecord) -> None:
         """Raise :class:`ConflictError` if the name or id is taken."""
         ...
@@ -280,7 +297,10 @@ class Storage(Protocol):
         same transaction, so two admins revoking each other cannot both succeed)."""
         ...
 
-    # -- audit (append-only; see tether.audit) ---------------------------------------------
+
+class AuditStorage(Protocol):
+    """The audit chain (append-only; see :mod:`tether.audit`) and its checkpoints."""
+
     async def append_audit_events(
         self, events: Sequence[Event], effects: Sequence[Sequence[Effect]] = ()
     ) -> list[list[object]]:
@@ -333,7 +353,10 @@ class Storage(Protocol):
 
     async def latest_audit_checkpoint(self) -> StoredCheckpoint | None: ...
 
-    # -- agents (identity) -----------------------------------------------------------------
+
+class AgentStorage(Protocol):
+    """Agents, their keys, trusted issuers (federation), and one-time identifiers (DPoP proofs)."""
+
     async def create_agent(self, record: AgentRecord) -> None:
         """Store an agent with its keys. :class:`ConflictError` if the name (or id) is taken."""
         ...
@@ -388,7 +411,11 @@ class Storage(Protocol):
         """False if there is no trusted issuer ``name``."""
         ...
 
-    # -- tasks, grants, approvals, leases (see tether.domain.tasks) -----------------------
+
+class TaskStorage(Protocol):
+    """Tasks, grants, approvals and leases (see :mod:`tether.domain.tasks`); the store applies the
+    lifecycle rules of :mod:`tether.domain.lifecycle`, it never decides them."""
+
     async def create_task(self, task: Task) -> None:
         """Store a new task. With a parent, only if the parent is still active (checked in the same
         transaction; :class:`ConflictError` otherwise)."""
@@ -541,7 +568,10 @@ class Storage(Protocol):
         """The engine revoked the lease's credential."""
         ...
 
-    # -- policy sets ---------------------------------------------------------------------
+
+class PolicyStorage(Protocol):
+    """Deployed policy set versions and the active one."""
+
     async def put_policy_set(
         self,
         text: str,
@@ -575,7 +605,10 @@ class Storage(Protocol):
         :class:`ConflictError` if the active version is no longer ``expected_active``."""
         ...
 
-    # -- destinations ----------------------------------------------------------------------
+
+class DestinationStorage(Protocol):
+    """Registered egress destinations."""
+
     async def put_destination(self, destination: Destination) -> None:
         """Store a new destination. :class:`ConflictError` if its name is taken."""
         ...
@@ -591,6 +624,23 @@ class Storage(Protocol):
     async def delete_destination(self, name: str) -> bool:
         """Delete destination ``name``; False if there is none."""
         ...
+
+
+@runtime_checkable
+class Storage(
+    StoreLifecycle,
+    MetaStorage,
+    SecretStorage,
+    OperatorStorage,
+    AuditStorage,
+    AgentStorage,
+    TaskStorage,
+    PolicyStorage,
+    DestinationStorage,
+    Protocol,
+):
+    """What Tether needs from a database: one protocol per aggregate, each with its conformance suite
+    in ``tests/conformance``. Every method is one transaction."""
 
 
 @runtime_checkable
