@@ -6,6 +6,7 @@ from tether.sdk.client import (
     ApprovalRequired,
     AsyncAgent,
     TetherAPIError,
+    TetherConnectionError,
     TetherDenied,
 )
 from tether.sdk.tasks import AsyncTask, Grant, GrantRequest, OpeningTask, Task
@@ -20,5 +21,6 @@ __all__ = [
     "OpeningTask",
     "Task",
     "TetherAPIError",
+    "TetherConnectionError",
     "TetherDenied",
 ]

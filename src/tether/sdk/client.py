@@ -28,20 +28,51 @@ from tether.sdk._signer import ASSERTION_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE, S
 if TYPE_CHECKING:
     from tether.sdk.tasks import AsyncTask, GrantSpec, OpeningTask, Task
 
-__all__ = ["Agent", "ApprovalRequired", "AsyncAgent", "TetherAPIError", "TetherDenied", "api_error"]
+__all__ = [
+    "AUTH_FAILED_HINT",
+    "Agent",
+    "ApprovalRequired",
+    "AsyncAgent",
+    "TetherAPIError",
+    "TetherConnectionError",
+    "TetherDenied",
+    "api_error",
+]
 
 TOKEN_PATH = "/v1/auth/token"
 REFRESH_MARGIN_SECONDS = 30
+#: What an agent whose authentication was refused should check. Tether's answer stays opaque
+#: (``client authentication failed``) so that nobody can probe which agents exist; the audit
+#: event ``auth.failed`` holds the precise reason.
+AUTH_FAILED_HINT = (
+    "the agent is unknown, disabled, or the key does not match: see `tether audit query --kind auth.*`"
+)
 
 
 class TetherAPIError(TetherError):
     """A request to Tether failed; ``status`` and the problem (or OAuth error) body say why."""
 
-    def __init__(self, status: int, body: Mapping[str, Any]) -> None:
+    def __init__(self, status: int, body: Mapping[str, Any], *, hint: str | None = None) -> None:
         detail = body.get("error_description") or body.get("detail") or body.get("title") or "request failed"
-        super().__init__(f"HTTP {status}: {detail}")
+        super().__init__(f"HTTP {status}: {detail}" + (f" ({hint})" if hint else ""))
         self.status = status
         self.body = dict(body)
+
+
+class TetherConnectionError(TetherError):
+    """Tether could not be reached (refused, timed out, broken off); ``address`` is the URL the
+    client was given. No request was answered, so nothing is known about its outcome."""
+
+    def __init__(self, address: str, exc: httpx.TransportError) -> None:
+        if isinstance(exc, httpx.ConnectError):
+            what = f"cannot connect to Tether at {address}: is `tether server` running there?"
+        elif isinstance(exc, httpx.TimeoutException):
+            what = f"Tether at {address} did not answer in time"
+        else:
+            what = f"the request to Tether at {address} failed ({type(exc).__name__})"
+        # The class name only: a transport error's text may quote the request.
+        super().__init__(what)
+        self.address = address
 
 
 DENIED_PROBLEM = "urn:tether:problem:denied"
@@ -61,8 +92,12 @@ class TetherDenied(TetherAPIError):  # noqa: N818 - reads as what happened: "Tet
         self.missing: list[str] = [str(m) for m in missing] if isinstance(missing, list) else []
         policies = self.decision.get("policies")
         self.policies: list[str] = [str(p) for p in policies] if isinstance(policies, list) else []
+        said = [f"policies: {', '.join(self.policies)}" if self.policies else "no policy permits it"]
+        if self.missing:
+            said.append(f"missing: {', '.join(self.missing)}")
         if self.approval_id is not None:
-            self.args = (f"{self.args[0]} (approval {self.approval_id})",)
+            said.append(f"approval {self.approval_id}")
+        self.args = (f"{self.args[0]} ({'; '.join(said)})",)
 
 
 class ApprovalRequired(TetherDenied):
@@ -143,7 +178,8 @@ class _Session:
     def accept_token(self, response: httpx.Response) -> str:
         body = _body(response)
         if response.status_code != 200 or not isinstance(body.get("access_token"), str):
-            raise TetherAPIError(response.status_code, body)
+            hint = AUTH_FAILED_HINT if body.get("error") == "invalid_client" else None
+            raise TetherAPIError(response.status_code, body, hint=hint)
         expires_in = body.get("expires_in", 60)
         self.token = _Token(body["access_token"], self.clock() + float(expires_in))
         return self.token.value
@@ -153,11 +189,19 @@ class _Session:
             return self.token.value
         return None
 
-    def signed_headers(self, method: str, url: str, token: str) -> dict[str, str]:
+    def target(self, path: str) -> httpx.URL:
+        """The URL a request for ``path`` goes to, exactly as httpx will send it: the proof signs
+        this form (httpx removes dot segments, for one), so the two cannot disagree."""
+        return httpx.URL(self.base_url + path)
+
+    def signed_headers(self, method: str, url: httpx.URL | str, token: str) -> dict[str, str]:
         return {
             "Authorization": f"DPoP {token}",
-            "DPoP": self.signer.proof(method, url, int(self.clock()), access_token=token),
+            "DPoP": self.signer.proof(method, str(url), int(self.clock()), access_token=token),
         }
+
+    def unreachable(self, exc: httpx.TransportError) -> TetherConnectionError:
+        return TetherConnectionError(self.base_url, exc)
 
 
 def _signer_for(key: Mapping[str, Any] | Path | str | None) -> Signer:
@@ -191,15 +235,24 @@ class Agent:
         if cached is not None:
             return cached
         form, headers = self._session.token_request()
-        return self._session.accept_token(
-            self._http.post(self._session.base_url + TOKEN_PATH, data=form, headers=headers)
-        )
+        try:
+            response = self._http.post(self._session.base_url + TOKEN_PATH, data=form, headers=headers)
+        except httpx.TransportError as exc:
+            raise self._session.unreachable(exc) from None
+        return self._session.accept_token(response)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send an authenticated request (a fresh DPoP proof each time)."""
-        url = self._session.base_url + path
+        """Send an authenticated request (a fresh DPoP proof each time).
+
+        Raises:
+            TetherConnectionError: Tether could not be reached at the client's address.
+        """
+        url = self._session.target(path)
         headers = {**kwargs.pop("headers", {}), **self._session.signed_headers(method, url, self.token())}
-        return self._http.request(method, url, headers=headers, **kwargs)
+        try:
+            return self._http.request(method, url, headers=headers, **kwargs)
+        except httpx.TransportError as exc:
+            raise self._session.unreachable(exc) from None
 
     def whoami(self) -> dict[str, Any]:
         response = self.request("GET", "/v1/auth/whoami")
@@ -288,14 +341,21 @@ class AsyncAgent:
         if cached is not None:
             return cached
         form, headers = self._session.token_request()
-        response = await self._http.post(self._session.base_url + TOKEN_PATH, data=form, headers=headers)
+        try:
+            response = await self._http.post(self._session.base_url + TOKEN_PATH, data=form, headers=headers)
+        except httpx.TransportError as exc:
+            raise self._session.unreachable(exc) from None
         return self._session.accept_token(response)
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        url = self._session.base_url + path
+        """Send an authenticated request (see :meth:`Agent.request`)."""
+        url = self._session.target(path)
         token = await self.token()
         headers = {**kwargs.pop("headers", {}), **self._session.signed_headers(method, url, token)}
-        return await self._http.request(method, url, headers=headers, **kwargs)
+        try:
+            return await self._http.request(method, url, headers=headers, **kwargs)
+        except httpx.TransportError as exc:
+            raise self._session.unreachable(exc) from None
 
     async def whoami(self) -> dict[str, Any]:
         response = await self.request("GET", "/v1/auth/whoami")

@@ -13,6 +13,7 @@ come back as responses too: check ``status_code`` or call ``raise_for_status()``
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 
@@ -26,14 +27,33 @@ __all__ = ["TASK_HEADER", "AsyncEgressClient", "EgressClient", "egress_path"]
 TASK_HEADER = "Tether-Task"
 
 
+def _is_dot_segment(segment: str) -> bool:
+    # As Tether's egress reads it (tether.egress.paths): decoded once, ``..;x`` is ``..``.
+    return unquote(segment, errors="replace").split(";", 1)[0] in {".", ".."}
+
+
 def egress_path(destination: str, path: str) -> str:
     """``/v1/egress/{destination}{path}``; ``path`` starts with ``/`` and holds no query (pass
-    ``params=``) and no ``..`` segments (Tether refuses them anyway)."""
+    ``params=``) and no ``.`` or ``..`` segments, encoded or not.
+
+    Dot segments are refused here, before sending, with the reason Tether gives when it answers
+    400 ``unsafe-path``: httpx would remove ``..`` before sending (``/api/../etc`` goes out as
+    ``/etc``), so Tether would never see what the agent asked for.
+
+    Raises:
+        InvalidInputError: (``field="path"``) the path is refused.
+    """
     validate_destination_name(destination)
     if not isinstance(path, str) or not path.startswith("/"):
         raise InvalidInputError("an egress path must start with '/'", field="path")
     if "?" in path or "#" in path:
         raise InvalidInputError("pass the query as params=, not in the path", field="path")
+    if any(_is_dot_segment(segment) for segment in path.split("/")):
+        raise InvalidInputError(
+            "unsafe path: the path must not contain '.' or '..' segments, encoded or not "
+            "(refused before sending; Tether answers such a path with 400 unsafe-path)",
+            field="path",
+        )
     return f"/v1/egress/{destination}{path}"
 
 
