@@ -14,6 +14,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -93,6 +94,24 @@ def _string_claim(claims: dict[str, Any], name: str) -> str:
     return value
 
 
+@lru_cache(maxsize=4096)
+def _parsed_jwk(members: tuple[tuple[str, str], ...]) -> PublicKey:
+    return parse_public_jwk(dict(members))
+
+
+def _proof_public_key(jwk: object) -> PublicKey:
+    """The proof's public key. An agent signs every proof with the same key, so a JWK seen before
+    (the same members and values) gives the same immutable key back instead of being imported again;
+    anything unusual (not an object of strings) is parsed, and refused, without the memo."""
+    if (
+        isinstance(jwk, dict)
+        and len(jwk) <= 16
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in jwk.items())
+    ):
+        return _parsed_jwk(tuple(sorted(jwk.items())))
+    return parse_public_jwk(jwk)
+
+
 def _proof_key_and_claims(proof: str) -> tuple[PublicKey, dict[str, Any]]:
     """Check typ, alg and the header's public jwk, then the signature made with that jwk.
 
@@ -110,7 +129,7 @@ def _proof_key_and_claims(proof: str) -> tuple[PublicKey, dict[str, Any]]:
     if jwk is None:
         raise AuthenticationError("DPoP proof header lacks the jwk", code=_CODE)
     try:
-        key = parse_public_jwk(jwk)  # refuses private members and unsupported key types
+        key = _proof_public_key(jwk)  # refuses private members and unsupported key types
     except InvalidInputError as exc:
         raise AuthenticationError(f"DPoP proof jwk refused: {exc}", code=_CODE) from None
     with _recoded(_CODE):
