@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Annotated, Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -24,12 +25,87 @@ _DPOP_ALGS = 'algs="Ed25519 EdDSA ES256"'
 _STATUS = {"invalid_client": 401}
 
 
-def endpoint_url(request: Request, path: str) -> str:
-    """The URL agents sign for (``htu``, ``aud``): the configured public URL (``tether server``
-    always has one), else — for an app embedded without one — the request's own."""
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_OTHER_URL = "DPoP proof was made for another URL"
+
+
+@lru_cache(maxsize=16)
+def _loopback_public_url(public: str) -> tuple[str, int, str] | None:
+    """``(scheme, port, path)`` of a public URL whose host is a loopback name, else None."""
+    parts = urlsplit(public)
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in _DEFAULT_PORTS or parts.hostname not in _LOOPBACK_HOSTS:
+        return None
+    return parts.scheme, port or _DEFAULT_PORTS[parts.scheme], parts.path.rstrip("/")
+
+
+def _loopback_alias(public: tuple[str, int, str], host_header: str | None) -> str | None:
+    """The public URL spelled with the request's ``Host`` when that is another loopback name
+    (``localhost``, ``127.0.0.1``, ``[::1]``) with the same port; None otherwise (see
+    docs/identity.md, "Loopback aliases", for why this is safe)."""
+    if not host_header:
+        return None
+    try:
+        parts = urlsplit("//" + host_header)
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname
+    scheme, public_port, path = public
+    if (
+        host not in _LOOPBACK_HOSTS
+        or parts.username is not None
+        or parts.password is not None
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or (port or _DEFAULT_PORTS[scheme]) != public_port
+    ):
+        return None
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc += f":{port}"
+    return f"{scheme}://{netloc}{path}"
+
+
+def public_base_url(request: Request) -> str:
+    """The base URL agents sign for: the configured public URL (``tether server`` always has
+    one), else — for an app embedded without one — the request's own. A loopback public URL
+    also answers to its other loopback names (``localhost`` for ``127.0.0.1`` and back), same
+    scheme, port and path; any other public URL must be used exactly."""
     public = request.app.state.broker.settings.public_url
-    base = public.rstrip("/") if public else f"{request.url.scheme}://{request.url.netloc}"
-    return base + path
+    if not public:
+        return f"{request.url.scheme}://{request.url.netloc}"
+    loopback = _loopback_public_url(public)
+    if loopback is not None:
+        alias = _loopback_alias(loopback, request.headers.get("host"))
+        if alias is not None:
+            return alias
+    return str(public).rstrip("/")
+
+
+def endpoint_url(request: Request, path: str) -> str:
+    """The URL agents sign for (``htu``, ``aud``): :func:`public_base_url` + ``path``."""
+    return public_base_url(request) + path
+
+
+def _explained(request: Request, exc: AuthenticationError) -> str:
+    """The refusal's text; a proof made for another URL also says which URL this Tether serves
+    (its public URL, which every agent is given anyway) and what to set."""
+    message = str(exc)
+    if message != _OTHER_URL:
+        return message
+    public = request.app.state.broker.settings.public_url
+    if not public:
+        return message
+    return (
+        f"{message}: this Tether serves {str(public).rstrip('/')}; give agents that URL "
+        "(or set TETHER_PUBLIC_URL / public_url to the URL agents use)"
+    )
 
 
 def request_path(request: Request) -> str:
@@ -99,7 +175,7 @@ async def token_endpoint(request: Request) -> JSONResponse:
     except AuthenticationError as exc:
         # Client authentication failures all read the same to the caller, so that nobody can
         # probe which agents exist or are disabled; the audit event holds the precise reason.
-        description = CLIENT_AUTH_FAILED if exc.code == "invalid_client" else str(exc)
+        description = CLIENT_AUTH_FAILED if exc.code == "invalid_client" else _explained(request, exc)
         return oauth_error(exc.code, description)
     body: dict[str, Any] = {
         "access_token": grant.token.token,
@@ -151,7 +227,7 @@ async def agent_caller(request: Request, broker: Broker, *, defer_replay: bool) 
             401,
             "unauthenticated",
             "Authentication required",
-            f"{exc.code}: {exc}",
+            f"{exc.code}: {_explained(request, exc)}",
             headers={"WWW-Authenticate": f'DPoP {_DPOP_ALGS}, error="{exc.code}"'},
         ) from None
 

@@ -22,7 +22,7 @@ import httpx
 
 from tether.crypto.jose import generate_private_jwk
 from tether.domain.tasks import validate_id
-from tether.errors import AuthenticationError, TetherError
+from tether.errors import AuthenticationError, InvalidInputError, TetherError
 from tether.sdk._signer import ASSERTION_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE, Signer
 
 if TYPE_CHECKING:
@@ -137,6 +137,25 @@ def checked(response: httpx.Response, ok: tuple[int, ...] = (200,)) -> dict[str,
     return body
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _base_url(url: str) -> str:
+    """``url`` in the form Tether compares URLs in: scheme and host lowercased, the scheme's
+    default port dropped, no trailing ``/``. The client assertion's ``aud`` is compared exactly,
+    so ``http://LOCALHOST:8420`` must be sent as ``http://localhost:8420``."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        raise InvalidInputError("the base URL is not a URL", field="base_url") from None
+    if parsed.scheme not in _DEFAULT_PORTS or not parsed.host:
+        raise InvalidInputError("the base URL must be an absolute http(s) URL", field="base_url")
+    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
+    if parsed.port is not None and parsed.port != _DEFAULT_PORTS[parsed.scheme]:
+        host = f"{host}:{parsed.port}"
+    return f"{parsed.scheme}://{host}{parsed.raw_path.decode('ascii').split('?')[0].rstrip('/')}"
+
+
 class _Session:
     """What both clients share: the token cache and how requests are signed."""
 
@@ -150,7 +169,7 @@ class _Session:
     ) -> None:
         if agent_id is None and subject_token is None:
             raise AuthenticationError("an agent id (with its key) or a federated subject token is needed")
-        self.base_url = base_url.rstrip("/")
+        self.base_url = _base_url(base_url)
         self.agent_id = agent_id
         self.signer = signer
         self.subject_token = subject_token
