@@ -18,7 +18,8 @@ from typing import Any
 from rich.markup import escape
 
 from tether.cli.client import APIError, OperatorClient, secret_url
-from tether.cli.demo_governed import narrate_governed_path
+from tether.cli.demo_governed import Governed, narrate_governed_path
+from tether.cli.demo_state import DemoState, Upstream
 from tether.cli.node import (
     configure_cli_logging,
     ensure_port_free,
@@ -80,7 +81,7 @@ def _root_token(data_dir: Path) -> str:
     return token
 
 
-def _seed(addr: str, token: str, data_dir: Path) -> None:
+def _seed(addr: str, token: str, data_dir: Path, upstream: Upstream) -> Governed:
     """The narrated example, over HTTP. Raises :class:`CommandError` if a step goes wrong."""
     with OperatorClient(addr, token) as api:
         operators = api.get("/v1/operators")["operators"]
@@ -95,22 +96,39 @@ def _seed(addr: str, token: str, data_dir: Path) -> None:
         else:
             _step(1, f"Operator {DEMO_WRITER} (role secret-writer) exists already: kept as it is.")
 
-        written = api.put(
-            secret_url(DEMO_SECRET),
-            json={
-                "value": _random_value(),
-                "sensitivity": "confidential",
-                "purposes": ["ci"],
-                "destinations": ["github"],
-                "owner": "demo",
-            },
-        )
-        _step(
-            2,
-            f"Wrote {DEMO_SECRET} version {written['current_version']} (confidential, purpose ci, "
-            "destination github) with a value generated at random just now; it is encrypted before "
-            "it reaches the store and is write-only from here on.",
-        )
+        try:
+            before: dict[str, Any] | None = api.get(secret_url(DEMO_SECRET))
+        except APIError as exc:
+            if exc.status != 404:
+                raise
+            before = None
+        if before is None:
+            written = api.put(
+                secret_url(DEMO_SECRET),
+                json={
+                    "value": _random_value(),
+                    "sensitivity": "confidential",
+                    "purposes": ["ci"],
+                    "destinations": ["github"],
+                    "owner": "demo",
+                },
+            )
+            _step(
+                2,
+                f"Wrote {DEMO_SECRET} version {written['current_version']} (confidential, purpose ci, "
+                "destination github) with a value generated at random just now; it is encrypted before "
+                "it reaches the store and is write-only from here on.",
+            )
+        else:
+            # A re-run: the tour writes its own secret again, but leaves its metadata as it is.
+            written = api.post(secret_url(DEMO_SECRET, ":rotate"), json={"value": _random_value()})
+            _step(
+                2,
+                f"{DEMO_SECRET} exists already: its metadata is kept as it is "
+                f"({escape(str(before.get('sensitivity')))}); wrote version {written['current_version']} "
+                "with a value generated at random just now (each run of the tour writes the demo's own "
+                "secret). It is encrypted before it reaches the store and is write-only from here on.",
+            )
 
         shown = api.get(secret_url(DEMO_SECRET))
         _check_no_value(shown)
@@ -164,7 +182,7 @@ def _seed(addr: str, token: str, data_dir: Path) -> None:
         out.print(
             "[bold]The governed path[/]: an agent uses secrets only through a task, decided at every use."
         )
-        narrate_governed_path(api, data_dir)
+        return narrate_governed_path(api, data_dir, upstream)
 
 
 def _check_no_value(body: dict[str, Any]) -> None:
@@ -181,7 +199,7 @@ def _command() -> str:
     return script
 
 
-def _next_steps(addr: str, token: str, data_dir: Path, *, keep_serving: bool) -> None:
+def _next_steps(addr: str, token: str, data_dir: Path, governed: Governed, *, keep_serving: bool) -> None:
     tether = escape(_command())
     out.print()
     out.print(f"[bold green]Tether is running at {addr}[/] (data: {escape(str(data_dir))}).")
@@ -193,8 +211,15 @@ def _next_steps(addr: str, token: str, data_dir: Path, *, keep_serving: bool) ->
     out.print(f"  {tether} keys status")
     out.print(f"  {tether} audit query --kind 'secret.*'   # every write above, values as fingerprints only")
     out.print(f"  {tether} audit verify")
-    out.print(f"  {tether} task list            # the demo's tasks and their states")
-    out.print(f"  {tether} approval list --status approved")
+    out.print(f"  {tether} task list            # the demo's tasks and their states, newest first")
+    if governed.approval_id:
+        # Approved, then voided when its task was revoked: an approval lives no longer than its task.
+        out.print(f"  {tether} approval list --status approved --status voided")
+        out.print(
+            f"  {tether} approval show {governed.approval_id}   # the demo's approval, and what became of it"
+        )
+    else:
+        out.print(f"  {tether} approval list --status pending --status approved --status voided")
     out.print(f"  {tether} policy show")
     out.print(f"  curl {addr}/v1/sys/health")
     if keep_serving:
@@ -223,10 +248,13 @@ async def _serve_and_seed(
                     server.result()  # re-raise why it stopped
                 raise CommandError(f"the HTTP server did not start on {host}:{port}")
             addr = f"http://{_url_host(host)}:{port}"
-            await asyncio.to_thread(_seed, addr, token, settings.data_dir)
-            _next_steps(addr, token, settings.data_dir, keep_serving=not exit_after_seed)
-            if not exit_after_seed:
-                await server
+            # The github stand-in serves as long as Tether does (the README's egress step uses it),
+            # on the port of the previous run when it is free.
+            with Upstream(DemoState.load(settings.data_dir).upstream_port) as upstream:
+                governed = await asyncio.to_thread(_seed, addr, token, settings.data_dir, upstream)
+                _next_steps(addr, token, settings.data_dir, governed, keep_serving=not exit_after_seed)
+                if not exit_after_seed:
+                    await server
         finally:
             if not server.done():
                 server.cancel()
