@@ -1,6 +1,10 @@
-"""Settings: read from ``<data dir>/tether.toml``, overridden by ``TETHER_*`` environment variables.
+"""Settings: defaults, then ``<data dir>/tether.toml``, then ``TETHER_*`` environment variables, then
+command-line flags (each later source overrides the earlier ones).
 
-Settings are frozen and checked when built; units are in the names.
+Built with pydantic-settings: one source per place a value can come from (the TOML file, the
+environment, the flags a command passes), validated by one frozen model. Settings are checked when
+built; units are in the names; an unknown key is an error that names it; an error never quotes a
+value (a database URL may carry a password). docs/operations.md lists every setting.
 """
 
 from __future__ import annotations
@@ -8,25 +12,45 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AfterValidator, BeforeValidator, StrictStr, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from tether.crypto.keyprovider import EnvKeyProvider, FileKeyProvider, KeyProvider, UnsafeDevKeyProvider
 from tether.errors import ConfigError
 
-__all__ = ["CONFIG_FILE", "DEFAULT_LISTEN", "Settings", "parse_listen"]
+__all__ = [
+    "CONFIG_FILE",
+    "DEFAULT_LISTEN",
+    "DEFAULT_TASK_PURPOSES",
+    "ENV_VARS",
+    "LOG_FORMATS",
+    "Settings",
+    "parse_listen",
+]
 
 CONFIG_FILE = "tether.toml"
 DEFAULT_LISTEN = "127.0.0.1:8420"
 KEY_PROVIDERS = ("unsafe-dev", "env", "file")
+LOG_FORMATS = ("text", "json")
+MAX_WORKERS = 64
 _TRUST_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
-
 _DIGITS = re.compile(r"[0-9]{1,9}")
 
-_ENV = {
+#: The environment variable of each setting (public names: do not rename).
+ENV_VARS: Mapping[str, str] = {
     "database_url": "TETHER_DATABASE_URL",
     "pg_schema": "TETHER_PG_SCHEMA",
     "key_provider": "TETHER_KEY_PROVIDER",
@@ -48,8 +72,11 @@ _ENV = {
     "sweep_interval_seconds": "TETHER_SWEEP_INTERVAL_SECONDS",
     "sqlite_synchronous": "TETHER_SQLITE_SYNCHRONOUS",
     "workers": "TETHER_WORKERS",
+    "log_format": "TETHER_LOG_FORMAT",
+    "auth_refusal_window_seconds": "TETHER_AUTH_REFUSAL_WINDOW_SECONDS",
+    "auth_refusals_per_client": "TETHER_AUTH_REFUSALS_PER_CLIENT",
+    "auth_refusals_per_address": "TETHER_AUTH_REFUSALS_PER_ADDRESS",
 }
-MAX_WORKERS = 64
 
 #: The purposes a task may declare unless the deployment configures its own vocabulary.
 DEFAULT_TASK_PURPOSES = ("deploy", "incident", "maintenance", "report", "research", "support", "testing")
@@ -64,16 +91,100 @@ _INTEGERS = (
     "approval_ttl_seconds",
     "max_delegation_depth",
     "sweep_interval_seconds",
+    "auth_refusal_window_seconds",
+    "auth_refusals_per_client",
+    "auth_refusals_per_address",
+)
+_STRINGS = (
+    "database_url",
+    "pg_schema",
+    "key_provider",
+    "root_key_file",
+    "trust_domain",
+    "node_id",
+    "audit_jsonl_path",
+    "public_url",
+    "approval_webhook_url",
+    "sqlite_synchronous",
+    "log_format",
 )
 
 
-def _integer(name: str, value: object) -> int:
+# -- value checks (each raises ValueError; the model turns them into one ConfigError) ----------
+
+
+def _integer(value: object) -> int:
     """An integer from TOML (int, not bool or float) or the environment (ASCII digits)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str) and _DIGITS.fullmatch(value):
         return int(value)
-    raise ConfigError(f"{name} must be an integer")
+    raise ValueError("must be an integer")
+
+
+def _between(low: int, high: int) -> AfterValidator:
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _path(value: object) -> Path:
+    if isinstance(value, Path):
+        return value
+    if isinstance(value, str):
+        return Path(value)
+    raise ValueError("must be a path string")
+
+
+def _one_of(*choices: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _purposes(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):  # from the environment: comma-separated
+        value = [p.strip() for p in value.split(",") if p.strip()]
+    if (
+        not isinstance(value, tuple | list)
+        or not value
+        or not all(isinstance(p, str) and _PURPOSE.fullmatch(p) for p in value)
+    ):
+        raise ValueError("must be a non-empty list of lowercase names")
+    return tuple(dict.fromkeys(value))
+
+
+def _trust_domain(value: str) -> str:
+    if not _TRUST_DOMAIN.fullmatch(value):
+        raise ValueError("is not a lowercase DNS name")
+    return value
+
+
+def _http_url(*, bare: bool) -> Callable[[str], str]:
+    """An http(s) URL; ``bare``: without query or fragment too."""
+    shape = "an http(s) URL without query or fragment" if bare else "an http(s) URL"
+
+    def check(value: str) -> str:
+        parts = urlsplit(value)
+        if (
+            parts.scheme not in {"http", "https"}
+            or not parts.netloc
+            or (bare and (parts.query or parts.fragment))
+        ):
+            raise ValueError(f"must be {shape}")
+        return value
+
+    return check
+
+
+Integer = Annotated[int, BeforeValidator(_integer)]
+PathSetting = Annotated[Path, BeforeValidator(_path)]
 
 
 def _redact_url(url: str) -> str:
@@ -92,104 +203,173 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port_text)
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Everything a Tether node needs to start."""
+# -- sources ----------------------------------------------------------------------------------
 
-    data_dir: Path
-    database_url: str = ""
-    pg_schema: str | None = None
-    key_provider: str = "unsafe-dev"
-    root_key_file: Path | None = None
-    trust_domain: str = "tether.local"
-    node_id: str = "node-1"
-    max_secret_bytes: int = 64 * 1024
-    audit_jsonl_path: Path | None = None
-    audit_checkpoint_every_events: int = 1000
-    audit_checkpoint_interval_seconds: int = 60
-    public_url: str | None = None
-    token_ttl_seconds: int = 600
-    task_max_ttl_seconds: int = 86_400
-    task_default_ttl_seconds: int = 900
-    approval_ttl_seconds: int = 900
-    task_purposes: tuple[str, ...] = DEFAULT_TASK_PURPOSES
-    approval_webhook_url: str | None = None
-    max_delegation_depth: int = 4
-    sweep_interval_seconds: int = 5
+
+@dataclass(frozen=True, slots=True)
+class _Load:
+    """What :meth:`Settings.load` adds to the values passed in: the file and the environment."""
+
+    path: Path
+    environ: Mapping[str, str]
+
+
+_LOADING: ContextVar[_Load | None] = ContextVar("tether_settings_load", default=None)
+
+
+class _EnvironmentSource(PydanticBaseSettingsSource):
+    """``TETHER_*`` variables, by the names in :data:`ENV_VARS`; an empty variable is unset.
+
+    Values stay text: the model parses them (digits for integers, commas for lists), so the
+    environment cannot smuggle in JSON structures.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self._environ = environ
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        variable = ENV_VARS.get(field_name)
+        return (self._environ.get(variable) or None) if variable else None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {name: self._environ[var] for name, var in ENV_VARS.items() if self._environ.get(var)}
+
+
+class _FileSource(TomlConfigSettingsSource):
+    """``<data dir>/tether.toml``; malformed TOML and ``data_dir`` in it are errors."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        try:
+            super().__init__(settings_cls, toml_file=path)
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        if "data_dir" in self.toml_data:
+            raise ConfigError(f"{path}: data_dir cannot be set in the file (it is the file's directory)")
+
+
+def _describe(exc: ValidationError, origins: Mapping[str, str]) -> str:
+    """One line per problem, naming the setting and where it came from, never its value."""
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        name = str(error["loc"][0]) if error["loc"] else ""
+        origin = f" (from {origins[name]})" if name in origins else ""
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            problems.append(f"unknown setting {name!r}{origin}")
+        elif not name:  # a check across settings: the message names them
+            problems.append(message)
+        elif message.startswith(("must ", "is ")):
+            problems.append(f"{name} {message}{origin}")
+        else:
+            problems.append(f"{name}: {message}{origin}")
+    return "; ".join(problems)
+
+
+# -- the model --------------------------------------------------------------------------------
+
+
+class Settings(BaseSettings):
+    """Everything a Tether node needs to start. Frozen; built only from checked values.
+
+    ``Settings(data_dir=..., **values)`` takes the given values and defaults only;
+    :meth:`load` adds the data dir's ``tether.toml`` and the ``TETHER_*`` environment.
+    """
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    data_dir: PathSetting
+    database_url: StrictStr = ""
+    pg_schema: StrictStr | None = None
+    key_provider: Annotated[StrictStr, _one_of(*KEY_PROVIDERS)] = "unsafe-dev"
+    root_key_file: PathSetting | None = None
+    trust_domain: Annotated[StrictStr, AfterValidator(_trust_domain)] = "tether.local"
+    node_id: StrictStr = "node-1"
+    max_secret_bytes: Annotated[Integer, _between(1, 1024 * 1024)] = 64 * 1024
+    audit_jsonl_path: PathSetting | None = None
+    audit_checkpoint_every_events: Annotated[Integer, _between(1, 10_000_000)] = 1000
+    audit_checkpoint_interval_seconds: Annotated[Integer, _between(1, 86_400)] = 60
+    public_url: Annotated[StrictStr, AfterValidator(_http_url(bare=True))] | None = None
+    token_ttl_seconds: Annotated[Integer, _between(60, 3600)] = 600
+    task_max_ttl_seconds: Annotated[Integer, _between(60, 30 * 86_400)] = 86_400
+    task_default_ttl_seconds: Annotated[Integer, _between(1, 30 * 86_400)] = 900
+    approval_ttl_seconds: Annotated[Integer, _between(60, 7 * 86_400)] = 900
+    task_purposes: Annotated[tuple[str, ...], BeforeValidator(_purposes)] = DEFAULT_TASK_PURPOSES
+    approval_webhook_url: Annotated[StrictStr, AfterValidator(_http_url(bare=False))] | None = None
+    max_delegation_depth: Annotated[Integer, _between(0, 16)] = 4
+    sweep_interval_seconds: Annotated[Integer, _between(1, 3600)] = 5
     #: ``full``: every commit (an audit event with what it records) is fsynced before it is
     #: acknowledged — survives power loss. ``normal`` (WAL): survives a crash of the process, not
     #: of the machine; an order of magnitude faster per commit. See docs/operations.md.
-    sqlite_synchronous: str = "full"
+    sqlite_synchronous: Annotated[StrictStr, _one_of("full", "normal")] = "full"
     #: HTTP worker processes of ``tether server`` (1..64); unset: one per CPU core.
-    workers: int | None = None
+    workers: Annotated[Integer, _between(1, MAX_WORKERS)] | None = None
+    #: ``text`` (one line for people) or ``json`` (one object per line); ``--log-format`` overrides.
+    log_format: Annotated[StrictStr, _one_of(*LOG_FORMATS)] = "text"
+    #: Refused token requests: the window they are counted in, and how many refusals one client id
+    #: and one source address may have in it before further requests get 429 (docs/operations.md).
+    auth_refusal_window_seconds: Annotated[Integer, _between(1, 3600)] = 60
+    auth_refusals_per_client: Annotated[Integer, _between(1, 100_000)] = 10
+    auth_refusals_per_address: Annotated[Integer, _between(1, 100_000)] = 50
 
-    def __post_init__(self) -> None:
-        if not self.database_url:
-            object.__setattr__(self, "database_url", self._default_database_url())
-        if not self.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
-            raise ConfigError("database_url must start with sqlite:/// or postgresql://")
-        if self.key_provider not in KEY_PROVIDERS:
-            raise ConfigError(f"key_provider must be one of {', '.join(KEY_PROVIDERS)}")
-        if self.key_provider == "file" and self.root_key_file is None:
-            raise ConfigError("key_provider 'file' needs root_key_file (or TETHER_ROOT_KEY_FILE)")
-        if not _TRUST_DOMAIN.fullmatch(self.trust_domain):
-            raise ConfigError(f"trust_domain {self.trust_domain!r} is not a lowercase DNS name")
-        if not (1 <= self.max_secret_bytes <= 1024 * 1024):
-            raise ConfigError("max_secret_bytes must be between 1 and 1048576")
-        if not (1 <= self.audit_checkpoint_every_events <= 10_000_000):
-            raise ConfigError("audit_checkpoint_every_events must be between 1 and 10000000")
-        if self.public_url is not None:
-            parts = urlsplit(self.public_url)
-            if parts.scheme not in {"http", "https"} or not parts.netloc or parts.query or parts.fragment:
-                raise ConfigError("public_url must be an http(s) URL without query or fragment")
-        if not (60 <= self.token_ttl_seconds <= 3600):
-            raise ConfigError("token_ttl_seconds must be between 60 and 3600")
-        if not (1 <= self.audit_checkpoint_interval_seconds <= 86_400):
-            raise ConfigError("audit_checkpoint_interval_seconds must be between 1 and 86400")
-        self._check_task_settings()
-        self._check_node_settings()
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            load = _LOADING.get()
+            origins: dict[str, str] = {}
+            if load is not None:  # say where each value came from, highest precedence last
+                origins.update(dict.fromkeys(_file_keys(load.path), str(load.path)))
+                origins.update({n: v for n, v in ENV_VARS.items() if load.environ.get(v)})
+                origins.update(dict.fromkeys((k for k in values if k != "data_dir"), "the command line"))
+            raise ConfigError(_describe(exc, origins)) from None
 
-    def _check_node_settings(self) -> None:
-        if self.sqlite_synchronous not in {"full", "normal"}:
-            raise ConfigError("sqlite_synchronous must be full or normal")
-        if self.workers is not None and not (1 <= self.workers <= MAX_WORKERS):
-            raise ConfigError(f"workers must be between 1 and {MAX_WORKERS}")
-
-    def _check_task_settings(self) -> None:
-        if not (60 <= self.task_max_ttl_seconds <= 30 * 86_400):
-            raise ConfigError("task_max_ttl_seconds must be between 60 and 2592000")
-        if not (1 <= self.task_default_ttl_seconds <= self.task_max_ttl_seconds):
-            raise ConfigError("task_default_ttl_seconds must be between 1 and task_max_ttl_seconds")
-        if not (60 <= self.approval_ttl_seconds <= 7 * 86_400):
-            raise ConfigError("approval_ttl_seconds must be between 60 and 604800")
-        if not (0 <= self.max_delegation_depth <= 16):
-            raise ConfigError("max_delegation_depth must be between 0 and 16")
-        if not (1 <= self.sweep_interval_seconds <= 3600):
-            raise ConfigError("sweep_interval_seconds must be between 1 and 3600")
-        purposes = self.task_purposes
-        if isinstance(purposes, str):  # from the environment: comma-separated
-            purposes = tuple(p.strip() for p in purposes.split(",") if p.strip())
-        elif isinstance(purposes, list):  # from TOML
-            purposes = tuple(purposes)
-        if (
-            not isinstance(purposes, tuple | list)
-            or not purposes
-            or not all(isinstance(p, str) and _PURPOSE.fullmatch(p) for p in purposes)
-        ):
-            raise ConfigError("task_purposes must be a non-empty list of lowercase names")
-        object.__setattr__(self, "task_purposes", tuple(dict.fromkeys(purposes)))
-        if self.approval_webhook_url is not None:
-            parts = urlsplit(self.approval_webhook_url)
-            if parts.scheme not in {"http", "https"} or not parts.netloc:
-                raise ConfigError("approval_webhook_url must be an http(s) URL")
-
-    def __repr__(self) -> str:
-        shown = ", ".join(
-            f"{f.name}={_redact_url(v) if f.name == 'database_url' else v!r}"
-            for f in fields(self)
-            if (v := getattr(self, f.name)) is not None
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The one precedence order: flags (values passed in) > environment > ``tether.toml``."""
+        load = _LOADING.get()
+        if load is None:  # built directly: the values given and the defaults, nothing else
+            return (init_settings,)
+        return (
+            init_settings,
+            _EnvironmentSource(settings_cls, load.environ),
+            _FileSource(settings_cls, load.path),
         )
-        return f"Settings({shown})"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_database(cls, values: Any) -> Any:
+        if isinstance(values, dict) and not values.get("database_url"):
+            data_dir = values.get("data_dir")
+            if isinstance(data_dir, str | Path):
+                values = {**values, "database_url": f"sqlite:///{Path(data_dir) / 'tether.db'}"}
+        return values
+
+    @model_validator(mode="after")
+    def _check_together(self) -> Settings:
+        if not self.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("database_url must start with sqlite:/// or postgresql://")
+        if self.key_provider == "file" and self.root_key_file is None:
+            raise ValueError("key_provider 'file' needs root_key_file (or TETHER_ROOT_KEY_FILE)")
+        if self.task_default_ttl_seconds > self.task_max_ttl_seconds:
+            raise ValueError("task_default_ttl_seconds must be between 1 and task_max_ttl_seconds")
+        return self
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"settings are frozen: {name} cannot be changed (use with_overrides)")
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            if value is None:
+                continue
+            yield name, _redact_url(value) if name == "database_url" else value
 
     def _default_database_url(self) -> str:
         return f"sqlite:///{self.data_dir / 'tether.db'}"
@@ -213,72 +393,38 @@ class Settings:
         if self.key_provider == "env":
             return EnvKeyProvider()
         if self.key_provider == "file":
-            assert self.root_key_file is not None  # checked in __post_init__
+            assert self.root_key_file is not None  # checked when built
             return FileKeyProvider(self.root_key_file)
         return UnsafeDevKeyProvider(self.data_dir / "dev-root.key")
 
     @classmethod
     def load(cls, data_dir: Path, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Defaults, then the data dir's ``tether.toml``, then the environment, then ``overrides``."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        path = data_dir / CONFIG_FILE
-        if path.exists():
-            try:
-                values.update(tomllib.loads(path.read_text(encoding="utf-8")))
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        for name, variable in _ENV.items():
-            if env.get(variable):
-                values[name] = env[variable]
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        known = {f.name for f in fields(cls)} - {"data_dir"}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        for name in ("root_key_file", "audit_jsonl_path"):
-            if name in values:
-                if not isinstance(values[name], str | Path):
-                    raise ConfigError(f"{name} must be a path string")
-                values[name] = Path(values[name])
-        for name in (*_INTEGERS, "workers"):
-            if name in values:
-                values[name] = _integer(name, values[name])
-        for name in (
-            "database_url",
-            "pg_schema",
-            "key_provider",
-            "trust_domain",
-            "node_id",
-            "public_url",
-            "approval_webhook_url",
-            "sqlite_synchronous",
-        ):
-            if name in values and not isinstance(values[name], str):
-                raise ConfigError(f"{name} must be a string")
-        return cls(data_dir=data_dir, **values)
+        """Defaults, then the data dir's ``tether.toml``, then the environment, then ``overrides``
+        (the command's flags; ``None`` means the flag was not given)."""
+        load = _Load(data_dir / CONFIG_FILE, os.environ if environ is None else environ)
+        token = _LOADING.set(load)
+        try:
+            return cls(data_dir=data_dir, **{k: v for k, v in overrides.items() if v is not None})
+        finally:
+            _LOADING.reset(token)
 
     def with_overrides(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
+        """A checked copy with ``changes`` applied."""
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        if "data_dir" in changes and self.database_url == self._default_database_url():
+            values.pop("database_url")  # the default follows the data dir
+        return type(self)(**{**values, **changes})
 
     def to_toml(self) -> str:
         """The settings worth persisting, as TOML (strings and integers only)."""
-        lines = ["# Tether settings; TETHER_* environment variables override these."]
-        for name in (
-            "database_url",
-            "pg_schema",
-            "key_provider",
-            "root_key_file",
-            "trust_domain",
-            "node_id",
-            "audit_jsonl_path",
-            "public_url",
-            "approval_webhook_url",
-            "sqlite_synchronous",
-        ):
+        lines = ["# Tether settings; TETHER_* environment variables and command-line flags override these."]
+        for name in _STRINGS:
             value = getattr(self, name)
+            default = type(self).model_fields[name].default
             if value is None or (name == "database_url" and value == self._default_database_url()):
                 continue  # the default follows the data dir, so the dir can move
+            if name == "log_format" and value == default:
+                continue
             text = str(value).replace("\\", "\\\\").replace('"', '\\"')
             lines.append(f'{name} = "{text}"')
         for name in _INTEGERS:
@@ -287,3 +433,10 @@ class Settings:
             lines.append(f"workers = {self.workers}")
         lines.append("task_purposes = [" + ", ".join(f'"{p}"' for p in self.task_purposes) + "]")
         return "\n".join(lines) + "\n"
+
+
+def _file_keys(path: Path) -> list[str]:
+    try:
+        return list(tomllib.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return []
