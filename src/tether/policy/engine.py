@@ -26,6 +26,7 @@ from tether.domain.decision import Decision
 from tether.errors import InvalidInputError
 from tether.policy.request import DecisionRequest, json_default
 from tether.policy.schema import ACTIONS, RESOURCE_TYPES, SCHEMA_TEXT
+from tether.policy.syntax import locate_parse_error
 
 __all__ = ["MAX_POLICY_TEXT_BYTES", "CompiledPolicySet", "PolicyValidationError", "compile_policy_set"]
 
@@ -346,7 +347,7 @@ def compile_policy_set(text: str) -> CompiledPolicySet:
     try:
         document = json.loads(cedarpy.policies_to_json_str(text))
     except Exception as exc:  # noqa: BLE001 - any parser failure is a refusal with its message
-        raise PolicyValidationError([_clip(f"policies do not parse: {exc}")]) from None
+        raise PolicyValidationError([_clip(_parse_failure(text, exc))]) from None
     if document.get("templates"):
         raise PolicyValidationError(["policy templates (?principal / ?resource) are not supported"])
     statics: dict[str, Any] = document.get("staticPolicies", {})
@@ -378,6 +379,25 @@ def compile_policy_set(text: str) -> CompiledPolicySet:
             )
         )
     return CompiledPolicySet(text, policies)
+
+
+def _parse_message(text: str) -> str | None:
+    try:
+        cedarpy.policies_to_json_str(text)
+    except Exception as exc:  # noqa: BLE001 - the parser's refusal is the answer
+        return str(exc)
+    return None
+
+
+def _parse_failure(text: str, exc: Exception) -> str:
+    """``policies do not parse: line L, column C: <Cedar's message> (at `<text there>`)``; Cedar
+    gives no position, so it is found by parsing again (see :mod:`tether.policy.syntax`)."""
+    location = locate_parse_error(text, _parse_message)
+    if location is None:
+        return f"policies do not parse: {exc}"
+    return (
+        f"policies do not parse: line {location.line}, column {location.column}: {exc} (at `{location.text}`)"
+    )
 
 
 def _policy_number(cedar_id: str) -> int:
