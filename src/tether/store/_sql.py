@@ -244,6 +244,37 @@ class SQLStorage(TaskStore, DestinationStore):
             row = (await conn.execute(select(t.secrets).where(c.path == path))).one()
         return self._secret(row)
 
+    @staticmethod
+    def _metadata_columns(metadata: SecretMetadata) -> dict[str, Any]:
+        return {
+            "sensitivity": int(metadata.sensitivity),
+            "purposes": json.dumps(sorted(metadata.purposes)),
+            "destinations": json.dumps(sorted(metadata.destinations)),
+            "owner": metadata.owner,
+            "rotation_period_seconds": metadata.rotation_period_seconds,
+        }
+
+    async def replace_secret_metadata(
+        self, path: str, metadata: SecretMetadata, *, expected: SecretMetadata, now: datetime
+    ) -> SecretRecord | None:
+        c = t.secrets.c
+        # The metadata columns are written in one canonical form (sorted JSON), so comparing
+        # them to ``expected``'s is a check-and-set on the whole metadata.
+        matches = [
+            c.rotation_period_seconds.is_(None) if value is None else getattr(c, name) == value
+            for name, value in self._metadata_columns(expected).items()
+        ]
+        async with self._tx() as conn:
+            result = await conn.execute(
+                update(t.secrets)
+                .where(and_(c.path == path, c.deleted_at_us.is_(None), *matches))
+                .values(updated_at_us=to_us(now), **self._metadata_columns(metadata))
+            )
+            if result.rowcount != 1:
+                return None
+            row = (await conn.execute(select(t.secrets).where(c.path == path))).one()
+        return self._secret(row)
+
     async def read_secret_value(self, path: str, version: int | None = None) -> StoredValue | None:
         s, v = t.secrets.c, t.secret_versions.c
         query = (

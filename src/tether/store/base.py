@@ -260,6 +260,14 @@ class SecretStorage(Protocol):
         writer got there first."""
         ...
 
+    async def replace_secret_metadata(
+        self, path: str, metadata: SecretMetadata, *, expected: SecretMetadata, now: datetime
+    ) -> SecretRecord | None:
+        """Set a live secret's metadata to ``metadata`` if it still is ``expected`` (check-and-set;
+        no new version, the values are untouched; ``updated_at`` becomes ``now``). None if the
+        secret is absent or deleted, or its metadata changed meanwhile: read it again."""
+        ...
+
     async def read_secret_value(self, path: str, version: int | None = None) -> StoredValue | None:
         """The encrypted value of ``version`` (the current one if None) of a live secret."""
         ...
