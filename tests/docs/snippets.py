@@ -1,0 +1,173 @@
+"""Fenced code blocks of the Markdown docs, and how the docs check runs each (pure: no I/O).
+
+A block is run when its fence says ``sh``, ``bash``, ``console`` or ``python``. An HTML comment on
+the last non-blank line before the fence changes that:
+
+- ``<!-- docs-check: skip (why) -->``: not run; the reason is required and is listed by the check.
+- ``<!-- docs-check: expect-fail -->`` (a reason in parentheses is welcome): the block must fail
+  (shell: exit non-zero; Python: raise), as documented error examples do.
+
+Inside a shell block, a command whose trailing comment starts with ``error`` (``tether secret show x
+# error: Tether is sealed``) is documented to fail, so the check asserts that it fails and goes on. In a
+``console`` block, the lines starting with ``$ `` are the commands; a command whose shown output starts
+with ``error:`` must fail, every other must succeed (the output itself is not compared: it holds ids,
+times and hashes).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "RUNNABLE",
+    "Block",
+    "MarkerError",
+    "blocks_of",
+    "console_script",
+    "shell_script",
+]
+
+SHELL = frozenset({"sh", "bash", "shell"})
+RUNNABLE = SHELL | {"console", "python"}
+
+_FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\s]*)[^`]*$")
+_MARKER = re.compile(r"^\s*<!--\s*docs-check:\s*(?P<body>.*?)\s*-->\s*$")
+_MARKER_BODY = re.compile(r"^(?P<kind>skip|expect-fail)\s*(?:\((?P<reason>.*)\))?$")
+_ERROR_COMMENT = re.compile(r"^(?P<command>.*\S)\s+#\s*error\b.*$")
+
+
+class MarkerError(ValueError):
+    """A ``docs-check`` comment that is malformed or not right before a runnable block."""
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One fenced block: where it is, its language, its text and what the check does with it."""
+
+    path: Path
+    line: int  # 1-based line of the opening fence
+    lang: str
+    text: str
+    action: str = "run"  # "run", "skip" or "expect-fail"
+    reason: str = ""
+
+    @property
+    def where(self) -> str:
+        return f"{self.path.name}:{self.line}"
+
+    @property
+    def first_code_line(self) -> int:
+        return self.line + 1
+
+
+def _marker(line: str, path: Path, number: int) -> tuple[str, str] | None:
+    match = _MARKER.match(line)
+    if match is None:
+        return None
+    body = _MARKER_BODY.match(match["body"])
+    if body is None:
+        raise MarkerError(
+            f"{path.name}:{number}: unknown docs-check comment {match['body']!r} "
+            "(use 'skip (reason)' or 'expect-fail')"
+        )
+    reason = (body["reason"] or "").strip()
+    if body["kind"] == "skip" and not reason:
+        raise MarkerError(f"{path.name}:{number}: a docs-check skip needs a reason: skip (why)")
+    return body["kind"], reason
+
+
+def blocks_of(path: Path, text: str) -> list[Block]:
+    """Every fenced block of a Markdown text, in order, with its docs-check marker applied."""
+    lines = text.splitlines()
+    blocks: list[Block] = []
+    pending: tuple[str, str, int] | None = None  # marker kind, reason, its line
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        found = _marker(line, path, i + 1)
+        if found is not None:
+            if pending is not None:
+                raise MarkerError(
+                    f"{path.name}:{pending[2]}: docs-check comment not followed by a code block"
+                )
+            pending = (found[0], found[1], i + 1)
+            i += 1
+            continue
+        fence = _FENCE.match(line)
+        if fence is None:
+            if line.strip() and pending is not None:
+                raise MarkerError(
+                    f"{path.name}:{pending[2]}: docs-check comment not followed by a code block"
+                )
+            i += 1
+            continue
+        indent, marks, lang = fence["indent"], fence["fence"], fence["info"].lower()
+        body: list[str] = []
+        j = i + 1
+        closing = re.compile(rf"^[ \t]*{re.escape(marks[0])}{{{len(marks)},}}[ \t]*$")
+        while j < len(lines) and not closing.match(lines[j]):
+            row = lines[j]
+            body.append(row[len(indent) :] if row.startswith(indent) else row.lstrip())
+            j += 1
+        action, reason = "run", ""
+        if pending is not None:
+            if lang not in RUNNABLE:
+                raise MarkerError(
+                    f"{path.name}:{pending[2]}: docs-check comment before a {lang or 'plain'} block, "
+                    "which is never run"
+                )
+            action, reason = pending[0], pending[1]
+            pending = None
+        blocks.append(Block(path, i + 1, lang, "\n".join(body) + "\n", action, reason))
+        i = j + 1
+    if pending is not None:
+        raise MarkerError(f"{path.name}:{pending[2]}: docs-check comment not followed by a code block")
+    return blocks
+
+
+def _must_fail(command: str, where: str) -> str:
+    message = shlex.quote(f"docs-check: {where}: documented to fail, but it succeeded: {command}")
+    return f"if {command}\nthen echo {message} >&2; exit 97; fi"
+
+
+def shell_script(block: Block) -> str:
+    """The block as a bash script: commands documented to fail (``# error...``) must fail."""
+    out: list[str] = []
+    continued = False
+    for offset, row in enumerate(block.text.splitlines()):
+        match = None if continued else _ERROR_COMMENT.match(row)
+        continued = row.rstrip().endswith("\\")
+        if match is not None and not continued:
+            out.append(_must_fail(match["command"], f"{block.path.name}:{block.first_code_line + offset}"))
+        else:
+            out.append(row)
+    return "\n".join(out) + "\n"
+
+
+def console_script(block: Block) -> str:
+    """The ``$ `` commands of a console block as a bash script (those shown failing must fail)."""
+    commands: list[tuple[str, int, list[str]]] = []
+    rows = block.text.splitlines()
+    i = 0
+    while i < len(rows):
+        row = rows[i]
+        if row.startswith("$ "):
+            command = [row[2:]]
+            line = block.first_code_line + i
+            while command[-1].rstrip().endswith("\\") and i + 1 < len(rows):
+                i += 1
+                command.append(rows[i].removeprefix("> "))
+            commands.append(("\n".join(command), line, []))
+        elif commands:
+            commands[-1][2].append(row)
+        i += 1
+    out: list[str] = []
+    for command, line, shown in commands:
+        if shown and shown[0].startswith("error:"):
+            out.append(_must_fail(command, f"{block.path.name}:{line}"))
+        else:
+            out.append(command)
+    return "\n".join(out) + "\n"

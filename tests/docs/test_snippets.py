@@ -1,0 +1,365 @@
+"""The docs check: every shell and Python snippet of README.md and docs/*.md runs against a live node.
+
+For each Markdown file, a fresh ``tether demo`` (what ``make run`` starts: the example trust domain
+``acme.test``, its agents, secrets, policies and the ``github`` stand-in) serves on a free port of
+127.0.0.1 in a private copy of the checkout (symlinks to the repository, its own ``.tether/dev``).
+The file's ``sh``/``bash``/``console`` and ``python`` blocks then run in order, as a user following
+the page would:
+
+- shell blocks with bash (``set -eo pipefail``), with ``TETHER_ADDR``, ``TETHER_TOKEN`` and ``PATH``
+  (``.venv/bin`` first) set as the docs tell the user to; variables a block sets, and the directory it
+  ends in, carry over to the next block of the file, as in one terminal;
+- Python blocks in one interpreter and one namespace per file, as if pasted into one session.
+
+The documented address ``127.0.0.1:8420`` is rewritten to the node's, and ``/tmp/`` to a directory
+private to the run. Markers (``<!-- docs-check: skip (why) -->``, ``expect-fail``) and the
+``# error`` convention are described in :mod:`tests.docs.snippets`. Every block has a time limit;
+a failure names the file, the line, the block and its output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.docs.snippets import SHELL, Block, MarkerError, blocks_of, console_script, shell_script
+
+REPO = Path(__file__).resolve().parents[2]
+DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DOCUMENTED_ADDR = "127.0.0.1:8420"
+BLOCK_TIMEOUT_SECONDS = 90.0
+START_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 15.0
+OUTPUT_LIMIT_CHARS = 4000
+WORKER = Path(__file__).with_name("python_worker.py")
+
+SKIPPED: list[Block] = []  # listed at the end of the run by tests/docs/conftest.py
+
+
+@dataclass
+class LiveNode:
+    """A running ``tether demo`` and the private checkout it serves from."""
+
+    workspace: Path
+    port: int
+    token: str
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log_tail(self, lines: int = 25) -> str:
+        text = self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _tether() -> str:
+    here = Path(sys.executable).parent / "tether"
+    return str(here) if here.exists() else shutil.which("tether") or "tether"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _checkout(root: Path) -> Path:
+    """A private view of the repository: symlinks to everything but a user's ``.tether`` data."""
+    workspace = root / "checkout"
+    workspace.mkdir()
+    for entry in REPO.iterdir():
+        if entry.name not in {".tether", "tmp"}:
+            (workspace / entry.name).symlink_to(entry)
+    (workspace / "tmp").mkdir()
+    return workspace
+
+
+def _base_env(workspace: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TETHER_", "PYTEST_"))}
+    env["PATH"] = (
+        f"{workspace / '.venv' / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}"
+        + env.get("PATH", "")
+    )
+    env["NO_COLOR"] = "1"
+    env["COLUMNS"] = "160"
+    return env
+
+
+@contextlib.contextmanager
+def live_node(root: Path) -> Iterator[LiveNode]:
+    """Start ``tether demo`` as ``make run`` does; stop it (SIGINT, then kill) at the end."""
+    workspace = _checkout(root)
+    data = workspace / ".tether" / "dev"
+    port = _free_port()
+    log = root / "tether-demo.log"
+    env = _base_env(workspace)
+    with log.open("w", encoding="utf-8") as handle:
+        proc = subprocess.Popen(
+            [_tether(), "demo", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"],
+            cwd=workspace,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    node = LiveNode(workspace, port, "", log)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while "Tether is running at" not in log.read_text(encoding="utf-8", errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"tether demo did not start (exit {proc.poll()}):\n{node.log_tail(60)}")
+            time.sleep(0.1)
+        node.token = (data / "dev-root-token").read_text(encoding="ascii").strip()
+        node.env = env | {"TETHER_ADDR": f"http://{node.addr}", "TETHER_TOKEN": node.token}
+        yield node
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _stop_group(pgid: int) -> None:
+    """Kill what a block left running in its process group (a block that started a server)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    ok: bool
+    output: str
+
+
+def _localised(text: str, node: LiveNode) -> str:
+    return (
+        text.replace(DOCUMENTED_ADDR, node.addr)
+        .replace("localhost:8420", f"localhost:{node.port}")
+        .replace("/tmp/", f"{node.workspace / 'tmp'}/")
+    )
+
+
+class Shell:
+    """Bash, one process per block, with variables and the directory carried from block to block."""
+
+    def __init__(self, node: LiveNode, state: Path) -> None:
+        self.env = dict(node.env)
+        self.cwd = node.workspace
+        self.state = state
+        state.mkdir()
+
+    def run(self, script: str) -> Outcome:
+        env_file, cwd_file = self.state / "env", self.state / "cwd"
+        for stale in (env_file, cwd_file):
+            stale.unlink(missing_ok=True)
+        wrapped = (
+            f'trap \'rc=$?; env -0 > "{env_file}"; pwd > "{cwd_file}"; exit $rc\' EXIT\n'
+            "set -a\nset -eo pipefail\n" + script
+        )
+        proc = subprocess.Popen(
+            ["bash", "-c", wrapped],
+            cwd=self.cwd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own process group: whatever it starts is stopped with it
+        )
+        try:
+            output, _ = proc.communicate(timeout=BLOCK_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            _stop_group(proc.pid)
+            output, _ = proc.communicate()
+            return Outcome(False, f"{output}\n[timed out after {BLOCK_TIMEOUT_SECONDS:.0f} s]")
+        finally:
+            _stop_group(proc.pid)
+        if env_file.exists():
+            pairs = (item.split("=", 1) for item in env_file.read_text().split("\0") if "=" in item)
+            self.env = {k: v for k, v in pairs if k not in {"_", "SHLVL", "OLDPWD", "PWD"}}
+        if cwd_file.exists():
+            self.cwd = Path(cwd_file.read_text().strip())
+        failed = f"\n[exit {proc.returncode}]" if proc.returncode else ""
+        return Outcome(proc.returncode == 0, output + failed)
+
+
+class Python:
+    """One interpreter (tests/docs/python_worker.py) for a file's Python blocks."""
+
+    def __init__(self, node: LiveNode) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(WORKER)],
+            cwd=node.workspace,
+            env=node.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.answers: queue.Queue[str] = queue.Queue()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.answers.put(line)
+        self.answers.put("")
+
+    def run(self, block: Block, code: str) -> Outcome:
+        assert self.proc.stdin is not None
+        request = {"code": code, "filename": str(block.path.relative_to(REPO)), "line": block.first_code_line}
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            return Outcome(False, "[the Python interpreter of this file has exited]")
+        try:
+            line = self.answers.get(timeout=BLOCK_TIMEOUT_SECONDS)
+        except queue.Empty:
+            self.proc.kill()
+            return Outcome(False, f"[timed out after {BLOCK_TIMEOUT_SECONDS:.0f} s]")
+        if not line:
+            return Outcome(False, "[the Python interpreter of this file has exited]")
+        try:
+            answer = json.loads(line)
+        except json.JSONDecodeError:
+            return Outcome(False, line)
+        return Outcome(bool(answer["ok"]), answer["output"] + answer["error"])
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        _stop_group(self.proc.pid)
+        self.reader.join(STOP_TIMEOUT_SECONDS)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def _numbered(block: Block, text: str) -> str:
+    return "\n".join(f"{block.first_code_line + i:5d} | {row}" for i, row in enumerate(text.splitlines()))
+
+
+def _clip(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= OUTPUT_LIMIT_CHARS else "…" + text[-OUTPUT_LIMIT_CHARS:]
+
+
+def _failure(block: Block, outcome: Outcome) -> str:
+    expected = " (marked expect-fail, but it succeeded)" if block.action == "expect-fail" else ""
+    return (
+        f"{block.path.relative_to(REPO)}:{block.line}: ```{block.lang} block failed{expected}\n"
+        f"{_numbered(block, block.text)}\n"
+        f"--- output ---\n{_clip(outcome.output) or '(none)'}"
+    )
+
+
+def _run_file(path: Path, node: LiveNode, root: Path) -> list[str]:
+    blocks = blocks_of(path, path.read_text(encoding="utf-8"))
+    shell = Shell(node, root / "shell-state")
+    python: Python | None = None
+    failures: list[str] = []
+    try:
+        for block in blocks:
+            if block.lang not in SHELL | {"console", "python"}:
+                continue
+            if block.action == "skip":
+                SKIPPED.append(block)
+                continue
+            if block.lang == "python":
+                python = python or Python(node)
+                outcome = python.run(block, _localised(block.text, node))
+            else:
+                script = console_script(block) if block.lang == "console" else shell_script(block)
+                outcome = shell.run(_localised(script, node))
+            if outcome.ok != (block.action == "run"):
+                failures.append(_failure(block, outcome))
+    finally:
+        if python is not None:
+            python.close()
+    return failures
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", DOC_FILES, ids=[str(p.relative_to(REPO)) for p in DOC_FILES])
+def test_doc_snippets_run_against_a_live_node(path: Path, tmp_path: Path) -> None:
+    blocks = blocks_of(path, path.read_text(encoding="utf-8"))
+    if not any(b.lang in SHELL | {"console", "python"} for b in blocks):
+        pytest.skip(f"{path.name} has no shell or Python blocks")
+    if all(b.action == "skip" for b in blocks if b.lang in SHELL | {"console", "python"}):
+        SKIPPED.extend(b for b in blocks if b.action == "skip")
+        pytest.skip(f"every shell and Python block of {path.name} is marked skip")
+    with live_node(tmp_path) as node:
+        failures = _run_file(path, node, tmp_path)
+        if failures:
+            pytest.fail(
+                f"{len(failures)} block(s) of {path.relative_to(REPO)} failed against a live node "
+                f"(tether demo on {node.addr}):\n\n"
+                + "\n\n".join(failures)
+                + f"\n\n--- tether demo log (tail) ---\n{node.log_tail()}",
+                pytrace=False,
+            )
+
+
+def test_every_doc_has_well_formed_markers() -> None:
+    for path in DOC_FILES:
+        blocks_of(path, path.read_text(encoding="utf-8"))  # raises MarkerError
+
+
+def test_a_skip_without_a_reason_is_refused() -> None:
+    text = "<!-- docs-check: skip -->\n```sh\nmake run\n```\n"
+    with pytest.raises(MarkerError, match="needs a reason"):
+        blocks_of(Path("x.md"), text)
+
+
+def test_a_marker_must_precede_a_runnable_block() -> None:
+    text = "<!-- docs-check: skip (output) -->\n```json\n{}\n```\n"
+    with pytest.raises(MarkerError, match="never run"):
+        blocks_of(Path("x.md"), text)
+    with pytest.raises(MarkerError, match="not followed"):
+        blocks_of(Path("x.md"), "<!-- docs-check: expect-fail -->\nsome text\n```sh\nfalse\n```\n")
+
+
+def test_markers_and_error_comments_are_read() -> None:
+    text = (
+        "<!-- docs-check: skip (starts a long-running server) -->\n"
+        "```sh\nmake run\n```\n\n"
+        "  ```console\n  $ tether x\n  error: no\n  $ tether y\n  ok\n  ```\n"
+        "```sh\ntether secret show a   # error: sealed\ntether sys unseal\n```\n"
+    )
+    skip, console, shell = blocks_of(Path("x.md"), text)
+    assert (skip.action, skip.reason, skip.line) == ("skip", "starts a long-running server", 2)
+    assert console.text == "$ tether x\nerror: no\n$ tether y\nok\n"
+    assert console_script(console).splitlines()[0] == "if tether x"
+    assert console_script(console).splitlines()[-1] == "tether y"
+    assert shell_script(shell).splitlines()[0] == "if tether secret show a"
+    assert shell_script(shell).splitlines()[-1] == "tether sys unseal"
