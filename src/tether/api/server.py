@@ -16,15 +16,15 @@ from tether.api.routes_egress import close_egress
 from tether.broker import Broker
 from tether.config import Settings
 from tether.errors import ConfigError
+from tether.logs import RequestIdMiddleware
 
-__all__ = ["HTTP_OPTIONS", "LOG_FORMAT", "loop_factory", "serve", "serve_broker", "with_public_url"]
+__all__ = ["HTTP_OPTIONS", "loop_factory", "serve", "serve_broker", "with_public_url"]
 
 log = logging.getLogger(__name__)
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
 #: How every Tether process serves HTTP: httptools instead of h11 (issue 13 measured ~0.6 ms of
-#: CPU per request in h11 and the asyncio loop together), no ``Server`` header, our logging.
+#: CPU per request in h11 and the asyncio loop together), no ``Server`` header, our logging
+#: (:func:`tether.logs.configure_logging`: text or JSON, a request id on every line).
 HTTP_OPTIONS: dict[str, Any] = {"http": "httptools", "log_config": None, "server_header": False}
 
 
@@ -48,6 +48,7 @@ async def serve_broker(
     if not _is_loopback(host):
         log.warning("listening on %s: Tether serves plain HTTP; put TLS in front of it", host)
     app = create_app(broker)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every line of a request carries its id
     config = uvicorn.Config(app, host=host, port=port, access_log=access_log, lifespan="off", **HTTP_OPTIONS)
     server = uvicorn.Server(config)
     try:

@@ -48,7 +48,8 @@ from tether.api.app import DATA_DIR_ENV, create_app_from_env
 from tether.api.lifespan import start_broker
 from tether.api.server import HTTP_OPTIONS, loop_factory
 from tether.broker import Broker
-from tether.config import Settings
+from tether.config import ENV_VARS, Settings
+from tether.logs import RequestIdMiddleware, configure_logging
 
 __all__ = [
     "GRACEFUL_SECONDS",
@@ -66,7 +67,6 @@ STARTUP_GRACE_SECONDS = 10.0
 RESTART_DELAY_SECONDS = 1.0
 POLL_SECONDS = 0.1
 BACKLOG = 2048
-WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [worker %(process)d]: %(message)s"
 #: Set for a worker (re)started while its node is sealed: it seals before it serves.
 SEALED_ENV = "TETHER_WORKER_SEALED"
 SEAL_SIGNAL = signal.SIGUSR1 if sys.platform != "win32" else signal.SIGTERM
@@ -308,12 +308,13 @@ def _worker_main(fd: int, ready_fd: int, parent_pid: int, index: int) -> None:
     # has shut down (the broker closed): this handler turns that into a clean exit.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _interrupt)
-    logging.basicConfig(level=logging.INFO, format=WORKER_LOG_FORMAT, stream=sys.stderr)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # The supervisor resolved the log format (flag, environment, file) and exported it.
+    configure_logging(os.environ.get(ENV_VARS["log_format"]) or "text", label="worker")
     sock = socket.socket(fileno=fd)
     app = create_app_from_env(sealed=bool(os.environ.get(SEALED_ENV)))
     if sys.platform != "win32":
         app.add_middleware(_SealNotifier, parent_pid=parent_pid)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every line of a request carries its id
     server = uvicorn.Server(uvicorn.Config(app, lifespan="on", **HTTP_OPTIONS))
 
     def seal() -> None:

@@ -99,6 +99,11 @@ class RoleChoice(StrEnum):
     auditor = "auditor"
 
 
+class LogFormatChoice(StrEnum):
+    text = "text"
+    json = "json"
+
+
 class KeyProviderChoice(StrEnum):
     unsafe_dev = "unsafe-dev"
     env = "env"
@@ -196,11 +201,18 @@ def server(
             show_default=False,
         ),
     ] = None,
+    log_format: Annotated[
+        LogFormatChoice | None,
+        typer.Option(
+            help="Log lines as text or JSON, each with its request id (default: the log_format setting).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run a node: migrate, unseal with the configured key provider, serve HTTP until Ctrl-C."""
     from tether.cli.node import serve
 
-    serve(data_dir, listen, workers)
+    serve(data_dir, listen, workers, log_format.value if log_format is not None else None)
 
 
 @app.command()

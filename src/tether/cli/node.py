@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from types import FrameType
 from typing import Any
 
 from tether.cli.output import EXIT_USAGE, CommandError, WarningHandler
-from tether.config import CONFIG_FILE, Settings, parse_listen
+from tether.config import CONFIG_FILE, ENV_VARS, Settings, parse_listen
 from tether.errors import ConfigError, DecryptionError
 
 __all__ = [
@@ -155,22 +154,24 @@ def load_initialised(data_dir: Path) -> Settings:
     return settings
 
 
-def serve(data_dir: Path, listen: str, workers: int | None = None) -> None:
+def serve(data_dir: Path, listen: str, workers: int | None = None, log_format: str | None = None) -> None:
     """``tether server``: start the node and serve HTTP until Ctrl-C or SIGTERM, in this process
     (one worker) or with ``workers`` worker processes on one socket (default: the ``workers``
-    setting, else one per CPU core)."""
+    setting, else one per CPU core); logs as ``log_format`` (default: the ``log_format`` setting)."""
     from tether.api import server
+    from tether.logs import configure_logging
 
     host, port = listen_address(listen)
     settings = load_initialised(data_dir)
-    if workers is not None:
-        try:
-            settings = settings.with_overrides(workers=workers)
-        except ConfigError as exc:
-            raise CommandError(f"--workers: {exc}", EXIT_USAGE) from None
+    for flag, name, value in (("--workers", "workers", workers), ("--log-format", "log_format", log_format)):
+        if value is not None:
+            try:
+                settings = settings.with_overrides(**{name: value})
+            except ConfigError as exc:
+                raise CommandError(f"{flag}: {exc}", EXIT_USAGE) from None
     ensure_port_free(host, port)
-    logging.basicConfig(level=logging.INFO, format=server.LOG_FORMAT, stream=sys.stderr)
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-start INFO lines are noise here
+    configure_logging(settings.log_format)
+    os.environ[ENV_VARS["log_format"]] = settings.log_format  # worker processes log the same way
     count = settings.worker_count
     if count == 1:
         run_until_stopped(server.serve(settings, host, port), f"{host}:{port}")
