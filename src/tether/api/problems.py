@@ -157,7 +157,11 @@ def problem_for(exc: BaseException) -> JSONResponse:
 
 
 def install_problem_handlers(app: FastAPI) -> None:
-    async def handle(_: Request, exc: Exception) -> JSONResponse:
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        from tether.api.auth_first import authenticate_unparsed, refused_before_authentication
+
+        if refused_before_authentication(exc):  # authenticate first: 401 before 422
+            exc = await authenticate_unparsed(request) or exc
         return problem_for(exc)
 
     for kind in (errors.TetherError, Problem, RequestValidationError, StarletteHTTPException, Exception):
