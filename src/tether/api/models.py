@@ -31,6 +31,23 @@ class SecretWrite(Request):
     ] = None
 
 
+class SecretPatch(Request):
+    """A metadata-only change: what is omitted stays as it is; the value is neither sent nor
+    changed (no new version). A set is replaced (``purposes``) or changed by what is added and
+    removed (``add_purposes``, ``remove_purposes``), not both; ``rotation_period_seconds: null``
+    clears the rotation period."""
+
+    sensitivity: SensitivityName | None = None
+    purposes: Annotated[list[str] | None, Field(max_length=64)] = None
+    add_purposes: Annotated[list[str], Field(max_length=64)] = []
+    remove_purposes: Annotated[list[str], Field(max_length=64)] = []
+    destinations: Annotated[list[str] | None, Field(max_length=64)] = None
+    add_destinations: Annotated[list[str], Field(max_length=64)] = []
+    remove_destinations: Annotated[list[str], Field(max_length=64)] = []
+    owner: Annotated[str | None, Field(max_length=128)] = None
+    rotation_period_seconds: Annotated[int | None, Field(ge=60, le=315_360_000)] = None
+
+
 class SecretRotate(Request):
     value: Annotated[str, Field(min_length=1, description="The new value. Write-only: never returned.")]
 

@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from tether.api.deps import BrokerDep, OperatorDep
-from tether.api.models import SecretList, SecretOut, SecretRotate, SecretWrite
+from tether.api.models import SecretList, SecretOut, SecretPatch, SecretRotate, SecretWrite
 from tether.api.problems import Problem
+from tether.broker.secrets import MetadataChange
 from tether.domain.secrets import SecretMetadata, Sensitivity
 
 router = APIRouter(tags=["secrets"])
@@ -68,6 +69,26 @@ async def rotate_secret(
         raise Problem(405, "method-not-allowed", "Method not allowed", "POST is only for {path}:rotate")
     record = await broker.secrets.rotate(operator, path.removesuffix(ROTATE_SUFFIX), body.value)
     request.app.state.metrics.secret_writes.labels("rotate").inc()
+    return SecretOut.of(record, broker.clock.now())
+
+
+@router.patch("/v1/secrets/{path:path}")
+async def update_secret(path: str, body: SecretPatch, broker: BrokerDep, operator: OperatorDep) -> SecretOut:
+    """Change a secret's metadata only (sensitivity, purposes, destinations, owner, rotation
+    period): no value is sent, no version is added, and what is omitted stays as it is."""
+    change = MetadataChange(
+        sensitivity=Sensitivity.parse(body.sensitivity) if body.sensitivity is not None else None,
+        purposes=frozenset(body.purposes) if body.purposes is not None else None,
+        add_purposes=frozenset(body.add_purposes),
+        remove_purposes=frozenset(body.remove_purposes),
+        destinations=frozenset(body.destinations) if body.destinations is not None else None,
+        add_destinations=frozenset(body.add_destinations),
+        remove_destinations=frozenset(body.remove_destinations),
+        owner=body.owner,
+        rotation_period_seconds=body.rotation_period_seconds,
+        set_rotation_period="rotation_period_seconds" in body.model_fields_set,
+    )
+    record = await broker.secrets.update_metadata(operator, path, change)
     return SecretOut.of(record, broker.clock.now())
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tether.audit import Actor, AuditLog, Sensitive
@@ -18,11 +18,18 @@ from tether.broker.keys import KeyService
 from tether.clock import Clock
 from tether.crypto.barrier import Barrier
 from tether.domain.operators import OperatorRecord, Permission
-from tether.domain.secrets import SecretMetadata, SecretRecord, validate_path, validate_prefix
+from tether.domain.secrets import (
+    SecretMetadata,
+    SecretRecord,
+    Sensitivity,
+    validate_name_set,
+    validate_path,
+    validate_prefix,
+)
 from tether.errors import ConflictError, InvalidInputError, NotFoundError, SealedError, TetherError
 from tether.store.base import Storage, StoredValue, VersionConflictError
 
-__all__ = ["SecretPage", "SecretService"]
+__all__ = ["MetadataChange", "SecretPage", "SecretService"]
 
 # Optimistic concurrency: each round of a write race has one winner, so N racing writers
 # need up to N rounds. Past this many, the writer gets a clean 409 rather than waiting on.
@@ -34,6 +41,88 @@ MAX_LIST_LIMIT = 1000
 class SecretPage:
     items: list[SecretRecord]
     next_after: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataChange:
+    """A change to a secret's metadata; what it does not name stays as it is. A set is replaced
+    (``purposes``) or changed by what is added and removed (``add_purposes``, ``remove_purposes``),
+    not both. ``rotation_period_seconds`` is changed only with ``set_rotation_period`` (so that
+    None can clear it). Validated when built: an empty change is refused."""
+
+    sensitivity: Sensitivity | None = None
+    purposes: frozenset[str] | None = None
+    add_purposes: frozenset[str] = field(default_factory=frozenset)
+    remove_purposes: frozenset[str] = field(default_factory=frozenset)
+    destinations: frozenset[str] | None = None
+    add_destinations: frozenset[str] = field(default_factory=frozenset)
+    remove_destinations: frozenset[str] = field(default_factory=frozenset)
+    owner: str | None = None
+    rotation_period_seconds: int | None = None
+    set_rotation_period: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("purposes", "destinations"):
+            replaced = getattr(self, name)
+            added = validate_name_set(getattr(self, f"add_{name}"), f"add_{name}")
+            removed = validate_name_set(getattr(self, f"remove_{name}"), f"remove_{name}")
+            object.__setattr__(self, f"add_{name}", added)
+            object.__setattr__(self, f"remove_{name}", removed)
+            if replaced is not None:
+                object.__setattr__(self, name, validate_name_set(replaced, name))
+                if added or removed:
+                    raise InvalidInputError(f"replace {name} or add and remove {name}, not both", field=name)
+            both = added & removed
+            if both:
+                raise InvalidInputError(
+                    f"{sorted(both)[0]!r} is both added to and removed from {name}", field=name
+                )
+        if not self.audit_data():
+            raise InvalidInputError("name at least one metadata field to change", field="metadata")
+
+    def apply(self, current: SecretMetadata) -> SecretMetadata:
+        """``current`` with this change applied (validated as any metadata is)."""
+
+        def changed(
+            kept: frozenset[str], replaced: frozenset[str] | None, add: Iterable[str], remove: Iterable[str]
+        ) -> frozenset[str]:
+            base = kept if replaced is None else replaced
+            return (base | frozenset(add)) - frozenset(remove)
+
+        return replace(
+            current,
+            sensitivity=current.sensitivity if self.sensitivity is None else self.sensitivity,
+            purposes=changed(current.purposes, self.purposes, self.add_purposes, self.remove_purposes),
+            destinations=changed(
+                current.destinations, self.destinations, self.add_destinations, self.remove_destinations
+            ),
+            owner=current.owner if self.owner is None else self.owner,
+            rotation_period_seconds=self.rotation_period_seconds
+            if self.set_rotation_period
+            else current.rotation_period_seconds,
+        )
+
+    def audit_data(self) -> dict[str, object]:
+        """What the change names, for its audit event (metadata only: never a value)."""
+        data: dict[str, object] = {}
+        if self.sensitivity is not None:
+            data["sensitivity"] = self.sensitivity.label
+        for name in (
+            "purposes",
+            "add_purposes",
+            "remove_purposes",
+            "destinations",
+            "add_destinations",
+            "remove_destinations",
+        ):
+            value = getattr(self, name)
+            if value is not None and (value or not name.startswith(("add_", "remove_"))):
+                data[name] = sorted(value)
+        if self.owner is not None:
+            data["owner"] = self.owner
+        if self.set_rotation_period:
+            data["rotation_period_seconds"] = self.rotation_period_seconds
+        return data
 
 
 class SecretService:
@@ -116,6 +205,33 @@ class SecretService:
         return await self._audited(
             "secret.rotate", actor, path, self._append(actor, path, data, None, cas=None, must_exist=True)
         )
+
+    async def update_metadata(self, actor: OperatorRecord, path: str, change: MetadataChange) -> SecretRecord:
+        """Change a secret's metadata only: no new version, the value is neither sent nor read.
+        Concurrent changes each apply to the metadata as the other left it (check-and-set)."""
+        validate_path(path)
+        await authorize(self._audit, actor, Permission.SECRET_WRITE, f"secret:{path}")
+        self._check_unsealed()
+        await self._audit.record(
+            "secret.update", operator_actor(actor), resource=f"secret:{path}", data=change.audit_data()
+        )
+        return await self._audited("secret.update", actor, path, self._replace_metadata(path, change))
+
+    async def _replace_metadata(self, path: str, change: MetadataChange) -> SecretRecord:
+        for attempt in range(_WRITE_ATTEMPTS):
+            current = await self._storage.get_secret(path)
+            if current is None:
+                raise NotFoundError(f"secret {path!r} does not exist")
+            wanted = change.apply(current.metadata)
+            if wanted == current.metadata:
+                return current
+            record = await self._storage.replace_secret_metadata(
+                path, wanted, expected=current.metadata, now=self._clock.now()
+            )
+            if record is not None:
+                return record
+            await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # noqa: S311 - jitter, not crypto
+        raise ConflictError(f"secret {path!r} is being changed concurrently; try again")
 
     async def _audited(
         self, kind: str, actor: OperatorRecord, path: str, action: Coroutine[Any, Any, SecretRecord]

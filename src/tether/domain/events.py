@@ -105,6 +105,7 @@ EVENT_KINDS: Mapping[str, str] = MappingProxyType(
         "approval.decide": "an approver approved or denied a request",
         "secret.write": "an operator wrote a secret (a new version; the value only as a fingerprint)",
         "secret.rotate": "an operator rotated a secret's value",
+        "secret.update": "an operator changed a secret's metadata (no new version; the value is untouched)",
         "secret.delete": "an operator deleted a secret",
         "policy.deploy": "a policy set version was deployed",
         "operator.create": "an operator was created",
