@@ -52,7 +52,7 @@ from tether.broker import Broker
 from tether.config import Settings
 from tether.domain.tasks import Lease
 from tether.engines import IssuedCredential, LeaseRequest
-from tether.sdk import AsyncAgent
+from tether.sdk import AsyncAgent, TetherConnectionError
 from tether.store import open_storage
 
 pytestmark = pytest.mark.asyncio
@@ -175,7 +175,7 @@ async def _agent_loop(agent: AsyncAgent, index: int, ledger: Ledger, stop: async
                     ledger.acked[grant["id"]] += 1
             ledger.expect(await agent.request("POST", f"/v1/tasks/{task_id}/complete"), 200)
             ledger.completed.add(task_id)
-    except httpx.TransportError:
+    except TetherConnectionError:
         ledger.interrupted += 1  # the kill: this request's outcome is unknown to the client
 
 

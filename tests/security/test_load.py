@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.integration.governed import SECRETS, seed
@@ -34,7 +33,7 @@ from tests.security.nodes import (
     tether_init,
 )
 from tests.security.report import record
-from tether.sdk import AsyncAgent
+from tether.sdk import AsyncAgent, TetherConnectionError
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
@@ -110,7 +109,7 @@ async def _call(
     started = time.perf_counter()
     try:
         response = await agent.request(method, path, **kwargs)
-    except httpx.TransportError as exc:
+    except TetherConnectionError as exc:
         tally.transport_errors += 1
         tally.unexpected.append(f"{method} {path}: {type(exc).__name__}")
         raise
