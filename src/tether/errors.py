@@ -9,6 +9,7 @@ they occur, so that callers only ever handle this tree::
     ├── NotFoundError            no such secret, operator, version          (404)
     ├── ConflictError            a concurrent or check-and-set write lost   (409)
     ├── AuthenticationError      no or unknown credentials                  (401)
+    ├── RateLimitedError         too many refused token requests; retry later (429)
     ├── PermissionDeniedError    authenticated, but not allowed             (403)
     │   └── DeniedError          a governed-path refusal, with its decision  (403)
     ├── SealedError              the barrier holds no keys                  (503)
@@ -40,6 +41,7 @@ __all__ = [
     "KeyProviderError",
     "NotFoundError",
     "PermissionDeniedError",
+    "RateLimitedError",
     "SealedError",
     "StorageError",
     "StorageUnavailableError",
@@ -78,6 +80,16 @@ class AuthenticationError(TetherError):
     def __init__(self, message: str, *, code: str = "invalid_token") -> None:
         super().__init__(message)
         self.code = code
+
+
+class RateLimitedError(TetherError):
+    """Too many refused token requests from one client id or source address in the current
+    window; ``retry_after_seconds`` says when the window ends. The refusal it replaces is counted,
+    not audited one by one (see :mod:`tether.identity.refusals`)."""
+
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__(f"too many refused token requests; retry after {retry_after_seconds} seconds")
+        self.retry_after_seconds = retry_after_seconds
 
 
 class PermissionDeniedError(TetherError):

@@ -14,7 +14,7 @@ from tether.api.problems import PROBLEM_BASE, Problem
 from tether.broker import Broker
 from tether.broker.auth import AgentCaller
 from tether.domain.agents import AgentRecord
-from tether.errors import AuthenticationError
+from tether.errors import AuthenticationError, RateLimitedError
 
 router = APIRouter(tags=["auth"])
 
@@ -160,18 +160,41 @@ async def token(request: Request, broker: BrokerDep) -> JSONResponse:
     return await token_endpoint(request)
 
 
+def too_many_refusals(exc: RateLimitedError) -> JSONResponse:
+    """429 with ``Retry-After``: this client id or address used up its refused token requests
+    for the current window (docs/operations.md, "Rate limits of refused authentication"). The
+    same words for both, so the answer tells nothing about which agents exist."""
+    seconds = exc.retry_after_seconds
+    body = {
+        "error": "slow_down",
+        "error_description": f"too many refused token requests; retry after {seconds} seconds",
+        "type": f"{PROBLEM_BASE}rate-limited",
+        "title": "Too many refused token requests",
+        "status": 429,
+        "detail": f"too many refused token requests; retry after {seconds} seconds",
+    }
+    headers = {"Retry-After": str(seconds), "Cache-Control": "no-store"}
+    return JSONResponse(body, status_code=429, headers=headers)
+
+
 async def token_endpoint(request: Request) -> JSONResponse:
     """``POST /v1/auth/token`` as a plain endpoint (the hot lane serves it; see ``tether.api.hot``)."""
     broker: Broker = request.app.state.broker
+    address = request.client.host if request.client is not None else None
     try:
         form = await _form(request)
     except AuthenticationError as exc:
-        await broker.auth.refuse_token_request(exc)
+        try:
+            await broker.auth.refuse_token_request(exc, address=address)
+        except RateLimitedError as limited:
+            return too_many_refusals(limited)
         return oauth_error(exc.code, str(exc))
     try:
         grant = await broker.auth.issue_token(
-            form, request.headers.get("dpop"), endpoint_url(request, "/v1/auth/token")
+            form, request.headers.get("dpop"), endpoint_url(request, "/v1/auth/token"), address=address
         )
+    except RateLimitedError as exc:
+        return too_many_refusals(exc)
     except AuthenticationError as exc:
         # Client authentication failures all read the same to the caller, so that nobody can
         # probe which agents exist or are disabled; the audit event holds the precise reason.

@@ -23,7 +23,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 
@@ -32,7 +32,7 @@ from tether.broker.agents import AgentService
 from tether.clock import Clock
 from tether.crypto.jose import CompactJws, PublicKey, parse_jws, parse_public_jwk
 from tether.domain.agents import AgentRecord, TrustedIssuer, agent_id
-from tether.errors import AuthenticationError, InvalidInputError, SealedError, TetherError
+from tether.errors import AuthenticationError, InvalidInputError, RateLimitedError, SealedError, TetherError
 from tether.identity.assertions import peek_issuer, verify_client_assertion
 from tether.identity.dpop import DpopProof, verify_dpop_proof
 from tether.identity.federation import (
@@ -41,6 +41,7 @@ from tether.identity.federation import (
     peek_federated_issuer,
     verify_federated_token,
 )
+from tether.identity.refusals import LimitReached, RefusalLimiter, RefusalLimits
 from tether.identity.signing import TokenSigningKeys, load_or_create_token_keys, rotate_token_keys
 from tether.identity.tokens import (
     AccessTokenCache,
@@ -134,6 +135,7 @@ class AuthService:
         *,
         trust_domain: str,
         token_ttl_seconds: int = 600,
+        refusal_limits: RefusalLimits | None = None,
     ) -> None:
         self._storage = storage
         self._audit = audit
@@ -149,6 +151,8 @@ class AuthService:
         # Verified access tokens by their exact text, until they expire: the signature is not
         # checked again; the agent and its keys are still read on every request.
         self._verified_tokens = AccessTokenCache(VERIFIED_TOKENS_MAX)
+        # Refused token requests per client id and address (tether.identity.refusals).
+        self._limiter = RefusalLimiter(refusal_limits or RefusalLimits())
 
     # -- keys --------------------------------------------------------------------------
     async def attach_keys(self, root_key: bytes) -> None:
@@ -186,8 +190,18 @@ class AuthService:
         return dict(self._signing_keys().public_jwks(self._clock.now(), self._ttl))
 
     # -- the token endpoint ------------------------------------------------------------------
-    async def issue_token(self, form: Mapping[str, str], dpop: str | None, token_url: str) -> TokenGrant:
-        """Check a token request; record the outcome (before answering) either way."""
+    async def issue_token(
+        self, form: Mapping[str, str], dpop: str | None, token_url: str, *, address: str | None = None
+    ) -> TokenGrant:
+        """Check a token request; record the outcome (before answering) either way.
+
+        ``address`` is the caller's source address. :class:`RateLimitedError` (429, nothing
+        recorded one by one) when that address, or the claimed client id of a refused request,
+        used up its refusals in the current window (see :mod:`tether.identity.refusals`)."""
+        if self._limiter.any_blocked:  # else no time is read: nothing on the accepted path
+            retry = self._limiter.blocked_address(address, self._clock.now().timestamp())
+            if retry is not None:
+                raise RateLimitedError(retry)
         grant_type = form.get("grant_type", "")
         claimed: str | None = None
         try:
@@ -223,7 +237,7 @@ class AuthService:
             )
         except AuthenticationError as exc:
             # Nothing about the caller is verified here: a claimed id is data, never the actor.
-            await self._refused("auth.token", None, exc, grant_type, claimed=claimed)
+            await self._token_refused(exc, grant_type, claimed, address)
             raise
         except TetherError:
             raise  # sealed, storage down: the caller gets 503 and nothing was issued
@@ -231,7 +245,7 @@ class AuthService:
             refusal = AuthenticationError(
                 f"malformed token request ({type(exc).__name__})", code="invalid_request"
             )
-            await self._refused("auth.token", None, refusal, grant_type, claimed=claimed)
+            await self._token_refused(refusal, grant_type, claimed, address)
             raise refusal from None
         await self._audit.record(
             "auth.token",
@@ -242,9 +256,54 @@ class AuthService:
         )
         return TokenGrant(token=issued, agent=agent, grant_type=grant_type, ttl_seconds=self._ttl)
 
-    async def refuse_token_request(self, exc: AuthenticationError) -> None:
-        """Record a token request refused before it could be read (content type, form)."""
-        await self._refused("auth.token", None, exc, "malformed request")
+    async def refuse_token_request(self, exc: AuthenticationError, *, address: str | None = None) -> None:
+        """Record a token request refused before it could be read (content type, form); raises
+        :class:`RateLimitedError` instead when ``address`` is over its limit."""
+        retry = self._limiter.blocked_address(address, self._clock.now().timestamp())
+        if retry is not None:
+            raise RateLimitedError(retry)
+        await self._token_refused(exc, "malformed request", None, address)
+
+    async def _token_refused(
+        self, exc: AuthenticationError, context: str, claimed: str | None, address: str | None
+    ) -> None:
+        """A refused token request: audited, unless its client id or address used up its
+        refusals in this window (then :class:`RateLimitedError`, counted, not audited). The
+        refusal that reaches a limit adds one summary event for the window."""
+        now = self._clock.now().timestamp()
+        retry = self._limiter.over_limit(claimed, address, now)
+        if retry is not None:
+            raise RateLimitedError(retry) from None
+        await self._refused("auth.token", None, exc, context, claimed=claimed)
+        for reached in self._limiter.refused(claimed, address, now):
+            await self._limit_reached(reached, now)
+
+    async def _limit_reached(self, reached: LimitReached, now: float) -> None:
+        """One event per client id or address and window, instead of one per refusal."""
+        until = datetime.fromtimestamp(reached.until, UTC)
+        log.warning(
+            "token requests: %s %s reached %d refusals in %d s; further refusals answered 429 until %s",
+            reached.scope,
+            reached.key,
+            reached.refusals,
+            reached.window_seconds,
+            until.isoformat(),
+            extra={"limit": reached.scope, "limited": reached.key},
+        )
+        await self._audit.record(
+            "auth.token",
+            self._audit.actor,
+            reason=f"rate limited: {reached.scope} reached {reached.refusals} refusals in "
+            f"{reached.window_seconds} s",
+            data={
+                "limit": reached.scope,
+                "key": reached.key,
+                "refusals": reached.refusals,
+                "window_seconds": reached.window_seconds,
+                "until": until.isoformat(),
+                "retry_after_seconds": reached.retry_after_seconds(now),
+            },
+        )
 
     async def _client_credentials(
         self, form: Mapping[str, str], proof: DpopProof, token_url: str

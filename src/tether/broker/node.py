@@ -33,6 +33,7 @@ from tether.domain.operators import OperatorRecord, Permission
 from tether.egress.leakguard import forget_guards
 from tether.engines import EngineRegistry, StaticEngine
 from tether.errors import CryptoError, SealedError, TetherError
+from tether.identity.refusals import RefusalLimits
 from tether.identity.signing import TOKEN_KEYS_META
 from tether.store import Storage, open_storage
 
@@ -97,6 +98,11 @@ class Broker:
             self.agents,
             trust_domain=settings.trust_domain,
             token_ttl_seconds=settings.token_ttl_seconds,
+            refusal_limits=RefusalLimits(
+                settings.auth_refusal_window_seconds,
+                settings.auth_refusals_per_client,
+                settings.auth_refusals_per_address,
+            ),
         )
         decisions = DecisionPoint(
             storage,
