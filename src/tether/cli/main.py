@@ -52,6 +52,7 @@ from tether.cli.output import (
     yes_no,
 )
 from tether.cli.policy import policy_app
+from tether.cli.secret_update import secret_update
 from tether.cli.tasks import approval_app, revoke, task_app
 
 __all__ = ["app", "main"]
@@ -82,6 +83,7 @@ app.add_typer(task_app, name="task")
 app.add_typer(approval_app, name="approval")
 app.command("revoke")(revoke)
 app.command("keygen")(keygen)
+secret_app.command("update")(secret_update)
 
 
 class SensitivityChoice(StrEnum):
