@@ -19,7 +19,13 @@ def main(argv: list[str] | None = None) -> None:
     except ModuleNotFoundError as exc:
         from tether._extras import missing_extra_message
 
-        message = missing_extra_message(exc, _command(sys.argv[1:] if argv is None else argv))
+        args = sys.argv[1:] if argv is None else argv
+        if args == ["--version"]:  # what is installed, even without the CLI
+            from tether import __version__
+
+            print(f"tether {__version__} (SDK only: no server extra)")
+            sys.exit(0)
+        message = missing_extra_message(exc, _command(args))
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)

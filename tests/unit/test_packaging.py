@@ -44,7 +44,7 @@ def test_sdk_imports_without_the_server_extra() -> None:
     ("argv", "expected"),
     [
         (["server", "--data-dir", "x"], "error: `tether server` needs the 'server' extra"),
-        (["--version"], "error: the tether command line needs the 'server' extra"),
+        (["--help"], "error: the tether command line needs the 'server' extra"),
     ],
 )
 def test_cli_without_the_server_extra_says_which_extra_in_one_line(argv: list[str], expected: str) -> None:
@@ -55,6 +55,12 @@ def test_cli_without_the_server_extra_says_which_extra_in_one_line(argv: list[st
     assert len(lines) == 1, result.stderr  # no traceback
     assert lines[0].startswith(expected)
     assert "pip install 'tether[server]'" in lines[0]
+
+
+def test_version_without_the_server_extra() -> None:
+    result = _run("import tether.__main__; tether.__main__.main(['--version'])")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"tether {version('tether')} (SDK only: no server extra)"
 
 
 def test_missing_extra_message_only_for_server_modules() -> None:
