@@ -311,13 +311,16 @@ class PostgresStorage(SQLStorage):
         """Seal on the head read under the audit lock, then append (see ``SealingStorage``)."""
 
         async def work(conn: Any) -> tuple[list[Event], list[list[object]]]:
+            # The effects first, the chain's lock last: the lock is held only for reading the head and
+            # inserting the events, not while effects wait for row locks. (No deadlock: a holder of the
+            # lock needs no row lock any more.)
+            results = await _apply_effects(conn, effects, len(effects))
             await conn.execute(_LOCK_AUDIT)
             events = seal(await _head(conn))
             if effects and len(effects) != len(events):
                 raise StorageError("an audit batch needs one list of effects per event")
-            results = await _apply_effects(conn, effects, len(events))
             await _insert_events(conn, events)
-            return events, results
+            return events, results or [[] for _ in events]
 
         return await self._write(work)
 
