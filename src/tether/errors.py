@@ -19,7 +19,13 @@ they occur, so that callers only ever handle this tree::
     ├── StorageError             the store failed; driver errors are wrapped (503)
     │   └── StorageUnavailableError   the store cannot be reached
     ├── EngineError              a secret engine failed to issue or revoke    (502)
-    └── ConfigError              settings are missing, malformed or out of bounds
+    ├── ConfigError              settings are missing, malformed or out of bounds
+    │
+    │   raised by the agent SDK (tether.sdk), on the client's side of the API:
+    ├── TetherAPIError           Tether answered with an error; ``status`` and the problem body
+    │   └── TetherDenied         the governed path said no; ``decision`` names the policies
+    │       └── ApprovalRequired     denied for want of an approval; ``approval_id``
+    └── TetherConnectionError    Tether could not be reached; ``address`` says where it was sought
 
 Messages never contain secret values. :class:`DecryptionError` deliberately says
 the same thing for every cause so that it is no oracle.
