@@ -39,6 +39,7 @@ from tether.cli.common import (
     read_value,
 )
 from tether.cli.destinations import destination_app
+from tether.cli.help import readable_help
 from tether.cli.output import (
     EXIT_FAILURE,
     EXIT_USAGE,
@@ -61,7 +62,7 @@ app = typer.Typer(
     name="tether",
     help="Tether: a secret-governance broker for AI agents.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -639,7 +640,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run a command and turn every failure into one ``error:`` line."""
     from tether.errors import TetherError
 
-    command = typer.main.get_command(app)
+    command = readable_help(typer.main.get_command(app))
     try:
         result = command.main(args=argv, prog_name="tether", standalone_mode=False)
     except CommandError as exc:
