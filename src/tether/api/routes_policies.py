@@ -24,6 +24,13 @@ class _Request(BaseModel):
 class PolicyDeploy(_Request):
     policies: Annotated[str, Field(description="The whole policy set, Cedar text.")]
     comment: Annotated[str, Field(max_length=MAX_COMMENT_CHARS)] = ""
+    allow_empty: Annotated[
+        bool,
+        Field(
+            description="Deploy a set without a single policy. Such a set denies every agent every "
+            "action; without this flag it is refused (422)."
+        ),
+    ] = False
 
 
 class PolicyValidate(_Request):
@@ -79,8 +86,9 @@ class ValidationOut(BaseModel):
 @router.put("/v1/policies", status_code=201)
 async def deploy_policies(body: PolicyDeploy, broker: BrokerDep, operator: OperatorDep) -> PolicySetSummary:
     """Deploy a policy set as the newest, active version. A set that fails validation against
-    the schema is refused (422) with the validator's messages in `errors`."""
-    record = await broker.policies.deploy(operator, body.policies, body.comment)
+    the schema is refused (422) with the validator's messages in `errors`; so is a set without
+    a single policy (it denies everything) unless `allow_empty` is true."""
+    record = await broker.policies.deploy(operator, body.policies, body.comment, allow_empty=body.allow_empty)
     return PolicySetSummary.of(record, True)
 
 

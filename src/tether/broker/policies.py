@@ -21,9 +21,13 @@ from tether.errors import InvalidInputError, NotFoundError, TetherError
 from tether.policy import MAX_POLICY_TEXT_BYTES, CompiledPolicySet, compile_policy_set
 from tether.store.base import PolicySetRecord, Storage
 
-__all__ = ["MAX_COMMENT_CHARS", "PolicyService"]
+__all__ = ["EMPTY_SET_REFUSED", "MAX_COMMENT_CHARS", "PolicyService"]
 
 MAX_COMMENT_CHARS = 1000
+EMPTY_SET_REFUSED = (
+    "the policy set has no policies: deployed, it would deny every agent every action "
+    "(default deny). To deploy it anyway, set allow_empty (CLI: --allow-empty)"
+)
 MAX_VERSIONS_LIMIT = 1000
 RESOURCE = "policy:set"
 #: Audit events carry at most this many characters of policy ids (events are size-capped); the
@@ -71,13 +75,21 @@ class PolicyService:
         _check_text(text)
         return compile_policy_set(text)
 
-    async def deploy(self, actor: OperatorRecord, text: str, comment: str = "") -> PolicySetRecord:
-        """Validate ``text`` and make it the newest, active version."""
+    async def deploy(
+        self, actor: OperatorRecord, text: str, comment: str = "", *, allow_empty: bool = False
+    ) -> PolicySetRecord:
+        """Validate ``text`` and make it the newest, active version.
+
+        A set without a single policy denies every agent everything; it is refused unless
+        ``allow_empty`` says that this is meant (an emergency stop, say).
+        """
         await authorize(self._audit, actor, Permission.POLICY_WRITE, RESOURCE)
         _check_text(text)
         if len(comment) > MAX_COMMENT_CHARS:
             raise InvalidInputError(f"a comment is at most {MAX_COMMENT_CHARS} characters", field="comment")
         compiled = compile_policy_set(text)  # invalid: PolicyValidationError, nothing stored
+        if not compiled.policy_ids and not allow_empty:
+            raise InvalidInputError(EMPTY_SET_REFUSED, field="allow_empty")
         sha256 = compiled.sha256
         expected = await self._storage.active_policy_version()
         data: dict[str, object] = {

@@ -24,6 +24,7 @@ from tether.cli.output import (
     out,
     print_json,
     print_table,
+    print_warning,
 )
 
 if TYPE_CHECKING:
@@ -146,18 +147,36 @@ def policy_validate(
 def policy_deploy(
     file: PolicyFile,
     comment: Annotated[str, typer.Option("--comment", "-m", help="Why (kept with the version).")] = "",
+    allow_empty: Annotated[
+        bool,
+        typer.Option(
+            "--allow-empty",
+            help="Deploy a set without a single policy: it denies every agent every action "
+            "(an emergency stop). Refused without this flag.",
+        ),
+    ] = False,
     addr: Addr = DEFAULT_ADDR,
     token: Token = None,
     json_output: Json = False,
 ) -> None:
-    """Deploy a policy set: it becomes the newest, active version."""
+    """Deploy a policy set: it becomes the newest, active version.
+
+    A set without a single policy denies everything; deploying one needs --allow-empty.
+    """
     text = _read_policies(file)
+    body: dict[str, Any] = {"policies": text, "comment": comment}
+    if allow_empty:
+        body["allow_empty"] = True
     with client(addr, token) as api:
-        record = api.put("/v1/policies", json={"policies": text, "comment": comment})
+        record = api.put("/v1/policies", json=body)
     if json_output:
         print_json(record)
         return
     _print_summary(record, "Deployed")
+    if not record.get("policy_ids"):
+        print_warning(
+            "this policy set has no policies: every agent is now denied every action (default deny)"
+        )
 
 
 @policy_app.command("show")
