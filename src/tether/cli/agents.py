@@ -20,7 +20,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tether.cli.client import DEFAULT_ADDR, url_segment
+from tether.cli.client import DEFAULT_ADDR, OperatorClient, url_segment
 from tether.cli.common import Addr, Json, Token, client
 from tether.cli.output import (
     EXIT_USAGE,
@@ -235,6 +235,25 @@ def _agent_url(name: str, suffix: str = "") -> str:
     return f"/v1/agents/{url_segment(name)}{suffix}"
 
 
+def _agent_name(api: OperatorClient, name_or_id: str) -> str:
+    """The agent name meant by a name or a SPIFFE ID (``spiffe://<td>/agent/<name>``). An id is
+    checked against the server's record, so that an id of another trust domain is refused
+    rather than taken for the local agent of the same name."""
+    if not name_or_id.startswith("spiffe://"):
+        return name_or_id
+    _, sep, name = name_or_id.partition("/agent/")
+    if not sep or not name or "/" in name:
+        raise CommandError(
+            f"{name_or_id!r} is not an agent id (spiffe://<trust-domain>/agent/<name>)", EXIT_USAGE
+        )
+    record = api.get(_agent_url(name))
+    if record.get("id") != name_or_id:
+        raise CommandError(
+            f"no agent {name_or_id} here: this deployment's agent {name} is {record.get('id')}"
+        )
+    return name
+
+
 def _active_keys(agent: dict[str, Any]) -> list[dict[str, Any]]:
     return [k for k in agent.get("keys") or [] if not k.get("removed_at")]
 
@@ -391,14 +410,14 @@ def agent_list(
 
 @agent_app.command("show")
 def agent_show(
-    name: Annotated[str, typer.Argument(metavar="NAME", help="Agent name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Agent name or SPIFFE ID.")],
     addr: Addr = DEFAULT_ADDR,
     token: Token = None,
     json_output: Json = False,
 ) -> None:
     """An agent's id, attributes and keys (removed keys too, for the record)."""
     with client(addr, token) as api:
-        result = api.get(_agent_url(name))
+        result = api.get(_agent_url(_agent_name(api, name)))
     if json_output:
         print_json(result)
         return
@@ -407,17 +426,17 @@ def agent_show(
 
 @agent_app.command("disable")
 def agent_disable(
-    name: Annotated[str, typer.Argument(metavar="NAME", help="Agent name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Agent name or SPIFFE ID.")],
     yes: Yes = False,
     addr: Addr = DEFAULT_ADDR,
     token: Token = None,
     json_output: Json = False,
 ) -> None:
     """Disable an agent: its tokens stop working on the next request. There is no undo."""
-    url = _agent_url(name, "/disable")
-    if not yes:
-        _confirm(f"Disable agent {name}? Its tokens stop working at once")
     with client(addr, token) as api:
+        url = _agent_url(_agent_name(api, name), "/disable")
+        if not yes:
+            _confirm(f"Disable agent {name}? Its tokens stop working at once")
         result = api.post(url)
     if json_output:
         print_json(result)
@@ -430,17 +449,16 @@ def agent_disable(
 
 @agent_app.command("add-key")
 def agent_add_key(
-    name: Annotated[str, typer.Argument(metavar="NAME", help="Agent name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Agent name or SPIFFE ID.")],
     public_key: PublicKeyOption,
     addr: Addr = DEFAULT_ADDR,
     token: Token = None,
     json_output: Json = False,
 ) -> None:
     """Add a public key (rotation: add the new key, move the agent to it, remove the old one)."""
-    url = _agent_url(name, "/keys")
     body = {"public_key": read_public_jwk(public_key)}
     with client(addr, token) as api:
-        result = api.post(url, json=body)
+        result = api.post(_agent_url(_agent_name(api, name), "/keys"), json=body)
     if json_output:
         print_json(result)
         return
@@ -449,17 +467,17 @@ def agent_add_key(
 
 @agent_app.command("remove-key")
 def agent_remove_key(
-    name: Annotated[str, typer.Argument(metavar="NAME", help="Agent name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Agent name or SPIFFE ID.")],
     kid: Annotated[str, typer.Argument(metavar="KID", help="The key's id (see `tether agent show`).")],
     yes: Yes = False,
     addr: Addr = DEFAULT_ADDR,
     token: Token = None,
 ) -> None:
     """Remove one of an agent's keys: tokens bound to it stop working. The last key cannot be removed."""
-    url = _agent_url(name, f"/keys/{url_segment(kid)}")
-    if not yes:
-        _confirm(f"Remove key {kid} from agent {name}?")
     with client(addr, token) as api:
+        url = _agent_url(_agent_name(api, name), f"/keys/{url_segment(kid)}")
+        if not yes:
+            _confirm(f"Remove key {kid} from agent {name}?")
         api.delete(url)
     out.print(f"Removed key {escape(kid)} from agent {escape(name)}.")
 

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tether.cli.client import DEFAULT_ADDR, OperatorClient, check_secret_path
+from tether.cli.client import DEFAULT_ADDR, APIError, OperatorClient, check_secret_path, url_segment
 from tether.cli.common import Addr, FromFile, Json, Stdin, Token, client, read_value
 from tether.cli.output import EXIT_FAILURE, EXIT_USAGE, CommandError, err, out, print_json, print_table
 
@@ -34,7 +34,7 @@ _PAGE = 1000
 _PROGRESS_BYTES = 4 * 1024 * 1024
 _POLL_SECONDS = 1.0
 
-_COLUMNS = ["SEQ", "TIME", "KIND", "ACTOR", "RESOURCE", "DECISION / REASON"]
+_COLUMNS = ["SEQ", "TIME", "KIND", "ACTOR", "RESOURCE", "DECISION / REASON", "DETAIL"]
 
 
 # -- rendering --------------------------------------------------------------------------
@@ -55,17 +55,65 @@ def _event_actor(event: dict[str, Any]) -> str:
 
 
 def _event_outcome(event: dict[str, Any]) -> str:
+    """The decision with the policies that made it and what is missing, then the reason."""
     parts: list[str] = []
     decision = event.get("decision")
     if isinstance(decision, dict):
-        parts.append("allowed" if decision.get("allowed") else "DENIED")
+        allowed = bool(decision.get("allowed"))
+        policies = [str(p) for p in decision.get("policies") or []]
+        if policies:
+            parts.append(f"{'allowed' if allowed else 'DENIED'} by {', '.join(policies)}")
+        else:
+            parts.append("allowed" if allowed else "DENIED (no policy permits it: default deny)")
         missing = decision.get("missing") or []
         if missing:
             parts.append("missing " + ", ".join(str(m) for m in missing))
+        errors = decision.get("errors") or []
+        if errors:
+            parts.append(f"{len(errors)} policy error(s)")
     reason = event.get("reason")
     if reason:
         parts.append(str(reason))
     return "; ".join(parts) or "-"
+
+
+# What the DETAIL column calls some data fields; the rest are shown by their own names.
+_DETAIL_LABELS = {
+    "value": "value fingerprint",
+    "jkt": "key thumbprint",
+    "expires_at": "expires",
+}
+_DETAIL_FIRST = ("value", "jkt", "expires_at")
+_DETAIL_ITEM_CHARS = 100
+_DETAIL_CHARS = 300
+
+
+def _detail_value(value: object) -> str | None:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, str | int | float):
+        text = str(value)
+    elif isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
+        text = ", ".join(str(v) for v in value) or "-"
+    else:
+        return None  # nested structures stay in --json
+    return text if len(text) <= _DETAIL_ITEM_CHARS else text[: _DETAIL_ITEM_CHARS - 1] + "…"
+
+
+def _event_detail(event: dict[str, Any]) -> str:
+    """The event's data in a line: a secret write's value fingerprint, a token's key thumbprint
+    and expiry, and so on (never a value: events hold none)."""
+    data = event.get("data")
+    if not isinstance(data, dict) or not data:
+        return "-"
+    keys = [k for k in _DETAIL_FIRST if k in data] + sorted(k for k in data if k not in _DETAIL_FIRST)
+    parts: list[str] = []
+    for key in keys:
+        shown = _detail_value(data[key])
+        if shown is not None:
+            parts.append(f"{_DETAIL_LABELS.get(key, key)} {shown}")
+    text = "; ".join(parts) or "-"
+    return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"
 
 
 def _event_row(event: dict[str, Any]) -> tuple[str, ...]:
@@ -76,6 +124,7 @@ def _event_row(event: dict[str, Any]) -> tuple[str, ...]:
         _event_actor(event),
         str(event.get("resource") or "-"),
         _event_outcome(event),
+        _event_detail(event),
     )
 
 
@@ -163,7 +212,25 @@ def _verify_file(path: Path, checkpoint_file: Path | None) -> tuple[dict[str, An
             result = verify_events(iter_jsonl(lines), checkpoint)
     except OSError as exc:
         raise CommandError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
-    return result.to_json(), result_line(result)
+    verdict, line = result.to_json(), result_line(result)
+    if checkpoint is not None:
+        # Say that the checkpoint was checked, and what it pins: without this line an auditor
+        # cannot tell a verification against a checkpoint from one without.
+        verdict["checkpoint"] = {
+            "seq": checkpoint.seq,
+            "head_hash": checkpoint.head_hash.hex(),
+            "key_id": checkpoint.key_id,
+            "time": checkpoint.time.isoformat(),
+        }
+        if result.ok:
+            line += (
+                f"; checkpoint checked: the export matches the checkpoint at seq {checkpoint.seq} "
+                f"(head hash {checkpoint.head_hash.hex()[:16]}…, signed {checkpoint.time:%Y-%m-%d %H:%M:%SZ} "
+                f"by key {checkpoint.key_id})"
+            )
+        else:
+            line += f" (checked against the checkpoint at seq {checkpoint.seq})"
+    return verdict, line
 
 
 @audit_app.command("verify")
@@ -247,6 +314,75 @@ def _pages(
         cursor = int(next_after)
 
 
+_ACTOR_TYPES = ("agent", "operator", "system")
+
+
+def _agent_id(api: OperatorClient, name: str) -> str | None:
+    """The SPIFFE ID of the agent called ``name`` (None: no such agent)."""
+    try:
+        record = api.get(f"/v1/agents/{url_segment(name)}")
+    except APIError as exc:
+        if exc.status in (400, 404, 422):
+            return None
+        raise
+    return str(record["id"])
+
+
+def _actor_ids(api: OperatorClient, actor: str) -> list[str]:
+    """The actor ids that ``--actor`` means. Events name an agent by its SPIFFE ID and an
+    operator by name, so a bare name means the operator of that name and the agent of that
+    name, if there is one; ``agent:``, ``operator:`` and ``system:`` (as the table shows
+    actors) pick one."""
+    if not actor:
+        raise CommandError("--actor needs a name or an id", EXIT_USAGE)
+    if actor.startswith("spiffe://"):
+        return [actor]
+    kind, sep, rest = actor.partition(":")
+    if sep and kind in _ACTOR_TYPES:
+        if not rest:
+            raise CommandError(f"--actor {actor!r} needs a name after {kind}:", EXIT_USAGE)
+        if kind != "agent" or rest.startswith("spiffe://"):
+            return [rest]
+        found = _agent_id(api, rest)
+        if found is None:
+            raise CommandError(f"no agent is called {rest!r}")
+        return [found]
+    found = _agent_id(api, actor)
+    return [actor] if found is None else [actor, found]
+
+
+def _merged_pages(
+    api: OperatorClient,
+    params: dict[str, Any],
+    actors: list[str | None],
+    after: int,
+    limit: int,
+    *,
+    follow_all: bool,
+) -> Iterator[tuple[list[dict[str, Any]], int | None]]:
+    """Pages as :func:`_pages` gives them, for events of any of ``actors`` (merged by seq)."""
+    if len(actors) == 1:
+        only = {**params, "actor": actors[0]} if actors[0] is not None else params
+        yield from _pages(api, only, after, follow_all=follow_all)
+        return
+    cursor = after
+    while True:
+        merged: list[dict[str, Any]] = []
+        more = False
+        for one in actors:
+            page = api.get("/v1/audit/events", params={**params, "actor": one, "after": cursor})
+            merged.extend(page["events"])
+            more = more or page.get("next_after") is not None
+        merged.sort(key=lambda e: int(e["seq"]))
+        more = more or len(merged) > limit
+        merged = merged[:limit]
+        next_after = int(merged[-1]["seq"]) if more and merged else None
+        yield merged, next_after
+        if not follow_all or next_after is None:
+            return
+        cursor = next_after
+
+
 @audit_app.command("query")
 def audit_query(
     kind: Annotated[
@@ -254,7 +390,12 @@ def audit_query(
     ] = None,
     actor: Annotated[
         str | None,
-        typer.Option(help="Actor id: an operator name or an agent's SPIFFE ID.", show_default=False),
+        typer.Option(
+            metavar="NAME",
+            help="Who acted: an agent's name or SPIFFE ID, an operator's name (a bare name matches "
+            "both), or agent:NAME / operator:NAME / system:NODE.",
+            show_default=False,
+        ),
     ] = None,
     task: Annotated[str | None, typer.Option(help="Task id.", show_default=False)] = None,
     resource: Annotated[
@@ -306,7 +447,8 @@ def audit_query(
     events: list[dict[str, Any]] = []
     next_after: int | None = None
     with client(addr, token) as api:
-        for page, cursor in _pages(api, params, after, follow_all=all_pages):
+        actors: list[str | None] = [*_actor_ids(api, actor)] if actor is not None else [None]
+        for page, cursor in _merged_pages(api, params, actors, after, limit, follow_all=all_pages):
             events.extend(page)
             next_after = cursor
     if json_output:

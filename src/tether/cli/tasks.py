@@ -8,6 +8,7 @@ a secret. Nothing here ever handles a secret value.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -106,32 +107,79 @@ RequiredReason = Annotated[
 
 
 # -- tasks ---------------------------------------------------------------------------------------
+class TaskSort(StrEnum):
+    newest = "newest"
+    oldest = "oldest"
+    expires = "expires"
+    id = "id"
+
+
+def _when(value: object) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+# How each order ranks a task; ties are broken by id, so the order is stable.
+_SORT_KEYS: dict[TaskSort, Callable[[dict[str, Any]], tuple[datetime, str]]] = {
+    TaskSort.newest: lambda t: (_when(t.get("created_at")), t["id"]),
+    TaskSort.oldest: lambda t: (_when(t.get("created_at")), t["id"]),
+    TaskSort.expires: lambda t: (_when(t.get("expires_at")), t["id"]),
+}
+_PAGE = 1000
+
+
 @task_app.command("list")
 def task_list(
     agent: Annotated[
-        str | None, typer.Option("--agent", metavar="NAME", help="Only this agent's tasks (name or id).")
+        str | None,
+        typer.Option("--agent", metavar="NAME", help="Only this agent's tasks (name or SPIFFE ID)."),
     ] = None,
     status: Annotated[
         list[TaskStatusChoice] | None,
-        typer.Option("--status", help="Only tasks in this status (repeatable).", show_default=False),
+        typer.Option(
+            "--status", metavar="STATUS", help="Only tasks in this status (repeatable).", show_default=False
+        ),
     ] = None,
+    sort: Annotated[
+        TaskSort,
+        typer.Option(
+            "--sort",
+            help="newest or oldest (creation time), expires (soonest first), or id (the server's "
+            "order, paged with --after).",
+        ),
+    ] = TaskSort.newest,
     limit: Limit = 100,
-    after: Annotated[str | None, typer.Option(help="Start after this task id (paging).")] = None,
+    after: Annotated[
+        str | None, typer.Option(help="Start after this task id (paging; with --sort id).")
+    ] = None,
     all_pages: All = False,
     addr: Addr = DEFAULT_ADDR,
     token: Token = None,
     json_output: Json = False,
 ) -> None:
-    """Tasks in id order, a page at a time, filtered by agent and status."""
+    """Tasks, newest first by default, filtered by agent and status."""
     params: dict[str, Any] = {"limit": limit}
     if agent is not None:
         params["agent"] = agent
     if status:
         params["status"] = sorted({s.value for s in status})
     if after is not None:
+        if sort is not TaskSort.id:
+            raise CommandError("--after pages in id order: use it with --sort id", EXIT_USAGE)
         params["after"] = check_id(after, "tsk", "task id")
     with client(addr, token) as api:
-        items, next_after = _paged(api, "/v1/tasks", params, all_pages)
+        if sort is TaskSort.id:
+            items, next_after = _paged(api, "/v1/tasks", params, all_pages)
+            hidden = 0
+        else:
+            # The server pages in id order: read every matching task, then order them here.
+            everything, _ = _paged(api, "/v1/tasks", {**params, "limit": _PAGE}, True)
+            everything.sort(key=_SORT_KEYS[sort], reverse=sort is TaskSort.newest)
+            items = everything if all_pages else everything[:limit]
+            next_after, hidden = None, len(everything) - len(items)
     if json_output:
         print_json({"items": items, "next_after": next_after})
         return
@@ -140,7 +188,7 @@ def task_list(
         return
     print_table(
         None,
-        ["ID", "AGENT", "STATUS", "PURPOSE", "SENSITIVITY", "DEPTH", "EXPIRES"],
+        ["ID", "AGENT", "STATUS", "PURPOSE", "SENSITIVITY", "DEPTH", "CREATED", "EXPIRES"],
         [
             (
                 t["id"],
@@ -149,12 +197,15 @@ def task_list(
                 t["purpose"],
                 t["sensitivity"],
                 t.get("depth", 0),
+                format_time(t.get("created_at")),
                 format_time(t.get("expires_at")),
             )
             for t in items
         ],
     )
     _more("tasks", next_after)
+    if hidden:
+        out.print(f"{hidden} more task(s): pass --all, or a larger --limit.")
 
 
 def _print_task(task: dict[str, Any], grants: list[dict[str, Any]]) -> None:
@@ -415,7 +466,12 @@ def revoke(
     ] = None,
     agent: Annotated[
         str | None,
-        typer.Option("--agent", metavar="NAME", help="Every live task of an agent.", show_default=False),
+        typer.Option(
+            "--agent",
+            metavar="NAME",
+            help="Every live task of an agent (name or SPIFFE ID).",
+            show_default=False,
+        ),
     ] = None,
     secret: Annotated[
         str | None,
