@@ -22,6 +22,7 @@ from tether.domain.events import (
     MalformedEventError,
     Sensitive,
     canonical_json,
+    compute_hash,
     event_body,
     event_body_json,
     event_from_body,
@@ -244,7 +245,7 @@ def test_event_envelope_is_validated() -> None:
 
 
 def _fields(event: Event) -> dict[str, object]:
-    return {name: getattr(event, name) for name in Event.__dataclass_fields__}
+    return {name: getattr(event, name) for name, spec in Event.__dataclass_fields__.items() if spec.init}
 
 
 def test_event_times_are_utc_with_microseconds() -> None:
@@ -342,3 +343,11 @@ def test_fingerprinter_redacts_sensitive_values_anywhere() -> None:
     assert "k" * 8 not in repr(fp)
     with pytest.raises(ValueError, match="32 bytes"):
         Fingerprinter(b"short")
+
+
+def test_a_sealed_event_stores_exactly_the_text_its_hash_covers() -> None:
+    event = sealed()
+    text = event_body_json(event)
+    assert compute_hash(event.prev_hash, text.encode("utf-8")) == event.hash
+    # Parsed back (no kept text), the body is encoded again, to the same text.
+    assert event_body_json(event_from_body(text, event.hash)) == text

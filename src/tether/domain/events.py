@@ -435,6 +435,9 @@ class Event:
     reason: str = ""
     request_id: str | None = None
     data: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # The canonical body text, kept by seal_event (which hashed exactly that text) so storing the
+    # event does not encode it again; never passed in, never compared.
+    _body_json: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.seq, int) or isinstance(self.seq, bool) or not 1 <= self.seq <= MAX_SAFE_INT:
@@ -514,6 +517,8 @@ def event_body(event: Event) -> dict[str, JsonValue]:
 
 def event_body_json(event: Event) -> str:
     """The canonical JSON text of :func:`event_body` (what storage keeps and the hash covers)."""
+    if event._body_json is not None:
+        return event._body_json
     return _encode_trusted(event_body(event)).decode("utf-8")
 
 
@@ -521,8 +526,9 @@ def seal_event(draft: EventDraft, *, seq: int, prev_hash: bytes, time: datetime,
     """Give ``draft`` its place in the chain: sequence number, time, node, links and hash."""
     when = time.astimezone(UTC) if time.tzinfo is not None else time
     body = _body(seq=seq, prev_hash=prev_hash, time_value=time_us(when), node_id=node_id, draft=draft)
-    digest = compute_hash(prev_hash, _encode_trusted(body))
-    return Event(
+    encoded = _encode_trusted(body)
+    digest = compute_hash(prev_hash, encoded)
+    event = Event(
         seq=seq,
         time=when,
         node_id=node_id,
@@ -538,6 +544,8 @@ def seal_event(draft: EventDraft, *, seq: int, prev_hash: bytes, time: datetime,
         request_id=draft.request_id,
         data=draft.data,
     )
+    object.__setattr__(event, "_body_json", encoded.decode("utf-8"))
+    return event
 
 
 # -- JSON form (export lines) ------------------------------------------------------------------
