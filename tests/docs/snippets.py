@@ -4,8 +4,9 @@ A block is run when its fence says ``sh``, ``bash``, ``console`` or ``python``. 
 the last non-blank line before the fence changes that:
 
 - ``<!-- docs-check: skip (why) -->``: not run; the reason is required and is listed by the check.
-- ``<!-- docs-check: expect-fail -->`` (a reason in parentheses is welcome): the block must fail
-  (shell: exit non-zero; Python: raise), as documented error examples do.
+- ``<!-- docs-check: expect-fail -->``: the block must fail (shell: exit non-zero; Python: raise), as
+  documented error examples do. ``expect-fail (TEXT)``: and its output must contain TEXT (an exception
+  name, an error message), so that it cannot pass by failing for another reason.
 
 Inside a shell block, a command whose trailing comment starts with ``error`` (``tether secret show x
 # error: Tether is sealed``) is documented to fail, so the check asserts that it fails and goes on. In a

@@ -274,8 +274,8 @@ def _clip(text: str) -> str:
     return text if len(text) <= OUTPUT_LIMIT_CHARS else "…" + text[-OUTPUT_LIMIT_CHARS:]
 
 
-def _failure(block: Block, outcome: Outcome) -> str:
-    expected = " (marked expect-fail, but it succeeded)" if block.action == "expect-fail" else ""
+def _failure(block: Block, outcome: Outcome, why: str = "") -> str:
+    expected = f" (marked expect-fail: {why or 'but it succeeded'})" if block.action == "expect-fail" else ""
     return (
         f"{block.path.relative_to(REPO)}:{block.line}: ```{block.lang} block failed{expected}\n"
         f"{_numbered(block, block.text)}\n"
@@ -303,6 +303,8 @@ def _run_file(path: Path, node: LiveNode, root: Path) -> list[str]:
                 outcome = shell.run(_localised(script, node))
             if outcome.ok != (block.action == "run"):
                 failures.append(_failure(block, outcome))
+            elif block.action == "expect-fail" and block.reason and block.reason not in outcome.output:
+                failures.append(_failure(block, outcome, f"it failed, but without {block.reason!r}"))
     finally:
         if python is not None:
             python.close()
