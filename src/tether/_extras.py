@@ -21,6 +21,7 @@ SERVER_MODULES = frozenset(
         "click",
         "fastapi",
         "httptools",
+        "opentelemetry",
         "prometheus_client",
         "pydantic",
         "pydantic_core",

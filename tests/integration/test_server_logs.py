@@ -62,3 +62,18 @@ def test_json_logs_with_the_request_id_on_the_access_line(tmp_path: Path, worker
     access = [line for line in lines if line["logger"] == "uvicorn.access"]
     assert {line.get("request_id") for line in access} >= {"probe-42", generated.headers["x-request-id"]}
     assert any("Tether" in line["message"] for line in lines if "request_id" not in line)
+
+
+def test_otel_variables_turn_on_one_span_per_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")  # node_env() copies the environment
+    proc, port, log_path = _serve(tmp_path, "--workers", "1")
+    try:
+        response = _health(port, {"X-Request-Id": "probe-7"})
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    log = log_path.read_text()
+    assert response.status_code == 200, log
+    assert '"name": "GET /v1/sys/health"' in log  # the console exporter's output, flushed at exit
+    assert '"tether.request_id": "probe-7"' in log
+    assert '"http.response.status_code": 200' in log

@@ -17,6 +17,7 @@ from tether.broker import Broker
 from tether.config import Settings
 from tether.errors import ConfigError
 from tether.logs import RequestIdMiddleware
+from tether.tracing import RequestSpans, configure_tracing
 
 __all__ = ["HTTP_OPTIONS", "loop_factory", "serve", "serve_broker", "with_public_url"]
 
@@ -48,6 +49,8 @@ async def serve_broker(
     if not _is_loopback(host):
         log.warning("listening on %s: Tether serves plain HTTP; put TLS in front of it", host)
     app = create_app(broker)
+    if configure_tracing():  # OTEL_* ask for traces: one span per request
+        app.add_middleware(RequestSpans)
     app.add_middleware(RequestIdMiddleware)  # outermost: every line of a request carries its id
     config = uvicorn.Config(app, host=host, port=port, access_log=access_log, lifespan="off", **HTTP_OPTIONS)
     server = uvicorn.Server(config)

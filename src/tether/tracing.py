@@ -1,0 +1,156 @@
+"""Traces: OpenTelemetry, off unless the standard ``OTEL_*`` variables configure an exporter.
+
+``tether server`` calls :func:`configure_tracing` once per process. Tracing is on when
+``OTEL_TRACES_EXPORTER`` names an exporter (``otlp`` or ``console``; ``none`` is off) or an OTLP
+endpoint is set (``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``), and
+``OTEL_SDK_DISABLED`` is not ``true``. It needs ``pip install 'tether[tracing]'`` (the SDK and the
+OTLP/HTTP exporter); everything else (endpoint, headers, sampler, service name, resource
+attributes) is the exporter's and the SDK's own ``OTEL_*`` configuration. A process that already
+has an SDK tracer provider (``opentelemetry-instrument``) keeps it.
+
+When on, every HTTP request is one server span (:class:`RequestSpans`), continuing a W3C
+``traceparent`` it carries: method, path, status, and the request id of the logs, so a trace and
+its log lines find each other. Attributes never carry a secret value, a token or a request body.
+When off, nothing is installed and requests pay nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from tether import __version__
+from tether.logs import current_request_id
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["RequestSpans", "configure_tracing", "route", "tracer", "tracing_requested"]
+
+log = logging.getLogger(__name__)
+
+_EXPORTERS = ("otlp", "console")
+_MAX_PATH_CHARS = 256
+_WORD = re.compile(r"[a-z][a-z_-]{0,23}(:[a-z]+)?")
+
+
+def route(path: str) -> str:
+    """A low-cardinality name for a path: words stay, anything else (ids, numbers, names with
+    digits) becomes ``{}`` — ``/v1/tasks/t_3f9c/grants`` → ``/v1/tasks/{}/grants``."""
+    return "/".join(
+        part if not part or part == "v1" or _WORD.fullmatch(part) else "{}" for part in path.split("/")
+    )
+
+
+def tracer() -> trace.Tracer:
+    """Tether's tracer (a no-op one until a tracer provider is configured)."""
+    return trace.get_tracer("tether", __version__)
+
+
+def tracing_requested(environ: Mapping[str, str]) -> bool:
+    """Whether the ``OTEL_*`` variables ask for traces to be exported."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    exporter = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if exporter:
+        return exporter != "none"
+    return bool(
+        environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+
+
+def configure_tracing(environ: Mapping[str, str] | None = None) -> bool:
+    """Install a tracer provider exporting as ``OTEL_*`` say; whether traces are exported.
+
+    Misconfiguration (an unknown exporter, the SDK not installed) is one warning and no traces:
+    tracing never stops a node from serving."""
+    env = os.environ if environ is None else environ
+    if not tracing_requested(env):
+        return False
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+    except ImportError:
+        log.warning(
+            "OTEL_* ask for traces, but opentelemetry-sdk is not installed: pip install 'tether[tracing]'"
+        )
+        return False
+    if isinstance(trace.get_tracer_provider(), TracerProvider):
+        return True  # configured already (e.g. by opentelemetry-instrument)
+    names = [n.strip().lower() for n in env.get("OTEL_TRACES_EXPORTER", "otlp").split(",") if n.strip()]
+    exporters: list[SpanExporter] = []
+    for name in names:
+        if name == "console":
+            exporters.append(ConsoleSpanExporter())
+        elif name == "otlp":
+            try:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            except ImportError:
+                log.warning(
+                    "OTEL_TRACES_EXPORTER=otlp needs the OTLP exporter: pip install 'tether[tracing]'"
+                )
+                continue
+            exporters.append(OTLPSpanExporter())
+        else:
+            log.warning("OTEL_TRACES_EXPORTER %r is not one of %s; ignored", name[:40], ", ".join(_EXPORTERS))
+    if not exporters:
+        return False
+    attributes: dict[str, Any] = {"service.version": __version__}
+    if not env.get("OTEL_SERVICE_NAME"):
+        attributes["service.name"] = "tether"
+    provider = TracerProvider(resource=Resource.create(attributes))
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    log.info("tracing: exporting spans (%s)", ", ".join(names))
+    return True
+
+
+class RequestSpans:
+    """ASGI middleware: one server span per HTTP request (install it inside
+    :class:`~tether.logs.RequestIdMiddleware`, so the span knows the request id)."""
+
+    def __init__(self, app: ASGIApp, *, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self.app = app
+        self._tracer = trace.get_tracer("tether", __version__, tracer_provider=tracer_provider)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name in (b"traceparent", b"tracestate")
+        }
+        parent = propagate.extract(headers) if headers else None
+        method = scope["method"]
+        path = scope["path"][:_MAX_PATH_CHARS]
+        attributes: dict[str, Any] = {"http.request.method": method, "url.path": path}
+        rid = current_request_id()
+        if rid is not None:
+            attributes["tether.request_id"] = rid
+        with self._tracer.start_as_current_span(
+            f"{method} {route(path)}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+            record_exception=False,  # exception text may quote data; the status says it failed
+        ) as span:
+
+            async def send_with_status(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    status = int(message["status"])
+                    span.set_attribute("http.response.status_code", status)
+                    if status >= 500:
+                        span.set_status(Status(StatusCode.ERROR))
+                await send(message)
+
+            await self.app(scope, receive, send_with_status)
