@@ -153,6 +153,11 @@ def raw_store(request: pytest.FixtureRequest, storage: Storage) -> RawStore:
 # - db: the integration ``broker`` fixture's database at teardown (SQLite files, PostgreSQL rows);
 # - metrics: ``GET /metrics`` at ``client`` teardown, and every Tether app's registry at the end.
 # A leak fails the run; the summary prints one line of counts.
+# In a parallel run (pytest-xdist) each worker process is a scanning session of its own: its own
+# audit file in the run's directory, its own canaries, logs and responses. Each worker sends its
+# counts and leaks (and the security counts of tests/security/report.py) to the controller, which
+# prints the one line (and the security table) over all of them and fails the run on any leak, or
+# when a worker did not report its scan.
 
 AUDIT_SINK_ENV = "TETHER_AUDIT_JSONL"
 
@@ -227,15 +232,32 @@ _OWN_SINK = pytest.StashKey[bool]()
 _SCAN = pytest.StashKey[str]()
 _LEAKS = pytest.StashKey[list[str]]()
 _RESTORE = pytest.StashKey[list[Any]]()
+_SINK_DIR = pytest.StashKey[Path]()
+_WORKER_SCANS = pytest.StashKey[dict[str, dict[str, Any]]]()
+_WORKERS_STARTED = pytest.StashKey[set[str]]()
+_SCAN_DIR_KEY = "tether_scan_dir"  # in each xdist worker's workerinput
+_SCAN_OUTPUT_KEY = "tether_scan"  # in each xdist worker's workeroutput
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     from fastapi import FastAPI
 
-    if AUDIT_SINK_ENV not in os.environ:
+    worker_input: dict[str, Any] = getattr(config, "workerinput", {})
+    if _SCAN_DIR_KEY in worker_input:  # an xdist worker of a scanning controller: its own file
+        sink = Path(worker_input[_SCAN_DIR_KEY]) / f"events-{worker_input['workerid']}.jsonl"
+        os.environ[AUDIT_SINK_ENV] = str(sink)
+        config.stash[_OWN_SINK] = True
+    elif AUDIT_SINK_ENV not in os.environ:
         sink_dir = Path(tempfile.mkdtemp(prefix="tether-audit-scan-"))
         os.environ[AUDIT_SINK_ENV] = str(sink_dir / "all-events.jsonl")
         config.stash[_OWN_SINK] = True
+        config.stash[_SINK_DIR] = sink_dir
+        config.stash[_WORKER_SCANS] = {}
+        config.stash[_WORKERS_STARTED] = set()
     if not config.stash.get(_OWN_SINK, False):
         return  # a nested run (a suite inside a test): the outer session scans
     handler = _LogScan()
@@ -246,6 +268,28 @@ def pytest_configure(config: pytest.Config) -> None:
     original = FastAPI.__call__
     FastAPI.__call__ = _scanning_call(original)  # type: ignore[method-assign]
     config.stash[_RESTORE] = [handler, levels, original]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist, in the controller: each worker scans into its own file in this run's directory."""
+    sink_dir = node.config.stash.get(_SINK_DIR, None)
+    if sink_dir is not None:
+        node.workerinput[_SCAN_DIR_KEY] = str(sink_dir)
+        node.config.stash[_WORKERS_STARTED].add(node.workerinput["workerid"])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """xdist, in the controller: keep what the worker's scan found (and its security counts)."""
+    from tests.security.report import merge
+
+    output: dict[str, Any] = getattr(node, "workeroutput", {})
+    scans = node.config.stash.get(_WORKER_SCANS, None)
+    if scans is None or _SCAN_OUTPUT_KEY not in output:
+        return
+    scans[node.workerinput["workerid"]] = output[_SCAN_OUTPUT_KEY]
+    merge(output.get("tether_security_counts", {}))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -262,9 +306,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    from tests.security.canaries import SCAN
+    from tests.security.canaries import SCAN, summary_line
+    from tests.security.report import COUNTS, as_plain
 
-    if not session.config.stash.get(_OWN_SINK, False):
+    config = session.config
+    if not config.stash.get(_OWN_SINK, False):
         return
     path = Path(os.environ[AUDIT_SINK_ENV])
     content = path.read_bytes() if path.exists() else b""
@@ -272,12 +318,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if content:
         SCAN.check("audit", "audit events (JSON Lines)", content, count=0)
     SCAN.check_metric_registries()
-    session.config.stash[_SCAN] = SCAN.summary(events)
-    session.config.stash[_LEAKS] = [str(leak) for leak in SCAN.leaks]
-    if SCAN.leaks:
+    totals = SCAN.totals(events)
+    if _is_worker(config):  # the controller reports, fails the run and removes the directory
+        config.workeroutput[_SCAN_OUTPUT_KEY] = totals  # type: ignore[attr-defined]
+        config.workeroutput["tether_security_counts"] = as_plain(COUNTS)  # type: ignore[attr-defined]
+        return
+    scans = config.stash[_WORKER_SCANS]
+    parts = [totals, *scans.values()]  # this process's own (nothing in a parallel run) and each worker's
+    leaks = [leak for part in parts for leak in part["leaks"]]
+    silent = sorted(config.stash[_WORKERS_STARTED] - set(scans))
+    leaks += [f"worker {worker} did not report its scan (it crashed?)" for worker in silent]
+    config.stash[_SCAN] = summary_line(parts, workers=len(scans))
+    config.stash[_LEAKS] = leaks
+    if leaks:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     else:
-        shutil.rmtree(path.parent, ignore_errors=True)
+        shutil.rmtree(config.stash[_SINK_DIR], ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tether.broker import Broker
@@ -235,14 +235,37 @@ class LeakScan:
                 dump.append(f"-- {table}\n" + "\n".join(row[0] for row in rows))
         self.check("db", f"{where}: postgresql schema {schema}", "\n".join(dump))
 
+    def totals(self, audit_events: int) -> dict[str, Any]:
+        """What :meth:`summary` reports, as plain values (a parallel run's worker sends these)."""
+        return {
+            "audit_events": audit_events,
+            "scanned": dict(self.scanned),
+            "exempt": dict(self.exempt),
+            "canaries": len(ISSUED),
+            "leaks": [str(leak) for leak in self.leaks],
+            "seconds": self.seconds,
+        }
+
     def summary(self, audit_events: int) -> str:
-        n = self.scanned
-        return (
-            f"leak scan: audit {audit_events} events, logs {n['logs']} lines, http {n['http']} responses "
-            f"({self.exempt['activation bodies']} reveal/dynamic bodies exempt), db {n['db']} files/dumps, "
-            f"metrics {n['metrics']} scrapes; {len(ISSUED)} canaries; {len(self.leaks)} leaks "
-            f"(scanning took {self.seconds:.2f}s)"
-        )
+        return summary_line([self.totals(audit_events)])
+
+
+def summary_line(parts: Sequence[dict[str, Any]], *, workers: int = 0) -> str:
+    """One line of counts over :meth:`LeakScan.totals` of one process, or of a parallel run's
+    controller and each of its ``workers``."""
+    n: Counter[str] = Counter()
+    exempt: Counter[str] = Counter()
+    for part in parts:
+        n.update(part["scanned"])
+        exempt.update(part["exempt"])
+    label = f"leak scan ({workers} workers)" if workers else "leak scan"
+    return (
+        f"{label}: audit {sum(p['audit_events'] for p in parts)} events, logs {n['logs']} lines, "
+        f"http {n['http']} responses ({exempt['activation bodies']} reveal/dynamic bodies exempt), "
+        f"db {n['db']} files/dumps, metrics {n['metrics']} scrapes; {sum(p['canaries'] for p in parts)} "
+        f"canaries; {sum(len(p['leaks']) for p in parts)} leaks "
+        f"(scanning took {sum(p['seconds'] for p in parts):.2f}s)"
+    )
 
 
 def _hands_out(body: bytes) -> bool:

@@ -4,8 +4,9 @@ refused, server errors seen. Tests call :func:`record`; ``tests/conftest.py`` pr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["COUNTS", "Counts", "record"]
+__all__ = ["COUNTS", "Counts", "as_plain", "merge", "record"]
 
 
 @dataclass
@@ -29,3 +30,14 @@ def record(
     counts.server_errors += server_errors
     if note:
         counts.note = note
+
+
+def as_plain(counts: dict[str, Counts]) -> dict[str, list[Any]]:
+    """``counts`` as plain values, for a parallel run's worker to send to the controller."""
+    return {name: [c.tried, c.refused, c.server_errors, c.note] for name, c in counts.items()}
+
+
+def merge(plain: dict[str, list[Any]]) -> None:
+    """Add a worker's :func:`as_plain` counts to this process's."""
+    for category, (tried, refused, server_errors, note) in plain.items():
+        record(category, tried=tried, refused=refused, server_errors=server_errors, note=note)
