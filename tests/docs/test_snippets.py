@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +47,7 @@ STOP_TIMEOUT_SECONDS = 15.0
 OUTPUT_LIMIT_CHARS = 4000
 WORKER = Path(__file__).with_name("python_worker.py")
 
-SKIPPED: list[Block] = []  # listed at the end of the run by tests/docs/conftest.py
+SKIPPED_PROPERTY = "docs_check_skipped"  # listed at the end of the run by tests/docs/conftest.py
 
 
 @dataclass
@@ -283,6 +283,10 @@ def _failure(block: Block, outcome: Outcome, why: str = "") -> str:
     )
 
 
+def _skipped(blocks: list[Block]) -> list[str]:
+    return [f"{b.path.relative_to(REPO)}:{b.line} ({b.reason})" for b in blocks if b.action == "skip"]
+
+
 def _run_file(path: Path, node: LiveNode, root: Path) -> list[str]:
     blocks = blocks_of(path, path.read_text(encoding="utf-8"))
     shell = Shell(node, root / "shell-state")
@@ -293,7 +297,6 @@ def _run_file(path: Path, node: LiveNode, root: Path) -> list[str]:
             if block.lang not in SHELL | {"console", "python"}:
                 continue
             if block.action == "skip":
-                SKIPPED.append(block)
                 continue
             if block.lang == "python":
                 python = python or Python(node)
@@ -313,12 +316,14 @@ def _run_file(path: Path, node: LiveNode, root: Path) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", DOC_FILES, ids=[str(p.relative_to(REPO)) for p in DOC_FILES])
-def test_doc_snippets_run_against_a_live_node(path: Path, tmp_path: Path) -> None:
+def test_doc_snippets_run_against_a_live_node(
+    path: Path, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
     blocks = blocks_of(path, path.read_text(encoding="utf-8"))
+    record_property(SKIPPED_PROPERTY, _skipped(blocks))  # a property, so that xdist passes it on
     if not any(b.lang in SHELL | {"console", "python"} for b in blocks):
         pytest.skip(f"{path.name} has no shell or Python blocks")
     if all(b.action == "skip" for b in blocks if b.lang in SHELL | {"console", "python"}):
-        SKIPPED.extend(b for b in blocks if b.action == "skip")
         pytest.skip(f"every shell and Python block of {path.name} is marked skip")
     with live_node(tmp_path) as node:
         failures = _run_file(path, node, tmp_path)
