@@ -12,7 +12,9 @@ the page would:
 - Python blocks in one interpreter and one namespace per file, as if pasted into one session.
 
 The documented address ``127.0.0.1:8420`` is rewritten to the node's, and ``/tmp/`` to a directory
-private to the run. Markers (``<!-- docs-check: skip (why) -->``, ``expect-fail``) and the
+private to the run (``HOME`` points into it too). Blocks that would act outside the run (install
+packages, set up a production node, start a server that never returns) must be marked skip.
+Markers (``<!-- docs-check: skip (why) -->``, ``expect-fail``) and the
 ``# error`` convention are described in :mod:`tests.docs.snippets`. Every block has a time limit;
 a failure names the file, the line, the block and its output.
 """
@@ -129,7 +131,9 @@ def live_node(root: Path) -> Iterator[LiveNode]:
                 pytest.fail(f"tether demo did not start (exit {proc.poll()}):\n{node.log_tail(60)}")
             time.sleep(0.1)
         node.token = (data / "dev-root-token").read_text(encoding="ascii").strip()
-        node.env = env | {"TETHER_ADDR": f"http://{node.addr}", "TETHER_TOKEN": node.token}
+        home = workspace / "tmp" / "home"  # what a block writes to ~ stays in the run's directory
+        home.mkdir()
+        node.env = env | {"TETHER_ADDR": f"http://{node.addr}", "TETHER_TOKEN": node.token, "HOME": str(home)}
         yield node
     finally:
         if proc.poll() is None:
