@@ -32,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,8 +48,6 @@ START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 15.0
 OUTPUT_LIMIT_CHARS = 4000
 WORKER = Path(__file__).with_name("python_worker.py")
-
-SKIPPED_PROPERTY = "docs_check_skipped"  # listed at the end of the run by tests/docs/conftest.py
 
 
 @dataclass
@@ -287,10 +285,6 @@ def _failure(block: Block, outcome: Outcome, why: str = "") -> str:
     )
 
 
-def _skipped(blocks: list[Block]) -> list[str]:
-    return [f"{b.path.relative_to(REPO)}:{b.line} ({b.reason})" for b in blocks if b.action == "skip"]
-
-
 def _run_file(path: Path, node: LiveNode, root: Path) -> list[str]:
     blocks = blocks_of(path, path.read_text(encoding="utf-8"))
     shell = Shell(node, root / "shell-state")
@@ -320,11 +314,8 @@ def _run_file(path: Path, node: LiveNode, root: Path) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", DOC_FILES, ids=[str(p.relative_to(REPO)) for p in DOC_FILES])
-def test_doc_snippets_run_against_a_live_node(
-    path: Path, tmp_path: Path, record_property: Callable[[str, object], None]
-) -> None:
+def test_doc_snippets_run_against_a_live_node(path: Path, tmp_path: Path) -> None:
     blocks = blocks_of(path, path.read_text(encoding="utf-8"))
-    record_property(SKIPPED_PROPERTY, _skipped(blocks))  # a property, so that xdist passes it on
     if not any(b.lang in SHELL | {"console", "python"} for b in blocks):
         pytest.skip(f"{path.name} has no shell or Python blocks")
     if all(b.action == "skip" for b in blocks if b.lang in SHELL | {"console", "python"}):
@@ -339,6 +330,25 @@ def test_doc_snippets_run_against_a_live_node(
                 + f"\n\n--- tether demo log (tail) ---\n{node.log_tail()}",
                 pytrace=False,
             )
+
+
+def _marked_skip() -> list[Block]:
+    found: list[Block] = []
+    for path in DOC_FILES:
+        with contextlib.suppress(MarkerError):  # reported by test_every_doc_has_well_formed_markers
+            found.extend(b for b in blocks_of(path, path.read_text(encoding="utf-8")) if b.action == "skip")
+    return found
+
+
+MARKED_SKIP = _marked_skip()
+
+
+@pytest.mark.parametrize(
+    "block", MARKED_SKIP, ids=[str(b.path.relative_to(REPO)) + f":{b.line}" for b in MARKED_SKIP]
+)
+def test_doc_block_marked_skip(block: Block) -> None:
+    """One skipped test per block marked skip, so that every run lists them with their reasons."""
+    pytest.skip(f"docs-check: {block.path.relative_to(REPO)}:{block.line} not run: {block.reason}")
 
 
 def test_every_doc_has_well_formed_markers() -> None:
