@@ -62,6 +62,7 @@ async def serve_broker(
 
 
 async def _serve(server: uvicorn.Server, started: asyncio.Event | None) -> None:
+    notifier: asyncio.Task[None] | None = None
     if started is not None:
 
         async def _notify() -> None:
@@ -70,12 +71,17 @@ async def _serve(server: uvicorn.Server, started: asyncio.Event | None) -> None:
             started.set()
 
         notifier = asyncio.create_task(_notify())
-        try:
-            await server.serve()
-        finally:
-            notifier.cancel()
-    else:
+    try:
         await server.serve()
+    except KeyboardInterrupt:
+        # uvicorn stops gracefully on Ctrl-C / SIGTERM, then raises the signal again for whoever
+        # embeds it. Here that is the end of serving, not an error: return, so the caller closes
+        # the broker (and its store) normally instead of being interrupted half-way through.
+        if not server.should_exit:
+            raise
+    finally:
+        if notifier is not None:
+            notifier.cancel()
 
 
 def with_public_url(settings: Settings, host: str, port: int) -> Settings:
