@@ -19,9 +19,10 @@ $(STAMP): requirements/dev.lock pyproject.toml
 run: $(STAMP)
 	$(BIN)/tether demo --data-dir $(DATA) --listen $(LISTEN)
 
-## test: set up, lint and type-check, run the whole suite
+## test: set up, lint and type-check, run the whole suite (one pytest-xdist worker per core; a
+## module sharing a module-scoped fixture, and each named xdist_group, stays on one worker)
 test: $(STAMP) lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadgroup
 
 ## fuzz: a longer API fuzzing run (TETHER_FUZZ_EXAMPLES per operation, 100 unless set)
 fuzz: $(STAMP)
@@ -51,7 +52,7 @@ bench: $(STAMP)
 ## lock: re-resolve the locked dependencies (needs network to PyPI)
 lock:
 	$(PYTHON) -m pip install --quiet uv
-	$(PYTHON) -m uv pip compile pyproject.toml --python-version 3.11 --generate-hashes -o requirements/runtime.lock
+	$(PYTHON) -m uv pip compile pyproject.toml --extra server --python-version 3.11 --generate-hashes -o requirements/runtime.lock
 	$(PYTHON) -m uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -o requirements/dev.lock
 
 clean:

@@ -47,6 +47,7 @@ _MAPPING: dict[type[errors.TetherError], tuple[int, str, str]] = {
     errors.AuthenticationError: (401, "unauthenticated", "Authentication required"),
     errors.DeniedError: (403, "denied", "Denied"),
     errors.PermissionDeniedError: (403, "forbidden", "Forbidden"),
+    errors.RateLimitedError: (429, "too-many-requests", "Too many requests"),
     errors.EngineError: (502, "engine-failed", "A secret engine failed"),
     errors.SealedError: (503, "sealed", "Tether is sealed"),
     errors.DecryptionError: (500, "decryption-failed", "A stored value could not be decrypted"),
@@ -101,6 +102,8 @@ def _for_tether_error(exc: errors.TetherError) -> JSONResponse:
         headers = {"WWW-Authenticate": f'DPoP error="{exc.code}"'}
     if status == 503:
         headers = {"Retry-After": "5"}
+    if isinstance(exc, errors.RateLimitedError):
+        headers = {"Retry-After": str(exc.retry_after_seconds)}
     extra: dict[str, Any] = {}
     if isinstance(exc, errors.DeniedError):
         decision = exc.decision.to_json() if exc.decision is not None else None
