@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -384,3 +385,21 @@ def test_markers_and_error_comments_are_read() -> None:
     assert console_script(console).splitlines()[-1] == "tether y"
     assert shell_script(shell).splitlines()[0] == "if tether secret show a"
     assert shell_script(shell).splitlines()[-1] == "tether sys unseal"
+
+
+_TEST_REFERENCE = re.compile(r"(?P<file>[\w/]*test_\w+\.py)(?:::(?P<test>\w+))?")
+
+
+def test_tests_named_in_the_docs_exist() -> None:
+    """security.md and others prove claims by naming tests (``test_x.py::test_y``): they must exist."""
+    sources = {p.name: p.read_text(encoding="utf-8") for p in (REPO / "tests").rglob("test_*.py")}
+    missing = []
+    for path in DOC_FILES:
+        for match in _TEST_REFERENCE.finditer(path.read_text(encoding="utf-8")):
+            source = sources.get(Path(match["file"]).name)
+            test = match["test"]
+            if source is None or (
+                test and not re.search(rf"^\s*(async )?def {test}\b|^class {test}\b", source, re.M)
+            ):
+                missing.append(f"{path.relative_to(REPO)}: {match[0]}")
+    assert not missing, "the docs name tests that do not exist:\n" + "\n".join(sorted(set(missing)))
