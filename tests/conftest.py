@@ -141,6 +141,25 @@ def raw_store(request: pytest.FixtureRequest, storage: Storage) -> RawStore:
     return request.node.stash[RAW_STORE]
 
 
+# -- parallel runs (pytest-xdist, ``--dist loadgroup``) ---------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests of a module that share a module-scoped fixture (a served node, a fuzzing world)
+    run on one worker, one after another, so that the fixture is set up once; a test that names
+    its own ``xdist_group`` (the load and crash suites, which measure time) keeps it."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        info = getattr(item, "_fixtureinfo", None)
+        definitions = info.name2fixturedefs.values() if info is not None else ()
+        if any(defs and defs[-1].scope == "module" for defs in definitions):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
 # -- suite-wide leak canary scan -----------------------------------------------------------------
 # The tests plant canary secrets (tests.security.canaries.new_canary). Everything a thief or a
 # careless operator could read is scanned for each, in plain, URL, hex and base64 forms:

@@ -1,8 +1,16 @@
 """The ``tether`` command against a real server in a subprocess: no mocks, real HTTP.
 
-One node is initialised and served for the whole module; each test drives the CLI as a
-user would (a subprocess with TETHER_ADDR / TETHER_TOKEN) and checks exit codes, the
-one-line errors, the ``--json`` shapes, and that no secret value is ever printed.
+One node is initialised and served (``tether server`` in a subprocess) for the whole module;
+each test drives the CLI as a user would (with TETHER_ADDR / TETHER_TOKEN) and checks exit
+codes, the one-line errors, the ``--json`` shapes, and that no secret value is ever printed.
+
+Commands that talk to the server run in this process (:func:`run`): the real entry point
+(``tether.cli.main.main``) with its own stdin, stdout, stderr and environment, over real HTTP to
+the node, which saves starting an interpreter per command. Commands that act on a data directory
+(``init``, ``server``, ``migrate``, ``demo``: they set up logging, signal handlers and an event
+loop for their whole process) and the smoke tests (``real_process=True``, and
+:func:`test_in_process_runs_answer_as_the_installed_command_does`) run the installed ``tether``
+script in a subprocess.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +39,7 @@ from tether.store.migrations import head_revision
 _SCRIPT = Path(sys.executable).with_name("tether")
 TETHER = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "tether.cli.main"]
 COMMAND_TIMEOUT = 30
-START_TIMEOUT = 15.0
+START_TIMEOUT = 60.0  # a loaded machine (parallel tests) starts an interpreter slowly
 
 # Every secret value any test writes; no command output may ever contain one.
 SECRET_VALUES: list[str] = []
@@ -55,10 +64,37 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# Commands that configure their whole process (logging, signal handlers, an event loop): always
+# a real process, never this one.
+PROCESS_COMMANDS = frozenset({"init", "server", "migrate", "demo"})
+
+
 def run(
+    args: list[str],
+    env: dict[str, str],
+    *,
+    stdin: str | None = None,
+    timeout: float = COMMAND_TIMEOUT,
+    real_process: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """``tether ARGS`` with exactly ``env`` as its environment and ``stdin`` as its input; in this
+    process unless ``real_process`` or the command is one of :data:`PROCESS_COMMANDS`."""
+    if real_process or (args and args[0] in PROCESS_COMMANDS):
+        result = run_process(args, env, stdin=stdin, timeout=timeout)
+    else:
+        result = run_in_process(args, env, stdin=stdin)
+    for value in SECRET_VALUES:
+        assert value not in result.stdout, f"secret value printed on stdout by {args}"
+        assert value not in result.stderr, f"secret value printed on stderr by {args}"
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def run_process(
     args: list[str], env: dict[str, str], *, stdin: str | None = None, timeout: float = COMMAND_TIMEOUT
 ) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
+    """The installed ``tether`` script in a subprocess."""
+    return subprocess.run(
         [*TETHER, *args],
         input=stdin,
         stdin=subprocess.DEVNULL if stdin is None else None,
@@ -68,11 +104,48 @@ def run(
         timeout=timeout,
         check=False,
     )
-    for value in SECRET_VALUES:
-        assert value not in result.stdout, f"secret value printed on stdout by {args}"
-        assert value not in result.stderr, f"secret value printed on stderr by {args}"
-    assert "Traceback" not in result.stderr
-    return result
+
+
+def run_in_process(
+    args: list[str], env: dict[str, str], *, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``tether.cli.main.main(args)`` here, as the script would run it in a subprocess with its
+    output piped: ``env`` replaces the ``TETHER_*`` variables, stdin, stdout and stderr are
+    buffers (not terminals), and the consoles are as a pipe makes them (``output._PIPE_WIDTH``:
+    200 columns for stdout, no colour; 80 columns for help and stderr, rich's width off a terminal)."""
+    from click.testing import CliRunner
+
+    from tether.cli import output
+    from tether.cli.main import main
+
+    overrides: dict[str, str | None] = {k: None for k in os.environ if k.startswith("TETHER_")}
+    overrides.update(env)
+    if "COLUMNS" not in env:
+        overrides["COLUMNS"] = "80"  # the width rich falls back to when no descriptor is a terminal
+    consoles = {console: (console._width, console._color_system) for console in (output.out, output.err)}
+    output.out._width = None if "COLUMNS" in env else 200
+    for console in consoles:
+        console._color_system = None
+    code: int
+    try:
+        with CliRunner().isolation(input=stdin, env=overrides) as (stdout, stderr, _):
+            try:
+                main(args)
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except BaseException:  # what the script's interpreter would print, and exit 1
+                sys.stderr.write(traceback.format_exc())
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            out_text = stdout.getvalue().decode()
+            err_text = stderr.getvalue().decode()
+    finally:
+        for console, (width, color_system) in consoles.items():
+            console._width, console._color_system = width, color_system
+    return subprocess.CompletedProcess([*TETHER, *args], code, out_text, err_text)
 
 
 def assert_error(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> str:
@@ -88,19 +161,62 @@ def assert_error(result: subprocess.CompletedProcess[str], code: int, *fragments
 
 
 def wait_healthy(addr: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    if not _healthy_or_exited(addr, proc):
+        text = log.read_text(errors="replace")
+        if proc.poll() is not None:
+            pytest.fail(f"tether server exited with {proc.returncode}:\n{text}")
+        pytest.fail(f"tether server did not become healthy in {START_TIMEOUT} s:\n{text}")
+
+
+def _healthy_or_exited(addr: str, proc: subprocess.Popen[bytes]) -> bool:
+    """True once ``GET /v1/sys/health`` answers 200; False if the process exits or time runs out."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"tether server exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+            return False
         try:
             if httpx.get(f"{addr}/v1/sys/health", timeout=1.0).status_code == 200:
-                return
+                return True
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    pytest.fail(
-        f"tether server did not become healthy in {START_TIMEOUT} s:\n{log.read_text(errors='replace')}"
-    )
+    return False
+
+
+def start_server(data_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """``tether server`` (one process: these tests are of the CLI, several workers have their own
+    tests) on a free loopback port, healthy. A port another test process took between probing and
+    listening (tests run in parallel) is retried on another port; any other failure fails."""
+    for attempt in range(1, 4):
+        port = free_port()
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        with log_path.open("ab") as log:
+            command = [
+                "server",
+                "--data-dir",
+                str(data_dir),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "1",
+            ]
+            proc = subprocess.Popen(
+                [*TETHER, *command],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=clean_env(),
+            )
+        addr = f"http://127.0.0.1:{port}"
+        if _healthy_or_exited(addr, proc):
+            return proc, port
+        with log_path.open("rb") as log:
+            log.seek(offset)
+            taken = b"already in use" in log.read()
+        if not (taken and proc.poll() is not None and attempt < 3):
+            stop(proc)
+            wait_healthy(addr, proc, log_path)  # fails, with the log
+    raise AssertionError("unreachable")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> int:
@@ -136,22 +252,13 @@ def running_node(base: Path, *init_args: str, forbidden: list[str]) -> Iterator[
     init = run(["init", "--data-dir", str(data_dir), *init_args, "--json"], clean_env())
     assert init.returncode == 0, init.stderr
     info = json.loads(init.stdout)
-    port = free_port()
     log_path = base / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [*TETHER, "server", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=clean_env(),
-        )
-        try:
-            addr = f"http://127.0.0.1:{port}"
-            wait_healthy(addr, proc, log_path)
-            yield Node(data_dir, port, addr, info["root_token"], info, init.stderr)
-        finally:
-            stop(proc)
+    proc, port = start_server(data_dir, log_path)
+    try:
+        addr = f"http://127.0.0.1:{port}"
+        yield Node(data_dir, port, addr, info["root_token"], info, init.stderr)
+    finally:
+        stop(proc)
     server_log = log_path.read_text(errors="replace")
     for value in forbidden:
         assert value not in server_log
@@ -161,6 +268,39 @@ def running_node(base: Path, *init_args: str, forbidden: list[str]) -> Iterator[
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     with running_node(tmp_path_factory.mktemp("cli"), forbidden=SECRET_VALUES) as started:
         yield started
+
+
+# The smoke tests of the in-process runner: each command through the installed script and in
+# this process gives the same exit code, stdout and stderr (usage errors, API errors, no token,
+# no server, help, JSON and tables).
+SMOKE = [
+    pytest.param(["sys", "health", "--json"], "no token", None, id="health"),
+    pytest.param(["operator", "whoami", "--json"], "admin", None, id="whoami-json"),
+    pytest.param(["operator", "list"], "admin", None, id="operator-table"),
+    pytest.param(["secret", "show", "a//b"], "admin", None, id="bad-path"),
+    pytest.param(["secret", "list", "--limit", "0"], "admin", None, id="usage-error"),
+    pytest.param(["secret", "rotate", "cli/smoke/missing", "--stdin"], "admin", "v", id="api-404"),
+    pytest.param(["secret", "put", "cli/smoke/empty", "--stdin"], "admin", "", id="empty-stdin"),
+    pytest.param(["secret", "list"], "no token", None, id="no-token"),
+    pytest.param(["secret", "list"], "no server", None, id="no-server"),
+    pytest.param(["secret", "put", "--help"], "admin", None, id="help"),
+    pytest.param([], "admin", None, id="no-args"),
+    pytest.param(["--version"], "admin", None, id="version"),
+]
+
+
+@pytest.mark.parametrize(("args", "who", "stdin"), SMOKE)
+def test_in_process_runs_answer_as_the_installed_command_does(
+    node: Node, args: list[str], who: str, stdin: str | None
+) -> None:
+    env = {
+        "admin": node.env(),
+        "no token": clean_env(TETHER_ADDR=node.addr),
+        "no server": clean_env(TETHER_ADDR=f"http://127.0.0.1:{free_port()}", TETHER_TOKEN=node.token),
+    }[who]
+    real = run(args, env, stdin=stdin, real_process=True)
+    here = run(args, env, stdin=stdin)
+    assert (here.returncode, here.stdout, here.stderr) == (real.returncode, real.stdout, real.stderr)
 
 
 def operator(node: Node, name: str, role: str) -> str:
@@ -556,21 +696,9 @@ def test_server_on_a_taken_port_exits_with_one_line(node: Node) -> None:
 
 
 def test_server_stops_quietly_on_ctrl_c(node: Node, tmp_path: Path) -> None:
-    port = free_port()
     log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [*TETHER, "server", "--data-dir", str(node.data_dir), "--listen", f"127.0.0.1:{port}"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=clean_env(),
-        )
-        try:
-            wait_healthy(f"http://127.0.0.1:{port}", proc, log_path)
-        finally:
-            code = stop(proc)
-    assert code == 0
+    proc, _ = start_server(node.data_dir, log_path)
+    assert stop(proc) == 0
     assert "Traceback" not in log_path.read_text(errors="replace")
 
 

@@ -3,10 +3,14 @@ offline), export, checkpoints, tail, tampering with an export, and who may read 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import queue
 import signal
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -358,6 +362,15 @@ def test_tail_shows_the_last_n_events(audit_node: Node) -> None:
     assert "SEQ" in people.stdout
 
 
+def _holds_a_socket(pid: int) -> bool:
+    """The process has a socket open (the CLI's connection to the node: its first read is done
+    or under way). Linux ``/proc``."""
+    fds = Path(f"/proc/{pid}/fd")
+    with contextlib.suppress(OSError):
+        return any(os.readlink(fd).startswith("socket:") for fd in fds.iterdir())
+    return False
+
+
 def test_tail_follow_prints_new_events_and_ctrl_c_exits_0(audit_node: Node) -> None:
     proc = subprocess.Popen(
         [*TETHER, "audit", "tail", "-n", "0", "--follow", "--json"],
@@ -367,17 +380,44 @@ def test_tail_follow_prints_new_events_and_ctrl_c_exits_0(audit_node: Node) -> N
         text=True,
         env=audit_node.env(),
     )
+    stdout_pipe, stderr_pipe = proc.stdout, proc.stderr
+    assert stdout_pipe is not None
+    assert stderr_pipe is not None
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read_lines() -> None:
+        for line in stdout_pipe:
+            lines.put(line)
+
+    reader = threading.Thread(target=read_lines, daemon=True)
+    reader.start()
+    printed: list[str] = []
     try:
-        time.sleep(1.5)
+        # Started (however slowly a loaded machine starts a process), then read to the end once.
+        deadline = time.monotonic() + 60
+        while not _holds_a_socket(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
         put = run(["secret", "put", "audit/followed", "--stdin"], audit_node.env(), stdin=new_value())
         assert put.returncode == 0, put.stderr
-        time.sleep(2.5)
+        deadline = time.monotonic() + 60  # it polls every second
+        while not any("audit/followed" in line for line in printed) and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                printed.append(lines.get(timeout=0.2))
+        time.sleep(1.5)  # one more poll: nothing else may follow
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=10)
+        proc.wait(timeout=10)
+        stderr = stderr_pipe.read()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+        reader.join(timeout=10)
+        stdout_pipe.close()
+        stderr_pipe.close()
+    while not lines.empty():
+        printed.append(lines.get())
+    stdout = "".join(printed)
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr
     events = [json.loads(line) for line in stdout.splitlines()]

@@ -46,7 +46,7 @@ __all__ = [
 _SCRIPT = Path(sys.executable).with_name("tether")
 TETHER = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "tether.cli.main"]
 PUBLIC_URL = BASE
-START_TIMEOUT_SECONDS = 20.0
+START_TIMEOUT_SECONDS = 60.0  # a loaded machine (parallel tests) starts an interpreter slowly
 PG_DSN_ENV = "TETHER_TEST_PG_DSN"
 
 
@@ -70,10 +70,13 @@ def new_root_key() -> str:
 
 def node_env(**extra: str) -> dict[str, str]:
     """The environment of a node: no inherited ``TETHER_*`` settings except the suite-wide audit
-    copy (scanned for canaries at the end of the run), every node on :data:`PUBLIC_URL`."""
+    copy (scanned for canaries at the end of the run), every node on :data:`PUBLIC_URL`, one
+    process per node (a SIGKILL kills the node, its RSS is the node's; several workers on one
+    socket have their own tests) unless ``extra`` says otherwise."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_") or k == "TETHER_AUDIT_JSONL"}
     env["TETHER_PUBLIC_URL"] = PUBLIC_URL
     env["TETHER_DEBUG"] = "1"
+    env["TETHER_WORKERS"] = "1"
     env.update(extra)
     return env
 
@@ -125,30 +128,50 @@ class ServerProcess:
         return self.proc.pid
 
     def start(self) -> None:
+        """Start (or restart) the node and wait until it is healthy. On the first start, a port
+        another test process took between probing and listening (tests run in parallel) is
+        retried on another port; a restart keeps its port."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [*TETHER, "server", "--data-dir", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-            )
+        first = self.proc is None
+        for attempt in range(1, 4):
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            with self.log_path.open("ab") as log:
+                self.proc = subprocess.Popen(
+                    [
+                        *TETHER,
+                        "server",
+                        "--data-dir",
+                        str(self.data_dir),
+                        "--listen",
+                        f"127.0.0.1:{self.port}",
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self.env,
+                )
+            if not (first and attempt < 3 and self._exited_on_a_taken_port(offset)):
+                break
+            self.port = free_port()
         self._wait_healthy()
 
-    def _wait_healthy(self) -> None:
+    def _exited_on_a_taken_port(self, log_offset: int) -> bool:
+        """Wait until the new process is healthy or exits; True if it exited because its port
+        was in use."""
         assert self.proc is not None
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"tether server exited with {self.proc.returncode}:\n{self.log()}")
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 if httpx.get(f"{self.addr}/v1/sys/health", timeout=1.0).status_code == 200:
-                    return
+                    return False
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
-        pytest.fail(f"tether server did not become healthy in {START_TIMEOUT_SECONDS} s:\n{self.log()}")
+        if self.proc.poll() is None:
+            return False
+        with self.log_path.open("rb") as log:
+            log.seek(log_offset)
+            return b"already in use" in log.read()
 
     def kill(self) -> None:
         """SIGKILL: no shutdown handler runs, nothing is flushed."""

@@ -55,7 +55,8 @@ from tether.engines import IssuedCredential, LeaseRequest
 from tether.sdk import AsyncAgent, TetherConnectionError
 from tether.store import open_storage
 
-pytestmark = pytest.mark.asyncio
+# Puts a node under load for a bounded time: never beside the load suite (one xdist worker, in turn).
+pytestmark = [pytest.mark.asyncio, pytest.mark.xdist_group("load")]
 
 AGENTS = 6
 KILL_AFTER_TASKS = 2  # completed tasks before the kill ...

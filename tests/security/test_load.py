@@ -35,7 +35,8 @@ from tests.security.nodes import (
 from tests.security.report import record
 from tether.sdk import AsyncAgent, TetherConnectionError
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
+# Measures throughput and latency: never beside the crash suite's load (one xdist worker, in turn).
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow, pytest.mark.xdist_group("load")]
 
 AGENTS = 8
 LOAD_SECONDS = 6.0
