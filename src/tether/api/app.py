@@ -40,6 +40,7 @@ __all__ = [
     "create_app",
     "create_app_from_env",
     "create_node_app",
+    "with_request_context",
 ]
 
 #: The data dir of the node that :func:`create_app_from_env` serves (as for the CLI's ``--data-dir``).
@@ -177,7 +178,20 @@ def create_app_from_env(environ: Mapping[str, str] | None = None, *, sealed: boo
     if settings.backend == "sqlite" and not Path(settings.database_url.removeprefix("sqlite:///")).exists():
         # Starting would create an empty database as a side effect.
         raise ConfigError(f"{data_dir} is not initialised; run `tether init --data-dir {data_dir}` first")
-    return create_node_app(settings, sealed=sealed)
+    return with_request_context(create_node_app(settings, sealed=sealed))
+
+
+def with_request_context(app: FastAPI) -> FastAPI:
+    """``app`` with a request id on every request (and, when ``OTEL_*`` ask for traces, one span per
+    request), outermost, so every log line and span of a request carries its id. Every way of serving
+    a node (``tether server``, its workers, the factory under another ASGI server) applies it once."""
+    from tether.logs import RequestIdMiddleware
+    from tether.tracing import RequestSpans, configure_tracing
+
+    if configure_tracing():
+        app.add_middleware(RequestSpans)
+    app.add_middleware(RequestIdMiddleware)
+    return app
 
 
 def _build_app(*, max_request_bytes: int, lifespan: Lifespan[FastAPI] | None = None) -> FastAPI:

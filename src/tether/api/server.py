@@ -10,14 +10,12 @@ from typing import Any
 
 import uvicorn
 
-from tether.api.app import create_app
+from tether.api.app import create_app, with_request_context
 from tether.api.lifespan import background_loops, start_broker
 from tether.api.routes_egress import close_egress
 from tether.broker import Broker
 from tether.config import Settings
 from tether.errors import ConfigError
-from tether.logs import RequestIdMiddleware
-from tether.tracing import RequestSpans, configure_tracing
 
 __all__ = ["HTTP_OPTIONS", "loop_factory", "serve", "serve_broker", "with_public_url"]
 
@@ -48,10 +46,7 @@ async def serve_broker(
     """Serve an already started ``broker`` until the server is told to stop."""
     if not _is_loopback(host):
         log.warning("listening on %s: Tether serves plain HTTP; put TLS in front of it", host)
-    app = create_app(broker)
-    if configure_tracing():  # OTEL_* ask for traces: one span per request
-        app.add_middleware(RequestSpans)
-    app.add_middleware(RequestIdMiddleware)  # outermost: every line of a request carries its id
+    app = with_request_context(create_app(broker))
     config = uvicorn.Config(app, host=host, port=port, access_log=access_log, lifespan="off", **HTTP_OPTIONS)
     server = uvicorn.Server(config)
     try:

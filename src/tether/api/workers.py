@@ -49,8 +49,7 @@ from tether.api.lifespan import start_broker
 from tether.api.server import HTTP_OPTIONS, loop_factory
 from tether.broker import Broker
 from tether.config import ENV_VARS, Settings
-from tether.logs import RequestIdMiddleware, configure_logging
-from tether.tracing import RequestSpans, configure_tracing
+from tether.logs import configure_logging
 
 __all__ = [
     "GRACEFUL_SECONDS",
@@ -313,11 +312,8 @@ def _worker_main(fd: int, ready_fd: int, parent_pid: int, index: int) -> None:
     configure_logging(os.environ.get(ENV_VARS["log_format"]) or "text", label="worker")
     sock = socket.socket(fileno=fd)
     app = create_app_from_env(sealed=bool(os.environ.get(SEALED_ENV)))
-    if sys.platform != "win32":
+    if sys.platform != "win32":  # the factory already added request ids and spans
         app.add_middleware(_SealNotifier, parent_pid=parent_pid)
-    if configure_tracing():  # OTEL_* ask for traces: one span per request
-        app.add_middleware(RequestSpans)
-    app.add_middleware(RequestIdMiddleware)  # outermost: every line of a request carries its id
     server = uvicorn.Server(uvicorn.Config(app, lifespan="on", **HTTP_OPTIONS))
 
     def seal() -> None:
