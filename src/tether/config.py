@@ -29,6 +29,7 @@ from pydantic_settings import (
 )
 
 from tether.crypto.keyprovider import EnvKeyProvider, FileKeyProvider, KeyProvider, UnsafeDevKeyProvider
+from tether.domain.secrets import DEFAULT_MAX_SECRET_BYTES, MAX_SECRET_BYTES_CAP
 from tether.errors import ConfigError
 
 __all__ = [
@@ -285,7 +286,7 @@ class Settings(BaseSettings):
     root_key_file: PathSetting | None = None
     trust_domain: Annotated[StrictStr, AfterValidator(_trust_domain)] = "tether.local"
     node_id: StrictStr = "node-1"
-    max_secret_bytes: Annotated[Integer, _between(1, 1024 * 1024)] = 64 * 1024
+    max_secret_bytes: Annotated[Integer, _between(1, MAX_SECRET_BYTES_CAP)] = DEFAULT_MAX_SECRET_BYTES
     audit_jsonl_path: PathSetting | None = None
     audit_checkpoint_every_events: Annotated[Integer, _between(1, 10_000_000)] = 1000
     audit_checkpoint_interval_seconds: Annotated[Integer, _between(1, 86_400)] = 60

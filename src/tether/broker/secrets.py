@@ -25,6 +25,7 @@ from tether.domain.secrets import (
     validate_name_set,
     validate_path,
     validate_prefix,
+    value_too_large,
 )
 from tether.errors import ConflictError, InvalidInputError, NotFoundError, SealedError, TetherError
 from tether.store.base import Storage, StoredValue, VersionConflictError
@@ -155,9 +156,7 @@ class SecretService:
         if not data:
             raise InvalidInputError("secret value is empty", field="value")
         if len(data) > self._max_value_bytes:
-            raise InvalidInputError(
-                f"secret value is {len(data)} bytes; the limit is {self._max_value_bytes}", field="value"
-            )
+            raise InvalidInputError(value_too_large(len(data), self._max_value_bytes), field="value")
         return data
 
     async def put(

@@ -10,6 +10,7 @@ import typer
 
 from tether.cli.client import OperatorClient
 from tether.cli.output import EXIT_USAGE, CommandError
+from tether.domain.secrets import MAX_SECRET_BYTES_CAP, value_too_large
 
 __all__ = [
     "MAX_VALUE_READ_BYTES",
@@ -24,7 +25,8 @@ __all__ = [
     "read_value",
 ]
 
-MAX_VALUE_READ_BYTES = 2 * 1024 * 1024
+#: The CLI reads no more of a value than the server could ever accept (the setting's cap).
+MAX_VALUE_READ_BYTES = MAX_SECRET_BYTES_CAP
 
 DataDir = Annotated[
     Path,
@@ -97,7 +99,8 @@ def read_value(from_file: Path | None, use_stdin: bool, *, prompt: str = "Secret
             EXIT_USAGE,
         )
     if len(data) > MAX_VALUE_READ_BYTES:
-        raise CommandError(f"the value from {source} is larger than {MAX_VALUE_READ_BYTES} bytes")
+        # The server's message; reading stopped at the cap, which no server setting exceeds.
+        raise CommandError(f"{source}: {value_too_large(None, MAX_VALUE_READ_BYTES)}")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -13,8 +13,10 @@ from enum import IntEnum
 from tether.errors import InvalidInputError
 
 __all__ = [
+    "DEFAULT_MAX_SECRET_BYTES",
     "MAX_PATH_LENGTH",
     "MAX_PATH_SEGMENTS",
+    "MAX_SECRET_BYTES_CAP",
     "SecretMetadata",
     "SecretRecord",
     "SecretVersionInfo",
@@ -22,12 +24,26 @@ __all__ = [
     "validate_name_set",
     "validate_path",
     "validate_prefix",
+    "value_too_large",
 ]
 
 MAX_PATH_LENGTH = 256
 MAX_PATH_SEGMENTS = 16
 MAX_NAME_LENGTH = 64
 MAX_SET_SIZE = 64
+
+#: One limit on a secret value's size: the ``max_secret_bytes`` setting, this by default…
+DEFAULT_MAX_SECRET_BYTES = 64 * 1024
+#: …and never more than this (the CLI reads no more than this either).
+MAX_SECRET_BYTES_CAP = 1024 * 1024
+
+
+def value_too_large(size: int | None, limit: int) -> str:
+    """The one message for a value over the limit, from the server and from the CLI alike
+    (``size`` None: more than ``limit``, when reading stopped there)."""
+    measured = f"more than {limit}" if size is None else str(size)
+    return f"secret value is {measured} bytes; the limit is {limit} bytes (the max_secret_bytes setting)"
+
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
