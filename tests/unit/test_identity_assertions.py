@@ -16,7 +16,7 @@ from joserfc.jwk import ECKey, OKPKey
 from tether.clock import FrozenClock
 from tether.crypto.jose import PublicKey, generate_private_jwk, parse_public_jwk, sign_jws
 from tether.errors import AuthenticationError
-from tether.identity.assertions import peek_issuer, verify_client_assertion
+from tether.identity.assertions import ClientAssertion, peek_issuer, verify_client_assertion
 from tether.sdk._signer import Signer
 
 AGENT = "spiffe://acme.test/agent/bot"
@@ -67,6 +67,16 @@ def verify(assertion: str, keys: list[PublicKey], clock: FrozenClock, **kwargs: 
     return verify_client_assertion(assertion, agent_keys=keys, **args)
 
 
+def assert_accepted(
+    accepted: ClientAssertion, key: OKPKey | ECKey, clock: FrozenClock, *, jti: str = "a-1"
+) -> None:
+    """What :func:`make` (or a test's own claims) said: the agent, the signing key, jti and exp."""
+    assert accepted.agent_id == AGENT
+    assert accepted.kid == key.thumbprint()
+    assert accepted.jti == jti
+    assert accepted.expires_at.timestamp() == int(clock.now().timestamp()) + 60
+
+
 def refused(assertion: str, keys: list[PublicKey], clock: FrozenClock, **kwargs: Any) -> str:
     with pytest.raises(AuthenticationError) as info:
         verify(assertion, keys, clock, **kwargs)
@@ -97,13 +107,16 @@ def test_sdk_assertions_verify(clock: FrozenClock) -> None:
 
 
 def test_audience_may_be_a_list_and_several_may_be_accepted(key: OKPKey, clock: FrozenClock) -> None:
-    verify(make(key, clock, aud=["https://elsewhere.test", AUD]), [pub(key)], clock)
-    verify(
+    assert_accepted(
+        verify(make(key, clock, aud=["https://elsewhere.test", AUD]), [pub(key)], clock), key, clock
+    )
+    accepted = verify(
         make(key, clock, aud="urn:tether:acme.test"),
         [pub(key)],
         clock,
         audience=[AUD, "urn:tether:acme.test"],
     )
+    assert_accepted(accepted, key, clock)
 
 
 # -- peek ---------------------------------------------------------------------------------------
@@ -195,7 +208,8 @@ def test_es256_fits_a_p256_key(clock: FrozenClock) -> None:
     ec = ECKey.generate_key("P-256")
     now = int(clock.now().timestamp())
     claims = {"iss": AGENT, "sub": AGENT, "aud": AUD, "exp": now + 60, "jti": "x"}
-    verify(sign_jws({"alg": "ES256", "kid": ec.thumbprint()}, claims, ec), [pub(ec)], clock)
+    accepted = verify(sign_jws({"alg": "ES256", "kid": ec.thumbprint()}, claims, ec), [pub(ec)], clock)
+    assert_accepted(accepted, ec, clock, jti="x")
 
 
 @pytest.mark.parametrize("typ", ["at+jwt", "dpop+jwt", "JOSE+JSON", 5])
@@ -205,7 +219,7 @@ def test_other_token_types_are_refused(key: OKPKey, clock: FrozenClock, typ: Any
 
 @pytest.mark.parametrize("typ", [None, "JWT", "jwt", "client-authentication+jwt"])
 def test_assertion_types_are_accepted(key: OKPKey, clock: FrozenClock, typ: Any) -> None:
-    verify(make(key, clock, header={"typ": typ}), [pub(key)], clock)
+    assert_accepted(verify(make(key, clock, header={"typ": typ}), [pub(key)], clock), key, clock)
 
 
 # -- iss, sub, aud ------------------------------------------------------------------------------

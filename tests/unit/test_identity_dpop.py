@@ -106,7 +106,7 @@ def test_es256_proof_is_accepted(clock: FrozenClock) -> None:
 
 @pytest.mark.filterwarnings("ignore:EdDSA is deprecated:joserfc.errors.SecurityWarning")
 def test_eddsa_alias_is_accepted_from_clients(key: OKPKey, clock: FrozenClock) -> None:
-    verify(make_proof(key, clock, header={"alg": "EdDSA"}), clock)
+    assert verify(make_proof(key, clock, header={"alg": "EdDSA"}), clock).jkt == key.thumbprint()
 
 
 def test_sdk_proofs_verify(clock: FrozenClock) -> None:
@@ -115,7 +115,10 @@ def test_sdk_proofs_verify(clock: FrozenClock) -> None:
     proof = signer.proof("post", "https://Tether.TEST:443/v1/tasks?page=2", now, access_token=TOKEN)
     result = verify(proof, clock, method="POST", expected_jkt=signer.public.kid)
     assert result.jkt == signer.public.kid
-    verify(signer.proof("POST", URL, now), clock, method="POST", access_token=None)
+    assert (
+        verify(signer.proof("POST", URL, now), clock, method="POST", access_token=None).jkt
+        == signer.public.kid
+    )
 
 
 def test_access_token_and_proof_together(key: OKPKey, clock: FrozenClock) -> None:
@@ -223,7 +226,9 @@ def test_bad_jti_is_refused(key: OKPKey, clock: FrozenClock, jti: Any) -> None:
 
 
 def test_jti_of_256_characters_is_accepted(key: OKPKey, clock: FrozenClock) -> None:
-    verify(make_proof(key, clock, jti="x" * 256), clock)
+    proof = verify(make_proof(key, clock, jti="x" * 256), clock)
+    assert proof.jti == "x" * 256
+    assert proof.jkt == key.thumbprint()
 
 
 @pytest.mark.parametrize(("htm", "method"), [("POST", "GET"), ("get", "GET"), (None, "GET"), ("GET", "get")])
@@ -244,7 +249,7 @@ def test_proof_for_another_method_is_refused(key: OKPKey, clock: FrozenClock, ht
     ],
 )
 def test_equivalent_urls_match(key: OKPKey, clock: FrozenClock, htu: str, url: str) -> None:
-    verify(make_proof(key, clock, htu=htu), clock, url=url)
+    assert verify(make_proof(key, clock, htu=htu), clock, url=url).jkt == key.thumbprint()
 
 
 @pytest.mark.parametrize(

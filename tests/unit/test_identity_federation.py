@@ -8,7 +8,7 @@ import hmac
 import json
 import re
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -131,10 +131,23 @@ def test_es256_and_ed25519_issuers_verify(clock: FrozenClock) -> None:
     rule = FederationRule(issuer=ISSUER, audience=AUDIENCE, keys=keys, subject_pattern=PATTERN)
     now = int(clock.now().timestamp())
     claims = {"iss": ISSUER, "sub": SUBJECT, "aud": AUDIENCE, "exp": now + 60}
-    verify_federated_token(sign_jws({"alg": "ES256", "kid": "ec"}, claims, ec), rule, now=clock.now())
-    verify_federated_token(sign_jws({"alg": "Ed25519", "kid": "ed"}, claims, ed), rule, now=clock.now())
+    expected = FederatedIdentity(
+        agent_name="deployer",
+        subject=SUBJECT,
+        issuer=ISSUER,
+        expires_at=datetime.fromtimestamp(now + 60, UTC),
+        jti=None,
+    )
+    assert (
+        verify_federated_token(sign_jws({"alg": "ES256", "kid": "ec"}, claims, ec), rule, now=clock.now())
+        == expected
+    )
+    assert (
+        verify_federated_token(sign_jws({"alg": "Ed25519", "kid": "ed"}, claims, ed), rule, now=clock.now())
+        == expected
+    )
     # Without a kid, every key that fits the algorithm is tried.
-    verify_federated_token(sign_jws({"alg": "ES256"}, claims, ec), rule, now=clock.now())
+    assert verify_federated_token(sign_jws({"alg": "ES256"}, claims, ec), rule, now=clock.now()) == expected
 
 
 def test_custom_subject_claim(rsa_key: RSAKey, clock: FrozenClock) -> None:
@@ -275,8 +288,9 @@ def test_wrong_audience_is_refused(
 
 
 def test_audience_as_a_string_is_accepted(rsa_key: RSAKey, rule: FederationRule, clock: FrozenClock) -> None:
-    verify_federated_token(svid(rsa_key, clock, aud=AUDIENCE), rule, now=clock.now())
-    verify_federated_token(svid(rsa_key, clock, aud=["x", AUDIENCE]), rule, now=clock.now())
+    for aud in (AUDIENCE, ["x", AUDIENCE]):
+        identity = verify_federated_token(svid(rsa_key, clock, aud=aud), rule, now=clock.now())
+        assert (identity.agent_name, identity.subject, identity.issuer) == ("deployer", SUBJECT, ISSUER)
 
 
 @pytest.mark.parametrize(
@@ -360,7 +374,11 @@ def test_odd_times_are_refused(
 
 def test_float_times_are_accepted(rsa_key: RSAKey, rule: FederationRule, clock: FrozenClock) -> None:
     now = clock.now().timestamp()
-    verify_federated_token(svid(rsa_key, clock, iat=now + 0.5, exp=now + 60.5), rule, now=clock.now())
+    identity = verify_federated_token(
+        svid(rsa_key, clock, iat=now + 0.5, exp=now + 60.5), rule, now=clock.now()
+    )
+    assert identity.agent_name == "deployer"
+    assert identity.expires_at.timestamp() == now + 60.5
 
 
 # -- size and shape ---------------------------------------------------------------------------

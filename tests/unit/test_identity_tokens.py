@@ -134,7 +134,10 @@ def test_ttl_bounds_are_inclusive(keys: TokenSigningKeys, clock: FrozenClock, tt
     issued = issue_access_token(
         keys, agent_id=AGENT, jkt=JKT, trust_domain=TD, now=clock.now(), ttl_seconds=ttl
     )
-    verify_access_token(issued.token, keys=keys, trust_domain=TD, now=clock.now())
+    assert issued.expires_at == clock.now() + timedelta(seconds=ttl)
+    claims = verify_access_token(issued.token, keys=keys, trust_domain=TD, now=clock.now())
+    assert (claims.agent_id, claims.jkt, claims.jti) == (AGENT, JKT, issued.jti)
+    assert claims.expires_at == issued.expires_at
 
 
 @pytest.mark.parametrize(
