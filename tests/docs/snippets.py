@@ -9,10 +9,11 @@ the last non-blank line before the fence changes that:
   name, an error message), so that it cannot pass by failing for another reason.
 
 Inside a shell block, a command whose trailing comment starts with ``error`` (``tether secret show x
-# error: Tether is sealed``) is documented to fail, so the check asserts that it fails and goes on. In a
-``console`` block, the lines starting with ``$ `` are the commands; a command whose shown output starts
-with ``error:`` must fail, every other must succeed (the output itself is not compared: it holds ids,
-times and hashes).
+# error: Tether is sealed ... (HTTP 503)``) is documented to fail, so the check asserts that it fails,
+with the text shown (each part between elisions, whitespace collapsed), and goes on. In a ``console``
+block, the lines starting with ``$ `` are the commands; a command whose shown output starts with
+``error:`` must fail with that text, every other must succeed (other output is not compared: it holds
+ids, times and hashes).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ RUNNABLE = SHELL | {"console", "python"}
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\s]*)[^`]*$")
 _MARKER = re.compile(r"^\s*<!--\s*docs-check:\s*(?P<body>.*?)\s*-->\s*$")
 _MARKER_BODY = re.compile(r"^(?P<kind>skip|expect-fail)\s*(?:\((?P<reason>.*)\))?$")
-_ERROR_COMMENT = re.compile(r"^(?P<command>.*\S)\s+#\s*error\b.*$")
+_ERROR_COMMENT = re.compile(r"^(?P<command>.*\S)\s+#\s*(?P<shown>error\b.*)$")
+_ELISION = re.compile(r"\.\.\.|…")
 
 
 class MarkerError(ValueError):
@@ -129,9 +131,27 @@ def blocks_of(path: Path, text: str) -> list[Block]:
     return blocks
 
 
-def _must_fail(command: str, where: str) -> str:
-    message = shlex.quote(f"docs-check: {where}: documented to fail, but it succeeded: {command}")
-    return f"if {command}\nthen echo {message} >&2; exit 97; fi"
+def expected_fragments(shown: str) -> list[str]:
+    """What a documented error line promises: its text between elisions (``...``, ``…``), with
+    whitespace collapsed; ``error: Tether is sealed ... (HTTP 503)`` promises both parts."""
+    text = shown.strip().removeprefix("error").lstrip(":").strip()
+    return [" ".join(part.split()) for part in _ELISION.split(text) if part.strip()]
+
+
+def _must_fail(command: str, where: str, shown: str) -> str:
+    q = shlex.quote
+    succeeded = q(f"docs-check: {where}: documented to fail, but it succeeded: {command}")
+    show = "printf '%s\\n' \"$__out\""
+    rows = [f"__out=$( {{ {command}\n}} 2>&1 ) && {{ {show}; echo {succeeded} >&2; exit 97; }}", show]
+    for fragment in expected_fragments(shown):
+        lacks = q(
+            f"docs-check: {where}: the error shown in the docs is not what it says: {fragment!r} is missing"
+        )
+        rows.append(
+            f"printf '%s' \"$__out\" | tr -s '[:space:]' ' ' | grep -F -- {q(fragment)} > /dev/null"
+            f" || {{ echo {lacks} >&2; exit 98; }}"
+        )
+    return "\n".join(rows)
 
 
 def shell_script(block: Block) -> str:
@@ -142,7 +162,8 @@ def shell_script(block: Block) -> str:
         match = None if continued else _ERROR_COMMENT.match(row)
         continued = row.rstrip().endswith("\\")
         if match is not None and not continued:
-            out.append(_must_fail(match["command"], f"{block.path.name}:{block.first_code_line + offset}"))
+            where = f"{block.path.name}:{block.first_code_line + offset}"
+            out.append(_must_fail(match["command"], where, match["shown"]))
         else:
             out.append(row)
     return "\n".join(out) + "\n"
@@ -168,7 +189,7 @@ def console_script(block: Block) -> str:
     out: list[str] = []
     for command, line, shown in commands:
         if shown and shown[0].startswith("error:"):
-            out.append(_must_fail(command, f"{block.path.name}:{line}"))
+            out.append(_must_fail(command, f"{block.path.name}:{line}", shown[0]))
         else:
             out.append(command)
     return "\n".join(out) + "\n"

@@ -39,7 +39,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs.snippets import SHELL, Block, MarkerError, blocks_of, console_script, shell_script
+from tests.docs.snippets import (
+    SHELL,
+    Block,
+    MarkerError,
+    blocks_of,
+    console_script,
+    expected_fragments,
+    shell_script,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -381,10 +389,38 @@ def test_markers_and_error_comments_are_read() -> None:
     skip, console, shell = blocks_of(Path("x.md"), text)
     assert (skip.action, skip.reason, skip.line) == ("skip", "starts a long-running server", 2)
     assert console.text == "$ tether x\nerror: no\n$ tether y\nok\n"
-    assert console_script(console).splitlines()[0] == "if tether x"
+    assert console_script(console).startswith("__out=$( { tether x\n} 2>&1 ) && ")
+    assert "grep -F -- no > /dev/null" in console_script(console)
     assert console_script(console).splitlines()[-1] == "tether y"
-    assert shell_script(shell).splitlines()[0] == "if tether secret show a"
+    assert shell_script(shell).startswith("__out=$( { tether secret show a\n} 2>&1 ) && ")
+    assert "grep -F -- sealed > /dev/null" in shell_script(shell)
     assert shell_script(shell).splitlines()[-1] == "tether sys unseal"
+
+
+def test_a_documented_error_promises_its_text_between_elisions() -> None:
+    assert expected_fragments("error: Tether is sealed ... (HTTP 503)") == ["Tether is sealed", "(HTTP 503)"]
+    assert expected_fragments("error: a   b…c") == ["a b", "c"]
+    assert expected_fragments("error") == []
+
+
+@pytest.mark.parametrize(
+    ("command", "shown", "ok"),
+    [
+        (
+            "echo 'error: Tether is sealed: no key (HTTP 503)' >&2; false",
+            "error: Tether is sealed ... (HTTP 503)",
+            True,
+        ),
+        ("echo 'error: something else' >&2; false", "error: Tether is sealed ... (HTTP 503)", False),
+        ("true", "error: anything", False),
+    ],
+)
+def test_a_documented_failure_must_fail_with_its_text(command: str, shown: str, ok: bool) -> None:
+    block = Block(Path("x.md"), 1, "sh", f"{command}   # {shown}\n")
+    done = subprocess.run(
+        ["bash", "-c", "set -eo pipefail\n" + shell_script(block)], capture_output=True, check=False
+    )
+    assert (done.returncode == 0) is ok, done
 
 
 _TEST_REFERENCE = re.compile(r"(?P<file>[\w/]*test_\w+\.py)(?:::(?P<test>\w+))?")
