@@ -585,8 +585,12 @@ def test_human_operator_create_prints_the_token_once(node: Node) -> None:
 
 def test_a_secret_writer_writes_secrets_but_cannot_create_operators(node: Node) -> None:
     writer = operator(node, "cli-writer-2", "secret-writer")
-    put = run(["secret", "put", "cli/writer/token", "--stdin"], node.env(writer), stdin=new_value())
+    put = run(["secret", "put", "cli/writer/token", "--stdin", "--json"], node.env(writer), stdin=new_value())
     assert put.returncode == 0, put.stderr
+    assert (json.loads(put.stdout)["path"], json.loads(put.stdout)["current_version"]) == (
+        "cli/writer/token",
+        1,
+    )
     denied = run(["operator", "create", "sneaky", "--role", "admin"], node.env(writer))
     assert_error(denied, 1, "403")
     assert_error(run(["keys", "rotate"], node.env(writer)), 1, "403")

@@ -145,6 +145,7 @@ async def test_percent_encoded_paths_are_signed_as_sent(
     agent = AsyncAgent(BASE, agent_id, private, http=http)
     response = await agent.request("GET", "/v1/auth/%77hoami")
     assert response.status_code == 200, response.text
+    assert (response.json()["id"], response.json()["name"]) == (agent_id, "encoded")
 
 
 def test_the_signed_server_url_comes_from_configuration(tmp_path: Path) -> None:

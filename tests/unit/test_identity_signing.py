@@ -84,7 +84,10 @@ def test_rotation_keeps_old_keys_verifying_until_dropped(clock: FrozenClock) -> 
     claims = verify_access_token(old_token.token, keys=rotated, trust_domain=TD, now=clock.now())
     assert claims.jti == old_token.jti
     new_token = issue_access_token(rotated, agent_id=AGENT, jkt=JKT, trust_domain=TD, now=clock.now())
-    verify_access_token(new_token.token, keys=rotated, trust_domain=TD, now=clock.now())
+    assert (
+        verify_access_token(new_token.token, keys=rotated, trust_domain=TD, now=clock.now()).jti
+        == new_token.jti
+    )
     # A day and a bit later, a second rotation drops the long-retired key.
     again = rotated.rotated(clock.advance(timedelta(days=1, seconds=1).total_seconds()))
     assert [v.kid for v in again.versions] == [rotated.active.kid, again.active.kid]

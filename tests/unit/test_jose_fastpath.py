@@ -379,7 +379,10 @@ def test_only_verified_tokens_are_remembered_and_the_cache_is_bounded(clock: Fro
     assert len(cache) == 0
     tokens = [_issue(keys, clock) for _ in range(5)]
     for issued in tokens:
-        verify_access_token(issued, keys=keys, trust_domain=TD, now=clock.now(), cache=cache)
+        assert (
+            verify_access_token(issued, keys=keys, trust_domain=TD, now=clock.now(), cache=cache).agent_id
+            == AGENT
+        )
     assert len(cache) == 3
     with pytest.raises(InvalidInputError):
         AccessTokenCache(max_entries=0)
