@@ -112,44 +112,67 @@ def _base_env(workspace: Path) -> dict[str, str]:
     return env
 
 
+def _start_demo(
+    workspace: Path, data: Path, env: dict[str, str], log: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``tether demo`` on a free port, serving once it says so. A port taken between choosing it and
+    binding it (another test's server) is a new try on another port, up to three times."""
+    for _ in range(3):
+        port = _free_port()
+        with log.open("w", encoding="utf-8") as handle:
+            proc = subprocess.Popen(
+                [_tether(), "demo", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"],
+                cwd=workspace,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while "Tether is running at" not in log.read_text(encoding="utf-8", errors="replace"):
+            if proc.poll() is not None and "already in use" in log.read_text(
+                encoding="utf-8", errors="replace"
+            ):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                _stop(proc)
+                tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-60:])
+                pytest.fail(f"tether demo did not start (exit {proc.poll()}):\n{tail}")
+            time.sleep(0.1)
+        else:
+            return proc, port
+    pytest.fail(f"tether demo found no free port in three tries:\n{log.read_text(encoding='utf-8')}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    _stop_group(proc.pid)
+
+
 @contextlib.contextmanager
 def live_node(root: Path) -> Iterator[LiveNode]:
     """Start ``tether demo`` as ``make run`` does; stop it (SIGINT, then kill) at the end."""
     workspace = _checkout(root)
     data = workspace / ".tether" / "dev"
-    port = _free_port()
     log = root / "tether-demo.log"
     env = _base_env(workspace)
-    with log.open("w", encoding="utf-8") as handle:
-        proc = subprocess.Popen(
-            [_tether(), "demo", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"],
-            cwd=workspace,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc, port = _start_demo(workspace, data, env, log)
     node = LiveNode(workspace, port, "", log)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while "Tether is running at" not in log.read_text(encoding="utf-8", errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"tether demo did not start (exit {proc.poll()}):\n{node.log_tail(60)}")
-            time.sleep(0.1)
         node.token = (data / "dev-root-token").read_text(encoding="ascii").strip()
         home = workspace / "tmp" / "home"  # what a block writes to ~ stays in the run's directory
         home.mkdir()
         node.env = env | {"TETHER_ADDR": f"http://{node.addr}", "TETHER_TOKEN": node.token, "HOME": str(home)}
         yield node
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _stop(proc)
 
 
 def _stop_group(pgid: int) -> None:
