@@ -462,3 +462,52 @@ def test_tests_named_in_the_docs_exist() -> None:
             ):
                 missing.append(f"{path.relative_to(REPO)}: {match[0]}")
     assert not missing, "the docs name tests that do not exist:\n" + "\n".join(sorted(set(missing)))
+
+
+_OPTION = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
+
+
+def _synopses() -> list[tuple[str, list[str]]]:
+    """The usage lines of docs/cli.md (its plain blocks): each ``tether ...`` line with its
+    continuation lines, comments dropped."""
+    path = REPO / "docs" / "cli.md"
+    found: list[tuple[str, list[str]]] = []
+    for block in blocks_of(path, path.read_text(encoding="utf-8")):
+        if block.lang:
+            continue
+        for row in block.text.splitlines():
+            text = re.split(r"\s#\s", row, maxsplit=1)[0].rstrip()
+            if text.startswith("tether "):
+                found.append((f"cli.md:{block.line}", [text]))
+            elif text.strip() and found and row[:1].isspace():
+                found[-1][1].append(text)
+    return found
+
+
+def test_cli_synopses_name_real_commands_and_options() -> None:
+    """Every ``tether ...`` usage line of docs/cli.md names a real command, and every option it shows
+    is one of that command's options."""
+    import typer
+
+    from tether.cli.main import app
+
+    root = typer.main.get_command(app)
+    problems = []
+    synopses = _synopses()
+    assert len(synopses) > 30, "docs/cli.md's usage blocks were not found"
+    for where, rows in synopses:
+        words = rows[0].split()[1:]
+        command = root
+        path = ["tether"]
+        while hasattr(command, "commands") and words and words[0] in command.commands:
+            path.append(words[0])
+            command = command.commands[words.pop(0)]
+        if hasattr(command, "commands"):
+            problems.append(f"{where}: {' '.join(rows)!r} names no command")
+            continue
+        known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+        known |= {"--help", "-h"}
+        for option in _OPTION.findall(" ".join(rows)):
+            if option not in known:
+                problems.append(f"{where}: {' '.join(path)} has no option {option}")
+    assert not problems, "docs/cli.md disagrees with the CLI:\n" + "\n".join(problems)
