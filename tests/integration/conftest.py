@@ -11,6 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from tests.conftest import copy_sqlite_template
 from tests.security.canaries import SCAN
 from tether.api import create_app
 from tether.broker import Broker
@@ -24,8 +25,11 @@ def _audit_sink() -> Path | None:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Broker]:
-    """A freshly initialised node on SQLite, and on PostgreSQL (own schema) when configured."""
+async def broker(
+    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
+) -> AsyncIterator[Broker]:
+    """A freshly initialised node on SQLite (its store a copy of the session's migrated template),
+    and on PostgreSQL (own schema) when configured."""
     schema = None
     if request.param == "postgresql":
         dsn = os.environ.get("TETHER_TEST_PG_DSN")
@@ -36,7 +40,9 @@ async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
             data_dir=tmp_path, database_url=dsn, pg_schema=schema, audit_jsonl_path=_audit_sink()
         )
     else:
+        copy_sqlite_template(sqlite_template, tmp_path / "tether.db")
         settings = Settings(data_dir=tmp_path, audit_jsonl_path=_audit_sink())
+        assert settings.database_url == f"sqlite:///{tmp_path / 'tether.db'}"
     node = Broker.from_settings(settings)
     result = await node.init()
     node.root_token = result.root_token  # type: ignore[attr-defined]
