@@ -511,3 +511,35 @@ def test_cli_synopses_name_real_commands_and_options() -> None:
             if option not in known:
                 problems.append(f"{where}: {' '.join(path)} has no option {option}")
     assert not problems, "docs/cli.md disagrees with the CLI:\n" + "\n".join(problems)
+
+
+_ROUTE = re.compile(r"`(?P<method>GET|HEAD|POST|PUT|PATCH|DELETE|ANY) (?P<path>/[^`\s]*)`")
+
+
+def _route_key(path: str) -> str:
+    return re.sub(r"\{[^}]*\}", "{}", path.rstrip("/"))
+
+
+def test_routes_named_in_the_docs_exist() -> None:
+    """Every ``METHOD /path`` the docs name is a route of the API (from its OpenAPI document)."""
+    from tether.api.app import create_app
+
+    app = create_app(None)  # type: ignore[arg-type]  # routes only: nothing is served
+    served: dict[str, set[str]] = {}
+    for path, operations in app.openapi()["paths"].items():
+        served.setdefault(_route_key(path), set()).update(m.upper() for m in operations)
+    served.setdefault("/docs", set()).add("GET")  # FastAPI's own pages
+    served.setdefault("/openapi.json", set()).add("GET")
+    problems = []
+    for doc in DOC_FILES:
+        for match in _ROUTE.finditer(doc.read_text(encoding="utf-8")):
+            path = re.split(r"[?\[]", match["path"], maxsplit=1)[0].removesuffix(":rotate")
+            head, _, last = path.rpartition("/")
+            for alternative in last.split("|"):
+                key = _route_key(f"{head}/{alternative}")
+                methods = served.get(key, set())
+                if (match["method"] == "ANY" and len(methods) < 5) or match["method"] not in methods | {
+                    "ANY"
+                }:
+                    problems.append(f"{doc.relative_to(REPO)}: {match[0]} is not a route")
+    assert not problems, "the docs name routes the API does not have:\n" + "\n".join(sorted(set(problems)))
