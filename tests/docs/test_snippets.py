@@ -542,3 +542,37 @@ def test_routes_named_in_the_docs_exist() -> None:
                 if not any_method and match["method"] not in methods:
                     problems.append(f"{doc.relative_to(REPO)}: {match[0]} is not a route")
     assert not problems, "the docs name routes the API does not have:\n" + "\n".join(sorted(set(problems)))
+
+
+_FENCED = re.compile(r"^[ \t]*(```|~~~).*?^[ \t]*\1", re.M | re.S)
+
+
+def _anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings (lowercase, punctuation dropped, spaces to
+    hyphens, repeats numbered)."""
+    seen: dict[str, int] = {}
+    anchors = set()
+    for heading in re.findall(
+        r"^#{1,6}\s+(.+?)\s*#*$", _FENCED.sub("", path.read_text(encoding="utf-8")), re.M
+    ):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        anchors.add(slug if count == 0 else f"{slug}-{count}")
+    return anchors
+
+
+def test_links_between_the_docs_resolve() -> None:
+    """Relative links in README.md and docs/ point at files that exist, and at headings that exist."""
+    broken = []
+    for doc in DOC_FILES:
+        for link in re.findall(r"\]\(([^)\s]+)\)", _FENCED.sub("", doc.read_text(encoding="utf-8"))):
+            if re.match(r"[a-z][a-z0-9+.-]*:", link):
+                continue  # https:, mailto:, …
+            target, _, anchor = link.partition("#")
+            path = (doc.parent / target).resolve() if target else doc
+            if not path.exists():
+                broken.append(f"{doc.relative_to(REPO)}: {link} (no such file)")
+            elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
+                broken.append(f"{doc.relative_to(REPO)}: {link} (no such heading)")
+    assert not broken, "broken links in the docs:\n" + "\n".join(broken)
