@@ -11,6 +11,7 @@ import os
 import secrets
 import shutil
 import sqlite3
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -137,9 +138,59 @@ def copy_sqlite_template(template: Path, path: Path) -> Path:
     return path
 
 
+_PG_TEMPLATE_PREFIX = "t_template_"
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> str | None:
+    """The SQL that makes a migrated, empty schema: a schema migrated once per test process,
+    dumped by ``pg_dump`` (then dropped), its name a random token that :func:`clone_pg_template`
+    replaces. Running it costs ~0.1 s, migrating from nothing ~0.3-0.5 s; the clone's own migrate
+    finds it at the newest revision. None (every test migrates) without PostgreSQL or pg_dump."""
+    dsn = os.environ.get(PG_DSN_ENV)
+    if not dsn or shutil.which("pg_dump") is None:
+        return None
+    schema = _PG_TEMPLATE_PREFIX + secrets.token_hex(8)
+
+    async def migrate() -> None:
+        store = open_postgres(dsn, schema=schema)
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(migrate())
+        dumped = subprocess.run(
+            ["pg_dump", "--no-owner", "--no-privileges", "--inserts", "--schema", schema, dsn],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+    finally:
+        asyncio.run(drop_pg_schema(dsn, schema))
+    if dumped.returncode != 0:  # e.g. a pg_dump older than the server: migrate each schema
+        return None
+    # psql meta-commands (``\restrict``) are not SQL; the rest runs as one script.
+    sql = "\n".join(line for line in dumped.stdout.splitlines() if not line.startswith("\\"))
+    return sql.replace(schema, "{schema}") if schema in sql else None
+
+
+async def clone_pg_template(dsn: str, template: str | None, schema: str) -> None:
+    """Create ``schema`` from :func:`pg_template`'s SQL (nothing without a template)."""
+    if template is None:
+        return
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(template.replace("{schema}", schema))
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 async def storage(
-    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
+    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path, pg_template: str | None
 ) -> AsyncIterator[Storage]:
     """A freshly migrated store of each backend; PostgreSQL gets its own schema, dropped afterwards."""
     if request.param == "sqlite":
@@ -157,6 +208,7 @@ async def storage(
     store = open_postgres(dsn, schema=schema)
     request.node.stash[RAW_STORE] = RawStore("postgresql", pg_dsn=dsn, pg_schema=schema)
     try:
+        await clone_pg_template(dsn, pg_template, schema)
         await store.migrate()
         yield store
     finally:

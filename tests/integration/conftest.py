@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import copy_sqlite_template
+from tests.conftest import clone_pg_template, copy_sqlite_template
 from tests.security.canaries import SCAN
 from tether.api import create_app
 from tether.broker import Broker
@@ -26,16 +26,17 @@ def _audit_sink() -> Path | None:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 async def broker(
-    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
+    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path, pg_template: str | None
 ) -> AsyncIterator[Broker]:
-    """A freshly initialised node on SQLite (its store a copy of the session's migrated template),
-    and on PostgreSQL (own schema) when configured."""
+    """A freshly initialised node on SQLite, and on PostgreSQL (own schema) when configured; the
+    store starts as a copy of the test process's migrated template (tests/conftest.py)."""
     schema = None
     if request.param == "postgresql":
         dsn = os.environ.get("TETHER_TEST_PG_DSN")
         if not dsn:
             pytest.skip("TETHER_TEST_PG_DSN is not set; PostgreSQL tests skipped")
         schema = "t_api_" + secrets.token_hex(6)
+        await clone_pg_template(dsn, pg_template, schema)
         settings = Settings(
             data_dir=tmp_path, database_url=dsn, pg_schema=schema, audit_jsonl_path=_audit_sink()
         )
