@@ -337,6 +337,7 @@ _WORKER_SCANS = pytest.StashKey[dict[str, dict[str, Any]]]()
 _WORKERS_STARTED = pytest.StashKey[set[str]]()
 _SCAN_DIR_KEY = "tether_scan_dir"  # in each xdist worker's workerinput
 _SCAN_OUTPUT_KEY = "tether_scan"  # in each xdist worker's workeroutput
+_TERMINAL_ENV_KEY = "tether_terminal_env"  # the controller's COLUMNS and LINES, in workerinput
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -347,6 +348,14 @@ def pytest_configure(config: pytest.Config) -> None:
     from fastapi import FastAPI
 
     worker_input: dict[str, Any] = getattr(config, "workerinput", {})
+    for name, value in worker_input.get(_TERMINAL_ENV_KEY, {}).items():
+        # A worker's environment is the controller's: xdist workers start with COLUMNS=80 and
+        # LINES=24, which every CLI subprocess (and the CLI run in process) would inherit and
+        # render its tables 80 columns wide, unlike a user's piped command.
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     if _SCAN_DIR_KEY in worker_input:  # an xdist worker of a scanning controller: its own file
         sink = Path(worker_input[_SCAN_DIR_KEY]) / f"events-{worker_input['workerid']}.jsonl"
         os.environ[AUDIT_SINK_ENV] = str(sink)
@@ -372,7 +381,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
-    """xdist, in the controller: each worker scans into its own file in this run's directory."""
+    """xdist, in the controller: each worker scans into its own file in this run's directory, and
+    has the controller's COLUMNS and LINES (set or not)."""
+    node.workerinput[_TERMINAL_ENV_KEY] = {name: os.environ.get(name) for name in ("COLUMNS", "LINES")}
     sink_dir = node.config.stash.get(_SINK_DIR, None)
     if sink_dir is not None:
         node.workerinput[_SCAN_DIR_KEY] = str(sink_dir)

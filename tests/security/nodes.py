@@ -173,6 +173,20 @@ class ServerProcess:
             log.seek(log_offset)
             return b"already in use" in log.read()
 
+    def _wait_healthy(self) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"tether server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.addr}/v1/sys/health", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        pytest.fail(f"tether server did not become healthy in {START_TIMEOUT_SECONDS} s:\n{self.log()}")
+
     def kill(self) -> None:
         """SIGKILL: no shutdown handler runs, nothing is flushed."""
         if self.proc is not None and self.proc.poll() is None:
