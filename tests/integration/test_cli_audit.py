@@ -384,13 +384,18 @@ def test_tail_follow_prints_new_events_and_ctrl_c_exits_0(audit_node: Node) -> N
     assert stdout_pipe is not None
     assert stderr_pipe is not None
     lines: queue.Queue[str] = queue.Queue()
+    errors: list[str] = []
 
     def read_lines() -> None:
         for line in stdout_pipe:
             lines.put(line)
 
-    reader = threading.Thread(target=read_lines, daemon=True)
-    reader.start()
+    readers = [
+        threading.Thread(target=read_lines, daemon=True),
+        threading.Thread(target=lambda: errors.append(stderr_pipe.read()), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
     printed: list[str] = []
     try:
         # Started (however slowly a loaded machine starts a process), then read to the end once.
@@ -406,18 +411,18 @@ def test_tail_follow_prints_new_events_and_ctrl_c_exits_0(audit_node: Node) -> N
                 printed.append(lines.get(timeout=0.2))
         time.sleep(1.5)  # one more poll: nothing else may follow
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=10)
-        stderr = stderr_pipe.read()
+        proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-        reader.join(timeout=10)
+        for reader in readers:
+            reader.join(timeout=10)
         stdout_pipe.close()
         stderr_pipe.close()
     while not lines.empty():
         printed.append(lines.get())
-    stdout = "".join(printed)
+    stdout, stderr = "".join(printed), "".join(errors)
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr
     events = [json.loads(line) for line in stdout.splitlines()]
