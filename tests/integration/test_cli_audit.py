@@ -371,15 +371,31 @@ def _holds_a_socket(pid: int) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _signals_as_from_a_shell() -> Iterator[None]:
+    """While a child is started: SIGINT unblocked and handled here, so the child starts with it
+    unblocked and at its default, as a shell starts a command. A test process's signal state is
+    not a user's shell's: in a parallel run something earlier in the same worker can leave SIGINT
+    blocked or ignored, which the child would inherit (Ctrl-C would never reach it)."""
+    mask = signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def test_tail_follow_prints_new_events_and_ctrl_c_exits_0(audit_node: Node) -> None:
-    proc = subprocess.Popen(
-        [*TETHER, "audit", "tail", "-n", "0", "--follow", "--json"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=audit_node.env(),
-    )
+    with _signals_as_from_a_shell():
+        proc = subprocess.Popen(
+            [*TETHER, "audit", "tail", "-n", "0", "--follow", "--json"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=audit_node.env(),
+        )
     stdout_pipe, stderr_pipe = proc.stdout, proc.stderr
     assert stdout_pipe is not None
     assert stderr_pipe is not None
@@ -411,7 +427,13 @@ def test_tail_follow_prints_new_events_and_ctrl_c_exits_0(audit_node: Node) -> N
                 printed.append(lines.get(timeout=0.2))
         time.sleep(1.5)  # one more poll: nothing else may follow
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            state = [
+                line for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines() if "Sig" in line
+            ]
+            raise AssertionError(f"Ctrl-C did not end `tether audit tail`: {state}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
