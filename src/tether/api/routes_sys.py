@@ -74,6 +74,7 @@ async def unseal(
 async def key_status(broker: BrokerDep, operator: OperatorDep) -> KeyStatus:
     """The keyring's versions (never the keys)."""
     await authorize(broker.audit, operator, Permission.SYS_KEYS, "sys:keyring")
+    await broker.keys.ensure_current()  # another worker or node may have rotated it
     keyring = broker.barrier.keyring
     return KeyStatus(
         active=keyring.active.version,
