@@ -33,7 +33,8 @@ EXAMPLES: dict[str, str] = {
     "--destination github",
     "secret rotate": "tether secret rotate prod/github/token --stdin < token.txt",
     "secret show": "tether secret show prod/github/token",
-    "secret update": "tether secret update prod/github/token --add-destination gitlab --remove-purpose release",
+    "secret update": "tether secret update prod/github/token --add-destination gitlab "
+    "--remove-purpose release",
     "secret list": "tether secret list prod/ --all",
     "secret delete": "tether secret delete prod/github/token --yes",
     "operator create": "tether operator create ci-bot --role secret-writer",
