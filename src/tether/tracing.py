@@ -20,6 +20,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import propagate, trace
@@ -31,7 +32,16 @@ from tether.logs import current_request_id
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["RequestSpans", "configure_tracing", "route", "tracer", "tracing_requested"]
+__all__ = [
+    "RequestSpans",
+    "configure_tracing",
+    "disable_inner_spans",
+    "enable_inner_spans",
+    "inner_span",
+    "route",
+    "tracer",
+    "tracing_requested",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,33 @@ def route(path: str) -> str:
 def tracer() -> trace.Tracer:
     """Tether's tracer (a no-op one until a tracer provider is configured)."""
     return trace.get_tracer("tether", __version__)
+
+
+# Spans inside a request (the decision, the store, the egress call) run on every use of a secret:
+# while tracing is off they must cost nothing, not even a no-op tracer's call. So there is no tracer
+# at all until tracing is on, and inner_span hands back one shared, empty context manager.
+_inner_tracer: trace.Tracer | None = None
+_NO_SPAN: AbstractContextManager[None] = nullcontext()
+
+
+def enable_inner_spans(provider: trace.TracerProvider | None = None) -> None:
+    """Emit spans inside requests (done by :func:`configure_tracing` when tracing is on)."""
+    global _inner_tracer  # noqa: PLW0603 - one switch per process, flipped at start
+    _inner_tracer = trace.get_tracer("tether", __version__, tracer_provider=provider)
+
+
+def disable_inner_spans() -> None:
+    global _inner_tracer  # noqa: PLW0603
+    _inner_tracer = None
+
+
+def inner_span(name: str, attributes: Mapping[str, str | int | bool]) -> AbstractContextManager[Any]:
+    """A span inside a request (``tether.decide``, ``tether.store.read``, ``tether.egress.upstream``…),
+    or an empty context manager when tracing is off. Attributes are names, ids and counts only: never
+    a secret value, a token, a URL with its query, or a body."""
+    if _inner_tracer is None:
+        return _NO_SPAN
+    return _inner_tracer.start_as_current_span(name, attributes=attributes, record_exception=False)
 
 
 def tracing_requested(environ: Mapping[str, str]) -> bool:
@@ -83,6 +120,7 @@ def configure_tracing(environ: Mapping[str, str] | None = None) -> bool:
         )
         return False
     if isinstance(trace.get_tracer_provider(), TracerProvider):
+        enable_inner_spans()
         return True  # configured already (e.g. by opentelemetry-instrument)
     names = [n.strip().lower() for n in env.get("OTEL_TRACES_EXPORTER", "otlp").split(",") if n.strip()]
     exporters: list[SpanExporter] = []
@@ -109,6 +147,7 @@ def configure_tracing(environ: Mapping[str, str] | None = None) -> bool:
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    enable_inner_spans()
     log.info("tracing: exporting spans (%s)", ", ".join(names))
     return True
 

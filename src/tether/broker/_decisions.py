@@ -27,6 +27,7 @@ from tether.engines import EngineRegistry
 from tether.errors import DeniedError, NotFoundError, TetherError
 from tether.policy import DecisionRequest, Entity
 from tether.store.base import EffectFailedError, RememberJti, Storage
+from tether.tracing import inner_span
 
 __all__ = [
     "MAX_LIST_LIMIT",
@@ -143,12 +144,19 @@ class DecisionPoint:
             if compiled is None:
                 return Decision.deny(errors=("no policy set is deployed (default deny)",))
             request = DecisionRequest(principal=principal, action=action, resource=resource, context=context)
-            return compiled.decide(request, trusted_context=True)  # built by decision_context
+            with inner_span(
+                "tether.decide", {"tether.action": action, "tether.resource_type": resource.type}
+            ) as span:
+                decision = compiled.decide(request, trusted_context=True)  # built by decision_context
+                if span is not None:
+                    span.set_attribute("tether.allowed", decision.allowed)
+                    span.set_attribute("tether.policies", ",".join(decision.policies)[:512])
         except TetherError:
             raise
         except Exception as exc:
             log.exception("policy decision failed")
             return Decision.deny(errors=(f"policy decision failed: {type(exc).__name__}",))
+        return decision
 
     async def active_policy_version(self) -> int | None:
         """The active policy version, for a request that decides several times against one set."""

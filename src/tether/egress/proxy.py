@@ -39,6 +39,7 @@ from tether.egress.leakguard import LeakGuard, StreamRedactor, guard_for
 from tether.egress.paths import AgentPath, UnsafePathError, filter_query, normalise_path, upstream_url
 from tether.errors import DeniedError, InvalidInputError, NotFoundError, TetherError
 from tether.store.base import EffectFailedError
+from tether.tracing import inner_span
 
 if TYPE_CHECKING:
     from tether.broker import Broker
@@ -316,8 +317,13 @@ class EgressProxy:
         upstream, guard = self._build(auth, request, path)
         deadline = asyncio.get_running_loop().time() + destination.timeout_seconds
         try:
-            async with asyncio.timeout_at(deadline):
-                response = await self._transport.handle_async_request(upstream)
+            # The destination's name and the method only: the URL may carry the injected secret.
+            with inner_span(
+                "tether.egress.upstream",
+                {"tether.destination": destination.name, "http.request.method": request.method},
+            ):
+                async with asyncio.timeout_at(deadline):
+                    response = await self._transport.handle_async_request(upstream)
         except RequestBodyTooLargeError:
             raise
         except (TimeoutError, httpx.TimeoutException):

@@ -39,6 +39,7 @@ from tether.store.base import (
     GrantInUse,
     RememberJti,
 )
+from tether.tracing import inner_span
 
 __all__ = ["PostgresStorage"]
 
@@ -46,6 +47,7 @@ T = TypeVar("T")
 
 #: The advisory lock audit appends take (transaction-scoped): one appender at a time, every node.
 _LOCK_AUDIT = "SELECT pg_advisory_xact_lock(7420002)"
+_POSTGRES = {"db.system": "postgresql"}
 _TASK_STATE_LOCKED = q.TASK_STATE_FOR_UPDATE.pg + " FOR UPDATE"
 
 
@@ -222,7 +224,8 @@ class PostgresStorage(SQLStorage):
             pool = await self._pool()
             return query.rows(await pool.fetch(query.pg, *params))
 
-        return await self._guard(work())
+        with inner_span("tether.store.read", _POSTGRES):
+            return await self._guard(work())
 
     async def _write(self, work: Callable[[Any], Awaitable[T]]) -> T:
         async def run() -> T:
@@ -230,7 +233,8 @@ class PostgresStorage(SQLStorage):
             async with pool.acquire() as conn, conn.transaction():
                 return await work(conn)
 
-        return await self._guard(run())
+        with inner_span("tether.store.write", _POSTGRES):
+            return await self._guard(run())
 
     # -- reads ------------------------------------------------------------------------------------
     async def get_agent(self, agent_id: str) -> AgentRecord | None:

@@ -21,10 +21,12 @@ from typing import Any, TypeVar
 
 from tether.errors import StorageError, StorageUnavailableError, TetherError
 from tether.store._hot import Query
+from tether.tracing import inner_span
 
 __all__ = ["SQLiteDriver"]
 
 T = TypeVar("T")
+_SQLITE = {"db.system": "sqlite"}
 
 #: What the writer thread takes from its queue: the work, and where to answer (None: stop).
 _Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]"] | None
@@ -118,15 +120,16 @@ class SQLiteDriver:
     # -- reading --------------------------------------------------------------------------------------
     def read(self, query: Query, params: Sequence[Any] = ()) -> list[Any]:
         """Every row of one query, as ``query``'s named tuples, on this thread."""
-        try:
-            cursor = self._connection().execute(query.sql, params)
+        with inner_span("tether.store.read", _SQLITE):
             try:
-                raw = cursor.fetchall()  # fetch everything: an open cursor would hold the snapshot
-            finally:
-                cursor.close()
-        except sqlite3.Error as exc:
-            raise self.translate(exc) from None
-        return query.rows(raw)
+                cursor = self._connection().execute(query.sql, params)
+                try:
+                    raw = cursor.fetchall()  # fetch everything: an open cursor would hold the snapshot
+                finally:
+                    cursor.close()
+            except sqlite3.Error as exc:
+                raise self.translate(exc) from None
+            return query.rows(raw)
 
     # -- writing --------------------------------------------------------------------------------------
     async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -139,8 +142,9 @@ class SQLiteDriver:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         # One hand-off each way: the queue to the writer thread, call_soon_threadsafe back.
-        self._jobs.put((work, loop, future))
-        return await future
+        with inner_span("tether.store.write", _SQLITE):
+            self._jobs.put((work, loop, future))
+            return await future
 
     def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
         try:
