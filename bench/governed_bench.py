@@ -47,6 +47,7 @@ from tether.broker.auth import AgentCaller
 from tether.config import Settings
 from tether.crypto.jose import generate_private_jwk
 from tether.domain.agents import AgentAttributes
+from tether.domain.commands import Delegate, IssueGrant, OpenTask
 from tether.domain.destinations import Injection, InjectionType
 from tether.domain.operators import OperatorRecord
 from tether.domain.secrets import SecretMetadata, Sensitivity
@@ -68,6 +69,9 @@ TASK: dict[str, Any] = {
     "ttl_seconds": 3600,
 }
 GRANT: dict[str, Any] = {"secret": SECRET, "destination": "github", "mode": "reveal"}
+# The broker takes typed commands (the API builds them from these bodies).
+OPEN = OpenTask(**TASK)
+ISSUE = IssueGrant(**GRANT)
 ACTIVATE_PATH = "/v1/grants/{}/activate"
 
 
@@ -117,11 +121,11 @@ class Bench:
 
     async def grants(self, n: int) -> list[tuple[int, str]]:
         """``n`` live reveal grants spread over the agents: (agent index, grant id)."""
-        tasks = [await self.broker.tasks.open(caller, TASK) for caller in self.callers]
+        tasks = [await self.broker.tasks.open(caller, OPEN) for caller in self.callers]
         out = []
         for i in range(n):
             k = i % len(self.callers)
-            grant = await self.broker.tasks.issue(self.callers[k], tasks[k].id, GRANT)
+            grant = await self.broker.tasks.issue(self.callers[k], tasks[k].id, ISSUE)
             out.append((k, grant.id))
         return out
 
@@ -140,8 +144,8 @@ async def bench_issuance(bench: Bench, n: int) -> dict[str, Any]:
         caller = bench.callers[i % len(bench.callers)]
 
         async def run() -> bool:
-            task = await service.open(caller, TASK)
-            await service.issue(caller, task.id, GRANT)
+            task = await service.open(caller, OPEN)
+            await service.issue(caller, task.id, ISSUE)
             return True
 
         return run
@@ -218,8 +222,8 @@ async def _verify_refused(bench: Bench, grants: list[tuple[int, str]]) -> tuple[
 async def bench_revoke_task(bench: Bench, n: int) -> dict[str, Any]:
     service = bench.broker.tasks
     caller = bench.callers[0]
-    task = await service.open(caller, TASK)
-    grants = [(0, (await service.issue(caller, task.id, GRANT)).id) for _ in range(n)]
+    task = await service.open(caller, OPEN)
+    grants = [(0, (await service.issue(caller, task.id, ISSUE)).id) for _ in range(n)]
     before, _ = await _verify_refused(bench, grants[:10])
     start = time.perf_counter()
     ended = await service.revoke_by_operator(bench.admin, task.id, "benchmark")
@@ -240,19 +244,14 @@ async def bench_revoke_tree(
 ) -> dict[str, Any]:
     service = bench.broker.tasks
     callers = bench.callers
-    root = await service.open(callers[0], TASK)
+    root = await service.open(callers[0], OPEN)
     subtasks = []
     for c in range(children):
         k = 1 + c % (len(callers) - 1)
         child = await service.delegate(
             callers[0],
             root.id,
-            {
-                "agent": callers[k].agent.id,
-                "objective": "part",
-                "secrets": [SECRET],
-                "destinations": ["github"],
-            },
+            Delegate(agent=callers[k].agent.id, objective="part", secrets=[SECRET], destinations=["github"]),
         )
         subtasks.append((k, child))
         for g in range(grandchildren):
@@ -260,18 +259,15 @@ async def bench_revoke_tree(
             grandchild = await service.delegate(
                 callers[k],
                 child.id,
-                {
-                    "agent": callers[j].agent.id,
-                    "objective": "sub-part",
-                    "secrets": [SECRET],
-                    "destinations": ["github"],
-                },
+                Delegate(
+                    agent=callers[j].agent.id, objective="sub-part", secrets=[SECRET], destinations=["github"]
+                ),
             )
             subtasks.append((j, grandchild))
     grants = []
     for i in range(n):
         k, task = subtasks[i % len(subtasks)]
-        grants.append((k, (await service.issue(callers[k], task.id, GRANT)).id))
+        grants.append((k, (await service.issue(callers[k], task.id, ISSUE)).id))
     start = time.perf_counter()
     ended = await service.revoke_by_operator(bench.admin, root.id, "benchmark")
     revoke_s = time.perf_counter() - start
