@@ -212,7 +212,9 @@ def _strict_md(side: dict[str, Any]) -> list[str]:
     lines = [
         "## With every Tether commit fsynced (sqlite_synchronous=full)",
         "",
-        "A separate run (`python -m bench.openbao --sqlite-synchronous full`). OpenBao's file audit device "
+        "A separate run (`python -m bench.openbao --sqlite-synchronous full`), not part of `make bench`: the "
+        "figures below are from whenever it was last run (openbao-full.json), possibly an older Tether; the "
+        "light generator's tables above measure `full` for this build. OpenBao's file audit device "
         "writes without fsync; with `full`, Tether fsyncs every commit (audit event and state together) "
         "before it answers — stricter than OpenBao, and this is what it costs.",
         "",
@@ -308,7 +310,9 @@ def _side_by_side_md(side: dict[str, Any]) -> list[str]:
         "",
     ]
     prof = side.get("profile_tether_activation")
-    if prof and "self" in prof:
+    # This harness samples one process; with worker processes it sees only the supervisor, so its
+    # profile says nothing (the light generator's profile above samples every worker).
+    if prof and "self" in prof and prof.get("server_cpu_us_per_op_by_thread"):
         lines += [
             "### Profile: Tether server under 16-concurrent activation (py-spy)",
             "",
