@@ -12,15 +12,20 @@ Placeholders are written ``?`` (SQLite); :attr:`Query.pg` renumbers them ``$1, $
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from collections import namedtuple
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table
 
+from tether.domain.events import Event
+from tether.errors import InvalidInputError, StorageError
 from tether.store import schema as t
+from tether.store._sqlbase import to_us
 
 __all__ = [
     "ACTIVE_POLICY_VERSION",
@@ -45,7 +50,9 @@ __all__ = [
     "USE_PARTS",
     "Query",
     "UseParts",
+    "check_audit_batch",
     "jti_key",
+    "replay_record",
 ]
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -102,6 +109,30 @@ MAX_JTI_KEY_BYTES = 64
 def jti_key(key: bytes) -> bytes:
     """The stored form of a replay key (callers pass a hash; a longer key is hashed here)."""
     return hashlib.sha256(b"tether-jti\0" + key).digest() if len(key) > MAX_JTI_KEY_BYTES else key
+
+
+#: Longest replay key a caller may pass (it is hashed down to MAX_JTI_KEY_BYTES).
+MAX_JTI_INPUT_BYTES = 8192
+
+
+def replay_record(key: bytes, expires_at: datetime, now: datetime) -> tuple[bytes, int, int]:
+    """A ``remember_jti`` call checked: the stored key, ``now`` and the expiry in µs."""
+    if not isinstance(key, bytes) or not 0 < len(key) <= MAX_JTI_INPUT_BYTES:
+        raise InvalidInputError(f"a replay key is 1-{MAX_JTI_INPUT_BYTES} bytes", field="jti")
+    now_us, expires_us = to_us(now), to_us(expires_at)
+    if expires_us <= now_us:
+        raise InvalidInputError("a replay record must expire in the future", field="expires_at")
+    return jti_key(key), now_us, expires_us
+
+
+def check_audit_batch(events: Sequence[Event], effects: Sequence[Sequence[object]]) -> None:
+    """Refuse a batch that is not one contiguous run of the chain, or whose effects do not pair
+    one list per event."""
+    if effects and len(effects) != len(events):
+        raise StorageError("an audit batch needs one list of effects per event")
+    for before, after in itertools.pairwise(events):
+        if after.seq != before.seq + 1 or after.prev_hash != before.hash:
+            raise StorageError("an audit batch must be one contiguous run of the chain")
 
 
 INSERT_JTI = Query("INSERT INTO jti_replay (key, expires_at_us) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")

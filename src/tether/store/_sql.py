@@ -6,7 +6,6 @@ The SQLite and PostgreSQL backends differ only in how they connect (see
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Sequence
 from datetime import datetime
@@ -38,7 +37,7 @@ from tether.errors import (
 )
 from tether.store import schema as t
 from tether.store._destinations import DestinationStore
-from tether.store._hot import jti_key
+from tether.store._hot import check_audit_batch, jti_key, replay_record
 from tether.store._sqlbase import from_us, like_escape, to_us
 from tether.store._tasks import TaskStore
 from tether.store.base import (
@@ -60,7 +59,6 @@ __all__ = ["SQLStorage", "from_us", "to_us"]
 
 #: How many expired replay records one ``remember_jti`` call deletes at most.
 JTI_SWEEP_LIMIT = 100
-MAX_JTI_INPUT_BYTES = 8192
 
 
 class SQLStorage(TaskStore, DestinationStore):
@@ -409,11 +407,7 @@ class SQLStorage(TaskStore, DestinationStore):
     ) -> list[list[object]]:
         if not events:
             return []
-        if effects and len(effects) != len(events):
-            raise StorageError("an audit batch needs one list of effects per event")
-        for before, after in itertools.pairwise(events):
-            if after.seq != before.seq + 1 or after.prev_hash != before.hash:
-                raise StorageError("an audit batch must be one contiguous run of the chain")
+        check_audit_batch(events, effects)
         first = events[0]
         rows = [
             {
@@ -812,12 +806,7 @@ class SQLStorage(TaskStore, DestinationStore):
         return True
 
     async def remember_jti(self, key: bytes, *, expires_at: datetime, now: datetime) -> bool:
-        if not isinstance(key, bytes) or not 0 < len(key) <= MAX_JTI_INPUT_BYTES:
-            raise InvalidInputError(f"a replay key is 1-{MAX_JTI_INPUT_BYTES} bytes", field="jti")
-        key = jti_key(key)
-        now_us, expires_us = to_us(now), to_us(expires_at)
-        if expires_us <= now_us:
-            raise InvalidInputError("a replay record must expire in the future", field="expires_at")
+        key, now_us, expires_us = replay_record(key, expires_at, now)
         c = t.jti_replay.c
         try:
             async with self._tx() as conn:

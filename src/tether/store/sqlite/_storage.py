@@ -9,7 +9,6 @@ connections; SQLite's lock orders the two kinds of writers.
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -22,10 +21,10 @@ from tether.domain.destinations import Destination
 from tether.domain.events import GENESIS_HASH, Event, event_body_json
 from tether.domain.secrets import SecretRecord
 from tether.domain.tasks import Grant, Task, TaskStatus
-from tether.errors import ConflictError, InvalidInputError, StorageError
+from tether.errors import ConflictError, StorageError
 from tether.store import _hot as q
 from tether.store import _parsed
-from tether.store._sql import JTI_SWEEP_LIMIT, MAX_JTI_INPUT_BYTES, SQLStorage
+from tether.store._sql import JTI_SWEEP_LIMIT, SQLStorage
 from tether.store._sqlbase import to_us
 from tether.store._tasks import _grant, _grant_values, _task_values
 from tether.store.base import (
@@ -206,11 +205,7 @@ class SQLiteStorage(SQLStorage):
     ) -> list[list[object]]:
         if not events:
             return []
-        if effects and len(effects) != len(events):
-            raise StorageError("an audit batch needs one list of effects per event")
-        for before, after in itertools.pairwise(events):
-            if after.seq != before.seq + 1 or after.prev_hash != before.hash:
-                raise StorageError("an audit batch must be one contiguous run of the chain")
+        q.check_audit_batch(events, effects)
         first = events[0]
 
         def work(conn: sqlite3.Connection) -> list[list[object]]:
@@ -241,11 +236,7 @@ class SQLiteStorage(SQLStorage):
         return await self._driver.write(work)
 
     async def remember_jti(self, key: bytes, *, expires_at: datetime, now: datetime) -> bool:
-        if not isinstance(key, bytes) or not 0 < len(key) <= MAX_JTI_INPUT_BYTES:
-            raise InvalidInputError(f"a replay key is 1-{MAX_JTI_INPUT_BYTES} bytes", field="jti")
-        now_us, expires_us = to_us(now), to_us(expires_at)
-        if expires_us <= now_us:
-            raise InvalidInputError("a replay record must expire in the future", field="expires_at")
+        key, now_us, expires_us = q.replay_record(key, expires_at, now)
 
         def work(conn: sqlite3.Connection) -> bool:
             if not _remember(conn, key, expires_us, now_us):
