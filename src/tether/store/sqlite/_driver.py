@@ -71,11 +71,15 @@ class SQLiteDriver:
             # writes say BEGIN IMMEDIATE themselves. check_same_thread is off only so close() can
             # close every thread's connection; each is used by its own thread alone.
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise self.translate(exc) from None
+        try:
             conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:
+            conn.close()  # not half-configured, and not left open
             raise self.translate(exc) from None
         with self._opened_lock:
             self._opened.append(conn)
