@@ -44,7 +44,8 @@ MAX_OBJECTIVE_CHARS: Final = 2000
 MAX_TOOL_CHARS: Final = 128
 _ID: Final = re.compile(r"(tsk|grt|apr|lse)_[A-Za-z0-9_-]{22,43}")
 _NAME: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-_TOOL: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
+# A tool, or every tool of one MCP upstream (``server/*``, see tether.mcp).
+_TOOL: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}|[a-z0-9][a-z0-9-]{0,31}/\*")
 _OBJECTIVE: Final = re.compile(r"[^\x00-\x08\x0b-\x1f\x7f]+")
 
 
