@@ -17,6 +17,7 @@ from tether.store._approvals import ApprovalStore
 from tether.store._audit import AuditStore
 from tether.store._destinations import DestinationStore
 from tether.store._leases import LeaseStore
+from tether.store._mcp import McpServerStore
 from tether.store._operators import OperatorStore
 from tether.store._policies import PolicyStore
 from tether.store._secrets import SecretStore
@@ -36,6 +37,7 @@ class SQLStorage(
     ApprovalStore,
     LeaseStore,
     DestinationStore,
+    McpServerStore,
 ):
     """Storage on a SQLAlchemy async engine: one mixin per aggregate (``_secrets``, ``_operators``,
     ``_audit``, ``_agents``, ``_policies``, ``_tasks``, ``_approvals``, ``_leases``,

@@ -22,6 +22,7 @@ from tether.domain.operators import OperatorRecord
 from tether.domain.secrets import SecretMetadata, SecretRecord
 from tether.domain.tasks import Approval, Ended, Grant, Lease, Task
 from tether.errors import ConflictError, StorageError
+from tether.mcp.servers import McpServer
 
 __all__ = [
     "AgentStorage",
@@ -634,6 +635,31 @@ class DestinationStorage(Protocol):
         ...
 
 
+class McpServerStorage(Protocol):
+    """Registered upstream MCP servers and their pinned tool definitions (tether.mcp)."""
+
+    async def put_mcp_server(self, server: McpServer) -> None:
+        """Store a new server. :class:`ConflictError` if its name is taken."""
+        ...
+
+    async def replace_mcp_server(self, server: McpServer, *, expected_version: int) -> bool:
+        """Replace server ``server.name`` if its stored version is ``expected_version``; False if
+        it is not (changed concurrently, or removed)."""
+        ...
+
+    async def get_mcp_server(self, name: str) -> McpServer | None:
+        """The server ``name``, or None."""
+        ...
+
+    async def list_mcp_servers(self) -> list[McpServer]:
+        """Every server, ordered by name (byte order)."""
+        ...
+
+    async def delete_mcp_server(self, name: str) -> bool:
+        """Delete server ``name``; False if there is none."""
+        ...
+
+
 @runtime_checkable
 class Storage(
     StoreLifecycle,
@@ -645,6 +671,7 @@ class Storage(
     TaskStorage,
     PolicyStorage,
     DestinationStorage,
+    McpServerStorage,
     Protocol,
 ):
     """What Tether needs from a database: one protocol per aggregate, each with its conformance suite

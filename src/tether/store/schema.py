@@ -179,6 +179,17 @@ destinations = Table(
     Column("created_at_us", BigInteger, nullable=False),
 )
 
+# Upstream MCP servers (tether.mcp): ``body`` is the server's JSON (transport, secrets by path,
+# pinned and quarantined tool definitions); ``version`` is bumped by every change (compare-and-set).
+mcp_servers = Table(
+    "mcp_servers",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("body", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+)
+
 # Tasks: one agent, one intent, a lifetime. Sets (secrets, destinations, tools, chain) are
 # JSON arrays. ``root_id`` and ``parent_id`` make a delegation tree revocable in one statement.
 tasks = Table(
