@@ -72,14 +72,17 @@ def summarise(raw: str, top: int = 20) -> dict[str, Any]:
     }
 
 
-def profile_activation(server_pid: int, load: Callable[[], dict[str, Any]], opts: Any) -> dict[str, Any]:
-    """Sample ``server_pid`` (and its workers) while ``load()`` runs one activation run."""
+def profile_activation(
+    server_pid: int, load: Callable[[], dict[str, Any]], opts: Any, *, name: str = "activate"
+) -> dict[str, Any]:
+    """Sample ``server_pid`` (and its workers) while ``load()`` runs one run (activation unless
+    ``name`` says otherwise)."""
     py_spy = Path(sys.executable).parent / "py-spy"
     if not py_spy.exists():
         return {
             "skipped": "py-spy is not installed (pip install --require-hashes -r requirements/bench.lock)"
         }
-    out = Path(tempfile.mkdtemp(prefix="tether-bench-prof-")) / "activate.txt"
+    out = Path(tempfile.mkdtemp(prefix="tether-bench-prof-")) / f"{name}.txt"
     seconds = int(opts.seconds) + 30  # outlives pool signing and the run; stopped when the load ends
     sampler = subprocess.Popen(
         [

@@ -36,7 +36,17 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 CONCURRENCY = 16
 SLOTS = 16  # grants (activation) / tasks (fallback issuance) / tokens (OpenBao) rotated over
 PG_DSN = os.environ.get("TETHER_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-GROUPS = ("generators", "openbao", "sqlite-normal", "sqlite-full", "egress", "pg", "decision", "profile")
+GROUPS = (
+    "generators",
+    "openbao",
+    "sqlite-normal",
+    "sqlite-full",
+    "egress",
+    "pg",
+    "decision",
+    "profile",
+    "profile-egress",
+)
 QUICK_GROUPS = ("sqlite-normal", "egress", "decision")
 BAO_NUM_USES = 10_000_000  # never runs out: a token's uses are counted, not exhausted
 
@@ -482,6 +492,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     bao_version = "OpenBao not run"
     try:
+        if "decision" in opts.groups:
+            # First, on a quiet machine: no server, upstream load or PostgreSQL work behind it.
+            print("decision", flush=True)
+            results["decision"] = decision(opts.policy_iterations)
         if "generators" in opts.groups:
             print("generators: CPU per request against a static loopback upstream", flush=True)
             results["generators"] = generators(opts, files, upstream_url)
@@ -501,7 +515,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 results["openbao"] = {"error": str(exc)}
                 bao = None
         try:
-            if "sqlite-normal" in opts.groups or "profile" in opts.groups or bao is not None:
+            if (
+                "sqlite-normal" in opts.groups
+                or "profile" in opts.groups
+                or "profile-egress" in opts.groups
+                or "egress" in opts.groups
+                or bao is not None
+            ):
                 print(
                     "Tether sqlite_synchronous=normal" + (" and OpenBao, alternating" if bao else ""),
                     flush=True,
@@ -542,6 +562,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         results["profile"] = profile_activation(
                             dep.pids[0], lambda: tether_activate(dep, opts, files, None), opts
                         )
+                    if "profile-egress" in opts.groups:
+                        results["profile_egress"] = profile_activation(
+                            dep.pids[0],
+                            lambda: _tether_run(
+                                dep,
+                                opts,
+                                files,
+                                lambda i, n: pools.egress_pool(dep.tasks[i], n, "/items/1"),
+                                None,
+                            ),
+                            opts,
+                            name="egress",
+                        )
                 finally:
                     stop_deployment(dep)
         finally:
@@ -573,9 +606,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     results["tether"][name] = tether_measures(dep, opts, files)
                 finally:
                     stop_deployment(dep)
-        if "decision" in opts.groups:
-            print("decision", flush=True)
-            results["decision"] = decision(opts.policy_iterations)
     finally:
         stop(upstream)
         files.clear()

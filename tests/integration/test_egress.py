@@ -449,6 +449,21 @@ async def test_response_bodies_are_bounded_and_streamed(env: Env) -> None:
         await env.call("GET", f"/v1/egress/github/big?n={9 * MIB}")
 
 
+async def test_short_answers_go_out_whole_and_long_ones_stream(env: Env) -> None:
+    # An answer that ends within the prefetch is sent in one piece with its length, its
+    # redactions recorded first; a longer one streams (chunked), redacted as it goes.
+    short = await env.call("GET", "/v1/egress/github/reflect/plain")
+    assert short.status_code == 200, short.text
+    assert short.headers["content-length"] == str(len(short.content))
+    assert "transfer-encoding" not in short.headers
+    assert "[REDACTED]" in short.text
+    assert len(await env.events("egress.redact")) == 1
+    long = await env.call("GET", f"/v1/egress/github/big?n={1 * MIB}")
+    assert long.status_code == 200
+    assert long.headers.get("transfer-encoding") == "chunked"
+    assert len(long.content) == MIB
+
+
 async def test_upstream_down_timeout_and_redirect(env: Env) -> None:
     down = await env.call("GET", "/v1/egress/down/echo")
     assert down.status_code == 502

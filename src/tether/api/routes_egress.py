@@ -102,9 +102,19 @@ async def egress_endpoint(request: Request) -> Response:
         raise Problem(400, "unsafe-path", "Path refused", str(exc)) from None
     except EgressError as exc:
         raise Problem(exc.status, exc.slug, exc.title, str(exc)) from None
+    if answer.content is not None:
+        # A short answer goes out in one piece: no streaming task per response.
+        response: Response = Response(answer.content, status_code=answer.status)
+        length = [] if answer.status < 200 or answer.status in (204, 304) else [_length(answer.content)]
+        response.raw_headers = [*answer.headers, *length]
+        return response
     response = StreamingResponse(answer.body, status_code=answer.status)
     response.raw_headers = answer.headers
     return response
+
+
+def _length(content: bytes) -> tuple[bytes, bytes]:
+    return (b"content-length", str(len(content)).encode("ascii"))
 
 
 for _method in sorted(ALLOWED_METHODS):  # one route per method: one OpenAPI operation each

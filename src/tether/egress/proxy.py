@@ -158,11 +158,16 @@ class EgressRequest:
 @dataclass(frozen=True, slots=True)
 class EgressResponse:
     """The upstream's answer for the agent: status, filtered and redacted headers, and a body
-    that is capped, redacted and audited as it is read."""
+    that is capped, redacted and audited as it is read.
+
+    ``content`` is the whole body when the upstream's answer ended within the prefetch (the
+    common short answer): redacted, its redactions already recorded, the upstream connection
+    released, so it can go out in one piece with a ``Content-Length``. ``body`` then yields it."""
 
     status: int
     headers: list[tuple[bytes, bytes]]
     body: AsyncIterator[bytes]
+    content: bytes | None = None
 
 
 # -- headers ---------------------------------------------------------------------------------
@@ -414,6 +419,9 @@ class EgressProxy:
             deadline=deadline,
         )
         await body.prefetch()
+        if body.finished and request.method != "HEAD":
+            content = await body.complete()
+            return EgressResponse(response.status_code, headers, _once(content), content)
         return EgressResponse(status=response.status_code, headers=headers, body=body.stream())
 
 
@@ -472,6 +480,21 @@ class _AnswerBody:
                 return
             self._first.append(piece)
 
+    @property
+    def finished(self) -> bool:
+        """The upstream's answer ended within the prefetch."""
+        return self._finished
+
+    async def complete(self) -> bytes:
+        """The whole answer, once :attr:`finished`: redacted, its redactions recorded (before any
+        byte goes out), the upstream's response closed."""
+        try:
+            content = b"".join(self._first) + self._redactor.finish()
+            await self._record(self._redactor)
+            return content
+        finally:
+            await self._response.aclose()
+
     async def stream(self) -> AsyncIterator[bytes]:
         # Past the prefetch the status is already sent: an answer that breaks a bound is cut
         # off (the agent sees a broken stream), never truncated to look complete.
@@ -495,6 +518,10 @@ class _AnswerBody:
             raise
         finally:
             await self._response.aclose()
+
+
+async def _once(content: bytes) -> AsyncIterator[bytes]:
+    yield content
 
 
 def _capped(body: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
