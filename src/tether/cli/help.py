@@ -23,6 +23,9 @@ EXAMPLES: dict[str, str] = {
     "demo": "tether demo --data-dir .tether/dev",
     "keygen": "tether keygen -o ci-deployer.jwk",
     "revoke": 'tether revoke --agent ci-deployer --reason "key leaked"',
+    "run": "tether run --agent spiffe://acme.test/agent/ci --agent-key ci.jwk --purpose deploy "
+    "--objective 'list issues' --secret prod/github/token --destination github "
+    "--env GITHUB_API_URL=github gh issue list",
     "keys rotate": "tether keys rotate",
     "keys rotate-signing": "tether keys rotate-signing",
     "keys status": "tether keys status --json",

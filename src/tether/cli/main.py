@@ -53,6 +53,7 @@ from tether.cli.output import (
     yes_no,
 )
 from tether.cli.policy import policy_app
+from tether.cli.run import run as run_command
 from tether.cli.secret_update import secret_update
 from tether.cli.tasks import approval_app, revoke, task_app
 
@@ -83,6 +84,9 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(task_app, name="task")
 app.add_typer(approval_app, name="approval")
 app.command("revoke")(revoke)
+app.command("run", context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})(
+    run_command
+)
 app.command("keygen")(keygen)
 secret_app.command("update")(secret_update)
 
