@@ -19,6 +19,7 @@ they occur, so that callers only ever handle this tree::
     ├── StorageError             the store failed; driver errors are wrapped (503)
     │   └── StorageUnavailableError   the store cannot be reached
     ├── EngineError              a secret engine failed to issue or revoke    (502)
+    │   └── EngineUnavailableError   the engine's backend cannot be reached (503)
     ├── ConfigError              settings are missing, malformed or out of bounds
     │
     │   raised by the agent SDK (tether.sdk), on the client's side of the API:
@@ -43,6 +44,7 @@ __all__ = [
     "DecryptionError",
     "DeniedError",
     "EngineError",
+    "EngineUnavailableError",
     "InvalidInputError",
     "KeyProviderError",
     "NotFoundError",
@@ -115,6 +117,11 @@ class DeniedError(PermissionDeniedError):
 
 class EngineError(TetherError):
     """A secret engine failed to issue or revoke a credential; the engine's own error is chained."""
+
+
+class EngineUnavailableError(EngineError):
+    """A secret engine's backend (e.g. a database's admin connection) cannot be reached; nothing
+    was issued."""
 
 
 class SealedError(TetherError):

@@ -48,6 +48,7 @@ _MAPPING: dict[type[errors.TetherError], tuple[int, str, str]] = {
     errors.DeniedError: (403, "denied", "Denied"),
     errors.PermissionDeniedError: (403, "forbidden", "Forbidden"),
     errors.RateLimitedError: (429, "too-many-requests", "Too many requests"),
+    errors.EngineUnavailableError: (503, "engine-unavailable", "A secret engine is unavailable"),
     errors.EngineError: (502, "engine-failed", "A secret engine failed"),
     errors.SealedError: (503, "sealed", "Tether is sealed"),
     errors.DecryptionError: (500, "decryption-failed", "A stored value could not be decrypted"),

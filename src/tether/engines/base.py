@@ -9,15 +9,25 @@ escapes as itself, and never with its message (which may quote a credential).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from tether.domain.tasks import Lease
-from tether.errors import EngineError, NotFoundError, TetherError
+from tether.errors import ConfigError, EngineError, NotFoundError, TetherError
 
-__all__ = ["EngineRegistry", "IssuedCredential", "LeaseRequest", "RenewableEngine", "SecretEngine"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "EngineRegistry",
+    "IssuedCredential",
+    "LeaseRequest",
+    "RenewableEngine",
+    "SecretEngine",
+    "SweepingEngine",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +76,17 @@ class RenewableEngine(SecretEngine, Protocol):
     async def renew(self, lease: Lease, expires_at: datetime) -> datetime: ...
 
 
+@runtime_checkable
+class SweepingEngine(SecretEngine, Protocol):
+    """An engine that can find what it issued outside the store's knowledge (an optional
+    capability): ``sweep_orphans`` revokes credentials whose lease is unknown, ended or was never
+    completed, and returns the ids of the store's leases it revoked."""
+
+    async def sweep_orphans(
+        self, leases_of: Callable[[Sequence[str]], Awaitable[Sequence[Lease]]], now: datetime
+    ) -> list[str]: ...
+
+
 class EngineRegistry:
     """The engines of a node, and which serves which secret (longest matching path prefix; the
     default engine serves the rest)."""
@@ -74,13 +95,27 @@ class EngineRegistry:
         self._engines: dict[str, SecretEngine] = {default.name: default}
         self._default = default
         self._mounts: list[tuple[str, SecretEngine]] = []
+        self._exact: dict[str, SecretEngine] = {}
 
     def mount(self, prefix: str, engine: SecretEngine) -> None:
         self._engines[engine.name] = engine
         self._mounts.append((prefix, engine))
         self._mounts.sort(key=lambda item: len(item[0]), reverse=True)
 
+    def mount_secret(self, path: str, engine: SecretEngine) -> None:
+        """``engine`` serves exactly the secret ``path`` (before any prefix mount)."""
+        if path in self._exact:
+            raise ConfigError(f"secret {path!r} is served by two engines")
+        self._engines[engine.name] = engine
+        self._exact[path] = engine
+
+    def engines(self) -> list[SecretEngine]:
+        return list(self._engines.values())
+
     def for_secret(self, path: str) -> SecretEngine:
+        exact = self._exact.get(path)
+        if exact is not None:
+            return exact
         for prefix, engine in self._mounts:
             if path.startswith(prefix):
                 return engine
@@ -102,6 +137,21 @@ class EngineRegistry:
         if issued.expires_at > request.expires_at:
             raise EngineError(f"engine {engine.name!r} issued a credential that outlives its grant")
         return issued
+
+    async def sweep_orphans(
+        self, leases_of: Callable[[Sequence[str]], Awaitable[Sequence[Lease]]], now: datetime
+    ) -> list[str]:
+        """Each sweeping engine's :meth:`SweepingEngine.sweep_orphans`; an engine that fails is
+        logged and skipped (the next sweep tries again)."""
+        revoked: list[str] = []
+        for engine in self._engines.values():
+            if not isinstance(engine, SweepingEngine):
+                continue
+            try:
+                revoked += await engine.sweep_orphans(leases_of, now)
+            except Exception as exc:  # noqa: BLE001 - one engine's failure must not stop the sweep
+                log.warning("engine %r: orphan sweep failed (%s)", engine.name, type(exc).__name__)
+        return revoked
 
     async def revoke(self, lease: Lease) -> None:
         engine = self.named(lease.engine)
