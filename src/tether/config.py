@@ -60,6 +60,7 @@ ENV_VARS: Mapping[str, str] = {
     "node_id": "TETHER_NODE_ID",
     "max_secret_bytes": "TETHER_MAX_SECRET_BYTES",
     "audit_jsonl_path": "TETHER_AUDIT_JSONL",
+    "engines_file": "TETHER_ENGINES_FILE",
     "public_url": "TETHER_PUBLIC_URL",
     "token_ttl_seconds": "TETHER_TOKEN_TTL_SECONDS",
     "audit_checkpoint_every_events": "TETHER_AUDIT_CHECKPOINT_EVERY_EVENTS",
@@ -104,6 +105,7 @@ _STRINGS = (
     "trust_domain",
     "node_id",
     "audit_jsonl_path",
+    "engines_file",
     "public_url",
     "approval_webhook_url",
     "sqlite_synchronous",
@@ -288,6 +290,7 @@ class Settings(BaseSettings):
     node_id: StrictStr = "node-1"
     max_secret_bytes: Annotated[Integer, _between(1, MAX_SECRET_BYTES_CAP)] = DEFAULT_MAX_SECRET_BYTES
     audit_jsonl_path: PathSetting | None = None
+    engines_file: PathSetting | None = None
     audit_checkpoint_every_events: Annotated[Integer, _between(1, 10_000_000)] = 1000
     audit_checkpoint_interval_seconds: Annotated[Integer, _between(1, 86_400)] = 60
     public_url: Annotated[StrictStr, AfterValidator(_http_url(bare=True))] | None = None

@@ -32,6 +32,7 @@ from tether.crypto.keyprovider import KeyProvider
 from tether.domain.operators import OperatorRecord, Permission
 from tether.egress.leakguard import forget_guards
 from tether.engines import EngineRegistry, StaticEngine
+from tether.engines.config import load_engines
 from tether.errors import CryptoError, SealedError, TetherError
 from tether.identity.refusals import RefusalLimits
 from tether.identity.signing import TOKEN_KEYS_META
@@ -83,6 +84,10 @@ class Broker:
             on_delete=secret_revocation.secret_deleted,
         )
         self.engines = EngineRegistry(StaticEngine(self.secrets.read_value))
+        if settings.engines_file is not None:
+            for engine in load_engines(settings.engines_file, self.secrets.read_value):
+                for role in engine.config.roles:
+                    self.engines.mount_secret(role.secret, engine)
         revocation = RevocationService(storage, self.audit, self.clock, self.engines, secret_revocation)
         self.operators = OperatorService(storage, self.audit, self.clock)
         self.agents = AgentService(
@@ -255,6 +260,7 @@ class Broker:
             log.warning("starting sealed: %s", exc)
 
     async def close(self) -> None:
+        await self.engines.aclose()
         await self.audit.close()
         self.seal_now()
         await self.storage.close()

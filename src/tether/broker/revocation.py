@@ -214,6 +214,9 @@ class RevocationService:
                 )
         pending = await self._storage.leases_to_revoke(now)
         await self.revoke_leases(pending)
+        # What engines issued that no live lease covers (e.g. a node stopped mid-issue).
+        for lease_id in await self._engines.sweep_orphans(self._storage.get_leases, now):
+            await self._storage.mark_lease_revoked(lease_id, self._clock.now())
         return ended
 
     async def sweep_loop(self, interval_seconds: float) -> None:

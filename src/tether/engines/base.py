@@ -12,13 +12,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from tether.domain.tasks import Lease
 from tether.errors import ConfigError, EngineError, NotFoundError, TetherError
 
 log = logging.getLogger(__name__)
+
+#: How often the orphan sweep runs (it lists the engines' own records, e.g. database roles).
+ORPHAN_SWEEP_SECONDS = 60
+ORPHAN_SWEEP_INTERVAL = timedelta(seconds=ORPHAN_SWEEP_SECONDS)
 
 __all__ = [
     "EngineRegistry",
@@ -96,6 +100,7 @@ class EngineRegistry:
         self._default = default
         self._mounts: list[tuple[str, SecretEngine]] = []
         self._exact: dict[str, SecretEngine] = {}
+        self._orphans_swept: datetime | None = None
 
     def mount(self, prefix: str, engine: SecretEngine) -> None:
         self._engines[engine.name] = engine
@@ -141,9 +146,13 @@ class EngineRegistry:
     async def sweep_orphans(
         self, leases_of: Callable[[Sequence[str]], Awaitable[Sequence[Lease]]], now: datetime
     ) -> list[str]:
-        """Each sweeping engine's :meth:`SweepingEngine.sweep_orphans`; an engine that fails is
+        """Each sweeping engine's :meth:`SweepingEngine.sweep_orphans`, at most once per
+        :data:`ORPHAN_SWEEP_SECONDS` (the first call sweeps: at start); an engine that fails is
         logged and skipped (the next sweep tries again)."""
         revoked: list[str] = []
+        if self._orphans_swept is not None and now < self._orphans_swept + ORPHAN_SWEEP_INTERVAL:
+            return revoked
+        self._orphans_swept = now
         for engine in self._engines.values():
             if not isinstance(engine, SweepingEngine):
                 continue
@@ -152,6 +161,16 @@ class EngineRegistry:
             except Exception as exc:  # noqa: BLE001 - one engine's failure must not stop the sweep
                 log.warning("engine %r: orphan sweep failed (%s)", engine.name, type(exc).__name__)
         return revoked
+
+    async def aclose(self) -> None:
+        """Close what the engines hold open (admin connections)."""
+        for engine in self._engines.values():
+            close = getattr(engine, "aclose", None)
+            if close is not None:
+                try:
+                    await close()
+                except Exception as exc:  # noqa: BLE001 - closing the others matters more
+                    log.warning("engine %r: closing failed (%s)", engine.name, type(exc).__name__)
 
     async def revoke(self, lease: Lease) -> None:
         engine = self.named(lease.engine)

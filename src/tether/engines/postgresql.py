@@ -56,6 +56,7 @@ REVOKE_ATTEMPTS = 3
 #: A lease still without a handle this long after it was recorded was never completed (the node
 #: stopped between recording it and handing the credential out): its role, if any, is dropped.
 INCOMPLETE_LEASE_SECONDS = 120
+MAX_REMEMBERED_FAILURES = 10_000
 
 # The role and every role it is (transitively) a member of: what it can do beyond its grants.
 _ESCAPES = """
@@ -171,6 +172,8 @@ class PostgresEngine:
         self._pool_version: int | None = None
         self._target: _Target | None = None
         self._lock = asyncio.Lock()
+        # Leases whose issue failed with nothing created, oldest first (bounded).
+        self._not_created: dict[str, None] = {}
 
     def __repr__(self) -> str:
         return f"PostgresEngine(name={self.name!r}, roles={len(self.config.roles)})"
@@ -233,15 +236,24 @@ class PostgresEngine:
         expires_at = min(request.expires_at, request.now + timedelta(seconds=role.default_ttl_seconds))
         name = role_name(self.config.role_prefix, request.lease_id)
         password = secrets.token_urlsafe(32)
-        async with self._connection() as (conn, target):
-            try:
-                async with conn.transaction():
-                    await self._create(conn, name, password, expires_at, request, role, target)
-            except asyncpg.PostgresError as exc:
-                raise EngineError(
-                    f"postgresql engine {self.name!r}: creating the role failed "
-                    f"({type(exc).__name__}: {_safe_message(exc, password)})"
-                ) from None
+        try:
+            async with self._connection() as (conn, target):
+                try:
+                    async with conn.transaction():
+                        await self._create(conn, name, password, expires_at, request, role, target)
+                except (asyncpg.PostgresError, EngineError) as exc:
+                    # The server rolled the transaction back: no role exists.
+                    self._remember_not_created(request.lease_id)
+                    if isinstance(exc, EngineError):
+                        raise
+                    raise EngineError(
+                        f"postgresql engine {self.name!r}: creating the role failed "
+                        f"({type(exc).__name__}: {_safe_message(exc, password)})"
+                    ) from None
+        except EngineUnavailableError:
+            # No connection, so no statement ran: revoking this lease has nothing to drop.
+            self._remember_not_created(request.lease_id)
+            raise
         return IssuedCredential(
             credential={
                 "type": "postgresql",
@@ -255,6 +267,11 @@ class PostgresEngine:
             handle={"role": name, "database": target.database},
             expires_at=expires_at,
         )
+
+    def _remember_not_created(self, lease_id: str) -> None:
+        self._not_created[lease_id] = None
+        while len(self._not_created) > MAX_REMEMBERED_FAILURES:
+            del self._not_created[next(iter(self._not_created))]
 
     async def _create(
         self,
@@ -324,6 +341,9 @@ class PostgresEngine:
         name = role_name(self.config.role_prefix, lease.id)
         if handle_role is not None and handle_role != name:
             raise EngineError(f"lease {lease.id}: its handle names another role")
+        if not lease.handle and lease.id in self._not_created:
+            del self._not_created[lease.id]
+            return  # its issue failed before any role existed (e.g. the admin connection was down)
         await self._drop(name)
 
     async def _drop(self, name: str) -> None:

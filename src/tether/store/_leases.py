@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -105,3 +105,33 @@ class LeaseStore(SQLBase):
                     revoked_at_us=func.coalesce(lc.revoked_at_us, to_us(now)),
                 )
             )
+
+    async def get_leases(self, lease_ids: Sequence[str]) -> list[Lease]:
+        lc = t.leases.c
+        ids = list(dict.fromkeys(lease_ids))[:1000]
+        if not ids:
+            return []
+        async with self._tx(write=False) as conn:
+            rows = (await conn.execute(select(t.leases).where(lc.id.in_(ids)))).all()
+        return [_lease(row) for row in rows]
+
+    async def list_leases(
+        self, now: datetime, *, state: str | None = None, task_id: str | None = None, limit: int = 100
+    ) -> list[Lease]:
+        lc = t.leases.c
+        ended = or_(lc.revoked_at_us.is_not(None), lc.expires_at_us <= to_us(now))
+        query = select(t.leases)
+        if state == "active":
+            query = query.where(and_(lc.revoked_at_us.is_(None), lc.expires_at_us > to_us(now)))
+        elif state == "revoking":
+            query = query.where(and_(lc.engine_revoked_at_us.is_(None), ended))
+        elif state == "revoked":
+            query = query.where(lc.engine_revoked_at_us.is_not(None))
+        elif state is not None:
+            raise ValueError(f"unknown lease state {state!r}")
+        if task_id is not None:
+            query = query.where(lc.task_id == task_id)
+        query = query.order_by(lc.created_at_us.desc(), lc.id).limit(limit)
+        async with self._tx(write=False) as conn:
+            rows = (await conn.execute(query)).all()
+        return [_lease(row) for row in rows]

@@ -577,6 +577,17 @@ class TaskStorage(Protocol):
         """The engine revoked the lease's credential."""
         ...
 
+    async def get_leases(self, lease_ids: Sequence[str]) -> list[Lease]:
+        """The leases of ``lease_ids`` that exist (at most 1,000 ids; unknown ids are left out)."""
+        ...
+
+    async def list_leases(
+        self, now: datetime, *, state: str | None = None, task_id: str | None = None, limit: int = 100
+    ) -> list[Lease]:
+        """Leases newest first: ``state`` ``active`` (neither revoked nor expired), ``revoking``
+        (ended, the engine has not revoked the credential yet) or ``revoked`` (by the engine)."""
+        ...
+
 
 class PolicyStorage(Protocol):
     """Deployed policy set versions and the active one."""

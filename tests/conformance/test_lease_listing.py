@@ -1,0 +1,43 @@
+"""Storage conformance for reading leases back: by id (the orphan sweep's question, "is this
+credential's lease still live?") and listed by state (``tether lease list``)."""
+
+from __future__ import annotations
+
+from tests.conformance.test_task_store import at, make_grant, make_lease, make_task, stored
+from tether.domain.tasks import TaskStatus, new_id
+from tether.store.base import Storage
+
+
+async def test_leases_are_read_by_id_and_listed_by_state(storage: Storage) -> None:
+    task, other = make_task(), make_task()
+    await stored(storage, task, other)
+    grant, other_grant = make_grant(task), make_grant(other)
+    await storage.create_grant(grant, now=at(0))
+    await storage.create_grant(other_grant, now=at(0))
+    live = make_lease(other_grant, ttl=1000)
+    ending = make_lease(grant, ttl=1000)
+    for lease in (live, ending):
+        await storage.create_lease(lease)
+
+    found = await storage.get_leases([live.id, ending.id, new_id("lse"), live.id])
+    assert sorted(lease.id for lease in found) == sorted([live.id, ending.id])
+    assert await storage.get_leases([]) == []
+    assert await storage.get_leases([new_id("lse")]) == []
+
+    assert {lease.id for lease in await storage.list_leases(at(1))} == {live.id, ending.id}
+    assert {lease.id for lease in await storage.list_leases(at(1), state="active")} == {live.id, ending.id}
+    await storage.end_tasks([task.id], TaskStatus.COMPLETED.value, "done", at(2))
+    assert [lease.id for lease in await storage.list_leases(at(3), state="active")] == [live.id]
+    assert [lease.id for lease in await storage.list_leases(at(3), state="revoking")] == [ending.id]
+    assert await storage.list_leases(at(3), state="revoked") == []
+    assert [lease.id for lease in await storage.list_leases(at(3), task_id=task.id)] == [ending.id]
+    assert len(await storage.list_leases(at(3), limit=1)) == 1
+
+    await storage.mark_lease_revoked(ending.id, at(4))
+    assert await storage.list_leases(at(5), state="revoking") == []
+    [revoked] = await storage.list_leases(at(5), state="revoked")
+    assert (revoked.id, revoked.engine_revoked_at) == (ending.id, at(4))
+    [again] = await storage.get_leases([ending.id])
+    assert again.revoked_at == at(2)
+    # Expired without an ending: no longer active, waiting for the engine.
+    assert [lease.id for lease in await storage.list_leases(at(2000), state="revoking")] == [live.id]
