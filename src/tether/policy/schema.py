@@ -19,7 +19,8 @@ type TaskCtx = { id: String, purpose: String, objective_sha256: String, sensitiv
   secrets: Set<String>, destinations: Set<String>, tools: Set<String>, depth: Long, chain: Set<String>,
   age_seconds: Long, remaining_seconds: Long };
 type Req = { method: String, path: String };
-type Ctx = { task: TaskCtx, approval: Bool, mode: String, destination: String, request: Req, uses: Long };
+type Ctx = { task: TaskCtx, approval: Bool, mode: String, destination: String, request: Req, uses: Long,
+  arguments?: Set<String> };
 action open_task, delegate appliesTo { principal: Agent, resource: Agent, context: Ctx };
 action issue, activate appliesTo { principal: Agent, resource: [Secret, Destination], context: Ctx };
 action call_tool appliesTo { principal: Agent, resource: Tool, context: Ctx };

@@ -1,0 +1,281 @@
+"""``/mcp``: the gateway's front, the MCP SDK's low-level ``Server`` over streamable HTTP.
+
+Every request is authenticated like the rest of the agent API — a DPoP-bound access token with a
+fresh proof for ``POST <public URL>/mcp`` — and names its task in ``Tether-Task``; the MCP session is
+never the authentication. The SDK runs *stateless*: no ``Mcp-Session-Id`` is issued or trusted, so
+any worker of any node can serve any request, and each request carries everything it is judged by.
+Answers stream as server-sent events, so an upstream's progress and log notifications (redacted)
+reach the client during a call.
+
+A proof is single-use as everywhere: for ``tools/call`` its use is recorded with the call's
+``tool.call`` (or refusal) event, in one write; for any other method it is recorded before the
+method runs. The handlers' answers per tool list and call are :class:`tether.mcp.gateway.McpGateway`'s.
+
+The OAuth protected-resource metadata (RFC 9728) names Tether itself as the authorization server,
+so a standard MCP client finds ``/v1/auth/token`` from a 401's ``WWW-Authenticate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import warnings
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import mcp_types as types
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.server import Server
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Message, Receive, Scope, Send
+
+from tether import __version__
+from tether.broker.auth import AgentCaller
+from tether.domain.tasks import validate_id
+from tether.errors import (
+    AuthenticationError,
+    DeniedError,
+    InvalidInputError,
+    NotFoundError,
+    SealedError,
+    StorageError,
+)
+from tether.mcp.gateway import McpGateway
+from tether.mcp.upstreams import UpstreamError
+
+if TYPE_CHECKING:
+    from tether.broker import Broker
+
+__all__ = [
+    "DENIED",
+    "MCP_PATH",
+    "TASK_HEADER",
+    "UPSTREAM_FAILED",
+    "McpFront",
+    "protected_resource_metadata",
+]
+
+log = logging.getLogger(__name__)
+
+MCP_PATH = "/mcp"
+TASK_HEADER = "tether-task"
+#: JSON-RPC error codes of the gateway (server-defined range): a refusal and an upstream failure.
+DENIED = -32001
+UPSTREAM_FAILED = -32002
+_SCOPE_KEY = "tether.mcp"
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """What the front hands the handlers through the ASGI scope: who calls, for which task."""
+
+    caller: AgentCaller
+    task_id: str
+
+
+def protected_resource_metadata(public_url: str) -> dict[str, Any]:
+    """RFC 9728 metadata for ``/mcp``: Tether is its own authorization server; tokens are DPoP-bound."""
+    base = public_url.rstrip("/")
+    return {
+        "resource": base + MCP_PATH,
+        "authorization_servers": [base],
+        "bearer_methods_supported": ["header"],
+        "dpop_bound_access_tokens_required": True,
+        "dpop_signing_alg_values_supported": ["Ed25519", "EdDSA", "ES256"],
+        "resource_name": "Tether MCP gateway",
+        "resource_documentation": "https://github.com/tether/tether/blob/main/docs/mcp.md",
+    }
+
+
+def _error(exc: BaseException) -> MCPError:  # noqa: PLR0911 - one answer per kind of error
+    """A JSON-RPC error for what the gateway raised; never upstream text beyond the redacted."""
+    if isinstance(exc, MCPError):
+        return exc
+    if isinstance(exc, DeniedError):
+        data: dict[str, Any] = {}
+        if exc.decision is not None:
+            data["decision"] = {
+                "allowed": False,
+                "policies": list(exc.decision.policies),
+                "missing": list(exc.decision.missing),
+            }
+        if exc.approval_id:
+            data["approval_id"] = exc.approval_id
+        return MCPError(DENIED, f"denied: {exc}", data or None)
+    if isinstance(exc, InvalidInputError | NotFoundError):
+        return MCPError(types.INVALID_PARAMS, str(exc))
+    if isinstance(exc, AuthenticationError):
+        return MCPError(DENIED, f"denied: {exc}")
+    if isinstance(exc, UpstreamError):
+        return MCPError(UPSTREAM_FAILED, str(exc))
+    if isinstance(exc, SealedError | StorageError):
+        return MCPError(types.INTERNAL_ERROR, "Tether is unavailable (sealed or its store is down)")
+    log.error("MCP gateway: unexpected %s", type(exc).__name__)
+    return MCPError(types.INTERNAL_ERROR, "the call failed; see the server log")
+
+
+class McpFront:
+    """The ``/mcp`` endpoint of one app: the SDK's server and session manager, and the gateway."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.gateway = McpGateway(broker)
+        self.server: Server[Any] = Server(
+            "tether",
+            version=__version__,
+            title="Tether MCP gateway",
+            instructions="The tools of the MCP servers your task declared, decided by Tether's policies.",
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+        )
+        self.manager = StreamableHTTPSessionManager(app=self.server, stateless=True, json_response=False)
+        self._runner: asyncio.Task[None] | None = None
+        self._started = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def _run(self) -> None:
+        async with self.manager.run():
+            self._started.set()
+            await self._stop.wait()
+
+    async def start(self) -> None:
+        """Start the SDK's session manager and the gateway's watch loop (once)."""
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run(), name="mcp-front")
+            self.gateway.start_watch()
+        async with asyncio.timeout(10):
+            await self._started.wait()
+
+    async def aclose(self) -> None:
+        self._stop.set()
+        if self._runner is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._runner, 10)
+        await self.gateway.aclose()
+
+    # -- handlers ----------------------------------------------------------------------------
+    @staticmethod
+    def _call(ctx: ServerRequestContext[Any, Any]) -> _Call:
+        request = ctx.request
+        call = None if request is None else request.scope.get(_SCOPE_KEY)
+        if not isinstance(call, _Call):  # not through the authenticated endpoint: refuse
+            raise MCPError(DENIED, "denied: not authenticated")
+        return call
+
+    async def _list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        call = self._call(ctx)
+        try:
+            listed = await self.gateway.list_tools(call.caller, call.task_id)
+            tools = [types.Tool.model_validate(tool) for tool in listed]
+        except Exception as exc:  # noqa: BLE001 - every failure is a JSON-RPC error, never a crash
+            raise _error(exc) from None
+        return types.ListToolsResult(tools=tools)
+
+    async def _call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        call = self._call(ctx)
+
+        async def progress(progress: float, total: float | None, message: str | None) -> None:
+            await ctx.session.report_progress(progress, total, message)
+
+        async def on_log(params: dict[str, Any]) -> None:
+            # Logging is deprecated since 2026-07-28 (SEP-2577); clients of both eras still use it.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", MCPDeprecationWarning)
+                await ctx.session.send_log_message(
+                    params.get("level", "info"),
+                    params.get("data"),
+                    params.get("logger"),
+                    related_request_id=ctx.request_id,
+                )
+
+        try:
+            outcome = await self.gateway.call_tool(
+                call.caller,
+                call.task_id,
+                params.name,
+                params.arguments,
+                progress=progress,
+                on_log=on_log,
+            )
+            return types.CallToolResult.model_validate(outcome.result)
+        except Exception as exc:  # noqa: BLE001 - every failure is a JSON-RPC error, never a crash
+            if call.caller.replay is not None:  # refused before anything was recorded: use the proof up
+                await self.gateway.spend_proof(call.caller.replay)
+            raise _error(exc) from None
+
+    # -- the endpoint ------------------------------------------------------------------------
+    async def handle(self, request: Request) -> Response:
+        """Authenticate, then let the SDK answer (JSON-RPC over SSE or JSON)."""
+        from tether.api.routes_auth import agent_caller
+
+        if request.method != "POST":
+            # Stateless: no standalone SSE stream (GET) and no session to end (DELETE).
+            return JSONResponse(
+                {"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message": "Method not allowed"}},
+                status_code=405,
+                headers={"Allow": "POST"},
+            )
+        caller = await agent_caller(request, self.broker, defer_replay=True)
+        task_id = request.headers.get(TASK_HEADER)
+        if not task_id:
+            raise InvalidInputError("the Tether-Task header (the task's id) is required", field="Tether-Task")
+        validate_id(task_id, "tsk", "Tether-Task")
+        body = await request.body()
+        if _method_of(body) != "tools/call":
+            caller = await self._spend(caller)
+        await self.start()
+        return _Delegated(self.manager, body, _Call(caller, task_id))
+
+    async def _spend(self, caller: AgentCaller) -> AgentCaller:
+        """Record the proof's single use now (a request that records nothing else)."""
+        replay = caller.replay
+        if replay is None:
+            return caller
+        if not await self.broker.storage.remember_jti(
+            replay.key, expires_at=replay.expires_at, now=replay.now
+        ):
+            raise await self.broker.auth.refuse_replay(caller, "POST /mcp")
+        return replace(caller, replay=None)
+
+
+def _method_of(body: bytes) -> str | None:
+    try:
+        message = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    method = message.get("method") if isinstance(message, dict) else None
+    return method if isinstance(method, str) else None
+
+
+class _Delegated(Response):
+    """A response that lets the SDK's manager answer on the raw ASGI channel, with the body
+    already read and the authenticated call in the scope."""
+
+    def __init__(self, manager: StreamableHTTPSessionManager, body: bytes, call: _Call) -> None:
+        super().__init__()
+        self._manager = manager
+        self._body = body
+        self._call_state = call
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": self._body, "more_body": False}
+            return await receive()
+
+        scope = {**scope, _SCOPE_KEY: self._call_state}
+        await self._manager.handle_request(scope, replay, send)

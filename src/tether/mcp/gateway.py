@@ -1,0 +1,661 @@
+"""The MCP gateway's service: the upstream registry (operators) and the governed tool path (agents).
+
+Registry: an operator registers an upstream; Tether opens it once with its secrets, lists its tools
+and pins each definition (:mod:`tether.mcp.servers`). ``check`` opens it again and quarantines what
+changed; ``approve`` pins quarantined definitions. Operators need ``destination.write`` to change
+the registry and ``destination.read`` to read it (an upstream is a destination for tools).
+
+Tools: ``tools/list`` shows the tools the task declared (``server/tool`` or ``server/*``) that are
+pinned, not quarantined, and that policy would allow (``call_tool``). ``tools/call`` is an
+activation: it reads the task and the server (two indexed reads), decides ``call_tool`` against the
+live task with the argument *shape* in the context, opens the task's upstream if it is not open
+yet (recorded first: ``mcp.session.open``), refuses arguments that carry an injected secret, checks
+the live definition against its pin and the arguments against the pinned input schema, records one
+``tool.call`` event (with the proof's single use) and forwards. What comes back is redacted; a
+redaction is recorded (``tool.redact``) before the answer goes out. Every refusal is a ``decision``
+event. Any error on this path is a refusal (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import jsonschema  # type: ignore[import-untyped]
+import jsonschema.exceptions  # type: ignore[import-untyped]
+from mcp.shared.exceptions import MCPError
+
+from tether.audit import Actor
+from tether.broker._decisions import DecisionPoint, agent_entity, summary
+from tether.broker.access import authorize, operator_actor, record_failure
+from tether.broker.auth import AgentCaller
+from tether.domain.destinations import Injection
+from tether.domain.operators import OperatorRecord, Permission
+from tether.domain.tasks import Task, TaskStatus, decision_context, validate_id
+from tether.egress.leakguard import LeakGuard
+from tether.errors import (
+    ConflictError,
+    DeniedError,
+    InvalidInputError,
+    NotFoundError,
+    TetherError,
+)
+from tether.mcp.guard import SecretGuard
+from tether.mcp.servers import (
+    Drift,
+    McpServer,
+    PinnedTool,
+    UpstreamKind,
+    argument_shape,
+    cedar_tool_id,
+    declared,
+    front_name,
+    split_front_name,
+    validate_server_name,
+)
+from tether.mcp.upstreams import (
+    ProgressSink,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamSession,
+    UpstreamSpec,
+)
+from tether.policy import Entity
+from tether.store.base import EffectFailedError, RememberJti
+
+if TYPE_CHECKING:
+    from mcp_types import CallToolResult
+
+    from tether.broker import Broker
+
+__all__ = ["CallOutcome", "McpGateway", "ToolRefusedError"]
+
+log = logging.getLogger(__name__)
+
+#: Receives an upstream's log notification (redacted, as JSON) during a call.
+LogForward = Callable[[dict[str, Any]], Awaitable[None]]
+
+#: How often the watch loop looks for ended tasks with open upstreams.
+WATCH_INTERVAL_SECONDS = 0.5
+MAX_VALIDATORS = 512
+
+
+class ToolRefusedError(DeniedError):
+    """A tool call refused before it reached the upstream (recorded)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """A tool's answer as the agent gets it (redacted), and how many redactions were made."""
+
+    result: dict[str, Any]
+    redactions: int
+
+
+def _tool_entity(server: str, tool: str) -> Entity:
+    return Entity("Tool", cedar_tool_id(server, tool), {"server": server, "name": tool})
+
+
+class McpGateway:
+    """One per app (per process): the registry, the governed tool path and the open upstreams."""
+
+    def __init__(self, broker: Broker, pool: UpstreamPool | None = None) -> None:
+        self._broker = broker
+        self._storage = broker.storage
+        self._audit = broker.audit
+        self._clock = broker.clock
+        self._decisions = DecisionPoint(
+            broker.storage,
+            broker.audit,
+            broker.clock,
+            broker.settings,
+            broker.policies,
+            broker.engines,
+            refuse_replay=broker.auth.refuse_replay,
+        )
+        self.pool = pool or UpstreamPool()
+        self._validators: dict[str, Any] = {}
+        self._uses: Counter[tuple[str, str]] = Counter()
+        self._watch: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start_watch(self) -> None:
+        """Start (once) the loop that closes the upstreams of tasks that ended."""
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.create_task(self._watch_loop(), name="mcp-gateway-watch")
+
+    async def aclose(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watch
+            self._watch = None
+        await self.pool.aclose()
+
+    async def _watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_SECONDS)
+            try:
+                await self.close_ended()
+            except TetherError as exc:  # the store is down: try again next round
+                log.warning("MCP gateway: checking tasks failed (%s)", type(exc).__name__)
+
+    async def close_ended(self) -> list[str]:
+        """Close the upstreams of every task (with one open here) that is no longer active."""
+        now = self._clock.now()
+        closed = []
+        for task_id in sorted(self.pool.tasks()):
+            task = await self._storage.get_task(task_id)
+            if task is None or task.effective_status(now) is not TaskStatus.ACTIVE:
+                await self._close_task(task_id, task, "the task ended")
+                closed.append(task_id)
+        return closed
+
+    async def _close_task(self, task_id: str, task: Task | None, reason: str) -> None:
+        names = await self.pool.close_task(task_id)
+        for key in [key for key in self._uses if key[0] == task_id]:
+            del self._uses[key]
+        if not names:
+            return
+        status = "gone" if task is None else task.effective_status(self._clock.now()).value
+        with contextlib.suppress(TetherError):  # closing only narrows access; it stands regardless
+            await self._audit.record(
+                "mcp.session.close",
+                self._audit.actor,
+                resource=f"task:{task_id}",
+                task_id=None if task is None else task.id,
+                chain=() if task is None else task.chain,
+                reason=reason,
+                data={"servers": sorted(names), "status": status},
+            )
+
+    async def spend_proof(self, replay: RememberJti) -> None:
+        """Record a deferred proof's use on its own (a call refused before anything was recorded)."""
+        await self._decisions.spend_proof(replay)
+
+    # -- registry (operators) --------------------------------------------------------------
+    async def add(
+        self,
+        actor: OperatorRecord,
+        *,
+        name: str,
+        command: str | None = None,
+        args: Iterable[str] = (),
+        env: Mapping[str, str] | None = None,
+        url: str | None = None,
+        secret: str | None = None,
+        inject: Injection | None = None,
+        timeout_seconds: int = 30,
+    ) -> McpServer:
+        """Register an upstream: open it once (with its secrets), pin every tool it lists."""
+        record = McpServer(
+            name=name,
+            kind=UpstreamKind.STDIO if command is not None else UpstreamKind.HTTP,
+            created_at=self._clock.now(),
+            created_by=actor.name,
+            command=command,
+            args=tuple(args),
+            env=dict(env or {}),
+            url=url,
+            secret=secret,
+            inject=inject,
+            timeout_seconds=timeout_seconds,
+        )
+        resource = f"mcp_server:{record.name}"
+        await authorize(self._audit, actor, Permission.DESTINATION_WRITE, resource)
+        for path in record.secrets:
+            if await self._storage.get_secret(path) is None:
+                raise NotFoundError(f"no secret {path!r}: write it before giving it to an MCP server")
+        if await self._storage.get_mcp_server(record.name) is not None:
+            raise ConflictError(f"an MCP server named {record.name!r} already exists")
+        live = await self._probe(record)
+        record = McpServer(**{**_fields(record), "tools": live})
+        data = {
+            **_registration_data(record),
+            "tools": {tool.name: tool.sha256 for tool in live.values()},
+        }
+        await self._audit.record("mcp.server.add", operator_actor(actor), resource=resource, data=data)
+        try:
+            await self._storage.put_mcp_server(record)
+        except TetherError as exc:
+            await record_failure(self._audit, "mcp.server.add", actor, resource, exc)
+            raise
+        return record
+
+    async def _probe(self, record: McpServer) -> dict[str, PinnedTool]:
+        """Open ``record`` once, outside any task, and list its tools."""
+        spec = await self._spec(record)
+        session = UpstreamSession("registration", spec)
+        try:
+            await session.start()
+            return dict(session.live)
+        except UpstreamError as exc:
+            raise InvalidInputError(f"cannot list the upstream's tools: {exc}", field="name") from None
+        finally:
+            await session.close()
+
+    async def list(self, actor: OperatorRecord) -> builtins.list[McpServer]:
+        await authorize(self._audit, actor, Permission.DESTINATION_READ, "mcp_server:*")
+        return await self._storage.list_mcp_servers()
+
+    async def show(self, actor: OperatorRecord, name: str) -> McpServer:
+        validate_server_name(name)
+        await authorize(self._audit, actor, Permission.DESTINATION_READ, f"mcp_server:{name}")
+        record = await self._storage.get_mcp_server(name)
+        if record is None:
+            raise NotFoundError(f"no MCP server {name!r}")
+        return record
+
+    async def remove(self, actor: OperatorRecord, name: str) -> None:
+        validate_server_name(name)
+        resource = f"mcp_server:{name}"
+        await authorize(self._audit, actor, Permission.DESTINATION_WRITE, resource)
+        record = await self._storage.get_mcp_server(name)
+        if record is None:
+            raise NotFoundError(f"no MCP server {name!r}")
+        await self._audit.record(
+            "mcp.server.remove", operator_actor(actor), resource=resource, data=_registration_data(record)
+        )
+        if not await self._storage.delete_mcp_server(name):
+            raise NotFoundError(f"no MCP server {name!r}")
+        await self.pool.close_server(name)
+
+    async def check(self, actor: OperatorRecord, name: str) -> McpServer:
+        """Open the upstream now and quarantine every definition that differs from its pin."""
+        record = await self.show(actor, name)
+        await authorize(self._audit, actor, Permission.DESTINATION_WRITE, f"mcp_server:{name}")
+        live = await self._probe(record)
+        return await self._quarantine(record, record.drift(live.values()), operator_actor(actor))
+
+    async def approve(
+        self, actor: OperatorRecord, name: str, tools: Iterable[str] | None = None
+    ) -> McpServer:
+        """Pin the quarantined definitions ``tools`` (all if None)."""
+        validate_server_name(name)
+        resource = f"mcp_server:{name}"
+        await authorize(self._audit, actor, Permission.DESTINATION_WRITE, resource)
+        record = await self._storage.get_mcp_server(name)
+        if record is None:
+            raise NotFoundError(f"no MCP server {name!r}")
+        approved = record.approve(None if tools is None else list(tools))
+        chosen = sorted(set(record.quarantined) - set(approved.quarantined))
+        await self._audit.record(
+            "mcp.server.approve",
+            operator_actor(actor),
+            resource=resource,
+            data={"tools": {tool: record.quarantined[tool].sha256 for tool in chosen}},
+        )
+        if not await self._storage.replace_mcp_server(approved, expected_version=record.version):
+            raise ConflictError(f"MCP server {name!r} changed meanwhile; look at it again")
+        return approved
+
+    async def _quarantine(self, record: McpServer, drift: Drift, actor: Actor) -> McpServer:
+        fresh = [
+            tool
+            for tool in (*drift.changed, *drift.new)
+            if record.quarantined.get(tool.name, None) is None
+            or record.quarantined[tool.name].sha256 != tool.sha256
+        ]
+        if not fresh:
+            return record
+        for _ in range(3):  # compare-and-set: another worker may record the same drift
+            updated = record.quarantine(Drift(changed=tuple(fresh)))
+            await self._audit.record(
+                "mcp.tool.quarantine",
+                actor,
+                resource=f"mcp_server:{record.name}",
+                reason="a tool's definition changed or appeared after pinning",
+                data={
+                    "changed": {t.name: t.sha256 for t in drift.changed if t in fresh},
+                    "new": {t.name: t.sha256 for t in drift.new if t in fresh},
+                },
+            )
+            if await self._storage.replace_mcp_server(updated, expected_version=record.version):
+                return updated
+            reread = await self._storage.get_mcp_server(record.name)
+            if reread is None:
+                return record
+            record = reread
+        raise ConflictError(f"MCP server {record.name!r} keeps changing")
+
+    async def _spec(self, record: McpServer) -> UpstreamSpec:
+        """Decrypt what ``record`` is given (the caller has decided and recorded that use)."""
+        values: list[tuple[bytes, list[bytes]]] = []
+        env: dict[str, str] = {}
+        headers: dict[str, str] = {}
+        try:
+            for var, path in sorted(record.env.items()):
+                _, value = await self._broker.secrets.read_value(path)
+                env[var] = value.decode("utf-8")
+                values.append((value, []))
+            if record.secret is not None and record.inject is not None:
+                _, value = await self._broker.secrets.read_value(record.secret)
+                rendered = record.inject.render(value.decode("utf-8"))
+                if not rendered.isascii():
+                    raise InvalidInputError("the secret cannot be sent in a header", field="inject")
+                headers[record.inject.name] = rendered
+                values.append((value, [rendered.encode("ascii")]))
+        except UnicodeDecodeError:
+            raise InvalidInputError(
+                "a secret given to an MCP server must be UTF-8 text", field="env"
+            ) from None
+        return UpstreamSpec(server=record, env=env, headers=headers, guard=SecretGuard.of(values))
+
+    # -- agents: tools/list ----------------------------------------------------------------
+    async def _task(self, caller: AgentCaller, task_id: str) -> Task:
+        validate_id(task_id, "tsk", "Tether-Task")
+        task = await self._storage.get_task(task_id)
+        if task is None or task.agent_id != caller.agent.id:
+            raise NotFoundError(f"no task {task_id}")  # another agent's task is not found (no probing)
+        return task
+
+    async def list_tools(self, caller: AgentCaller, task_id: str) -> builtins.list[dict[str, Any]]:
+        """The tools this task may call now, as MCP ``Tool`` objects with gateway names."""
+        task = await self._task(caller, task_id)
+        now = self._clock.now()
+        if task.effective_status(now) is not TaskStatus.ACTIVE:
+            return []
+        wanted = {item.split("/", 1)[0] for item in task.intent.tools if "/" in item}
+        version = await self._decisions.active_policy_version()
+        principal = agent_entity(caller.agent)
+        listed: builtins.list[dict[str, Any]] = []
+        for name in sorted(wanted):
+            try:
+                record = await self._storage.get_mcp_server(validate_server_name(name))
+            except InvalidInputError:
+                continue
+            if record is None:
+                continue
+            for tool_name, pinned in sorted(record.tools.items()):
+                if (
+                    not declared(task.intent.tools, record.name, tool_name)
+                    or record.usable(tool_name, None) is None
+                ):
+                    continue
+                context = self._context(task, record.name, tool_name, None)
+                decision = await self._decisions.decide(
+                    "call_tool",
+                    principal,
+                    _tool_entity(record.name, tool_name),
+                    context,
+                    policy_version=version,
+                )
+                if decision.allowed or decision.missing == ("approval",):
+                    listed.append({**pinned.definition, "name": front_name(record.name, tool_name)})
+        return listed
+
+    def _context(
+        self, task: Task, server: str, tool: str, arguments: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        context = decision_context(
+            task,
+            self._clock.now(),
+            mode="call",
+            destination=f"mcp:{server}",
+            method="tools/call",
+            path=cedar_tool_id(server, tool),
+            uses=self._uses[(task.id, cedar_tool_id(server, tool))],
+        )
+        if arguments is not None:
+            context["arguments"] = argument_shape(arguments)
+        return context
+
+    # -- agents: tools/call ----------------------------------------------------------------
+    async def call_tool(
+        self,
+        caller: AgentCaller,
+        task_id: str,
+        name: str,
+        arguments: Mapping[str, Any] | None,
+        *,
+        progress: ProgressSink | None = None,
+        on_log: LogForward | None = None,
+    ) -> CallOutcome:
+        """Decide, record and forward one tool call; the answer redacted.
+
+        Raises:
+            NotFoundError: not the caller's task.
+            InvalidInputError: an unknown tool name, or arguments that do not fit the pinned schema
+                (recorded).
+            DeniedError: refused (recorded): the task is not active, the tool is not declared, is
+                quarantined, policy denies it, or the arguments carry an injected secret.
+            UpstreamError: the upstream failed, timed out or was closed (the task ended).
+            MCPError: the upstream answered with an error (its message redacted).
+        """
+        task = await self._task(caller, task_id)
+        args = dict(arguments or {})
+        try:
+            server_name, tool = split_front_name(name)
+        except InvalidInputError as exc:
+            raise await self._refuse(caller, task, f"tool:{name[:140]}", str(exc), invalid=True) from None
+        resource = f"tool:{cedar_tool_id(server_name, tool)}"
+        now = self._clock.now()
+        status = task.effective_status(now)
+        if status is not TaskStatus.ACTIVE:
+            await self._close_task(task.id, task, f"the task is {status.value}")
+            raise await self._refuse(caller, task, resource, f"task is {status.value}")
+        record = await self._storage.get_mcp_server(server_name)
+        if record is None or (tool not in record.tools and tool not in record.quarantined):
+            raise await self._refuse(caller, task, resource, f"unknown tool {name[:140]!r}", invalid=True)
+        if not declared(task.intent.tools, server_name, tool):
+            raise await self._refuse(caller, task, resource, "the task did not declare this tool")
+        if record.usable(tool, None) is None:
+            raise await self._refuse(caller, task, resource, "the tool's definition is quarantined")
+        entity = _tool_entity(server_name, tool)
+        decision = await self._decisions.decide(
+            "call_tool", agent_entity(caller.agent), entity, self._context(task, server_name, tool, args)
+        )
+        decision, approval = await self._decisions.allowed_or_refuse(
+            decision,
+            task,
+            "call_tool",
+            entity,
+            now,
+            {"tool": cedar_tool_id(server_name, tool)},
+            agent_id=caller.agent.id,
+            label=resource,
+            denied="policy denies this tool call",
+            caller=caller,
+        )
+        session = await self._session(caller, task, record)
+        if self._task_guard(task.id).holds_secret(args):
+            raise await self._refuse(
+                caller, task, resource, "the arguments carry a governed secret value (exfiltration refused)"
+            )
+        pinned = record.usable(tool, session.live.get(tool))
+        if pinned is None:
+            live = session.live.get(tool)
+            if live is not None and live.sha256 != record.tools[tool].sha256:
+                await self._quarantine(record, record.drift([live]), Actor.agent(caller.agent.id))
+            raise await self._refuse(caller, task, resource, "the tool's definition changed: quarantined")
+        problem = self._invalid_arguments(pinned, args)
+        if problem is not None:
+            raise await self._refuse(caller, task, resource, problem, invalid=True)
+        await self._record_call(caller, task, resource, pinned, args, decision, approval_id=approval)
+        key = (task.id, cedar_tool_id(server_name, tool))
+        self._uses[key] += 1
+        return await self._forward(caller, task, session, resource, tool, args, progress, on_log)
+
+    async def _session(self, caller: AgentCaller, task: Task, record: McpServer) -> UpstreamSession:
+        async def open_spec() -> UpstreamSpec:
+            await self._audit.record(
+                "mcp.session.open",
+                Actor.agent(caller.agent.id),
+                resource=f"mcp_server:{record.name}",
+                task_id=task.id,
+                chain=task.chain,
+                data=_registration_data(record),
+            )
+            return await self._spec(record)
+
+        session, opened = await self.pool.session(task.id, record.name, open_spec)
+        if opened:
+            drift = record.drift(session.live.values())
+            if drift:
+                await self._quarantine(record, drift, Actor.agent(caller.agent.id))
+        return session
+
+    def _task_guard(self, task_id: str) -> SecretGuard:
+        guards: builtins.list[LeakGuard] = []
+        for server in self.pool.names_of(task_id):
+            session = self.pool.get(task_id, server)
+            if session is not None:
+                guards.extend(session.guard.guards)
+        return SecretGuard(tuple(guards))
+
+    def _invalid_arguments(self, pinned: PinnedTool, args: Mapping[str, Any]) -> str | None:
+        validator = self._validators.get(pinned.sha256)
+        if validator is None:
+            schema = dict(pinned.input_schema)
+            try:
+                cls = jsonschema.validators.validator_for(schema)
+                cls.check_schema(schema)
+                validator = cls(schema)
+            except jsonschema.exceptions.SchemaError:
+                return "the tool's pinned input schema is not a valid JSON Schema"
+            if len(self._validators) >= MAX_VALIDATORS:
+                self._validators.clear()
+            self._validators[pinned.sha256] = validator
+        try:
+            error = jsonschema.exceptions.best_match(validator.iter_errors(dict(args)))
+        except Exception:  # noqa: BLE001 - a schema that breaks the validator: refuse
+            return "the arguments cannot be checked against the tool's input schema"
+        if error is None:
+            return None
+        where = "/".join(str(part) for part in error.absolute_path)[:100] or "(arguments)"
+        return f"the arguments do not match the tool's input schema at {where} ({error.validator})"
+
+    async def _record_call(
+        self,
+        caller: AgentCaller,
+        task: Task,
+        resource: str,
+        pinned: PinnedTool,
+        args: Mapping[str, Any],
+        decision: Any,
+        *,
+        approval_id: Any,
+    ) -> None:
+        effects = () if caller.replay is None else (caller.replay,)
+        try:
+            await self._audit.record(
+                "tool.call",
+                Actor.agent(caller.agent.id),
+                resource=resource,
+                task_id=task.id,
+                chain=task.chain,
+                decision=summary(decision),
+                data={
+                    "arguments": argument_shape(args),
+                    "definition_sha256": pinned.sha256,
+                    **({"approval_id": approval_id.id} if approval_id is not None else {}),
+                },
+                effects=effects,
+            )
+        except EffectFailedError as exc:
+            if any(isinstance(effect, RememberJti) for effect in exc.failed.values()):
+                raise await self._decisions.replayed(caller, f"tools/call {resource}") from None
+            raise
+
+    async def _forward(
+        self,
+        caller: AgentCaller,
+        task: Task,
+        session: UpstreamSession,
+        resource: str,
+        tool: str,
+        args: dict[str, Any],
+        progress: ProgressSink | None,
+        on_log: LogForward | None,
+    ) -> CallOutcome:
+        guard = self._task_guard(task.id)
+        redactions = 0
+
+        sink = progress
+
+        async def guarded_progress(progress: float, total: float | None, message: str | None) -> None:
+            nonlocal redactions
+            if sink is None:
+                return
+            if message is not None:
+                message, count = guard.redact_text(message)
+                redactions += count
+            await sink(progress, total, message)
+
+        async def guarded_log(params: Any) -> None:
+            nonlocal redactions
+            if on_log is None:
+                return
+            data, count = guard.redact(params.model_dump(mode="json", by_alias=True, exclude_none=True))
+            redactions += count
+            await on_log(data)
+
+        try:
+            result: CallToolResult = await session.call_tool(
+                tool, args, progress=guarded_progress, on_log=guarded_log
+            )
+        except MCPError as exc:
+            message, count = guard.redact_text(exc.error.message)
+            data, in_data = guard.redact(exc.error.data) if exc.error.data is not None else (None, 0)
+            redactions += count + in_data
+            await self._record_redactions(caller, task, resource, redactions, "error")
+            raise MCPError(exc.error.code, message[:1000], data) from None
+        body = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        clean, count = guard.redact(body)
+        redactions += count
+        await self._record_redactions(caller, task, resource, redactions, "result")
+        return CallOutcome(result=clean, redactions=redactions)
+
+    async def _record_redactions(
+        self, caller: AgentCaller, task: Task, resource: str, count: int, where: str
+    ) -> None:
+        if not count:
+            return
+        await self._audit.record(
+            "tool.redact",
+            Actor.agent(caller.agent.id),
+            resource=resource,
+            task_id=task.id,
+            chain=task.chain,
+            reason="the upstream's answer held an injected secret (reflection or exfiltration attempt)",
+            data={"count": count, "in": where},
+        )
+        log.warning(
+            "MCP gateway redacted %d occurrence(s) of an injected secret (%s, task %s)",
+            count,
+            resource,
+            task.id,
+        )
+
+    async def _refuse(
+        self, caller: AgentCaller, task: Task, resource: str, why: str, *, invalid: bool = False
+    ) -> TetherError:
+        error = await self._decisions.refuse(caller.agent.id, resource, task, why, caller=caller)
+        if invalid and isinstance(error, DeniedError):
+            return InvalidInputError(why, field="arguments")
+        return error
+
+
+def _fields(record: McpServer) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in McpServer.__dataclass_fields__}
+
+
+def _registration_data(record: McpServer) -> dict[str, Any]:
+    """What events say about an upstream: how it is reached and which secrets it gets (paths)."""
+    data: dict[str, Any] = {"kind": record.kind.value, "secrets": list(record.secrets)}
+    if record.kind is UpstreamKind.STDIO:
+        digest = hashlib.sha256(json.dumps([record.command, *record.args]).encode()).hexdigest()
+        data.update(command=(record.command or "")[:200], argv_sha256=digest, env=sorted(record.env))
+    else:
+        data.update(url=(record.url or "")[:300])
+        if record.inject is not None:
+            data["inject"] = record.inject.name
+    return data

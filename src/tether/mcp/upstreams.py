@@ -1,0 +1,432 @@
+"""Upstream MCP sessions, one per (task, server), opened with the task's credentials and closed
+(a stdio child's whole process tree killed) when the task ends.
+
+Each session is a :class:`mcp.Client` owned by one asyncio task (the SDK's transports are entered
+and left in the same task): it connects, lists the upstream's tools (their live definitions, for
+the pins), then waits until it is closed. Calls come from request handlers in other tasks; every
+call in flight is cancelled when the session closes.
+
+- **stdio**: the command runs without a shell, in its own process group, with a clean environment
+  (the SDK's safe defaults — ``HOME``, ``LOGNAME``, ``PATH``, ``SHELL``, ``TERM``, ``USER`` — plus the
+  registered ``VAR=<secret>``); its stderr goes to ``/dev/null`` (it could echo the secret into
+  Tether's logs). Closing SIGKILLs the whole process group at once, so children it started die
+  with it (a task's end is a revocation, not a polite request).
+- **http**: the SDK's streamable HTTP client with the injected header on every request, redirects
+  to another origin refused by the SDK, and Tether's own timeout.
+
+Sampling, elicitation and roots requests from an upstream are refused (the client declares none of
+those capabilities; the SDK answers them with an error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, cast
+
+import anyio
+import httpx2
+from mcp import Client
+from mcp.client.stdio import get_default_environment
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.dispatcher import ProgressFnT
+from mcp.shared.exceptions import MCPError
+from mcp.shared.message import SessionMessage
+from mcp_types import (
+    LOG_LEVEL_META_KEY,
+    CallToolResult,
+    LoggingMessageNotificationParams,
+    RequestParamsMeta,
+    jsonrpc_message_adapter,
+)
+
+from tether.errors import TetherError
+from tether.mcp.guard import SecretGuard
+from tether.mcp.servers import MAX_TOOLS, McpServer, PinnedTool, UpstreamKind, pin
+
+__all__ = [
+    "LogSink",
+    "ProgressSink",
+    "UpstreamError",
+    "UpstreamPool",
+    "UpstreamSession",
+    "UpstreamSpec",
+]
+
+log = logging.getLogger(__name__)
+
+#: How long opening an upstream (start, handshake, tools/list) may take.
+OPEN_TIMEOUT_SECONDS = 20.0
+#: Pages of tools/list read from an upstream at most.
+MAX_LIST_PAGES = 16
+#: One JSON-RPC message from a stdio upstream is at most this long.
+MAX_LINE_BYTES = 16 * 1024 * 1024
+
+ProgressSink = ProgressFnT
+LogSink = Callable[[LoggingMessageNotificationParams], Awaitable[None]]
+
+
+class UpstreamError(TetherError):
+    """An upstream could not be opened, failed or timed out. Messages never hold a secret, a
+    URL, or the upstream's own error text (which could)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSpec:
+    """What opening one upstream needs: the server and the secret values it is given (never
+    logged; the guard redacts them)."""
+
+    server: McpServer
+    env: Mapping[str, str]
+    headers: Mapping[str, str]
+    guard: SecretGuard
+
+    def __repr__(self) -> str:
+        return f"UpstreamSpec({self.server.name})"
+
+
+def clean_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    """A stdio child's environment: the SDK's safe defaults of Tether's own (``HOME``, ``LOGNAME``,
+    ``PATH``, ``SHELL``, ``TERM``, ``USER``) and ``extra``; nothing else of Tether's (no ``TETHER_*``)."""
+    return {**get_default_environment(), **extra}
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL the process group ``pid`` leads (the child started it: ``start_new_session``)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+@asynccontextmanager
+async def _stdio(spec: UpstreamSpec, started: Callable[[int], None]) -> AsyncIterator[Any]:
+    """The SDK's stdio framing (one JSON-RPC message per line) over a child Tether controls: no
+    shell, its own process group, a clean environment, stderr discarded, and at the end the whole
+    group killed at once (the SDK's own shutdown leaves a group alive when the leader exits)."""
+    server = spec.server
+    assert server.command is not None
+    process = await anyio.open_process(
+        [server.command, *server.args],
+        env=clean_environment(spec.env),
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    started(process.pid)
+    assert process.stdout is not None
+    assert process.stdin is not None
+    stdout, stdin = process.stdout, process.stdin
+    read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
+
+    async def reader() -> None:
+        buffer = b""
+        async with read_writer:
+            with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                async for chunk in stdout:
+                    buffer += chunk
+                    while b"\n" in buffer:
+                        line, buffer = buffer.split(b"\n", 1)
+                        if not line.strip():
+                            continue
+                        item: SessionMessage | Exception
+                        try:
+                            item = SessionMessage(jsonrpc_message_adapter.validate_json(line, by_name=False))
+                        except ValueError:
+                            item = UpstreamError("the upstream wrote a line that is not JSON-RPC")
+                        await read_writer.send(item)
+                    if len(buffer) > MAX_LINE_BYTES:
+                        await read_writer.send(UpstreamError("the upstream wrote an over-long line"))
+                        return
+
+    async def writer() -> None:
+        async with write_reader:
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+                async for message in write_reader:
+                    data = message.message.model_dump_json(by_alias=True, exclude_unset=True)
+                    await stdin.send((data + "\n").encode("utf-8"))
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(reader)
+            group.start_soon(writer)
+            try:
+                yield read_stream, write_stream
+            finally:
+                group.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            kill_group(process.pid)
+            with anyio.move_on_after(5):
+                await process.wait()
+            for stream in (stdin, stdout, read_stream, write_stream):
+                with contextlib.suppress(Exception):
+                    await stream.aclose()
+
+
+@asynccontextmanager
+async def _transport(spec: UpstreamSpec, started: Callable[[int], None]) -> AsyncIterator[Any]:
+    server = spec.server
+    if server.kind is UpstreamKind.STDIO:
+        async with _stdio(spec, started) as streams:
+            yield streams
+        return
+    assert server.url is not None
+    timeout = float(server.timeout_seconds)
+    async with (
+        httpx2.AsyncClient(
+            headers=dict(spec.headers),
+            timeout=httpx2.Timeout(timeout, read=timeout),
+            follow_redirects=False,
+            trust_env=False,
+        ) as http,
+        streamable_http_client(server.url, http_client=http) as streams,
+    ):
+        yield streams
+
+
+class UpstreamSession:
+    """One upstream opened for one task."""
+
+    def __init__(self, task_id: str, spec: UpstreamSpec) -> None:
+        self.task_id = task_id
+        self.spec = spec
+        self.live: dict[str, PinnedTool] = {}
+        self._client: Client | None = None
+        self._ready = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._failure: str | None = None
+        self._calls: set[asyncio.Task[Any]] = set()
+        self._log_sinks: set[LogSink] = set()
+        self._owner: asyncio.Task[None] | None = None
+        #: A stdio upstream's process id (the leader of its process group), once started.
+        self.pid: int | None = None
+
+    def _started(self, pid: int) -> None:
+        self.pid = pid
+
+    @property
+    def name(self) -> str:
+        return self.spec.server.name
+
+    @property
+    def guard(self) -> SecretGuard:
+        return self.spec.guard
+
+    @property
+    def open(self) -> bool:
+        return self._client is not None and not self._closing.is_set()
+
+    async def start(self) -> None:
+        """Connect and list the upstream's tools; :class:`UpstreamError` if that fails."""
+        self._owner = asyncio.create_task(self._run(), name=f"mcp-upstream-{self.name}")
+        try:
+            async with asyncio.timeout(OPEN_TIMEOUT_SECONDS):
+                await self._ready.wait()
+        except TimeoutError:
+            await self.close()
+            raise UpstreamError(f"upstream {self.name!r} did not start in time") from None
+        if self._failure is not None:
+            await self.close()
+            raise UpstreamError(f"upstream {self.name!r} could not be opened ({self._failure})")
+
+    async def _on_log(self, params: LoggingMessageNotificationParams) -> None:
+        for sink in list(self._log_sinks):
+            try:
+                await sink(params)
+            except Exception as exc:  # noqa: BLE001 - a client gone meanwhile: drop the notification
+                log.debug(
+                    "MCP upstream %s: a log notification was dropped (%s)", self.name, type(exc).__name__
+                )
+
+    async def _run(self) -> None:
+        try:
+            transport = _transport(self.spec, self._started)
+            async with Client(transport, logging_callback=self._on_log) as client:
+                self.live = await self._list(client)
+                self._client = client
+                self._ready.set()
+                await self._closing.wait()
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - any failure closes the session; the type only
+            self._failure = type(exc).__name__
+            log.warning("MCP upstream %s (task %s) failed: %s", self.name, self.task_id, type(exc).__name__)
+        finally:
+            self._client = None
+            self._ready.set()
+            self._closed.set()
+            for call in list(self._calls):
+                call.cancel()
+
+    @staticmethod
+    async def _list(client: Client) -> dict[str, PinnedTool]:
+        tools: dict[str, PinnedTool] = {}
+        cursor: str | None = None
+        for _ in range(MAX_LIST_PAGES):
+            page = await client.list_tools(cursor=cursor)
+            for tool in page.tools:
+                pinned = pin(tool.model_dump(by_alias=True, exclude_none=True, mode="json"))
+                tools[pinned.name] = pinned
+                if len(tools) > MAX_TOOLS:
+                    raise UpstreamError(f"the upstream lists more than {MAX_TOOLS} tools")
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        return tools
+
+    async def list_live(self) -> dict[str, PinnedTool]:
+        """List the upstream's tools again (after a ``list_changed``, or for a check)."""
+        client = self._client
+        if client is None:
+            raise UpstreamError(f"upstream {self.name!r} is closed")
+        self.live = await self._list(client)
+        return self.live
+
+    async def call_tool(
+        self,
+        name: str,
+        arguments: dict[str, Any],
+        *,
+        progress: ProgressSink | None = None,
+        on_log: LogSink | None = None,
+    ) -> CallToolResult:
+        """Call ``name``; cancelled if the session closes meanwhile. :class:`UpstreamError` on
+        a transport failure or timeout; an upstream's JSON-RPC error is raised as ``MCPError``."""
+        client = self._client
+        if client is None or self._closing.is_set():
+            raise UpstreamError(f"upstream {self.name!r} is closed")
+        timeout = float(self.spec.server.timeout_seconds)
+        # Log notifications are a per-request opt-in since 2026-07-28: ask for every level (the
+        # front passes on what its own client opted into).
+        meta: RequestParamsMeta | None = None
+        if on_log is not None:
+            meta = cast(RequestParamsMeta, {LOG_LEVEL_META_KEY: "debug"})
+        call = asyncio.ensure_future(
+            client.call_tool(
+                name, arguments, read_timeout_seconds=timeout, progress_callback=progress, meta=meta
+            )
+        )
+        self._calls.add(call)
+        if on_log is not None:
+            self._log_sinks.add(on_log)
+        try:
+            async with asyncio.timeout(timeout + 1):
+                return await asyncio.shield(call)
+        except TimeoutError:
+            call.cancel()
+            raise UpstreamError(f"upstream {self.name!r} did not answer in time") from None
+        except asyncio.CancelledError:
+            call.cancel()
+            if self._closing.is_set() and not _current_cancelled():
+                raise UpstreamError(f"upstream {self.name!r} was closed (the task ended)") from None
+            raise
+        except MCPError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - transport failures: the type only
+            raise UpstreamError(f"upstream {self.name!r} failed ({type(exc).__name__})") from None
+        finally:
+            self._calls.discard(call)
+            if on_log is not None:
+                self._log_sinks.discard(on_log)
+
+    async def close(self) -> None:
+        """Close the session: calls in flight are cancelled, the transport shut (a stdio child's
+        process group is terminated). Idempotent; waits a bounded time."""
+        self._closing.set()
+        for call in list(self._calls):
+            call.cancel()
+        owner = self._owner
+        if owner is None:
+            return
+        try:
+            # The SDK's stdio shutdown waits up to 2 s for exit after stdin closes, then 2 s after
+            # SIGTERM before SIGKILL; this bound leaves it room.
+            async with asyncio.timeout(10):
+                await asyncio.shield(owner)
+        except TimeoutError:
+            owner.cancel()
+        except asyncio.CancelledError:
+            owner.cancel()
+            raise
+
+
+def _current_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+class UpstreamPool:
+    """The open upstream sessions of this process, by (task, server). A loop (:meth:`watch`)
+    closes the sessions of tasks that have ended; the gateway also closes a task's sessions as
+    soon as it sees the task is no longer active."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[tuple[str, str], UpstreamSession] = {}
+        self._opening: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def tasks(self) -> set[str]:
+        return {task_id for task_id, _ in self._sessions}
+
+    def names_of(self, task_id: str) -> list[str]:
+        """The servers with a session for ``task_id``."""
+        return [server for task, server in self._sessions if task == task_id]
+
+    def get(self, task_id: str, server: str) -> UpstreamSession | None:
+        session = self._sessions.get((task_id, server))
+        return session if session is not None and session.open else None
+
+    async def session(
+        self,
+        task_id: str,
+        server: str,
+        open_spec: Callable[[], Awaitable[UpstreamSpec]],
+    ) -> tuple[UpstreamSession, bool]:
+        """The open session for ``(task_id, server)``, opened with ``open_spec()`` if there is
+        none (one opening at a time per key). Returns the session and whether it was opened now."""
+        key = (task_id, server)
+        existing = self.get(task_id, server)
+        if existing is not None:
+            return existing, False
+        lock = self._opening.setdefault(key, asyncio.Lock())
+        async with lock:
+            existing = self.get(task_id, server)
+            if existing is not None:
+                return existing, False
+            stale = self._sessions.pop(key, None)
+            if stale is not None:
+                await stale.close()
+            spec = await open_spec()
+            session = UpstreamSession(task_id, spec)
+            await session.start()
+            self._sessions[key] = session
+            return session, True
+
+    async def close_task(self, task_id: str) -> list[str]:
+        """Close every session of ``task_id``; the names of the servers closed."""
+        keys = [key for key in self._sessions if key[0] == task_id]
+        sessions = [self._sessions.pop(key) for key in keys]
+        for key in keys:
+            self._opening.pop(key, None)
+        await asyncio.gather(*(session.close() for session in sessions), return_exceptions=True)
+        return [session.name for session in sessions]
+
+    async def close_server(self, server: str) -> None:
+        keys = [key for key in self._sessions if key[1] == server]
+        sessions = [self._sessions.pop(key) for key in keys]
+        await asyncio.gather(*(session.close() for session in sessions), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        self._opening.clear()
+        await asyncio.gather(*(session.close() for session in sessions), return_exceptions=True)

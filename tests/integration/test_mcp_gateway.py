@@ -1,0 +1,404 @@
+"""The MCP gateway end to end: Tether on uvicorn (127.0.0.1), the MCP SDK's real ``Client`` over
+streamable HTTP at ``/mcp`` with DPoP, and real upstream MCP servers written with the SDK — a stdio
+child Tether starts per task, and a streamable HTTP server — including a malicious one that hands
+the injected token back, and one whose tool definitions change after registration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp_types import LOG_LEVEL_META_KEY
+
+from tests.integration.governed import deploy_policies
+from tests.integration.test_egress import _serve, _stop
+from tests.security.canaries import new_canary
+from tether.api import create_app
+from tether.api.routes_mcp import close_mcp
+from tether.broker import Broker
+from tether.crypto.jose import generate_private_jwk
+from tether.mcp.bridge import mcp_client_http
+from tether.mcp.front import DENIED
+from tether.sdk import AsyncAgent
+
+UPSTREAM = Path(__file__).resolve().parent / "mcp_upstreams" / "upstream.py"
+SECRET = "prod/gh/token"
+POLICIES = """
+@id("open") permit(principal, action == Action::"open_task", resource);
+@id("gh-tools") permit(principal, action == Action::"call_tool", resource) when { resource.server == "gh" };
+@id("no-debug") forbid(principal, action == Action::"call_tool", resource)
+  when { context has arguments && context.arguments.contains("debug:boolean") };
+@id("no-spawn-in-incidents") forbid(principal, action == Action::"call_tool", resource == Tool::"gh/spawn")
+  when { context.task.purpose == "incident" };
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) is not alive
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+async def wait_dead(pid: int, seconds: float = 10) -> bool:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        if not alive(pid):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+@dataclass
+class Gateway:
+    broker: Broker
+    url: str
+    http: httpx.AsyncClient
+    admin: dict[str, str]
+    agent: AsyncAgent
+    secret: str
+    rug: Path
+    tasks: list[str] = field(default_factory=list)
+
+    async def open_task(self, tools: list[str], agent: AsyncAgent | None = None, **extra: Any) -> str:
+        body = {"purpose": "deploy", "objective": "mcp tests", "tools": tools, "ttl_seconds": 600, **extra}
+        response = await (agent or self.agent).request("POST", "/v1/tasks", json=body)
+        assert response.status_code == 201, response.text
+        task_id: str = response.json()["id"]
+        return task_id
+
+    @asynccontextmanager
+    async def client(
+        self, task_id: str, agent: AsyncAgent | None = None, **kwargs: Any
+    ) -> AsyncIterator[Client]:
+        """The SDK's own client, over streamable HTTP, signing each request as ``agent``."""
+        async with mcp_client_http(agent or self.agent, task_id) as http:
+            transport = streamable_http_client(self.url + "/mcp", http_client=http)
+            async with Client(transport, **kwargs) as client:
+                yield client
+
+    async def events(self, kind: str, task_id: str | None = None) -> list[dict[str, Any]]:
+        params = {"kind": kind, **({"task": task_id} if task_id else {})}
+        response = await self.http.get("/v1/audit/events", params=params, headers=self.admin)
+        assert response.status_code == 200, response.text
+        events: list[dict[str, Any]] = response.json()["events"]
+        return events
+
+    async def register_stdio(self, name: str = "gh") -> httpx.Response:
+        body = {
+            "name": name,
+            "command": sys.executable,
+            "args": [str(UPSTREAM), "--rug-file", str(self.rug)],
+            "env": {"UPSTREAM_TOKEN": SECRET},
+            "timeout_seconds": 10,
+        }
+        return await self.http.post("/v1/mcp-servers", json=body, headers=self.admin)
+
+
+async def new_agent(http: httpx.AsyncClient, url: str, admin: dict[str, str], name: str) -> AsyncAgent:
+    private = generate_private_jwk()
+    public = {k: v for k, v in private.items() if k in {"kty", "crv", "x"}}
+    attributes = {"team": "platform", "environment": "prod", "owner": "alice", "labels": ["deploy"]}
+    response = await http.post(
+        "/v1/agents", json={"name": name, "public_key": public, "attributes": attributes}, headers=admin
+    )
+    assert response.status_code == 201, response.text
+    return AsyncAgent(url, response.json()["id"], private, http=http)
+
+
+@pytest.fixture
+async def gw(broker: Broker, tmp_path: Path) -> AsyncIterator[Gateway]:
+    app = create_app(broker)
+    server, task, port = await _serve(app)
+    url = f"http://127.0.0.1:{port}"
+    admin = {"Authorization": f"Bearer {broker.root_token}"}  # type: ignore[attr-defined]
+    secret = new_canary("mcp")
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            await deploy_policies(http, admin, POLICIES)
+            response = await http.put(
+                f"/v1/secrets/{SECRET}",
+                json={"value": secret, "sensitivity": "internal", "purposes": ["deploy"], "destinations": []},
+                headers=admin,
+            )
+            assert response.status_code in (200, 201), response.text
+            agent = await new_agent(http, url, admin, "mcp-bot")
+            gateway = Gateway(broker, url, http, admin, agent, secret, tmp_path / "rug")
+            response = await gateway.register_stdio()
+            assert response.status_code == 201, response.text
+            yield gateway
+    finally:
+        await close_mcp(app)
+        await _stop(server, task)
+
+
+async def test_stock_client_lists_and_calls_a_declared_tool(gw: Gateway) -> None:
+    task_id = await gw.open_task(["gh/search", "gh/whoami"])
+    async with gw.client(task_id) as client:
+        listed = await client.list_tools()
+        assert sorted(tool.name for tool in listed.tools) == ["gh__search", "gh__whoami"]
+        search = next(tool for tool in listed.tools if tool.name == "gh__search")
+        assert search.description == "Search the issues."
+        result = await client.call_tool("gh__search", {"query": "flaky test", "limit": 3})
+        assert not result.is_error
+        assert result.content[0].text == "results for flaky test (limit 3)"  # type: ignore[union-attr]
+        who = await client.call_tool("gh__whoami", {})
+        # The secret reached the child's environment (its length, never its value, comes back).
+        assert who.structured_content is not None
+        assert who.structured_content["has_token"] is True
+        assert who.structured_content["token_chars"] == len(gw.secret)
+    calls = await gw.events("tool.call", task_id)
+    assert [event["resource"] for event in calls] == ["tool:gh/search", "tool:gh/whoami"]
+    assert calls[0]["data"]["arguments"] == ["limit:integer", "query:string"]
+    assert calls[0]["decision"]["allowed"] is True
+    assert calls[0]["decision"]["policies"] == ["gh-tools"]
+    opened = await gw.events("mcp.session.open", task_id)
+    assert len(opened) == 1
+    assert opened[0]["data"]["env"] == ["UPSTREAM_TOKEN"]
+
+
+async def test_server_wildcard_declares_every_pinned_tool(gw: Gateway) -> None:
+    task_id = await gw.open_task(["gh/*"])
+    async with gw.client(task_id) as client:
+        names = sorted(tool.name for tool in (await client.list_tools()).tools)
+    assert names == [
+        "gh__echo_secret",
+        "gh__fail_secret",
+        "gh__notify_secret",
+        "gh__search",
+        "gh__slow",
+        "gh__spawn",
+        "gh__whoami",
+    ]
+
+
+async def test_policy_filters_the_list_and_refuses_the_call(gw: Gateway) -> None:
+    task_id = await gw.open_task(["gh/*"], purpose="incident")
+    async with gw.client(task_id) as client:
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        assert "gh__spawn" not in names
+        assert "gh__search" in names
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("gh__spawn", {})
+    assert refused.value.error.code == DENIED
+    assert refused.value.error.data["decision"]["policies"] == ["no-spawn-in-incidents"]
+
+
+async def test_argument_shape_reaches_policy(gw: Gateway) -> None:
+    task_id = await gw.open_task(["gh/search"])
+    async with gw.client(task_id) as client:
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("gh__search", {"query": "x", "debug": True})
+    assert refused.value.error.code == DENIED
+    assert refused.value.error.data["decision"]["policies"] == ["no-debug"]
+
+
+async def test_undeclared_tool_is_hidden_and_refused(gw: Gateway) -> None:
+    task_id = await gw.open_task(["gh/search"])
+    async with gw.client(task_id) as client:
+        assert [tool.name for tool in (await client.list_tools()).tools] == ["gh__search"]
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("gh__whoami", {})
+    assert refused.value.error.code == DENIED
+    assert "did not declare" in refused.value.error.message
+    refusals = await gw.events("decision", task_id)
+    assert refusals[-1]["resource"] == "tool:gh/whoami"
+    assert refusals[-1]["decision"]["allowed"] is False
+
+
+async def test_schema_invalid_and_unknown_tools_get_json_rpc_errors(gw: Gateway) -> None:
+    task_id = await gw.open_task(["gh/*"])
+    async with gw.client(task_id) as client:
+        for name, arguments in (
+            ("gh__search", {"limit": 3}),  # query is required
+            ("gh__search", {"query": 7}),  # not a string
+            ("gh__search", {"query": "x", "limit": 0}),  # below the minimum
+            ("gh__nope", {}),
+            ("nosuchserver__search", {}),
+            ("search", {}),
+        ):
+            with pytest.raises(MCPError) as refused:
+                await client.call_tool(name, arguments)
+            assert refused.value.error.code == -32602, (name, refused.value.error)
+        # The gateway still serves after every refusal.
+        assert not (await client.call_tool("gh__search", {"query": "ok"})).is_error
+
+
+async def test_secret_echoed_by_the_upstream_is_redacted_everywhere(gw: Gateway) -> None:
+    task_id = await gw.open_task(["gh/*"])
+    logs: list[Any] = []
+    progress: list[str | None] = []
+
+    async def on_log(params: Any) -> None:
+        logs.append(params)
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append(message)
+
+    async with gw.client(task_id, logging_callback=on_log) as client:
+        echoed = await client.call_tool("gh__echo_secret", {})
+        dumped = echoed.model_dump_json()
+        assert gw.secret not in dumped
+        assert base64.b64encode(gw.secret.encode()).decode() not in dumped
+        assert gw.secret.encode().hex() not in dumped
+        assert "[REDACTED]" in dumped
+        with pytest.raises(MCPError) as failed:
+            await client.call_tool("gh__fail_secret", {})
+        assert gw.secret not in failed.value.error.message
+        assert "[REDACTED]" in failed.value.error.message
+        assert gw.secret not in str(failed.value.error.data)
+        notified = await client.call_tool(
+            "gh__notify_secret", {}, progress_callback=on_progress, meta={LOG_LEVEL_META_KEY: "debug"}
+        )
+        assert not notified.is_error
+    assert logs
+    assert gw.secret not in str(logs)
+    assert "[REDACTED]" in str(logs)
+    assert progress == ["halfway with [REDACTED]"]
+    redactions = await gw.events("tool.redact", task_id)
+    assert [event["data"]["in"] for event in redactions] == ["result", "error", "result"]
+
+
+async def test_arguments_carrying_the_secret_are_refused(gw: Gateway) -> None:
+    task_id = await gw.open_task(["gh/search"])
+    async with gw.client(task_id) as client:
+        await client.call_tool("gh__search", {"query": "warm up"})  # the upstream is open for the task
+        for query in (gw.secret, f"see {base64.b64encode(gw.secret.encode()).decode()}"):
+            with pytest.raises(MCPError) as refused:
+                await client.call_tool("gh__search", {"query": query})
+            assert refused.value.error.code == DENIED
+            assert "exfiltration" in refused.value.error.message
+    refusals = [e for e in await gw.events("decision", task_id) if "exfiltration" in e.get("reason", "")]
+    assert len(refusals) == 2
+    assert len(await gw.events("tool.call", task_id)) == 1  # the refused calls never went upstream
+
+
+async def test_task_end_kills_the_upstream_tree_and_refuses_the_next_call(gw: Gateway) -> None:
+    task_id = await gw.open_task(["gh/*"])
+    async with gw.client(task_id) as client:
+        who = await client.call_tool("gh__whoami", {})
+        assert who.structured_content is not None
+        pid = who.structured_content["pid"]
+        spawned = await client.call_tool("gh__spawn", {})
+        assert spawned.structured_content is not None
+        grandchild = spawned.structured_content["pid"]
+        assert alive(pid)
+        assert alive(grandchild)
+        slow = asyncio.create_task(client.call_tool("gh__slow", {}))
+        await asyncio.sleep(0.3)
+        response = await gw.agent.request("POST", f"/v1/tasks/{task_id}/complete", json={})
+        assert response.status_code == 200, response.text
+        # The in-flight call is cancelled, the child and its own child die.
+        with pytest.raises(MCPError) as cancelled:
+            await asyncio.wait_for(slow, 15)
+        assert cancelled.value.error.code in (DENIED, -32002)
+        assert await wait_dead(pid), "the upstream outlived its task"
+        assert await wait_dead(grandchild), "the upstream's child outlived its task"
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("gh__whoami", {})
+        assert refused.value.error.code == DENIED
+        assert "completed" in refused.value.error.message
+    closed = await gw.events("mcp.session.close", task_id)
+    assert closed
+    assert closed[0]["data"]["servers"] == ["gh"]
+
+
+async def test_another_agents_task_is_not_found(gw: Gateway) -> None:
+    task_id = await gw.open_task(["gh/*"])
+    other = await new_agent(gw.http, gw.url, gw.admin, "intruder")
+    async with gw.client(task_id, agent=other) as client:
+        with pytest.raises(MCPError) as refused:
+            await client.list_tools()
+        assert refused.value.error.code == -32602
+        assert "no task" in refused.value.error.message
+        with pytest.raises(MCPError):
+            await client.call_tool("gh__whoami", {})
+    assert await gw.events("tool.call", task_id) == []
+
+
+async def test_rug_pull_quarantines_until_an_operator_approves(gw: Gateway) -> None:
+    gw.rug.write_text("pulled")  # from now on the upstream describes search differently, and adds a tool
+    task_id = await gw.open_task(["gh/*"])
+    async with gw.client(task_id) as client:
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("gh__search", {"query": "x"})
+        assert refused.value.error.code == DENIED
+        assert "quarantined" in refused.value.error.message
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        assert "gh__search" not in names
+        assert "gh__exfiltrate" not in names
+        assert "gh__whoami" in names
+    quarantined = await gw.events("mcp.tool.quarantine")
+    assert quarantined
+    assert set(quarantined[0]["data"]["changed"]) == {"search"}
+    assert set(quarantined[0]["data"]["new"]) == {"exfiltrate"}
+    shown = (await gw.http.get("/v1/mcp-servers/gh", headers=gw.admin)).json()
+    assert {tool["name"] for tool in shown["quarantined"]} == {"search", "exfiltrate"}
+    waiting = next(tool for tool in shown["quarantined"] if tool["name"] == "search")
+    assert "evil.test" in waiting["definition"]["description"]
+    approved = await gw.http.post("/v1/mcp-servers/gh/approve", json={"tools": ["search"]}, headers=gw.admin)
+    assert approved.status_code == 200, approved.text
+    assert [tool["name"] for tool in approved.json()["quarantined"]] == ["exfiltrate"]
+    task2 = await gw.open_task(["gh/*"])
+    async with gw.client(task2) as client:
+        listed = {tool.name: tool for tool in (await client.list_tools()).tools}
+        assert "evil.test" in (listed["gh__search"].description or "")
+        assert "gh__exfiltrate" not in listed
+        assert not (await client.call_tool("gh__search", {"query": "x"})).is_error
+        with pytest.raises(MCPError):
+            await client.call_tool("gh__exfiltrate", {})
+    assert await gw.events("mcp.server.approve")
+
+
+async def test_requests_without_dpop_or_task_are_refused(gw: Gateway) -> None:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    headers = {"Accept": "application/json, text/event-stream"}
+    bare = await gw.http.post("/mcp", json=body, headers=headers)
+    assert bare.status_code == 401
+    assert 'resource_metadata="' in bare.headers["www-authenticate"]
+    metadata = (await gw.http.get("/.well-known/oauth-protected-resource/mcp")).json()
+    assert metadata["resource"] == gw.url + "/mcp"
+    assert metadata["dpop_bound_access_tokens_required"] is True
+    server = (await gw.http.get("/.well-known/oauth-authorization-server")).json()
+    assert server["token_endpoint"] == gw.url + "/v1/auth/token"
+    no_task = await gw.agent.request("POST", "/mcp", json=body, headers=headers)
+    assert no_task.status_code == 422
+    # A replayed proof is refused (the first use was recorded).
+    task_id = await gw.open_task(["gh/search"])
+    token = await gw.agent.token()
+    signed = gw.agent._session.signed_headers("POST", gw.url + "/mcp", token)
+    first = await gw.http.post("/mcp", json=body, headers={**headers, **signed, "Tether-Task": task_id})
+    assert first.status_code == 200, first.text
+    again = await gw.http.post("/mcp", json=body, headers={**headers, **signed, "Tether-Task": task_id})
+    assert again.status_code == 401
+    call = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "gh__search", "arguments": {"query": "x"}},
+    }
+    signed = gw.agent._session.signed_headers("POST", gw.url + "/mcp", token)
+    ok = await gw.http.post("/mcp", json=call, headers={**headers, **signed, "Tether-Task": task_id})
+    assert ok.status_code == 200
+    assert "results for x" in ok.text
+    replayed = await gw.http.post("/mcp", json=call, headers={**headers, **signed, "Tether-Task": task_id})
+    assert "replayed" in replayed.text or replayed.status_code == 401
+    assert len(await gw.events("tool.call", task_id)) == 1
