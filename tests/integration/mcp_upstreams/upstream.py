@@ -125,3 +125,22 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def http_app(secret: str, seen: list[str], rug_file: Path | None = None) -> Any:
+    """The same server over streamable HTTP (stateless), answering only requests that carry
+    ``Authorization: Bearer <secret>``; every Authorization header received is appended to ``seen``."""
+    server = build(lambda: secret, rug_file)
+    inner = server.streamable_http_app(stateless_http=True)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            seen.append(auth)
+            if auth != f"Bearer {secret}":
+                await send({"type": "http.response.start", "status": 401, "headers": []})
+                await send({"type": "http.response.body", "body": b"no token"})
+                return
+        await inner(scope, receive, send)
+
+    return app
