@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -245,3 +245,36 @@ async def test_a_node_stopped_between_lease_and_credential_leaves_nothing_alive_
     [revoked] = await leases(node, "revoked")
     assert revoked.id == lease.id
     assert (await node.broker.storage.get_task(task.id)).status.value == "active"  # type: ignore[union-attr]
+
+
+async def test_a_revocation_that_keeps_failing_is_listed_as_failed_and_retried(node: Node) -> None:
+    agent = await node.agent("db-failing")
+    task = await agent.task(purpose="deploy", objective="read", secrets=[DOWN])
+    grant = await task.grant(secret=DOWN, mode="dynamic")
+    now = node.broker.clock.now()
+    lease = Lease(
+        id=new_id("lse"),
+        grant_id=grant.id,
+        task_id=task.id,
+        engine="down-db",
+        handle={},
+        created_at=now - timedelta(minutes=5),
+        expires_at=now - timedelta(minutes=1),
+    )
+    # Issued, as far as the store knows; its engine's admin connection is unreachable.
+    lease = replace(lease, handle={"role": node.prefix + lease.id})
+    await node.broker.storage.create_lease(lease)
+    await node.broker.tasks.sweep()  # tries, fails (the admin connection is down), keeps it pending
+    failed = await node.http.get("/v1/leases", params={"state": "failed"}, headers=node.admin)
+    assert failed.status_code == 200, failed.text
+    [item] = failed.json()["items"]
+    assert (item["id"], item["state"], item["engine"]) == (lease.id, "failed", "down-db")
+    assert item["handle"] == {"role": node.prefix + lease.id}
+    assert (await node.http.get("/v1/leases", params={"state": "active"}, headers=node.admin)).json()[
+        "items"
+    ] == []
+    refused = await node.http.get("/v1/leases", params={"state": "gone"}, headers=node.admin)
+    assert refused.status_code == 422
+    assert "state must be one of" in refused.text
+    assert (await node.http.get("/v1/leases")).status_code == 401
+    await task.complete()

@@ -173,8 +173,28 @@ def test_psql_works_with_a_task_bound_role_that_is_dropped_at_exit(
     assert environ["PGPASSWORD"]  # documented: the child holds this short-lived password
     assert ADMIN_PASSWORD not in dump.read_text()
     assert "TETHER_TOKEN" not in environ
-    assert last_task(node)["status"] == "completed"
+    task = last_task(node)
+    assert task["status"] == "completed"
     assert pg(pg_dsn, f"SELECT rolname FROM pg_roles WHERE rolname = '{environ['PGUSER']}'") == []
+    listed = subprocess.run(
+        [*TETHER, "lease", "list", "--task", task["id"], "--json"],
+        capture_output=True, text=True, env=node.env(), timeout=60, check=False,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    [lease] = json.loads(listed.stdout)["items"]
+    assert (lease["state"], lease["engine"], lease["handle"]["role"]) == (
+        "revoked",
+        "run-db",
+        environ["PGUSER"],
+    )
+    assert environ["PGPASSWORD"] not in listed.stdout
+    table = subprocess.run(
+        [*TETHER, "lease", "list", "--state", "revoked"],
+        capture_output=True, text=True, env=node.env(), timeout=60, check=False,
+    )  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    assert environ["PGUSER"] in table.stdout
+    assert "revoked" in table.stdout
 
 
 def test_a_failing_psql_fails_the_task_and_its_role_is_dropped_too(world: World, pg_dsn: str) -> None:

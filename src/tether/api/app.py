@@ -21,6 +21,7 @@ from tether.api import (
     routes_auth,
     routes_destinations,
     routes_egress,
+    routes_leases,
     routes_mcp,
     routes_operators,
     routes_policies,
@@ -221,6 +222,7 @@ def _build_app(*, max_request_bytes: int, lifespan: Lifespan[FastAPI] | None = N
     app.include_router(routes_tasks.router)
     app.include_router(routes_destinations.router)
     app.include_router(routes_egress.router)
+    app.include_router(routes_leases.router)
     app.include_router(routes_mcp.router)
     app.add_middleware(HotLane)  # innermost: inside the body limit and the metrics
     app.add_middleware(_BodyLimit, max_bytes=max_request_bytes)

@@ -78,6 +78,7 @@ EXAMPLES: dict[str, str] = {
     "task tree": "tether task tree tsk_...",
     "task revoke": 'tether task revoke tsk_... --reason "runaway agent"',
     "approval list": "tether approval list --status pending",
+    "lease list": "tether lease list --state failed",
     "approval show": "tether approval show apr_...",
     "approval approve": 'tether approval approve apr_... --reason "on-call page, ticket 4711"',
     "approval deny": 'tether approval deny apr_... --reason "not during a freeze"',
