@@ -28,6 +28,7 @@ from tether.config import Settings
 from tether.domain.tasks import Lease, new_id
 from tether.engines.base import LeaseRequest
 from tether.engines.postgresql import INCOMPLETE_LEASE_SECONDS, PostgresEngine
+from tether.errors import ConfigError
 from tether.sdk import AsyncAgent, TetherAPIError
 
 pytestmark = pytest.mark.postgres
@@ -278,3 +279,31 @@ async def test_a_revocation_that_keeps_failing_is_listed_as_failed_and_retried(n
     assert "state must be one of" in refused.text
     assert (await node.http.get("/v1/leases")).status_code == 401
     await task.complete()
+
+
+async def test_a_node_whose_role_template_postgresql_refuses_does_not_start(
+    node: Node, tmp_path: Path
+) -> None:
+    powerful = f"{node.prefix}powerful"
+    await node.pg.execute(f'CREATE ROLE "{powerful}" NOLOGIN CREATEROLE')
+    bad = tmp_path / "bad-engines.toml"
+    bad.write_text(
+        f"""
+[postgresql.app-db]
+admin_secret = "db/admin/app"
+role_prefix = "{node.prefix}"
+
+[postgresql.app-db.roles."{ROLE}"]
+statements = ['GRANT "{powerful}" TO {{{{name}}}}']
+""",
+        encoding="utf-8",
+    )
+    settings = node.broker.settings.model_copy(update={"engines_file": bad})
+    broker = Broker(settings, node.broker.storage)
+    with pytest.raises(ConfigError) as caught:
+        await broker.start(migrate=False)
+    assert "more than grants" in str(caught.value)
+    assert "CREATEROLE" in str(caught.value) or powerful in str(caught.value)
+    await broker.engines.aclose()
+    assert await node.roles() == [powerful]  # the check was rolled back
+    await node.pg.execute(f'DROP ROLE "{powerful}"')

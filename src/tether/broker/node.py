@@ -258,6 +258,8 @@ class Broker:
         except CryptoError as exc:
             self.seal_now()
             log.warning("starting sealed: %s", exc)
+            return
+        await self.engines.check()  # a role template the database refuses stops the start, with the reason
 
     async def close(self) -> None:
         await self.engines.aclose()

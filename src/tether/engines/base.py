@@ -162,6 +162,22 @@ class EngineRegistry:
                 log.warning("engine %r: orphan sweep failed (%s)", engine.name, type(exc).__name__)
         return revoked
 
+    async def check(self) -> None:
+        """Let each engine that can check its configuration against its backend do so (e.g. try a
+        role template in a rolled-back transaction). A refused configuration raises
+        :class:`ConfigError` with the reason; an engine that cannot check now (backend unreachable,
+        its admin secret not written yet, sealed) is logged and checked again at the next start."""
+        for engine in self._engines.values():
+            check = getattr(engine, "check", None)
+            if check is None:
+                continue
+            try:
+                await check()
+            except ConfigError:
+                raise
+            except TetherError as exc:
+                log.warning("engine %r: configuration not checked now (%s)", engine.name, exc)
+
     async def aclose(self) -> None:
         """Close what the engines hold open (admin connections)."""
         for engine in self._engines.values():
