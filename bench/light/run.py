@@ -46,6 +46,7 @@ GROUPS = (
     "decision",
     "profile",
     "profile-egress",
+    "profile-issue",
 )
 QUICK_GROUPS = ("sqlite-normal", "egress", "decision")
 BAO_NUM_USES = 10_000_000  # never runs out: a token's uses are counted, not exhausted
@@ -520,6 +521,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 or "profile" in opts.groups
                 or "profile-egress" in opts.groups
                 or "egress" in opts.groups
+                or "profile-issue" in opts.groups
                 or bao is not None
             ):
                 print(
@@ -561,6 +563,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     if "profile" in opts.groups:
                         results["profile"] = profile_activation(
                             dep.pids[0], lambda: tether_activate(dep, opts, files, None), opts
+                        )
+                    if "profile-issue" in opts.groups:
+                        results["profile_issue"] = profile_activation(
+                            dep.pids[0], lambda: tether_issue(dep, opts, files, None), opts, name="issue"
                         )
                     if "profile-egress" in opts.groups:
                         results["profile_egress"] = profile_activation(

@@ -43,6 +43,7 @@ def _loopback_public_url(public: str) -> tuple[str, int, str] | None:
     return parts.scheme, port or _DEFAULT_PORTS[parts.scheme], parts.path.rstrip("/")
 
 
+@lru_cache(maxsize=64)  # per request otherwise: clients send the same few Host headers
 def _loopback_alias(public: tuple[str, int, str], host_header: str | None) -> str | None:
     """The public URL spelled with the request's ``Host`` when that is another loopback name
     (``localhost``, ``127.0.0.1``, ``[::1]``) with the same port; None otherwise (see

@@ -5,19 +5,30 @@ thread (the event loop's): in WAL mode a reader never waits for the writer, and 
 costs tens of microseconds — less than handing it to another thread and back.
 :meth:`SQLiteDriver.write` hands one function to the writer thread, which runs it between
 ``BEGIN IMMEDIATE`` and ``COMMIT``: one thread hop per transaction, however many statements it holds.
-Writers of other processes (``tether server --workers N``) queue on SQLite's lock (``busy_timeout``),
-so everything read inside a write function (the audit chain's head, a task's state) is current.
+Writers of other processes (``tether server --workers N``) take turns on a lock file beside the
+database (``flock``) before ``BEGIN IMMEDIATE``: the kernel hands the lock to the next writer as soon
+as it is released, where SQLite's own busy handler sleeps 1, 2, 5, 10 ms ... between retries and
+leaves a worker idle while its requests queue. SQLite's lock (``busy_timeout``) still guards
+against every other writer (the cold paths' connections, other tools). Everything read inside a
+write function (the audit chain's head, a task's state) is current.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: SQLite's busy handler alone
+    fcntl = None  # type: ignore[assignment]
 
 from tether.errors import StorageError, StorageUnavailableError, TetherError
 from tether.store._hot import Query
@@ -53,11 +64,13 @@ class SQLiteDriver:
         self._hint = hint
         self._local = threading.local()
         self._opened: list[sqlite3.Connection] = []
+        self._lock_fds: list[int] = []
         self._opened_lock = threading.Lock()
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
         self._closed = False
+        self._lock_path = None if str(path) == ":memory:" else Path(f"{path}-writer.lock")
 
     # -- connections ------------------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
@@ -85,6 +98,25 @@ class SQLiteDriver:
             self._opened.append(conn)
         self._local.conn = conn
         return conn
+
+    def _lock_fd(self) -> int | None:
+        """This thread's descriptor of the writers' lock file (one per thread, so that two threads
+        of one process exclude each other too); None where there is no such lock."""
+        if fcntl is None or self._lock_path is None:
+            return None
+        fd: int | None = getattr(self._local, "lock_fd", None)
+        if fd is None:
+            try:
+                fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise StorageUnavailableError(
+                    f"sqlite store unavailable{self._hint}: cannot open its writers' lock file"
+                    f" ({exc.strerror})"
+                ) from None
+            with self._opened_lock:
+                self._lock_fds.append(fd)
+            self._local.lock_fd = fd
+        return fd
 
     def _start_writer(self) -> None:
         with self._writer_lock:
@@ -151,8 +183,11 @@ class SQLiteDriver:
             return await future
 
     def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._connection()
+        lock = self._lock_fd()
+        if lock is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released on close too, should this process die
         try:
-            conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = work(conn)
@@ -165,6 +200,9 @@ class SQLiteDriver:
             raise
         except sqlite3.Error as exc:
             raise self.translate(exc) from None
+        finally:
+            if lock is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
         return result
 
     def write_sync(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -186,4 +224,9 @@ class SQLiteDriver:
                 conn.close()
             except sqlite3.Error:  # pragma: no cover - closing a connection another thread holds
                 continue
+        with self._opened_lock:
+            fds, self._lock_fds = self._lock_fds, []
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         self._local = threading.local()
