@@ -66,6 +66,16 @@ EXAMPLES: dict[str, str] = {
     "destination list": "tether destination list",
     "destination show": "tether destination show github",
     "destination remove": "tether destination remove github --yes",
+    "mcp-server add": "tether mcp-server add github --command /usr/bin/python3 "
+    "--env GITHUB_TOKEN=secret:prod/github/token /opt/mcp/github_server.py",
+    "mcp-server list": "tether mcp-server list",
+    "mcp-server show": "tether mcp-server show github",
+    "mcp-server diff": "tether mcp-server diff github",
+    "mcp-server check": "tether mcp-server check github",
+    "mcp-server approve": "tether mcp-server approve github search_issues",
+    "mcp-server remove": "tether mcp-server remove github --yes",
+    "mcp connect": "tether mcp connect --addr https://tether.example --agent spiffe://acme.test/agent/ide "
+    "--agent-key ide.jwk --task tsk_0123456789abcdefghijkl",
     "policy validate": "tether policy validate policies.cedar --offline",
     "policy deploy": 'tether policy deploy policies.cedar -m "allow deploys"',
     "policy show": "tether policy show --version 3",

@@ -40,6 +40,7 @@ from tether.cli.common import (
 )
 from tether.cli.destinations import destination_app
 from tether.cli.help import readable_help
+from tether.cli.mcp import mcp_app, mcp_server_app
 from tether.cli.leases import lease_app
 from tether.cli.output import (
     EXIT_FAILURE,
@@ -84,6 +85,8 @@ app.add_typer(destination_app, name="destination")
 app.add_typer(policy_app, name="policy")
 app.add_typer(task_app, name="task")
 app.add_typer(approval_app, name="approval")
+app.add_typer(mcp_server_app, name="mcp-server")
+app.add_typer(mcp_app, name="mcp")
 app.add_typer(lease_app, name="lease")
 app.command("revoke")(revoke)
 app.command("run", context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})(
