@@ -284,16 +284,18 @@ class PostgresEngine:
         target: _Target,
     ) -> None:
         until = expires_at.astimezone(UTC).isoformat(sep=" ")
-        await conn.execute(
+        comment = f"{COMMENT_PREFIX}{request.lease_id} engine {self.name} task {request.task_id}"
+        values = {"name": name, "password": password, "expiration": until, "database": target.database}
+        statements = [
             f"CREATE ROLE {quote_ident(name)} LOGIN PASSWORD {quote_literal(password)} "
             f"VALID UNTIL {quote_literal(until)} "
-            "NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT"
-        )
-        comment = f"{COMMENT_PREFIX}{request.lease_id} engine {self.name} task {request.task_id}"
-        await conn.execute(f"COMMENT ON ROLE {quote_ident(name)} IS {quote_literal(comment)}")
-        values = {"name": name, "password": password, "expiration": until, "database": target.database}
-        for statement in role.template.render(values):
-            await conn.execute(statement)
+            "NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT",
+            f"COMMENT ON ROLE {quote_ident(name)} IS {quote_literal(comment)}",
+            *(statement.rstrip().removesuffix(";") for statement in role.template.render(values)),
+        ]
+        # One round trip (the simple query protocol runs them in order, in the open transaction);
+        # each template entry is one statement (checked), and "\n;\n" ends any trailing comment.
+        await conn.execute("\n;\n".join(statements))
         escapes = await conn.fetch(_ESCAPES, name, list(DANGEROUS_ROLES))
         if escapes:
             found = ", ".join(sorted({str(row[0]) for row in escapes}))[:200]
@@ -365,19 +367,20 @@ class PostgresEngine:
 
     @staticmethod
     async def _drop_once(conn: asyncpg.Connection, name: str) -> None:
-        if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name) is None:
-            return  # never created (a crash before), or revoked already: idempotent
         ident = quote_ident(name)
-        await conn.execute(f"ALTER ROLE {ident} NOLOGIN")  # no new session from here on
+        try:
+            await conn.execute(f"ALTER ROLE {ident} NOLOGIN")  # committed: no new session from here on
+        except asyncpg.UndefinedObjectError:
+            return  # never created (a crash before), or revoked already: idempotent
         await conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE usename = $1 AND pid <> pg_backend_pid()",
             name,
         )
-        async with conn.transaction():
-            await conn.execute(f"REASSIGN OWNED BY {ident} TO CURRENT_USER")
-            await conn.execute(f"DROP OWNED BY {ident}")
-            await conn.execute(f"DROP ROLE IF EXISTS {ident}")
+        # One implicit transaction (simple query protocol): all three or none.
+        await conn.execute(
+            f"REASSIGN OWNED BY {ident} TO CURRENT_USER;\nDROP OWNED BY {ident};\nDROP ROLE IF EXISTS {ident}"
+        )
 
     # -- orphans --------------------------------------------------------------------------------
     async def sweep_orphans(self, leases_of: LeaseLookup, now: datetime) -> list[str]:
