@@ -4,8 +4,9 @@ Every request is authenticated like the rest of the agent API — a DPoP-bound a
 fresh proof for ``POST <public URL>/mcp`` — and names its task in ``Tether-Task``; the MCP session is
 never the authentication. The SDK runs *stateless*: no ``Mcp-Session-Id`` is issued or trusted, so
 any worker of any node can serve any request, and each request carries everything it is judged by.
-Answers stream as server-sent events, so an upstream's progress and log notifications (redacted)
-reach the client during a call.
+A call that asks for progress or log notifications is answered as a server-sent event stream, so
+the upstream's notifications (redacted) reach the client during the call; any other request gets
+one JSON body.
 
 A proof is single-use as everywhere: for ``tools/call`` its use is recorded with the call's
 ``tool.call`` (or refusal) event, in one write; for any other method it is recorded before the
@@ -30,6 +31,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp_types import LOG_LEVEL_META_KEY
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
@@ -133,14 +135,18 @@ class McpFront:
             on_list_tools=self._list_tools,
             on_call_tool=self._call_tool,
         )
+        # Two stateless managers: a call that asks for progress or log notifications is answered
+        # as a server-sent event stream (they can reach the client meanwhile), any other request
+        # as one JSON body (cheaper: no stream to set up).
         self.manager = StreamableHTTPSessionManager(app=self.server, stateless=True, json_response=False)
+        self.json_manager = StreamableHTTPSessionManager(app=self.server, stateless=True, json_response=True)
         self._runner: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
         self._stop = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def _run(self) -> None:
-        async with self.manager.run():
+        async with self.manager.run(), self.json_manager.run():
             self._started.set()
             await self._stop.wait()
 
@@ -231,10 +237,12 @@ class McpFront:
             raise InvalidInputError("the Tether-Task header (the task's id) is required", field="Tether-Task")
         validate_id(task_id, "tsk", "Tether-Task")
         body = await request.body()
-        if _method_of(body) != "tools/call":
+        method, streams = _peek(body)
+        if method != "tools/call":
             caller = await self._spend(caller)
         await self.start()
-        return _Delegated(self.manager, body, _Call(caller, task_id))
+        manager = self.manager if streams else self.json_manager
+        return _Delegated(manager, body, _Call(caller, task_id))
 
     async def _spend(self, caller: AgentCaller) -> AgentCaller:
         """Record the proof's single use now (a request that records nothing else)."""
@@ -248,13 +256,21 @@ class McpFront:
         return replace(caller, replay=None)
 
 
-def _method_of(body: bytes) -> str | None:
+def _peek(body: bytes) -> tuple[str | None, bool]:
+    """The JSON-RPC method of a request body, and whether its answer should stream: the request
+    asks for progress or log notifications (``_meta``), or it cannot be read here (the SDK answers
+    it, with the error it deserves)."""
     try:
         message = json.loads(body)
     except (ValueError, RecursionError):
-        return None
-    method = message.get("method") if isinstance(message, dict) else None
-    return method if isinstance(method, str) else None
+        return None, True
+    if not isinstance(message, dict):
+        return None, True
+    method = message.get("method")
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    streams = isinstance(meta, dict) and ("progressToken" in meta or LOG_LEVEL_META_KEY in meta)
+    return (method if isinstance(method, str) else None), streams
 
 
 class _Delegated(Response):

@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -83,6 +84,10 @@ log = logging.getLogger(__name__)
 #: Receives an upstream's log notification (redacted, as JSON) during a call.
 LogForward = Callable[[dict[str, Any]], Awaitable[None]]
 
+#: How long a registry record read for the agent path is reused in this process. A change made
+#: here (approve, check, remove, a quarantine) is seen at once; one made by another process
+#: within this bound (see docs/mcp.md).
+SERVER_CACHE_SECONDS = 1.0
 #: How often the watch loop looks for ended tasks with open upstreams.
 WATCH_INTERVAL_SECONDS = 0.5
 MAX_VALIDATORS = 512
@@ -124,6 +129,7 @@ class McpGateway:
         self.pool = pool or UpstreamPool()
         self._validators: dict[str, Any] = {}
         self._uses: Counter[tuple[str, str]] = Counter()
+        self._servers: dict[str, tuple[float, McpServer | None]] = {}
         self._watch: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -177,6 +183,21 @@ class McpGateway:
                 data={"servers": sorted(names), "status": status},
             )
 
+    async def _server(self, name: str) -> McpServer | None:
+        """The registry record ``name`` for the agent path (reused up to SERVER_CACHE_SECONDS)."""
+        now = time.monotonic()
+        cached = self._servers.get(name)
+        if cached is not None and now - cached[0] < SERVER_CACHE_SECONDS:
+            return cached[1]
+        record = await self._storage.get_mcp_server(name)
+        if len(self._servers) > 1024:
+            self._servers.clear()
+        self._servers[name] = (now, record)
+        return record
+
+    def _forget(self, name: str) -> None:
+        self._servers.pop(name, None)
+
     async def spend_proof(self, replay: RememberJti) -> None:
         """Record a deferred proof's use on its own (a call refused before anything was recorded)."""
         await self._decisions.spend_proof(replay)
@@ -224,6 +245,7 @@ class McpGateway:
         }
         await self._audit.record("mcp.server.add", operator_actor(actor), resource=resource, data=data)
         try:
+            self._forget(record.name)
             await self._storage.put_mcp_server(record)
         except TetherError as exc:
             await record_failure(self._audit, "mcp.server.add", actor, resource, exc)
@@ -264,6 +286,7 @@ class McpGateway:
         await self._audit.record(
             "mcp.server.remove", operator_actor(actor), resource=resource, data=_registration_data(record)
         )
+        self._forget(name)
         if not await self._storage.delete_mcp_server(name):
             raise NotFoundError(f"no MCP server {name!r}")
         await self.pool.close_server(name)
@@ -293,6 +316,7 @@ class McpGateway:
             resource=resource,
             data={"tools": {tool: record.quarantined[tool].sha256 for tool in chosen}},
         )
+        self._forget(name)
         if not await self._storage.replace_mcp_server(approved, expected_version=record.version):
             raise ConflictError(f"MCP server {name!r} changed meanwhile; look at it again")
         return approved
@@ -318,6 +342,7 @@ class McpGateway:
                     "new": {t.name: t.sha256 for t in drift.new if t in fresh},
                 },
             )
+            self._forget(record.name)
             if await self._storage.replace_mcp_server(updated, expected_version=record.version):
                 return updated
             reread = await self._storage.get_mcp_server(record.name)
@@ -369,7 +394,7 @@ class McpGateway:
         listed: builtins.list[dict[str, Any]] = []
         for name in sorted(wanted):
             try:
-                record = await self._storage.get_mcp_server(validate_server_name(name))
+                record = await self._server(validate_server_name(name))
             except InvalidInputError:
                 continue
             if record is None:
@@ -442,7 +467,7 @@ class McpGateway:
         if status is not TaskStatus.ACTIVE:
             await self._close_task(task.id, task, f"the task is {status.value}")
             raise await self._refuse(caller, task, resource, f"task is {status.value}")
-        record = await self._storage.get_mcp_server(server_name)
+        record = await self._server(server_name)
         if record is None or (tool not in record.tools and tool not in record.quarantined):
             raise await self._refuse(caller, task, resource, f"unknown tool {name[:140]!r}", invalid=True)
         if not declared(task.intent.tools, server_name, tool):

@@ -20,19 +20,32 @@ from tether.store._sqlbase import SQLBase, to_us
 
 __all__ = ["McpServerStore"]
 
+#: Rows already parsed and their pins re-hashed, by their exact content (a value is immutable, so
+#: reusing it is the same as parsing it again).
+MAX_PARSED = 256
+_PARSED: dict[tuple[str, int, str], McpServer] = {}
+
 
 class McpServerStore(SQLBase):
     """Storage methods for upstream MCP servers."""
 
     @staticmethod
     def _server(row: Any) -> McpServer:
+        key = (row.name, row.version, row.body)
+        parsed = _PARSED.get(key)
+        if parsed is not None:
+            return parsed
         try:
             body = json.loads(row.body)
             if not isinstance(body, dict) or body.get("name") != row.name:
                 raise TypeError("body")
-            return McpServer.from_json({**body, "version": row.version})
+            parsed = McpServer.from_json({**body, "version": row.version})
         except (InvalidInputError, ValueError, TypeError, KeyError) as exc:
             raise StorageError(f"a stored MCP server is invalid: {type(exc).__name__}") from None
+        if len(_PARSED) >= MAX_PARSED:
+            _PARSED.clear()
+        _PARSED[key] = parsed
+        return parsed
 
     async def put_mcp_server(self, server: McpServer) -> None:
         async with self._tx(

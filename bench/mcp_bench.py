@@ -1,0 +1,300 @@
+"""MCP gateway benchmark: what a tool call through Tether's ``/mcp`` adds over calling the upstream
+MCP server directly (issue 15).
+
+Run: ``python -m bench.mcp_bench [--requests N]``. Prints a table, writes bench/results/mcp.json and
+the "MCP gateway" section of bench/results/latest.md (between its markers; ``make bench`` rewrites the
+rest of that file).
+
+One process, one event loop, real sockets on 127.0.0.1: an upstream MCP server written with the SDK's
+low-level ``Server`` (stateless streamable HTTP, a ``search`` tool, the token checked on every
+request), and Tether (a node on SQLite, WAL, a temporary file, served by uvicorn) with that upstream
+registered (``Authorization: Bearer <secret>`` injected). The same ``httpx.AsyncClient`` sends the same
+JSON-RPC ``tools/call``:
+
+- direct: to the upstream, with the token (what an agent holding the token would do);
+- gateway: to ``POST /mcp`` with a DPoP proof signed per request and ``Tether-Task``; Tether
+  authenticates the proof, reads the task and the upstream, decides ``call_tool`` with Cedar, checks
+  the arguments (exfiltration, pinned schema), records ``tool.call`` with the proof's use (one durable
+  write), forwards over its open upstream session and redacts the answer.
+
+Latency p50/p99 sequential and with 16 concurrent callers, and calls per second. Client, Tether and
+upstream share one event loop, so these are per-call costs on one core. A benchmark measures and
+reports; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import re
+import sqlite3
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import mcp_types as types
+import uvicorn
+from mcp.server.lowlevel.server import Server
+
+from bench.egress_bench import percentile, serve, timed
+from tether.api import create_app
+from tether.api.routes_mcp import close_mcp
+from tether.broker import Broker
+from tether.config import Settings
+from tether.crypto.jose import generate_private_jwk
+from tether.sdk import AsyncAgent
+
+__all__ = ["main", "percentile", "run"]
+
+RESULTS = Path(__file__).parent / "results" / "mcp.json"
+LATEST = Path(__file__).parent / "results" / "latest.md"
+BEGIN, END = "<!-- mcp-bench:begin -->", "<!-- mcp-bench:end -->"
+CONCURRENCY = 16
+SECRET = "bench-mcp-" + "t" * 30
+POLICY = """
+@id("open") permit(principal, action == Action::"open_task", resource);
+@id("tools") permit(principal, action == Action::"call_tool", resource) when { resource.server == "bench" };
+"""
+SCHEMA = {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}
+HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+def upstream_app() -> Any:
+    async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+        return types.ListToolsResult(
+            tools=[types.Tool(name="search", description="Search.", input_schema=SCHEMA)]
+        )
+
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        query = (params.arguments or {}).get("query")
+        return types.CallToolResult(content=[types.TextContent(type="text", text=f"results for {query}")])
+
+    server: Server[Any] = Server("bench-upstream", on_list_tools=list_tools, on_call_tool=call_tool)
+    inner = server.streamable_http_app(stateless_http=True, json_response=True)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if (
+            scope["type"] == "http"
+            and dict(scope["headers"]).get(b"authorization") != f"Bearer {SECRET}".encode()
+        ):
+            await send({"type": "http.response.start", "status": 401, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await inner(scope, receive, send)
+
+    return app
+
+
+async def serve_with_lifespan(app: Any) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", access_log=False)
+    )
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(10):
+        while not server.started:
+            await asyncio.sleep(0.005)
+    return server, task, server.servers[0].sockets[0].getsockname()[1]
+
+
+async def setup(
+    http: httpx.AsyncClient, url: str, admin: dict[str, str], upstream: str
+) -> tuple[AsyncAgent, str]:
+    async def ok(response: httpx.Response) -> dict[str, Any]:
+        assert response.status_code in (200, 201), response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    await ok(await http.put(url + "/v1/policies", json={"policies": POLICY}, headers=admin))
+    await ok(
+        await http.put(
+            url + "/v1/secrets/bench/mcp", json={"value": SECRET, "sensitivity": "internal"}, headers=admin
+        )
+    )
+    server = {
+        "name": "bench",
+        "url": upstream,
+        "secret": "bench/mcp",
+        "inject": {"name": "Authorization", "template": "Bearer {secret}"},
+    }
+    await ok(await http.post(url + "/v1/mcp-servers", json=server, headers=admin))
+    private = generate_private_jwk()
+    public = {k: v for k, v in private.items() if k in {"kty", "crv", "x"}}
+    attributes = {"team": "bench", "environment": "test", "owner": "bench", "labels": ["deploy"]}
+    registered = await ok(
+        await http.post(
+            url + "/v1/agents",
+            json={"name": "mcp-bot", "public_key": public, "attributes": attributes},
+            headers=admin,
+        )
+    )
+    agent = AsyncAgent(url, registered["id"], private, http=http)
+    task = await ok(
+        await agent.request(
+            "POST",
+            "/v1/tasks",
+            json={"purpose": "deploy", "objective": "bench", "tools": ["bench/search"], "ttl_seconds": 3600},
+        )
+    )
+    return agent, task["id"]
+
+
+def _call(request_id: int, name: str) -> bytes:
+    body = {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": {"query": "flaky test"}},
+    }
+    return json.dumps(body).encode()
+
+
+_OK = re.compile(rb"results for flaky test")
+
+
+async def run(requests: int, sqlite_synchronous: str = "normal") -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = Broker.from_settings(Settings(data_dir=Path(tmp), sqlite_synchronous=sqlite_synchronous))
+        init = await broker.init()
+        app = create_app(broker)
+        up_server, up_task, up_port = await serve_with_lifespan(upstream_app())
+        server, task, port = await serve(app)
+        url = f"http://127.0.0.1:{port}"
+        upstream = f"http://127.0.0.1:{up_port}/mcp"
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        try:
+            async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+                admin = {"Authorization": f"Bearer {init.root_token}"}
+                agent, task_id = await setup(http, url, admin, upstream)
+                counter = iter(range(1, 10**9))
+                direct_headers = {**HEADERS, "Authorization": f"Bearer {SECRET}"}
+
+                async def direct() -> bool:
+                    response = await http.post(
+                        upstream, content=_call(next(counter), "search"), headers=direct_headers
+                    )
+                    return response.status_code == 200 and bool(_OK.search(response.content))
+
+                async def gateway() -> bool:
+                    token = await agent.token()
+                    signed = agent._session.signed_headers("POST", url + "/mcp", token)
+                    response = await http.post(
+                        url + "/mcp",
+                        content=_call(next(counter), "bench__search"),
+                        headers={**HEADERS, **signed, "Tether-Task": task_id},
+                    )
+                    return response.status_code == 200 and bool(_OK.search(response.content))
+
+                for call in (direct, gateway):  # warm-up: connections, the upstream session, caches
+                    await timed(call, 50, 1)
+                results: dict[str, Any] = {"requests": requests, "sqlite_synchronous": sqlite_synchronous}
+                for name, call in (("direct", direct), ("gateway", gateway)):
+                    results[name] = {
+                        "sequential": await timed(call, requests, 1),
+                        f"{CONCURRENCY}_concurrent": await timed(call, requests, CONCURRENCY),
+                    }
+                for mode in ("sequential", f"{CONCURRENCY}_concurrent"):
+                    d, g = results["direct"][mode], results["gateway"][mode]
+                    results[f"added_{mode}"] = {
+                        "p50_us": round(g["p50_us"] - d["p50_us"], 1),
+                        "p99_us": round(g["p99_us"] - d["p99_us"], 1),
+                    }
+                return results
+        finally:
+            server.should_exit = True
+            up_server.should_exit = True
+            await asyncio.gather(task, up_task)
+            await close_mcp(app)
+            await broker.close()
+
+
+def _ms(figures: dict[str, Any]) -> str:
+    return f"{figures['p50_us'] / 1000:.2f} / {figures['p99_us'] / 1000:.2f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    c = f"{CONCURRENCY}_concurrent"
+    intro = (
+        f"`python -m bench.mcp_bench` ({results['generated']}): the same JSON-RPC `tools/call` to an "
+        "upstream MCP server written with the SDK (stateless streamable HTTP), direct with its token vs "
+        "through Tether's `/mcp` (a DPoP proof per call, `call_tool` decided, `tool.call` recorded with "
+        f"the proof's use, the answer redacted). {results['runs'][0]['requests']} calls per run; client, "
+        "Tether and upstream share one event loop (one core)."
+    )
+    lines = [
+        BEGIN,
+        "## MCP gateway (issue 15)",
+        "",
+        intro,
+        "",
+        "| store | path | p50 / p99 ms, sequential | calls/s, sequential | p50 / p99 ms, 16 concurrent "
+        "| calls/s, 16 concurrent |",
+        "|---|---|---|---|---|---|",
+    ]
+    target = None
+    for one in results["runs"]:
+        store = f"SQLite {one['sqlite_synchronous']}"
+        for name in ("direct", "gateway"):
+            s, k = one[name]["sequential"], one[name][c]
+            rates = f"{s['requests_per_s']:,}", f"{k['requests_per_s']:,}"
+            lines.append(f"| {store} | {name} | {_ms(s)} | {rates[0]} | {_ms(k)} | {rates[1]} |")
+        seq, conc = one["added_sequential"], one[f"added_{c}"]
+        lines.append(f"| {store} | **added** | {_ms(seq)} | | {_ms(conc)} | |")
+        if one["sqlite_synchronous"] == "normal":
+            target = seq["p50_us"] / 1000
+    if target is not None:
+        verdict = "PASS" if target <= 2.0 else "MISS"
+        lines += [
+            "",
+            f"Target (issue 15): added p50 <= 2.00 ms (sequential, SQLite normal): {target:.2f} ms, "
+            f"{verdict}.",
+        ]
+    lines += ["", results["setup"], END]
+    return "\n".join(lines)
+
+
+def write_latest(section: str) -> None:
+    text = LATEST.read_text(encoding="utf-8") if LATEST.exists() else "# Tether benchmarks: latest run\n"
+    if BEGIN in text and END in text:
+        before, rest = text.split(BEGIN, 1)
+        after = rest.split(END, 1)[1]
+        text = before + section + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    LATEST.write_text(text, encoding="utf-8")
+
+
+async def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1000, help="calls per run")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    runs = [await run(max(args.requests, CONCURRENCY), mode) for mode in ("normal", "full")]
+    results: dict[str, Any] = {
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "runs": runs,
+        "setup": (
+            f"SQLite {sqlite3.sqlite_version}, WAL, temporary file; Python {platform.python_version()} "
+            f"on {platform.machine()}; mcp {_version('mcp')}."
+        ),
+    }
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    section = markdown(results)
+    write_latest(section)
+    print(section)
+
+
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
