@@ -3,7 +3,9 @@ credential's lease still live?") and listed by state (``tether lease list``)."""
 
 from __future__ import annotations
 
-from tests.conformance.test_task_store import at, make_grant, make_lease, make_task, stored
+from dataclasses import replace
+
+from tests.conformance.test_task_store import DOCS, at, make_grant, make_intent, make_lease, make_task, stored
 from tether.domain.tasks import TaskStatus, new_id
 from tether.store.base import Storage
 
@@ -41,3 +43,22 @@ async def test_leases_are_read_by_id_and_listed_by_state(storage: Storage) -> No
     assert again.revoked_at == at(2)
     # Expired without an ending: no longer active, waiting for the engine.
     assert [lease.id for lease in await storage.list_leases(at(2000), state="revoking")] == [live.id]
+
+
+async def test_a_context_change_that_revokes_a_grant_marks_its_leases_for_the_engine(
+    storage: Storage,
+) -> None:
+    task = make_task()
+    await storage.create_task(task)
+    doomed, kept = make_grant(task), make_grant(task, secret=DOCS)
+    await storage.create_grant(doomed, now=at(0))
+    await storage.create_grant(kept, now=at(0))
+    voided, alive = make_lease(doomed, ttl=1000), make_lease(kept, ttl=1000)
+    for lease in (voided, alive):
+        await storage.create_lease(lease)
+    changed = replace(task, intent=make_intent(secrets=frozenset({DOCS})), context_version=2)
+    await storage.update_task(
+        changed, expected_version=1, revoke_grants=[doomed.id], reason="context_changed", now=at(5)
+    )
+    assert [lease.id for lease in await storage.leases_to_revoke(at(6))] == [voided.id]
+    assert [lease.id for lease in await storage.list_leases(at(6), state="active")] == [alive.id]

@@ -307,3 +307,21 @@ statements = ['GRANT "{powerful}" TO {{{{name}}}}']
     await broker.engines.aclose()
     assert await node.roles() == [powerful]  # the check was rolled back
     await node.pg.execute(f'DROP ROLE "{powerful}"')
+
+
+async def test_a_context_change_that_voids_the_grant_drops_its_role(node: Node) -> None:
+    agent = await node.agent("db-narrowed")
+    task = await agent.task(purpose="deploy", objective="read", secrets=[ROLE, DOWN])
+    grant = await task.grant(secret=ROLE, mode="dynamic")
+    credential = (await task.activate(grant))["credential"]
+    session = await connect(credential)
+    voided = await task.update(secrets=[DOWN])  # the role's secret is no longer declared
+    assert voided == 1
+    [lease] = await leases(node, "revoking")
+    await node.broker.tasks.sweep()  # the sweeper's next pass (every sweep_interval_seconds)
+    assert await node.roles() == []
+    with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
+        await session.fetchval("SELECT 1")
+    await session.close()
+    assert [item.id for item in await leases(node, "revoked")] == [lease.id]
+    await task.complete()

@@ -341,6 +341,13 @@ class TaskStore(DestinationStore):
             if result.rowcount != 1:
                 raise ConflictError(f"task {task.id} changed or ended meanwhile; read it and try again")
             if revoke_grants:
+                # Their engine leases too (dynamic credentials): the sweeper revokes them at the engine.
+                lc = t.leases.c
+                await conn.execute(
+                    update(t.leases)
+                    .where(and_(lc.grant_id.in_(list(revoke_grants)), lc.revoked_at_us.is_(None)))
+                    .values(revoked_at_us=to_us(now))
+                )
                 await self._revoke_grant_rows(conn, t.grants.c.id.in_(list(revoke_grants)), reason, now)
             await self._void_approvals(conn, [task.id], now, keep_hash=task.context_hash)
             if end_tasks:
