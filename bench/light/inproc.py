@@ -15,9 +15,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
@@ -99,11 +105,81 @@ async def _measure(data_dir: str, addr: str, runs: dict[str, list[list[bytes]]])
     return out
 
 
+def _toggle(on: bool) -> None:
+    """Switch callgrind's instrumentation on or off for this process, and wait until it is."""
+    proc = subprocess.Popen(
+        ["callgrind_control", "-i", "on" if on else "off", str(os.getpid())],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    while proc.poll() is None:
+        time.sleep(0.01)  # a sleeping process costs next to no instructions
+
+
+async def _count(data_dir: str, addr: str, name: str, requests: list[bytes], warm: int) -> None:
+    os.environ["TETHER_DATA_DIR"] = data_dir
+    os.environ["TETHER_PUBLIC_URL"] = addr
+    os.environ["TETHER_SQLITE_SYNCHRONOUS"] = "normal"
+    os.environ["TETHER_NODE_ID"] = "node-inproc"
+    from tether.api.app import create_app_from_env
+
+    app = create_app_from_env()
+    async with app.router.lifespan_context(app):
+        for raw in requests[:warm]:
+            await _serve(app, raw)
+        _toggle(True)
+        statuses = [await _serve(app, raw) for raw in requests[warm:]]
+        _toggle(False)
+    bad = [s for s in statuses if s >= 300]
+    if bad:
+        raise SystemExit(f"{name}: {len(bad)} answers were not successes (e.g. {bad[0]})")
+
+
+def _instructions(node: Any, name: str, requests: list[bytes], warm: int) -> float:
+    """Instructions per request (callgrind: the event loop's thread and the writer thread)."""
+    work = Path(tempfile.mkdtemp(prefix="tether-inproc-cg-"))
+    pool = work / "pool.json"
+    pool.write_text(json.dumps([r.decode("latin-1") for r in requests]), encoding="utf-8")
+    out = work / "callgrind.out"
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={out}",
+        sys.executable,
+        "-m",
+        "bench.light.inproc",
+        "--child",
+        str(node.data_dir),
+        node.addr,
+        name,
+        str(pool),
+        str(warm),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"callgrind run failed: {done.stderr[-1500:]}")
+    total = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+    if total is None:
+        raise RuntimeError(f"no instruction count in valgrind's output: {done.stderr[-800:]}")
+    return int(total.group(1).replace(",", "")) / (len(requests) - warm)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    if argv is None and sys.argv[1:2] == ["--child"]:
+        data_dir, addr, name, pool, warm = sys.argv[2:7]
+        requests = [r.encode("latin-1") for r in json.loads(Path(pool).read_text(encoding="utf-8"))]
+        asyncio.run(_count(data_dir, addr, name, requests, int(warm)))
+        return {}
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=400, help="requests per repetition")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--only", default="activate,issue,egress")
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="count instructions per request under valgrind instead (deterministic; slow)",
+    )
     args = parser.parse_args(argv)
     opts = parse(["--workers", "1"])
     upstream, upstream_url = start_upstream()
@@ -116,6 +192,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "egress": lambda n: pools.egress_pool(dep.tasks[0], n, "/items/1"),
         }
         wanted = [name for name in args.only.split(",") if name]
+        if args.callgrind:
+            counts = {}
+            for name in wanted:
+                counts[name] = _instructions(node, name, builders[name](args.requests + 20), 20)
+                print(f"{name:10} {counts[name] / 1e6:8.3f} M instructions/request", flush=True)
+            return counts
         runs = {name: [builders[name](args.requests + 1) for _ in range(args.reps)] for name in wanted}
         result = asyncio.run(_measure(str(node.data_dir), node.addr, runs))
     finally:

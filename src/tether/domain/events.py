@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
 from tether.errors import InvalidInputError
 
@@ -193,36 +193,80 @@ def _check_encodable(value: str, name: str) -> None:
         raise _fail(f"{name} holds an unpaired surrogate", name) from None
 
 
+class _FrozenDict(dict):  # type: ignore[type-arg]
+    """A read-only ``dict``: an event's data objects after checking. A ``dict`` (not a mapping
+    proxy) so that the JSON encoder takes it as it is, without a thawed copy per encoding."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("event data is read-only")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __repr__(self) -> str:
+        return f"frozen({dict.__repr__(self)})"
+
+
+_EMPTY: Mapping[str, Any] = _FrozenDict()
+
+
 def _json_copy(value: object, path: str, depth: int, *, freeze: bool = False) -> Any:
     """A deep copy of ``value`` if it is a JSON value this format allows; else raise.
 
-    With ``freeze``, arrays become tuples and objects read-only mappings, so that an event's
+    With ``freeze``, arrays become tuples and objects read-only dicts, so that an event's
     content cannot change after its hash was computed.
     """
-    if value is None or isinstance(value, bool):
+    kind = type(value)  # exact types first: the common case costs no ABC check
+    if kind is str:
+        _check_encodable(value, path)  # type: ignore[arg-type]
         return value
+    if value is None or kind is bool:
+        return value
+    if kind is int:
+        return _safe_int(value, path)  # type: ignore[arg-type]
+    if kind is dict or kind is list or kind is tuple or kind is _FrozenDict:
+        return _json_container(value, path, depth, freeze)
+    return _json_other(value, path, depth, freeze)
+
+
+def _safe_int(value: int, path: str) -> int:
+    if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+        raise _fail(f"{path}: integers must fit in 53 bits for an exact canonical encoding", "data")
+    return int(value)
+
+
+def _json_other(value: object, path: str, depth: int, freeze: bool) -> Any:
+    """Subclasses of the JSON types (enums, ...) as their base type; everything else refused."""
+    if isinstance(value, bool):
+        return bool(value)
     if isinstance(value, int):
-        if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
-            raise _fail(f"{path}: integers must fit in 53 bits for an exact canonical encoding", "data")
-        return int(value)
+        return _safe_int(value, path)
     if isinstance(value, str):
         _check_encodable(value, path)
         return str(value)
     if isinstance(value, float):
         raise _fail(f"{path}: floats are not allowed in events (use integers or strings)", "data")
+    if isinstance(value, Sensitive):
+        raise _fail("event data holds a Sensitive value: fingerprint it first", "data")
+    if isinstance(value, list | tuple | Mapping):
+        return _json_container(value, path, depth, freeze)
+    raise _fail(f"{path}: {type(value).__name__} is not a JSON value", "data")
+
+
+def _json_container(value: Any, path: str, depth: int, freeze: bool) -> Any:
     if depth >= MAX_DATA_DEPTH:
         raise _fail(f"{path}: nested deeper than {MAX_DATA_DEPTH} levels", "data")
     if isinstance(value, list | tuple):
         items = [_json_copy(item, f"{path}[{i}]", depth + 1, freeze=freeze) for i, item in enumerate(value)]
         return tuple(items) if freeze else items
-    if isinstance(value, Mapping):
-        result: dict[str, Any] = {}
-        for key, item in value.items():
-            if not isinstance(key, str) or not _DATA_KEY.fullmatch(key):
-                raise _fail(f"{path}: keys must be 1-64 ASCII letters, digits, '_', '.', ':' or '-'", "data")
-            result[key] = _json_copy(item, f"{path}.{key}", depth + 1, freeze=freeze)
-        return MappingProxyType(result) if freeze else result
-    raise _fail(f"{path}: {type(value).__name__} is not a JSON value", "data")
+    result: dict[str, Any] = _FrozenDict() if freeze else {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not _DATA_KEY.fullmatch(key):
+            raise _fail(f"{path}: keys must be 1-64 ASCII letters, digits, '_', '.', ':' or '-'", "data")
+        dict.__setitem__(result, key, _json_copy(item, f"{path}.{key}", depth + 1, freeze=freeze))
+    return result
 
 
 def _thaw(value: Any) -> JsonValue:
@@ -347,6 +391,9 @@ class Fingerprinter:
 
 def contains_sensitive(value: object) -> bool:
     """Whether a :class:`Sensitive` value sits anywhere inside ``value`` (dicts, lists)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return False
     if isinstance(value, Sensitive):
         return True
     if isinstance(value, Mapping):
@@ -366,14 +413,13 @@ def _check_kind(kind: object) -> str:
 
 
 def _check_data(data: object) -> Mapping[str, Any]:
-    if data is None:
-        return MappingProxyType({})
+    if data is None or (type(data) is _FrozenDict and not data):
+        return _EMPTY
     if not isinstance(data, Mapping):
         raise _fail("event data must be a mapping", "data")
-    if contains_sensitive(data):
-        raise _fail("event data holds a Sensitive value: fingerprint it first", "data")
+    # One walk: copied, frozen, and refused if a Sensitive value sits anywhere inside.
     frozen: Mapping[str, Any] = _json_copy(data, "data", 0, freeze=True)
-    if len(_encode_trusted({"data": _thaw(frozen)})) > MAX_DATA_BYTES:
+    if len(_encode_trusted({"data": frozen})) > MAX_DATA_BYTES:  # type: ignore[dict-item]
         raise _fail(f"event data exceeds {MAX_DATA_BYTES} bytes", "data")
     return frozen
 
@@ -393,7 +439,7 @@ class EventDraft:
     decision: DecisionSummary | None = None
     reason: str = ""
     request_id: str | None = None
-    data: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    data: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
     def __post_init__(self) -> None:
         _check_content(self)
@@ -442,7 +488,7 @@ class Event:
     decision: DecisionSummary | None = None
     reason: str = ""
     request_id: str | None = None
-    data: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    data: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     # The canonical body text, kept by seal_event (which hashed exactly that text) so storing the
     # event does not encode it again; never passed in, never compared.
     _body_json: str | None = field(default=None, init=False, repr=False, compare=False)
@@ -512,22 +558,30 @@ def _body(
     if draft.request_id is not None:
         body["request_id"] = draft.request_id
     if draft.data:
-        body["data"] = _thaw(draft.data)
+        # Checked and frozen data (read-only dicts and tuples) encodes as it is.
+        body["data"] = draft.data  # type: ignore[assignment]
     return body
 
 
 def event_body(event: Event) -> dict[str, JsonValue]:
-    """The hashed part of ``event``: every field but ``hash``, defaults omitted."""
-    return _body(
+    """The hashed part of ``event``: every field but ``hash``, defaults omitted (plain JSON
+    values: lists and dicts)."""
+    body = _body(
         seq=event.seq, prev_hash=event.prev_hash, time_value=event.time_us, node_id=event.node_id, draft=event
     )
+    if "data" in body:
+        body["data"] = _thaw(body["data"])
+    return body
 
 
 def event_body_json(event: Event) -> str:
     """The canonical JSON text of :func:`event_body` (what storage keeps and the hash covers)."""
     if event._body_json is not None:
         return event._body_json
-    return _encode_trusted(event_body(event)).decode("utf-8")
+    body = _body(
+        seq=event.seq, prev_hash=event.prev_hash, time_value=event.time_us, node_id=event.node_id, draft=event
+    )
+    return _encode_trusted(body).decode("utf-8")
 
 
 def seal_event(draft: EventDraft, *, seq: int, prev_hash: bytes, time: datetime, node_id: str) -> Event:
@@ -536,23 +590,36 @@ def seal_event(draft: EventDraft, *, seq: int, prev_hash: bytes, time: datetime,
     body = _body(seq=seq, prev_hash=prev_hash, time_value=time_us(when), node_id=node_id, draft=draft)
     encoded = _encode_trusted(body)
     digest = compute_hash(prev_hash, encoded)
-    event = Event(
-        seq=seq,
-        time=when,
-        node_id=node_id,
-        kind=draft.kind,
-        actor=draft.actor,
-        prev_hash=prev_hash,
-        hash=digest,
-        resource=draft.resource,
-        task_id=draft.task_id,
-        chain=draft.chain,
-        decision=draft.decision,
-        reason=draft.reason,
-        request_id=draft.request_id,
-        data=draft.data,
-    )
-    object.__setattr__(event, "_body_json", encoded.decode("utf-8"))
+    if not isinstance(draft, EventDraft):
+        raise TypeError("seal_event takes an EventDraft")
+    # The draft's content was checked when it was built and cannot have changed (frozen, its data
+    # deep-frozen); only what sealing adds is checked here, instead of every rule a second time.
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= MAX_SAFE_INT:
+        raise _fail("seq must be a positive integer", "seq")
+    if when.tzinfo is None:
+        raise _fail("event time must be an aware datetime", "time")
+    _check_text(node_id, "node", max_chars=MAX_ID_CHARS)
+    if not isinstance(prev_hash, bytes) or len(prev_hash) != HASH_BYTES:
+        raise _fail(f"prev_hash must be {HASH_BYTES} bytes", "prev_hash")
+    event: Event = object.__new__(Event)
+    for name, value in (
+        ("seq", seq),
+        ("time", when),
+        ("node_id", node_id),
+        ("kind", draft.kind),
+        ("actor", draft.actor),
+        ("prev_hash", prev_hash),
+        ("hash", digest),
+        ("resource", draft.resource),
+        ("task_id", draft.task_id),
+        ("chain", draft.chain),
+        ("decision", draft.decision),
+        ("reason", draft.reason),
+        ("request_id", draft.request_id),
+        ("data", draft.data),
+        ("_body_json", encoded.decode("utf-8")),
+    ):
+        object.__setattr__(event, name, value)
     return event
 
 
