@@ -18,7 +18,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conformance.test_engine_postgresql import with_password
+from tests.conformance.test_postgresql_engine_conformance import with_password
 from tests.conftest import copy_sqlite_template
 from tests.integration.governed import deploy_policies, register_agent
 from tests.security.canaries import SCAN, new_canary

@@ -18,7 +18,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conformance.test_engine_postgresql import with_password
+from tests.conformance.test_postgresql_engine_conformance import with_password
 from tests.integration.governed import deploy_policies
 from tests.integration.test_cli import TETHER, Node, clean_env, start_server, stop
 from tests.integration.test_tether_run import last_task
