@@ -145,6 +145,7 @@ def _instructions(node: Any, name: str, requests: list[bytes], warm: int) -> flo
         "valgrind",
         "--tool=callgrind",
         "--instr-atstart=no",
+        *(["--separate-threads=yes"] if os.environ.get("INPROC_THREADS") else []),
         f"--callgrind-out-file={out}",
         sys.executable,
         "-m",
