@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from tests.conformance.test_task_store import NOW, at, make_grant, make_task
+from tests.conftest import RawStore
 from tether.audit import Actor, AuditLog
 from tether.clock import FrozenClock
 from tether.domain.tasks import TaskStatus
@@ -19,6 +20,8 @@ from tether.store.base import (
     RememberJti,
     Storage,
 )
+from tether.store.postgres import open_postgres
+from tether.store.sqlite import open_sqlite
 
 AGENT = Actor.agent("spiffe://acme.test/agent/deploy-bot")
 
@@ -149,3 +152,43 @@ async def test_a_sub_task_of_an_ended_parent_is_refused_with_its_event(storage: 
         await audit.record_with("task.open", AGENT, effects=[CreateTask(child)])
     assert await storage.get_task(child.id) is None
     assert await storage.read_audit_events(limit=10) == []
+
+
+async def test_two_nodes_using_the_same_grants_in_opposite_orders_never_deadlock(
+    storage: Storage, raw_store: RawStore
+) -> None:
+    # Each node's audit log commits the uses queued together in one transaction. Two nodes whose
+    # batches touch the same grants in opposite orders must queue, not deadlock (PostgreSQL would
+    # abort one of them after its deadlock timeout: a refused use, answered 503).
+    other = (
+        open_sqlite(raw_store.sqlite_path)
+        if raw_store.sqlite_path is not None
+        else open_postgres(str(raw_store.pg_dsn), schema=raw_store.pg_schema)
+    )
+    try:
+        task = make_task()
+        await storage.create_task(task)
+        first_grant, second_grant = make_grant(task), make_grant(task)
+        for grant in (first_grant, second_grant):
+            await storage.create_grant(grant, now=NOW)
+        one = AuditLog(storage, node_id="node-1", clock=FrozenClock(NOW))
+        two = AuditLog(other, node_id="node-2", clock=FrozenClock(NOW))
+
+        def use(grant_id: str) -> list[ConsumeGrantUse]:
+            return [ConsumeGrantUse(grant_id, task.id, at(1))]
+
+        rounds = 12
+        for _ in range(rounds):
+            await asyncio.gather(
+                one.record_with("grant.activate", AGENT, effects=use(first_grant.id)),
+                one.record_with("grant.activate", AGENT, effects=use(second_grant.id)),
+                two.record_with("grant.activate", AGENT, effects=use(second_grant.id)),
+                two.record_with("grant.activate", AGENT, effects=use(first_grant.id)),
+            )
+        for grant in (first_grant, second_grant):
+            stored = await storage.get_grant(grant.id)
+            assert stored is not None
+            assert stored.uses == 2 * rounds
+        assert len(await storage.read_audit_events(limit=1000)) == 4 * rounds
+    finally:
+        await other.close()

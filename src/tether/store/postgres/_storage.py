@@ -310,11 +310,11 @@ class PostgresStorage(SQLStorage):
         """Seal on the head read under the audit lock, then append (see ``SealingStorage``)."""
 
         async def work(conn: Any) -> tuple[list[Event], list[list[object]]]:
-            # The effects first, the chain's lock last: the lock is held only for reading the head and
-            # inserting the events, not while effects wait for row locks. (No deadlock: a holder of the
-            # lock needs no row lock any more.)
-            results = await _apply_effects(conn, effects, len(effects))
+            # The chain's lock first, then the effects: appenders of every node take turns for the whole
+            # transaction. Effects first would let two batches take the same grants' row locks in
+            # opposite orders and deadlock (PostgreSQL aborts one after deadlock_timeout: a refused use).
             await conn.execute(_LOCK_AUDIT)
+            results = await _apply_effects(conn, effects, len(effects))
             events = seal(await _head(conn))
             if effects and len(effects) != len(events):
                 raise StorageError("an audit batch needs one list of effects per event")
