@@ -77,8 +77,8 @@ async def test_demo_seeds_twice_narrates_and_never_prints_the_value(tmp_path: Pa
         assert "export TETHER_ADDR=http://127.0.0.1:" in result.stdout
         assert "tether secret list" in result.stdout
         assert "/v1/sys/health" in result.stdout
-        for step in range(1, 13):
-            assert f"[governed {step}/12]" in result.stdout, result.stdout
+        for step in range(1, 14):
+            assert f"[governed {step}/13]" in result.stdout, result.stdout
         assert "the agent got '[REDACTED]'" in result.stdout  # injected, echoed, redacted
         assert "approval required" in result.stdout
         assert "refused (task is completed), and so is the call to github" in result.stdout

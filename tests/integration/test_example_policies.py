@@ -65,7 +65,7 @@ def test_example_cases_cover_the_rules() -> None:
     expects = {case["expect"] for case in cases}
     assert expects == {"allow", "deny"}
     assert any(case.get("expect_missing") == ["approval"] for case in cases)
-    assert {case["action"] for case in cases} == {"open_task", "issue", "activate", "delegate"}
+    assert {case["action"] for case in cases} == {"open_task", "issue", "activate", "delegate", "call_tool"}
 
 
 @pytest.mark.parametrize(

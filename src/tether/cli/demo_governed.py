@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from tether.sdk.egress import EgressClient
 __all__ = ["GOVERNED_STEPS", "POLICY_FILE", "Governed", "narrate_governed_path"]
 
 POLICY_FILE = Path(__file__).resolve().parents[3] / "examples" / "policies" / "tether.cedar"
-GOVERNED_STEPS = 12
+GOVERNED_STEPS = 13
 AGENTS_DIR = "demo-agents"
 GITHUB_SECRET = "prod/github/token"
 # The stand-in's address as earlier demo runs registered it (before the state file existed).
@@ -48,6 +49,10 @@ SECRETS: dict[str, dict[str, Any]] = {
         "destinations": ["pagerduty"],
     },
 }
+#: The example upstream MCP server (examples/mcp), started per task with prod/github/token in its env.
+MCP_SERVER = "issues"
+MCP_EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "mcp" / "issues_server.py"
+MCP_ACCEPT = "application/json, text/event-stream"
 DESTINATIONS = {"github": "prod/github/token", "stripe": "prod/stripe/key", "pagerduty": "prod/pagerduty/key"}
 AGENTS = {
     "deploy-bot": {
@@ -209,6 +214,28 @@ def _seed_destinations(api: OperatorClient, upstream: Upstream, state: DemoState
     state.upstream_url = upstream.url
 
 
+def _seed_mcp(api: OperatorClient, seeded: Seeded) -> None:
+    """Register the example upstream MCP server if it is missing (Tether starts it once to pin its
+    tools); one registered otherwise is kept."""
+    existing = {s["name"]: s for s in api.get("/v1/mcp-servers")["servers"]}
+    record = existing.get(MCP_SERVER)
+    if record is not None:
+        if record.get("args") != [str(MCP_EXAMPLE)] or record.get("quarantined"):
+            seeded.kept.append(f"MCP server {MCP_SERVER} (not the example's, or tools in quarantine)")
+        return
+    if not MCP_EXAMPLE.exists():
+        raise CommandError(f"the example MCP server is missing ({MCP_EXAMPLE}); run the demo from a checkout")
+    api.post(
+        "/v1/mcp-servers",
+        json={
+            "name": MCP_SERVER,
+            "command": sys.executable,
+            "args": [str(MCP_EXAMPLE)],
+            "env": {"ISSUES_TOKEN": GITHUB_SECRET},
+        },
+    )
+
+
 def _seed_agents(api: OperatorClient, data_dir: Path) -> dict[str, Agent]:
     agents: dict[str, Agent] = {}
     registered = {a["name"]: a for a in api.get("/v1/agents")["agents"]}
@@ -232,6 +259,7 @@ def _seed_domain(api: OperatorClient, data_dir: Path, upstream: Upstream) -> tup
     deployed = _seed_policies(api, seeded)
     _seed_secrets(api, state, seeded)
     _seed_destinations(api, upstream, state, seeded)
+    _seed_mcp(api, seeded)
     state.save(data_dir)
     upstream.token = state.github_value or ""
     seeded.github_value = state.github_value
@@ -298,7 +326,7 @@ def narrate_governed_path(api: OperatorClient, data_dir: Path, upstream: Upstrea
         raise CommandError(f"audit verification failed: {verified}")
     hint = f" Try `tether audit query --task {walked.task_id}`." if walked.task_id else ""
     _step(
-        12,
+        13,
         f"Audit: every decision, issuance, use, redaction and revocation above is in the hash chain; "
         f"verified {verified.get('checked', '?')} events, ok.{hint}",
     )
@@ -320,6 +348,7 @@ def _walk(api: OperatorClient, agents: dict[str, Agent], github_value: str, upst
                 "sensitivity": "confidential",
                 "secrets": ["prod/docs/token", "prod/github/token", "prod/stripe/key"],
                 "destinations": ["github", "stripe"],
+                "tools": [f"{MCP_SERVER}/search_issues"],
                 "ttl_seconds": 600,
             },
         ),
@@ -385,6 +414,8 @@ def _walk(api: OperatorClient, agents: dict[str, Agent], github_value: str, upst
         f"{escape(str(answer.get('debug_echo')))!r} (an egress.redact event records it).",
     )
 
+    _mcp(bot, tid, github_value)
+
     patched = _checked(
         bot.request("PATCH", f"/v1/tasks/{tid}", json={"secrets": ["prod/github/token", "prod/stripe/key"]}),
         200,
@@ -392,7 +423,7 @@ def _walk(api: OperatorClient, agents: dict[str, Agent], github_value: str, upst
     )
     again = _checked(bot.request("POST", f"/v1/grants/{grant['id']}/activate"), 403, "using a revoked grant")
     _step(
-        8,
+        9,
         f"Changed the task's context (it no longer needs prod/docs/token): every live grant was decided "
         f"again at once and {patched['grants_revoked']} revoked; its next use is refused: "
         f"{escape(again['detail'])}. The inject grant, still within the new context, stays.",
@@ -402,7 +433,7 @@ def _walk(api: OperatorClient, agents: dict[str, Agent], github_value: str, upst
 
     ended = _checked(bot.request("POST", f"/v1/tasks/{tid}/complete"), 200, "completing the task")
     _step(
-        10,
+        11,
         f"Completed task {tid}: everything issued for it is revoked in one transaction "
         f"({ended['grants_revoked']} grant(s) were still live).",
     )
@@ -410,11 +441,42 @@ def _walk(api: OperatorClient, agents: dict[str, Agent], github_value: str, upst
     after = _checked(bot.request("POST", f"/v1/grants/{grant['id']}/activate"), 403, "using after completion")
     blocked = _checked(http.get("github", "/repos/acme/app"), 403, "egress after completion")
     _step(
-        11,
+        12,
         f"Tried again: the reveal grant is refused ({escape(after['detail'])}), and so is the call "
         f"to github ({escape(blocked['detail'])}).",
     )
     return Governed(task_id=str(tid), approval_id=approval_id)
+
+
+def _mcp_call(bot: Agent, tid: str, number: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """One JSON-RPC request to Tether's /mcp, as any MCP client sends it (with DPoP and the task)."""
+    body = {"jsonrpc": "2.0", "id": number, "method": method, "params": params}
+    headers = {"Tether-Task": tid, "Accept": MCP_ACCEPT}
+    answer = _checked(bot.request("POST", "/mcp", json=body, headers=headers), 200, f"MCP {method}")
+    if "result" not in answer:
+        raise CommandError(f"MCP {method} failed: {answer.get('error')}")
+    result: dict[str, Any] = answer["result"]
+    return result
+
+
+def _mcp(bot: Agent, tid: str, github_value: str) -> None:
+    listed = _mcp_call(bot, tid, 1, "tools/list", {})
+    names = [tool["name"] for tool in listed.get("tools", [])]
+    called = _mcp_call(
+        bot, tid, 2, "tools/call", {"name": f"{MCP_SERVER}__search_issues", "arguments": {"query": "deploy"}}
+    )
+    shown = json.dumps(called)
+    if github_value in shown or "[REDACTED]" not in shown:
+        raise CommandError("the MCP call did not behave as expected; refusing to go on")
+    first = str((called.get("content") or [{}])[0].get("text", "")).splitlines()[0]
+    _step(
+        8,
+        f"MCP: deploy-bot connected to Tether as its MCP server (POST /mcp, DPoP, Tether-Task). tools/list "
+        f"showed {', '.join(names)} (declared by the task and allowed by policy; close_issue is not). "
+        f"Calling it, Tether decided call_tool, started the example server {MCP_SERVER} for this task "
+        f"with prod/github/token in its environment, and answered {escape(repr(first))}; the server echoed "
+        "the token in a debug field, which came back [REDACTED] (a tool.redact event records it).",
+    )
 
 
 def _incident(api: OperatorClient, bot: Agent) -> str:
@@ -452,7 +514,7 @@ def _incident(api: OperatorClient, bot: Agent) -> str:
     _checked(bot.request("POST", f"/v1/tasks/{iid}/revoke"), 200, "revoking the incident task")
     status = api.get(f"/v1/approvals/{approval_id}").get("status", "?")
     _step(
-        9,
+        10,
         f"Restricted secret prod/pagerduty/key: the first ask was answered 'approval required' "
         f"({approval_id}, policy {', '.join(pending['decision']['policies'])}); an approver approved it "
         f"with a reason, the same ask then got grant {granted['id']} (inject only), and revoking the "
