@@ -183,6 +183,7 @@ async def test_server_wildcard_declares_every_pinned_tool(gw: Gateway) -> None:
         "gh__echo_secret",
         "gh__fail_secret",
         "gh__notify_secret",
+        "gh__sample",
         "gh__search",
         "gh__slow",
         "gh__spawn",
@@ -402,3 +403,24 @@ async def test_requests_without_dpop_or_task_are_refused(gw: Gateway) -> None:
     replayed = await gw.http.post("/mcp", json=call, headers={**headers, **signed, "Tether-Task": task_id})
     assert "replayed" in replayed.text or replayed.status_code == 401
     assert len(await gw.events("tool.call", task_id)) == 1
+
+
+async def test_a_context_change_re_decides_the_next_call(gw: Gateway) -> None:
+    task_id = await gw.open_task(["gh/search", "gh/whoami"])
+    async with gw.client(task_id) as client:
+        assert not (await client.call_tool("gh__whoami", {})).is_error
+        patched = await gw.agent.request("PATCH", f"/v1/tasks/{task_id}", json={"tools": ["gh/search"]})
+        assert patched.status_code == 200, patched.text
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("gh__whoami", {})
+        assert "did not declare" in refused.value.error.message
+        assert [tool.name for tool in (await client.list_tools()).tools] == ["gh__search"]
+        assert not (await client.call_tool("gh__search", {"query": "still"})).is_error
+
+
+async def test_sampling_requests_from_an_upstream_are_refused(gw: Gateway) -> None:
+    task_id = await gw.open_task(["gh/sample", "gh/search"])
+    async with gw.client(task_id) as client:
+        answered = await client.call_tool("gh__sample", {})
+        assert answered.content[0].text.startswith("sampling refused")  # type: ignore[union-attr]
+        assert not (await client.call_tool("gh__search", {"query": "after"})).is_error
