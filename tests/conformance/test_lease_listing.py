@@ -4,6 +4,7 @@ credential's lease still live?") and listed by state (``tether lease list``)."""
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 
 from tests.conformance.test_task_store import DOCS, at, make_grant, make_intent, make_lease, make_task, stored
 from tether.domain.tasks import TaskStatus, new_id
@@ -62,3 +63,22 @@ async def test_a_context_change_that_revokes_a_grant_marks_its_leases_for_the_en
     )
     assert [lease.id for lease in await storage.leases_to_revoke(at(6))] == [voided.id]
     assert [lease.id for lease in await storage.list_leases(at(6), state="active")] == [alive.id]
+
+
+async def test_incomplete_leases_are_live_ones_without_a_handle_recorded_before_a_time(
+    storage: Storage,
+) -> None:
+    task = make_task()
+    await storage.create_task(task)
+    grant = make_grant(task)
+    await storage.create_grant(grant, now=at(0))
+    issued = make_lease(grant, ttl=1000)  # has a handle
+    bare = replace(make_lease(grant, ttl=1000), handle={})
+    ended = replace(make_lease(grant, ttl=1000), handle={})
+    for lease in (issued, bare, ended):
+        await storage.create_lease(lease)
+    await storage.mark_lease_revoked(ended.id, at(1))
+    assert [lease.id for lease in await storage.incomplete_leases(at(10))] == [bare.id]
+    assert await storage.incomplete_leases(bare.created_at - timedelta(seconds=1)) == []
+    assert await storage.set_lease_handle(bare.id, {"role": "x"}, bare.expires_at)
+    assert await storage.incomplete_leases(at(10)) == []

@@ -325,3 +325,31 @@ async def test_a_context_change_that_voids_the_grant_drops_its_role(node: Node) 
     await session.close()
     assert [item.id for item in await leases(node, "revoked")] == [lease.id]
     await task.complete()
+
+
+async def test_a_lease_whose_credential_was_never_handed_out_is_revoked_by_the_sweeper(node: Node) -> None:
+    """An issue that failed (or a node that stopped mid-issue) leaves a lease without a handle: the
+    sweeper revokes it once it is older than any issue can take, though its task goes on."""
+    agent = await node.agent("db-incomplete")
+    task = await agent.task(purpose="deploy", objective="read", secrets=[ROLE], ttl_seconds=3600)
+    grant = await task.grant(secret=ROLE, mode="dynamic")
+    now = node.broker.clock.now()
+    old = Lease(
+        id=new_id("lse"),
+        grant_id=grant.id,
+        task_id=task.id,
+        engine="app-db",
+        handle={},
+        created_at=now - timedelta(seconds=INCOMPLETE_LEASE_SECONDS + 5),
+        expires_at=now + timedelta(minutes=30),
+    )
+    recent = replace(old, id=new_id("lse"), created_at=now)
+    for lease in (old, recent):
+        await node.broker.storage.create_lease(lease)
+    await node.broker.tasks.sweep()
+    assert [lease.id for lease in await leases(node, "revoked")] == [old.id]
+    assert [lease.id for lease in await leases(node, "active")] == [recent.id]  # may still be issuing
+    body = await task.activate(grant)  # the task and its grant go on
+    assert body["credential"]["username"].startswith(node.prefix)
+    await task.complete()
+    assert await node.roles() == []

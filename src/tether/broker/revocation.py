@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from datetime import timedelta
 
 from tether.audit import Actor, AuditLog
 from tether.broker._decisions import MAX_LIST_LIMIT, MAX_REASON_CHARS
@@ -21,6 +22,7 @@ from tether.domain.operators import OperatorRecord, Permission
 from tether.domain.secrets import validate_path
 from tether.domain.tasks import LIVE_STATUSES, Ended, Lease, Task, TaskStatus, validate_id
 from tether.engines import EngineRegistry
+from tether.engines.base import INCOMPLETE_LEASE_SECONDS
 from tether.errors import ConflictError, InvalidInputError, NotFoundError, SealedError, TetherError
 from tether.store.base import Storage
 
@@ -225,6 +227,9 @@ class RevocationService:
                 )
         pending = await self._storage.leases_to_revoke(now)
         await self.revoke_leases(pending)
+        # Leases whose credential was never handed out (the engine failed, or a node stopped mid-issue).
+        incomplete = await self._storage.incomplete_leases(now - timedelta(seconds=INCOMPLETE_LEASE_SECONDS))
+        await self.revoke_leases(incomplete)
         # What engines issued that no live lease covers (e.g. a node stopped mid-issue).
         for lease_id in await self._engines.sweep_orphans(self._storage.get_leases, now):
             await self._storage.mark_lease_revoked(lease_id, self._clock.now())

@@ -20,6 +20,11 @@ from tether.errors import ConfigError, EngineError, NotFoundError, TetherError
 
 log = logging.getLogger(__name__)
 
+#: A lease still without a handle this long after it was recorded was never completed: its engine
+#: failed to issue, or the node stopped between recording the lease and handing the credential out
+#: (an issue takes seconds at most). Nobody holds its credential; it is revoked.
+INCOMPLETE_LEASE_SECONDS = 120
+
 #: How often the orphan sweep runs (it lists the engines' own records, e.g. database roles).
 ORPHAN_SWEEP_SECONDS = 60
 ORPHAN_SWEEP_INTERVAL = timedelta(seconds=ORPHAN_SWEEP_SECONDS)

@@ -30,7 +30,7 @@ import asyncpg
 
 from tether.domain.secrets import validate_path
 from tether.domain.tasks import Lease
-from tether.engines.base import IssuedCredential, LeaseRequest
+from tether.engines.base import INCOMPLETE_LEASE_SECONDS, IssuedCredential, LeaseRequest
 from tether.engines.pgsql import (
     DANGEROUS_ROLES,
     Template,
@@ -42,7 +42,13 @@ from tether.engines.pgsql import (
 )
 from tether.errors import ConfigError, EngineError, EngineUnavailableError
 
-__all__ = ["LeaseLookup", "PostgresEngine", "PostgresEngineConfig", "PostgresRole"]
+__all__ = [
+    "INCOMPLETE_LEASE_SECONDS",
+    "LeaseLookup",
+    "PostgresEngine",
+    "PostgresEngineConfig",
+    "PostgresRole",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +59,6 @@ LeaseLookup = Callable[[Sequence[str]], Awaitable[Sequence[Lease]]]
 COMMENT_PREFIX = "tether lease "
 MAX_TTL_SECONDS = 30 * 86400
 REVOKE_ATTEMPTS = 3
-#: A lease still without a handle this long after it was recorded was never completed (the node
-#: stopped between recording it and handing the credential out): its role, if any, is dropped.
-INCOMPLETE_LEASE_SECONDS = 120
 MAX_REMEMBERED_FAILURES = 10_000
 
 # The role and every role it is (transitively) a member of: what it can do beyond its grants.

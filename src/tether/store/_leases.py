@@ -135,3 +135,22 @@ class LeaseStore(SQLBase):
         async with self._tx(write=False) as conn:
             rows = (await conn.execute(query)).all()
         return [_lease(row) for row in rows]
+
+    async def incomplete_leases(self, created_before: datetime, *, limit: int = 100) -> list[Lease]:
+        lc = t.leases.c
+        query = (
+            select(t.leases)
+            .where(
+                and_(
+                    lc.revoked_at_us.is_(None),
+                    lc.engine_revoked_at_us.is_(None),
+                    lc.handle == "{}",
+                    lc.created_at_us <= to_us(created_before),
+                )
+            )
+            .order_by(lc.created_at_us)
+            .limit(limit)
+        )
+        async with self._tx(write=False) as conn:
+            rows = (await conn.execute(query)).all()
+        return [_lease(row) for row in rows]

@@ -577,6 +577,12 @@ class TaskStorage(Protocol):
         """The engine revoked the lease's credential."""
         ...
 
+    async def incomplete_leases(self, created_before: datetime, *, limit: int = 100) -> list[Lease]:
+        """Live leases still without a handle that were recorded before ``created_before``: their
+        engine never finished issuing (it failed, or the node stopped), so nobody holds their
+        credential."""
+        ...
+
     async def get_leases(self, lease_ids: Sequence[str]) -> list[Lease]:
         """The leases of ``lease_ids`` that exist (at most 1,000 ids; unknown ids are left out)."""
         ...
