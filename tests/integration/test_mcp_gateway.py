@@ -181,6 +181,7 @@ async def test_server_wildcard_declares_every_pinned_tool(gw: Gateway) -> None:
         names = sorted(tool.name for tool in (await client.list_tools()).tools)
     assert names == [
         "gh__echo_secret",
+        "gh__env",
         "gh__fail_secret",
         "gh__notify_secret",
         "gh__sample",
@@ -424,3 +425,40 @@ async def test_sampling_requests_from_an_upstream_are_refused(gw: Gateway) -> No
         answered = await client.call_tool("gh__sample", {})
         assert answered.content[0].text.startswith("sampling refused")  # type: ignore[union-attr]
         assert not (await client.call_tool("gh__search", {"query": "after"})).is_error
+
+
+async def test_the_upstream_runs_alone_with_a_clean_environment(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    canary = new_canary("tether-env")
+    monkeypatch.setenv("TETHER_ROOT_KEY", canary)  # what a node's own secrets look like in its environment
+    task_id = await gw.open_task(["gh/env", "gh/whoami"])
+    async with gw.client(task_id) as client:
+        seen = (await client.call_tool("gh__env", {})).structured_content
+        who = (await client.call_tool("gh__whoami", {})).structured_content
+    assert seen is not None
+    assert who is not None
+    names = set(seen["names"])
+    assert "UPSTREAM_TOKEN" in names
+    assert not {name for name in names if name.startswith("TETHER_")}
+    # The SDK's safe defaults, the registered variable, and what Python sets for itself (locale).
+    assert names <= {"HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "UPSTREAM_TOKEN", "LC_CTYPE"}
+    assert seen["pgid"] == who["pid"]  # the leader of its own process group (killed as one)
+    assert seen["pgid"] != os.getpgid(0)
+
+
+@pytest.mark.parametrize("ending", ["revoked by an operator", "expired"])
+async def test_revocation_and_expiry_kill_the_upstream(gw: Gateway, ending: str) -> None:
+    ttl = 3 if ending == "expired" else 600
+    task_id = await gw.open_task(["gh/whoami"], ttl_seconds=ttl)
+    async with gw.client(task_id) as client:
+        who = await client.call_tool("gh__whoami", {})
+        assert who.structured_content is not None
+        pid = who.structured_content["pid"]
+        if ending == "revoked by an operator":
+            response = await gw.http.post(f"/v1/tasks/{task_id}/revoke", json={}, headers=gw.admin)
+            assert response.status_code == 200, response.text
+        assert await wait_dead(pid, 15), f"the upstream outlived its task ({ending})"
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("gh__whoami", {})
+        assert refused.value.error.code == DENIED
