@@ -69,7 +69,9 @@ async def test_replace_is_compare_and_set(storage: Storage) -> None:
     # A second writer that read version 1 loses.
     assert not await storage.replace_mcp_server(server.approve([]), expected_version=1)
     stored = await storage.get_mcp_server("github")
-    assert stored is not None and stored.version == 2 and "search" in stored.quarantined
+    assert stored is not None
+    assert stored.version == 2
+    assert "search" in stored.quarantined
 
 
 async def test_delete_mcp_server(storage: Storage) -> None:
