@@ -18,7 +18,7 @@ from typing import Any
 from rich.markup import escape
 
 from tether.cli.client import APIError, OperatorClient, secret_url
-from tether.cli.demo_governed import Governed, narrate_governed_path
+from tether.cli.demo_governed import AGENTS_DIR, Governed, narrate_governed_path
 from tether.cli.demo_state import DemoState, Upstream
 from tether.cli.node import (
     configure_cli_logging,
@@ -212,6 +212,12 @@ def _next_steps(addr: str, token: str, data_dir: Path, governed: Governed, *, ke
     out.print(f"  {tether} audit query --kind 'secret.*'   # every write above, values as fingerprints only")
     out.print(f"  {tether} audit verify")
     out.print(f"  {tether} task list            # the demo's tasks and their states, newest first")
+    key = escape(str(data_dir / AGENTS_DIR / "deploy-bot.jwk"))
+    out.print(  # an unmodified program using the GitHub token without ever holding it (docs/run.md)
+        f"  {tether} run --agent spiffe://{DEMO_TRUST_DOMAIN}/agent/deploy-bot --agent-key {key} "
+        "--purpose deploy --objective 'list issues' --secret prod/github/token --destination github "
+        """-- sh -c 'curl -sS "$TETHER_GITHUB_URL/repos/acme/app/issues"'"""
+    )
     if governed.approval_id:
         # Approved, then voided when its task was revoked: an approval lives no longer than its task.
         out.print(f"  {tether} approval list --status approved --status voided")
