@@ -307,3 +307,49 @@ def test_tether_run_without_a_server_says_so_before_the_child_starts(
     )  # fmt: skip
     assert_error(result, 1, "cannot connect to Tether")
     assert not marker.exists()
+
+
+def test_a_child_does_not_outlive_a_killed_tether_run(
+    node: Node, agent: tuple[str, Path], tmp_path: Path
+) -> None:
+    agent_id, key = agent
+    pid_file = tmp_path / "child.pid"
+    proc = subprocess.Popen(
+        [
+            *TETHER, "run", "--agent", agent_id, "--agent-key", str(key), *INTENT, "--destination", "echo",
+            "--", "sh", "-c", f'echo $$ > "{pid_file}"; exec sleep 60',
+        ],
+        env=node.env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not (pid_file.exists() and pid_file.read_text().strip()):
+            assert proc.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        child = int(pid_file.read_text())
+        time.sleep(0.2)  # exec'd sleep
+        proc.kill()  # SIGKILL: tether run cannot forward anything
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child}").exists() and "zombie" not in _state(child):
+            assert time.monotonic() < deadline, "the child outlived tether run"
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert last_task(node)["status"] == "active"  # documented: the task stays open until it expires
+    with httpx.Client() as http:
+        http.post(
+            f"{node.addr}/v1/tasks/{last_task(node)['id']}/revoke",
+            headers={"Authorization": f"Bearer {node.token}"},
+            json={"reason": "test cleanup"},
+        )
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0].lower()
+    except (OSError, IndexError):
+        return "zombie"

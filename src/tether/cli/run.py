@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -254,7 +255,9 @@ async def _supervise(command: Sequence[str], env: Mapping[str, str]) -> tuple[in
     """Run the child to its end; SIGINT, SIGTERM and SIGHUP sent to ``tether run`` are forwarded to
     it (and it is killed if it has not exited :data:`KILL_AFTER_SECONDS` later). Returns its return
     code and whether a signal ended the run."""
-    child = await asyncio.create_subprocess_exec(*command, env=dict(env))
+    child = await asyncio.create_subprocess_exec(
+        *command, env=dict(env), preexec_fn=functools.partial(_die_with_parent, os.getpid())
+    )
     loop = asyncio.get_running_loop()
     received: list[int] = []
 
@@ -277,6 +280,20 @@ async def _supervise(command: Sequence[str], env: Mapping[str, str]) -> tuple[in
             _kill(child)
             await child.wait()
     return returncode, bool(received)
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child, before exec (Linux): SIGTERM when ``tether run`` dies, even by SIGKILL, so that
+    the child never outlives its sidecar and task. Elsewhere a no-op."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _kill(child: asyncio.subprocess.Process) -> None:
