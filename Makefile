@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.light
 	$(BIN)/python -m bench.compare --run --profile
+	$(BIN)/python -m bench.mcp_bench  # after compare: adds its own section to bench/results/latest.md
 
 ## lock: re-resolve the locked dependencies (needs network to PyPI)
 lock:
