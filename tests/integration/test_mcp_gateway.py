@@ -449,7 +449,7 @@ async def test_the_upstream_runs_alone_with_a_clean_environment(
 
 @pytest.mark.parametrize("ending", ["revoked by an operator", "expired"])
 async def test_revocation_and_expiry_kill_the_upstream(gw: Gateway, ending: str) -> None:
-    ttl = 3 if ending == "expired" else 600
+    ttl = 6 if ending == "expired" else 600
     task_id = await gw.open_task(["gh/whoami"], ttl_seconds=ttl)
     async with gw.client(task_id) as client:
         who = await client.call_tool("gh__whoami", {})
@@ -458,7 +458,7 @@ async def test_revocation_and_expiry_kill_the_upstream(gw: Gateway, ending: str)
         if ending == "revoked by an operator":
             response = await gw.http.post(f"/v1/tasks/{task_id}/revoke", json={}, headers=gw.admin)
             assert response.status_code == 200, response.text
-        assert await wait_dead(pid, 15), f"the upstream outlived its task ({ending})"
+        assert await wait_dead(pid, 20), f"the upstream outlived its task ({ending})"
         with pytest.raises(MCPError) as refused:
             await client.call_tool("gh__whoami", {})
         assert refused.value.error.code == DENIED
