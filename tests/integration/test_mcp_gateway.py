@@ -383,6 +383,11 @@ async def test_requests_without_dpop_or_task_are_refused(gw: Gateway) -> None:
     assert server["token_endpoint"] == gw.url + "/v1/auth/token"
     no_task = await gw.agent.request("POST", "/mcp", json=body, headers=headers)
     assert no_task.status_code == 422
+    for method in ("GET", "DELETE"):  # stateless: no SSE stream to open, no session to end
+        other = await gw.http.request(method, "/mcp")
+        assert other.status_code == 405
+        assert other.headers["content-type"] == "application/problem+json"
+        assert other.headers["allow"] == "POST"
     # A replayed proof is refused (the first use was recorded).
     task_id = await gw.open_task(["gh/search"])
     token = await gw.agent.token()

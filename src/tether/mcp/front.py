@@ -33,7 +33,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types import LOG_LEVEL_META_KEY
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from tether import __version__
@@ -226,9 +226,13 @@ class McpFront:
 
         if request.method != "POST":
             # Stateless: no standalone SSE stream (GET) and no session to end (DELETE).
-            return JSONResponse(
-                {"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message": "Method not allowed"}},
-                status_code=405,
+            from tether.api.problems import problem_response
+
+            return problem_response(
+                405,
+                "method-not-allowed",
+                "Method not allowed",
+                "the MCP gateway is stateless: POST only (no SSE stream to open, no session to end)",
                 headers={"Allow": "POST"},
             )
         caller = await agent_caller(request, self.broker, defer_replay=True)
