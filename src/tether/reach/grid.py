@@ -1,0 +1,167 @@
+"""The finite grid reach is computed over, and which of its dimensions a policy can see.
+
+A decision's context has fields that range over finite, known sets (the purpose vocabulary,
+sensitivity levels, modes, registered destinations, delegation depth, approval) and fields that do
+not (a task's age and remaining lifetime, a grant's use count, the request's method and path, ids
+and hashes). Reach enumerates the first kind and leaves the second *unknown* to Cedar's partial
+evaluation, so a condition on them comes back as a residual expression instead of being dropped.
+
+A dimension that no applicable policy reads (:func:`referenced_dimensions`) cannot change a
+decision, so it is evaluated once and reported as "any value".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from tether.errors import InvalidInputError
+
+__all__ = [
+    "DIMENSIONS",
+    "MODES",
+    "REACH_ACTIONS",
+    "SENSITIVITIES",
+    "UNKNOWN_FIELDS",
+    "Grid",
+    "referenced_dimensions",
+]
+
+#: The actions reach answers for: issuance and activation of a secret.
+REACH_ACTIONS: Final = ("issue", "activate")
+#: The activation modes policies see.
+MODES: Final = ("inject", "reveal", "dynamic")
+#: public, internal, confidential, restricted.
+SENSITIVITIES: Final = (0, 1, 2, 3)
+#: The enumerated dimensions, in the order rules are reported.
+DIMENSIONS: Final = ("purpose", "sensitivity", "mode", "destination", "depth", "approval")
+#: The context fields left unknown (continuous or per-task values), by their path under ``context``.
+UNKNOWN_FIELDS: Final = (
+    ("task", "id"),
+    ("task", "objective_sha256"),
+    ("task", "tools"),
+    ("task", "chain"),
+    ("task", "age_seconds"),
+    ("task", "remaining_seconds"),
+    ("request", "method"),
+    ("request", "path"),
+    ("uses",),
+)
+
+# Which context paths each dimension's value lands in (a policy reading any of them depends on it).
+_DIMENSION_PATHS: Final[Mapping[str, tuple[tuple[str, ...], ...]]] = {
+    "purpose": (("task", "purpose"),),
+    "sensitivity": (("task", "sensitivity"),),
+    "mode": (("mode",),),
+    "destination": (("destination",), ("task", "destinations")),
+    "depth": (("task", "depth"),),
+    "approval": (("approval",),),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Grid:
+    """The values each enumerated dimension ranges over.
+
+    Attributes:
+        purposes: The purpose vocabulary (settings ``task_purposes``).
+        destinations: Registered destination names; ``""`` (no destination) is always added.
+        max_depth: The deepest delegation depth (settings ``max_delegation_depth``).
+    """
+
+    purposes: tuple[str, ...]
+    destinations: tuple[str, ...]
+    max_depth: int
+
+    def __post_init__(self) -> None:
+        if not self.purposes:
+            raise InvalidInputError("the purpose vocabulary is empty", field="purposes")
+        if not 0 <= self.max_depth <= 64:
+            raise InvalidInputError("max_depth must be 0 to 64", field="max_depth")
+        object.__setattr__(self, "purposes", tuple(dict.fromkeys(self.purposes)))
+        object.__setattr__(self, "destinations", ("", *dict.fromkeys(d for d in self.destinations if d)))
+
+    def values(self, dimension: str) -> tuple[Any, ...]:
+        """Every value of ``dimension``."""
+        if dimension == "purpose":
+            return self.purposes
+        if dimension == "sensitivity":
+            return SENSITIVITIES
+        if dimension == "mode":
+            return MODES
+        if dimension == "destination":
+            return self.destinations
+        if dimension == "depth":
+            return tuple(range(self.max_depth + 1))
+        if dimension == "approval":
+            return (False, True)
+        raise InvalidInputError(f"unknown dimension {dimension!r}", field="dimension")
+
+    def size(self) -> int:
+        total = 1
+        for dimension in DIMENSIONS:
+            total *= len(self.values(dimension))
+        return total
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "purposes": list(self.purposes),
+            "sensitivities": list(SENSITIVITIES),
+            "modes": list(MODES),
+            "destinations": list(self.destinations),
+            "max_depth": self.max_depth,
+        }
+
+
+def _context_paths(node: Any, found: set[tuple[str, ...]]) -> None:
+    """Collect the ``context`` attribute paths an EST expression reads; a bare ``context`` (used
+    whole, e.g. compared to a record) is the empty path, which reads everything."""
+    if isinstance(node, list):
+        for item in node:
+            _context_paths(item, found)
+        return
+    if not isinstance(node, dict):
+        return
+    path = _attribute_path(node)
+    if path is not None:
+        found.add(path)
+        return
+    for key, value in node.items():
+        if key == "Value":
+            continue  # a literal; entity literals and strings cannot read the context
+        _context_paths(value, found)
+
+
+def _attribute_path(node: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """``context.a.b`` (or ``context.a has b``, ``context has a``) as ``("a", "b")``; ``()`` for a bare
+    ``context``; None when ``node`` is not rooted at ``context``."""
+    if node.get("Var") == "context":
+        return ()
+    for op in (".", "has"):
+        inner = node.get(op)
+        if isinstance(inner, dict) and "left" in inner and "attr" in inner:
+            left = inner["left"]
+            if isinstance(left, dict):
+                base = _attribute_path(left)
+                if base is not None:
+                    return (*base, str(inner["attr"]))
+    return None
+
+
+def referenced_dimensions(policies: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    """The dimensions whose value any of ``policies`` (Cedar JSON, EST) can read."""
+    paths: set[tuple[str, ...]] = set()
+    for est in policies:
+        _context_paths(est.get("conditions", []), paths)
+    referenced: set[str] = set()
+    for dimension, targets in _DIMENSION_PATHS.items():
+        if any(_overlaps(path, target) for path in paths for target in targets):
+            referenced.add(dimension)
+    return frozenset(referenced)
+
+
+def _overlaps(path: Sequence[str], target: Sequence[str]) -> bool:
+    """One path is a prefix of the other: reading ``context.task`` reads ``context.task.purpose``."""
+    n = min(len(path), len(target))
+    return tuple(path[:n]) == tuple(target[:n])
