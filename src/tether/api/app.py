@@ -25,6 +25,7 @@ from tether.api import (
     routes_mcp,
     routes_operators,
     routes_policies,
+    routes_reach,
     routes_secrets,
     routes_sys,
     routes_tasks,
@@ -224,6 +225,7 @@ def _build_app(*, max_request_bytes: int, lifespan: Lifespan[FastAPI] | None = N
     app.include_router(routes_egress.router)
     app.include_router(routes_leases.router)
     app.include_router(routes_mcp.router)
+    app.include_router(routes_reach.router)
     app.add_middleware(HotLane)  # innermost: inside the body limit and the metrics
     app.add_middleware(_BodyLimit, max_bytes=max_request_bytes)
     app.add_middleware(_Measure, metrics=metrics)
