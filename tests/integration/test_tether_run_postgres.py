@@ -10,6 +10,7 @@ import json
 import secrets
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 
 from tests.conformance.test_postgresql_engine_conformance import with_password
 from tests.integration.governed import deploy_policies
-from tests.integration.test_cli import TETHER, Node, clean_env, start_server, stop
+from tests.integration.test_cli import TETHER, Node, assert_error, clean_env, start_server, stop
 from tests.integration.test_tether_run import last_task
 from tests.security.canaries import new_canary
 from tether.crypto.jose import generate_private_jwk
@@ -35,7 +36,11 @@ pytestmark = [
 ROLE = "db/run/readonly"
 POLICIES = """
 @id("open")
-permit(principal, action == Action::"open_task", resource);
+permit(principal, action == Action::"open_task", resource) when { context.task.purpose == "deploy" };
+
+@id("open-incident-with-approval")
+permit(principal, action == Action::"open_task", resource)
+when { context.task.purpose == "incident" && context.approval };
 
 @id("dynamic-db")
 permit(principal, action in [Action::"issue", Action::"activate"], resource is Secret)
@@ -204,3 +209,59 @@ def test_a_failing_psql_fails_the_task_and_its_role_is_dropped_too(world: World,
     assert "permission denied" in result.stderr
     assert last_task(node)["status"] == "failed"
     assert pg(pg_dsn, f"SELECT rolname FROM pg_roles WHERE starts_with(rolname, '{prefix}')") == []
+
+
+def test_a_task_that_needs_an_approval_is_revoked_and_nothing_runs(world: World, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    node, agent_id, key = world.node, world.agent_id, world.key
+    result = subprocess.run(
+        [
+            *TETHER, "run", "--agent", agent_id, "--agent-key", str(key), "--purpose", "incident",
+            "--objective", "page the on-call", "--postgres", ROLE, "--", "touch", str(marker),
+        ],
+        capture_output=True, text=True, env=node.env(), stdin=subprocess.DEVNULL, timeout=60, check=False,
+    )  # fmt: skip
+    line = assert_error(
+        result, 1, "needs an approval (apr_", "was withdrawn", "--wait-approval", "nothing was run"
+    )
+    assert not marker.exists()
+    task_id = line.split("task ", 1)[1].split(" ", 1)[0]
+    task = httpx.get(f"{node.addr}/v1/tasks/{task_id}", headers={"Authorization": f"Bearer {node.token}"})
+    assert task.json()["status"] == "revoked"
+
+
+def test_with_wait_approval_the_child_runs_once_an_approver_approves(world: World, pg_dsn: str) -> None:
+    node, agent_id, key = world.node, world.agent_id, world.key
+    admin = {"Authorization": f"Bearer {node.token}"}
+    proc = subprocess.Popen(
+        [
+            *TETHER, "run", "--agent", agent_id, "--agent-key", str(key), "--purpose", "incident",
+            "--objective", "read during the incident", "--postgres", ROLE, "--wait-approval", "1m",
+            "--", "psql", "-XAtc", f"SELECT v FROM {world.schema}.allowed",
+        ],
+        env=node.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        approval = None
+        while approval is None:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            pending = httpx.get(f"{node.addr}/v1/approvals", headers=admin).json()["items"]
+            approval = next((a["id"] for a in pending if a["action"] == "open_task"), None)
+            time.sleep(0.1)
+        answer = httpx.post(
+            f"{node.addr}/v1/approvals/{approval}/approve", json={"reason": "on-call page"}, headers=admin
+        )
+        assert answer.status_code == 200, answer.text
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    assert stdout.strip() == "42"
+    assert f"waits for approval {approval}" in stderr
+    task = last_task(node)
+    assert task["status"] == "completed"
+    assert pg(pg_dsn, f"SELECT rolname FROM pg_roles WHERE starts_with(rolname, '{world.prefix}')") == []

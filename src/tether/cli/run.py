@@ -54,18 +54,20 @@ _DROPPED_PREFIXES = ("TETHER_",)
 _DURATION = re.compile(r"(\d{1,7})([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_TTL_SECONDS = 30 * 86400
+#: How often a pending task is read again while waiting for its approval.
+APPROVAL_POLL_SECONDS = 1.0
 #: How long the child has to exit after the forwarded signal before it is killed.
 KILL_AFTER_SECONDS = 10.0
 
 
-def parse_duration(text: str) -> int:
+def parse_duration(text: str, option: str = "--ttl") -> int:
     """Seconds in ``text``: ``90``, ``90s``, ``10m``, ``2h``, ``1d`` (1 s to 30 days)."""
     matched = _DURATION.fullmatch(text.strip())
     if matched is None:
-        raise CommandError(f"--ttl {text[:40]!r} is not a duration like 90s, 10m, 2h or 1d", EXIT_USAGE)
+        raise CommandError(f"{option} {text[:40]!r} is not a duration like 90s, 10m, 2h or 1d", EXIT_USAGE)
     seconds = int(matched.group(1)) * _UNITS[matched.group(2)]
     if not 1 <= seconds <= MAX_TTL_SECONDS:
-        raise CommandError(f"--ttl must be between 1 s and 30 days, not {text[:40]!r}", EXIT_USAGE)
+        raise CommandError(f"{option} must be between 1 s and 30 days, not {text[:40]!r}", EXIT_USAGE)
     return seconds
 
 
@@ -83,6 +85,7 @@ class RunPlan:
     ttl_seconds: int | None
     url_env: str
     named_env: Mapping[str, str] = field(default_factory=dict)
+    wait_approval_seconds: int | None = None
 
     def __post_init__(self) -> None:
         from tether.domain.destinations import validate_destination_name
@@ -206,11 +209,7 @@ async def _run(addr: str, agent_id: str, key: Path, plan: RunPlan) -> int:
         except TetherAPIError as exc:
             raise CommandError(f"the task was not opened: {_why(exc)}; nothing was run") from None
         if task.status != "active":
-            await _end(task, "revoke")
-            raise CommandError(
-                f"task {task.id} needs an approval ({task.approval_id}): approve it with "
-                f"`tether approval approve {task.approval_id}`, or ask for less; nothing was run"
-            )
+            await _await_approval(task, plan.wait_approval_seconds)
         try:
             for destination in plan.destinations:
                 try:
@@ -249,6 +248,37 @@ async def _run(addr: str, agent_id: str, key: Path, plan: RunPlan) -> int:
         else:
             await _end(task, "fail")
         return exit_code(returncode)
+
+
+async def _await_approval(task: Any, wait_seconds: int | None) -> None:
+    """Wait (polling) until an approver opens the pending task, for up to ``wait_seconds``; without
+    a wait, or when it runs out or the task is refused, the task is revoked (its approval is then
+    void) and the run stops before the child starts."""
+    approval = task.approval_id
+    if wait_seconds:
+        err.print(
+            f"task {task.id} waits for approval {approval} (`tether approval approve {approval}`); "
+            f"waiting up to {wait_seconds} s",
+            markup=False,
+        )
+        deadline = asyncio.get_running_loop().time() + wait_seconds
+        try:
+            while asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(APPROVAL_POLL_SECONDS)
+                await task.refresh()
+                if task.status == "active":
+                    return
+                if task.status != "pending_approval":
+                    raise CommandError(f"task {task.id} was not approved ({task.status}); nothing was run")
+        except (asyncio.CancelledError, KeyboardInterrupt):  # Ctrl-C while waiting: withdraw the request
+            await _end(task, "revoke")
+            raise
+    await _end(task, "revoke")
+    raise CommandError(
+        f"task {task.id} needs an approval ({approval}) and was withdrawn"
+        + (" after waiting" if wait_seconds else "")
+        + "; run again with --wait-approval DURATION and have an approver approve it; nothing was run"
+    )
 
 
 async def _supervise(command: Sequence[str], env: Mapping[str, str]) -> tuple[int, bool]:
@@ -369,6 +399,15 @@ def run(
             "--ttl", metavar="DURATION", help="The task's lifetime: 90s, 10m, 2h, 1d.", show_default=False
         ),
     ] = None,
+    wait_approval: Annotated[
+        str | None,
+        typer.Option(
+            "--wait-approval",
+            metavar="DURATION",
+            help="If policy asks for an approval, wait this long for it (e.g. 10m) before giving up.",
+            show_default=False,
+        ),
+    ] = None,
     url_env: Annotated[
         str,
         typer.Option(
@@ -402,6 +441,7 @@ def run(
         ttl_seconds=parse_duration(ttl) if ttl is not None else None,
         url_env=url_env,
         named_env=parse_named_env(env or ()),
+        wait_approval_seconds=parse_duration(wait_approval, "--wait-approval") if wait_approval else None,
     )
     if not agent:
         raise CommandError("--agent is required (or TETHER_AGENT): the agent's SPIFFE ID", EXIT_USAGE)
