@@ -185,7 +185,7 @@ def _bound(context: dict[str, Any]) -> dict[str, Any]:
     action=st.sampled_from(["issue", "activate"]),
     unknowns=_UNKNOWNS,
 )
-def test_reach_equals_brute_force_over_the_grid(  # noqa: PLR0913 - one parameter per drawn input
+def test_reach_equals_brute_force_over_the_grid(
     text: str,
     agents: list[dict[str, Any]],
     secret: Entity,

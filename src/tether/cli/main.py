@@ -55,6 +55,7 @@ from tether.cli.output import (
     yes_no,
 )
 from tether.cli.policy import policy_app
+from tether.cli.reach import reach_app
 from tether.cli.run import run as run_command
 from tether.cli.secret_update import secret_update
 from tether.cli.tasks import approval_app, revoke, task_app
@@ -88,6 +89,7 @@ app.add_typer(approval_app, name="approval")
 app.add_typer(mcp_server_app, name="mcp-server")
 app.add_typer(mcp_app, name="mcp")
 app.add_typer(lease_app, name="lease")
+app.add_typer(reach_app, name="reach")
 app.command("revoke")(revoke)
 app.command("run", context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})(
     run_command

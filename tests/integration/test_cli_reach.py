@@ -1,0 +1,78 @@
+"""``tether reach`` against a real server: a table for people, ``--json`` for machines, one
+``error:`` line for an unknown secret or agent; never a secret value."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.governed import EXAMPLE_POLICIES
+from tests.integration.test_cli import SECRET_VALUES, Node, assert_error, new_value, run, running_node
+
+
+@pytest.fixture(scope="module")
+def reach_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    base = tmp_path_factory.mktemp("cli-reach")
+    with running_node(base, forbidden=SECRET_VALUES) as node:
+        value = new_value()
+        put = run(
+            [
+                *("secret", "put", "prod/github/token", "--stdin", "--sensitivity", "internal"),
+                *("--purpose", "deploy", "--destination", "github"),
+            ],
+            node.env(),
+            stdin=value,
+        )
+        assert put.returncode == 0, put.stderr
+        added = run(
+            [
+                *("destination", "add", "github", "--base-url", "https://api.github.com"),
+                *("--secret", "prod/github/token", "--inject-header", "Authorization=Bearer {secret}"),
+            ],
+            node.env(),
+        )
+        assert added.returncode == 0, added.stderr
+        deployed = run(["policy", "deploy", str(EXAMPLE_POLICIES)], node.env())
+        assert deployed.returncode == 0, deployed.stderr
+        key = base / "agent.jwk"
+        assert run(["keygen", "-o", str(key)], node.env()).returncode == 0
+        public = key.with_name(key.name + ".pub.json")
+        registered = run(
+            [
+                *("agent", "register", "deploy-bot", "--public-key", str(public)),
+                *("--environment", "prod", "--label", "deploy"),
+            ],
+            node.env(),
+        )
+        assert registered.returncode == 0, registered.stderr
+        yield node
+
+
+def test_reach_secret_prints_a_table_and_json(reach_node: Node) -> None:
+    table = run(["reach", "secret", "prod/github/token"], reach_node.env())
+    assert table.returncode == 0, table.stderr
+    assert "deploy-bot" in table.stdout
+    assert "use-secret-within-intent" in table.stdout
+    assert "Decided through policy set version 1." in table.stdout
+    assert "github" in table.stdout  # the destination that injects it
+    as_json = run(["reach", "secret", "prod/github/token", "--json"], reach_node.env())
+    assert as_json.returncode == 0, as_json.stderr
+    body = json.loads(as_json.stdout)
+    assert {name for rule in body["reach"] for name in rule["agents"]} == {"deploy-bot"}
+    assert body["live"]["tasks"] == []
+
+
+def test_reach_agent_prints_its_secrets(reach_node: Node) -> None:
+    table = run(["reach", "agent", "deploy-bot"], reach_node.env())
+    assert table.returncode == 0, table.stderr
+    assert "prod/github/token" in table.stdout
+    body = json.loads(run(["reach", "agent", "deploy-bot", "--json"], reach_node.env()).stdout)
+    assert {rule["secret"] for rule in body["reach"]} == {"prod/github/token"}
+
+
+def test_reach_of_unknown_names_is_one_error_line(reach_node: Node) -> None:
+    assert_error(run(["reach", "secret", "prod/nope"], reach_node.env()), 1, "no secret")
+    assert_error(run(["reach", "agent", "nobody"], reach_node.env()), 1, "no agent")
+    assert_error(run(["reach", "secret", "../x"], reach_node.env()), 2, "invalid secret path")

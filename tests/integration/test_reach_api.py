@@ -1,0 +1,127 @@
+"""Reach over HTTP, on both stores: who could use a secret, what an agent could reach, what is live."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.integration.governed import SECRETS, register_agent, seed
+from tests.security.canaries import new_canary
+
+pytestmark = pytest.mark.asyncio
+
+
+def _rules(body: dict[str, Any], **match: Any) -> list[dict[str, Any]]:
+    return [rule for rule in body["reach"] if all(rule[k] == v for k, v in match.items())]
+
+
+async def test_reach_of_a_secret_names_agents_conditions_and_live_grants(client, admin) -> None:  # type: ignore[no-untyped-def]
+    values = {path: new_canary(path) for path in SECRETS}
+    await seed(client, admin, values)
+    bot = await register_agent(client, admin, "deploy-bot")
+    await register_agent(client, admin, "deploy-bot-2")  # same attributes: grouped with deploy-bot
+    await register_agent(client, admin, "dev-bot", environment="dev")  # forbidden on prod/*
+    await register_agent(client, admin, "docs-bot", labels=("report",))
+    opened = await bot.request(
+        "POST",
+        "/v1/tasks",
+        json={
+            "purpose": "deploy",
+            "objective": "ship release 1.2",
+            "sensitivity": "internal",
+            "secrets": ["prod/github/token"],
+            "destinations": ["github"],
+            "ttl_seconds": 600,
+        },
+    )
+    assert opened.status_code == 201, opened.text
+    task = opened.json()
+    grant = await bot.request(
+        "POST",
+        f"/v1/tasks/{task['id']}/grants",
+        json={"secret": "prod/github/token", "destination": "github", "mode": "inject", "max_uses": 5},
+    )
+    assert grant.status_code == 201, grant.text
+
+    response = await client.get("/v1/reach/secrets/prod/github/token", headers=admin)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["secret"] == "prod/github/token"
+    assert body["policy_version"] == 1
+    for value in values.values():
+        assert value not in response.text
+    issue = _rules(body, action="issue")
+    # Every agent whatever its labels (open_task checks labels; issuance does not), except dev-bot.
+    agents = {name for rule in issue for name in rule["agents"]}
+    assert agents == {"deploy-bot", "deploy-bot-2", "docs-bot"}
+    grouped = [rule for rule in issue if "deploy-bot" in rule["agents"]]
+    assert all(set(rule["agents"]) == {"deploy-bot", "deploy-bot-2"} for rule in grouped)
+    # internal secret, deploy purpose, destination github: inject and (internal) reveal; no approval.
+    # (``dynamic`` from the static engine hands out the value: it is decided as ``reveal``.)
+    assert {mode for rule in grouped for mode in rule["modes"]} == {"inject", "reveal", "dynamic"}
+    assert all(rule["purposes"] == ["deploy"] and rule["destinations"] == ["github"] for rule in grouped)
+    assert all(rule["approval"] == "not needed" and rule["residual"] is None for rule in grouped)
+    assert {p for rule in grouped for p in rule["policies"]} == {
+        "use-secret-within-intent",
+        "reveal-low-sensitivity",
+    }
+    live = body["live"]
+    assert [t["id"] for t in live["tasks"]] == [task["id"]]
+    assert live["grants"] == [
+        {
+            "id": grant.json()["id"],
+            "agent": "deploy-bot",
+            "task_id": task["id"],
+            "secret": "prod/github/token",
+            "destination": "github",
+            "mode": "inject",
+            "expires_at": live["grants"][0]["expires_at"],
+            "uses_left": 5,
+        }
+    ]
+    assert [d["name"] for d in live["destinations"]] == ["github"]
+
+    restricted = (await client.get("/v1/reach/secrets/prod/pagerduty/key", headers=admin)).json()
+    rules = _rules(restricted, action="activate")
+    assert rules, restricted
+    assert all(
+        rule["approval"] == "required"
+        and rule["purposes"] == ["incident"]
+        and rule["depths"] == [0]
+        and rule["modes"] == ["inject"]  # dynamic from the static engine is decided as reveal
+        and rule["policies"] == ["restricted-incident-with-approval"]
+        for rule in rules
+    )
+
+
+async def test_reach_of_an_agent_lists_its_secrets_and_live_tasks(client, admin) -> None:  # type: ignore[no-untyped-def]
+    values = {path: new_canary(path) for path in SECRETS}
+    await seed(client, admin, values)
+    await register_agent(client, admin, "deploy-bot")
+    await register_agent(client, admin, "dev-bot", environment="dev")
+    response = await client.get("/v1/reach/agents/deploy-bot", headers=admin)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["agent"] == "deploy-bot"
+    assert {rule["secret"] for rule in body["reach"]} == set(SECRETS)
+    for value in values.values():
+        assert value not in response.text
+    dev = (await client.get("/v1/reach/agents/dev-bot", headers=admin)).json()
+    assert dev["reach"] == []  # every seeded secret is prod/*: forbidden for dev agents
+    assert dev["live"]["tasks"] == []
+
+
+async def test_reach_refuses_unknown_names_and_other_roles(client, admin, make_operator) -> None:  # type: ignore[no-untyped-def]
+    values = {path: new_canary(path) for path in SECRETS}
+    await seed(client, admin, values)
+    for url in ("/v1/reach/secrets/prod/nope", "/v1/reach/agents/nobody", "/v1/reach/secrets/..%2Fx"):
+        missing = await client.get(url, headers=admin)
+        assert missing.status_code == 404, (url, missing.text)
+        assert missing.headers["content-type"].startswith("application/problem+json")
+    auditor = await make_operator("alice", "auditor")
+    assert (await client.get("/v1/reach/secrets/prod/github/token", headers=auditor)).status_code == 200
+    writer = await make_operator("sam", "secret-writer")
+    refused = await client.get("/v1/reach/secrets/prod/github/token", headers=writer)
+    assert refused.status_code == 403, refused.text
+    assert (await client.get("/v1/reach/agents/deploy-bot")).status_code == 401
