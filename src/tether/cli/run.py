@@ -211,43 +211,55 @@ async def _run(addr: str, agent_id: str, key: Path, plan: RunPlan) -> int:
         if task.status != "active":
             await _await_approval(task, plan.wait_approval_seconds)
         try:
-            for destination in plan.destinations:
-                try:
-                    await task.grant(destination=destination, mode="inject")
-                except TetherAPIError as exc:
-                    raise CommandError(f"destination {destination!r}: {_why(exc)}; nothing was run") from None
-            pg: dict[str, str] = {}
-            if plan.postgres is not None:
-                try:
-                    grant = await task.grant(secret=plan.postgres, mode="dynamic")
-                    activated = await task.activate(grant)
-                except TetherAPIError as exc:
-                    raise CommandError(f"--postgres {plan.postgres}: {_why(exc)}; nothing was run") from None
-                pg = postgres_environment(activated.get("credential") or {})
+            pg = await _issue(task, plan)
         except BaseException:
             await _end(task, "revoke")
             raise
         sidecar = Sidecar(agent, task.id, SidecarRoutes(plan.destinations)) if plan.destinations else None
-        async with sidecar.serving() if sidecar is not None else contextlib.nullcontext() as serving:
-            endpoints = plan.endpoint_variables(serving.urls()) if serving is not None else {}
-            env = child_environment(os.environ, endpoints, pg)
-            pg.clear()
-            try:
-                returncode, signalled = await _supervise(plan.command, env)
-            except OSError as exc:
-                await _end(task, "fail")
-                raise CommandError(
-                    f"cannot run {plan.command[0][:200]!r}: {exc.strerror or _why(exc)}"
-                ) from None
-            finally:
-                env.clear()
-        if signalled or returncode < 0:
+        try:
+            async with sidecar.serving() if sidecar is not None else contextlib.nullcontext() as serving:
+                endpoints = plan.endpoint_variables(serving.urls()) if serving is not None else {}
+                env = child_environment(os.environ, endpoints, pg)
+                pg.clear()
+                try:
+                    returncode, signalled = await _supervise(plan.command, env)
+                except OSError as exc:
+                    await _end(task, "fail")
+                    raise CommandError(
+                        f"cannot run {plan.command[0][:200]!r}: {exc.strerror or _why(exc)}"
+                    ) from None
+                finally:
+                    env.clear()
+        except (RuntimeError, OSError, asyncio.CancelledError, KeyboardInterrupt) as exc:
+            # The sidecar did not start, or the run was interrupted before the child ended.
             await _end(task, "revoke")
-        elif returncode == 0:
-            await _end(task, "complete")
-        else:
-            await _end(task, "fail")
+            if isinstance(exc, RuntimeError | OSError):
+                raise CommandError(f"the sidecar did not start ({_why(exc)}); nothing was run") from None
+            raise
+        await _end(
+            task, "revoke" if signalled or returncode < 0 else "complete" if returncode == 0 else "fail"
+        )
         return exit_code(returncode)
+
+
+async def _issue(task: Any, plan: RunPlan) -> dict[str, str]:
+    """The run's grants: inject per destination; the ``--postgres`` credential (activated now) as
+    libpq's variables. A refusal is a :class:`CommandError` naming what was refused."""
+    from tether.sdk import TetherAPIError
+
+    for destination in plan.destinations:
+        try:
+            await task.grant(destination=destination, mode="inject")
+        except TetherAPIError as exc:
+            raise CommandError(f"destination {destination!r}: {_why(exc)}; nothing was run") from None
+    if plan.postgres is None:
+        return {}
+    try:
+        grant = await task.grant(secret=plan.postgres, mode="dynamic")
+        activated = await task.activate(grant)
+    except TetherAPIError as exc:
+        raise CommandError(f"--postgres {plan.postgres}: {_why(exc)}; nothing was run") from None
+    return postgres_environment(activated.get("credential") or {})
 
 
 async def _await_approval(task: Any, wait_seconds: int | None) -> None:
