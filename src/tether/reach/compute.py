@@ -235,13 +235,15 @@ class _Evaluator:
             return None
         if result.diagnostics.errors:
             return None  # fail closed: the broker denies on any evaluation error
-        if result.decision is cedarpy.Decision.Allow:
+        if result.decision is cedarpy.Decision.Deny:
+            return None
+        if result.decision is cedarpy.Decision.Allow and not _open_residuals(result.residuals):
             reasons = tuple(str(r) for r in result.diagnostics.reasons)
             if not reasons or any(self._ests[r].get("effect") != "permit" for r in reasons):
                 return None
             return tuple(sorted(reasons)), None
-        if result.decision is cedarpy.Decision.Deny:
-            return None
+        # Undecided, or allowed while some policy still depends on unknown fields: Cedar's Allow
+        # would skip such a policy if it failed at run time, where the broker denies (fail closed).
         return self._residual(result.residuals, principal, resource)
 
     def _residual(
@@ -272,6 +274,15 @@ class _Evaluator:
             text=text,
         )
         return tuple(policy_id for policy_id, _ in possible), residual
+
+
+def _open_residuals(residuals: Mapping[str, Any]) -> bool:
+    """Whether any policy's residual still holds an expression (not a literal true or false)."""
+    return any(
+        _simplify(condition.get("body")) not in (_TRUE, _FALSE)
+        for est in residuals.values()
+        for condition in est.get("conditions", [])
+    )
 
 
 def point_context(secret: SecretTarget, values: Mapping[str, Any]) -> dict[str, Any]:
