@@ -207,9 +207,13 @@ def test_reach_equals_brute_force_over_the_grid(
     target = SecretTarget(secret, dynamic_is_reveal=dynamic_is_reveal)
     rules = compute_reach(compiled, group_agents(compiled, named), [target], grid, actions=(action,))
     axes = [grid.values(d) for d in DIMENSIONS]
+    tasks: dict[tuple[Any, ...], Task] = {}  # mode and approval are not the task's: one task per rest
     for (name, agent), point in itertools.product(named, itertools.product(*axes)):
         purpose, sensitivity, mode, destination, depth, approval = point
-        task = _task(secret.id, purpose, sensitivity, destination, depth, unknowns)
+        key = (purpose, sensitivity, destination, depth)
+        if key not in tasks:
+            tasks[key] = _task(secret.id, purpose, sensitivity, destination, depth, unknowns)
+        task = tasks[key]
         context = decision_context(
             task,
             NOW,
