@@ -68,7 +68,7 @@ def _rules_table(result: dict[str, Any], first: str) -> None:
     )
 
 
-def _live_tables(live: dict[str, Any]) -> None:
+def _live_tables(live: dict[str, Any], injecting: str) -> None:
     if live["tasks"]:
         print_table(
             "Live tasks",
@@ -107,7 +107,7 @@ def _live_tables(live: dict[str, Any]) -> None:
         )
     if live["destinations"]:
         print_table(
-            "Destinations that inject it",
+            injecting,
             ["DESTINATION", "SECRET", "BASE URL"],
             [(d["name"], d["secret"], d["base_url"]) for d in live["destinations"]],
         )
@@ -149,7 +149,7 @@ def reach_secret(
         markup=True,
     )
     _rules_table(result, "AGENTS")
-    _live_tables(result["live"])
+    _live_tables(result["live"], "Destinations that inject it")
     _footer(result)
 
 
@@ -176,5 +176,5 @@ def reach_agent(
         markup=True,
     )
     _rules_table(result, "SECRET")
-    _live_tables(result["live"])
+    _live_tables(result["live"], "Destinations that inject these secrets")
     _footer(result)
