@@ -76,3 +76,13 @@ def test_reach_of_unknown_names_is_one_error_line(reach_node: Node) -> None:
     assert_error(run(["reach", "secret", "prod/nope"], reach_node.env()), 1, "no secret")
     assert_error(run(["reach", "agent", "nobody"], reach_node.env()), 1, "no agent")
     assert_error(run(["reach", "secret", "../x"], reach_node.env()), 2, "invalid secret path")
+
+
+def test_reach_findings_prints_a_table_json_and_refuses_a_bad_window(reach_node: Node) -> None:
+    table = run(["reach", "findings"], reach_node.env())
+    assert table.returncode == 0, table.stderr
+    assert "reach-never-used" in table.stdout
+    body = json.loads(run(["reach", "findings", "--since", "7d", "--json"], reach_node.env()).stdout)
+    assert body["since"] == "7d"
+    assert {f["kind"] for f in body["findings"]} >= {"reach-never-used", "revealable-injected"}
+    assert_error(run(["reach", "findings", "--since", "forever"], reach_node.env()), 1, "since")

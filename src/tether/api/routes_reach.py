@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from tether.api.deps import BrokerDep, OperatorDep
 from tether.broker.reach import ReachService, report_to_json
@@ -16,6 +16,17 @@ def _service(broker: BrokerDep) -> ReachService:
     return ReachService(
         broker.storage, broker.audit, broker.clock, broker.settings, broker.policies, broker.engines
     )
+
+
+@router.get("/v1/reach/findings")
+async def reach_findings(
+    actor: OperatorDep,
+    broker: BrokerDep,
+    since: Annotated[str, Query(max_length=16, description="The audit window: 30d, 12h, 90m")] = "30d",
+) -> dict[str, Any]:
+    """Standing-privilege findings, each naming the policies that cause it."""
+    found, truncated = await _service(broker).findings(actor, since)
+    return {"since": since, "findings": [finding.to_json() for finding in found], "truncated": truncated}
 
 
 @router.get("/v1/reach/secrets/{path:path}")

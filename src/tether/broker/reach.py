@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from tether.audit import AuditLog
+from tether.audit import MAX_QUERY_LIMIT, AuditFilter, AuditLog
 from tether.broker._decisions import agent_entity, secret_entity
 from tether.broker.access import authorize
 from tether.broker.policies import PolicyService
@@ -27,6 +27,7 @@ from tether.domain.tasks import LIVE_STATUSES, Grant, Lease, Task
 from tether.engines import EngineRegistry
 from tether.errors import InvalidInputError, NotFoundError
 from tether.reach import Grid, ReachRule, SecretTarget, compute_reach, group_agents
+from tether.reach.findings import Finding, find, parse_window
 from tether.store.base import Storage
 
 __all__ = ["LiveReach", "ReachReport", "ReachService"]
@@ -34,6 +35,8 @@ __all__ = ["LiveReach", "ReachReport", "ReachService"]
 #: How many agents, secrets or live tasks one reach answer reads at most (then it says it stopped).
 MAX_SCANNED: Final = 10_000
 _PAGE: Final = 500
+#: How many activation events the findings read from the audit window at most.
+MAX_EVENTS_SCANNED: Final = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,60 @@ class ReachService:
             truncated=secrets_cut,
         )
 
+    async def findings(self, actor: OperatorRecord, since: str) -> tuple[list[Finding], bool]:
+        """Standing-privilege findings over every agent and secret (:mod:`tether.reach.findings`),
+        with the audit window ``since`` (``30d``); True when a scan stopped at its limit."""
+        await authorize(self._audit, actor, Permission.AUDIT_READ, "reach:findings")
+        window = parse_window(since)
+        now = self._clock.now()
+        agents, agents_cut = await self._agents()
+        secrets, secrets_cut = await self._secrets()
+        destinations = await self._storage.list_destinations()
+        compiled = await self._policies.active()
+        rules: list[ReachRule] = []
+        if compiled is not None:
+            groups = group_agents(compiled, [(a.name, agent_entity(a)) for a in agents])
+            rules = compute_reach(
+                compiled, groups, [self._target(s) for s in secrets], self._grid(destinations)
+            )
+        names = {a.id: a.name for a in agents}
+        used, used_cut = await self._used(now - window, names)
+        live = await self._live(None, None, destinations)
+        injected_by: dict[str, list[str]] = {}
+        for destination in destinations:
+            injected_by.setdefault(destination.secret, []).append(destination.name)
+        found = find(
+            rules,
+            {s.path: int(s.metadata.sensitivity) for s in secrets},
+            injected_by,
+            used,
+            live.grants,
+            live.tasks,
+            names,
+            max_task_ttl_seconds=int(self._settings.task_max_ttl_seconds),
+            window=since.strip(),
+            now=now,
+        )
+        return found, agents_cut or secrets_cut or used_cut or live.truncated
+
+    async def _used(self, since: datetime, names: dict[str, str]) -> tuple[set[tuple[str, str]], bool]:
+        """``(agent name, secret path)`` of every allowed activation since ``since``."""
+        used: set[tuple[str, str]] = set()
+        where = AuditFilter(kind="grant.activate", allowed=True, since=since)
+        after, read = 0, 0
+        while read < MAX_EVENTS_SCANNED:
+            page = await self._audit.query(where, after_seq=after, limit=MAX_QUERY_LIMIT)
+            read += len(page.events)
+            for event in page.events:
+                if event.resource is not None and event.resource.startswith("secret:"):
+                    used.add(
+                        (names.get(event.actor.id, event.actor.id), event.resource.removeprefix("secret:"))
+                    )
+            if page.next_after is None:
+                return used, False
+            after = page.next_after
+        return used, True
+
     def _grid(self, destinations: Sequence[Destination]) -> Grid:
         return Grid(
             purposes=tuple(self._settings.task_purposes),
@@ -187,8 +244,9 @@ class ReachService:
     async def _live(
         self, paths: set[str] | None, agent: AgentRecord | None, destinations: Sequence[Destination]
     ) -> LiveReach:
-        """Live tasks (of ``agent``, or declaring one of ``paths``), their usable grants (for
-        ``paths`` when given) and active leases, and the destinations that inject ``paths``."""
+        """Live tasks (of ``agent``, or declaring one of ``paths``; every live task when neither is
+        given), their usable grants (for ``paths`` when given) and active leases, and the
+        destinations that inject ``paths``."""
         now = self._clock.now()
         tasks: list[Task] = []
         after: str | None = None

@@ -178,3 +178,34 @@ def reach_agent(
     _rules_table(result, "SECRET")
     _live_tables(result["live"], "Destinations that inject these secrets")
     _footer(result)
+
+
+@reach_app.command("findings")
+def reach_findings(
+    since: Annotated[
+        str, typer.Option("--since", metavar="WINDOW", help="The audit window: 30d, 12h, 90m.")
+    ] = "30d",
+    addr: Addr = DEFAULT_ADDR,
+    token: Token = None,
+    json_output: Json = False,
+) -> None:
+    """Standing-privilege findings, each naming the policies that cause it."""
+    with client(addr, token) as api:
+        result = api.get("/v1/reach/findings", params={"since": since})
+    if json_output:
+        print_json(result)
+        return
+    findings = result["findings"]
+    if not findings:
+        out.print("No findings.")
+    else:
+        print_table(
+            None,
+            ["KIND", "SUBJECT", "AGENTS", "POLICIES", "DETAIL"],
+            [
+                (f["kind"], f["subject"], ", ".join(f["agents"]), ", ".join(f["policies"]), f["detail"])
+                for f in findings
+            ],
+        )
+    if result["truncated"]:
+        out.print("Stopped at a scan limit: the findings are incomplete.")
