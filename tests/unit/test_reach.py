@@ -85,17 +85,24 @@ def test_approval_only_rules_say_approval_is_required() -> None:
     assert {rule["approval"] for rule in rules} == {"required"}
 
 
-def test_agents_with_identical_attributes_are_one_group_unless_a_policy_names_an_agent() -> None:
-    agents = [_agent("a"), _agent("b"), _agent("c", environment="dev")]
+def test_agents_that_agree_on_what_policies_read_are_one_group_unless_a_policy_names_an_agent() -> None:
+    agents = [_agent("a"), _agent("b", team="other"), _agent("c", environment="dev")]
     everyone = '@id("all") permit(principal, action == Action::"issue", resource is Secret);'
-    grouped = _reach(everyone, agents)
-    assert sorted(tuple(rule["agents"]) for rule in grouped) == [("a", "b"), ("c",)]
+    assert [tuple(rule["agents"]) for rule in _reach(everyone, agents)] == [("a", "b", "c")]
+    by_environment = (
+        '@id("prod") permit(principal, action == Action::"issue", resource is Secret) '
+        'when { principal.environment == "prod" };\n'
+        '@id("teams") permit(principal, action == Action::"delegate", resource) '
+        "when { principal.team == resource.team };"  # not an issue/activate policy: not read
+    )
+    assert [tuple(rule["agents"]) for rule in _reach(by_environment, agents)] == [("a", "b")]
     pinned = (
         everyone
         + '\n@id("not-b") forbid(principal == Agent::"spiffe://acme.test/agent/b", action, resource);'
     )
     rules = _reach(pinned, agents)
     assert sorted(name for rule in rules for name in rule["agents"]) == ["a", "c"]
+    assert all(len(rule["agents"]) == 1 for rule in rules)
 
 
 def test_a_forbid_that_can_fail_turns_an_allow_into_a_residual() -> None:

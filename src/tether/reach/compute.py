@@ -28,7 +28,14 @@ from typing import Any, Final
 import cedarpy
 
 from tether.policy import SCHEMA_TEXT, CompiledPolicySet, Entity
-from tether.reach.grid import DIMENSIONS, REACH_ACTIONS, UNKNOWN_FIELDS, Grid, referenced_dimensions
+from tether.reach.grid import (
+    DIMENSIONS,
+    REACH_ACTIONS,
+    UNKNOWN_FIELDS,
+    Grid,
+    reads_unknown_fields,
+    referenced_dimensions,
+)
 
 __all__ = ["AgentGroup", "Point", "ReachRule", "Residual", "SecretTarget", "compute_reach", "group_agents"]
 
@@ -189,13 +196,12 @@ class _Evaluator:
         )
         axes = [grid.values(d) if d in referenced else grid.values(d)[:1] for d in DIMENSIONS]
         outcomes: list[tuple[dict[str, tuple[Any, ...]], tuple[tuple[str, ...], Residual | None]]] = []
-        seen: dict[str, tuple[tuple[str, ...], Residual | None] | None] = {}
-        for point in itertools.product(*axes):
-            # Points whose contexts are equal (``dynamic`` decided as ``reveal``) decide equally.
-            key = json.dumps(point_context(secret, dict(zip(DIMENSIONS, point, strict=True))), sort_keys=True)
-            if key not in seen:
-                seen[key] = self._decide(handle, entities, principal, resource, action, secret, point)
-            outcome = seen[key]
+        points = list(itertools.product(*axes))
+        if reads_unknown_fields(self._ests[i] for i in ids):
+            decided = self._decide_partially(handle, entities, principal, resource, action, secret, points)
+        else:
+            decided = self._decide_exactly(handle, entities, principal, resource, action, secret, points)
+        for point, outcome in zip(points, decided, strict=True):
             if outcome is None:
                 continue
             box = {
@@ -207,6 +213,62 @@ class _Evaluator:
             ReachRule(group.names, resource.id, action, box, policies, residual)
             for box, (policies, residual) in _merge(outcomes)
         ]
+
+    def _decide_partially(
+        self,
+        handle: cedarpy.PolicySet,
+        entities: cedarpy.Entities,
+        principal: Entity,
+        resource: Entity,
+        action: str,
+        secret: SecretTarget,
+        points: Sequence[Point],
+    ) -> list[tuple[tuple[str, ...], Residual | None] | None]:
+        seen: dict[str, tuple[tuple[str, ...], Residual | None] | None] = {}
+        decided = []
+        for point in points:
+            # Points whose contexts are equal (``dynamic`` decided as ``reveal``) decide equally.
+            key = json.dumps(point_context(secret, dict(zip(DIMENSIONS, point, strict=True))), sort_keys=True)
+            if key not in seen:
+                seen[key] = self._decide(handle, entities, principal, resource, action, secret, point)
+            decided.append(seen[key])
+        return decided
+
+    def _decide_exactly(
+        self,
+        handle: cedarpy.PolicySet,
+        entities: cedarpy.Entities,
+        principal: Entity,
+        resource: Entity,
+        action: str,
+        secret: SecretTarget,
+        points: Sequence[Point],
+    ) -> list[tuple[tuple[str, ...], Residual | None] | None]:
+        """No applicable policy reads an unknown field: any value of those decides exactly, so the
+        points are decided outright, in one batch."""
+        contexts = [point_context(secret, dict(zip(DIMENSIONS, p, strict=True)), bound=True) for p in points]
+        keys = [json.dumps(context, sort_keys=True) for context in contexts]
+        unique = dict(zip(keys, contexts, strict=True))
+        base = {
+            "principal": _uid(principal.type, principal.id),
+            "action": _uid("Action", action),
+            "resource": _uid(resource.type, resource.id),
+        }
+        try:
+            results = cedarpy.is_authorized_batch(
+                [{**base, "context": context} for context in unique.values()], handle, entities
+            )
+        except Exception:  # noqa: BLE001 - fail closed on anything the engine throws
+            return [None] * len(points)
+        outcomes: dict[str, tuple[tuple[str, ...], Residual | None] | None] = {}
+        for key, result in zip(unique, results, strict=True):
+            outcomes[key] = None
+            if result.diagnostics.errors or result.decision is not cedarpy.Decision.Allow:
+                continue
+            reasons = tuple(sorted(str(r) for r in result.diagnostics.reasons))
+            if reasons and all(self._ests[r].get("effect") == "permit" for r in reasons):
+                outcomes[key] = (reasons, None)
+        return [outcomes[key] for key in keys]
 
     def _decide(
         self,
@@ -285,8 +347,22 @@ def _open_residuals(residuals: Mapping[str, Any]) -> bool:
     )
 
 
-def point_context(secret: SecretTarget, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``Ctx`` record of one grid point, with :data:`UNKNOWN_FIELDS` left unknown: the shape
+_PLACEHOLDERS: Final[Mapping[tuple[str, ...], Any]] = {
+    ("task", "id"): "",
+    ("task", "objective_sha256"): "",
+    ("task", "tools"): [],
+    ("task", "chain"): [],
+    ("task", "age_seconds"): 0,
+    ("task", "remaining_seconds"): 0,
+    ("request", "method"): "",
+    ("request", "path"): "",
+    ("uses",): 0,
+}
+
+
+def point_context(secret: SecretTarget, values: Mapping[str, Any], *, bound: bool = False) -> dict[str, Any]:
+    """The ``Ctx`` record of one grid point, with :data:`UNKNOWN_FIELDS` left unknown (``bound``:
+    given placeholder values instead, for policies that do not read them): the shape
     :func:`tether.domain.tasks.decision_context` builds, for a task that declared the secret and the
     destination."""
     destination = values["destination"]
@@ -310,7 +386,8 @@ def point_context(secret: SecretTarget, values: Mapping[str, Any]) -> dict[str, 
         record = context
         for key in path[:-1]:
             record = record[key]
-        record[path[-1]] = {"__extn": {"fn": "unknown", "arg": "context." + ".".join(path)}}
+        unknown = {"__extn": {"fn": "unknown", "arg": "context." + ".".join(path)}}
+        record[path[-1]] = _PLACEHOLDERS[path] if bound else unknown
     return context
 
 
@@ -489,16 +566,28 @@ def _bind(node: Any, values: Mapping[str, Any]) -> Any:
     return bound
 
 
-def group_agents(policies: CompiledPolicySet, agents: Sequence[tuple[str, Entity]]) -> list[AgentGroup]:
-    """Agents grouped by identical attributes: they decide identically, unless a policy names an
-    agent (in its scope or its conditions); then every agent is its own group."""
-    if _mentions_agent_entity(policies.text):
+def group_agents(
+    policies: CompiledPolicySet, agents: Sequence[tuple[str, Entity]], actions: Sequence[str] = REACH_ACTIONS
+) -> list[AgentGroup]:
+    """Agents grouped by the attributes the policies of ``actions`` read: agents whose read
+    attributes are identical decide identically. Unless such a policy names an agent (in its scope
+    or its conditions) or uses ``principal`` other than to read an attribute: then every agent is
+    its own group."""
+    statics: dict[str, Any] = {}
+    if policies.text.strip():
+        statics = json.loads(cedarpy.policies_to_json_str(policies.text)).get("staticPolicies", {})
+    statics = {k: est for k, est in statics.items() if _may_apply_to(est.get("action", {}), actions)}
+    if '"type": "Agent"' in json.dumps(statics):
         return [AgentGroup(entity, (name,)) for name, entity in agents]
+    reads: set[str] | None = set()
+    for est in statics.values():
+        reads = _principal_reads(est.get("conditions", []), reads)
+        if reads is None:
+            break
     groups: dict[str, tuple[Entity, list[str]]] = {}
     for name, entity in agents:
-        key = json.dumps(
-            {"attrs": dict(entity.attributes), "parents": entity.parents}, sort_keys=True, default=list
-        )
+        attrs = {k: v for k, v in entity.attributes.items() if reads is None or k in reads}
+        key = json.dumps({"attrs": attrs, "parents": entity.parents}, sort_keys=True, default=list)
         found = groups.get(key)
         if found is None:
             groups[key] = (entity, [name])
@@ -507,8 +596,37 @@ def group_agents(policies: CompiledPolicySet, agents: Sequence[tuple[str, Entity
     return [AgentGroup(entity, tuple(names)) for entity, names in groups.values()]
 
 
-def _mentions_agent_entity(text: str) -> bool:
-    if not text.strip():
-        return False
-    document = json.loads(cedarpy.policies_to_json_str(text))
-    return '"type": "Agent"' in json.dumps(document.get("staticPolicies", {}))
+def _may_apply_to(scope: Mapping[str, Any], actions: Sequence[str]) -> bool:
+    """Whether an action scope can match one of ``actions`` (an unknown shape: yes)."""
+    op = scope.get("op")
+    if op == "==" and isinstance(scope.get("entity"), dict):
+        return scope["entity"].get("id") in actions
+    if op == "in":
+        entities = scope.get("entities", [scope.get("entity")])
+        if isinstance(entities, list) and all(isinstance(e, dict) for e in entities):
+            return any(e.get("id") in actions for e in entities)
+    return True
+
+
+def _principal_reads(node: Any, reads: set[str] | None) -> set[str] | None:
+    """Add the attributes of ``principal`` that ``node`` reads (``principal.x``, ``principal has x``)
+    to ``reads``; None when ``principal`` is used any other way (then every attribute counts)."""
+    if reads is None:
+        return None
+    if isinstance(node, list):
+        for item in node:
+            reads = _principal_reads(item, reads)
+        return reads
+    if not isinstance(node, dict):
+        return reads
+    if node.get("Var") == "principal":
+        return None  # used whole: compared, tested for membership, ...
+    for op in (".", "has"):
+        inner = node.get(op)
+        if isinstance(inner, dict) and inner.get("left") == {"Var": "principal"} and "attr" in inner:
+            reads.add(str(inner["attr"]))
+            return reads
+    for key, value in node.items():
+        if key != "Value":
+            reads = _principal_reads(value, reads)
+    return reads

@@ -25,6 +25,7 @@ __all__ = [
     "SENSITIVITIES",
     "UNKNOWN_FIELDS",
     "Grid",
+    "reads_unknown_fields",
     "referenced_dimensions",
 ]
 
@@ -165,3 +166,12 @@ def _overlaps(path: Sequence[str], target: Sequence[str]) -> bool:
     """One path is a prefix of the other: reading ``context.task`` reads ``context.task.purpose``."""
     n = min(len(path), len(target))
     return tuple(path[:n]) == tuple(target[:n])
+
+
+def reads_unknown_fields(policies: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether any of ``policies`` can read a field of :data:`UNKNOWN_FIELDS` (if none does, their
+    values cannot change a decision, and any value decides exactly)."""
+    paths: set[tuple[str, ...]] = set()
+    for est in policies:
+        _context_paths(est.get("conditions", []), paths)
+    return any(_overlaps(path, target) for path in paths for target in UNKNOWN_FIELDS)
