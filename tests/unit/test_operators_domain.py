@@ -36,6 +36,7 @@ EXPECTED: dict[Role, set[Permission]] = {
         P.DESTINATION_READ,
         P.TASK_READ,
     },
+    Role.SCANNER: {P.SCAN_RUN},
 }
 
 NON_ADMIN = [role for role in Role if role is not Role.ADMIN]

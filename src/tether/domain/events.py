@@ -134,6 +134,8 @@ EVENT_KINDS: Mapping[str, str] = MappingProxyType(
         "sys.unseal": "the node was unsealed",
         "sys.keys.rotate": "the key-encryption key was rotated",
         "audit.checkpoint": "a signed checkpoint of the chain head was taken",
+        "scan.run": "an operator ran a sprawl scan: counts, and the paths and fingerprints of governed "
+        "secrets found (never a value)",
     }
 )
 

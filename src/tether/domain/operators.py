@@ -25,6 +25,7 @@ class Role(StrEnum):
     POLICY_AUTHOR = "policy-author"
     APPROVER = "approver"
     AUDITOR = "auditor"
+    SCANNER = "scanner"
 
     @classmethod
     def parse(cls, value: str) -> Role:
@@ -53,6 +54,7 @@ class Permission(StrEnum):
     DESTINATION_READ = "destination.read"
     TASK_READ = "task.read"
     TASK_REVOKE = "task.revoke"
+    SCAN_RUN = "scan.run"
 
 
 _GRANTS: dict[Role, frozenset[Permission]] = {
@@ -81,6 +83,9 @@ _GRANTS: dict[Role, frozenset[Permission]] = {
             Permission.TASK_READ,
         }
     ),
+    # Scanners look for governed values in text they send (the sprawl scan): the server matches
+    # every governed value but answers only with paths and fingerprints of what the text holds.
+    Role.SCANNER: frozenset({Permission.SCAN_RUN}),
 }
 
 
