@@ -26,6 +26,7 @@ from tether.api import (
     routes_operators,
     routes_policies,
     routes_reach,
+    routes_scan,
     routes_secrets,
     routes_sys,
     routes_tasks,
@@ -226,6 +227,7 @@ def _build_app(*, max_request_bytes: int, lifespan: Lifespan[FastAPI] | None = N
     app.include_router(routes_leases.router)
     app.include_router(routes_mcp.router)
     app.include_router(routes_reach.router)
+    app.include_router(routes_scan.router)
     app.add_middleware(HotLane)  # innermost: inside the body limit and the metrics
     app.add_middleware(_BodyLimit, max_bytes=max_request_bytes)
     app.add_middleware(_Measure, metrics=metrics)

@@ -11,7 +11,7 @@ from tether.domain.operators import OperatorRecord
 from tether.domain.secrets import SecretRecord
 
 SensitivityName = Literal["public", "internal", "confidential", "restricted"]
-RoleName = Literal["admin", "secret-writer", "policy-author", "approver", "auditor"]
+RoleName = Literal["admin", "secret-writer", "policy-author", "approver", "auditor", "scanner"]
 
 
 class Request(BaseModel):

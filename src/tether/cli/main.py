@@ -57,6 +57,7 @@ from tether.cli.output import (
 from tether.cli.policy import policy_app
 from tether.cli.reach import reach_app
 from tether.cli.run import run as run_command
+from tether.cli.scan import scan_command
 from tether.cli.secret_update import secret_update
 from tether.cli.tasks import approval_app, revoke, task_app
 
@@ -91,6 +92,7 @@ app.add_typer(mcp_app, name="mcp")
 app.add_typer(lease_app, name="lease")
 app.add_typer(reach_app, name="reach")
 app.command("revoke")(revoke)
+app.command("scan")(scan_command)
 app.command("run", context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})(
     run_command
 )
@@ -111,6 +113,7 @@ class RoleChoice(StrEnum):
     policy_author = "policy-author"
     approver = "approver"
     auditor = "auditor"
+    scanner = "scanner"
 
 
 class LogFormatChoice(StrEnum):
