@@ -27,7 +27,7 @@ from rich.markup import escape
 
 from tether.cli.client import DEFAULT_ADDR, APIError, OperatorClient
 from tether.cli.common import Addr, Json, Token, client
-from tether.cli.output import CommandError, out, print_json, print_table, print_warning
+from tether.cli.output import CommandError, out, print_json, print_warning
 
 __all__ = ["EXIT_FOUND", "scan_command"]
 
@@ -225,21 +225,13 @@ def scan_command(
 
 
 def _print_people(run: _Run) -> None:
-    if run.findings:
-        print_table(
-            "Secrets found (values are never shown)",
-            ["WHERE", "KIND", "SECRET", "ENCODING", "FINGERPRINT"],
-            [
-                (
-                    f"{f['file']}:{f['line']}",
-                    f["kind"],
-                    f.get("secret") or f.get("type") or "",
-                    f.get("encoding") or "",
-                    f.get("fingerprint") or "",
-                )
-                for f in run.findings
-            ],
-        )
+    # One line per finding, path:line first (as compilers and grep print it: editors jump there).
+    for f in run.findings:
+        if f["kind"] == "governed":
+            what = f"governed secret {f['secret']} ({f['encoding']}, {f['fingerprint']})"
+        else:
+            what = f"ungoverned {f['type']}"
+        out.print(escape(f"{f['file']}:{f['line']}: {what}"))
     for note in run.notes:
         out.print(escape(f"note: {note}"))
     governed = sum(1 for f in run.findings if f["kind"] == "governed")
