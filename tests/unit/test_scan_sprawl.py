@@ -196,3 +196,14 @@ def test_a_bad_document_is_refused(name: str, first_line: int) -> None:
 def test_scan_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         ScanLimits(per_operator=0)
+
+
+def test_a_known_kind_of_secret_is_not_reported_again_as_high_entropy() -> None:
+    token = b'"ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"'
+    result = _scan(
+        b"token = " + token + b"\nother = 'Zx9Qw3Er7Ty1Ui5Op8As2Df6Gh0Jk4LzQ'\n", UngovernedDetector()
+    )
+    assert [(f.line, f.type) for f in result.findings] == [
+        (1, "GitHub Token"),
+        (2, "Base64 High Entropy String"),
+    ]

@@ -60,6 +60,7 @@ GOVERNED_SUGGESTION: Final = (
 # Ordered by how directly a form shows the value: when one occurrence matches several forms
 # (the base64 of a value contains its aligned middle), the finding names the first.
 _ENCODINGS: Final = ("plain", "hex", "url", "json", "base64")
+_ENTROPY_TYPES: Final = frozenset({"Base64 High Entropy String", "Hex High Entropy String"})
 
 
 def as_scan_text(data: bytes) -> str:
@@ -301,9 +302,14 @@ def scan_text(
         )
         for (line, index), (_, encoding) in best.items()
     ]
+    by_line = sorted({(lines[position], kind) for position, kind in ungoverned})
+    # A line already flagged by a plugin that knows the secret's kind (a GitHub token) is not
+    # flagged again as a mere high-entropy string (often the same token, quoted).
+    specific = {line for line, kind in by_line if kind not in _ENTROPY_TYPES}
     findings.extend(
         Finding(line=line, kind="ungoverned", type=secret_type)
-        for line, secret_type in sorted({(lines[position], kind) for position, kind in ungoverned})
+        for line, secret_type in by_line
+        if secret_type not in _ENTROPY_TYPES or line not in specific
     )
     findings.sort(key=lambda f: (f.line, f.kind, f.secret or "", f.type or ""))
     truncated = len(findings) > limit
