@@ -195,3 +195,19 @@ async def test_a_sealed_node_does_not_scan(client, admin) -> None:  # type: igno
     response = await client.post("/v1/scan", json={"text": "hello"}, headers=admin)
     assert response.status_code == 503, response.text
     assert response.headers["content-type"].startswith(PROBLEM)
+
+
+async def test_findings_are_capped_per_document_and_per_scan(client, admin) -> None:  # type: ignore[no-untyped-def]
+    value = new_canary("scan-many")
+    await _put(client, admin, "prod/many", value)
+    many = "\n".join([value] * 1500)
+    documents = [{"name": f"d{i}", "text": many} for i in range(12)]
+    response = await client.post(
+        "/v1/scan", json={"documents": documents, "ungoverned": False}, headers=admin
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    counts = [len(doc["findings"]) for doc in body["documents"]]
+    assert counts == [1000] * 10 + [0, 0]
+    assert all(doc["truncated"] for doc in body["documents"])
+    assert find_leaks(response.text, [value]) == []

@@ -40,6 +40,8 @@ __all__ = ["Document", "DocumentReport", "ScanLimiter", "ScanLimits", "ScanRepor
 #: Paths and fingerprints one ``scan.run`` event lists at most.
 MAX_AUDITED_SECRETS: Final = 100
 MAX_DOCUMENT_NAME: Final = 1024
+#: Findings one scan answers with at most, over all its documents (each has its own cap too).
+MAX_SCAN_FINDINGS: Final = 10_000
 _PAGE: Final = 500
 _RESOURCE: Final = "scan:text"
 
@@ -156,15 +158,19 @@ def _scan_all(
     with GovernedMatcher(values) as matcher:
         values.clear()
         reports = []
+        remaining = MAX_SCAN_FINDINGS
         for document in documents:
             result = scan_text(
                 as_scan_text(document.text.encode("utf-8")),
                 matcher,
                 detector,
                 first_line=document.first_line,
-                limit=MAX_FINDINGS,
+                limit=max(1, min(MAX_FINDINGS, remaining)),
             )
-            reports.append(DocumentReport(document.name, result.findings, result.truncated))
+            findings = result.findings[: max(0, remaining)]
+            truncated = result.truncated or len(findings) < len(result.findings)
+            remaining -= len(findings)
+            reports.append(DocumentReport(document.name, findings, truncated))
         return reports, matcher.secret_count, len(matcher.skipped_short)
 
 
