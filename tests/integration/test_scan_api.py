@@ -211,3 +211,11 @@ async def test_findings_are_capped_per_document_and_per_scan(client, admin) -> N
     assert counts == [1000] * 10 + [0, 0]
     assert all(doc["truncated"] for doc in body["documents"])
     assert find_leaks(response.text, [value]) == []
+
+
+async def test_text_with_lone_surrogates_is_a_problem_not_a_server_error(client, admin) -> None:  # type: ignore[no-untyped-def]
+    body = b'{"text": "\\ud800 text \\udfff"}'
+    headers = {**admin, "content-type": "application/json"}
+    response = await client.post("/v1/scan", content=body, headers=headers)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)

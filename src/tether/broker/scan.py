@@ -161,7 +161,7 @@ def _scan_all(
         remaining = MAX_SCAN_FINDINGS
         for document in documents:
             result = scan_text(
-                as_scan_text(document.text.encode("utf-8")),
+                as_scan_text(document.text.encode("utf-8", "replace")),
                 matcher,
                 detector,
                 first_line=document.first_line,
@@ -201,7 +201,7 @@ class ScanService:
             raise InvalidInputError("send at least one document to scan", field="documents")
         if len(documents) > limits.max_documents:
             raise InvalidInputError(f"at most {limits.max_documents} documents per scan", field="documents")
-        scanned = sum(len(document.text.encode("utf-8")) for document in documents)
+        scanned = sum(len(document.text.encode("utf-8", "replace")) for document in documents)
         if scanned > limits.max_text_bytes:
             raise InvalidInputError(
                 f"at most {limits.max_text_bytes} bytes of text per scan (send large files in parts)",
