@@ -40,8 +40,8 @@ from tether.cli.common import (
 )
 from tether.cli.destinations import destination_app
 from tether.cli.help import readable_help
-from tether.cli.mcp import mcp_app, mcp_server_app
 from tether.cli.leases import lease_app
+from tether.cli.mcp import mcp_app, mcp_server_app
 from tether.cli.output import (
     EXIT_FAILURE,
     EXIT_USAGE,
