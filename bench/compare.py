@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -330,6 +331,18 @@ def _side_by_side_md(side: dict[str, Any]) -> list[str]:
     return lines
 
 
+_SECTION = re.compile(r"<!-- ([a-z0-9-]+):begin -->.*?<!-- \1:end -->", re.DOTALL)
+
+
+def kept_sections(md: Path) -> str:
+    """The sections other benchmarks write into latest.md between their own markers (the MCP
+    gateway, dynamic credentials, the sprawl scan): kept as they are when the rest is rewritten."""
+    if not md.exists():
+        return ""
+    found = [m.group(0) for m in _SECTION.finditer(md.read_text(encoding="utf-8"))]
+    return "".join(f"\n{section}\n" for section in found)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", action="store_true", help="run the side-by-side measurements first")
@@ -356,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     md = RESULTS / ("latest-quick.md" if args.quick else "latest.md")
     if not args.quick:
         (RESULTS / "latest.json").write_text(json.dumps(latest, indent=2) + "\n", encoding="utf-8")
-    md.write_text(markdown(latest), encoding="utf-8")
+    md.write_text(markdown(latest) + kept_sections(md), encoding="utf-8")
     print("Done means (issue 13):")
     for row in latest["done_means"]:
         print(f"  {verdict(row):12} {row['target']}: {row['figure']}")
