@@ -266,7 +266,15 @@ class ActivationService:
             raise await self._decisions.refuse(
                 caller.agent.id, f"secret:{path}", task, "the task ended", caller=None
             ) from None
-        issued = await self._engines.issue(engine, request)
+        try:
+            issued = await self._engines.issue(engine, request)
+        except TetherError:
+            # Nothing was handed out: withdraw what the engine may have made at once (engines can
+            # revoke by lease id alone) rather than leave the lease live until the sweeper's pass.
+            with contextlib.suppress(TetherError):  # the sweeper retries if this fails
+                await self._engines.revoke(lease)
+                await self._storage.mark_lease_revoked(lease.id, self._clock.now())
+            raise
         lease = replace(lease, handle=dict(issued.handle), expires_at=issued.expires_at)
         if not await self._storage.set_lease_handle(lease.id, lease.handle, lease.expires_at):
             with contextlib.suppress(TetherError):  # the sweeper retries if this fails
