@@ -225,6 +225,9 @@ def test_list_and_show(agents_node: Node, tmp_path: Path) -> None:
     ok_json(
         ["agent", "register", "lister", "--public-key", str(pub(path)), "--team", "t1"], agents_node.env()
     )
+    # A second agent, so that a page of one has a next page whichever tests ran before on this node.
+    second, _ = keygen(tmp_path, "second.jwk")
+    ok_json(["agent", "register", "lister-2", "--public-key", str(pub(second))], agents_node.env())
     listed = ok_json(["agent", "list", "--all"], agents_node.env())
     assert set(listed) == {"agents", "next_after"}
     names = [a["name"] for a in listed["agents"]]

@@ -190,10 +190,22 @@ def test_an_unseal_through_one_worker_unseals_every_worker(two_workers: Node) ->
     node = two_workers
     admin = {"Authorization": f"Bearer {node.token}"}
     assert httpx.post(f"{node.url}/v1/sys/seal", headers=admin, timeout=10.0).status_code == 200
+    # The seal reaches the other worker by a relayed signal: wait until every worker has it, or the
+    # unseal may land on a worker that is sealed meanwhile (answered 503 "unseal again", rightly).
+    workers = children(node.proc.pid)
+    seen_sealed: set[int] = set()
+    for _ in range(40):
+        before = len(ACCESS_LINE.findall(node.log()))
+        answers = node.burst()
+        if all(answer["sealed"] is True for answer in answers):
+            seen_sealed |= {int(pid) for pid, _ in ACCESS_LINE.findall(node.log())[before:]}
+        if seen_sealed == workers:
+            break
+        time.sleep(0.05)
+    assert seen_sealed == workers, node.log()
     unsealed = httpx.post(f"{node.url}/v1/sys/unseal", headers=admin, timeout=10.0)
     assert unsealed.status_code == 200, unsealed.text
 
-    workers = children(node.proc.pid)
     seen_unsealed: set[int] = set()
     for _ in range(40):
         before = len(ACCESS_LINE.findall(node.log()))
