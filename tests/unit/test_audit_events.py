@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import json
 import math
+import pickle
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -313,6 +315,11 @@ def test_event_data_is_a_deep_frozen_copy() -> None:
         event.data["list"].append(3)
     with pytest.raises(TypeError):
         event.data["map"]["k"] = 1
+    copied = copy.deepcopy(event.data)
+    assert copied == event.data
+    with pytest.raises(TypeError):
+        copied["new"] = 1  # type: ignore[index]
+    assert pickle.loads(pickle.dumps(event.data)) == event.data
     exported = event_to_json(event)
     assert exported["data"] == {"list": [1, 2], "map": {"k": [3]}}  # plain JSON out
     exported["data"]["list"].append(4)  # type: ignore[index,union-attr]

@@ -210,6 +210,10 @@ class _FrozenDict(dict):  # type: ignore[type-arg]
     def __repr__(self) -> str:
         return f"frozen({dict.__repr__(self)})"
 
+    def __reduce__(self) -> tuple[type[_FrozenDict], tuple[dict[str, Any]]]:
+        # copy, deepcopy and pickle rebuild it whole (their default fills it item by item)
+        return (_FrozenDict, (dict(self),))
+
 
 _EMPTY: Mapping[str, Any] = _FrozenDict()
 
