@@ -80,14 +80,19 @@ async def _serve(app: Any, raw: bytes) -> int:
     return status
 
 
-async def _measure(data_dir: str, addr: str, runs: dict[str, list[list[bytes]]]) -> dict[str, Any]:
+def _app(data_dir: str, addr: str) -> Any:
+    """The node of ``data_dir`` as the deployment serves it (same public URL), in this process."""
     os.environ["TETHER_DATA_DIR"] = data_dir
     os.environ["TETHER_PUBLIC_URL"] = addr
     os.environ["TETHER_SQLITE_SYNCHRONOUS"] = "normal"
     os.environ["TETHER_NODE_ID"] = "node-inproc"
     from tether.api.app import create_app_from_env
 
-    app = create_app_from_env()
+    return create_app_from_env()
+
+
+async def _measure(data_dir: str, addr: str, runs: dict[str, list[list[bytes]]]) -> dict[str, Any]:
+    app = _app(data_dir, addr)
     out: dict[str, Any] = {}
     async with app.router.lifespan_context(app):
         for name, reps in runs.items():
@@ -117,13 +122,7 @@ def _toggle(on: bool) -> None:
 
 
 async def _count(data_dir: str, addr: str, name: str, requests: list[bytes], warm: int) -> None:
-    os.environ["TETHER_DATA_DIR"] = data_dir
-    os.environ["TETHER_PUBLIC_URL"] = addr
-    os.environ["TETHER_SQLITE_SYNCHRONOUS"] = "normal"
-    os.environ["TETHER_NODE_ID"] = "node-inproc"
-    from tether.api.app import create_app_from_env
-
-    app = create_app_from_env()
+    app = _app(data_dir, addr)
     async with app.router.lifespan_context(app):
         for raw in requests[:warm]:
             await _serve(app, raw)
