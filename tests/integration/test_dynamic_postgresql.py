@@ -7,10 +7,11 @@ its role leaves nothing alive after it starts again. Uses the real PostgreSQL of
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,9 @@ when { context.mode == "dynamic" && context.task.secrets.contains(resource.path)
 """
 ROLE = "db/app/readonly"
 DOWN = "db/down/readonly"
+#: A role whose credentials live BRIEF_SECONDS (the engine's default_ttl_seconds), shorter than any task.
+BRIEF = "db/app/brief"
+BRIEF_SECONDS = 2
 
 #: What a session that the server cut off raises on its next query (asyncpg reports a connection
 #: closed mid-operation as an internal client error).
@@ -84,6 +88,10 @@ statements = [
   "GRANT USAGE ON SCHEMA {schema} TO {{{{name}}}}",
   "GRANT SELECT ON {schema}.allowed TO {{{{name}}}}",
 ]
+
+[postgresql.app-db.roles."{BRIEF}"]
+statements = ["GRANT USAGE ON SCHEMA {schema} TO {{{{name}}}}"]
+default_ttl_seconds = {BRIEF_SECONDS}
 
 [postgresql.down-db]
 admin_secret = "db/admin/down"
@@ -131,6 +139,7 @@ async def node(pg_dsn: str, tmp_path: Path, sqlite_template: Path) -> AsyncItera
         ("db/admin/app", admin_dsn),
         ("db/admin/down", "postgresql://postgres@127.0.0.1:1/test"),
         (ROLE, "served by the app-db engine"),
+        (BRIEF, "served by the app-db engine"),
         (DOWN, "served by the down-db engine"),
     ):
         body = {"value": value, "sensitivity": "confidential", "purposes": ["deploy"], "destinations": []}
@@ -362,3 +371,73 @@ async def test_a_lease_whose_credential_was_never_handed_out_is_revoked_by_the_s
     assert body["credential"]["username"].startswith(node.prefix)
     await task.complete()
     assert await node.roles() == []
+
+
+async def valid_until(node: Node, role: str) -> datetime | None:
+    """The role's ``VALID UNTIL`` as PostgreSQL holds it (``pg_roles.rolvaliduntil``)."""
+    row = await node.pg.fetchrow("SELECT rolvaliduntil FROM pg_roles WHERE rolname = $1", role)
+    assert row is not None, f"no role {role}"
+    value: datetime | None = row[0]
+    return value
+
+
+async def test_a_role_is_valid_until_its_lease_expires_and_is_dropped_when_the_lease_expires(
+    node: Node,
+) -> None:
+    """The role's lifetime (the engine's default_ttl_seconds) is shorter than the task's: VALID UNTIL
+    is the lease's expiry to the microsecond, and once it passes the sweeper drops the role though
+    the task goes on."""
+    agent = await node.agent("db-brief")
+    task = await agent.task(purpose="deploy", objective="a brief read", secrets=[BRIEF], ttl_seconds=3600)
+    body = await task.activate(await task.grant(secret=BRIEF, mode="dynamic"))
+    role = body["credential"]["username"]
+    [lease] = await leases(node, "active")
+    until = await valid_until(node, role)
+    assert until is not None
+    assert until == lease.expires_at == datetime.fromisoformat(body["expires_at"])
+    assert until < datetime.fromisoformat(task.info["expires_at"])
+    assert until - lease.created_at == timedelta(seconds=BRIEF_SECONDS)
+    listed = await node.http.get("/v1/leases", params={"task": task.id}, headers=node.admin)
+    [item] = listed.json()["items"]
+    assert datetime.fromisoformat(item["expires_at"]) == until
+
+    await node.broker.tasks.sweep()
+    assert await node.roles() == [role]  # not expired yet: the sweep leaves it
+    await asyncio.sleep(max(0.0, (until - node.broker.clock.now()).total_seconds()) + 0.2)
+    await node.broker.tasks.sweep()  # the sweeper's next pass after the expiry
+
+    assert await node.roles() == []
+    assert [item.id for item in await leases(node, "revoked")] == [lease.id]
+    assert (await node.broker.storage.get_task(task.id)).status.value == "active"  # type: ignore[union-attr]
+    await task.complete()
+
+
+async def test_a_role_is_valid_until_its_task_ends_and_is_dropped_when_the_task_expires(node: Node) -> None:
+    """The task is shorter than the role's lifetime: VALID UNTIL is the task's end (the grant's expiry,
+    the lease's), and when the task expires its role is dropped and its open session terminated."""
+    agent = await node.agent("db-short-task")
+    task = await agent.task(purpose="deploy", objective="a short task", secrets=[ROLE], ttl_seconds=3)
+    grant = await task.grant(secret=ROLE, mode="dynamic")
+    body = await task.activate(grant)
+    credential = body["credential"]
+    [lease] = await leases(node, "active")
+    until = await valid_until(node, credential["username"])
+    task_end = datetime.fromisoformat(task.info["expires_at"])
+    assert until == lease.expires_at == datetime.fromisoformat(body["expires_at"])
+    assert until == grant.expires_at <= task_end  # never past the task
+    assert task_end - until < timedelta(seconds=1)  # the task's end, not the role's 600 s
+    session = await connect(credential)
+    assert await session.fetchval(f"SELECT v FROM {node.schema}.allowed") == 7
+
+    await asyncio.sleep(max(0.0, (task_end - node.broker.clock.now()).total_seconds()) + 0.2)
+    ended = await node.broker.tasks.sweep()  # expires the task, revokes its lease, drops the role
+
+    assert task.id in ended.task_ids
+    assert await node.roles() == []
+    with pytest.raises(TERMINATED):
+        await session.fetchval("SELECT 1")
+    session.terminate()
+    with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError):
+        await connect(credential)
+    assert [item.id for item in await leases(node, "revoked")] == [lease.id]
+    assert (await node.broker.storage.get_task(task.id)).status.value == "expired"  # type: ignore[union-attr]
