@@ -10,6 +10,7 @@ import pytest
 
 from tests.integration.governed import EXAMPLE_POLICIES
 from tests.integration.test_cli import SECRET_VALUES, Node, assert_error, new_value, run, running_node
+from tests.unit.test_reach_dot import parse
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +87,20 @@ def test_reach_findings_prints_a_table_json_and_refuses_a_bad_window(reach_node:
     assert body["since"] == "7d"
     assert {f["kind"] for f in body["findings"]} >= {"reach-never-used", "revealable-injected"}
     assert_error(run(["reach", "findings", "--since", "forever"], reach_node.env()), 1, "since")
+
+
+def test_reach_format_dot_draws_agents_secrets_and_destinations(reach_node: Node) -> None:
+    dot = run(["reach", "secret", "prod/github/token", "--format", "dot"], reach_node.env())
+    assert dot.returncode == 0, dot.stderr
+    nodes, edges = parse(dot.stdout)
+    assert {"agent:deploy-bot", "secret:prod/github/token", "destination:github"} <= set(nodes)
+    assert ("secret:prod/github/token", "destination:github", "injects") in edges
+    assert any(a == "agent:deploy-bot" and b == "secret:prod/github/token" for a, b, _ in edges)
+    of_agent = run(["reach", "agent", "deploy-bot", "--format", "dot"], reach_node.env())
+    assert of_agent.returncode == 0, of_agent.stderr
+    assert parse(of_agent.stdout)[0]["agent:deploy-bot"] == "deploy-bot"
+    as_json = run(["reach", "agent", "deploy-bot", "--format", "json"], reach_node.env())
+    assert json.loads(as_json.stdout)["agent"] == "deploy-bot"
+    bad = run(["reach", "secret", "prod/github/token", "--format", "svg"], reach_node.env())
+    assert bad.returncode == 2
+    assert "svg" in bad.stderr

@@ -126,3 +126,52 @@ async def test_reach_refuses_unknown_names_and_other_roles(client, admin, make_o
     refused = await client.get("/v1/reach/secrets/prod/github/token", headers=writer)
     assert refused.status_code == 403, refused.text
     assert (await client.get("/v1/reach/agents/deploy-bot")).status_code == 401
+
+
+async def test_federated_issuer_mappings_name_the_agents_that_could_arrive_through_them(
+    client, admin
+) -> None:  # type: ignore[no-untyped-def]
+    values = {path: new_canary(path) for path in SECRETS}
+    await seed(client, admin, values)
+    await register_agent(client, admin, "deploy-bot")
+    await register_agent(client, admin, "dev-bot", environment="dev")  # reaches no prod/* secret
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo", "kid": "k1"}
+    for name, pattern in (
+        ("k8s", r"system:serviceaccount:ci:(?P<agent>[a-z-]+)"),
+        ("github", r"repo:acme/(?P<agent>docs-bot):.*"),  # names nobody registered
+    ):
+        created = await client.post(
+            "/v1/auth/issuers",
+            json={
+                "name": name,
+                "issuer": f"https://{name}.test",
+                "audience": "tether",
+                "jwks": {"keys": [jwk]},
+                "subject_pattern": pattern,
+            },
+            headers=admin,
+        )
+        assert created.status_code == 201, created.text
+    body = (await client.get("/v1/reach/secrets/prod/github/token", headers=admin)).json()
+    assert body["federated"] == [
+        {
+            "name": "k8s",
+            "issuer": "https://k8s.test",
+            "subject_claim": "sub",
+            "subject_pattern": r"system:serviceaccount:ci:(?P<agent>[a-z-]+)",
+            "agents": [
+                {
+                    "agent": "deploy-bot",
+                    "example_subject": "system:serviceaccount:ci:deploy-bot",
+                    "confirmed": True,
+                }
+            ],
+        }
+    ]
+    agent = (await client.get("/v1/reach/agents/deploy-bot", headers=admin)).json()
+    assert [m["name"] for m in agent["federated"]] == ["k8s"]
+    dev = (await client.get("/v1/reach/agents/dev-bot", headers=admin)).json()
+    assert [a["agent"] for m in dev["federated"] for a in m["agents"]] == [
+        "dev-bot"
+    ]  # it can arrive; reaches nothing
+    assert dev["reach"] == []

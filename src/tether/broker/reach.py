@@ -27,10 +27,11 @@ from tether.domain.tasks import LIVE_STATUSES, Grant, Lease, Task
 from tether.engines import EngineRegistry
 from tether.errors import InvalidInputError, NotFoundError
 from tether.reach import Grid, ReachRule, SecretTarget, compute_reach, group_agents
+from tether.reach.federation import MappedAgent, mapped_agents
 from tether.reach.findings import Finding, find, parse_window
 from tether.store.base import Storage
 
-__all__ = ["LiveReach", "ReachReport", "ReachService"]
+__all__ = ["FederatedReach", "LiveReach", "ReachReport", "ReachService"]
 
 #: How many agents, secrets or live tasks one reach answer reads at most (then it says it stopped).
 MAX_SCANNED: Final = 10_000
@@ -52,6 +53,27 @@ class LiveReach:
 
 
 @dataclass(frozen=True, slots=True)
+class FederatedReach:
+    """A trusted issuer's mapping and the agents of a reach answer its tokens can name (through
+    token exchange an agent arrives as itself, so it reaches what the agent reaches)."""
+
+    name: str
+    issuer: str
+    subject_claim: str
+    subject_pattern: str
+    agents: tuple[MappedAgent, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "issuer": self.issuer,
+            "subject_claim": self.subject_claim,
+            "subject_pattern": self.subject_pattern,
+            "agents": [agent.to_json() for agent in self.agents],
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class ReachReport:
     """A reach answer: the rules (who may do what, under which conditions) and what is live."""
 
@@ -62,6 +84,7 @@ class ReachReport:
     live: LiveReach
     agent_names: dict[str, str] = field(default_factory=dict)  # agent id -> name
     truncated: bool = False
+    federated: tuple[FederatedReach, ...] = ()
 
 
 class ReachService:
@@ -102,6 +125,7 @@ class ReachService:
             groups = group_agents(compiled, [(a.name, agent_entity(a)) for a in agents])
             rules = compute_reach(compiled, groups, [self._target(record)], grid)
         live = await self._live({path}, None, destinations)
+        reaching = sorted({name for rule in rules for name in rule.agents})
         return ReachReport(
             subject={
                 "secret": record.path,
@@ -115,6 +139,7 @@ class ReachService:
             live=live,
             agent_names={a.id: a.name for a in agents},
             truncated=agents_cut,
+            federated=await self._federated(reaching),
         )
 
     async def of_agent(self, actor: OperatorRecord, name: str) -> ReachReport:
@@ -151,6 +176,7 @@ class ReachService:
             live=live,
             agent_names={agent.id: agent.name},
             truncated=secrets_cut,
+            federated=await self._federated([agent.name] if agent.disabled_at is None else []),
         )
 
     async def findings(self, actor: OperatorRecord, since: str) -> tuple[list[Finding], bool]:
@@ -188,6 +214,25 @@ class ReachService:
             now=now,
         )
         return found, agents_cut or secrets_cut or used_cut or live.truncated
+
+    async def _federated(self, names: Sequence[str]) -> tuple[FederatedReach, ...]:
+        """Each trusted issuer whose mapping can name one of ``names``, with those agents."""
+        if not names:
+            return ()
+        found = []
+        for issuer in await self._storage.list_trusted_issuers():
+            agents = mapped_agents(issuer.subject_pattern, names)
+            if agents:
+                found.append(
+                    FederatedReach(
+                        issuer.name,
+                        issuer.issuer,
+                        issuer.subject_claim,
+                        issuer.subject_pattern,
+                        tuple(agents),
+                    )
+                )
+        return tuple(found)
 
     async def _used(self, since: datetime, names: dict[str, str]) -> tuple[set[tuple[str, str]], bool]:
         """``(agent name, secret path)`` of every allowed activation since ``since``."""
@@ -341,5 +386,6 @@ def report_to_json(report: ReachReport, now: datetime) -> dict[str, Any]:
         "grid": report.grid.to_json(),
         "reach": [rule.to_json() for rule in report.rules],
         "live": live_to_json(report.live, report.agent_names, now),
+        "federated": [mapping.to_json() for mapping in report.federated],
         "truncated": report.truncated,
     }

@@ -4,6 +4,7 @@ live now. Paths and names only, never a value."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -12,6 +13,7 @@ from rich.markup import escape
 from tether.cli.client import DEFAULT_ADDR, check_secret_path, url_segment
 from tether.cli.common import Addr, Json, Token, client
 from tether.cli.output import format_time, out, print_json, print_table
+from tether.reach.dot import to_dot
 
 __all__ = ["reach_app"]
 
@@ -20,6 +22,35 @@ reach_app = typer.Typer(
 )
 
 _SENSITIVITY = ("public", "internal", "confidential", "restricted")
+
+
+class OutputFormat(StrEnum):
+    """How a reach answer is printed."""
+
+    TABLE = "table"
+    JSON = "json"
+    DOT = "dot"
+
+
+Format = Annotated[
+    OutputFormat,
+    typer.Option(
+        "--format",
+        case_sensitive=False,
+        help="table (for people), json (as --json), or dot (Graphviz: agents → secrets → destinations).",
+    ),
+]
+
+
+def _printed_as_data(result: dict[str, Any], json_output: bool, output: OutputFormat) -> bool:
+    """Print ``result`` as JSON or DOT when asked; False when the table is wanted."""
+    if json_output or output is OutputFormat.JSON:
+        print_json(result)
+        return True
+    if output is OutputFormat.DOT:
+        typer.echo(to_dot(result), nl=False)
+        return True
+    return False
 
 
 def _values(values: list[Any], every: list[Any], show: Any = str) -> str:
@@ -115,6 +146,26 @@ def _live_tables(live: dict[str, Any], injecting: str) -> None:
         out.print("Nothing live.")
 
 
+def _federated_table(result: dict[str, Any]) -> None:
+    rows = [
+        (
+            mapping["name"],
+            mapping["issuer"],
+            f"{mapping['subject_claim']} ~ {mapping['subject_pattern']}",
+            agent["agent"],
+            agent["example_subject"] or "(unconfirmed: only the agent group matches)",
+        )
+        for mapping in result.get("federated", [])
+        for agent in mapping["agents"]
+    ]
+    if rows:
+        print_table(
+            "Federated identities that map to these agents (token exchange)",
+            ["ISSUER", "ISS", "MAPPING", "AGENT", "EXAMPLE SUBJECT"],
+            rows,
+        )
+
+
 def _footer(result: dict[str, Any]) -> None:
     version = result["policy_version"]
     out.print(
@@ -132,13 +183,13 @@ def reach_secret(
     addr: Addr = DEFAULT_ADDR,
     token: Token = None,
     json_output: Json = False,
+    output: Format = OutputFormat.TABLE,
 ) -> None:
     """Who could issue or activate a secret, under which conditions, and what is live now."""
     segments = check_secret_path(path).split("/")
     with client(addr, token) as api:
         result = api.get("/v1/reach/secrets/" + "/".join(url_segment(s) for s in segments))
-    if json_output:
-        print_json(result)
+    if _printed_as_data(result, json_output, output):
         return
     out.print(
         escape(f"{result['secret']}")
@@ -149,6 +200,7 @@ def reach_secret(
         markup=True,
     )
     _rules_table(result, "AGENTS")
+    _federated_table(result)
     _live_tables(result["live"], "Destinations that inject it")
     _footer(result)
 
@@ -159,12 +211,12 @@ def reach_agent(
     addr: Addr = DEFAULT_ADDR,
     token: Token = None,
     json_output: Json = False,
+    output: Format = OutputFormat.TABLE,
 ) -> None:
     """Every secret an agent could issue or activate, under which conditions; its live tasks and grants."""
     with client(addr, token) as api:
         result = api.get("/v1/reach/agents/" + url_segment(name))
-    if json_output:
-        print_json(result)
+    if _printed_as_data(result, json_output, output):
         return
     attributes = result["attributes"]
     out.print(
@@ -176,6 +228,7 @@ def reach_agent(
         markup=True,
     )
     _rules_table(result, "SECRET")
+    _federated_table(result)
     _live_tables(result["live"], "Destinations that inject these secrets")
     _footer(result)
 
