@@ -15,6 +15,7 @@ from tether.config import Settings
 _SCRIPT = Path(sys.executable).with_name("tether")
 TETHER = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "tether.cli.main"]
 DEMO_SECRET = "demo/github/token"
+EXAMPLE_SECRETS = ("prod/docs/token", "prod/github/token", "prod/stripe/key", "prod/pagerduty/key")
 
 
 def free_port() -> int:
@@ -37,15 +38,14 @@ def demo(data_dir: Path, port: int) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def stored_values(data_dir: Path) -> list[str]:
+async def stored_values(data_dir: Path, path: str = DEMO_SECRET) -> list[str]:
     """Every version's value, read in-process through the broker (the demo never shows one)."""
     broker = Broker.from_settings(Settings.load(data_dir))
     try:
         await broker.start()
-        current, _ = await broker.secrets.read_value(DEMO_SECRET)
+        current, _ = await broker.secrets.read_value(path)
         return [
-            (await broker.secrets.read_value(DEMO_SECRET, version))[1].decode()
-            for version in range(1, current + 1)
+            (await broker.secrets.read_value(path, version))[1].decode() for version in range(1, current + 1)
         ]
     finally:
         await broker.close()
@@ -83,11 +83,33 @@ async def test_demo_seeds_twice_narrates_and_never_prints_the_value(tmp_path: Pa
         assert "approval required" in result.stdout
         assert "refused (task is completed), and so is the call to github" in result.stdout
         assert "verified" in result.stdout
+        # tether run, really run: an unmodified child used the token through the sidecar, never held it.
+        assert "[run 1/2] Ran `tether run" in result.stdout, result.stdout
+        assert "(HTTP 200; the echo came back '[REDACTED]')" in result.stdout
+        assert "its environment held no secret" in result.stdout
+        assert "The child exited 0, so task tsk_" in result.stdout
+        assert "is completed." in result.stdout
+        # No PostgreSQL engine on make run's node: one line says how to see a dynamic credential.
+        assert "[run 2/2] Dynamic credentials: this node has no PostgreSQL engine" in result.stdout
+        assert "TETHER_ENGINES_FILE" in result.stdout
+        # Reach: who else could reach prod/github/token, decided through the example policies.
+        assert "[reach] Who else could reach prod/github/token?" in result.stdout
+        assert "deploy-bot, report-bot" in result.stdout
+        assert "inject by use-secret-within-intent" in result.stdout
+        assert "injected by destination github" in result.stdout
+        # Sprawl: the planted .env is found, named by path and fingerprint.
+        assert "governed secret prod/github/token (plain, hmac-sha256:" in result.stdout
+        assert f"tether scan {data_dir / 'demo-sprawl'}" in result.stdout
 
+    planted = data_dir / "demo-sprawl" / ".env"
+    assert planted.stat().st_mode & 0o777 == 0o600
+    [github] = await stored_values(data_dir, "prod/github/token")
+    assert github in planted.read_text()  # the scan found a real copy, not a look-alike
     values = await stored_values(data_dir)
     assert len(values) == 4  # each run writes one version and rotates once
     assert len(set(values)) == 4  # random, never a fixed literal
-    for value in values:
+    example = [(await stored_values(data_dir, path))[-1] for path in EXAMPLE_SECRETS]
+    for value in [*values, *example]:
         for result in (first, second):
             assert value not in result.stdout
             assert value not in result.stderr

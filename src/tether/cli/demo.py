@@ -81,7 +81,9 @@ def _root_token(data_dir: Path) -> str:
     return token
 
 
-def _seed(addr: str, token: str, data_dir: Path, upstream: Upstream) -> Governed:
+def _seed(
+    addr: str, token: str, data_dir: Path, upstream: Upstream, engines_file: Path | None = None
+) -> Governed:
     """The narrated example, over HTTP. Raises :class:`CommandError` if a step goes wrong."""
     with OperatorClient(addr, token) as api:
         operators = api.get("/v1/operators")["operators"]
@@ -182,7 +184,7 @@ def _seed(addr: str, token: str, data_dir: Path, upstream: Upstream) -> Governed
         out.print(
             "[bold]The governed path[/]: an agent uses secrets only through a task, decided at every use."
         )
-        return narrate_governed_path(api, data_dir, upstream)
+        return narrate_governed_path(api, data_dir, upstream, engines_file)
 
 
 def _check_no_value(body: dict[str, Any]) -> None:
@@ -257,7 +259,9 @@ async def _serve_and_seed(
             # The github stand-in serves as long as Tether does (the README's egress step uses it),
             # on the port of the previous run when it is free.
             with Upstream(DemoState.load(settings.data_dir).upstream_port) as upstream:
-                governed = await asyncio.to_thread(_seed, addr, token, settings.data_dir, upstream)
+                governed = await asyncio.to_thread(
+                    _seed, addr, token, settings.data_dir, upstream, settings.engines_file
+                )
                 _next_steps(addr, token, settings.data_dir, governed, keep_serving=not exit_after_seed)
                 if not exit_after_seed:
                     await server

@@ -23,6 +23,8 @@ import httpx
 from rich.markup import escape
 
 from tether.cli.client import APIError, OperatorClient, secret_url
+from tether.cli.demo_reach import narrate_reach_and_scan
+from tether.cli.demo_run import narrate_run
 from tether.cli.demo_state import DemoState, Upstream
 from tether.cli.output import CommandError, out
 from tether.crypto.jose import generate_private_jwk
@@ -291,8 +293,11 @@ def _decision_of(api: OperatorClient, task_id: str, kind: str) -> str:
     return ", ".join(decision.get("policies", [])) or "(none)"
 
 
-def narrate_governed_path(api: OperatorClient, data_dir: Path, upstream: Upstream) -> Governed:
-    """Seed what is missing of the example domain and walk the governed path.
+def narrate_governed_path(
+    api: OperatorClient, data_dir: Path, upstream: Upstream, engines_file: Path | None = None
+) -> Governed:
+    """Seed what is missing of the example domain and walk the governed path, then ``tether run``,
+    a dynamic credential (with a PostgreSQL engine in ``engines_file``), reach and a sprawl scan.
 
     ``upstream`` is the local ``github`` stand-in, serving for as long as the caller keeps it.
     On a first run any surprise raises :class:`CommandError`. On a re-run what the user changed
@@ -311,6 +316,9 @@ def narrate_governed_path(api: OperatorClient, data_dir: Path, upstream: Upstrea
             assert seeded.github_value is not None
             try:
                 walked = _walk(api, agents, seeded.github_value, upstream)
+                key_file = data_dir / AGENTS_DIR / "deploy-bot.jwk"
+                narrate_run(api, agents["deploy-bot"], key_file, seeded.github_value, upstream, engines_file)
+                narrate_reach_and_scan(api, data_dir, seeded.github_value)
             except CommandError as exc:
                 if seeded.fresh:
                     raise
@@ -327,7 +335,7 @@ def narrate_governed_path(api: OperatorClient, data_dir: Path, upstream: Upstrea
     hint = f" Try `tether audit query --task {walked.task_id}`." if walked.task_id else ""
     _step(
         13,
-        f"Audit: every decision, issuance, use, redaction and revocation above is in the hash chain; "
+        f"Audit: every decision, issuance, use, redaction, revocation and scan above is in the hash chain; "
         f"verified {verified.get('checked', '?')} events, ok.{hint}",
     )
     return walked
