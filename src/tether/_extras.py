@@ -21,6 +21,8 @@ SERVER_MODULES = frozenset(
         "click",
         "fastapi",
         "httptools",
+        "jinja2",
+        "markupsafe",
         "opentelemetry",
         "prometheus_client",
         "pydantic",

@@ -78,6 +78,9 @@ ENV_VARS: Mapping[str, str] = {
     "auth_refusal_window_seconds": "TETHER_AUTH_REFUSAL_WINDOW_SECONDS",
     "auth_refusals_per_client": "TETHER_AUTH_REFUSALS_PER_CLIENT",
     "auth_refusals_per_address": "TETHER_AUTH_REFUSALS_PER_ADDRESS",
+    "console": "TETHER_CONSOLE",
+    "console_idle_timeout_seconds": "TETHER_CONSOLE_IDLE_TIMEOUT_SECONDS",
+    "console_session_max_seconds": "TETHER_CONSOLE_SESSION_MAX_SECONDS",
 }
 
 #: The purposes a task may declare unless the deployment configures its own vocabulary.
@@ -96,6 +99,8 @@ _INTEGERS = (
     "auth_refusal_window_seconds",
     "auth_refusals_per_client",
     "auth_refusals_per_address",
+    "console_idle_timeout_seconds",
+    "console_session_max_seconds",
 )
 _STRINGS = (
     "database_url",
@@ -110,6 +115,7 @@ _STRINGS = (
     "approval_webhook_url",
     "sqlite_synchronous",
     "log_format",
+    "console",
 )
 
 
@@ -315,6 +321,12 @@ class Settings(BaseSettings):
     auth_refusal_window_seconds: Annotated[Integer, _between(1, 3600)] = 60
     auth_refusals_per_client: Annotated[Integer, _between(1, 100_000)] = 10
     auth_refusals_per_address: Annotated[Integer, _between(1, 100_000)] = 50
+    #: The web console at ``/ui`` (docs/console.md): ``on`` or ``off``. Its sessions end after
+    #: ``console_idle_timeout_seconds`` without a request, and ``console_session_max_seconds`` after
+    #: sign-in whatever happens.
+    console: Annotated[StrictStr, _one_of("on", "off")] = "on"
+    console_idle_timeout_seconds: Annotated[Integer, _between(60, 86_400)] = 900
+    console_session_max_seconds: Annotated[Integer, _between(300, 7 * 86_400)] = 28_800
 
     def __init__(self, **values: Any) -> None:
         try:

@@ -129,7 +129,7 @@ class _Measure:
 
 def create_app(broker: Broker, *, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> FastAPI:
     """An app serving ``broker``. The caller starts and closes the broker."""
-    app = _build_app(max_request_bytes=max_request_bytes)
+    app = _build_app(max_request_bytes=max_request_bytes, console=broker.settings.console == "on")
     app.state.broker = broker
     return app
 
@@ -164,7 +164,9 @@ def create_node_app(
         finally:
             await broker.close()
 
-    return _build_app(max_request_bytes=max_request_bytes, lifespan=lifespan)
+    return _build_app(
+        max_request_bytes=max_request_bytes, lifespan=lifespan, console=settings.console == "on"
+    )
 
 
 def create_app_from_env(environ: Mapping[str, str] | None = None, *, sealed: bool = False) -> FastAPI:
@@ -198,7 +200,9 @@ def with_request_context(app: FastAPI) -> FastAPI:
     return app
 
 
-def _build_app(*, max_request_bytes: int, lifespan: Lifespan[FastAPI] | None = None) -> FastAPI:
+def _build_app(
+    *, max_request_bytes: int, lifespan: Lifespan[FastAPI] | None = None, console: bool = True
+) -> FastAPI:
     app = FastAPI(
         title="Tether",
         version=__version__,
@@ -228,6 +232,10 @@ def _build_app(*, max_request_bytes: int, lifespan: Lifespan[FastAPI] | None = N
     app.include_router(routes_mcp.router)
     app.include_router(routes_reach.router)
     app.include_router(routes_scan.router)
+    if console:  # the web console (/ui), unless the `console` setting is off
+        from tether.console import router as console_router
+
+        app.include_router(console_router)
     app.add_middleware(HotLane)  # innermost: inside the body limit and the metrics
     app.add_middleware(_BodyLimit, max_bytes=max_request_bytes)
     app.add_middleware(_Measure, metrics=metrics)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+
 from tether.audit import AuditLog
 from tether.broker.access import authorize, operator_actor, record_failure
 from tether.clock import Clock
@@ -13,6 +16,15 @@ from tether.store.base import Storage
 __all__ = ["ROOT_OPERATOR", "OperatorService"]
 
 ROOT_OPERATOR = "root"
+
+
+def _session_ref(session_id: str) -> str:
+    """How audit names a console session: a digest (the id is carried by the signed cookie)."""
+    return hashlib.sha256(session_id.encode("utf-8")).hexdigest()[:16]
+
+
+def _closed_key(session_id: str) -> str:
+    return "console.closed." + hashlib.sha256(session_id.encode("utf-8")).hexdigest()
 
 
 class OperatorService:
@@ -70,6 +82,39 @@ class OperatorService:
             await self._audit.record("operator.auth_failed", self._audit.actor, reason=str(exc))
             raise
         return record
+
+    # -- web console sessions (tether.console): opened with a token, then carried by a cookie --------
+    async def open_console_session(self, token: str, session_id: str) -> OperatorRecord:
+        """Sign in to the console: the token is checked as for the API, and the session audited."""
+        record = await self.authenticate(token)
+        await self._audit.record(
+            "console.login",
+            operator_actor(record),
+            resource=f"operator:{record.name}",
+            data={"session": _session_ref(session_id), "role": record.role.value},
+        )
+        return record
+
+    async def console_operator(self, operator_id: str, session_id: str) -> OperatorRecord:
+        """The operator of a console session, read on every request: a revoked operator, or a
+        session closed by signing out (on any worker or node), is refused."""
+        record = await self._storage.get_operator(operator_id)
+        if record is None or not record.active:
+            raise AuthenticationError("the console session's operator is unknown or revoked")
+        if await self._storage.get_meta(_closed_key(session_id)) is not None:
+            raise AuthenticationError("console session closed: sign in again")
+        return record
+
+    async def close_console_session(self, actor: OperatorRecord, session_id: str) -> None:
+        """Sign out: the session is refused from now on, everywhere (the mark is in the store)."""
+        await self._audit.record(
+            "console.logout",
+            operator_actor(actor),
+            resource=f"operator:{actor.name}",
+            data={"session": _session_ref(session_id)},
+        )
+        with contextlib.suppress(ConflictError):  # already closed (signed out twice, from two tabs)
+            await self._storage.put_meta(_closed_key(session_id), b"closed", expected=None)
 
     async def list(self, actor: OperatorRecord) -> list[OperatorRecord]:
         await authorize(self._audit, actor, Permission.OPERATOR_MANAGE, "operator:*")

@@ -111,6 +111,8 @@ EVENT_KINDS: Mapping[str, str] = MappingProxyType(
         "operator.create": "an operator was created",
         "operator.revoke": "an operator was revoked",
         "operator.auth_failed": "an operator credential was refused",
+        "console.login": "an operator signed in to the web console (a session opened with their token)",
+        "console.logout": "an operator signed out of the web console (the session is refused from then on)",
         "agent.register": "an operator registered an agent",
         "agent.disable": "an operator disabled an agent (its tokens stop working)",
         "agent.key_add": "an operator added a public key to an agent",
