@@ -19,6 +19,7 @@ from tether.api import (
     routes_agents,
     routes_audit,
     routes_auth,
+    routes_compliance,
     routes_destinations,
     routes_egress,
     routes_leases,
@@ -232,6 +233,7 @@ def _build_app(
     app.include_router(routes_mcp.router)
     app.include_router(routes_reach.router)
     app.include_router(routes_scan.router)
+    app.include_router(routes_compliance.router)
     if console:  # the web console (/ui), unless the `console` setting is off
         from tether.console import router as console_router
 

@@ -93,6 +93,7 @@ EXAMPLES: dict[str, str] = {
     "reach agent": "tether reach agent deploy-bot --json",
     "reach findings": "tether reach findings --since 7d",
     "scan": "tether scan . --json",
+    "compliance report": "tether compliance report --format html --since 7d -o report.html",
     "approval show": "tether approval show apr_...",
     "approval approve": 'tether approval approve apr_... --reason "on-call page, ticket 4711"',
     "approval deny": 'tether approval deny apr_... --reason "not during a freeze"',

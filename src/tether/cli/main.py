@@ -38,6 +38,7 @@ from tether.cli.common import (
     client,
     read_value,
 )
+from tether.cli.compliance import compliance_app
 from tether.cli.destinations import destination_app
 from tether.cli.help import readable_help
 from tether.cli.leases import lease_app
@@ -91,6 +92,7 @@ app.add_typer(mcp_server_app, name="mcp-server")
 app.add_typer(mcp_app, name="mcp")
 app.add_typer(lease_app, name="lease")
 app.add_typer(reach_app, name="reach")
+app.add_typer(compliance_app, name="compliance")
 app.command("revoke")(revoke)
 app.command("scan")(scan_command)
 app.command("run", context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})(
