@@ -65,13 +65,11 @@ def narrate_run(
     """
     out.print()
     out.print("[bold]Unmodified programs[/]: tools that read credentials from their environment.")
-    _tether_run(api, bot, key_file, github_value, upstream)
+    _tether_run(api, key_file, github_value, upstream)
     _dynamic(api, bot, engines_file)
 
 
-def _tether_run(
-    api: OperatorClient, bot: Agent, key_file: Path, github_value: str, upstream: Upstream
-) -> None:
+def _tether_run(api: OperatorClient, key_file: Path, github_value: str, upstream: Upstream) -> None:
     agents = api.get("/v1/agents")["agents"]
     agent_id = next((str(a["id"]) for a in agents if a.get("name") == "deploy-bot"), "")
     if not agent_id:
@@ -126,8 +124,11 @@ def _tether_run(
     except (ValueError, IndexError):
         raise CommandError("the child of tether run did not report what it got") from None
     env: dict[str, str] = report.get("env") or {}
-    held = github_value in ran.stdout or any(github_value in value for value in env.values())
-    tether_vars = sorted(name for name in env if name.startswith("TETHER_") and name != "TETHER_GITHUB_URL")
+    proc = [item.partition("=")[0] for item in str(report.get("proc_environ") or "").split("\0") if item]
+    # The whole report holds os.environ and /proc/self/environ: neither the token nor the agent's key
+    # file may be in it, nor any Tether variable but the endpoint's.
+    held = github_value in ran.stdout or str(key_file) in ran.stdout
+    tether_vars = sorted({n for n in [*env, *proc] if n.startswith("TETHER_") and n != "TETHER_GITHUB_URL"})
     if held or tether_vars or report.get("status") != 200 or not upstream.seen_token:
         raise CommandError("tether run did not behave as documented (docs/run.md); refusing to go on")
     listed = api.get("/v1/tasks", params={"agent": agent_id, "limit": 1000}).get("items") or []
@@ -141,9 +142,9 @@ def _tether_run(
         "the child with TETHER_GITHUB_URL pointing at it. The child's plain GET reached the github "
         f"stand-in with the token injected by Tether (HTTP {report['status']}; the echo came back "
         f"{escape(repr(report.get('debug_echo')))}), and its environment held no secret: neither the "
-        f"token nor any TETHER_ variable, in os.environ or /proc/self/environ ({len(env)} variables "
-        f"checked). The child exited 0, so task {escape(str(ran_task.get('id')))} is "
-        f"{escape(str(ran_task.get('status')))}.",
+        "token, the agent's key nor any TETHER_ variable but the endpoint, in os.environ or "
+        f"/proc/self/environ ({len(env)} variables checked). The child exited 0, so task "
+        f"{escape(str(ran_task.get('id')))} is {escape(str(ran_task.get('status')))}.",
     )
 
 
