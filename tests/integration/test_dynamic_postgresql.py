@@ -46,7 +46,7 @@ ROLE = "db/app/readonly"
 DOWN = "db/down/readonly"
 #: A role whose credentials live BRIEF_SECONDS (the engine's default_ttl_seconds), shorter than any task.
 BRIEF = "db/app/brief"
-BRIEF_SECONDS = 2
+BRIEF_SECONDS = 4
 
 #: What a session that the server cut off raises on its next query (asyncpg reports a connection
 #: closed mid-operation as an internal client error).
@@ -401,8 +401,9 @@ async def test_a_role_is_valid_until_its_lease_expires_and_is_dropped_when_the_l
     [item] = listed.json()["items"]
     assert datetime.fromisoformat(item["expires_at"]) == until
 
-    await node.broker.tasks.sweep()
-    assert await node.roles() == [role]  # not expired yet: the sweep leaves it
+    if node.broker.clock.now() < until - timedelta(seconds=1.5):  # (a loaded machine may be late)
+        await node.broker.tasks.sweep()
+        assert await node.roles() == [role]  # not expired yet: the sweep leaves it
     await asyncio.sleep(max(0.0, (until - node.broker.clock.now()).total_seconds()) + 0.2)
     await node.broker.tasks.sweep()  # the sweeper's next pass after the expiry
 
@@ -416,7 +417,7 @@ async def test_a_role_is_valid_until_its_task_ends_and_is_dropped_when_the_task_
     """The task is shorter than the role's lifetime: VALID UNTIL is the task's end (the grant's expiry,
     the lease's), and when the task expires its role is dropped and its open session terminated."""
     agent = await node.agent("db-short-task")
-    task = await agent.task(purpose="deploy", objective="a short task", secrets=[ROLE], ttl_seconds=3)
+    task = await agent.task(purpose="deploy", objective="a short task", secrets=[ROLE], ttl_seconds=6)
     grant = await task.grant(secret=ROLE, mode="dynamic")
     body = await task.activate(grant)
     credential = body["credential"]
