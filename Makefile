@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DATA   ?= .tether/dev
 LISTEN ?= 127.0.0.1:8420
 
-.PHONY: run test lint fmt bench clean lock fuzz
+.PHONY: run test lint fmt bench clean lock fuzz browser
 
 $(STAMP): requirements/dev.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Tether needs Python >= 3.11")'
@@ -21,8 +21,20 @@ run: $(STAMP)
 
 ## test: set up, lint and type-check, run the whole suite (one pytest-xdist worker per core; a
 ## module sharing a module-scoped fixture, and each named xdist_group, stays on one worker)
-test: $(STAMP) lint
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest -n auto --dist loadgroup
+
+## browser: Debian's chromium for the web console's browser tests (Playwright drives it; no browser
+## build is downloaded). Installed when missing and running as root; otherwise those tests skip.
+browser:
+	@command -v chromium >/dev/null || [ -n "$$TETHER_CHROMIUM" ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "test: installing chromium (Debian package) for the console's browser tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+	      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	      || echo "test: chromium could not be installed: the console's browser tests will skip"; \
+	  else echo "test: no chromium and not root: the console's browser tests will skip (sudo apt-get install -y chromium)"; fi; \
+	}
 
 ## fuzz: a longer API fuzzing run (TETHER_FUZZ_EXAMPLES per operation, 100 unless set)
 fuzz: $(STAMP)
