@@ -313,6 +313,7 @@ async def test_an_approver_approves_in_the_console_and_the_task_proceeds(world: 
         assert page.status_code == 200
         assert task["approval_id"] in page.text
         assert "page the on-call for INC-7" in page.text  # the exact request, with the task's intent
+        assert "objective_sha256" in page.text  # what the approval allows: opening exactly this intent
         response = await http.post(
             f"/ui/approvals/{task['approval_id']}/approve",
             data={"csrf": csrf_of(page), "reason": "INC-7 is real"},

@@ -373,10 +373,28 @@ async def _approval_rows(signed: _Signed) -> list[dict[str, Any]]:
                 "status": approval.effective_status(now).value,
                 "task": task,
                 "agent": approval.agent_id,
-                "request": dict(approval.request),
+                "request": dict(approval.request) or _intent_of(task, approval.action),
             }
         )
     return rows
+
+
+def _intent_of(task: Any, action: str) -> dict[str, Any]:
+    """What an ``open_task`` approval allows: opening the task with exactly its declared intent."""
+    if action != "open_task":
+        return {}
+    intent = task.intent
+    return {
+        "open_task": {
+            "purpose": intent.purpose,
+            "objective_sha256": intent.objective_sha256,
+            "sensitivity": intent.sensitivity.label,
+            "secrets": sorted(intent.secrets),
+            "destinations": sorted(intent.destinations),
+            "tools": sorted(intent.tools),
+            "expires_at": task.expires_at.isoformat(),
+        }
+    }
 
 
 @router.get("/approvals")
@@ -643,7 +661,7 @@ def _matrix(report: Mapping[str, Any], *, by: str) -> dict[str, Any]:
             )
             cell["rules"] += 1
             cell["policies"].update(rule.get("policies", []))
-            if rule.get("approval") is True:
+            if rule.get("approval") == "required":
                 cell["kinds"].add("approval")
             elif rule.get("residual"):
                 cell["kinds"].add("conditional")

@@ -9,7 +9,8 @@ __all__ = ["TreeLayout", "TreeNode", "layout_tree"]
 
 _ROW = 56
 _INDENT = 40
-_BOX_W = 360
+_BOX_W = 360  # at least; wider for longer labels
+_CHAR_W = 8  # 13 px monospace
 _BOX_H = 40
 _PAD = 8
 
@@ -67,4 +68,5 @@ def layout_tree(items: Sequence[tuple[str, str | None, str, str]], current: str)
         )
         stack.extend((child, depth + 1) for child in reversed(children.get(task_id, [])))
     deepest = max((node.x for node in placed), default=_PAD)
-    return TreeLayout(tuple(placed), deepest + _BOX_W + _PAD, _PAD + max(1, len(placed)) * _ROW)
+    box = max([_BOX_W, *(len(node.label) * _CHAR_W + 24 for node in placed)])
+    return TreeLayout(tuple(placed), deepest + box + _PAD, _PAD + max(1, len(placed)) * _ROW, box_width=box)
