@@ -29,6 +29,7 @@ from tether.api import (
     routes_reach,
     routes_scan,
     routes_secrets,
+    routes_signals,
     routes_sys,
     routes_tasks,
 )
@@ -233,11 +234,12 @@ def _build_app(
     app.include_router(routes_mcp.router)
     app.include_router(routes_reach.router)
     app.include_router(routes_scan.router)
-    app.include_router(routes_compliance.router)
     if console:  # the web console (/ui), unless the `console` setting is off
         from tether.console import router as console_router
 
         app.include_router(console_router)
+    app.include_router(routes_compliance.router)
+    app.include_router(routes_signals.router)
     app.add_middleware(HotLane)  # innermost: inside the body limit and the metrics
     app.add_middleware(_BodyLimit, max_bytes=max_request_bytes)
     app.add_middleware(_Measure, metrics=metrics)

@@ -135,6 +135,8 @@ async def _run_elected(broker: Broker, lock: NodeLock, retry_seconds: float) -> 
         group.create_task(
             broker.tasks.sweep_loop(settings.sweep_interval_seconds), name="tether-task-sweeper"
         )
+        # Shared Signals: SETs for receivers, from the audit log, pushed and retried.
+        group.create_task(broker.signals.loop(), name="tether-signals")
 
 
 @contextlib.asynccontextmanager

@@ -42,7 +42,12 @@ from tether.identity.federation import (
     verify_federated_token,
 )
 from tether.identity.refusals import LimitReached, RefusalLimiter, RefusalLimits
-from tether.identity.signing import TokenSigningKeys, load_or_create_token_keys, rotate_token_keys
+from tether.identity.signing import (
+    TokenSigningKey,
+    TokenSigningKeys,
+    load_or_create_token_keys,
+    rotate_token_keys,
+)
 from tether.identity.tokens import (
     AccessTokenCache,
     IssuedToken,
@@ -188,6 +193,11 @@ class AuthService:
 
     def jwks(self) -> dict[str, object]:
         return dict(self._signing_keys().public_jwks(self._clock.now(), self._ttl))
+
+    def active_signing_key(self) -> TokenSigningKey:
+        """The key Tether signs with now (published in :meth:`jwks`), for its other signed
+        statements: Security Event Tokens (``tether.broker.signals``). Sealed: :class:`SealedError`."""
+        return self._signing_keys().active
 
     # -- the token endpoint ------------------------------------------------------------------
     async def issue_token(

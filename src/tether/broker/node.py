@@ -23,6 +23,7 @@ from tether.broker.operators import OperatorService
 from tether.broker.policies import PolicyService
 from tether.broker.revocation import RevocationService, SecretRevocation
 from tether.broker.secrets import SecretService
+from tether.broker.signals import Transmitter
 from tether.broker.tasks import TaskService
 from tether.broker.webhook import ApprovalWebhook
 from tether.clock import Clock, SystemClock
@@ -109,6 +110,8 @@ class Broker:
                 settings.auth_refusals_per_address,
             ),
         )
+        # Shared Signals: reads the audit log after the fact; never on the governed path.
+        self.signals = Transmitter(storage, self.audit, self.clock, settings, self.auth)
         decisions = DecisionPoint(
             storage,
             self.audit,

@@ -60,6 +60,7 @@ from tether.cli.reach import reach_app
 from tether.cli.run import run as run_command
 from tether.cli.scan import scan_command
 from tether.cli.secret_update import secret_update
+from tether.cli.signals import signals_app
 from tether.cli.tasks import approval_app, revoke, task_app
 
 __all__ = ["app", "main"]
@@ -93,6 +94,7 @@ app.add_typer(mcp_app, name="mcp")
 app.add_typer(lease_app, name="lease")
 app.add_typer(reach_app, name="reach")
 app.add_typer(compliance_app, name="compliance")
+app.add_typer(signals_app, name="signals")
 app.command("revoke")(revoke)
 app.command("scan")(scan_command)
 app.command("run", context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})(

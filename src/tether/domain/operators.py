@@ -55,6 +55,7 @@ class Permission(StrEnum):
     TASK_READ = "task.read"
     TASK_REVOKE = "task.revoke"
     SCAN_RUN = "scan.run"
+    SIGNALS_MANAGE = "signals.manage"
 
 
 _GRANTS: dict[Role, frozenset[Permission]] = {
