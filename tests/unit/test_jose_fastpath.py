@@ -118,6 +118,38 @@ def test_rfc8037_ed25519_thumbprint_and_signature() -> None:
         verify_jws(tampered, key)
 
 
+# Ed25519's group order L (RFC 8032, 5.1): a signature's S must be below it.
+_ED25519_L = 2**252 + 27742317777372353535851937790883648493
+
+
+def test_ed25519_malleated_signature_is_refused() -> None:
+    # S + L verifies the same equation; RFC 8032 requires S < L, and so do both verifiers.
+    key = parse_public_jwk(RFC8037_JWK)
+    assert key.verifier is not None
+    h, p, s = RFC8037_JWS.split(".")
+    raw = base64.urlsafe_b64decode(s + "==")
+    big_s = int.from_bytes(raw[32:], "little") + _ED25519_L
+    malleated = f"{h}.{p}.{b64(raw[:32] + big_s.to_bytes(32, 'little'))}"
+    assert _verified_payload(parse_jws(malleated), key.verifier, "EdDSA") is None
+    assert _reference_payload(malleated, key, "EdDSA") is None
+
+
+def test_ed25519_key_of_small_order_verifies_nothing() -> None:
+    # The identity point as a public key: with R the identity and S = 0, [S]B = R + [k]A holds for
+    # every message, so OpenSSL (joserfc, the reference) accepts this forgery under that key. The
+    # hot path's verifier (libsodium) refuses keys and R of small order: here it is stricter.
+    identity = b64(b"\x01" + b"\x00" * 31)
+    key = parse_public_jwk({"kty": "OKP", "crv": "Ed25519", "x": identity})
+    assert key.verifier is not None
+    h, p = b64(b'{"alg":"Ed25519"}'), b64(b'{"sub":"anyone"}')
+    signature = b64(b"\x01" + b"\x00" * 63)  # R the identity, S = 0
+    forged = f"{h}.{p}.{signature}"
+    assert _reference_payload(forged, key, "Ed25519") == b'{"sub":"anyone"}'
+    assert _verified_payload(parse_jws(forged), key.verifier, "Ed25519") is None
+    with pytest.raises(AuthenticationError, match="bad signature"):
+        verify_jws(forged, key)
+
+
 def test_rfc7515_a3_es256_verifies() -> None:
     key = parse_public_jwk(RFC7515_A3_JWK)
     header, claims = verify_jws(RFC7515_A3_JWS, key, algorithms={"ES256"})
