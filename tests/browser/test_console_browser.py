@@ -72,6 +72,7 @@ def page(browser: Any, node: Node) -> Iterator[Any]:
 
 
 def test_sign_in_approve_a_pending_request_and_see_the_task_proceed(page: Any, node: Node) -> None:
+    assert f"web console on {node.url}/ui" in node.server.log()  # tether server says where it is
     sign_in(page, node)
     page.goto(node.url + "/ui/approvals")
     # The queue updates live: a request made after the page loaded appears without a reload.

@@ -605,3 +605,13 @@ async def test_timeouts_are_settings_with_bounds(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         Settings(data_dir=tmp_path, console="maybe")
     assert timedelta(seconds=Settings(data_dir=tmp_path).console_session_max_seconds) == timedelta(hours=8)
+
+
+async def test_what_agents_write_is_escaped_never_markup(world: World, console: httpx.AsyncClient) -> None:
+    hostile = '<script>alert(1)</script><img src=x onerror="alert(2)">'
+    task = await world.open_task(objective=hostile)
+    for path in ("/ui/approvals", f"/ui/tasks/{task['id']}"):
+        page = await console.get(path)
+        assert page.status_code == 200
+        assert hostile not in page.text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text

@@ -22,6 +22,9 @@ from tether.reach import DIMENSIONS, UNKNOWN_FIELDS, Grid, SecretTarget, compute
 
 PURPOSES = ("deploy", "incident")
 DESTINATIONS = ("github", "pd")
+# Grid values no policy names (unless an entity attribute does): reach decides one for all of them.
+UNNAMED_PURPOSES = ("research",)
+UNNAMED_DESTINATIONS = ("slack", "jira")
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 OVERFLOW = "4611686018427387904"
 
@@ -41,6 +44,9 @@ _ATOMS = st.sampled_from(
         'context.mode != "dynamic"',
         'context.destination == "github"',
         'context.destination == ""',
+        'context.destination != "github"',
+        'context.destination like "s*"',
+        "resource.destinations.containsAny(context.task.destinations)",
         "resource.destinations.contains(context.destination)",
         'context.task.destinations.contains("pd")',
         "context.task.depth == 0",
@@ -121,7 +127,7 @@ _SECRET = st.builds(
     st.sampled_from(["prod/app/key", "dev/x"]),
     st.integers(min_value=0, max_value=3),
     st.sets(st.sampled_from(PURPOSES)),
-    st.sets(st.sampled_from(DESTINATIONS)),
+    st.sets(st.sampled_from(DESTINATIONS + UNNAMED_DESTINATIONS[:1])),
 )
 _UNKNOWNS = st.fixed_dictionaries(
     {
@@ -179,8 +185,8 @@ def _bound(context: dict[str, Any]) -> dict[str, Any]:
     agents=st.lists(_AGENT_ATTRS, min_size=1, max_size=2),
     secret=_SECRET,
     dynamic_is_reveal=st.booleans(),
-    purposes=st.lists(st.sampled_from(PURPOSES), min_size=1, unique=True),
-    destinations=st.lists(st.sampled_from(DESTINATIONS), max_size=1, unique=True),
+    purposes=st.lists(st.sampled_from(PURPOSES + UNNAMED_PURPOSES), min_size=1, unique=True),
+    destinations=st.lists(st.sampled_from(DESTINATIONS + UNNAMED_DESTINATIONS), max_size=2, unique=True),
     max_depth=st.integers(min_value=0, max_value=1),
     action=st.sampled_from(["issue", "activate"]),
     unknowns=_UNKNOWNS,

@@ -99,6 +99,8 @@ async def serve(settings: Settings, host: str, port: int) -> None:
     try:
         await start_broker(broker)
         log.info("Tether %s on http://%s:%d (storage: %s)", settings.node_id, host, port, settings.backend)
+        if settings.console == "on":
+            log.info("web console on %s/ui (sign in with an operator token)", broker.settings.public_url)
         await serve_broker(broker, host, port)
     finally:
         await broker.close()

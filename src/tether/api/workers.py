@@ -238,6 +238,11 @@ def supervise(settings: Settings, host: str, port: int, count: int) -> None:
         previous[SEAL_SIGNAL] = signal.signal(SEAL_SIGNAL, supervisor.on_seal_signal)
         previous[UNSEAL_SIGNAL] = signal.signal(UNSEAL_SIGNAL, supervisor.on_unseal_signal)
     log.info("Tether %s on http://%s:%d with %d workers", settings.node_id, host, port, count)
+    if settings.console == "on":
+        log.info(
+            "web console on %s/ui (sign in with an operator token)",
+            settings.public_url or f"http://{host}:{port}",
+        )
     try:
         supervisor.run()
     finally:

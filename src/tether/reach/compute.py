@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -30,6 +30,7 @@ import cedarpy
 from tether.policy import SCHEMA_TEXT, CompiledPolicySet, Entity
 from tether.reach.grid import (
     DIMENSIONS,
+    MODES,
     REACH_ACTIONS,
     UNKNOWN_FIELDS,
     Grid,
@@ -45,6 +46,10 @@ _WHEN_BODY: Final = re.compile(r"when\s*\{\s*(.*)\s*\}\s*;\s*$", re.DOTALL)
 
 #: One grid point: a value per dimension, in :data:`~tether.reach.grid.DIMENSIONS` order.
 Point = tuple[Any, ...]
+#: At one point, the policies that read no unknown field: the permits that hold (None: deny).
+Exact = tuple[str, ...] | None
+#: At one point, the policies that read unknown fields: their residuals by id (None: deny).
+Partial = dict[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,10 +159,13 @@ def compute_reach(
     estimator = _Evaluator(policies)
     rules: list[ReachRule] = []
     for secret in secrets:
-        for group in agents:
-            for action in actions:
-                rules.extend(estimator.reach(group, secret, action, grid))
+        for action in actions:
+            rules.extend(estimator.reach(agents, secret, action, grid))
     return rules
+
+
+#: An outcome at one grid point: None (deny), or the determining permits and a residual (or None).
+Outcome = tuple[tuple[str, ...], "Residual | None"] | None
 
 
 class _Evaluator:
@@ -171,6 +179,9 @@ class _Evaluator:
             if isinstance(policy_id, str):
                 self._ests[policy_id] = est
         self._handles: dict[tuple[str, ...], cedarpy.PolicySet] = {}
+        self._never: dict[tuple[str, str, str, str], bool] = {}
+        self._reads: dict[str, frozenset[str] | None] = {}
+        self._unknown_readers: dict[str, bool] = {}
 
     def _handle(self, ids: tuple[str, ...]) -> cedarpy.PolicySet:
         handle = self._handles.get(ids)
@@ -184,33 +195,153 @@ class _Evaluator:
             self._handles[ids] = handle
         return handle
 
-    def reach(self, group: AgentGroup, secret: SecretTarget, action: str, grid: Grid) -> list[ReachRule]:
-        principal, resource = group.entity, secret.entity
-        ids = self._compiled.applicable(action, resource.type, resource.id, principal.id)
-        if not any(self._ests[i].get("effect") == "permit" for i in ids):
-            return []  # default deny: nothing can permit this request
-        handle = self._handle(ids)
+    def _principal_reads(self, policy_id: str) -> frozenset[str] | None:
+        """The principal attributes a policy reads; None when it can tell agents apart otherwise
+        (``principal`` used whole, a principal scope, an agent named anywhere)."""
+        if policy_id not in self._reads:
+            est = self._ests[policy_id]
+            reads = _principal_reads(est.get("conditions", []), set())
+            whole = (est.get("principal") or {}).get("op", "All") != "All" or '"type": "Agent"' in json.dumps(
+                est
+            )
+            self._reads[policy_id] = None if reads is None or whole else frozenset(reads)
+        return self._reads[policy_id]
+
+    def _reads_unknown(self, policy_id: str) -> bool:
+        if policy_id not in self._unknown_readers:
+            self._unknown_readers[policy_id] = reads_unknown_fields([self._ests[policy_id]])
+        return self._unknown_readers[policy_id]
+
+    def _never_holds(
+        self, policy_id: str, principal: Entity, secret: SecretTarget, action: str, entities: cedarpy.Entities
+    ) -> bool:
+        """Whether a policy is false for this agent and secret whatever the context (decided by
+        Cedar's partial evaluation with the context unknown); an error or anything unclear
+        is not "never" (the policy stays in, fail closed)."""
+        request = {
+            "principal": _uid(principal.type, principal.id),
+            "action": _uid("Action", action),
+            "resource": _uid(secret.entity.type, secret.entity.id),
+            "context": None,  # unknown as a whole: cheaper to evaluate than unknown field by field
+        }
+        try:
+            result = cedarpy.is_authorized_partial(request, self._handle((policy_id,)), entities)
+        except Exception:  # noqa: BLE001 - unclear: keep the policy
+            return False
+        if result.diagnostics.errors:
+            return False
+        residual = result.residuals.get(policy_id)
+        return residual is not None and _holds(residual) == "false"
+
+    def reach(
+        self, groups: Sequence[AgentGroup], secret: SecretTarget, action: str, grid: Grid
+    ) -> list[ReachRule]:
+        """The rules of every group for one secret and action. Policies that cannot hold for a
+        group are set aside first; groups left with the same policies that see the same of their
+        agents decide identically and are decided once, together."""
+        resource = secret.entity
+        classes: dict[Any, tuple[Entity, cedarpy.Entities, list[str], tuple[str, ...]]] = {}
+        for group in groups:
+            principal = group.entity
+            ids = self._compiled.applicable(action, resource.type, resource.id, principal.id)
+            if not any(self._ests[i].get("effect") == "permit" for i in ids):
+                continue  # default deny: nothing can permit this request
+            seen = _PrincipalView(principal)
+            entities: cedarpy.Entities | None = None
+            kept: list[str] = []
+            for policy_id in ids:
+                key = (policy_id, action, resource.id, seen.key(self._principal_reads(policy_id)))
+                never = self._never.get(key)
+                if never is None:
+                    if entities is None:
+                        entities = _entities(principal, resource)
+                    never = self._never[key] = self._never_holds(
+                        policy_id, principal, secret, action, entities
+                    )
+                if not never:
+                    kept.append(policy_id)
+            if not any(self._ests[i].get("effect") == "permit" for i in kept):
+                continue
+            reads: frozenset[str] | None = frozenset()
+            for policy_id in kept:
+                more = self._principal_reads(policy_id)
+                reads = None if reads is None or more is None else reads | more
+            signature = (tuple(kept), seen.key(reads))
+            found = classes.get(signature)
+            if found is None:
+                classes[signature] = (
+                    principal,
+                    entities or _entities(principal, resource),
+                    list(group.names),
+                    tuple(kept),
+                )
+            else:
+                found[2].extend(group.names)
+        rules: list[ReachRule] = []
+        for principal, entities, names, kept_ids in classes.values():
+            rules.extend(self._reach_class(principal, entities, tuple(names), kept_ids, secret, action, grid))
+        return rules
+
+    def _reach_class(
+        self,
+        principal: Entity,
+        entities: cedarpy.Entities,
+        names: tuple[str, ...],
+        ids: tuple[str, ...],
+        secret: SecretTarget,
+        action: str,
+        grid: Grid,
+    ) -> list[ReachRule]:
+        resource = secret.entity
         referenced = referenced_dimensions(self._ests[i] for i in ids)
-        entities = cedarpy.Entities.from_json_str(
-            json.dumps([_entity_json(principal), _entity_json(resource)]), _SCHEMA
+        exact = tuple(i for i in ids if not self._reads_unknown(i))
+        partial = tuple(i for i in ids if self._reads_unknown(i))
+        stands_for = _string_classes(
+            [self._ests[i] for i in ids],
+            referenced - referenced_dimensions(self._ests[i] for i in partial),
+            (principal, resource),
+            grid,
         )
-        axes = [grid.values(d) if d in referenced else grid.values(d)[:1] for d in DIMENSIONS]
-        outcomes: list[tuple[dict[str, tuple[Any, ...]], tuple[tuple[str, ...], Residual | None]]] = []
+        axes = [
+            (tuple(stands_for[d]) if d in stands_for else grid.values(d))
+            if d in referenced
+            else grid.values(d)[:1]
+            for d in DIMENSIONS
+        ]
         points = list(itertools.product(*axes))
-        if reads_unknown_fields(self._ests[i] for i in ids):
-            decided = self._decide_partially(handle, entities, principal, resource, action, secret, points)
-        else:
-            decided = self._decide_exactly(handle, entities, principal, resource, action, secret, points)
-        for point, outcome in zip(points, decided, strict=True):
+        base = {
+            "principal": _uid(principal.type, principal.id),
+            "action": _uid("Action", action),
+            "resource": _uid(resource.type, resource.id),
+        }
+        decided_exactly = (
+            self._decide_exactly(self._handle(exact), entities, base, secret, points) if exact else None
+        )
+        decided_partially = (
+            self._decide_partially(self._handle(partial), entities, base, secret, points, partial, grid)
+            if partial
+            else None
+        )
+        outcomes: list[tuple[dict[str, tuple[Any, ...]], tuple[tuple[str, ...], Residual | None]]] = []
+        for index, point in enumerate(points):
+            outcome = _combine(
+                () if decided_exactly is None else decided_exactly[index],
+                {} if decided_partially is None else decided_partially[index],
+                self._residual,
+                principal,
+                resource,
+            )
             if outcome is None:
                 continue
             box = {
-                d: (value,) if d in referenced else grid.values(d)
+                d: (stands_for[d][value] if d in stands_for else (value,))
+                if d in referenced
+                else grid.values(d)
                 for d, value in zip(DIMENSIONS, point, strict=True)
             }
             outcomes.append((box, outcome))
         return [
-            ReachRule(group.names, resource.id, action, box, policies, residual)
+            ReachRule(names, resource.id, action, _in_grid_order(box, grid), policies, residual)
             for box, (policies, residual) in _merge(outcomes)
         ]
 
@@ -218,19 +349,34 @@ class _Evaluator:
         self,
         handle: cedarpy.PolicySet,
         entities: cedarpy.Entities,
-        principal: Entity,
-        resource: Entity,
-        action: str,
+        base: Mapping[str, str],
         secret: SecretTarget,
         points: Sequence[Point],
-    ) -> list[tuple[tuple[str, ...], Residual | None] | None]:
-        seen: dict[str, tuple[tuple[str, ...], Residual | None] | None] = {}
+        ids: tuple[str, ...],
+        grid: Grid,
+    ) -> list[Partial]:
+        """The policies that read unknown fields, partially evaluated at each point. They see only
+        the dimensions they read, so each point is decided at its projection on those (the others at
+        their first value), once per distinct context."""
+        mine = referenced_dimensions(self._ests[i] for i in ids)
+        seen: dict[str, Partial] = {}
         decided = []
         for point in points:
-            # Points whose contexts are equal (``dynamic`` decided as ``reveal``) decide equally.
-            key = json.dumps(point_context(secret, dict(zip(DIMENSIONS, point, strict=True))), sort_keys=True)
+            values = {
+                d: value if d in mine else grid.values(d)[0]
+                for d, value in zip(DIMENSIONS, point, strict=True)
+            }
+            context = point_context(secret, values)
+            key = json.dumps(context, sort_keys=True)
             if key not in seen:
-                seen[key] = self._decide(handle, entities, principal, resource, action, secret, point)
+                try:
+                    # Entities parsed with the schema carry the action hierarchy; the request
+                    # itself is not validated (its unknowns would fail validation).
+                    result = cedarpy.is_authorized_partial({**base, "context": context}, handle, entities)
+                except Exception:  # noqa: BLE001 - fail closed on anything the engine throws
+                    seen[key] = None
+                else:
+                    seen[key] = None if result.diagnostics.errors else dict(result.residuals)
             decided.append(seen[key])
         return decided
 
@@ -238,75 +384,34 @@ class _Evaluator:
         self,
         handle: cedarpy.PolicySet,
         entities: cedarpy.Entities,
-        principal: Entity,
-        resource: Entity,
-        action: str,
+        base: Mapping[str, str],
         secret: SecretTarget,
         points: Sequence[Point],
-    ) -> list[tuple[tuple[str, ...], Residual | None] | None]:
-        """No applicable policy reads an unknown field: any value of those decides exactly, so the
-        points are decided outright, in one batch."""
+    ) -> list[Exact]:
+        """The policies that read no unknown field: any value of those decides exactly, so the
+        points are decided outright, in one batch: per point, the permits that hold, or None when a
+        forbid holds or evaluation errs (a deny either way)."""
         contexts = [point_context(secret, dict(zip(DIMENSIONS, p, strict=True)), bound=True) for p in points]
         keys = [json.dumps(context, sort_keys=True) for context in contexts]
         unique = dict(zip(keys, contexts, strict=True))
-        base = {
-            "principal": _uid(principal.type, principal.id),
-            "action": _uid("Action", action),
-            "resource": _uid(resource.type, resource.id),
-        }
         try:
             results = cedarpy.is_authorized_batch(
                 [{**base, "context": context} for context in unique.values()], handle, entities
             )
         except Exception:  # noqa: BLE001 - fail closed on anything the engine throws
             return [None] * len(points)
-        outcomes: dict[str, tuple[tuple[str, ...], Residual | None] | None] = {}
+        outcomes: dict[str, Exact] = {}
         for key, result in zip(unique, results, strict=True):
-            outcomes[key] = None
-            if result.diagnostics.errors or result.decision is not cedarpy.Decision.Allow:
-                continue
             reasons = tuple(sorted(str(r) for r in result.diagnostics.reasons))
-            if reasons and all(self._ests[r].get("effect") == "permit" for r in reasons):
-                outcomes[key] = (reasons, None)
+            if result.diagnostics.errors:
+                outcomes[key] = None
+            elif result.decision is cedarpy.Decision.Allow:
+                outcomes[key] = (
+                    reasons if all(self._ests[r].get("effect") == "permit" for r in reasons) else None
+                )
+            else:
+                outcomes[key] = None if reasons else ()  # a forbid holds, or no permit does
         return [outcomes[key] for key in keys]
-
-    def _decide(
-        self,
-        handle: cedarpy.PolicySet,
-        entities: cedarpy.Entities,
-        principal: Entity,
-        resource: Entity,
-        action: str,
-        secret: SecretTarget,
-        point: Point,
-    ) -> tuple[tuple[str, ...], Residual | None] | None:
-        """The outcome at ``point``: None (deny), the determining permits (allow), or a residual."""
-        values = dict(zip(DIMENSIONS, point, strict=True))
-        context = point_context(secret, values)
-        request = {
-            "principal": _uid(principal.type, principal.id),
-            "action": _uid("Action", action),
-            "resource": _uid(resource.type, resource.id),
-            "context": context,
-        }
-        try:
-            # Entities parsed with the schema carry the action hierarchy; the request itself is not
-            # validated (its unknowns would fail validation).
-            result = cedarpy.is_authorized_partial(request, handle, entities)
-        except Exception:  # noqa: BLE001 - fail closed on anything the engine throws
-            return None
-        if result.diagnostics.errors:
-            return None  # fail closed: the broker denies on any evaluation error
-        if result.decision is cedarpy.Decision.Deny:
-            return None
-        if result.decision is cedarpy.Decision.Allow and not _open_residuals(result.residuals):
-            reasons = tuple(str(r) for r in result.diagnostics.reasons)
-            if not reasons or any(self._ests[r].get("effect") != "permit" for r in reasons):
-                return None
-            return tuple(sorted(reasons)), None
-        # Undecided, or allowed while some policy still depends on unknown fields: Cedar's Allow
-        # would skip such a policy if it failed at run time, where the broker denies (fail closed).
-        return self._residual(result.residuals, principal, resource)
 
     def _residual(
         self, residuals: Mapping[str, Any], principal: Entity, resource: Entity
@@ -338,13 +443,171 @@ class _Evaluator:
         return tuple(policy_id for policy_id, _ in possible), residual
 
 
-def _open_residuals(residuals: Mapping[str, Any]) -> bool:
-    """Whether any policy's residual still holds an expression (not a literal true or false)."""
-    return any(
-        _simplify(condition.get("body")) not in (_TRUE, _FALSE)
-        for est in residuals.values()
-        for condition in est.get("conditions", [])
+#: The EST keys whose meaning on strings is equality only (or that carry no string): a value the
+#: policies never name is then indistinguishable from another such value.
+_EQUALITY_ONLY_KEYS: Final = frozenset(
+    {
+        # structure
+        "effect", "principal", "action", "resource", "conditions", "kind", "body", "op", "entity",
+        "entities", "slot", "type", "id", "left", "right", "arg", "attr", "in", "if", "then", "else",
+        "entity_type", "__entity", "Value", "Var", "Slot", "Set", "unknown",
+        # operators
+        "!", "neg", "==", "!=", "<", "<=", ">", ">=", "&&", "||", "+", "-", "*", "contains",
+        "containsAll", "containsAny", "isEmpty", ".", "has", "is", "if-then-else",
+    }
+)  # fmt: skip
+#: The dimensions whose values are strings, and so can be grouped into classes.
+_STRING_DIMENSIONS: Final = ("purpose", "destination")
+
+
+def _string_classes(
+    ests: Sequence[Mapping[str, Any]], dimensions: Iterable[str], entities: Sequence[Entity], grid: Grid
+) -> dict[str, dict[Any, tuple[Any, ...]]]:
+    """For each string dimension of ``dimensions``: a representative value → every value it stands for.
+
+    Policies that compare strings only for equality (no ``like``, no extension function, no record
+    literal) cannot tell apart two values that neither they nor the entities' attributes nor the
+    other dimensions' values name: such values decide identically, so one of them is evaluated for
+    all (Cedar decides it; reach reports every value it stands for). ``""`` (no destination) is
+    always its own class (an empty ``task.destinations`` is told apart by ``isEmpty``).
+    Only dimensions no unknown-reading policy reads are given (their residuals could name the value).
+    """
+    wanted = [d for d in _STRING_DIMENSIONS if d in set(dimensions)]
+    if not wanted:
+        return {}
+    literals: set[str] = set(MODES)
+    for est in ests:
+        if not _equality_only({k: v for k, v in est.items() if k != "annotations"}, literals):
+            return {}
+    for entity in entities:
+        _strings_in(dict(entity.attributes), literals)
+    classes: dict[str, dict[Any, tuple[Any, ...]]] = {}
+    for dimension in wanted:
+        # A purpose spelled like a destination (or the other way round) is named too.
+        named = literals | {str(v) for d in _STRING_DIMENSIONS if d != dimension for v in grid.values(d)}
+        values = grid.values(dimension)
+        unnamed = tuple(v for v in values if v != "" and v not in named)
+        mapping: dict[Any, tuple[Any, ...]] = {v: (v,) for v in values if v not in unnamed}
+        if unnamed:
+            mapping[unnamed[0]] = unnamed
+        classes[dimension] = mapping
+    return classes
+
+
+def _equality_only(node: Any, named: set[str]) -> bool:
+    """Whether an EST uses strings only for equality; collects every string literal in ``named``."""
+    if isinstance(node, list):
+        return all(_equality_only(item, named) for item in node)
+    if isinstance(node, str):
+        named.add(node)
+        return True
+    if not isinstance(node, dict):
+        return True
+    for key, value in node.items():
+        if key not in _EQUALITY_ONLY_KEYS:
+            return False
+        if not _equality_only(value, named):
+            return False
+    return True
+
+
+def _strings_in(node: Any, named: set[str]) -> None:
+    if isinstance(node, str):
+        named.add(node)
+    elif isinstance(node, Mapping):
+        for value in node.values():
+            _strings_in(value, named)
+    elif isinstance(node, list | tuple | set | frozenset):
+        for item in node:
+            _strings_in(item, named)
+
+
+def _in_grid_order(box: Mapping[str, tuple[Any, ...]], grid: Grid) -> dict[str, tuple[Any, ...]]:
+    return {d: tuple(v for v in grid.values(d) if v in set(box[d])) for d in DIMENSIONS}
+
+
+class _PrincipalView:
+    """What of one agent a set of policies can see (by the attributes they read), as a hashable
+    key: agents with equal keys decide equally under those policies."""
+
+    def __init__(self, principal: Entity) -> None:
+        self._principal = principal
+        self._keys: dict[frozenset[str] | None, Any] = {}
+
+    def key(self, reads: frozenset[str] | None) -> Any:
+        found = self._keys.get(reads)
+        if found is None:
+            principal = self._principal
+            if reads is None:
+                found = ("agent", principal.id)
+            else:
+                found = (
+                    tuple(principal.parents),
+                    tuple((a, _frozen(principal.attributes.get(a))) for a in sorted(reads)),
+                )
+            self._keys[reads] = found
+        return found
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple | set | frozenset):
+        return ("set", tuple(sorted((_frozen(v) for v in value), key=repr)))
+    return (type(value).__name__, value)
+
+
+def _entities(principal: Entity, resource: Entity) -> cedarpy.Entities:
+    return cedarpy.Entities.from_json_str(
+        json.dumps([_entity_json(principal), _entity_json(resource)]), _SCHEMA
     )
+
+
+def _holds(est: Mapping[str, Any]) -> str:
+    """A residual policy's state: ``true`` (every condition holds), ``false`` (one cannot), or ``open``."""
+    state = "true"
+    for condition in est.get("conditions", []):
+        body = _simplify(condition.get("body"))
+        satisfied, refuted = (_TRUE, _FALSE) if condition.get("kind") != "unless" else (_FALSE, _TRUE)
+        if body == refuted:
+            return "false"
+        if body != satisfied:
+            state = "open"
+    return state
+
+
+_ALWAYS: Final = {
+    "principal": {"op": "All"},
+    "action": {"op": "All"},
+    "resource": {"op": "All"},
+    "conditions": [{"kind": "when", "body": {"Value": True}}],
+}
+
+
+def _combine(
+    exact: Exact,
+    partial: Partial,
+    residual_of: Callable[[Mapping[str, Any], Entity, Entity], Outcome],
+    principal: Entity,
+    resource: Entity,
+) -> Outcome:
+    """The decision at one point from its two halves, by Cedar's rules (a forbid that holds or any
+    error denies; otherwise a permit that holds allows), with the broker's fail-closed reading of
+    residuals: while any residual is open, the answer is a residual over all of them."""
+    if exact is None or partial is None:
+        return None  # a half denies: a forbid holds or evaluation erred
+    permits = exact
+    states = {policy_id: _holds(est) for policy_id, est in partial.items()}
+    effects = {policy_id: est.get("effect") for policy_id, est in partial.items()}
+    if any(states[i] == "true" and effects[i] != "permit" for i in states):
+        return None  # a forbid holds
+    if all(state != "open" for state in states.values()):
+        allowing = sorted({*permits, *(i for i in states if states[i] == "true")})
+        return (tuple(allowing), None) if allowing else None
+    combined = dict(partial)
+    for policy_id in permits:
+        combined[policy_id] = {**_ALWAYS, "effect": "permit", "annotations": {"id": policy_id}}
+    return residual_of(combined, principal, resource)
 
 
 _PLACEHOLDERS: Final[Mapping[tuple[str, ...], Any]] = {
