@@ -388,3 +388,16 @@ async def test_roles_pause_and_removal(client, admin, make_operator, broker, rec
         e["kind"] for e in (await client.get("/v1/audit/events?kind=ssf.*", headers=admin)).json()["events"]
     ]
     assert kinds == ["ssf.stream.add", "ssf.stream.update", "ssf.stream.update", "ssf.stream.remove"]
+
+
+async def test_disabling_an_agent_tells_every_task_it_had(client, admin, broker, receiver: Receiver) -> None:  # type: ignore[no-untyped-def]
+    values = {path: new_canary(path) for path in SECRETS}
+    await seed(client, admin, values)
+    bot = await register_agent(client, admin, "deploy-bot")
+    first, second = await _task(bot), await _task(bot)
+    await _stream(client, admin, receiver.url, ["session-revoked"])
+    disabled = await client.post("/v1/agents/deploy-bot/disable", headers=admin)
+    assert disabled.status_code == 200, disabled.text
+    assert await broker.signals.run_once() == 2
+    told = {c["sub_id"]["session"]["id"] for c in await _verified(client, receiver.tokens())}
+    assert told == {first["id"], second["id"]}

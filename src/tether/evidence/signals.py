@@ -229,7 +229,8 @@ def secret_subject(path: str) -> dict[str, Any]:
 
 def _ids(data: Mapping[str, Any], key: str) -> list[str]:
     value = data.get(key)
-    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+    # Stored events are frozen: their lists come back as tuples.
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list | tuple) else []
 
 
 def ended_task_ids(event: Event) -> list[str]:
