@@ -560,6 +560,12 @@ async def test_the_reach_page_draws_a_matrix(world: World, console: httpx.AsyncC
     assert page.status_code == 200
     assert "heat-" in page.text
     assert "responder" in page.text
+    overview = await console.get("/ui/reach")  # every agent by every secret
+    table = overview.text.split('class="heatmap overview"')[1].split("</table>")[0]
+    for path in SECRET_META:
+        assert f"<code>{path}</code>" in table
+    assert "<code>responder</code>" in table
+    assert 'class="heat-always"' in table or 'class="heat-conditional"' in table
 
 
 async def test_static_assets_are_served_by_tether(world: World) -> None:

@@ -11,258 +11,60 @@ from __future__ import annotations
 
 import difflib
 import hmac
-import json
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qs, quote, urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
 
-from tether.api.problems import problem_for
 from tether.audit import AuditFilter, checkpoint_to_json, event_to_json
-from tether.broker import Broker
 from tether.broker.access import authorize
 from tether.broker.leases import LeaseService
 from tether.broker.reach import ReachService, report_to_json
 from tether.broker.simulate import SIMULATED_ACTIONS, Simulation, SimulatorService
+from tether.console._web import (
+    CONTENT_SECURITY_POLICY,
+    HEADERS,
+    HERE,
+    PAGES,
+    Redirect,
+    Signed,
+    broker_of,
+    error_page,
+    form_of,
+    is_secure,
+    read_form,
+    render,
+    serve,
+    set_session_cookie,
+    with_headers,
+)
 from tether.console.sessions import (
     COOKIE,
     LOGIN_COOKIE,
     ConsoleSession,
-    csrf_matches,
-    csrf_token,
-    decode_session,
     derive_session_key,
     encode_session,
     new_session,
 )
 from tether.console.tree import layout_tree
-from tether.domain.operators import OperatorRecord, Permission, role_allows
+from tether.domain.operators import Permission
 from tether.domain.secrets import Sensitivity
 from tether.domain.tasks import TaskStatus
 from tether.errors import AuthenticationError, InvalidInputError, PermissionDeniedError, TetherError
 
 __all__ = ["CONTENT_SECURITY_POLICY", "router"]
 
-_HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=str(_HERE / "templates"))
-
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
-#: No inline script or style anywhere; everything comes from Tether itself.
-CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
-_HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "same-origin",  # no-referrer would make browsers send Origin: null
-    "Cache-Control": "no-store",
-}
 _STATIC = {
     "console.css": "text/css; charset=utf-8",
     "htmx.min.js": "text/javascript; charset=utf-8",
 }
-_MAX_FORM_BYTES = 64 * 1024
 _LIST_LIMIT = 200
-
-
-@dataclass(frozen=True, slots=True)
-class _Page:
-    name: str
-    path: str
-    permission: Permission
-
-
-#: The navigation, in priority order; each page shows for the roles whose permission it needs
-#: (the broker still decides every read and action).
-PAGES = (
-    _Page("Approvals", "/ui/approvals", Permission.APPROVAL_DECIDE),
-    _Page("Tasks", "/ui/tasks", Permission.TASK_READ),
-    _Page("Audit", "/ui/audit", Permission.AUDIT_READ),
-    _Page("Reach", "/ui/reach", Permission.AUDIT_READ),
-    _Page("Policies", "/ui/policies", Permission.POLICY_READ),
-    _Page("Secrets", "/ui/secrets", Permission.SECRET_READ_METADATA),
-    _Page("Destinations", "/ui/destinations", Permission.DESTINATION_READ),
-)
-
-
-@dataclass(frozen=True, slots=True)
-class _Signed:
-    """A request's signed-in operator, its session and the session key."""
-
-    operator: OperatorRecord
-    session: ConsoleSession
-    key: bytes
-    broker: Broker
-
-    @property
-    def csrf(self) -> str:
-        return csrf_token(self.session.id, self.key)
-
-    def may(self, permission: Permission) -> bool:
-        return role_allows(self.operator.role, permission)
-
-
-class _Redirect(Exception):  # noqa: N818 - control flow to the sign-in page, not an error
-    def __init__(self, location: str) -> None:
-        self.location = location
-
-
-def _broker(request: Request) -> Broker:
-    broker: Broker = request.app.state.broker
-    return broker
-
-
-def _secure(request: Request) -> bool:
-    return request.url.scheme == "https"
-
-
-def _with_headers(response: Response) -> Response:
-    for name, value in _HEADERS.items():
-        response.headers[name] = value
-    return response
-
-
-def _set_session_cookie(request: Request, response: Response, value: str, max_age: int) -> None:
-    response.set_cookie(
-        COOKIE,
-        value,
-        max_age=max_age,
-        path="/ui",
-        httponly=True,
-        secure=_secure(request),
-        samesite="strict",
-    )
-
-
-def _render(
-    request: Request,
-    template: str,
-    context: Mapping[str, Any],
-    *,
-    status: int = 200,
-    signed: _Signed | None = None,
-) -> Response:
-    values: dict[str, Any] = {
-        "request": request,
-        "signed": signed,
-        "pages": [p for p in PAGES if signed is not None and signed.may(p.permission)],
-        "current": request.url.path,
-        **context,
-    }
-    return _with_headers(templates.TemplateResponse(request, template, values, status_code=status))
-
-
-def _error_page(request: Request, exc: BaseException, signed: _Signed | None) -> Response:
-    """A refusal as a page: status, title and detail from the one error → problem mapping."""
-    problem = problem_for(exc)
-    body = json.loads(bytes(problem.body))
-    if "html" not in request.headers.get("accept", "html"):
-        return _with_headers(problem)  # a non-browser client gets the problem+json it expects
-    return _render(
-        request,
-        "error.html",
-        {
-            "title": body.get("title", "Error"),
-            "detail": body.get("detail", ""),
-            "status": problem.status_code,
-        },
-        status=problem.status_code,
-        signed=signed,
-    )
-
-
-async def _signed_in(request: Request) -> _Signed:
-    """The session's operator, or a redirect to the sign-in page. Timeouts and sign-out are
-    enforced here; the operator is read from the store (a revoked operator is out at once)."""
-    broker = _broker(request)
-    key = derive_session_key(broker.keys.root_key())  # sealed: SealedError, a 503 page
-    cookie = request.cookies.get(COOKIE, "")
-    back = quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""), safe="/?=&")
-    if not cookie:
-        raise _Redirect(f"/ui/login?next={back}")
-    try:
-        session = decode_session(cookie, key)
-        settings = broker.settings
-        session.check(
-            broker.clock.now(),
-            idle_seconds=settings.console_idle_timeout_seconds,
-            max_seconds=settings.console_session_max_seconds,
-        )
-        operator = await broker.operators.console_operator(session.operator_id, session.id)
-    except AuthenticationError as exc:
-        raise _Redirect(f"/ui/login?next={back}&why={quote(str(exc))}") from None
-    return _Signed(operator, session, key, broker)
-
-
-Handler = Callable[[Request, _Signed], Awaitable[Response]]
-
-
-async def _serve(request: Request, handler: Handler, *, form_action: bool = False) -> Response:
-    """Sign-in check, CSRF check for actions, the handler, errors as pages, the session renewed."""
-    signed: _Signed | None = None
-    try:
-        signed = await _signed_in(request)
-        if form_action:
-            await _check_csrf(request, signed)
-        response = await handler(request, signed)
-    except _Redirect as redirect:
-        return _with_headers(RedirectResponse(redirect.location, status_code=303))
-    except TetherError as exc:
-        response = _error_page(request, exc, signed)
-    if signed is not None:
-        renewed = signed.session.touched(signed.broker.clock.now())
-        max_age = signed.broker.settings.console_session_max_seconds
-        _set_session_cookie(request, response, encode_session(renewed, signed.key), max_age)
-    return response
-
-
-async def _form(request: Request) -> dict[str, str]:
-    """An ``application/x-www-form-urlencoded`` body (the app bounds its size), one value a field."""
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
-        raise InvalidInputError("a form (application/x-www-form-urlencoded) is expected", field="body")
-    body = await request.body()
-    if len(body) > _MAX_FORM_BYTES:
-        raise InvalidInputError("the form is too large", field="body")
-    try:
-        parsed = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=64)
-    except (UnicodeDecodeError, ValueError):
-        raise InvalidInputError("the form could not be read", field="body") from None
-    return {name: values[-1] for name, values in parsed.items()}
-
-
-async def _check_csrf(request: Request, signed: _Signed) -> None:
-    origin = request.headers.get("origin")
-    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
-        raise PermissionDeniedError("the form was sent from another origin")
-    form = await _form(request)
-    if not csrf_matches(signed.session.id, signed.key, form.get("csrf", "")):
-        raise PermissionDeniedError(
-            "the form's anti-forgery token is missing or wrong: reload the page and retry"
-        )
-    request.state.form = form
-
-
-def _form_of(request: Request) -> dict[str, str]:
-    form: dict[str, str] = request.state.form
-    return form
-
-
-def _iso(value: datetime | None) -> str:
-    return "" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-templates.env.filters["when"] = _iso
-templates.env.filters["pretty"] = lambda value: json.dumps(value, indent=2, sort_keys=True, default=str)
 
 
 # -- static assets, sign-in, sign-out -------------------------------------------------------------
@@ -271,9 +73,9 @@ async def static(name: str) -> Response:
     """The console's own assets (vendored htmx, the stylesheet): nothing comes from elsewhere."""
     media_type = _STATIC.get(name)
     if media_type is None:
-        return _with_headers(Response("not found", status_code=404, media_type="text/plain"))
-    response = FileResponse(_HERE / "static" / name, media_type=media_type)
-    for header, value in _HEADERS.items():
+        return with_headers(Response("not found", status_code=404, media_type="text/plain"))
+    response = FileResponse(HERE / "static" / name, media_type=media_type)
+    for header, value in HEADERS.items():
         response.headers[header] = value
     response.headers["Cache-Control"] = "public, max-age=3600"
     return response
@@ -282,13 +84,13 @@ async def static(name: str) -> Response:
 @router.get("")
 @router.get("/")
 async def home(request: Request) -> Response:
-    async def first_page(request: Request, signed: _Signed) -> Response:
+    async def first_page(request: Request, signed: Signed) -> Response:
         pages = [p for p in PAGES if signed.may(p.permission)]
         if not pages:
             raise PermissionDeniedError(f"the role {signed.operator.role.value} has no console page")
-        return _with_headers(RedirectResponse(pages[0].path, status_code=303))
+        return with_headers(RedirectResponse(pages[0].path, status_code=303))
 
-    return await _serve(request, first_page)
+    return await serve(request, first_page)
 
 
 def _safe_next(value: str) -> str:
@@ -299,9 +101,9 @@ def _safe_next(value: str) -> str:
 
 
 @router.get("/login")
-async def login_form(request: Request, next: str = "/ui/", why: str = "") -> Response:
+async def loginread_form(request: Request, next: str = "/ui/", why: str = "") -> Response:
     nonce = secrets.token_urlsafe(24)
-    response = _render(
+    response = render(
         request, "login.html", {"csrf": nonce, "next": _safe_next(next), "why": why[:200], "error": ""}
     )
     response.set_cookie(
@@ -310,7 +112,7 @@ async def login_form(request: Request, next: str = "/ui/", why: str = "") -> Res
         max_age=900,
         path="/ui",
         httponly=True,
-        secure=_secure(request),
+        secure=is_secure(request),
         samesite="strict",
     )
     return response
@@ -319,9 +121,9 @@ async def login_form(request: Request, next: str = "/ui/", why: str = "") -> Res
 @router.post("/login")
 async def login(request: Request) -> Response:
     """The operator token, once, for a session cookie. The token is not kept anywhere."""
-    broker = _broker(request)
+    broker = broker_of(request)
     try:
-        form = await _form(request)
+        form = await read_form(request)
         expected = request.cookies.get(LOGIN_COOKIE, "")
         if not expected or not hmac.compare_digest(expected.encode(), form.get("csrf", "").encode()):
             raise PermissionDeniedError(
@@ -331,17 +133,17 @@ async def login(request: Request) -> Response:
         session = new_session("pending", broker.clock.now())
         operator = await broker.operators.open_console_session(form.get("token", "").strip(), session.id)
     except AuthenticationError as exc:
-        return _render(
+        return render(
             request,
             "login.html",
             {"csrf": request.cookies.get(LOGIN_COOKIE, ""), "next": "/ui/", "why": "", "error": str(exc)},
             status=401,
         )
     except TetherError as exc:
-        return _error_page(request, exc, None)
+        return error_page(request, exc, None)
     session = ConsoleSession(session.id, operator.id, session.opened_at, session.seen_at)
-    response = _with_headers(RedirectResponse(_safe_next(form.get("next", "/ui/")), status_code=303))
-    _set_session_cookie(
+    response = with_headers(RedirectResponse(_safe_next(form.get("next", "/ui/")), status_code=303))
+    set_session_cookie(
         request, response, encode_session(session, key), broker.settings.console_session_max_seconds
     )
     response.delete_cookie(LOGIN_COOKIE, path="/ui")
@@ -350,18 +152,18 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    async def close(request: Request, signed: _Signed) -> Response:
+    async def close(request: Request, signed: Signed) -> Response:
         await signed.broker.operators.close_console_session(signed.operator, signed.session.id)
-        raise _Redirect("/ui/login?why=signed+out")
+        raise Redirect("/ui/login?why=signed+out")
 
-    response = await _serve(request, close, form_action=True)
+    response = await serve(request, close, form_action=True)
     if response.status_code == 303:
         response.delete_cookie(COOKIE, path="/ui")
     return response
 
 
 # -- approvals -------------------------------------------------------------------------------------
-async def _approval_rows(signed: _Signed) -> list[dict[str, Any]]:
+async def _approval_rows(signed: Signed) -> list[dict[str, Any]]:
     broker = signed.broker
     now = broker.clock.now()
     rows = []
@@ -399,42 +201,42 @@ def _intent_of(task: Any, action: str) -> dict[str, Any]:
 
 @router.get("/approvals")
 async def approvals(request: Request, done: str = "") -> Response:
-    async def page(request: Request, signed: _Signed) -> Response:
+    async def page(request: Request, signed: Signed) -> Response:
         recent = await signed.broker.tasks.list_approvals(
             signed.operator, statuses=("approved", "denied"), limit=100
         )
         recent.sort(key=lambda a: a.decided_at or a.requested_at, reverse=True)
-        return _render(
+        return render(
             request,
             "approvals.html",
             {"rows": await _approval_rows(signed), "recent": recent[:20], "done": done[:200]},
             signed=signed,
         )
 
-    return await _serve(request, page)
+    return await serve(request, page)
 
 
 @router.get("/approvals/queue")
 async def approvals_queue(request: Request) -> Response:
     """The pending queue alone (htmx polls it for live updates)."""
 
-    async def fragment(request: Request, signed: _Signed) -> Response:
-        return _render(request, "_queue.html", {"rows": await _approval_rows(signed)}, signed=signed)
+    async def fragment(request: Request, signed: Signed) -> Response:
+        return render(request, "_queue.html", {"rows": await _approval_rows(signed)}, signed=signed)
 
-    return await _serve(request, fragment)
+    return await serve(request, fragment)
 
 
 async def _decide(request: Request, approval_id: str, *, approve: bool) -> Response:
-    async def act(request: Request, signed: _Signed) -> Response:
-        reason = _form_of(request).get("reason", "")
+    async def act(request: Request, signed: Signed) -> Response:
+        reason = form_of(request).get("reason", "")
         approval, _ = await signed.broker.tasks.decide_approval(
             signed.operator, approval_id, approve=approve, reason=reason
         )
         verb = "approved" if approve else "denied"
         query = urlencode({"done": f"{verb} {approval.id} (task {approval.task_id})"})
-        return _with_headers(RedirectResponse(f"/ui/approvals?{query}", status_code=303))
+        return with_headers(RedirectResponse(f"/ui/approvals?{query}", status_code=303))
 
-    return await _serve(request, act, form_action=True)
+    return await serve(request, act, form_action=True)
 
 
 @router.post("/approvals/{approval_id}/approve")
@@ -453,7 +255,7 @@ _TASK_STATES = tuple(status.value for status in TaskStatus)
 
 @router.get("/tasks")
 async def tasks(request: Request, agent: str = "", status: str = "", purpose: str = "") -> Response:
-    async def page(request: Request, signed: _Signed) -> Response:
+    async def page(request: Request, signed: Signed) -> Response:
         broker = signed.broker
         if status and status not in _TASK_STATES:
             raise InvalidInputError(f"status must be one of {'|'.join(_TASK_STATES)}", field="status")
@@ -468,19 +270,19 @@ async def tasks(request: Request, agent: str = "", status: str = "", purpose: st
             if not purpose.strip() or t.intent.purpose == purpose.strip()
         ]
         rows.reverse()  # newest first
-        return _render(
+        return render(
             request,
             "tasks.html",
             {"rows": rows, "agent": agent, "status": status, "purpose": purpose, "states": _TASK_STATES},
             signed=signed,
         )
 
-    return await _serve(request, page)
+    return await serve(request, page)
 
 
 @router.get("/tasks/{task_id}")
 async def task_page(request: Request, task_id: str, done: str = "") -> Response:
-    async def page(request: Request, signed: _Signed) -> Response:
+    async def page(request: Request, signed: Signed) -> Response:
         broker = signed.broker
         now = broker.clock.now()
         task = await broker.tasks.get_for_operator(signed.operator, task_id)
@@ -505,7 +307,7 @@ async def task_page(request: Request, task_id: str, done: str = "") -> Response:
         if signed.may(Permission.AUDIT_READ):
             found = await broker.audit.query(AuditFilter(task_id=task.id), limit=200)
             events = [event_to_json(e) for e in found.events]
-        return _render(
+        return render(
             request,
             "task.html",
             {
@@ -521,7 +323,7 @@ async def task_page(request: Request, task_id: str, done: str = "") -> Response:
             signed=signed,
         )
 
-    return await _serve(request, page)
+    return await serve(request, page)
 
 
 def _grant_state(grant: Any, now: datetime) -> str:
@@ -531,13 +333,13 @@ def _grant_state(grant: Any, now: datetime) -> str:
 
 @router.post("/tasks/{task_id}/revoke")
 async def revoke_task(request: Request, task_id: str) -> Response:
-    async def act(request: Request, signed: _Signed) -> Response:
-        reason = _form_of(request).get("reason", "")[:500]
+    async def act(request: Request, signed: Signed) -> Response:
+        reason = form_of(request).get("reason", "")[:500]
         ended = await signed.broker.tasks.revoke_by_operator(signed.operator, task_id, reason)
         query = urlencode({"done": f"revoked {len(ended.task_ids)} task(s), {ended.grants_revoked} grant(s)"})
-        return _with_headers(RedirectResponse(f"/ui/tasks/{quote(task_id)}?{query}", status_code=303))
+        return with_headers(RedirectResponse(f"/ui/tasks/{quote(task_id)}?{query}", status_code=303))
 
-    return await _serve(request, act, form_action=True)
+    return await serve(request, act, form_action=True)
 
 
 # -- audit -----------------------------------------------------------------------------------------
@@ -551,7 +353,7 @@ async def audit(
     allowed: str = "",
     after: int = 0,
 ) -> Response:
-    async def page(request: Request, signed: _Signed) -> Response:
+    async def page(request: Request, signed: Signed) -> Response:
         broker = signed.broker
         await authorize(broker.audit, signed.operator, Permission.AUDIT_READ, "audit:events")
         if allowed not in {"", "true", "false"}:
@@ -571,7 +373,7 @@ async def audit(
             if found.next_after
             else ""
         )
-        return _render(
+        return render(
             request,
             "audit.html",
             {
@@ -584,31 +386,31 @@ async def audit(
             signed=signed,
         )
 
-    return await _serve(request, page)
+    return await serve(request, page)
 
 
 @router.get("/audit/verification")
 async def audit_verification(request: Request) -> Response:
     """The whole chain verified now (a page of its own: it reads every event)."""
 
-    async def page(request: Request, signed: _Signed) -> Response:
+    async def page(request: Request, signed: Signed) -> Response:
         await authorize(signed.broker.audit, signed.operator, Permission.AUDIT_READ, "audit:verify")
         result = (await signed.broker.audit.verify()).to_json()
         fragment = request.headers.get("hx-request") == "true"
-        return _render(
+        return render(
             request,
             "_verification.html" if fragment else "verification.html",
             {"result": result},
             signed=signed,
         )
 
-    return await _serve(request, page)
+    return await serve(request, page)
 
 
 # -- reach -----------------------------------------------------------------------------------------
 @router.get("/reach")
 async def reach(request: Request, secret: str = "", agent: str = "") -> Response:
-    async def page(request: Request, signed: _Signed) -> Response:
+    async def page(request: Request, signed: Signed) -> Response:
         broker = signed.broker
         service = ReachService(
             broker.storage, broker.audit, broker.clock, broker.settings, broker.policies, broker.engines
@@ -632,7 +434,15 @@ async def reach(request: Request, secret: str = "", agent: str = "") -> Response
             if signed.may(Permission.SECRET_READ_METADATA)
             else None
         )
-        return _render(
+        overview = None
+        if report is None and secrets_page is not None and secrets_page.items:
+            # Every agent by every secret (the first _OVERVIEW_SECRETS): one reach answer per secret.
+            reports = []
+            for record in secrets_page.items[:_OVERVIEW_SECRETS]:
+                answer = await service.of_secret(signed.operator, record.path)
+                reports.append(report_to_json(answer, broker.clock.now()))
+            overview = _heatmap(reports)
+        return render(
             request,
             "reach.html",
             {
@@ -641,11 +451,42 @@ async def reach(request: Request, secret: str = "", agent: str = "") -> Response
                 "report": report,
                 "matrix": matrix,
                 "secret_paths": [] if secrets_page is None else [s.path for s in secrets_page.items],
+                "overview": overview,
             },
             signed=signed,
         )
 
-    return await _serve(request, page)
+    return await serve(request, page)
+
+
+_OVERVIEW_SECRETS = 25
+_LEVELS = ("none", "approval", "conditional", "always")  # from least to most reach
+
+
+def _level(rule: Mapping[str, Any]) -> str:
+    if rule.get("approval") == "required":
+        return "approval"
+    return "conditional" if rule.get("residual") else "always"
+
+
+def _heatmap(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Agents (rows) by secrets (columns): the widest way each agent can activate each secret."""
+    secrets_ = [str(report["secret"]) for report in reports]
+    cells: dict[str, dict[str, str]] = {}
+    for path, report in zip(secrets_, reports, strict=True):
+        for rule in report.get("reach", []):
+            if rule["action"] != "activate":
+                continue
+            for agent in rule["agents"]:
+                row = cells.setdefault(str(agent), {})
+                level = _level(rule)
+                if _LEVELS.index(level) > _LEVELS.index(row.get(path, "none")):
+                    row[path] = level
+    rows = [
+        {"name": name, "cells": [cells[name].get(path, "none") for path in secrets_]}
+        for name in sorted(cells)
+    ]
+    return {"secrets": secrets_, "rows": rows}
 
 
 def _matrix(report: Mapping[str, Any], *, by: str) -> dict[str, Any]:
@@ -661,12 +502,7 @@ def _matrix(report: Mapping[str, Any], *, by: str) -> dict[str, Any]:
             )
             cell["rules"] += 1
             cell["policies"].update(rule.get("policies", []))
-            if rule.get("approval") == "required":
-                cell["kinds"].add("approval")
-            elif rule.get("residual"):
-                cell["kinds"].add("conditional")
-            else:
-                cell["kinds"].add("always")
+            cell["kinds"].add(_level(rule))
     rows = []
     for name in sorted(cells):
         row = []
@@ -695,15 +531,15 @@ def _matrix(report: Mapping[str, Any], *, by: str) -> dict[str, Any]:
 # -- policies --------------------------------------------------------------------------------------
 @router.get("/policies")
 async def policies(request: Request, a: int = 0, b: int = 0) -> Response:
-    async def page(request: Request, signed: _Signed) -> Response:
+    async def page(request: Request, signed: Signed) -> Response:
         return await _policies_page(request, signed, a=a, b=b)
 
-    return await _serve(request, page)
+    return await serve(request, page)
 
 
 async def _policies_page(
     request: Request,
-    signed: _Signed,
+    signed: Signed,
     *,
     a: int = 0,
     b: int = 0,
@@ -726,7 +562,7 @@ async def _policies_page(
                 old.text.splitlines(), new.text.splitlines(), f"version {a}", f"version {b}", lineterm=""
             )
         ]
-    return _render(
+    return render(
         request,
         "policies.html",
         {
@@ -758,8 +594,8 @@ def _diff_class(line: str) -> str:
 
 @router.post("/policies/simulate")
 async def simulate(request: Request) -> Response:
-    async def act(request: Request, signed: _Signed) -> Response:
-        form = _form_of(request)
+    async def act(request: Request, signed: Signed) -> Response:
+        form = form_of(request)
         broker = signed.broker
         try:
             version = int(form["version"]) if form.get("version", "").strip() else None
@@ -794,23 +630,23 @@ async def simulate(request: Request) -> Response:
         asked = {k: v for k, v in form.items() if k != "csrf"}
         return await _policies_page(request, signed, simulation=simulation, asked=asked)
 
-    return await _serve(request, act, form_action=True)
+    return await serve(request, act, form_action=True)
 
 
 # -- secrets and destinations (metadata only) ------------------------------------------------------
 @router.get("/secrets")
 async def secrets_page(request: Request, prefix: str = "") -> Response:
-    async def page(request: Request, signed: _Signed) -> Response:
+    async def page(request: Request, signed: Signed) -> Response:
         found = await signed.broker.secrets.list(signed.operator, prefix.strip(), limit=_LIST_LIMIT)
-        return _render(request, "secrets.html", {"secrets": found.items, "prefix": prefix}, signed=signed)
+        return render(request, "secrets.html", {"secrets": found.items, "prefix": prefix}, signed=signed)
 
-    return await _serve(request, page)
+    return await serve(request, page)
 
 
 @router.get("/destinations")
 async def destinations(request: Request) -> Response:
-    async def page(request: Request, signed: _Signed) -> Response:
+    async def page(request: Request, signed: Signed) -> Response:
         found = await signed.broker.destinations.list(signed.operator)
-        return _render(request, "destinations.html", {"destinations": found}, signed=signed)
+        return render(request, "destinations.html", {"destinations": found}, signed=signed)
 
-    return await _serve(request, page)
+    return await serve(request, page)
