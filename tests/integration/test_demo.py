@@ -94,6 +94,7 @@ async def test_demo_seeds_twice_narrates_and_never_prints_the_value(tmp_path: Pa
         assert "TETHER_ENGINES_FILE" in result.stdout
         # Reach: who else could reach prod/github/token, decided through the example policies.
         assert "[reach] Who else could reach prod/github/token?" in result.stdout
+        assert "tether reach secret prod/github/token" in result.stdout  # and how to ask it again
         assert "deploy-bot, report-bot" in result.stdout
         assert "inject by use-secret-within-intent" in result.stdout
         assert "injected by destination github" in result.stdout

@@ -214,6 +214,7 @@ def _next_steps(addr: str, token: str, data_dir: Path, governed: Governed, *, ke
     out.print(f"  {tether} audit query --kind 'secret.*'   # every write above, values as fingerprints only")
     out.print(f"  {tether} audit verify")
     out.print(f"  {tether} task list            # the demo's tasks and their states, newest first")
+    out.print(f"  {tether} reach secret prod/github/token   # who else could use it, and how")
     key = escape(str(data_dir / AGENTS_DIR / "deploy-bot.jwk"))
     out.print(  # an unmodified program using the GitHub token without ever holding it (docs/run.md)
         f"  {tether} run --agent spiffe://{DEMO_TRUST_DOMAIN}/agent/deploy-bot --agent-key {key} "
