@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import httpx
 
-from tether.audit import AuditLog
+from tether.audit import AuditFilter, AuditLog
 from tether.broker.access import authorize, operator_actor
 from tether.broker.auth import AuthService
 from tether.clock import Clock
@@ -59,8 +59,8 @@ __all__ = ["CURSOR_META", "SignalService", "Transmitter", "resolve_addresses"]
 log = logging.getLogger(__name__)
 
 CURSOR_META: Final = "ssf_cursor"
-#: Audit events read in one pass of the transmitter at most.
-MAX_EVENTS_PER_PASS: Final = 5000
+#: Sequence numbers of the audit chain one pass of the transmitter covers at most.
+SEQS_PER_PASS: Final = 50_000
 #: How long one node holds a delivery it is sending (another node retries it after that).
 CLAIM_SECONDS: Final = 60
 PUSH_TIMEOUT_SECONDS: Final = 5.0
@@ -304,21 +304,24 @@ class Transmitter:
             if seq != cursor:
                 await self._advance(blob, seq)
             return
-        read = 0
-        while read < MAX_EVENTS_PER_PASS:
-            page = await self._audit.query(None, after_seq=cursor, limit=_PAGE)
-            if not page.events:
-                return
-            read += len(page.events)
-            relevant = [e for e in page.events if e.kind in SOURCE_KINDS]
-            rows = await self._rows_for(relevant, streams) if relevant else []
-            await self._store.add_deliveries(rows, self._clock.now())
-            new = page.events[-1].seq
-            if not await self._advance(blob, new):
-                return
-            cursor, blob = new, str(new).encode("ascii")
-            if page.next_after is None:
-                return
+        head = await self._audit.head()
+        upper = min(head[0] if head is not None else 0, cursor + SEQS_PER_PASS)
+        if upper <= cursor:
+            return
+        # Only the kinds that become signals, by the (kind, seq) index: activations are never read.
+        events: list[Event] = []
+        for kind in sorted(SOURCE_KINDS):
+            after = cursor
+            while True:
+                page = await self._audit.query(AuditFilter(kind=kind), after_seq=after, limit=_PAGE)
+                events.extend(e for e in page.events if e.seq <= upper)
+                if page.next_after is None or page.events[-1].seq >= upper:
+                    break
+                after = page.next_after
+        events.sort(key=lambda e: e.seq)
+        rows = await self._rows_for(events, streams) if events else []
+        await self._store.add_deliveries(rows, self._clock.now())
+        await self._advance(blob, upper)
 
     async def _rows_for(
         self, events: Sequence[Event], streams: Sequence[StreamConfig]
