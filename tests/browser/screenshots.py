@@ -62,6 +62,7 @@ def main(out: Path) -> None:
                     "task": f"/ui/tasks/{parent['id']}",
                     "task-revoked": f"/ui/tasks/{gone['id']}",
                     "audit": "/ui/audit?kind=approval.*",
+                    "reach-overview": "/ui/reach",
                     "reach": "/ui/reach?secret=prod/pagerduty/key",
                     "policies": "/ui/policies?a=1&b=2",
                     "secrets": "/ui/secrets",
