@@ -24,6 +24,7 @@ import cedarpy
 
 from tether.domain.decision import Decision
 from tether.errors import InvalidInputError
+from tether.policy.reads import Projection, context_projection, project
 from tether.policy.request import DecisionRequest, json_default
 from tether.policy.schema import ACTIONS, RESOURCE_TYPES, SCHEMA_TEXT
 from tether.policy.syntax import locate_parse_error
@@ -87,7 +88,10 @@ class _Bucket:
     by_resource: dict[str, tuple[_Policy, ...]]  # resource pinned (principal pinned or not)
     by_principal: dict[str, tuple[_Policy, ...]]  # principal pinned, resource not
     handle: cedarpy.PolicySet | None
-    pinned_handles: dict[tuple[int, ...], cedarpy.PolicySet] = field(default_factory=dict)
+    reads: Projection | None  # the context attributes the general policies read (None: all)
+    pinned_handles: dict[tuple[int, ...], tuple[cedarpy.PolicySet, Projection | None]] = field(
+        default_factory=dict
+    )
 
     def select(self, principal_id: str, resource_id: str) -> tuple[_Policy, ...]:
         extra = [
@@ -102,19 +106,19 @@ class _Bucket:
 
     def handle_for(
         self, principal_id: str, resource_id: str
-    ) -> tuple[cedarpy.PolicySet | None, tuple[_Policy, ...]]:
+    ) -> tuple[cedarpy.PolicySet | None, tuple[_Policy, ...], Projection | None]:
         policies = self.select(principal_id, resource_id)
         if policies is self.general:
-            return self.handle, policies
+            return self.handle, policies, self.reads
         key = tuple(policy.position for policy in policies)
-        handle = self.pinned_handles.get(key)
-        if handle is None:
+        pinned = self.pinned_handles.get(key)
+        if pinned is None:
             # Built on first use and memoised (pure; only saves parsing), so compiling stays linear.
-            handle = _policy_set(policies)
+            pinned = (_policy_set(policies), context_projection(policy.est for policy in policies))
             if len(self.pinned_handles) >= _HANDLE_CACHE_SIZE:
                 self.pinned_handles.clear()
-            self.pinned_handles[key] = handle
-        return handle, policies
+            self.pinned_handles[key] = pinned
+        return pinned[0], policies, pinned[1]
 
 
 class CompiledPolicySet:
@@ -149,7 +153,10 @@ class CompiledPolicySet:
                         pid = policy.principal_id
                         by_principal[pid] = (*by_principal.get(pid, ()), policy)
                 handle = _policy_set(general) if general else None
-                self._buckets[(action, resource_type)] = _Bucket(general, by_resource, by_principal, handle)
+                reads = context_projection(policy.est for policy in general)
+                self._buckets[(action, resource_type)] = _Bucket(
+                    general, by_resource, by_principal, handle, reads
+                )
 
     def applicable(
         self, action: str, resource_type: str, resource_id: str, principal_id: str = ""
@@ -172,12 +179,15 @@ class CompiledPolicySet:
         bucket = self._buckets.get((request.action, request.resource.type))
         if bucket is None:  # DecisionRequest validation makes this unreachable; fail closed anyway
             return Decision.deny(errors=(f"no policies index for {request.action}",))
-        handle, policies = bucket.handle_for(request.principal.id, request.resource.id)
+        handle, policies, reads = bucket.handle_for(request.principal.id, request.resource.id)
         if handle is None or not any(policy.effect == "permit" for policy in policies):
             return Decision.deny()  # default deny: nothing can permit this request
+        # A trusted context is handed to Cedar with only the attributes these policies read (the
+        # same answer, less to parse); anyone else's is validated against the schema whole.
+        given = request.context if reads is None or not trusted_context else project(request.context, reads)
         try:
             entities = _entities_json(request)
-            context = json.dumps(dict(request.context), default=json_default)
+            context = json.dumps(dict(given), default=json_default)
         except (TypeError, ValueError, RecursionError) as exc:
             return Decision.deny(errors=(_clip(f"request is unusable: {type(exc).__name__}: {exc}"),))
         cedar_request = {
@@ -190,7 +200,7 @@ class CompiledPolicySet:
         if decision.allowed or decision.errors or request.context.get("approval") is not False:
             return decision
         # Derived approval: would the same request be allowed with an approval?
-        approved = json.dumps({**request.context, "approval": True}, default=json_default)
+        approved = json.dumps({**given, "approval": True}, default=json_default)
         with_approval = self._evaluate(
             handle, {**cedar_request, "context": approved}, entities, trusted=trusted_context
         )
