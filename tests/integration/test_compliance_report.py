@@ -194,3 +194,26 @@ async def test_bad_windows_and_other_roles_get_problems(client, admin, make_oper
     assert refused.headers["content-type"].startswith("application/problem+json")
     auditor = await make_operator("ada", "auditor")
     assert (await client.get("/v1/compliance/report", headers=auditor)).status_code == 200
+
+
+async def test_revocations_pushed_to_receivers_are_evidence(client, admin, broker) -> None:  # type: ignore[no-untyped-def]
+    from tests.integration.test_signals import Receiver
+
+    receiver = Receiver()
+    try:
+        created = await client.post(
+            "/v1/ssf/streams",
+            json={"delivery": {"endpoint_url": receiver.url}, "events_requested": ["session-revoked"]},
+            headers=admin,
+        )
+        assert created.status_code == 201, created.text
+        values = {path: new_canary(path) for path in SECRETS}
+        await seed(client, admin, values)
+        await _use_a_secret(client, admin, values)
+        assert await broker.signals.run_once() == 1
+    finally:
+        receiver.close()
+    body = (await client.get("/v1/compliance/report", headers=admin)).json()
+    signals = _metric(body, "revocation_signals")
+    assert signals["values"] == {"streams": 1, "delivered": 1, "pending": 0, "failed": 0}
+    assert signals["evidence"] is True

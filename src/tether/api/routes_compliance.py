@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from tether.api.deps import BrokerDep, OperatorDep
 from tether.broker.compliance import ComplianceService
-from tether.evidence.compliance import render_html, render_markdown
+from tether.evidence.compliance_render import render_html, render_markdown
 
 router = APIRouter(tags=["compliance"])
 

@@ -35,6 +35,7 @@ from tether.evidence.compliance import (
 )
 from tether.reach import Grid, SecretTarget, compute_reach, group_agents
 from tether.reach.findings import parse_window
+from tether.store._signals import SignalStore
 from tether.store.base import Storage
 
 __all__ = ["MAX_EVENTS_PER_KIND", "MAX_TASKS", "ComplianceService"]
@@ -43,6 +44,8 @@ __all__ = ["MAX_EVENTS_PER_KIND", "MAX_TASKS", "ComplianceService"]
 MAX_EVENTS_PER_KIND: Final = 200_000
 #: Tasks read for one report at most (newest ids last: tasks are listed by id).
 MAX_TASKS: Final = 20_000
+#: Deliveries of one Shared Signals stream read at most (newest first).
+MAX_DELIVERIES_PER_STREAM: Final = 1000
 #: Ended tasks whose grants are checked one by one for still being usable.
 MAX_ENDED_TASKS_CHECKED: Final = 2_000
 _PAGE: Final = 500
@@ -116,6 +119,7 @@ class ComplianceService:
         await self._secrets_and_reach(facts, actor, now)
         await self._audit_chain(facts)
         await self._identities(facts)
+        await self._signals(facts)
         return build_report(mapping, facts, now)
 
     async def _tally(
@@ -254,3 +258,12 @@ class ComplianceService:
             after = page[-1].name
         facts.issuers = len(await self._storage.list_trusted_issuers())
         facts.operators = Counter(op.role.value for op in await self._storage.list_operators() if op.active)
+
+    async def _signals(self, facts: Facts) -> None:
+        store = SignalStore(self._storage)
+        streams = await store.list_streams()
+        facts.signal_streams = len(streams)
+        for stream in streams:
+            found = await store.list_deliveries(stream.id, limit=MAX_DELIVERIES_PER_STREAM)
+            facts.truncated |= len(found) == MAX_DELIVERIES_PER_STREAM
+            facts.signal_deliveries.update(d.status for d in found if d.created_at >= facts.window_start)
