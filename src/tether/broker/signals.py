@@ -153,12 +153,15 @@ class SignalService:
             resource=f"ssf:{stream.id}",
             data={"endpoint_url": endpoint_url[:512], "events": list(stream.events_requested)},
         )
-        if await self._storage.get_meta(CURSOR_META) is None:
-            # The transmitter starts reading here (no history is replayed to a new receiver).
+        cursor = await self._storage.get_meta(CURSOR_META)
+        live = [s for s in await self._store.list_streams() if s.status != "disabled"]
+        if cursor is None or not live:
+            # The transmitter starts reading here: a new receiver is not sent history (and with
+            # no stream before it, nothing older needs reading).
             head = await self._audit.head()
             with contextlib.suppress(ConflictError):
                 await self._storage.put_meta(
-                    CURSOR_META, str(head[0] if head is not None else 0).encode("ascii"), expected=None
+                    CURSOR_META, str(head[0] if head is not None else 0).encode("ascii"), expected=cursor
                 )
         await self._store.put_stream(stream)
         return stream
@@ -295,14 +298,12 @@ class Transmitter:
         return await self.deliver_due()
 
     async def _enqueue(self) -> None:
-        cursor, blob = await self._cursor()
+        # Idle (no stream): one read a pass, no write. The cursor is placed when a stream is added.
         streams = [s for s in await self._store.list_streams() if s.status != "disabled"]
-        if cursor < 0 or not streams:
-            # Receivers hear of what happens after they registered: no history is replayed.
-            head = await self._audit.head()
-            seq = head[0] if head is not None else 0
-            if seq != cursor:
-                await self._advance(blob, seq)
+        if not streams:
+            return
+        cursor, blob = await self._cursor()
+        if cursor < 0:
             return
         head = await self._audit.head()
         upper = min(head[0] if head is not None else 0, cursor + SEQS_PER_PASS)
