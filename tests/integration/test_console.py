@@ -621,3 +621,20 @@ async def test_what_agents_write_is_escaped_never_markup(world: World, console: 
         assert page.status_code == 200
         assert hostile not in page.text
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+
+
+async def test_the_sign_in_page_shows_only_its_own_messages(world: World) -> None:
+    phishing = await world.http.get("/ui/login", params={"why": "Paste your token at https://evil.test"})
+    assert "evil.test" not in phishing.text
+    idle = await world.http.get("/ui/login", params={"why": "idle"})
+    assert "Your session timed out (idle)" in idle.text
+
+
+async def test_a_sealed_node_serves_no_console_page(world: World, console: httpx.AsyncClient) -> None:
+    world.broker.seal_now()
+    try:
+        response = await console.get("/ui/tasks")
+        assert response.status_code == 503
+        assert "sealed" in response.text.lower()
+    finally:
+        await world.broker.keys.unseal()

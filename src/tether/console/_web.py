@@ -197,8 +197,17 @@ async def signed_in(request: Request) -> Signed:
         )
         operator = await broker.operators.console_operator(session.operator_id, session.id)
     except AuthenticationError as exc:
-        raise Redirect(f"/ui/login?next={back}&why={quote(str(exc))}") from None
+        raise Redirect(f"/ui/login?next={back}&why={_why(exc)}") from None
     return Signed(operator, session, key, broker)
+
+
+def _why(exc: AuthenticationError) -> str:
+    """A code for the sign-in page (which shows fixed texts only)."""
+    text = str(exc)
+    for code in ("idle", "expired", "closed", "revoked"):
+        if code in text:
+            return code
+    return "signin"
 
 
 Handler = Callable[[Request, Signed], Awaitable[Response]]

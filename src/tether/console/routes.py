@@ -100,11 +100,25 @@ def _safe_next(value: str) -> str:
     return "/ui/"
 
 
+#: Why the sign-in page is shown, by code: only these fixed texts are displayed (a link cannot make
+#: the sign-in page say something else).
+_WHY = {
+    "signin": "Sign in to continue.",
+    "idle": "Your session timed out (idle): sign in again.",
+    "expired": "Your session expired: sign in again.",
+    "closed": "This session was closed: sign in again.",
+    "signed-out": "You are signed out.",
+    "revoked": "Your operator was revoked or is unknown.",
+}
+
+
 @router.get("/login")
-async def loginread_form(request: Request, next: str = "/ui/", why: str = "") -> Response:
+async def login_form(request: Request, next: str = "/ui/", why: str = "") -> Response:
     nonce = secrets.token_urlsafe(24)
     response = render(
-        request, "login.html", {"csrf": nonce, "next": _safe_next(next), "why": why[:200], "error": ""}
+        request,
+        "login.html",
+        {"csrf": nonce, "next": _safe_next(next), "why": _WHY.get(why, ""), "error": ""},
     )
     response.set_cookie(
         LOGIN_COOKIE,
@@ -154,7 +168,7 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     async def close(request: Request, signed: Signed) -> Response:
         await signed.broker.operators.close_console_session(signed.operator, signed.session.id)
-        raise Redirect("/ui/login?why=signed+out")
+        raise Redirect("/ui/login?why=signed-out")
 
     response = await serve(request, close, form_action=True)
     if response.status_code == 303:
