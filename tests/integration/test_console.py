@@ -638,3 +638,25 @@ async def test_a_sealed_node_serves_no_console_page(world: World, console: httpx
         assert "sealed" in response.text.lower()
     finally:
         await world.broker.keys.unseal()
+
+
+async def test_every_console_route_but_sign_in_and_assets_needs_a_session(world: World) -> None:
+    from fastapi.routing import APIRoute
+
+    from tether.console import router
+
+    task = await world.open_task()
+    params = {"task_id": task["id"], "approval_id": task["approval_id"], "name": "console.css"}
+    checked = 0
+    for route in router.routes:
+        assert isinstance(route, APIRoute)
+        if route.path in {"/ui/login", "/ui/static/{name}"}:
+            continue
+        path = route.path.format(**params)
+        for method in route.methods:
+            response = await world.http.request(method, path, data={"reason": "x", "csrf": "x"})
+            assert response.status_code == 303, (method, path)
+            assert response.headers["location"].startswith("/ui/login"), (method, path)
+            checked += 1
+    assert checked >= 14
+    assert (await world.task(task["id"]))["status"] == "pending_approval"
