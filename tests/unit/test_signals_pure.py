@@ -115,6 +115,7 @@ def test_a_context_change_is_told_only_if_it_is_the_tasks_context_now() -> None:
         "context_hash": "h2",
         "purpose": "deploy",
         "revoked_count": 1,
+        "tether_grants_revoked": ["grt_x"],
     }
     assert signals_for(event, {"tsk_1": AGENT}, {}, (), {"tsk_1": "h1"}) == []  # type: ignore[arg-type]
 
@@ -146,3 +147,14 @@ def test_set_claims_and_ids() -> None:
 def test_backoff_doubles_up_to_ten_minutes() -> None:
     assert [backoff_seconds(n) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
     assert backoff_seconds(30) == 600.0
+
+
+def test_an_operator_revoking_every_grant_of_a_secret_is_a_credential_change() -> None:
+    event = _event(
+        "grant.revoke", Actor.operator("alice"), resource="secret:prod/db/password", reason="leaked"
+    )
+    (told,) = signals_for(event, {}, {}, ())  # type: ignore[arg-type]
+    assert told.event_type == CREDENTIAL_CHANGE
+    assert told.subject == {"format": "opaque", "id": "secret:prod/db/password"}
+    assert told.payload["change_type"] == "revoke"
+    assert told.payload["initiating_entity"] == "admin"

@@ -297,9 +297,10 @@ def signals_for(
                 )
             )
     resource = event.resource or ""
-    if event.kind in {"secret.rotate", "secret.delete"} and resource.startswith("secret:"):
+    if event.kind in {"secret.rotate", "secret.delete", "grant.revoke"} and resource.startswith("secret:"):
+        # A rotation, a deletion, or an operator revoking every grant of the secret.
         path = resource.removeprefix("secret:")
-        change = "update" if event.kind == "secret.rotate" else "delete"
+        change = {"secret.rotate": "update", "secret.delete": "delete"}.get(event.kind, "revoke")
         signals.append(
             Signal(
                 CREDENTIAL_CHANGE,
@@ -330,6 +331,9 @@ def signals_for(
             value = data.get(key)
             if isinstance(value, int | str) and not isinstance(value, bool):
                 payload[key] = value
+        revoked = _ids(data, "grants_revoked")
+        if revoked:
+            payload["tether_grants_revoked"] = revoked  # grant ids: what the change took away
         signals.append(
             Signal(
                 TASK_CONTEXT_CHANGE,
