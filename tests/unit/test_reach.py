@@ -143,3 +143,19 @@ def test_dynamic_is_decided_as_reveal_when_the_engine_hands_out_the_value() -> N
 def test_a_grid_needs_a_purpose_vocabulary() -> None:
     with pytest.raises(InvalidInputError):
         Grid(purposes=(), destinations=(), max_depth=1)
+
+
+def test_what_reach_remembers_about_a_policy_set_follows_changed_attributes() -> None:
+    # The same policy set answers twice (its evaluator is kept); the agent and the secret keep their
+    # ids but change attributes in between: the second answer follows the change.
+    text = (
+        '@id("prod") permit(principal, action == Action::"issue", resource is Secret) '
+        'when { principal.environment == "prod" && resource.sensitivity <= 1 };\n'
+        '@id("pinned") permit(principal == Agent::"spiffe://acme.test/agent/a", action == Action::"issue", '
+        'resource) when { principal.team == "platform" };'
+    )
+    assert _reach(text, [_agent("a", team="data", environment="dev")]) == []  # "pinned" cannot hold
+    back = _reach(text, [_agent("a", environment="dev"), _agent("b", environment="dev")])
+    assert [(r["agents"], r["policies"]) for r in back] == [(["a"], ["pinned"])]  # now it does
+    assert _reach(text, [_agent("b")], sensitivity=2) == []
+    assert [r["agents"] for r in _reach(text, [_agent("b")], sensitivity=1)] == [["b"]]

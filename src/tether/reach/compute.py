@@ -18,6 +18,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
@@ -156,7 +157,7 @@ def compute_reach(
     Rules are disjoint and together cover exactly the allowed (or conditionally allowed) points of
     the grid; a point no rule covers is denied.
     """
-    estimator = _Evaluator(policies)
+    estimator = _evaluator(policies)
     rules: list[ReachRule] = []
     for secret in secrets:
         for action in actions:
@@ -166,6 +167,25 @@ def compute_reach(
 
 #: An outcome at one grid point: None (deny), or the determining permits and a residual (or None).
 Outcome = tuple[tuple[str, ...], "Residual | None"] | None
+
+
+#: Evaluators of the last few policy sets (a set is immutable once compiled): their parsed
+#: policies, handles and what they proved about agents and secrets carry over between answers.
+_EVALUATORS: Final[dict[str, _Evaluator]] = {}
+_EVALUATORS_KEPT: Final = 4
+#: How many "never holds" answers an evaluator remembers before it starts afresh (bounded memory).
+_MAX_REMEMBERED: Final = 1_000_000
+
+
+def _evaluator(policies: CompiledPolicySet) -> _Evaluator:
+    key = hashlib.sha256(policies.text.encode()).hexdigest()
+    found = _EVALUATORS.pop(key, None)
+    if found is None or found.size() > _MAX_REMEMBERED:
+        found = _Evaluator(policies)
+    _EVALUATORS[key] = found  # most recently used last
+    while len(_EVALUATORS) > _EVALUATORS_KEPT:
+        _EVALUATORS.pop(next(iter(_EVALUATORS)))
+    return found
 
 
 class _Evaluator:
@@ -179,9 +199,13 @@ class _Evaluator:
             if isinstance(policy_id, str):
                 self._ests[policy_id] = est
         self._handles: dict[tuple[str, ...], cedarpy.PolicySet] = {}
-        self._never: dict[tuple[str, str, str, str], bool] = {}
+        self._never: dict[tuple[Any, ...], bool] = {}
         self._reads: dict[str, frozenset[str] | None] = {}
         self._unknown_readers: dict[str, bool] = {}
+        self._plans: dict[tuple[str, ...], tuple[tuple[str, frozenset[str] | None, bool], ...]] = {}
+
+    def size(self) -> int:
+        return len(self._never) + len(self._handles)
 
     def _handle(self, ids: tuple[str, ...]) -> cedarpy.PolicySet:
         handle = self._handles.get(ids)
@@ -240,17 +264,25 @@ class _Evaluator:
         group are set aside first; groups left with the same policies that see the same of their
         agents decide identically and are decided once, together."""
         resource = secret.entity
+        target = (resource.id, _frozen(dict(resource.attributes)), tuple(resource.parents))
         classes: dict[Any, tuple[Entity, cedarpy.Entities, list[str], tuple[str, ...]]] = {}
         for group in groups:
             principal = group.entity
             ids = self._compiled.applicable(action, resource.type, resource.id, principal.id)
-            if not any(self._ests[i].get("effect") == "permit" for i in ids):
+            plan = self._plans.get(ids)
+            if plan is None:
+                plan = self._plans[ids] = tuple(
+                    (i, self._principal_reads(i), self._ests[i].get("effect") == "permit") for i in ids
+                )
+            if not any(permit for _, _, permit in plan):
                 continue  # default deny: nothing can permit this request
             seen = _PrincipalView(principal)
             entities: cedarpy.Entities | None = None
             kept: list[str] = []
-            for policy_id in ids:
-                key = (policy_id, action, resource.id, seen.key(self._principal_reads(policy_id)))
+            allows = False
+            reads: frozenset[str] | None = frozenset()
+            for policy_id, policy_reads, permit in plan:
+                key = (policy_id, action, target, seen.key(policy_reads))
                 never = self._never.get(key)
                 if never is None:
                     if entities is None:
@@ -260,12 +292,11 @@ class _Evaluator:
                     )
                 if not never:
                     kept.append(policy_id)
-            if not any(self._ests[i].get("effect") == "permit" for i in kept):
+                    allows = allows or permit
+                    if reads is not None:
+                        reads = None if policy_reads is None else reads | policy_reads
+            if not allows:
                 continue
-            reads: frozenset[str] | None = frozenset()
-            for policy_id in kept:
-                more = self._principal_reads(policy_id)
-                reads = None if reads is None or more is None else reads | more
             signature = (tuple(kept), seen.key(reads))
             found = classes.get(signature)
             if found is None:
@@ -539,7 +570,8 @@ class _PrincipalView:
         if found is None:
             principal = self._principal
             if reads is None:
-                found = ("agent", principal.id)
+                # The agent itself; its attributes too, as they may change between answers.
+                found = ("agent", principal.id, _frozen(dict(principal.attributes)), tuple(principal.parents))
             else:
                 found = (
                     tuple(principal.parents),
