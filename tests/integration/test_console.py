@@ -22,7 +22,7 @@ from tether.api import create_app
 from tether.broker import Broker
 from tether.config import Settings
 from tether.console.routes import CONTENT_SECURITY_POLICY
-from tether.console.sessions import COOKIE, ConsoleSession, derive_session_key, encode_session
+from tether.console.sessions import COOKIE, LOGIN_COOKIE, ConsoleSession, derive_session_key, encode_session
 from tether.sdk import AsyncAgent
 
 pytestmark = pytest.mark.asyncio
@@ -184,6 +184,33 @@ async def test_session_cookie_is_secure_when_served_over_tls(world: World) -> No
             v for k, v in response.headers.multi_items() if k == "set-cookie" and v.startswith(COOKIE)
         )
         assert "Secure" in cookie
+
+
+async def test_session_cookie_is_secure_behind_a_tls_proxy(tmp_path: Path, sqlite_template: Path) -> None:
+    """TLS ends at a proxy that talks plain HTTP to Tether: the https public URL says so."""
+    from tests.conftest import copy_sqlite_template
+
+    copy_sqlite_template(sqlite_template, tmp_path / "tether.db")
+    node = Broker.from_settings(Settings(data_dir=tmp_path, public_url="https://tether.example.test"))
+    token = (await node.init()).root_token
+    try:
+        transport = httpx.ASGITransport(app=create_app(node))
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+            form = await http.get("/ui/login")  # the proxy talks plain HTTP to Tether
+            assert "Secure" in form.headers["set-cookie"]
+            nonce = csrf_of(form)
+            response = await http.post(
+                "/ui/login",
+                data={"csrf": nonce, "token": token},
+                headers={"Cookie": f"{LOGIN_COOKIE}={nonce}"},  # as the browser sends it over TLS
+            )
+            assert response.status_code == 303
+            cookie = next(
+                v for k, v in response.headers.multi_items() if k == "set-cookie" and v.startswith(COOKIE)
+            )
+            assert "Secure" in cookie
+    finally:
+        await node.close()
 
 
 async def test_a_wrong_token_is_refused_and_audited(world: World) -> None:

@@ -120,7 +120,10 @@ def broker_of(request: Request) -> Broker:
 
 
 def is_secure(request: Request) -> bool:
-    return request.url.scheme == "https"
+    """Served over TLS: the request came over HTTPS, or Tether's public URL is HTTPS (TLS ends at a
+    proxy in front, which may talk plain HTTP to Tether)."""
+    public_url = broker_of(request).settings.public_url or ""
+    return request.url.scheme == "https" or public_url.startswith("https://")
 
 
 def with_headers(response: Response) -> Response:
