@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Path, Request, Response
 from fastapi.responses import JSONResponse
@@ -20,8 +20,11 @@ from tether.api.deps import OperatorDep
 from tether.api.problems import Problem
 from tether.api.routes_auth import public_base_url
 from tether.domain.destinations import SECRET_PLACEHOLDER, Injection, InjectionType
-from tether.mcp.front import MCP_PATH, McpFront, protected_resource_metadata
+from tether.mcp.discovery import MCP_PATH, protected_resource_metadata
 from tether.mcp.servers import MAX_ARG_CHARS, MAX_ARGS, MAX_ENV, MAX_TIMEOUT_SECONDS, McpServer
+
+if TYPE_CHECKING:
+    from tether.mcp.front import McpFront
 
 __all__ = ["close_mcp", "mcp_front", "router"]
 
@@ -46,9 +49,12 @@ NameParam = Annotated[str, Path(min_length=1, max_length=32)]
 
 
 def mcp_front(app: Any) -> McpFront:
-    """The app's MCP front, created on first use."""
+    """The app's MCP front, created on first use: the MCP SDK is imported then, not at startup
+    (its imports take seconds, paid by every server process that never serves ``/mcp``)."""
     front: McpFront | None = getattr(app.state, "mcp", None)
     if front is None:
+        from tether.mcp.front import McpFront
+
         front = McpFront(app.state.broker)
         app.state.mcp = front
     return front

@@ -47,6 +47,7 @@ from tether.errors import (
     SealedError,
     StorageError,
 )
+from tether.mcp.discovery import MCP_PATH, protected_resource_metadata
 from tether.mcp.gateway import McpGateway
 from tether.mcp.upstreams import UpstreamError
 
@@ -64,7 +65,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MCP_PATH = "/mcp"
 TASK_HEADER = "tether-task"
 #: JSON-RPC error codes of the gateway (server-defined range): a refusal and an upstream failure.
 DENIED = -32001
@@ -78,20 +78,6 @@ class _Call:
 
     caller: AgentCaller
     task_id: str
-
-
-def protected_resource_metadata(public_url: str) -> dict[str, Any]:
-    """RFC 9728 metadata for ``/mcp``: Tether is its own authorization server; tokens are DPoP-bound."""
-    base = public_url.rstrip("/")
-    return {
-        "resource": base + MCP_PATH,
-        "authorization_servers": [base],
-        "bearer_methods_supported": ["header"],
-        "dpop_bound_access_tokens_required": True,
-        "dpop_signing_alg_values_supported": ["Ed25519", "EdDSA", "ES256"],
-        "resource_name": "Tether MCP gateway",
-        "resource_documentation": "https://github.com/tether/tether/blob/main/docs/mcp.md",
-    }
 
 
 def _error(exc: BaseException) -> MCPError:  # noqa: PLR0911 - one answer per kind of error
