@@ -47,6 +47,8 @@ _WHEN_BODY: Final = re.compile(r"when\s*\{\s*(.*)\s*\}\s*;\s*$", re.DOTALL)
 
 #: One grid point: a value per dimension, in :data:`~tether.reach.grid.DIMENSIONS` order.
 Point = tuple[Any, ...]
+#: A merged box of the grid: the values per dimension, the determining permits, the residual.
+Box = tuple[dict[str, tuple[Any, ...]], tuple[str, ...], "Residual | None"]
 #: At one point, the policies that read no unknown field: the permits that hold (None: deny).
 Exact = tuple[str, ...] | None
 #: At one point, the policies that read unknown fields: their residuals by id (None: deny).
@@ -202,10 +204,11 @@ class _Evaluator:
         self._never: dict[tuple[Any, ...], bool] = {}
         self._reads: dict[str, frozenset[str] | None] = {}
         self._unknown_readers: dict[str, bool] = {}
+        self._boxes: dict[Any, list[Box]] = {}
         self._plans: dict[tuple[str, ...], tuple[tuple[str, frozenset[str] | None, bool], ...]] = {}
 
     def size(self) -> int:
-        return len(self._never) + len(self._handles)
+        return len(self._never) + len(self._handles) + len(self._boxes)
 
     def _handle(self, ids: tuple[str, ...]) -> cedarpy.PolicySet:
         handle = self._handles.get(ids)
@@ -265,7 +268,7 @@ class _Evaluator:
         agents decide identically and are decided once, together."""
         resource = secret.entity
         target = (resource.id, _frozen(dict(resource.attributes)), tuple(resource.parents))
-        classes: dict[Any, tuple[Entity, cedarpy.Entities, list[str], tuple[str, ...]]] = {}
+        classes: dict[Any, tuple[Entity, cedarpy.Entities | None, list[str], tuple[str, ...]]] = {}
         for group in groups:
             principal = group.entity
             ids = self._compiled.applicable(action, resource.type, resource.id, principal.id)
@@ -277,52 +280,67 @@ class _Evaluator:
             if not any(permit for _, _, permit in plan):
                 continue  # default deny: nothing can permit this request
             seen = _PrincipalView(principal)
-            entities: cedarpy.Entities | None = None
-            kept: list[str] = []
-            allows = False
-            reads: frozenset[str] | None = frozenset()
-            for policy_id, policy_reads, permit in plan:
-                key = (policy_id, action, target, seen.key(policy_reads))
-                never = self._never.get(key)
-                if never is None:
-                    if entities is None:
-                        entities = _entities(principal, resource)
-                    never = self._never[key] = self._never_holds(
-                        policy_id, principal, secret, action, entities
-                    )
-                if not never:
-                    kept.append(policy_id)
-                    allows = allows or permit
-                    if reads is not None:
-                        reads = None if policy_reads is None else reads | policy_reads
-            if not allows:
+            kept, reads, entities = self._kept(plan, seen, principal, secret, action, target)
+            if not any(self._ests[i].get("effect") == "permit" for i in kept):
                 continue
             signature = (tuple(kept), seen.key(reads))
             found = classes.get(signature)
             if found is None:
-                classes[signature] = (
-                    principal,
-                    entities or _entities(principal, resource),
-                    list(group.names),
-                    tuple(kept),
-                )
+                classes[signature] = (principal, entities, list(group.names), tuple(kept))
             else:
                 found[2].extend(group.names)
         rules: list[ReachRule] = []
-        for principal, entities, names, kept_ids in classes.values():
-            rules.extend(self._reach_class(principal, entities, tuple(names), kept_ids, secret, action, grid))
+        where = (action, target, secret.dynamic_is_reveal, grid)
+        for signature, (principal, entities, names, kept_ids) in classes.items():
+            # The same policies, the same view of the agent, the same secret and grid: the same boxes.
+            boxes = self._boxes.get((where, signature))
+            if boxes is None:
+                boxes = self._boxes[(where, signature)] = self._reach_class(
+                    principal, entities or _entities(principal, resource), kept_ids, secret, action, grid
+                )
+            rules.extend(
+                ReachRule(tuple(names), resource.id, action, box, policies, residual)
+                for box, policies, residual in boxes
+            )
         return rules
+
+    def _kept(
+        self,
+        plan: tuple[tuple[str, frozenset[str] | None, bool], ...],
+        seen: _PrincipalView,
+        principal: Entity,
+        secret: SecretTarget,
+        action: str,
+        target: Any,
+    ) -> tuple[list[str], frozenset[str] | None, cedarpy.Entities | None]:
+        """The policies of ``plan`` that may hold for this agent, what of it they read (None: all of
+        it), and the agent's entities if they had to be built."""
+        entities: cedarpy.Entities | None = None
+        kept: list[str] = []
+        reads: frozenset[str] | None = frozenset()
+        for policy_id, policy_reads, _ in plan:
+            key = (policy_id, action, target, seen.key(policy_reads))
+            never = self._never.get(key)
+            if never is None:
+                if entities is None:
+                    entities = _entities(principal, secret.entity)
+                never = self._never[key] = self._never_holds(policy_id, principal, secret, action, entities)
+            if not never:
+                kept.append(policy_id)
+                if reads is not None:
+                    reads = None if policy_reads is None else reads | policy_reads
+        return kept, reads, entities
 
     def _reach_class(
         self,
         principal: Entity,
         entities: cedarpy.Entities,
-        names: tuple[str, ...],
         ids: tuple[str, ...],
         secret: SecretTarget,
         action: str,
         grid: Grid,
-    ) -> list[ReachRule]:
+    ) -> list[Box]:
+        """The merged boxes of one class of agents (decided with its representative ``principal``)."""
         resource = secret.entity
         referenced = referenced_dimensions(self._ests[i] for i in ids)
         exact = tuple(i for i in ids if not self._reads_unknown(i))
@@ -372,8 +390,7 @@ class _Evaluator:
             }
             outcomes.append((box, outcome))
         return [
-            ReachRule(names, resource.id, action, _in_grid_order(box, grid), policies, residual)
-            for box, (policies, residual) in _merge(outcomes)
+            (_in_grid_order(box, grid), policies, residual) for box, (policies, residual) in _merge(outcomes)
         ]
 
     def _decide_partially(
