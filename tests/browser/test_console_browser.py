@@ -210,7 +210,7 @@ def test_every_page_without_csp_violations_or_secret_values_and_with_javascript_
 
 def test_accessibility_axe_core_finds_no_serious_violation(browser: Any, node: Node) -> None:
     """axe-core (vendored, MPL-2.0) run in the page: landmarks, labels, contrast, names."""
-    node.open_task("responder", INCIDENT)
+    task = node.open_task("responder", INCIDENT)
     axe = (VENDOR / "axe.min.js").read_text(encoding="utf-8")
     # The console's CSP refuses any script Tether did not serve: let the test inject axe.
     context = browser.new_context(bypass_csp=True)
@@ -218,7 +218,12 @@ def test_accessibility_axe_core_finds_no_serious_violation(browser: Any, node: N
         page = context.new_page()
         sign_in(page, node)
         failures: dict[str, list[str]] = {}
-        for path in ["/ui/login", *(f"/ui/{name}" for name in PAGES)]:
+        for path in [
+            "/ui/login",
+            *(f"/ui/{name}" for name in PAGES),
+            f"/ui/tasks/{task['id']}",
+            "/ui/reach?agent=responder",
+        ]:
             if path == "/ui/login":
                 fresh = browser.new_context(bypass_csp=True)
                 target = fresh.new_page()
