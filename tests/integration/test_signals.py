@@ -4,6 +4,7 @@ delivery log says so; stream registration refuses what it must; no SET carries a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -401,3 +402,21 @@ async def test_disabling_an_agent_tells_every_task_it_had(client, admin, broker,
     assert await broker.signals.run_once() == 2
     told = {c["sub_id"]["session"]["id"] for c in await _verified(client, receiver.tokens())}
     assert told == {first["id"], second["id"]}
+
+
+async def test_two_transmitters_on_one_store_tell_each_ending_once(  # type: ignore[no-untyped-def]
+    client, admin, broker, receiver: Receiver
+) -> None:
+    values = {path: new_canary(path) for path in SECRETS}
+    await seed(client, admin, values)
+    await _stream(client, admin, receiver.url, ["session-revoked"])
+    bot = await register_agent(client, admin, "deploy-bot")
+    tasks = [await _task(bot) for _ in range(3)]
+    for task in tasks:
+        assert (await bot.request("POST", f"/v1/tasks/{task['id']}/complete")).status_code == 200
+    other = Transmitter(broker.storage, broker.audit, broker.clock, broker.settings, broker.auth)
+    delivered = await asyncio.gather(broker.signals.run_once(), other.run_once())
+    delivered += await asyncio.gather(broker.signals.run_once(), other.run_once())
+    assert sum(delivered) == 3
+    told = [c["sub_id"]["session"]["id"] for c in await _verified(client, receiver.tokens())]
+    assert sorted(told) == sorted(t["id"] for t in tasks)

@@ -31,6 +31,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from tether.errors import ConfigError
 from tether.evidence.signals import StreamConfig
@@ -175,19 +177,14 @@ class SignalStore:
         due now; ids already stored are left as they are. How many were new."""
         if not rows:
             return 0
-        ids = [row["id"] for row in rows]
+        dialect_insert = sqlite_insert if self._sql.backend == "sqlite" else pg_insert
         added = 0
         async with self._sql._tx() as conn:
-            existing = {
-                r[0]
-                for r in (await conn.execute(select(ssf_deliveries.c.id).where(ssf_deliveries.c.id.in_(ids))))
-            }
             for row in rows:
-                if row["id"] in existing:
-                    continue
-                existing.add(row["id"])
-                await conn.execute(
-                    insert(ssf_deliveries).values(
+                # Another node may store the same SET at the same moment: the first one stays.
+                result = await conn.execute(
+                    dialect_insert(ssf_deliveries)
+                    .values(
                         id=row["id"],
                         stream_id=row["stream_id"],
                         event_seq=row["event_seq"],
@@ -198,8 +195,9 @@ class SignalStore:
                         next_attempt_at_us=to_us(now),
                         created_at_us=to_us(now),
                     )
+                    .on_conflict_do_nothing(index_elements=["id"])
                 )
-                added += 1
+                added += int(result.rowcount == 1)
         return added
 
     async def due_deliveries(self, now: datetime, *, limit: int = 50) -> list[Delivery]:
