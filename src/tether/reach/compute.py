@@ -239,12 +239,17 @@ class _Evaluator:
             self._unknown_readers[policy_id] = reads_unknown_fields([self._ests[policy_id]])
         return self._unknown_readers[policy_id]
 
-    def _never_holds(
-        self, policy_id: str, principal: Entity, secret: SecretTarget, action: str, entities: cedarpy.Entities
-    ) -> bool:
-        """Whether a policy is false for this agent and secret whatever the context (decided by
-        Cedar's partial evaluation with the context unknown); an error or anything unclear
-        is not "never" (the policy stays in, fail closed)."""
+    def _never_hold(
+        self,
+        ids: tuple[str, ...],
+        principal: Entity,
+        secret: SecretTarget,
+        action: str,
+        entities: cedarpy.Entities,
+    ) -> dict[str, bool]:
+        """For each policy of ``ids``: whether it is false for this agent and secret whatever the
+        context (Cedar's partial evaluation, the context unknown; one call for all of them). An
+        error, or anything unclear, is not "never": the policy stays in (fail closed)."""
         request = {
             "principal": _uid(principal.type, principal.id),
             "action": _uid("Action", action),
@@ -252,13 +257,13 @@ class _Evaluator:
             "context": None,  # unknown as a whole: cheaper to evaluate than unknown field by field
         }
         try:
-            result = cedarpy.is_authorized_partial(request, self._handle((policy_id,)), entities)
-        except Exception:  # noqa: BLE001 - unclear: keep the policy
-            return False
+            result = cedarpy.is_authorized_partial(request, self._handle(ids), entities)
+        except Exception:  # noqa: BLE001 - unclear: keep every policy
+            return dict.fromkeys(ids, False)
         if result.diagnostics.errors:
-            return False
-        residual = result.residuals.get(policy_id)
-        return residual is not None and _holds(residual) == "false"
+            return dict.fromkeys(ids, False)
+        residuals = result.residuals
+        return {i: i in residuals and _holds(residuals[i]) == "false" for i in ids}
 
     def reach(
         self, groups: Sequence[AgentGroup], secret: SecretTarget, action: str, grid: Grid
@@ -316,16 +321,20 @@ class _Evaluator:
         """The policies of ``plan`` that may hold for this agent, what of it they read (None: all of
         it), and the agent's entities if they had to be built."""
         entities: cedarpy.Entities | None = None
+        keys = [(policy_id, action, target, seen.key(policy_reads)) for policy_id, policy_reads, _ in plan]
+        missing = tuple(key[0] for key in keys if key not in self._never)
+        if missing:
+            entities = _entities(principal, secret.entity)
+            # Asked all at once (the plan's handle is shared by every agent with this plan).
+            ids = missing if len(missing) == 1 else tuple(p for p, _, _ in plan)
+            found = self._never_hold(ids, principal, secret, action, entities)
+            for key in keys:
+                if key not in self._never:
+                    self._never[key] = found[key[0]]
         kept: list[str] = []
         reads: frozenset[str] | None = frozenset()
-        for policy_id, policy_reads, _ in plan:
-            key = (policy_id, action, target, seen.key(policy_reads))
-            never = self._never.get(key)
-            if never is None:
-                if entities is None:
-                    entities = _entities(principal, secret.entity)
-                never = self._never[key] = self._never_holds(policy_id, principal, secret, action, entities)
-            if not never:
+        for key, (policy_id, policy_reads, _) in zip(keys, plan, strict=True):
+            if not self._never[key]:
                 kept.append(policy_id)
                 if reads is not None:
                     reads = None if policy_reads is None else reads | policy_reads
