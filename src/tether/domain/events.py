@@ -138,7 +138,8 @@ EVENT_KINDS: Mapping[str, str] = MappingProxyType(
         "audit.checkpoint": "a signed checkpoint of the chain head was taken",
         "scan.run": "an operator ran a sprawl scan: counts, and the paths and fingerprints of governed "
         "secrets found (never a value)",
-        "ssf.stream.add": "an operator registered a Shared Signals receiver (a stream) and the events it wants",
+        "ssf.stream.add": "an operator registered a Shared Signals receiver (a stream) and the events "
+        "it wants",
         "ssf.stream.update": "an operator enabled, paused or disabled a Shared Signals stream",
         "ssf.stream.remove": "an operator removed a Shared Signals stream (and its delivery log)",
     }
