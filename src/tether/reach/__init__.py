@@ -10,13 +10,13 @@ from __future__ import annotations
 from tether.reach.compute import (
     AgentGroup,
     ReachRule,
-    Residual,
     SecretTarget,
     compute_reach,
     group_agents,
     point_context,
 )
 from tether.reach.grid import DIMENSIONS, MODES, REACH_ACTIONS, SENSITIVITIES, UNKNOWN_FIELDS, Grid
+from tether.reach.residual import Residual
 
 __all__ = [
     "DIMENSIONS",

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -31,19 +30,27 @@ import cedarpy
 from tether.policy import SCHEMA_TEXT, CompiledPolicySet, Entity
 from tether.reach.grid import (
     DIMENSIONS,
-    MODES,
     REACH_ACTIONS,
     UNKNOWN_FIELDS,
     Grid,
+    in_grid_order,
     reads_unknown_fields,
     referenced_dimensions,
+    string_classes,
+)
+from tether.reach.residual import (
+    Residual,
+    holds,
+    may_fail,
+    may_hold,
+    residual_key,
+    residual_text,
+    simplify_condition,
 )
 
 __all__ = ["AgentGroup", "Point", "ReachRule", "Residual", "SecretTarget", "compute_reach", "group_agents"]
 
 _SCHEMA: Final = cedarpy.Schema.from_str(SCHEMA_TEXT)
-_UNKNOWN_CALL: Final = re.compile(r'unknown\("(context(?:\.[a-z_]+)+)"\)')
-_WHEN_BODY: Final = re.compile(r"when\s*\{\s*(.*)\s*\}\s*;\s*$", re.DOTALL)
 
 #: One grid point: a value per dimension, in :data:`~tether.reach.grid.DIMENSIONS` order.
 Point = tuple[Any, ...]
@@ -70,42 +77,6 @@ class SecretTarget:
 
     entity: Entity
     dynamic_is_reveal: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Residual:
-    """What is left of the policies once the grid point is known: the permits and forbids whose
-    conditions still depend on unknown fields (Cedar JSON), and those that hold outright."""
-
-    permits: tuple[tuple[str, Mapping[str, Any]], ...]
-    forbids: tuple[tuple[str, Mapping[str, Any]], ...]
-    principal: Mapping[str, str]
-    resource: Mapping[str, str]
-    text: str
-
-    def allows(self, values: Mapping[str, Any]) -> bool:
-        """The decision once every unknown field is bound (``"context.uses": 3``, …); an unbound
-        field or an evaluation error is a deny (fail closed)."""
-        statics: dict[str, Any] = {}
-        for policy_id, est in (*self.permits, *self.forbids):
-            bound = _bind(est, values)
-            if bound is None:
-                return False
-            statics[policy_id] = bound
-        handle = cedarpy.PolicySet.from_json_str(
-            json.dumps({"staticPolicies": statics, "templates": {}, "templateLinks": []})
-        )
-        request = {
-            "principal": dict(self.principal),
-            "action": {"type": "Action", "id": "activate"},
-            "resource": dict(self.resource),
-            "context": {},
-        }
-        try:
-            result = cedarpy.is_authorized(request, handle, [])
-        except Exception:  # noqa: BLE001 - fail closed
-            return False
-        return not result.diagnostics.errors and result.decision is cedarpy.Decision.Allow
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +234,7 @@ class _Evaluator:
         if result.diagnostics.errors:
             return dict.fromkeys(ids, False)
         residuals = result.residuals
-        return {i: i in residuals and _holds(residuals[i]) == "false" for i in ids}
+        return {i: i in residuals and holds(residuals[i]) == "false" for i in ids}
 
     def reach(
         self, groups: Sequence[AgentGroup], secret: SecretTarget, action: str, grid: Grid
@@ -354,7 +325,7 @@ class _Evaluator:
         referenced = referenced_dimensions(self._ests[i] for i in ids)
         exact = tuple(i for i in ids if not self._reads_unknown(i))
         partial = tuple(i for i in ids if self._reads_unknown(i))
-        stands_for = _string_classes(
+        stands_for = string_classes(
             [self._ests[i] for i in ids],
             referenced - referenced_dimensions(self._ests[i] for i in partial),
             (principal, resource),
@@ -399,7 +370,7 @@ class _Evaluator:
             }
             outcomes.append((box, outcome))
         return [
-            (_in_grid_order(box, grid), policies, residual) for box, (policies, residual) in _merge(outcomes)
+            (in_grid_order(box, grid), policies, residual) for box, (policies, residual) in _merge(outcomes)
         ]
 
     def _decide_partially(
@@ -479,17 +450,17 @@ class _Evaluator:
             policy_id = (est.get("annotations") or {}).get("id")
             if not isinstance(policy_id, str) or policy_id not in self._ests:
                 return None  # fail closed: a residual Tether cannot name
-            simplified = {**est, "conditions": [_simplify_condition(c) for c in est.get("conditions", [])]}
+            simplified = {**est, "conditions": [simplify_condition(c) for c in est.get("conditions", [])]}
             target = permits if est.get("effect") == "permit" else forbids
             target.append((policy_id, simplified))
         # A permit that can only be false (or fail) never allows; it stays in the residual, because
         # its failing would still be a deny (fail closed), but it is not what allows.
-        possible = sorted(p for p in permits if _may_hold(p[1]))
+        possible = sorted(p for p in permits if may_hold(p[1]))
         if not possible:
             return None
         permits.sort()
-        forbids = sorted(f for f in forbids if _may_hold(f[1]) or _may_fail(f[1]))
-        text = _residual_text(possible, forbids)
+        forbids = sorted(f for f in forbids if may_hold(f[1]) or may_fail(f[1]))
+        text = residual_text(possible, forbids)
         residual = Residual(
             permits=tuple(permits),
             forbids=tuple(forbids),
@@ -498,89 +469,6 @@ class _Evaluator:
             text=text,
         )
         return tuple(policy_id for policy_id, _ in possible), residual
-
-
-#: The EST keys whose meaning on strings is equality only (or that carry no string): a value the
-#: policies never name is then indistinguishable from another such value.
-_EQUALITY_ONLY_KEYS: Final = frozenset(
-    {
-        # structure
-        "effect", "principal", "action", "resource", "conditions", "kind", "body", "op", "entity",
-        "entities", "slot", "type", "id", "left", "right", "arg", "attr", "in", "if", "then", "else",
-        "entity_type", "__entity", "Value", "Var", "Slot", "Set", "unknown",
-        # operators
-        "!", "neg", "==", "!=", "<", "<=", ">", ">=", "&&", "||", "+", "-", "*", "contains",
-        "containsAll", "containsAny", "isEmpty", ".", "has", "is", "if-then-else",
-    }
-)  # fmt: skip
-#: The dimensions whose values are strings, and so can be grouped into classes.
-_STRING_DIMENSIONS: Final = ("purpose", "destination")
-
-
-def _string_classes(
-    ests: Sequence[Mapping[str, Any]], dimensions: Iterable[str], entities: Sequence[Entity], grid: Grid
-) -> dict[str, dict[Any, tuple[Any, ...]]]:
-    """For each string dimension of ``dimensions``: a representative value → every value it stands for.
-
-    Policies that compare strings only for equality (no ``like``, no extension function, no record
-    literal) cannot tell apart two values that neither they nor the entities' attributes nor the
-    other dimensions' values name: such values decide identically, so one of them is evaluated for
-    all (Cedar decides it; reach reports every value it stands for). ``""`` (no destination) is
-    always its own class (an empty ``task.destinations`` is told apart by ``isEmpty``).
-    Only dimensions no unknown-reading policy reads are given (their residuals could name the value).
-    """
-    wanted = [d for d in _STRING_DIMENSIONS if d in set(dimensions)]
-    if not wanted:
-        return {}
-    literals: set[str] = set(MODES)
-    for est in ests:
-        if not _equality_only({k: v for k, v in est.items() if k != "annotations"}, literals):
-            return {}
-    for entity in entities:
-        _strings_in(dict(entity.attributes), literals)
-    classes: dict[str, dict[Any, tuple[Any, ...]]] = {}
-    for dimension in wanted:
-        # A purpose spelled like a destination (or the other way round) is named too.
-        named = literals | {str(v) for d in _STRING_DIMENSIONS if d != dimension for v in grid.values(d)}
-        values = grid.values(dimension)
-        unnamed = tuple(v for v in values if v != "" and v not in named)
-        mapping: dict[Any, tuple[Any, ...]] = {v: (v,) for v in values if v not in unnamed}
-        if unnamed:
-            mapping[unnamed[0]] = unnamed
-        classes[dimension] = mapping
-    return classes
-
-
-def _equality_only(node: Any, named: set[str]) -> bool:
-    """Whether an EST uses strings only for equality; collects every string literal in ``named``."""
-    if isinstance(node, list):
-        return all(_equality_only(item, named) for item in node)
-    if isinstance(node, str):
-        named.add(node)
-        return True
-    if not isinstance(node, dict):
-        return True
-    for key, value in node.items():
-        if key not in _EQUALITY_ONLY_KEYS:
-            return False
-        if not _equality_only(value, named):
-            return False
-    return True
-
-
-def _strings_in(node: Any, named: set[str]) -> None:
-    if isinstance(node, str):
-        named.add(node)
-    elif isinstance(node, Mapping):
-        for value in node.values():
-            _strings_in(value, named)
-    elif isinstance(node, list | tuple | set | frozenset):
-        for item in node:
-            _strings_in(item, named)
-
-
-def _in_grid_order(box: Mapping[str, tuple[Any, ...]], grid: Grid) -> dict[str, tuple[Any, ...]]:
-    return {d: tuple(v for v in grid.values(d) if v in set(box[d])) for d in DIMENSIONS}
 
 
 class _PrincipalView:
@@ -621,19 +509,6 @@ def _entities(principal: Entity, resource: Entity) -> cedarpy.Entities:
     )
 
 
-def _holds(est: Mapping[str, Any]) -> str:
-    """A residual policy's state: ``true`` (every condition holds), ``false`` (one cannot), or ``open``."""
-    state = "true"
-    for condition in est.get("conditions", []):
-        body = _simplify(condition.get("body"))
-        satisfied, refuted = (_TRUE, _FALSE) if condition.get("kind") != "unless" else (_FALSE, _TRUE)
-        if body == refuted:
-            return "false"
-        if body != satisfied:
-            state = "open"
-    return state
-
-
 _ALWAYS: Final = {
     "principal": {"op": "All"},
     "action": {"op": "All"},
@@ -655,7 +530,7 @@ def _combine(
     if exact is None or partial is None:
         return None  # a half denies: a forbid holds or evaluation erred
     permits = exact
-    states = {policy_id: _holds(est) for policy_id, est in partial.items()}
+    states = {policy_id: holds(est) for policy_id, est in partial.items()}
     effects = {policy_id: est.get("effect") for policy_id, est in partial.items()}
     if any(states[i] == "true" and effects[i] != "permit" for i in states):
         return None  # a forbid holds
@@ -736,7 +611,7 @@ def _merge(
             policies, residual = outcome
             key = (
                 policies,
-                None if residual is None else _residual_key(residual),
+                None if residual is None else residual_key(residual),
                 tuple(box[d] for d in DIMENSIONS if d != dimension),
             )
             found = merged.get(key)
@@ -746,145 +621,6 @@ def _merge(
                 found[0][dimension] = (*found[0][dimension], *box[dimension])
         boxes = list(merged.values())
     return boxes
-
-
-def _residual_key(residual: Residual) -> str:
-    return json.dumps([residual.permits, residual.forbids], sort_keys=True)
-
-
-def _simplify_condition(condition: Mapping[str, Any]) -> dict[str, Any]:
-    return {**condition, "body": _simplify(condition.get("body"))}
-
-
-def _simplify(node: Any) -> Any:
-    """Fold the ``true &&`` / ``false ||`` scaffolding partial evaluation leaves behind. Only folds
-    that keep Cedar's meaning, errors included: ``x && false`` is not ``false`` (``x`` may error)."""
-    if not isinstance(node, dict):
-        return node
-    op = "&&" if "&&" in node else "||" if "||" in node else None
-    if op is not None:
-        return _fold(op, _simplify(node[op]["left"]), _simplify(node[op]["right"]))
-    if "!" in node:
-        arg = _simplify(node["!"]["arg"])
-        if arg in (_TRUE, _FALSE):
-            return {"Value": not arg["Value"]}
-        return {"!": {"arg": arg}}
-    return node
-
-
-_TRUE: Final = {"Value": True}
-_FALSE: Final = {"Value": False}
-
-
-def _fold(op: str, left: Any, right: Any) -> Any:
-    unit, zero = (_TRUE, _FALSE) if op == "&&" else (_FALSE, _TRUE)
-    if left == zero:
-        return zero  # short-circuit: the right side is never evaluated
-    if left == unit:
-        return right
-    if right == unit:
-        return left
-    return {op: {"left": left, "right": right}}
-
-
-def _may_hold(est: Mapping[str, Any]) -> bool:
-    """Whether a policy's conditions can all hold (a literal ``false`` conjunct says no)."""
-    for condition in est.get("conditions", []):
-        body = condition.get("body")
-        if condition.get("kind") == "unless":
-            if not _may_be(body, value=False):
-                return False
-        elif not _may_be(body, value=True):
-            return False
-    return True
-
-
-def _may_be(node: Any, *, value: bool) -> bool:
-    if node == {"Value": not value}:
-        return False
-    if isinstance(node, dict) and "&&" in node and value:
-        return _may_be(node["&&"]["left"], value=True) and _may_be(node["&&"]["right"], value=True)
-    if isinstance(node, dict) and "||" in node and not value:
-        return _may_be(node["||"]["left"], value=False) and _may_be(node["||"]["right"], value=False)
-    return True
-
-
-def _may_fail(est: Mapping[str, Any]) -> bool:
-    """Whether a policy's residual holds any expression at all (which might fail at run time)."""
-    return any(c.get("body") not in (_TRUE, _FALSE) for c in est.get("conditions", []))
-
-
-def _condition_text(est: Mapping[str, Any]) -> str:
-    bodies = [
-        c["body"] if c.get("kind") != "unless" else {"!": {"arg": c["body"]}}
-        for c in est.get("conditions", [])
-        if c.get("body") != ({"Value": True} if c.get("kind") != "unless" else {"Value": False})
-    ]
-    if not bodies:
-        return "true"
-    probe = {**est, "annotations": {}, "conditions": [{"kind": "when", "body": _conjoin(bodies)}]}
-    try:
-        text = cedarpy.policies_from_json_str(
-            json.dumps({"staticPolicies": {"p": probe}, "templates": {}, "templateLinks": []})
-        )
-    except Exception:  # noqa: BLE001 - rendering is for people; the EST stays exact
-        return "(a condition on unknown fields)"
-    match = _WHEN_BODY.search(text.strip())
-    body = match.group(1) if match else text.strip()
-    return _UNKNOWN_CALL.sub(lambda m: m.group(1), body)
-
-
-def _conjoin(bodies: Sequence[Any]) -> Any:
-    result = bodies[0]
-    for body in bodies[1:]:
-        result = {"&&": {"left": result, "right": body}}
-    return result
-
-
-def _residual_text(
-    permits: Sequence[tuple[str, Mapping[str, Any]]], forbids: Sequence[tuple[str, Mapping[str, Any]]]
-) -> str:
-    allow = " || ".join(f"({_condition_text(est)}) [{pid}]" for pid, est in permits)
-    if not forbids:
-        return allow
-    deny = " || ".join(f"({_condition_text(est)}) [{pid}]" for pid, est in forbids)
-    return f"{allow}, unless {deny}"
-
-
-def _value_est(value: Any) -> Any:
-    if isinstance(value, bool | int | str):
-        return {"Value": value}
-    if isinstance(value, list | tuple | set | frozenset):
-        return {"Set": [_value_est(item) for item in value]}
-    if isinstance(value, Mapping):
-        return {"Record": {str(k): _value_est(v) for k, v in value.items()}}
-    raise TypeError(f"cannot bind a {type(value).__name__}")
-
-
-def _bind(node: Any, values: Mapping[str, Any]) -> Any:
-    """``node`` with each ``unknown("context.x")`` replaced by ``values["context.x"]``; None if one
-    is not bound."""
-    if isinstance(node, list):
-        items = [_bind(item, values) for item in node]
-        return None if any(item is None for item in items) else items
-    if not isinstance(node, dict):
-        return node
-    unknown = node.get("unknown")
-    if isinstance(unknown, list) and len(node) == 1:
-        name = unknown[0].get("Value") if unknown and isinstance(unknown[0], dict) else None
-        if not isinstance(name, str) or name not in values:
-            return None
-        return _value_est(values[name])
-    bound: dict[str, Any] = {}
-    for key, value in node.items():
-        if key == "Value":
-            bound[key] = value
-            continue
-        result = _bind(value, values)
-        if result is None and value is not None:
-            return None
-        bound[key] = result
-    return bound
 
 
 def group_agents(

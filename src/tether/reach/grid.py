@@ -7,7 +7,8 @@ and hashes). Reach enumerates the first kind and leaves the second *unknown* to 
 evaluation, so a condition on them comes back as a residual expression instead of being dropped.
 
 A dimension that no applicable policy reads (:func:`referenced_dimensions`) cannot change a
-decision, so it is evaluated once and reported as "any value".
+decision, so it is evaluated once and reported as "any value". Likewise, purposes and destinations
+that nothing names (:func:`string_classes`) are evaluated once for all of them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from tether.errors import InvalidInputError
+from tether.policy import Entity
 
 __all__ = [
     "DIMENSIONS",
@@ -25,8 +27,10 @@ __all__ = [
     "SENSITIVITIES",
     "UNKNOWN_FIELDS",
     "Grid",
+    "in_grid_order",
     "reads_unknown_fields",
     "referenced_dimensions",
+    "string_classes",
 ]
 
 #: The actions reach answers for: issuance and activation of a secret.
@@ -175,3 +179,86 @@ def reads_unknown_fields(policies: Iterable[Mapping[str, Any]]) -> bool:
     for est in policies:
         _context_paths(est.get("conditions", []), paths)
     return any(_overlaps(path, target) for path in paths for target in UNKNOWN_FIELDS)
+
+
+#: The EST keys whose meaning on strings is equality only (or that carry no string): a value the
+#: policies never name is then indistinguishable from another such value.
+_EQUALITY_ONLY_KEYS: Final = frozenset(
+    {
+        # structure
+        "effect", "principal", "action", "resource", "conditions", "kind", "body", "op", "entity",
+        "entities", "slot", "type", "id", "left", "right", "arg", "attr", "in", "if", "then", "else",
+        "entity_type", "__entity", "Value", "Var", "Slot", "Set", "unknown",
+        # operators
+        "!", "neg", "==", "!=", "<", "<=", ">", ">=", "&&", "||", "+", "-", "*", "contains",
+        "containsAll", "containsAny", "isEmpty", ".", "has", "is", "if-then-else",
+    }
+)  # fmt: skip
+#: The dimensions whose values are strings, and so can be grouped into classes.
+_STRING_DIMENSIONS: Final = ("purpose", "destination")
+
+
+def string_classes(
+    ests: Sequence[Mapping[str, Any]], dimensions: Iterable[str], entities: Sequence[Entity], grid: Grid
+) -> dict[str, dict[Any, tuple[Any, ...]]]:
+    """For each string dimension of ``dimensions``: a representative value → every value it stands for.
+
+    Policies that compare strings only for equality (no ``like``, no extension function, no record
+    literal) cannot tell apart two values that neither they nor the entities' attributes nor the
+    other dimensions' values name: such values decide identically, so one of them is evaluated for
+    all (Cedar decides it; reach reports every value it stands for). ``""`` (no destination) is
+    always its own class (an empty ``task.destinations`` is told apart by ``isEmpty``).
+    Only dimensions no unknown-reading policy reads are given (their residuals could name the value).
+    """
+    wanted = [d for d in _STRING_DIMENSIONS if d in set(dimensions)]
+    if not wanted:
+        return {}
+    literals: set[str] = set(MODES)
+    for est in ests:
+        if not _equality_only({k: v for k, v in est.items() if k != "annotations"}, literals):
+            return {}
+    for entity in entities:
+        _strings_in(dict(entity.attributes), literals)
+    classes: dict[str, dict[Any, tuple[Any, ...]]] = {}
+    for dimension in wanted:
+        # A purpose spelled like a destination (or the other way round) is named too.
+        named = literals | {str(v) for d in _STRING_DIMENSIONS if d != dimension for v in grid.values(d)}
+        values = grid.values(dimension)
+        unnamed = tuple(v for v in values if v != "" and v not in named)
+        mapping: dict[Any, tuple[Any, ...]] = {v: (v,) for v in values if v not in unnamed}
+        if unnamed:
+            mapping[unnamed[0]] = unnamed
+        classes[dimension] = mapping
+    return classes
+
+
+def _equality_only(node: Any, named: set[str]) -> bool:
+    """Whether an EST uses strings only for equality; collects every string literal in ``named``."""
+    if isinstance(node, list):
+        return all(_equality_only(item, named) for item in node)
+    if isinstance(node, str):
+        named.add(node)
+        return True
+    if not isinstance(node, dict):
+        return True
+    for key, value in node.items():
+        if key not in _EQUALITY_ONLY_KEYS:
+            return False
+        if not _equality_only(value, named):
+            return False
+    return True
+
+
+def _strings_in(node: Any, named: set[str]) -> None:
+    if isinstance(node, str):
+        named.add(node)
+    elif isinstance(node, Mapping):
+        for value in node.values():
+            _strings_in(value, named)
+    elif isinstance(node, list | tuple | set | frozenset):
+        for item in node:
+            _strings_in(item, named)
+
+
+def in_grid_order(box: Mapping[str, tuple[Any, ...]], grid: Grid) -> dict[str, tuple[Any, ...]]:
+    return {d: tuple(v for v in grid.values(d) if v in set(box[d])) for d in DIMENSIONS}
