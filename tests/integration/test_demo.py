@@ -101,6 +101,11 @@ async def test_demo_seeds_twice_narrates_and_never_prints_the_value(tmp_path: Pa
         # Sprawl: the planted .env is found, named by path and fingerprint.
         assert "governed secret prod/github/token (plain, hmac-sha256:" in result.stdout
         assert f"tether scan {data_dir / 'demo-sprawl'}" in result.stdout
+        # Compliance: the report's summary, from this node's own data.
+        assert "[compliance] The evidence so far" in result.stdout
+        assert "Tether controls have evidence" in result.stdout
+        # The web console, and how to sign in.
+        assert "/ui  (sign in with the admin token above)" in result.stdout
 
     planted = data_dir / "demo-sprawl" / ".env"
     assert planted.stat().st_mode & 0o777 == 0o600

@@ -206,6 +206,7 @@ def _next_steps(addr: str, token: str, data_dir: Path, governed: Governed, *, ke
     out.print()
     out.print(f"[bold green]Tether is running at {addr}[/] (data: {escape(str(data_dir))}).")
     out.print(f"Admin token: [bold]{token}[/]  (dev only: also in {escape(str(data_dir / TOKEN_FILE))})")
+    out.print(f"Web console: [bold]{addr}/ui[/]  (sign in with the admin token above)")
     out.print("In another terminal:")
     out.print(f"  export TETHER_ADDR={addr} TETHER_TOKEN={token}")
     out.print(f"  {tether} secret list")
@@ -215,6 +216,7 @@ def _next_steps(addr: str, token: str, data_dir: Path, governed: Governed, *, ke
     out.print(f"  {tether} audit verify")
     out.print(f"  {tether} task list            # the demo's tasks and their states, newest first")
     out.print(f"  {tether} reach secret prod/github/token   # who else could use it, and how")
+    out.print(f"  {tether} compliance report --since 1d   # controls mapped to OWASP and NIST, with evidence")
     key = escape(str(data_dir / AGENTS_DIR / "deploy-bot.jwk"))
     out.print(  # an unmodified program using the GitHub token without ever holding it (docs/run.md)
         f"  {tether} run --agent spiffe://{DEMO_TRUST_DOMAIN}/agent/deploy-bot --agent-key {key} "

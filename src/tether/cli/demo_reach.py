@@ -1,4 +1,5 @@
-"""A part of ``tether demo``: who else could reach the token (reach), and where else it is (sprawl scan).
+"""A part of ``tether demo``: who else could reach the token (reach), where else it is (sprawl scan),
+and what all this adds up to as compliance evidence (the report's summary).
 
 Both go through the HTTP API with the demo's admin token, as ``tether reach secret`` and
 ``tether scan`` do; the demo decides nothing itself. No secret value is printed: reach answers
@@ -34,6 +35,7 @@ def narrate_reach_and_scan(api: OperatorClient, data_dir: Path, github_value: st
     out.print(f"[bold]Who else, and where else[/]: the other half of the question, for {SECRET}.")
     _reach(api)
     _scan(api, data_dir, github_value)
+    _compliance(api)
 
 
 def _reach(api: OperatorClient) -> None:
@@ -93,4 +95,16 @@ def _scan(api: OperatorClient, data_dir: Path, github_value: str) -> None:
         f"careless agent might, and scanned it (POST /v1/scan): line {found.get('line')}: governed secret "
         f"{SECRET} ({escape(str(found.get('encoding')))}, {escape(fingerprint[:24])}…). A finding names the "
         f"secret and its audit fingerprint, never the value. Try `tether scan {escape(str(directory))}`.",
+    )
+
+
+def _compliance(api: OperatorClient) -> None:
+    report: dict[str, Any] = api.get("/v1/compliance/report", params={"since": "1d"})
+    summary = report.get("summary")
+    if not isinstance(summary, str) or not summary:
+        raise CommandError("the compliance report came back without its summary")
+    _step(
+        "compliance",
+        f"The evidence so far (GET /v1/compliance/report, OWASP agentic and NHI Top 10s, NIST AI RMF): "
+        f"{escape(summary)} The whole report: `tether compliance report --format html -o report.html`.",
     )
