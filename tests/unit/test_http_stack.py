@@ -88,7 +88,7 @@ def test_node_lock_in_a_missing_dir_is_a_config_error(tmp_path: Path) -> None:
 
 @dataclass
 class _Loops:
-    """Stands in for the broker's two loops; records which ones ran."""
+    """Stands in for the broker's loops; records which ones ran."""
 
     ran: list[str] = field(default_factory=list)
 
@@ -100,16 +100,21 @@ class _Loops:
         self.ran.append("sweeper")
         await asyncio.Event().wait()
 
+    async def loop(self) -> None:  # the Shared Signals transmitter's
+        self.ran.append("signals")
+        await asyncio.Event().wait()
+
 
 @dataclass
 class _FakeBroker:
     settings: Settings
     audit: _Loops = field(default_factory=_Loops)
     tasks: _Loops = field(default_factory=_Loops)
+    signals: _Loops = field(default_factory=_Loops)
 
     @property
     def ran(self) -> list[str]:
-        return sorted(self.audit.ran + self.tasks.ran)
+        return sorted(self.audit.ran + self.tasks.ran + self.signals.ran)
 
 
 async def test_background_loops_run_once_per_data_dir_and_move_when_the_holder_stops(tmp_path: Path) -> None:
@@ -118,7 +123,7 @@ async def test_background_loops_run_once_per_data_dir_and_move_when_the_holder_s
     async with background_loops(first, retry_seconds=0.02):  # type: ignore[arg-type]
         async with background_loops(second, retry_seconds=0.02):  # type: ignore[arg-type]
             await asyncio.sleep(0.2)
-            assert first.ran == ["checkpoints", "sweeper"]
+            assert first.ran == ["checkpoints", "signals", "sweeper"]
             assert second.ran == []
         second_ran_while_first_held = second.ran
     assert second_ran_while_first_held == []
@@ -148,7 +153,7 @@ async def test_background_loops_are_taken_over_when_the_holder_leaves(tmp_path: 
             if waiter.ran:
                 break
             await asyncio.sleep(0.02)
-        assert waiter.ran == ["checkpoints", "sweeper"]
+        assert waiter.ran == ["checkpoints", "signals", "sweeper"]
 
 
 def test_workers_setting_is_bounded_and_defaults_to_the_cores(
