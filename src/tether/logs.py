@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import random
 import re
 import sys
 from contextvars import ContextVar
@@ -123,7 +123,8 @@ def configure_logging(log_format: str = "text", *, level: int = logging.INFO, la
 
 
 def _new_id() -> str:
-    return os.urandom(8).hex()
+    # An id, not a secret: 64 random bits without a system call per request.
+    return f"{random.getrandbits(64):016x}"
 
 
 class RequestIdMiddleware:

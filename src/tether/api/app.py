@@ -33,7 +33,7 @@ from tether.api import (
     routes_sys,
     routes_tasks,
 )
-from tether.api.hot import HotLane
+from tether.api.hot import TetherAPI
 from tether.api.metrics import Metrics
 from tether.api.problems import install_problem_handlers, problem_response
 from tether.broker import Broker
@@ -205,7 +205,7 @@ def with_request_context(app: FastAPI) -> FastAPI:
 def _build_app(
     *, max_request_bytes: int, lifespan: Lifespan[FastAPI] | None = None, console: bool = True
 ) -> FastAPI:
-    app = FastAPI(
+    app = TetherAPI(
         title="Tether",
         version=__version__,
         summary="Secret-governance broker for AI agents",
@@ -240,7 +240,6 @@ def _build_app(
         app.include_router(console_router)
     app.include_router(routes_compliance.router)
     app.include_router(routes_signals.router)
-    app.add_middleware(HotLane)  # innermost: inside the body limit and the metrics
     app.add_middleware(_BodyLimit, max_bytes=max_request_bytes)
     app.add_middleware(_Measure, metrics=metrics)
     app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]

@@ -1,10 +1,11 @@
 """The hot lane: the agent routes that run on every use of a secret, served as plain endpoints.
 
-Token, task opening, activation and egress run on every use of every secret. FastAPI's router walks
-its route table and resolves dependencies per request, which costs as much CPU as the broker's own
-work on these paths; the lane matches the few hot paths by their structure and calls their endpoint
-(``request -> response``) directly. Everything else, and any request that is not exactly one of these
-shapes, goes on to FastAPI unchanged. The FastAPI routes of the same paths stay declared (they call
+Token, task opening, activation and egress run on every use of every secret. FastAPI's layers and
+router (telemetry checks, exception middleware, the route table, dependency resolution) cost as much
+CPU per request as the broker's own work on these paths; :class:`TetherAPI` matches the few hot paths
+by their structure and calls their endpoint (``request -> response``) through the app's own
+middleware only. Everything else, and any request that is not exactly one of these shapes, goes on
+to FastAPI unchanged. The FastAPI routes of the same paths stay declared (they call
 the same endpoints) so the OpenAPI document describes them.
 
 Errors become problems through :func:`tether.api.problems.problem_for`, the same function FastAPI's
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -26,7 +28,7 @@ from tether.api.routes_egress import egress_endpoint
 from tether.api.routes_tasks import activate_endpoint, open_task_endpoint
 from tether.domain.destinations import ALLOWED_METHODS
 
-__all__ = ["HotLane", "HotRoute"]
+__all__ = ["HotRoute", "TetherAPI", "match", "serve_hot"]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -67,23 +69,45 @@ def match(method: str, path: str) -> tuple[HotRoute, dict[str, str]] | None:
     return None
 
 
-class HotLane:
-    """ASGI middleware: serve the hot routes directly, pass everything else to ``app``."""
+async def serve_hot(scope: Scope, receive: Receive, send: Send) -> None:
+    """The end of the hot stack: call the endpoint :func:`match` found (in ``scope["route"]``); any
+    failure answers as a problem, as in FastAPI."""
+    request = Request(scope, receive)
+    try:
+        response = await scope["route"].endpoint(request)
+    except Exception as exc:  # noqa: BLE001 - every failure answers as a problem, as in FastAPI
+        response = problem_for(exc)
+    await response(scope, receive, send)
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+
+class TetherAPI(FastAPI):
+    """FastAPI, with the hot routes served in front of it.
+
+    A request of a hot shape goes through the app's own middleware (request ids, spans, metrics,
+    the body limit: everything added with ``add_middleware``, in the same order) straight to its
+    endpoint, not through FastAPI's outer layers (telemetry checks, exception middleware, router,
+    dependency resolution), which cost as much CPU as the broker's work on these paths. Anything
+    else is FastAPI's, unchanged.
+    """
+
+    _hot_stack: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = match(scope["method"], scope["path"]) if scope["type"] == "http" else None
         if found is None:
-            await self.app(scope, receive, send)
+            await super().__call__(scope, receive, send)
             return
-        route, params = found
-        scope["route"] = route
-        scope["path_params"] = params
-        request = Request(scope, receive)
-        try:
-            response = await route.endpoint(request)
-        except Exception as exc:  # noqa: BLE001 - every failure answers as a problem, as in FastAPI
-            response = problem_for(exc)
-        await response(scope, receive, send)
+        stack = self._hot_stack
+        if stack is None:
+            stack = self._hot_stack = self._build_hot_stack()
+        if self.root_path:
+            scope["root_path"] = self.root_path
+        scope["app"] = self
+        scope["route"], scope["path_params"] = found
+        await stack(scope, receive, send)
+
+    def _build_hot_stack(self) -> ASGIApp:
+        app: ASGIApp = serve_hot
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return app

@@ -12,6 +12,7 @@ import uvicorn
 
 from tether.api.app import create_app, with_request_context
 from tether.api.lifespan import background_loops, start_broker
+from tether.api.protocol import HeadWithBodyProtocol
 from tether.api.routes_egress import close_egress
 from tether.broker import Broker
 from tether.config import Settings
@@ -22,9 +23,10 @@ __all__ = ["HTTP_OPTIONS", "loop_factory", "serve", "serve_broker", "with_public
 log = logging.getLogger(__name__)
 
 #: How every Tether process serves HTTP: httptools instead of h11 (issue 13 measured ~0.6 ms of
-#: CPU per request in h11 and the asyncio loop together), no ``Server`` header, our logging
+#: CPU per request in h11 and the asyncio loop together), each answer's head and body in one write
+#: (:mod:`tether.api.protocol`), no ``Server`` header, our logging
 #: (:func:`tether.logs.configure_logging`: text or JSON, a request id on every line).
-HTTP_OPTIONS: dict[str, Any] = {"http": "httptools", "log_config": None, "server_header": False}
+HTTP_OPTIONS: dict[str, Any] = {"http": HeadWithBodyProtocol, "log_config": None, "server_header": False}
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
