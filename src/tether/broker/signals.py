@@ -65,6 +65,8 @@ SEQS_PER_PASS: Final = 50_000
 CLAIM_SECONDS: Final = 60
 PUSH_TIMEOUT_SECONDS: Final = 5.0
 PUSHES_AT_ONCE: Final = 8
+#: Seconds between the transmitter's passes while no stream is configured.
+IDLE_SECONDS: Final = 2.0
 _PAGE: Final = 1000
 
 Resolver = Callable[[str], Awaitable[list[str]]]
@@ -274,6 +276,7 @@ class Transmitter:
         self._resolver = resolver
         self._transport = transport
         self._wake = asyncio.Event()
+        self._idle = False
 
     def wake(self) -> None:
         """Run the next pass now rather than at the next tick."""
@@ -294,21 +297,25 @@ class Transmitter:
 
     async def run_once(self) -> int:
         """Read new audit events into deliveries, then push what is due. How many were delivered."""
-        await self._enqueue()
+        if not await self._enqueue():
+            return 0  # no stream: nothing to deliver to
         return await self.deliver_due()
 
-    async def _enqueue(self) -> None:
+    async def _enqueue(self) -> bool:
+        """Whether a stream is configured (paused counts: its deliveries wait for it)."""
         # Idle (no stream): one read a pass, no write. The cursor is placed when a stream is added.
         streams = [s for s in await self._store.list_streams() if s.status != "disabled"]
         if not streams:
-            return
+            self._idle = True
+            return False
+        self._idle = False
         cursor, blob = await self._cursor()
         if cursor < 0:
-            return
+            return True
         head = await self._audit.head()
         upper = min(head[0] if head is not None else 0, cursor + SEQS_PER_PASS)
         if upper <= cursor:
-            return
+            return True
         # Only the kinds that become signals, by the (kind, seq) index: activations are never read.
         events: list[Event] = []
         for kind in sorted(SOURCE_KINDS):
@@ -323,6 +330,7 @@ class Transmitter:
         rows = await self._rows_for(events, streams) if events else []
         await self._store.add_deliveries(rows, self._clock.now())
         await self._advance(blob, upper)
+        return True
 
     async def _rows_for(
         self, events: Sequence[Event], streams: Sequence[StreamConfig]
@@ -459,8 +467,10 @@ class Transmitter:
         permanent = 400 <= response.status_code < 500 and response.status_code not in {408, 429}
         return response.status_code, f"HTTP {response.status_code}{detail}", permanent
 
-    async def loop(self, interval_seconds: float = 0.5) -> None:
-        """:meth:`run_once` every ``interval_seconds`` (or at once when woken) until cancelled."""
+    async def loop(self, interval_seconds: float = 0.5, idle_seconds: float = IDLE_SECONDS) -> None:
+        """:meth:`run_once` every ``interval_seconds`` (or at once when woken) until cancelled;
+        every ``idle_seconds`` while no stream is configured (a node without receivers should
+        not poll its store twice a second)."""
         while True:
             try:
                 await self.run_once()
@@ -469,5 +479,7 @@ class Transmitter:
             except TetherError as exc:
                 log.warning("signals transmitter pass failed: %s", exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=interval_seconds)
+                await asyncio.wait_for(
+                    self._wake.wait(), timeout=idle_seconds if self._idle else interval_seconds
+                )
             self._wake.clear()
