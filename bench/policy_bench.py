@@ -197,6 +197,7 @@ def run(size: int, iterations: int) -> dict[str, Any]:
             "activate approval": len(compiled.applicable("activate", "Secret", pager.id)),
             "whole set, no index": size,
             "activate allow, context validated": len(compiled.applicable("activate", "Secret", release.id)),
+            "activate allow, remembered": len(compiled.applicable("activate", "Secret", release.id)),
         },
         "latency": {
             # As the broker decides: contexts it built itself are not validated again by Cedar.
@@ -208,6 +209,11 @@ def run(size: int, iterations: int) -> dict[str, Any]:
                 lambda: compiled.decide(activate_approval, trusted_context=True), iterations
             ),
             "activate allow, context validated": measure(lambda: compiled.decide(activate_allow), iterations),
+            # The broker decides with remember=True: the same input again is answered from the
+            # set's memory of its own answers (the rows above always evaluate).
+            "activate allow, remembered": measure(
+                lambda: compiled.decide(activate_allow, trusted_context=True, remember=True), iterations
+            ),
             "whole set, no index": measure(whole_set, iterations),
         },
     }

@@ -147,7 +147,9 @@ class DecisionPoint:
             with inner_span(
                 "tether.decide", {"tether.action": action, "tether.resource_type": resource.type}
             ) as span:
-                decision = compiled.decide(request, trusted_context=True)  # built by decision_context
+                # The context was built by decision_context; an identical input may be answered from
+                # the set's memory of its own answers (pure; see CompiledPolicySet.decide).
+                decision = compiled.decide(request, trusted_context=True, remember=True)
                 if span is not None:
                     span.set_attribute("tether.allowed", decision.allowed)
                     span.set_attribute("tether.policies", ",".join(decision.policies)[:512])

@@ -42,6 +42,11 @@ _ENTITIES_CACHE_SIZE: Final = 4096
 # Parsed (and schema-checked) entity sets by their JSON: agents and secrets recur across requests,
 # and parsing them is a large share of a decision's cost. Memoisation only; bounded; no I/O.
 _entities_cache: dict[str, cedarpy.Entities] = {}
+_DECISIONS_REMEMBERED: Final = 8192
+# A remembered decision's key: everything the decision is a function of, within one compiled set
+# (action, resource type and id, principal id — which select the policies —, the entities' JSON,
+# the context's JSON as handed to Cedar, whether it was validated, and the approval flag).
+_MemoKey = tuple[str, str, str, str, str, str, bool, object]
 
 # A bucket is the set of policies that can apply to (action, resource type).
 _BucketKey = tuple[str, str]
@@ -130,13 +135,14 @@ class CompiledPolicySet:
         sha256: Hex SHA-256 of ``text`` (UTF-8).
     """
 
-    __slots__ = ("_buckets", "_effects", "policy_ids", "sha256", "text")
+    __slots__ = ("_buckets", "_effects", "_remembered", "policy_ids", "sha256", "text")
 
     def __init__(self, text: str, policies: Sequence[_Policy]) -> None:
         self.text = text
         self.policy_ids: tuple[str, ...] = tuple(policy.id for policy in policies)
         self.sha256 = sha256(text.encode("utf-8")).hexdigest()
         self._effects = {policy.id: policy.effect for policy in policies}
+        self._remembered: dict[_MemoKey, Decision] = {}
         self._buckets: dict[_BucketKey, _Bucket] = {}
         for action in ACTIONS:
             for resource_type in RESOURCE_TYPES[action]:
@@ -167,11 +173,22 @@ class CompiledPolicySet:
             return ()
         return tuple(policy.id for policy in bucket.select(principal_id, resource_id))
 
-    def decide(self, request: DecisionRequest, *, trusted_context: bool = False) -> Decision:
+    def decide(
+        self, request: DecisionRequest, *, trusted_context: bool = False, remember: bool = False
+    ) -> Decision:
         """Decide ``request``: allow only if a permit matches, no forbid does, and nothing errored.
 
         ``trusted_context``: the context was built by :func:`tether.domain.tasks.decision_context`
         (always the schema's shape), so Cedar need not validate it again; any other context is.
+
+        ``remember``: a decision is a pure function of this policy set and the request as handed
+        to Cedar (the entities' attributes and the context attributes the policies read; Cedar
+        has no clock and no I/O), so the answer to an identical input may be remembered and
+        given again without evaluating. Nothing about the world is remembered: the broker
+        re-reads the agent, its keys, the grant, the task and the secret on every request, and
+        any change in what the policies read is a different input. A new policy set is a new
+        :class:`CompiledPolicySet`, with nothing remembered. Decisions that carry errors are
+        never remembered.
 
         A deny that an approval would turn into an allow says so: ``missing == ("approval",)``, with the
         permits that would allow as ``policies``.
@@ -190,19 +207,51 @@ class CompiledPolicySet:
             context = json.dumps(dict(given), default=json_default)
         except (TypeError, ValueError, RecursionError) as exc:
             return Decision.deny(errors=(_clip(f"request is unusable: {type(exc).__name__}: {exc}"),))
+        key: _MemoKey | None = None
+        if remember:
+            approval = request.context.get("approval")
+            key = (
+                request.action,
+                request.resource.type,
+                request.resource.id,
+                request.principal.id,
+                entities,
+                context,
+                trusted_context,
+                approval if isinstance(approval, bool) else None,
+            )
+            known = self._remembered.get(key)
+            if known is not None:
+                return known
+        decision = self._decide_now(request, handle, given, entities, context, trusted_context)
+        if key is not None and not decision.errors:
+            if len(self._remembered) >= _DECISIONS_REMEMBERED:
+                self._remembered.clear()
+            self._remembered[key] = decision
+        return decision
+
+    def _decide_now(
+        self,
+        request: DecisionRequest,
+        handle: cedarpy.PolicySet,
+        given: Mapping[str, Any],
+        entities: str,
+        context: str,
+        trusted: bool,
+    ) -> Decision:
         cedar_request = {
             "principal": {"type": request.principal.type, "id": request.principal.id},
             "action": {"type": "Action", "id": request.action},
             "resource": {"type": request.resource.type, "id": request.resource.id},
             "context": context,
         }
-        decision = self._evaluate(handle, cedar_request, entities, trusted=trusted_context)
+        decision = self._evaluate(handle, cedar_request, entities, trusted=trusted)
         if decision.allowed or decision.errors or request.context.get("approval") is not False:
             return decision
         # Derived approval: would the same request be allowed with an approval?
         approved = json.dumps({**given, "approval": True}, default=json_default)
         with_approval = self._evaluate(
-            handle, {**cedar_request, "context": approved}, entities, trusted=trusted_context
+            handle, {**cedar_request, "context": approved}, entities, trusted=trusted
         )
         if with_approval.allowed:
             return Decision.deny(policies=with_approval.policies, missing=("approval",))
