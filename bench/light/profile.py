@@ -8,6 +8,7 @@ keeps the sampler from pausing the server. The run is apart from the measured on
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -96,6 +97,9 @@ def profile_activation(
             "--format",
             "raw",
             "--nonblocking",
+            # BENCH_PROFILE_GIL=1: only the thread holding the GIL (where Python runs), which keeps
+            # threads waiting on a queue or a lock out of the picture whatever py-spy thinks of them.
+            *(["--gil"] if os.environ.get("BENCH_PROFILE_GIL") else []),
             "--duration",
             str(seconds),
             "--output",
