@@ -281,13 +281,16 @@ class _LogScan(logging.Handler):
 
 
 def _scanning_call(original: Any) -> Any:
-    """``FastAPI.__call__`` that scans what a Tether app sends (other apps pass untouched)."""
+    """``FastAPI.__call__`` and ``TetherAPI.__call__`` (a Tether app's entry, which serves the hot
+    routes without calling FastAPI's) that scan what a Tether app sends, once per request (apps
+    without a broker pass untouched)."""
     from tests.security.canaries import SCAN
 
     async def call(app: Any, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or getattr(app.state, "broker", None) is None:
+        if scope["type"] != "http" or getattr(app.state, "broker", None) is None or _SCANNED in scope:
             await original(app, scope, receive, send)
             return
+        scope[_SCANNED] = True  # TetherAPI's entry handing on to FastAPI's: scanned here already
         registry = getattr(getattr(app.state, "metrics", None), "registry", None)
         if registry is not None:
             SCAN.metric_registries.setdefault(id(registry), registry)
@@ -328,6 +331,7 @@ def _scanning_call(original: Any) -> Any:
     return call
 
 
+_SCANNED = "tests.scanned"
 _OWN_SINK = pytest.StashKey[bool]()
 _SCAN = pytest.StashKey[str]()
 _LEAKS = pytest.StashKey[list[str]]()
@@ -346,6 +350,8 @@ def _is_worker(config: pytest.Config) -> bool:
 
 def pytest_configure(config: pytest.Config) -> None:
     from fastapi import FastAPI
+
+    from tether.api.hot import TetherAPI
 
     worker_input: dict[str, Any] = getattr(config, "workerinput", {})
     for name, value in worker_input.get(_TERMINAL_ENV_KEY, {}).items():
@@ -374,9 +380,11 @@ def pytest_configure(config: pytest.Config) -> None:
     levels = {name: logging.getLogger(name).level for name in ("tether", "httpx")}
     logging.getLogger("tether").setLevel(logging.DEBUG)
     logging.getLogger("httpx").setLevel(logging.INFO)
-    original = FastAPI.__call__
-    FastAPI.__call__ = _scanning_call(original)  # type: ignore[method-assign]
-    config.stash[_RESTORE] = [handler, levels, original]
+    # Both entries: TetherAPI serves the hot routes without calling FastAPI.__call__.
+    originals = (FastAPI.__call__, TetherAPI.__call__)
+    FastAPI.__call__ = _scanning_call(originals[0])  # type: ignore[method-assign]
+    TetherAPI.__call__ = _scanning_call(originals[1])  # type: ignore[method-assign]
+    config.stash[_RESTORE] = [handler, levels, originals]
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -406,14 +414,16 @@ def pytest_testnodedown(node: Any, error: object) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     from fastapi import FastAPI
 
+    from tether.api.hot import TetherAPI
+
     restore = config.stash.get(_RESTORE, None)
     if restore is None:
         return
-    handler, levels, original = restore
+    handler, levels, originals = restore
     logging.getLogger().removeHandler(handler)
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
-    FastAPI.__call__ = original  # type: ignore[method-assign]
+    FastAPI.__call__, TetherAPI.__call__ = originals  # type: ignore[method-assign]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
