@@ -208,6 +208,132 @@ class CompiledPolicySet:
             return Decision.deny(policies=with_approval.policies, missing=("approval",))
         return decision
 
+    def decide_many(
+        self,
+        requests: Sequence[DecisionRequest],
+        memo: dict[tuple[int, str, str], tuple[cedarpy.PolicySet, Decision]] | None = None,
+    ) -> list[Decision]:
+        """:meth:`decide` (with ``trusted_context``) for many requests at once, for policy replay:
+        requests that agree on the policies selected, the entities and the context those policies
+        read are decided once, and those sharing policies and entities go to Cedar in one batch.
+        Each answer equals what :meth:`decide` answers for that request alone. ``memo`` keeps
+        answers across calls (the caller bounds it, and uses it with this set only)."""
+        answers: list[Decision | None] = [None] * len(requests)
+        # (handle, entities JSON) -> context JSON -> (Cedar request, indexes of the requests)
+        groups: dict[tuple[int, str], dict[str, tuple[dict[str, Any], list[int]]]] = {}
+        handles: dict[int, cedarpy.PolicySet] = {}
+        entity_json: dict[tuple[int, int], str] = {}  # by the entities' identity, within this call
+        for index, request in enumerate(requests):
+            asked = self._batch_item(request, entity_json)
+            if isinstance(asked, Decision):
+                answers[index] = asked
+                continue
+            handle, entities, context = asked
+            known = None if memo is None else memo.get((id(handle), entities, context))
+            if known is not None and known[0] is handle:
+                answers[index] = known[1]
+                continue
+            handles[id(handle)] = handle
+            same = groups.setdefault((id(handle), entities), {})
+            if context in same:
+                same[context][1].append(index)
+            else:
+                same[context] = (_cedar_request(request, context), [index])
+        for (handle_id, entities), contexts in groups.items():
+            handle = handles[handle_id]
+            decided = self._decide_group(handle, entities, list(contexts.values()), requests)
+            for context, decision, (_, indexes) in zip(contexts, decided, contexts.values(), strict=True):
+                if memo is not None:
+                    memo[(handle_id, entities, context)] = (handle, decision)
+                for index in indexes:
+                    answers[index] = decision
+        # Every index was answered above; fail closed if not (a Decision is falsy when it denies).
+        return [Decision.deny(errors=("not decided",)) if a is None else a for a in answers]
+
+    def _batch_item(
+        self, request: DecisionRequest, entity_json: dict[tuple[int, int], str]
+    ) -> Decision | tuple[cedarpy.PolicySet, str, str]:
+        """What :meth:`decide` would hand Cedar for ``request`` (handle, entities, projected context),
+        or the decision when Cedar need not be asked."""
+        bucket = self._buckets.get((request.action, request.resource.type))
+        if bucket is None:
+            return Decision.deny(errors=(f"no policies index for {request.action}",))
+        handle, policies, reads = bucket.handle_for(request.principal.id, request.resource.id)
+        if handle is None or not any(policy.effect == "permit" for policy in policies):
+            return Decision.deny()
+        given = request.context if reads is None else project(request.context, reads)
+        try:
+            pair = (id(request.principal), id(request.resource))
+            entities = None if request.entities else entity_json.get(pair)
+            if entities is None:
+                entities = _entities_json(request)
+                if not request.entities:
+                    entity_json[pair] = entities
+            context = json.dumps(dict(given), default=json_default, sort_keys=True)
+        except (TypeError, ValueError, RecursionError) as exc:
+            return Decision.deny(errors=(_clip(f"request is unusable: {type(exc).__name__}: {exc}"),))
+        return handle, entities, context
+
+    def _decide_group(
+        self,
+        handle: cedarpy.PolicySet,
+        entities: str,
+        asked: list[tuple[dict[str, Any], list[int]]],
+        requests: Sequence[DecisionRequest],
+    ) -> list[Decision]:
+        decided = self._evaluate_many(handle, [request for request, _ in asked], entities)
+        # Derived approval, as decide() does: a deny without errors, asked without an approval —
+        # would an approval allow it?
+        again = [
+            (position, request)
+            for position, ((request, indexes), decision) in enumerate(zip(asked, decided, strict=True))
+            if not decision.allowed
+            and not decision.errors
+            and requests[indexes[0]].context.get("approval") is False
+        ]
+        if again:
+            approved = [
+                {**request, "context": json.dumps({**json.loads(request["context"]), "approval": True})}
+                for _, request in again
+            ]
+            for (position, _), with_approval in zip(
+                again, self._evaluate_many(handle, approved, entities), strict=True
+            ):
+                if with_approval.allowed:
+                    decided[position] = Decision.deny(policies=with_approval.policies, missing=("approval",))
+        return decided
+
+    def _evaluate_many(
+        self, handle: cedarpy.PolicySet, cedar_requests: list[dict[str, Any]], entities: str
+    ) -> list[Decision]:
+        try:
+            results = cedarpy.is_authorized_batch(cedar_requests, handle, _entities(entities))
+        except Exception:  # noqa: BLE001 - one by one, so that each request fails closed on its own
+            return [self._evaluate(handle, request, entities, trusted=True) for request in cedar_requests]
+        return [self._interpret(result) for result in results]
+
+    def _interpret(self, result: cedarpy.AuthzResult) -> Decision:
+        """Cedar's answer as a decision, failing closed exactly as :meth:`_evaluate` does."""
+        try:
+            errors = tuple(_clip(str(error)) for error in result.diagnostics.errors)
+            reasons = tuple(str(reason) for reason in result.diagnostics.reasons)
+            allowed = result.decision is cedarpy.Decision.Allow
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything the engine throws
+            return Decision.deny(errors=(_clip(f"policy engine failed: {type(exc).__name__}: {exc}"),))
+        unknown = [reason for reason in reasons if reason not in self._effects]
+        if unknown:
+            errors = (*errors, f"engine named unknown policies: {', '.join(sorted(unknown))}")
+        if errors:
+            failed = dict.fromkeys(
+                match.group(1) for error in errors for match in _ERRORED_POLICY.finditer(error)
+            )
+            return Decision.deny(policies=tuple(p for p in failed if p in self._effects), errors=errors)
+        if allowed and all(self._effects[reason] == "permit" for reason in reasons) and reasons:
+            return Decision(allowed=True, policies=reasons)
+        if allowed:
+            return Decision.deny(errors=("engine allowed without a determining permit",))
+        return Decision.deny(policies=tuple(r for r in reasons if self._effects[r] == "forbid"))
+
     def _evaluate(
         self, handle: cedarpy.PolicySet, cedar_request: dict[str, Any], entities: str, *, trusted: bool
     ) -> Decision:
@@ -243,6 +369,15 @@ class CompiledPolicySet:
 
 def _clip(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE_LENGTH else message[: MAX_MESSAGE_LENGTH - 1] + "…"
+
+
+def _cedar_request(request: DecisionRequest, context: str) -> dict[str, Any]:
+    return {
+        "principal": {"type": request.principal.type, "id": request.principal.id},
+        "action": {"type": "Action", "id": request.action},
+        "resource": {"type": request.resource.type, "id": request.resource.id},
+        "context": context,
+    }
 
 
 def _entities_json(request: DecisionRequest) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -29,13 +30,20 @@ class ReplayStore:
             raise ConfigError("policy replay needs the SQL store (SQLite or PostgreSQL)")
         self._sql = storage
 
-    async def count_events(self, kinds: Sequence[str], since: datetime, until: datetime | None = None) -> int:
-        """How many events of ``kinds`` were recorded from ``since`` (inclusive) to ``until``."""
+    async def count_events(
+        self,
+        kinds: Sequence[str],
+        since: datetime,
+        until: datetime | None = None,
+        *,
+        actor: str | None = None,
+        resource: str | None = None,
+    ) -> int:
+        """How many events of ``kinds`` were recorded from ``since`` (inclusive) to ``until`` (by
+        ``actor``, about ``resource``)."""
         c = t.audit_events.c
         query = select(func.count()).select_from(t.audit_events).where(c.kind.in_(list(kinds)))
-        query = query.where(c.time_us >= time_us(since))
-        if until is not None:
-            query = query.where(c.time_us < time_us(until))
+        query = _window(query, since, until, actor, resource)
         async with self._sql._tx(write=False) as conn:
             return int((await conn.execute(query)).scalar_one())
 
@@ -47,17 +55,18 @@ class ReplayStore:
         after_seq: int = 0,
         limit: int,
         until: datetime | None = None,
+        actor: str | None = None,
+        resource: str | None = None,
     ) -> list[tuple[int, str]]:
         """``(seq, canonical JSON body)`` of events of ``kinds`` in the window, by seq."""
         c = t.audit_events.c
         query = (
             select(c.seq, c.body)
-            .where(c.kind.in_(list(kinds)), c.seq > after_seq, c.time_us >= time_us(since))
+            .where(c.kind.in_(list(kinds)), c.seq > after_seq)
             .order_by(c.seq)
             .limit(limit)
         )
-        if until is not None:
-            query = query.where(c.time_us < time_us(until))
+        query = _window(query, since, until, actor, resource)
         async with self._sql._tx(write=False) as conn:
             rows = (await conn.execute(query)).all()
         return [(int(row.seq), str(row.body)) for row in rows]
@@ -73,3 +82,17 @@ class ReplayStore:
                 rows = (await conn.execute(select(c.hash, c.kind, c.body).where(c.hash.in_(chunk)))).all()
                 found.update({str(row.hash): (str(row.kind), str(row.body)) for row in rows})
         return found
+
+
+def _window(
+    query: Any, since: datetime, until: datetime | None, actor: str | None, resource: str | None
+) -> Any:
+    c = t.audit_events.c
+    query = query.where(c.time_us >= time_us(since))
+    if until is not None:
+        query = query.where(c.time_us < time_us(until))
+    if actor is not None:
+        query = query.where(c.actor_id == actor)
+    if resource is not None:
+        query = query.where(c.resource == resource)
+    return query
