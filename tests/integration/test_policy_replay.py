@@ -236,3 +236,60 @@ async def test_replay_is_for_operators_who_read_policies(
             "/v1/policies/replay", json={"since": "1d", "verify": True}, headers=headers
         )
         assert answer.status_code == status, (role, answer.text)
+
+
+async def test_approved_and_delegated_decisions_are_reproduced(
+    client: httpx.AsyncClient, admin: dict[str, str], make_operator: Any
+) -> None:
+    values = {path: new_canary(path) for path in SECRETS}
+    await seed(client, admin, values)
+    approver = await make_operator("carol", "approver")
+    bot = await register_agent(client, admin, "deploy-bot")
+    await register_agent(client, admin, "helper-bot")
+    opened = await bot.request(
+        "POST",
+        "/v1/tasks",
+        json={
+            "purpose": "incident",
+            "objective": "page",
+            "sensitivity": "restricted",
+            "secrets": ["prod/pagerduty/key"],
+            "destinations": ["pagerduty"],
+            "ttl_seconds": 600,
+        },
+    )
+    assert opened.status_code == 201, opened.text
+    task = opened.json()["id"]
+    ask = {"destination": "pagerduty", "mode": "inject"}
+    refused = await _grant(bot, task, ask)
+    assert refused.status_code == 403, refused.text
+    approval = refused.json()["approval_id"]
+    decided = await client.post(
+        f"/v1/approvals/{approval}/approve", json={"reason": "INC-7"}, headers=approver
+    )
+    assert decided.status_code == 200, decided.text
+    issued = await _grant(bot, task, ask)  # allowed by the approval found
+    assert issued.status_code == 201, issued.text
+    delegated = await bot.request(
+        "POST",
+        f"/v1/tasks/{task}/delegate",
+        json={"agent": "helper-bot", "objective": "a part of it", "secrets": [], "destinations": []},
+    )
+    assert delegated.status_code == 201, delegated.text
+
+    body = (
+        await client.post("/v1/policies/replay", json={"since": "1d", "verify": True}, headers=admin)
+    ).json()
+    verify = body["verify"]
+    # task opens (the root, the sub-task), the refused issue, the approved issue, the delegation
+    assert verify["decisions"] == 5, body
+    assert verify["reproduced"] is True, verify
+    assert body["not_replayable"]["count"] == 0
+
+    candidate = without("restricted-incident-with-approval")
+    report = (
+        await client.post("/v1/policies/replay", json={"since": "1d", "policies": candidate}, headers=admin)
+    ).json()["candidate"]
+    # The approved issue is denied now; the refusal that lacked an approval is a plain deny now.
+    assert report["counts"] == {"allowed->denied": 1, "denied->allowed": 0, "policies-changed": 1}
+    assert set(report["by_policy"]) == {"restricted-incident-with-approval"}
