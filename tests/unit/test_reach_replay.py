@@ -216,3 +216,34 @@ def test_verify_replays_each_decision_with_its_own_version() -> None:
     assert not replay(None, old + new, versions={1: second, 2: first}).reproduced
     with pytest.raises(ValueError, match="not both"):
         replay(first, old, versions={1: first})
+
+
+# Conjuncts of every form the pruning decides (and some it must not), in orders where a false one
+# comes before or after one that fails at run time (the overflow): Cedar stops at the first false.
+PRUNED = (
+    EXAMPLE + '\n@id("p1") permit(principal, action == Action::"issue", resource is Secret) when { '
+    'principal.team == "nope" && context.task.age_seconds * 9223372036854775807 > 0 };\n'
+    '@id("f1") forbid(principal, action == Action::"issue", resource is Secret) when { '
+    'context.task.age_seconds * 9223372036854775807 > 0 && principal.team == "nope" };\n'
+    '@id("p2") permit(principal, action == Action::"activate", resource is Secret) when { '
+    'resource.sensitivity <= 1 && principal.labels.contains("deploy") && context.mode == "inject" };\n'
+    '@id("f2") forbid(principal, action == Action::"activate", resource is Secret) unless { '
+    'resource.sensitivity != 3 || principal.environment == "prod" };\n'
+    '@id("p3") permit(principal, action == Action::"issue", resource is Secret) when { '
+    '!(resource.owner == "o") && resource.path like "prod/*" && context.approval };\n'
+    '@id("f3") forbid(principal, action == Action::"activate", resource is Secret) when { '
+    "resource.sensitivity >= 3 && context.task.remaining_seconds * 9223372036854775807 > 0 };\n"
+    '@id("p4") permit(principal, action == Action::"open_task", resource) when { '
+    'resource.environment == "dev" && principal.team == "platform" };\n'
+)
+
+
+@pytest.mark.parametrize("text", [PRUNED, OVERFLOWING])
+def test_decide_many_sets_aside_only_policies_that_cannot_apply(text: str) -> None:
+    compiled = compile_policy_set(text)
+    decisions = recorded(EXAMPLE)
+    opened = [dataclasses.replace(d, action="open_task", resource=d.principal) for d in decisions[::8]]
+    requests = [d.request() for d in (*decisions, *opened)]
+    one_by_one = [compiled.decide(r, trusted_context=True) for r in requests]
+    assert _sorted(compiled.decide_many(requests)) == _sorted(one_by_one)
+    assert any(d.errors for d in one_by_one)
