@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import cedarpy
 
 from tether.domain.decision import Decision
 from tether.errors import InvalidInputError
+from tether.policy.prune import NEVER as _NEVER_UNKNOWN
 from tether.policy.prune import Prefix, dropped, side_results, static_prefix
 from tether.policy.reads import Projection, context_projection, project
-from tether.policy.request import DecisionRequest, json_default
+from tether.policy.request import DecisionRequest, Entity, json_default
 from tether.policy.schema import ACTIONS, RESOURCE_TYPES, SCHEMA_TEXT
 from tether.policy.syntax import locate_parse_error
 
@@ -46,6 +47,22 @@ _entities_cache: dict[str, cedarpy.Entities] = {}
 
 # A bucket is the set of policies that can apply to (action, resource type).
 _BucketKey = tuple[str, str]
+
+
+class Asked(Protocol):
+    """A request as :meth:`CompiledPolicySet.decide_many` reads it: what :class:`DecisionRequest`
+    holds, built from values already checked (policy replay's recorded decisions)."""
+
+    @property
+    def principal(self) -> Entity: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def resource(self) -> Entity: ...
+    @property
+    def context(self) -> Mapping[str, Any]: ...
+    @property
+    def entities(self) -> Sequence[Entity]: ...
 
 
 class PolicyValidationError(InvalidInputError):
@@ -131,7 +148,7 @@ class _Pruning:
 
     policies: tuple[_Policy, ...]  # every policy of the bucket, pinned ones too
     prefixes: tuple[Prefix, ...]
-    sides: dict[tuple[str, int], tuple[Any, dict[int, tuple[int, int]]]] = field(default_factory=dict)
+    sides: dict[tuple[str, int], tuple[Any, dict[int, tuple[int, int]], bool]] = field(default_factory=dict)
     handles: dict[tuple[int, ...], tuple[cedarpy.PolicySet | None, Projection | None]] = field(
         default_factory=dict
     )
@@ -155,7 +172,12 @@ class _Pruning:
         else:
             # Forbids that are left are still asked (one could fail, which is a deny naming it);
             # with nothing left, Cedar would answer a deny without reasons: so does no handle.
-            out = dropped(self.side("principal", principal), self.side("resource", resource))
+            by_principal, principal_decided = self.side("principal", principal)
+            by_resource, resource_decided = self.side("resource", resource)
+            if principal_decided and resource_decided:  # each entry is a false conjunct
+                out: Collection[int] = by_principal.keys() | by_resource.keys()
+            else:
+                out = dropped(by_principal, by_resource)
             kept = tuple(policy for policy in selected if policy.position not in out) if out else selected
             answer = self.handle(kept)
         self.pairs[(id(principal), id(resource))] = (principal, resource, answer)
@@ -169,17 +191,20 @@ class _Pruning:
         policies = tuple(sorted(every.values(), key=lambda policy: policy.position))
         return cls(policies, tuple(static_prefix(policy.est) for policy in policies))
 
-    def side(self, side: str, entity: Any) -> dict[int, tuple[int, int]]:
+    def side(self, side: str, entity: Any) -> tuple[dict[int, tuple[int, int]], bool]:
+        """What ``entity`` (as the principal or the resource) decides of each policy's prefix, by
+        policy position; True when nothing was left undecided."""
         found = self.sides.get((side, id(entity)))
         if found is not None and found[0] is entity:
-            return found[1]
+            return found[1], found[2]
         if len(self.sides) >= _SIDE_CACHE_SIZE:
             self.sides.clear()
         results = side_results(self.prefixes, side, entity.attributes)
         # Keyed by policy position (the results index into self.policies).
         by_position = {self.policies[index].position: result for index, result in results.items()}
-        self.sides[(side, id(entity))] = (entity, by_position)
-        return by_position
+        decided = all(unknown == _NEVER_UNKNOWN for _, unknown in by_position.values())
+        self.sides[(side, id(entity))] = (entity, by_position, decided)
+        return by_position, decided
 
     def handle(self, kept: tuple[_Policy, ...]) -> tuple[cedarpy.PolicySet | None, Projection | None]:
         key = tuple(policy.position for policy in kept)
@@ -281,7 +306,7 @@ class CompiledPolicySet:
 
     def decide_many(
         self,
-        requests: Sequence[DecisionRequest],
+        requests: Sequence[DecisionRequest | Asked],
         memo: dict[tuple[int, str, str], tuple[cedarpy.PolicySet, Decision]] | None = None,
     ) -> list[Decision]:
         """:meth:`decide` (with ``trusted_context``) for many requests at once, for policy replay:
@@ -322,7 +347,7 @@ class CompiledPolicySet:
         return [Decision.deny(errors=("not decided",)) if a is None else a for a in answers]
 
     def _batch_item(
-        self, request: DecisionRequest, entity_json: dict[tuple[int, int], str]
+        self, request: DecisionRequest | Asked, entity_json: dict[tuple[int, int], str]
     ) -> Decision | tuple[cedarpy.PolicySet, str, str]:
         """What :meth:`decide` would hand Cedar for ``request`` (handle, entities, projected context),
         or the decision when Cedar need not be asked."""
@@ -356,7 +381,7 @@ class CompiledPolicySet:
         handle: cedarpy.PolicySet,
         entities: str,
         asked: list[tuple[dict[str, Any], list[int]]],
-        requests: Sequence[DecisionRequest],
+        requests: Sequence[DecisionRequest | Asked],
     ) -> list[Decision]:
         decided = self._evaluate_many(handle, [request for request, _ in asked], entities)
         # Derived approval, as decide() does: a deny without errors, asked without an approval —
@@ -448,7 +473,7 @@ def _clip(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE_LENGTH else message[: MAX_MESSAGE_LENGTH - 1] + "…"
 
 
-def _cedar_request(request: DecisionRequest, context: str) -> dict[str, Any]:
+def _cedar_request(request: DecisionRequest | Asked, context: str) -> dict[str, Any]:
     return {
         "principal": {"type": request.principal.type, "id": request.principal.id},
         "action": {"type": "Action", "id": request.action},
@@ -457,7 +482,7 @@ def _cedar_request(request: DecisionRequest, context: str) -> dict[str, Any]:
     }
 
 
-def _entities_json(request: DecisionRequest) -> str:
+def _entities_json(request: DecisionRequest | Asked) -> str:
     seen: dict[tuple[str, str], dict[str, Any]] = {}
     for entity in (request.principal, request.resource, *request.entities):
         cedar = {

@@ -22,7 +22,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-__all__ = ["Prefix", "dropped", "side_results", "static_prefix"]
+__all__ = ["NEVER", "Prefix", "dropped", "side_results", "static_prefix"]
 
 #: The decidable leading conjuncts of one policy: (``principal`` | ``resource``, expression, the
 #: expression's canonical JSON — equal conjuncts of different policies are decided once).
@@ -30,7 +30,9 @@ Prefix = tuple[tuple[str, Mapping[str, Any], str], ...]
 _SIDES: Final = ("principal", "resource")
 _COMPARE: Final = frozenset({"==", "!=", "<", "<=", ">", ">="})
 _UNKNOWN: Final = object()
-_NEVER: Final = 1 << 30
+#: "No such conjunct" in a side's (first false, first undecided) pair.
+NEVER: Final = 1 << 30
+_NEVER: Final = NEVER
 
 
 def _and_items(body: Any) -> list[Any]:
@@ -165,6 +167,8 @@ def side_results(
 def dropped(principal: Mapping[int, tuple[int, int]], resource: Mapping[int, tuple[int, int]]) -> set[int]:
     """The policies (by index) that are false for this principal and resource together: a false
     conjunct comes before any undecided one."""
+    if all(unknown == _NEVER for _, unknown in (*principal.values(), *resource.values())):
+        return principal.keys() | resource.keys()  # each entry has a false conjunct, nothing undecided
     out: set[int] = set()
     for index in principal.keys() | resource.keys():
         p_false, p_unknown = principal.get(index, (_NEVER, _NEVER))

@@ -78,6 +78,11 @@ class RecordedDecision:
     approved: bool = False
     policy_version: int | None = None
 
+    @property
+    def entities(self) -> tuple[Entity, ...]:
+        """No further entities (as :class:`DecisionRequest` has them): read by ``decide_many``."""
+        return ()
+
     def request(self) -> DecisionRequest:
         return DecisionRequest(
             principal=self.principal, action=self.action, resource=self.resource, context=self.context
@@ -228,7 +233,8 @@ def _decide_chunk(
         memo = memos.setdefault(key, {})
         if len(memo) > MEMO_SIZE:
             memo.clear()
-        decided = compiled.decide_many([chunk[index].request() for index in indexes], memo)
+        # The recorded decisions themselves: their entities were checked when built.
+        decided = compiled.decide_many([chunk[index] for index in indexes], memo)
         for index, decision in zip(indexes, decided, strict=True):
             answers[index] = decision
     return list(zip(chunk, answers, strict=True))
