@@ -318,13 +318,15 @@ class CompiledPolicySet:
         # (handle, entities JSON) -> context JSON -> (Cedar request, indexes of the requests)
         groups: dict[tuple[int, str], dict[str, tuple[dict[str, Any], list[int]]]] = {}
         handles: dict[int, cedarpy.PolicySet] = {}
+        approval_read: dict[int, bool] = {}
         entity_json: dict[tuple[int, int], str] = {}  # by the entities' identity, within this call
         for index, request in enumerate(requests):
             asked = self._batch_item(request, entity_json)
             if isinstance(asked, Decision):
                 answers[index] = asked
                 continue
-            handle, entities, context = asked
+            handle, entities, context, reads_approval = asked
+            approval_read[id(handle)] = reads_approval
             known = None if memo is None else memo.get((id(handle), entities, context))
             if known is not None and known[0] is handle:
                 answers[index] = known[1]
@@ -337,7 +339,9 @@ class CompiledPolicySet:
                 same[context] = (_cedar_request(request, context), [index])
         for (handle_id, entities), contexts in groups.items():
             handle = handles[handle_id]
-            decided = self._decide_group(handle, entities, list(contexts.values()), requests)
+            decided = self._decide_group(
+                handle, entities, list(contexts.values()), requests, approval_read[handle_id]
+            )
             for context, decision, (_, indexes) in zip(contexts, decided, contexts.values(), strict=True):
                 if memo is not None:
                     memo[(handle_id, entities, context)] = (handle, decision)
@@ -348,9 +352,10 @@ class CompiledPolicySet:
 
     def _batch_item(
         self, request: DecisionRequest | Asked, entity_json: dict[tuple[int, int], str]
-    ) -> Decision | tuple[cedarpy.PolicySet, str, str]:
-        """What :meth:`decide` would hand Cedar for ``request`` (handle, entities, projected context),
-        or the decision when Cedar need not be asked."""
+    ) -> Decision | tuple[cedarpy.PolicySet, str, str, bool]:
+        """What :meth:`decide` would hand Cedar for ``request`` (handle, entities, projected context,
+        whether those policies read ``context.approval``), or the decision when Cedar need not be
+        asked."""
         bucket = self._buckets.get((request.action, request.resource.type))
         if bucket is None:
             return Decision.deny(errors=(f"no policies index for {request.action}",))
@@ -374,7 +379,7 @@ class CompiledPolicySet:
             context = json.dumps(dict(given), default=json_default, sort_keys=True)
         except (TypeError, ValueError, RecursionError) as exc:
             return Decision.deny(errors=(_clip(f"request is unusable: {type(exc).__name__}: {exc}"),))
-        return handle, entities, context
+        return handle, entities, context, reads is None or "approval" in reads
 
     def _decide_group(
         self,
@@ -382,8 +387,11 @@ class CompiledPolicySet:
         entities: str,
         asked: list[tuple[dict[str, Any], list[int]]],
         requests: Sequence[DecisionRequest | Asked],
+        reads_approval: bool,
     ) -> list[Decision]:
         decided = self._evaluate_many(handle, [request for request, _ in asked], entities)
+        if not reads_approval:
+            return decided  # asking again with an approval would get the same answer
         # Derived approval, as decide() does: a deny without errors, asked without an approval —
         # would an approval allow it?
         again = [
