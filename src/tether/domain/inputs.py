@@ -81,6 +81,18 @@ def _frozen(value: Any) -> Any:
     return value
 
 
+def _key(mapping: Mapping[str, Any], skip: tuple[str, ...] = ()) -> tuple[Any, ...]:
+    """A hashable key for a record (entities' attributes, the task's context part), cheaply."""
+    parts: list[Any] = []
+    for key, item in mapping.items():
+        if key in skip:
+            continue
+        kind = type(item)
+        parts.append(key)
+        parts.append(item if kind is str or kind is int or kind is bool else _frozen(item))
+    return tuple(parts)
+
+
 class SnapshotMemo:
     """Snapshots by value (bounded), and which of them this process knows are stored."""
 
@@ -91,7 +103,7 @@ class SnapshotMemo:
         self._stored: set[str] = set()
 
     def entity(self, type_: str, id_: str, attributes: Mapping[str, Any]) -> Snapshot:
-        key = ("entity", type_, id_, _frozen(attributes))
+        key = ("entity", type_, id_, _key(attributes))
         found = self._memo.get(key)
         if found is None:
             found = self._remember(
@@ -100,10 +112,10 @@ class SnapshotMemo:
         return found
 
     def task(self, task_context: Mapping[str, Any]) -> Snapshot:
-        part = {k: v for k, v in task_context.items() if k not in PER_USE_TASK_FIELDS}
-        key = ("task", _frozen(part))
+        key = ("task", _key(task_context, PER_USE_TASK_FIELDS))
         found = self._memo.get(key)
         if found is None:
+            part = {k: v for k, v in task_context.items() if k not in PER_USE_TASK_FIELDS}
             found = self._remember(key, snapshot_of("task", part))
         return found
 
