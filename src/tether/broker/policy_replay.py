@@ -48,7 +48,7 @@ REPLAYED_KINDS: Final = ("decision", "grant.issue", "grant.activate", "task.open
 _PAGE: Final = 5000
 RESOURCE: Final = "policy:replay"
 NO_INPUTS: Final = "recorded without inputs (before this version of Tether)"
-REFUSED_BEFORE_POLICY: Final = "refused before any policy was asked (no inputs)"
+REFUSED_BEFORE_POLICY: Final = "refused by the broker, not by a policy (task ended, grant used up, ...)"
 MISSING_SNAPSHOT: Final = "a snapshot it names is missing"
 
 
