@@ -293,3 +293,28 @@ async def test_approved_and_delegated_decisions_are_reproduced(
     # The approved issue is denied now; the refusal that lacked an approval is a plain deny now.
     assert report["counts"] == {"allowed->denied": 1, "denied->allowed": 0, "policies-changed": 1}
     assert set(report["by_policy"]) == {"restricted-incident-with-approval"}
+
+
+async def test_a_changed_task_context_is_replayed_too(
+    client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    values = {path: new_canary(path) for path in SECRETS}
+    await seed(client, admin, values)
+    bot = await register_agent(client, admin, "deploy-bot")
+    task = await _task(bot, ["prod/github/token"])
+    changed = await bot.request("PATCH", f"/v1/tasks/{task}", json={"objective": "ship it faster"})
+    assert changed.status_code == 200, changed.text
+    body = (
+        await client.post("/v1/policies/replay", json={"since": "1d", "verify": True}, headers=admin)
+    ).json()
+    assert body["verify"]["decisions"] == 2  # task.open, task.update
+    assert body["verify"]["reproduced"] is True
+    report = (
+        await client.post(
+            "/v1/policies/replay",
+            json={"since": "1d", "policies": without("open-task-labelled-purpose")},
+            headers=admin,
+        )
+    ).json()["candidate"]
+    assert report["counts"]["allowed->denied"] == 2
+    assert set(report["by_policy"]) == {"open-task-labelled-purpose"}

@@ -44,7 +44,14 @@ __all__ = [
 ]
 
 #: The events that record a policy decision of the governed path.
-REPLAYED_KINDS: Final = ("decision", "grant.issue", "grant.activate", "task.open", "delegation")
+REPLAYED_KINDS: Final = (
+    "decision",
+    "grant.issue",
+    "grant.activate",
+    "task.open",
+    "task.update",
+    "delegation",
+)
 _PAGE: Final = 5000
 RESOURCE: Final = "policy:replay"
 NO_INPUTS: Final = "recorded without inputs (before this version of Tether)"
