@@ -318,3 +318,26 @@ async def test_a_changed_task_context_is_replayed_too(
     ).json()["candidate"]
     assert report["counts"]["allowed->denied"] == 2
     assert set(report["by_policy"]) == {"open-task-labelled-purpose"}
+
+
+async def test_decisions_made_before_any_policy_was_deployed_are_reproduced(
+    client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    bot = await register_agent(client, admin, "deploy-bot")
+    refused = await bot.request(
+        "POST",
+        "/v1/tasks",
+        json={"purpose": "deploy", "objective": "x", "sensitivity": "internal", "ttl_seconds": 60},
+    )
+    assert refused.status_code == 403, refused.text  # nothing deployed: default deny
+    body = (
+        await client.post("/v1/policies/replay", json={"since": "1d", "verify": True}, headers=admin)
+    ).json()
+    assert body["verify"]["decisions"] == 1
+    assert body["verify"]["policy_versions"] == [None]
+    assert body["verify"]["reproduced"] is True
+    report = (
+        await client.post("/v1/policies/replay", json={"since": "1d", "policies": EXAMPLE}, headers=admin)
+    ).json()["candidate"]
+    assert report["counts"]["denied->allowed"] == 1
+    assert set(report["by_policy"]) == {"open-task-labelled-purpose"}
