@@ -341,3 +341,22 @@ async def test_decisions_made_before_any_policy_was_deployed_are_reproduced(
     ).json()["candidate"]
     assert report["counts"]["denied->allowed"] == 1
     assert set(report["by_policy"]) == {"open-task-labelled-purpose"}
+
+
+async def test_a_missing_snapshot_makes_its_decisions_not_replayable(
+    client: httpx.AsyncClient, admin: dict[str, str], broker: Broker
+) -> None:
+    await _traffic(client, admin)
+    async with broker.storage._engine.begin() as conn:  # type: ignore[attr-defined]
+        # The dev agent's snapshot goes missing (or unreadable): its 2 decisions cannot be made again.
+        bodies = (await conn.execute(text("SELECT hash, body FROM decision_snapshots"))).all()
+        [dev] = [h for h, b in bodies if "agent/dev-bot" in b]
+        await conn.execute(
+            text("UPDATE decision_snapshots SET body = 'not json' WHERE hash = :h"), {"h": dev}
+        )
+    body = (
+        await client.post("/v1/policies/replay", json={"since": "1d", "verify": True}, headers=admin)
+    ).json()
+    assert body["verify"]["decisions"] == 7
+    assert body["verify"]["reproduced"] is True
+    assert body["not_replayable"] == {"count": 2, "reasons": {"a snapshot it names is missing": 2}}

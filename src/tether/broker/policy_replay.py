@@ -248,11 +248,19 @@ class PolicyReplayService:
             }
             if wanted:
                 for name, (kind, text) in (await self._store.snapshots(wanted)).items():
-                    value = json.loads(text)
-                    if kind == "task":
-                        tasks[name] = value
-                    else:
-                        entities[name] = Entity(value["type"], value["id"], value["attrs"])
+                    try:
+                        value = json.loads(text)
+                        if kind == "task":
+                            tasks[name] = dict(value)
+                        else:
+                            entities[name] = Entity(value["type"], value["id"], value["attrs"])
+                    except (
+                        ValueError,
+                        KeyError,
+                        TypeError,
+                        InvalidInputError,
+                    ):  # unreadable: counted as missing
+                        continue
             for seq, body in bodies:
                 recorded = _decision(seq, body, entities, tasks, tally)
                 if recorded is not None:
