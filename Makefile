@@ -62,6 +62,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.compare --run --profile
 	$(BIN)/python -m bench.mcp_bench  # after compare: adds its own section to bench/results/latest.md
 	$(BIN)/python -m bench.reach_bench  # reach of one secret, 1,000 agents/secrets, 200 policies: its own section
+	$(BIN)/python -m bench.replay_bench  # policy replay of 100,000 recorded decisions: its own section
 	$(BIN)/python -m bench.engine_bench --optional  # PostgreSQL (TETHER_BENCH_PG_DSN or TETHER_TEST_PG_DSN): its own section; skipped without
 
 ## lock: re-resolve the locked dependencies (needs network to PyPI)

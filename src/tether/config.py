@@ -71,6 +71,7 @@ ENV_VARS: Mapping[str, str] = {
     "task_purposes": "TETHER_TASK_PURPOSES",
     "approval_webhook_url": "TETHER_APPROVAL_WEBHOOK_URL",
     "max_delegation_depth": "TETHER_MAX_DELEGATION_DEPTH",
+    "replay_max_decisions": "TETHER_REPLAY_MAX_DECISIONS",
     "sweep_interval_seconds": "TETHER_SWEEP_INTERVAL_SECONDS",
     "sqlite_synchronous": "TETHER_SQLITE_SYNCHRONOUS",
     "workers": "TETHER_WORKERS",
@@ -95,6 +96,7 @@ _INTEGERS = (
     "task_default_ttl_seconds",
     "approval_ttl_seconds",
     "max_delegation_depth",
+    "replay_max_decisions",
     "sweep_interval_seconds",
     "auth_refusal_window_seconds",
     "auth_refusals_per_client",
@@ -307,6 +309,9 @@ class Settings(BaseSettings):
     task_purposes: Annotated[tuple[str, ...], BeforeValidator(_purposes)] = DEFAULT_TASK_PURPOSES
     approval_webhook_url: Annotated[StrictStr, AfterValidator(_http_url(bare=False))] | None = None
     max_delegation_depth: Annotated[Integer, _between(0, 16)] = 4
+    #: Policy replay (``tether policy replay``) takes at most this many decision events of its
+    #: window at once; a larger window is refused with how to narrow it (docs/reach.md).
+    replay_max_decisions: Annotated[Integer, _between(1, 10_000_000)] = 200_000
     sweep_interval_seconds: Annotated[Integer, _between(1, 3600)] = 5
     #: ``full``: every commit (an audit event with what it records) is fsynced before it is
     #: acknowledged — survives power loss. ``normal`` (WAL): survives a crash of the process, not

@@ -4,12 +4,14 @@ by policy and by agent; a candidate that does not parse or validate is refused w
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from tether.domain.decision import Decision
 from tether.domain.tasks import Intent, Task, decision_context, new_id
 from tether.policy import DecisionRequest, Entity, PolicyValidationError, compile_policy_set
 from tether.reach.replay import (
@@ -159,3 +161,89 @@ def test_a_candidate_that_does_not_parse_or_validate_is_refused_with_line_and_co
         "line": 3,
         "column": 3,
     }
+
+
+OVERFLOWING = (
+    EXAMPLE + '\n@id("overflows") forbid(principal, action == Action::"activate", resource is Secret) '
+    "when { context.task.age_seconds * 9223372036854775807 > 0 };\n"
+    + '@id("needs-approval") permit(principal, action == Action::"issue", resource is Secret) '
+    'when { context.approval && context.task.purpose == "incident" };\n'
+)
+
+
+def _sorted(decisions: list[Decision]) -> list[Decision]:
+    return [dataclasses.replace(d, policies=tuple(sorted(d.policies))) for d in decisions]
+
+
+@pytest.mark.parametrize("text", [EXAMPLE, OVERFLOWING])
+def test_decide_many_answers_exactly_what_decide_answers(text: str) -> None:
+    compiled = compile_policy_set(text)
+    decisions = recorded(EXAMPLE)
+    requests = [d.request() for d in decisions] * 2  # repeats: decided once, answered twice
+    one_by_one = [compiled.decide(r, trusted_context=True) for r in requests]
+    memo: dict = {}  # type: ignore[type-arg]
+    # Cedar names the determining policies as a set: their order is not part of the answer.
+    assert _sorted(compiled.decide_many(requests, memo)) == _sorted(one_by_one)
+    assert _sorted(compiled.decide_many(requests, memo)) == _sorted(one_by_one)  # from the memo
+    assert any(d.errors for d in one_by_one) == (text is OVERFLOWING)
+    assert any(d.missing == ("approval",) for d in one_by_one)
+
+
+def test_an_approved_decision_is_replayed_as_the_broker_made_it() -> None:
+    compiled = compile_candidate(OVERFLOWING)
+    [asked] = [
+        d
+        for d in recorded(OVERFLOWING)
+        if d.action == "issue"
+        and d.principal.id.endswith("deploy-bot")
+        and not d.context["approval"]
+        and d.context["task"]["purpose"] == "incident"
+        and d.resource.id == "prod/pd/key"
+        and d.context["mode"] == "inject"
+    ]
+    assert compiled.decide(asked.request(), trusted_context=True).missing == ("approval",)
+    # The broker found an approval and allowed it: replay says the same, with or without the flag.
+    approved = dataclasses.replace(asked, allowed=True, approved=True)
+    assert replay(compiled, [approved]).reproduced
+    assert not replay(compiled, [dataclasses.replace(approved, approved=False)]).reproduced
+
+
+def test_verify_replays_each_decision_with_its_own_version() -> None:
+    first, second = compile_candidate(EXAMPLE), compile_candidate(OVERFLOWING)
+    old = [dataclasses.replace(d, policy_version=1) for d in recorded(EXAMPLE)]
+    new = [dataclasses.replace(d, policy_version=2) for d in recorded(OVERFLOWING)]
+    assert replay(None, old + new, versions={1: first, 2: second}).reproduced
+    assert not replay(None, old + new, versions={1: second, 2: first}).reproduced
+    with pytest.raises(ValueError, match="not both"):
+        replay(first, old, versions={1: first})
+
+
+# Conjuncts of every form the pruning decides (and some it must not), in orders where a false one
+# comes before or after one that fails at run time (the overflow): Cedar stops at the first false.
+PRUNED = (
+    EXAMPLE + '\n@id("p1") permit(principal, action == Action::"issue", resource is Secret) when { '
+    'principal.team == "nope" && context.task.age_seconds * 9223372036854775807 > 0 };\n'
+    '@id("f1") forbid(principal, action == Action::"issue", resource is Secret) when { '
+    'context.task.age_seconds * 9223372036854775807 > 0 && principal.team == "nope" };\n'
+    '@id("p2") permit(principal, action == Action::"activate", resource is Secret) when { '
+    'resource.sensitivity <= 1 && principal.labels.contains("deploy") && context.mode == "inject" };\n'
+    '@id("f2") forbid(principal, action == Action::"activate", resource is Secret) unless { '
+    'resource.sensitivity != 3 || principal.environment == "prod" };\n'
+    '@id("p3") permit(principal, action == Action::"issue", resource is Secret) when { '
+    '!(resource.owner == "o") && resource.path like "prod/*" && context.approval };\n'
+    '@id("f3") forbid(principal, action == Action::"activate", resource is Secret) when { '
+    "resource.sensitivity >= 3 && context.task.remaining_seconds * 9223372036854775807 > 0 };\n"
+    '@id("p4") permit(principal, action == Action::"open_task", resource) when { '
+    'resource.environment == "dev" && principal.team == "platform" };\n'
+)
+
+
+@pytest.mark.parametrize("text", [PRUNED, OVERFLOWING])
+def test_decide_many_sets_aside_only_policies_that_cannot_apply(text: str) -> None:
+    compiled = compile_policy_set(text)
+    decisions = recorded(EXAMPLE)
+    opened = [dataclasses.replace(d, action="open_task", resource=d.principal) for d in decisions[::8]]
+    requests = [d.request() for d in (*decisions, *opened)]
+    one_by_one = [compiled.decide(r, trusted_context=True) for r in requests]
+    assert _sorted(compiled.decide_many(requests)) == _sorted(one_by_one)
+    assert any(d.errors for d in one_by_one)

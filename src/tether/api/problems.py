@@ -112,7 +112,10 @@ def _for_tether_error(exc: errors.TetherError) -> JSONResponse:
         if exc.approval_id is not None:
             extra["approval_id"] = exc.approval_id
     messages = getattr(exc, "messages", None)  # a policy set's validator messages
-    if isinstance(exc, errors.InvalidInputError) and isinstance(messages, list) and messages:
+    located = getattr(exc, "located", None)  # the same, placed in a replay candidate (line, column)
+    if isinstance(exc, errors.InvalidInputError) and isinstance(located, list) and located:
+        extra["errors"] = located
+    elif isinstance(exc, errors.InvalidInputError) and isinstance(messages, list) and messages:
         extra["errors"] = [{"message": str(message)} for message in messages]
     elif isinstance(exc, errors.InvalidInputError) and exc.field:
         extra["errors"] = [{"field": exc.field, "message": str(exc)}]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from tether.api.deps import BrokerDep, OperatorDep
 from tether.broker.policies import MAX_COMMENT_CHARS
+from tether.broker.policy_replay import PolicyReplayService
 from tether.store.base import PolicySetRecord
 
 MAX_INT64 = 2**63 - 1  # database integers: larger cursors and versions are invalid input
@@ -35,6 +36,25 @@ class PolicyDeploy(_Request):
 
 class PolicyValidate(_Request):
     policies: Annotated[str, Field(description="A policy set to check, Cedar text.")]
+
+
+class PolicyReplay(_Request):
+    policies: Annotated[
+        str | None,
+        Field(description="The candidate policy set, Cedar text (optional with verify)."),
+    ] = None
+    since: Annotated[str, Field(max_length=16, description="The audit window: 7d, 12h, 90m, 3600s.")] = "7d"
+    agent: Annotated[str | None, Field(max_length=400, description="Only this agent's decisions.")] = None
+    secret: Annotated[str | None, Field(max_length=256, description="Only decisions about this secret.")] = (
+        None
+    )
+    verify: Annotated[
+        bool,
+        Field(
+            description="Also replay each decision with the policy version that made it: every "
+            "decision must be reproduced exactly (`verify.reproduced`)."
+        ),
+    ] = False
 
 
 class PolicyRollback(_Request):
@@ -140,3 +160,19 @@ async def validate_policies(body: PolicyValidate, broker: BrokerDep, operator: O
     """Check a policy set against the schema without deploying it (422 with messages if invalid)."""
     compiled = await broker.policies.validate(operator, body.policies)
     return ValidationOut(valid=True, policy_ids=list(compiled.policy_ids), sha256=compiled.sha256)
+
+
+@router.post("/v1/policies/replay")
+async def replay_policies(body: PolicyReplay, broker: BrokerDep, operator: OperatorDep) -> dict[str, Any]:
+    """What a candidate policy set would have decided differently over the audit window
+    (allowed → denied, denied → allowed, other determining policies), grouped by policy and by
+    agent; with `verify`, the self-check. Deploys nothing. A candidate that does not parse or
+    validate is a 422 whose `errors` give line and column; a window holding more decisions than
+    the setting `replay_max_decisions` is a 422 saying how many and how to narrow it."""
+    service = PolicyReplayService(
+        broker.storage, broker.audit, broker.clock, broker.settings, broker.policies
+    )
+    answer = await service.replay(
+        operator, body.policies, body.since, agent=body.agent, secret=body.secret, verify=body.verify
+    )
+    return answer.to_json()

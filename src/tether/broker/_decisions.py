@@ -21,12 +21,13 @@ from tether.clock import Clock
 from tether.config import Settings
 from tether.domain.agents import AgentRecord
 from tether.domain.decision import Decision
+from tether.domain.inputs import DecisionInputs, SnapshotMemo, decision_inputs
 from tether.domain.secrets import SecretRecord
 from tether.domain.tasks import Approval, ApprovalStatus, GrantMode, Task, new_id, request_hash, validate_id
 from tether.engines import EngineRegistry
 from tether.errors import DeniedError, NotFoundError, TetherError
 from tether.policy import DecisionRequest, Entity
-from tether.store.base import EffectFailedError, RememberJti, Storage
+from tether.store.base import Effect, EffectFailedError, PutSnapshots, RememberJti, Storage
 from tether.tracing import inner_span
 
 __all__ = [
@@ -124,6 +125,7 @@ class DecisionPoint:
         self._engines = engines
         self._refuse_replay = refuse_replay
         self.notifier = notifier
+        self.snapshots = SnapshotMemo()
 
     async def decide(
         self,
@@ -136,13 +138,60 @@ class DecisionPoint:
     ) -> Decision:
         """One policy decision, failing closed on anything that goes wrong. ``policy_version`` is the
         active version when the caller already read it (activation reads it with the grant)."""
+        decision, _ = await self._decide(action, principal, resource, context, policy_version)
+        return decision
+
+    async def decide_recorded(
+        self,
+        action: str,
+        principal: Entity,
+        resource: Entity,
+        context: dict[str, Any],
+        *,
+        policy_version: int | Literal["read"] | None = "read",
+    ) -> tuple[Decision, DecisionInputs]:
+        """:meth:`decide`, and the inputs its event records (so that policy replay can make it
+        again): snapshots by hash, the per-use context fields and the policy version that decided."""
+        decision, version = await self._decide(action, principal, resource, context, policy_version)
+        inputs = decision_inputs(
+            self.snapshots,
+            action,
+            (principal.type, principal.id, principal.attributes),
+            (resource.type, resource.id, resource.attributes),
+            context,
+            version,
+        )
+        return decision, inputs
+
+    @staticmethod
+    def input_effects(inputs: DecisionInputs | None) -> tuple[Effect, ...]:
+        """The store change that writes the snapshots ``inputs`` names and may not be stored yet."""
+        if inputs is None or not inputs.snapshots:
+            return ()
+        return (PutSnapshots(tuple((s.hash, s.kind, s.body) for s in inputs.snapshots)),)
+
+    def inputs_recorded(self, inputs: DecisionInputs | None) -> None:
+        """The event naming ``inputs`` committed: its snapshots are stored."""
+        if inputs is not None and inputs.snapshots:
+            self.snapshots.stored(inputs.snapshots)
+
+    async def _decide(
+        self,
+        action: str,
+        principal: Entity,
+        resource: Entity,
+        context: dict[str, Any],
+        policy_version: int | Literal["read"] | None,
+    ) -> tuple[Decision, int | None]:
+        version = None
         try:
             if policy_version == "read":
-                compiled = await self._policies.active()
+                version = await self._policies.active_version()
             else:
-                compiled = None if policy_version is None else await self._policies.compiled(policy_version)
+                version = policy_version
+            compiled = None if version is None else await self._policies.compiled(version)
             if compiled is None:
-                return Decision.deny(errors=("no policy set is deployed (default deny)",))
+                return Decision.deny(errors=("no policy set is deployed (default deny)",)), None
             request = DecisionRequest(principal=principal, action=action, resource=resource, context=context)
             with inner_span(
                 "tether.decide", {"tether.action": action, "tether.resource_type": resource.type}
@@ -157,8 +206,8 @@ class DecisionPoint:
             raise
         except Exception as exc:
             log.exception("policy decision failed")
-            return Decision.deny(errors=(f"policy decision failed: {type(exc).__name__}",))
-        return decision
+            return Decision.deny(errors=(f"policy decision failed: {type(exc).__name__}",)), version
+        return decision, version
 
     async def active_policy_version(self) -> int | None:
         """The active policy version, for a request that decides several times against one set."""
@@ -212,10 +261,11 @@ class DecisionPoint:
         denied: str,
         data: Mapping[str, Any] | None = None,
         caller: AgentCaller | None = None,
+        inputs: DecisionInputs | None = None,
     ) -> tuple[Decision, Approval | None]:
         """The decision once approvals are taken into account (and the approval that allows it, if
-        any); a refusal (recorded, naming the approval it opened or the denial that stands) if it is
-        still a deny."""
+        any); a refusal (recorded, naming the approval it opened or the denial that stands, with
+        the decision's ``inputs``) if it is still a deny."""
         decision, approval = await self.with_approval(decision, task, action, resource, now, asked)
         if decision.allowed:
             return decision, approval
@@ -228,6 +278,7 @@ class DecisionPoint:
             approval=approval,
             data=data,
             caller=caller,
+            inputs=inputs,
         )
 
     def new_approval(
@@ -349,22 +400,27 @@ class DecisionPoint:
         approval: Approval | None = None,
         data: Mapping[str, Any] | None = None,
         caller: AgentCaller | None = None,
+        inputs: DecisionInputs | None = None,
     ) -> TetherError:
-        """Record a denial (a ``decision`` event) and return the error to raise. A caller whose
-        proof's single use is still to be recorded has it recorded with the denial."""
+        """Record a denial (a ``decision`` event, with the policy decision's ``inputs`` if it was
+        one) and return the error to raise. A caller whose proof's single use is still to be
+        recorded has it recorded with the denial."""
         if decision is None:  # not a policy decision: the task or grant cannot be used
             decision = Decision.deny(errors=(message,))
         replay = None if caller is None else caller.replay
+        if inputs is not None:
+            data = {**(data or {}), **inputs.event_data()}
         try:
             await self._audit.record(
                 "decision",
                 Actor.agent(agent_id),
                 **self.refusal_event(resource, task, message, decision, data),
-                effects=() if replay is None else (replay,),
+                effects=(*self.input_effects(inputs), *(() if replay is None else (replay,))),
             )
         except EffectFailedError:
             assert caller is not None
             return await self.replayed(caller, resource)
+        self.inputs_recorded(inputs)
         return DeniedError(message, decision=decision, approval_id=None if approval is None else approval.id)
 
     async def agent_task(self, caller: AgentCaller, task_id: str) -> Task:

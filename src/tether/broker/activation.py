@@ -165,7 +165,7 @@ class ActivationService:
             path=path,
             uses=grant.uses,
         )
-        decision = await self._decisions.decide(
+        decision, inputs = await self._decisions.decide_recorded(
             "activate", agent_entity(caller.agent), resource, context, policy_version=use.policy_version
         )
         # An approval is for this use: this grant, this method and path.
@@ -182,9 +182,15 @@ class ActivationService:
             denied="policy denies this use",
             data=data,
             caller=caller,
+            inputs=inputs,
         )
+        if approval is not None:
+            inputs = inputs.approved()
         # One write: the event, the use count and the proof's single use commit together.
-        effects: list[Effect] = [ConsumeGrantUse(grant.id, task.id, now)]
+        effects: list[Effect] = [
+            *self._decisions.input_effects(inputs),
+            ConsumeGrantUse(grant.id, task.id, now),
+        ]
         if caller.replay is not None:
             effects.insert(0, caller.replay)
         try:
@@ -200,6 +206,7 @@ class ActivationService:
                     **data,
                     "mode": grant.mode.value,
                     **({"approval_id": approval.id} if approval is not None else {}),
+                    **inputs.event_data(),
                 },
             )
         except EffectFailedError as exc:
@@ -214,6 +221,7 @@ class ActivationService:
                 data=data,
                 caller=caller,
             ) from None
+        self._decisions.inputs_recorded(inputs)
         uses = int(results[-1])  # type: ignore[call-overload]
         return replace(grant, uses=uses)
 

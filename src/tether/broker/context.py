@@ -86,10 +86,12 @@ class ContextService:
         changed = replace(task, intent=new_intent, context_version=task.context_version + 1, approval_id=None)
         principal = agent_entity(caller.agent)
         context = decision_context(changed, now, method="PATCH", path=f"/v1/tasks/{task.id}")
-        decision = await self._decisions.decide("open_task", principal, principal, context)
+        decision, inputs = await self._decisions.decide_recorded("open_task", principal, principal, context)
         decision, approval = await self._decisions.with_approval(
             decision, changed, "open_task", principal, now
         )
+        if decision.allowed and approval is not None:
+            inputs = inputs.approved()
         if not decision.allowed and (approval is None or approval.status is ApprovalStatus.DENIED):
             raise await self._decisions.refuse(
                 caller.agent.id,
@@ -98,6 +100,7 @@ class ContextService:
                 approval_message(approval, "policy denies the changed task context"),
                 decision=decision,
                 approval=approval,
+                inputs=inputs,
             )
         if not decision.allowed and approval is not None:
             changed = replace(changed, status=TaskStatus.PENDING_APPROVAL, approval_id=approval.id)
@@ -135,8 +138,11 @@ class ContextService:
                 "grants_revoked": revoke[:50],
                 "revoked_count": len(revoke),
                 "sub_tasks_ended": children[:50],
+                **inputs.event_data(),
             },
+            effects=self._decisions.input_effects(inputs),
         )
+        self._decisions.inputs_recorded(inputs)
         ended = await self._storage.update_task(
             changed,
             expected_version=task.context_version,

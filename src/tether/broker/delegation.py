@@ -111,7 +111,9 @@ class DelegationService:
         )
         resource = agent_entity(delegate)
         context = decision_context(preview, now, method="POST", path=f"/v1/tasks/{parent.id}/delegate")
-        decision = await self._decisions.decide("delegate", agent_entity(caller.agent), resource, context)
+        decision, inputs = await self._decisions.decide_recorded(
+            "delegate", agent_entity(caller.agent), resource, context
+        )
         # An approval is for this hop: this delegate and exactly this narrowed scope.
         asked = {
             "delegate": delegate.id,
@@ -131,7 +133,10 @@ class DelegationService:
             agent_id=delegator,
             label=f"agent:{delegate.id}",
             denied="policy denies this delegation",
+            inputs=inputs,
         )
+        if approval is not None:
+            inputs = inputs.approved()
         await self._audit.record(
             "delegation",
             Actor.agent(delegator),
@@ -147,8 +152,11 @@ class DelegationService:
                 "tools": sorted(child_intent.tools),
                 "sensitivity": child_intent.sensitivity.label,
                 **({"approval_id": approval.id} if approval is not None else {}),
+                **inputs.event_data(),
             },
+            effects=self._decisions.input_effects(inputs),
         )
+        self._decisions.inputs_recorded(inputs)
         declared = await self._tasks.read_declared(child_intent)
         opened = await self._tasks.open_for(
             delegate,

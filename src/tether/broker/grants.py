@@ -16,6 +16,7 @@ from tether.clock import Clock
 from tether.domain.commands import IssueGrant
 from tether.domain.decision import Decision
 from tether.domain.destinations import Destination
+from tether.domain.inputs import DecisionInputs
 from tether.domain.secrets import SecretRecord
 from tether.domain.tasks import Approval, Grant, GrantMode, Task, TaskStatus, decision_context, new_id
 from tether.errors import ConflictError, InvalidInputError, NotFoundError
@@ -102,7 +103,9 @@ class GrantService:
             method="POST",
             path=f"/v1/tasks/{task.id}/grants",
         )
-        decision = await self._decisions.decide("issue", agent_entity(caller.agent), resource, context)
+        decision, inputs = await self._decisions.decide_recorded(
+            "issue", agent_entity(caller.agent), resource, context
+        )
         # An approval is for this grant as asked: its mode, destination, lifetime and use budget.
         decision, approval = await self._decisions.allowed_or_refuse(
             decision,
@@ -115,9 +118,12 @@ class GrantService:
             label=f"secret:{secret_path}",
             denied=POLICY_DENIES,
             caller=caller,
+            inputs=inputs,
         )
+        if approval is not None:
+            inputs = inputs.approved()
         # One write: the event, the grant and the proof's single use commit together.
-        event = self.issue_event(task, grant, decision, None if approval is None else approval.id)
+        event = self.issue_event(task, grant, decision, None if approval is None else approval.id, inputs)
         replay: tuple[Effect, ...] = () if caller.replay is None else (caller.replay,)
         try:
             await self._audit.record_with(
@@ -127,12 +133,18 @@ class GrantService:
             if any(isinstance(effect, RememberJti) for effect in exc.failed.values()):
                 raise await self._decisions.replayed(caller, f"POST /v1/tasks/{task.id}/grants") from None
             raise ConflictError(f"task {task.id} is not active") from None
+        self._decisions.inputs_recorded(inputs)
         return grant
 
     def issue_event(
-        self, task: Task, grant: Grant, decision: Decision, approval_id: str | None
+        self,
+        task: Task,
+        grant: Grant,
+        decision: Decision,
+        approval_id: str | None,
+        inputs: DecisionInputs | None = None,
     ) -> PlannedEvent:
-        """The ``grant.issue`` event, with the grant it stores."""
+        """The ``grant.issue`` event, with the grant it stores (and the decision's inputs)."""
         return PlannedEvent(
             "grant.issue",
             {
@@ -140,9 +152,12 @@ class GrantService:
                 "task_id": task.id,
                 "chain": task.chain,
                 "decision": summary(decision),
-                "data": self.issue_data(grant, approval_id),
+                "data": {
+                    **self.issue_data(grant, approval_id),
+                    **({} if inputs is None else inputs.event_data()),
+                },
             },
-            (CreateGrant(grant, grant.created_at),),
+            (*self._decisions.input_effects(inputs), CreateGrant(grant, grant.created_at)),
         )
 
     @staticmethod
@@ -274,13 +289,13 @@ class GrantService:
                 method="POST",
                 path="/v1/tasks",
             )
-            decision = await self._decisions.decide(
+            decision, inputs = await self._decisions.decide_recorded(
                 "issue", agent, resource, context, policy_version=policy_version
             )
             if decision.allowed:
                 grant = self.new_grant(caller, task, command, secret, now)
                 outcome = GrantOutcome(index, command, "issued", grant=grant, decision=decision)
-                planned.append((outcome, [self.issue_event(task, grant, decision, None)]))
+                planned.append((outcome, [self.issue_event(task, grant, decision, None, inputs)]))
                 continue
             events: list[PlannedEvent] = []
             approval = None
@@ -299,11 +314,10 @@ class GrantService:
             status: Literal["denied", "approval_required"] = (
                 "denied" if approval is None else "approval_required"
             )
-            events.append(
-                PlannedEvent(
-                    "decision", self._decisions.refusal_event(f"secret:{secret}", task, why, decision)
-                )
+            refusal = self._decisions.refusal_event(
+                f"secret:{secret}", task, why, decision, inputs.event_data()
             )
+            events.append(PlannedEvent("decision", refusal, self._decisions.input_effects(inputs)))
             outcome = GrantOutcome(
                 index,
                 command,

@@ -208,7 +208,7 @@ class TaskService:
         path = "/v1/tasks" if parent is None else f"/v1/tasks/{parent.id}/delegate"
         context = decision_context(task, now, method="POST", path=path)
         version = await self._decisions.active_policy_version()
-        decision = await self._decisions.decide(
+        decision, inputs = await self._decisions.decide_recorded(
             "open_task", principal, principal, context, policy_version=version
         )
         needs_approval = not decision.allowed and decision.missing == ("approval",)
@@ -216,7 +216,7 @@ class TaskService:
         if not decision.allowed and not needs_approval:
             why = "policy denies opening this task" + ("; no grant was issued" if grants else "")
             raise await self._decisions.refuse(
-                agent.id, resource, task, why, decision=decision, caller=caller
+                agent.id, resource, task, why, decision=decision, caller=caller, inputs=inputs
             )
         events: list[PlannedEvent] = []
         outcomes: list[GrantOutcome] = []
@@ -245,7 +245,12 @@ class TaskService:
             ):
                 outcomes.append(outcome)
                 events.extend(planned)
-        data = {**self.task_data(task), **(extra or {}), **({"grants_asked": len(grants)} if grants else {})}
+        data = {
+            **self.task_data(task),
+            **(extra or {}),
+            **({"grants_asked": len(grants)} if grants else {}),
+            **inputs.event_data(),
+        }
         replay: tuple[Effect, ...] = () if caller is None or caller.replay is None else (caller.replay,)
         opened = PlannedEvent(
             "task.open",
@@ -256,9 +261,10 @@ class TaskService:
                 "decision": summary(decision),
                 "data": data,
             },
-            (*replay, CreateTask(task)),
+            (*replay, *self._decisions.input_effects(inputs), CreateTask(task)),
         )
         outcomes = await self._record(actor, agent, task, opened, events, outcomes, caller)
+        self._decisions.inputs_recorded(inputs)
         return OpenedTask(task, tuple(outcomes))
 
     async def _record(

@@ -83,6 +83,7 @@ EXAMPLES: dict[str, str] = {
     "policy rollback": "tether policy rollback 3",
     "policy test": "tether policy test cases.yaml --policies policies.cedar",
     "policy explain": "tether policy explain --request request.json",
+    "policy replay": "tether policy replay candidate.cedar --since 7d --verify",
     "task list": "tether task list --agent ci-deployer --status active",
     "task show": "tether task show tsk_...",
     "task tree": "tether task tree tsk_...",

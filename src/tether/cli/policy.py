@@ -376,3 +376,148 @@ def policy_explain(
         )
         return
     out.print(escape(explain(decision)))
+
+
+#: Replay can take a while on a large window (see docs/reach.md): wait for it.
+_REPLAY_TIMEOUT_SECONDS = 600.0
+
+
+def _candidate_errors(text: str, source: str) -> None:
+    """Refuse a candidate that does not parse or validate, each message at its line and column."""
+    from tether.policy import PolicyValidationError
+    from tether.reach.replay import compile_candidate, locate_errors
+
+    try:
+        compile_candidate(text)
+    except PolicyValidationError as exc:
+        lines = [
+            f"{source}:{e['line']}:{e['column']}: {e['message']}"
+            if e["line"]
+            else f"{source}: {e['message']}"
+            for e in locate_errors(text, exc.messages)
+        ]
+        raise CommandError("the candidate is invalid:\n" + "\n".join(lines)) from None
+
+
+def _examples(group: dict[str, Any]) -> str:
+    return "; ".join(
+        f"#{e['ref']} {e['agent'].rsplit('/', 1)[-1]} {e['action']} {e['resource']}"
+        for e in group["examples"]
+    )
+
+
+def _print_changes(report: dict[str, Any], title: str) -> None:
+    kinds = ("allowed->denied", "denied->allowed", "policies-changed")
+    columns = ["ALLOWED→DENIED", "DENIED→ALLOWED", "OTHER POLICIES", "EXAMPLES (event #)"]
+    for key, heading in (("by_policy", "POLICY"), ("by_agent", "AGENT")):
+        groups = report[key]
+        if not groups:
+            continue
+        print_table(
+            f"{title}, by {heading.lower()}",
+            [heading, *columns],
+            [
+                (name, *(group["counts"][k] for k in kinds), _examples(group))
+                for name, group in groups.items()
+            ],
+        )
+
+
+@policy_app.command("replay")
+def policy_replay(
+    candidate: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="[CANDIDATE]",
+            help="A candidate policy set (Cedar text); optional with --verify.",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    since: Annotated[str, typer.Option("--since", help="The audit window: 7d, 12h, 90m, 3600s.")] = "7d",
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Replay each decision with the policy version that made it: every decision must be "
+            "reproduced exactly (exit 1 otherwise).",
+        ),
+    ] = False,
+    agent: Annotated[str | None, typer.Option("--agent", help="Only this agent's decisions.")] = None,
+    secret: Annotated[str | None, typer.Option("--secret", help="Only decisions about this secret.")] = None,
+    addr: Addr = DEFAULT_ADDR,
+    token: Token = None,
+    json_output: Json = False,
+) -> None:
+    """Replay the audit window's decisions with a candidate policy set: what would change.
+
+    Reports allowed → denied, denied → allowed and other determining policies, by policy and by
+    agent. Nothing is deployed. With --verify, the self-check: exit 1 unless every decision is
+    reproduced with the policy version that made it."""
+    import httpx
+
+    from tether.cli.client import OperatorClient
+
+    if candidate is None and not verify:
+        raise CommandError("give a CANDIDATE policy file, or --verify", EXIT_USAGE)
+    body: dict[str, Any] = {"since": since, "verify": verify}
+    if candidate is not None:
+        text = _read_policies(candidate)
+        _candidate_errors(text, str(candidate))
+        body["policies"] = text
+    if agent is not None:
+        body["agent"] = agent
+    if secret is not None:
+        body["secret"] = secret
+    timeout = httpx.Timeout(_REPLAY_TIMEOUT_SECONDS, connect=5.0)
+    with OperatorClient(addr, token, timeout=timeout) as api:
+        answer = api.post("/v1/policies/replay", json=body)
+    reproduced = answer["verify"] is None or answer["verify"]["reproduced"]
+    if json_output:
+        print_json(answer)
+    else:
+        _print_replay(answer, None if candidate is None else str(candidate))
+    if not reproduced:
+        raise typer.Exit(EXIT_FAILURE)
+
+
+def _print_replay(answer: dict[str, Any], source: str | None) -> None:
+    scope = "".join(
+        f" {word} {escape(str(answer[key]))}"
+        for key, word in (("agent", "by"), ("secret", "about"))
+        if answer[key]
+    )
+    out.print(
+        f"{answer['events']} decision events{scope} from {format_time(answer['from'])} to "
+        f"{format_time(answer['until'])} (since {escape(answer['since'])})"
+    )
+    skipped = answer["not_replayable"]
+    if skipped["count"]:
+        reasons = "; ".join(f"{escape(reason)}: {n}" for reason, n in skipped["reasons"].items())
+        print_warning(f"{skipped['count']} not replayable, counted and left out ({reasons})")
+    checked = answer["verify"]
+    if checked is not None:
+        versions = ", ".join("none" if v is None else str(v) for v in checked["policy_versions"]) or "-"
+        if checked["reproduced"]:
+            out.print(
+                f"[green]Self-check passed[/]: all {checked['decisions']} replayed decisions reproduced "
+                f"exactly with the policy versions that made them ({versions})."
+            )
+        else:
+            out.print(
+                f"[red]Self-check FAILED[/]: {checked['changed']} of {checked['decisions']} decisions "
+                f"were not reproduced with the versions that made them ({versions})."
+            )
+            _print_changes(checked, "Not reproduced")
+    report = answer["candidate"]
+    if report is not None:
+        counts = report["counts"]
+        out.print(
+            f"Candidate {escape(source or '?')} (sha256 {report['sha256'][:12]}…) over {report['decisions']} "
+            f"decisions: {counts['allowed->denied']} allowed → denied, {counts['denied->allowed']} denied → "
+            f"allowed, {counts['policies-changed']} by other policies."
+        )
+        if report["changed"]:
+            _print_changes(report, "What would change")
+        else:
+            out.print("Nothing would change.")

@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import cedarpy
 
 from tether.domain.decision import Decision
 from tether.errors import InvalidInputError
+from tether.policy.prune import NEVER as _NEVER_UNKNOWN
+from tether.policy.prune import Prefix, dropped, side_results, static_prefix
 from tether.policy.reads import Projection, context_projection, project
-from tether.policy.request import DecisionRequest, json_default
+from tether.policy.request import DecisionRequest, Entity, json_default
 from tether.policy.schema import ACTIONS, RESOURCE_TYPES, SCHEMA_TEXT
 from tether.policy.syntax import locate_parse_error
 
@@ -50,6 +52,22 @@ _MemoKey = tuple[str, str, str, str, str, str, bool, object]
 
 # A bucket is the set of policies that can apply to (action, resource type).
 _BucketKey = tuple[str, str]
+
+
+class Asked(Protocol):
+    """A request as :meth:`CompiledPolicySet.decide_many` reads it: what :class:`DecisionRequest`
+    holds, built from values already checked (policy replay's recorded decisions)."""
+
+    @property
+    def principal(self) -> Entity: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def resource(self) -> Entity: ...
+    @property
+    def context(self) -> Mapping[str, Any]: ...
+    @property
+    def entities(self) -> Sequence[Entity]: ...
 
 
 class PolicyValidationError(InvalidInputError):
@@ -83,6 +101,7 @@ def _policy_set(policies: Sequence[_Policy]) -> cedarpy.PolicySet:
 
 
 _HANDLE_CACHE_SIZE: Final = 4096
+_SIDE_CACHE_SIZE: Final = 100_000
 
 
 @dataclass(slots=True)
@@ -97,6 +116,8 @@ class _Bucket:
     pinned_handles: dict[tuple[int, ...], tuple[cedarpy.PolicySet, Projection | None]] = field(
         default_factory=dict
     )
+    # For decide_many (policy replay): what each entity rules out, and handles of what is left.
+    pruning: _Pruning | None = None
 
     def select(self, principal_id: str, resource_id: str) -> tuple[_Policy, ...]:
         extra = [
@@ -124,6 +145,81 @@ class _Bucket:
                 self.pinned_handles.clear()
             self.pinned_handles[key] = pinned
         return pinned[0], policies, pinned[1]
+
+
+@dataclass(slots=True)
+class _Pruning:
+    """A bucket's policies as :mod:`tether.policy.prune` sees them, and what it found (bounded)."""
+
+    policies: tuple[_Policy, ...]  # every policy of the bucket, pinned ones too
+    prefixes: tuple[Prefix, ...]
+    sides: dict[tuple[str, int], tuple[Any, dict[int, tuple[int, int]], bool]] = field(default_factory=dict)
+    handles: dict[tuple[int, ...], tuple[cedarpy.PolicySet | None, Projection | None]] = field(
+        default_factory=dict
+    )
+    pairs: dict[tuple[int, int], tuple[Any, Any, tuple[cedarpy.PolicySet | None, Projection | None]]] = field(
+        default_factory=dict
+    )
+
+    def for_pair(
+        self, bucket: _Bucket, principal: Any, resource: Any
+    ) -> tuple[cedarpy.PolicySet | None, Projection | None]:
+        """The handle (None: no policy is left) and context reads of the policies this principal
+        and resource leave standing (memoised per pair of entities)."""
+        found = self.pairs.get((id(principal), id(resource)))
+        if found is not None and found[0] is principal and found[1] is resource:
+            return found[2]
+        if len(self.pairs) >= _SIDE_CACHE_SIZE:
+            self.pairs.clear()
+        selected = bucket.select(principal.id, resource.id)
+        if not any(policy.effect == "permit" for policy in selected):
+            answer: tuple[cedarpy.PolicySet | None, Projection | None] = (None, None)  # default deny
+        else:
+            # Forbids that are left are still asked (one could fail, which is a deny naming it);
+            # with nothing left, Cedar would answer a deny without reasons: so does no handle.
+            by_principal, principal_decided = self.side("principal", principal)
+            by_resource, resource_decided = self.side("resource", resource)
+            if principal_decided and resource_decided:  # each entry is a false conjunct
+                out: Collection[int] = by_principal.keys() | by_resource.keys()
+            else:
+                out = dropped(by_principal, by_resource)
+            kept = tuple(policy for policy in selected if policy.position not in out) if out else selected
+            answer = self.handle(kept)
+        self.pairs[(id(principal), id(resource))] = (principal, resource, answer)
+        return answer
+
+    @classmethod
+    def of(cls, bucket: _Bucket) -> _Pruning:
+        every = {p.position: p for p in bucket.general}
+        for group in (*bucket.by_resource.values(), *bucket.by_principal.values()):
+            every.update({p.position: p for p in group})
+        policies = tuple(sorted(every.values(), key=lambda policy: policy.position))
+        return cls(policies, tuple(static_prefix(policy.est) for policy in policies))
+
+    def side(self, side: str, entity: Any) -> tuple[dict[int, tuple[int, int]], bool]:
+        """What ``entity`` (as the principal or the resource) decides of each policy's prefix, by
+        policy position; True when nothing was left undecided."""
+        found = self.sides.get((side, id(entity)))
+        if found is not None and found[0] is entity:
+            return found[1], found[2]
+        if len(self.sides) >= _SIDE_CACHE_SIZE:
+            self.sides.clear()
+        results = side_results(self.prefixes, side, entity.attributes)
+        # Keyed by policy position (the results index into self.policies).
+        by_position = {self.policies[index].position: result for index, result in results.items()}
+        decided = all(unknown == _NEVER_UNKNOWN for _, unknown in by_position.values())
+        self.sides[(side, id(entity))] = (entity, by_position, decided)
+        return by_position, decided
+
+    def handle(self, kept: tuple[_Policy, ...]) -> tuple[cedarpy.PolicySet | None, Projection | None]:
+        key = tuple(policy.position for policy in kept)
+        found = self.handles.get(key)
+        if found is None:
+            if len(self.handles) >= _HANDLE_CACHE_SIZE:
+                self.handles.clear()
+            handle = _policy_set(kept) if kept else None
+            found = self.handles[key] = (handle, context_projection(policy.est for policy in kept))
+        return found
 
 
 class CompiledPolicySet:
@@ -257,6 +353,146 @@ class CompiledPolicySet:
             return Decision.deny(policies=with_approval.policies, missing=("approval",))
         return decision
 
+    def decide_many(
+        self,
+        requests: Sequence[DecisionRequest | Asked],
+        memo: dict[tuple[int, str, str], tuple[cedarpy.PolicySet, Decision]] | None = None,
+    ) -> list[Decision]:
+        """:meth:`decide` (with ``trusted_context``) for many requests at once, for policy replay:
+        requests that agree on the policies selected, the entities and the context those policies
+        read are decided once, and those sharing policies and entities go to Cedar in one batch.
+        Each answer equals what :meth:`decide` answers for that request alone. ``memo`` keeps
+        answers across calls (the caller bounds it, and uses it with this set only)."""
+        answers: list[Decision | None] = [None] * len(requests)
+        # (handle, entities JSON) -> context JSON -> (Cedar request, indexes of the requests)
+        groups: dict[tuple[int, str], dict[str, tuple[dict[str, Any], list[int]]]] = {}
+        handles: dict[int, cedarpy.PolicySet] = {}
+        approval_read: dict[int, bool] = {}
+        entity_json: dict[tuple[int, int], str] = {}  # by the entities' identity, within this call
+        for index, request in enumerate(requests):
+            asked = self._batch_item(request, entity_json)
+            if isinstance(asked, Decision):
+                answers[index] = asked
+                continue
+            handle, entities, context, reads_approval = asked
+            approval_read[id(handle)] = reads_approval
+            known = None if memo is None else memo.get((id(handle), entities, context))
+            if known is not None and known[0] is handle:
+                answers[index] = known[1]
+                continue
+            handles[id(handle)] = handle
+            same = groups.setdefault((id(handle), entities), {})
+            if context in same:
+                same[context][1].append(index)
+            else:
+                same[context] = (_cedar_request(request, context), [index])
+        for (handle_id, entities), contexts in groups.items():
+            handle = handles[handle_id]
+            decided = self._decide_group(
+                handle, entities, list(contexts.values()), requests, approval_read[handle_id]
+            )
+            for context, decision, (_, indexes) in zip(contexts, decided, contexts.values(), strict=True):
+                if memo is not None:
+                    memo[(handle_id, entities, context)] = (handle, decision)
+                for index in indexes:
+                    answers[index] = decision
+        # Every index was answered above; fail closed if not (a Decision is falsy when it denies).
+        return [Decision.deny(errors=("not decided",)) if a is None else a for a in answers]
+
+    def _batch_item(
+        self, request: DecisionRequest | Asked, entity_json: dict[tuple[int, int], str]
+    ) -> Decision | tuple[cedarpy.PolicySet, str, str, bool]:
+        """What :meth:`decide` would hand Cedar for ``request`` (handle, entities, projected context,
+        whether those policies read ``context.approval``), or the decision when Cedar need not be
+        asked."""
+        bucket = self._buckets.get((request.action, request.resource.type))
+        if bucket is None:
+            return Decision.deny(errors=(f"no policies index for {request.action}",))
+        # Set aside the policies this principal and resource make false whatever the context (they
+        # neither apply nor error): the same decision, with less to evaluate and to tell apart.
+        # No handle: no permit applies (the default deny, as decide() answers), or no policy is left
+        # (each is false: Cedar would deny without reasons).
+        if bucket.pruning is None:
+            bucket.pruning = _Pruning.of(bucket)
+        handle, reads = bucket.pruning.for_pair(bucket, request.principal, request.resource)
+        if handle is None:
+            return Decision.deny()  # every policy is false for these entities: a deny, no reasons
+        given = request.context if reads is None else project(request.context, reads)
+        try:
+            pair = (id(request.principal), id(request.resource))
+            entities = None if request.entities else entity_json.get(pair)
+            if entities is None:
+                entities = _entities_json(request)
+                if not request.entities:
+                    entity_json[pair] = entities
+            context = json.dumps(dict(given), default=json_default, sort_keys=True)
+        except (TypeError, ValueError, RecursionError) as exc:
+            return Decision.deny(errors=(_clip(f"request is unusable: {type(exc).__name__}: {exc}"),))
+        return handle, entities, context, reads is None or "approval" in reads
+
+    def _decide_group(
+        self,
+        handle: cedarpy.PolicySet,
+        entities: str,
+        asked: list[tuple[dict[str, Any], list[int]]],
+        requests: Sequence[DecisionRequest | Asked],
+        reads_approval: bool,
+    ) -> list[Decision]:
+        decided = self._evaluate_many(handle, [request for request, _ in asked], entities)
+        if not reads_approval:
+            return decided  # asking again with an approval would get the same answer
+        # Derived approval, as decide() does: a deny without errors, asked without an approval —
+        # would an approval allow it?
+        again = [
+            (position, request)
+            for position, ((request, indexes), decision) in enumerate(zip(asked, decided, strict=True))
+            if not decision.allowed
+            and not decision.errors
+            and requests[indexes[0]].context.get("approval") is False
+        ]
+        if again:
+            approved = [
+                {**request, "context": json.dumps({**json.loads(request["context"]), "approval": True})}
+                for _, request in again
+            ]
+            for (position, _), with_approval in zip(
+                again, self._evaluate_many(handle, approved, entities), strict=True
+            ):
+                if with_approval.allowed:
+                    decided[position] = Decision.deny(policies=with_approval.policies, missing=("approval",))
+        return decided
+
+    def _evaluate_many(
+        self, handle: cedarpy.PolicySet, cedar_requests: list[dict[str, Any]], entities: str
+    ) -> list[Decision]:
+        try:
+            results = cedarpy.is_authorized_batch(cedar_requests, handle, _entities(entities))
+        except Exception:  # noqa: BLE001 - one by one, so that each request fails closed on its own
+            return [self._evaluate(handle, request, entities, trusted=True) for request in cedar_requests]
+        return [self._interpret(result) for result in results]
+
+    def _interpret(self, result: cedarpy.AuthzResult) -> Decision:
+        """Cedar's answer as a decision, failing closed exactly as :meth:`_evaluate` does."""
+        try:
+            errors = tuple(_clip(str(error)) for error in result.diagnostics.errors)
+            reasons = tuple(str(reason) for reason in result.diagnostics.reasons)
+            allowed = result.decision is cedarpy.Decision.Allow
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything the engine throws
+            return Decision.deny(errors=(_clip(f"policy engine failed: {type(exc).__name__}: {exc}"),))
+        unknown = [reason for reason in reasons if reason not in self._effects]
+        if unknown:
+            errors = (*errors, f"engine named unknown policies: {', '.join(sorted(unknown))}")
+        if errors:
+            failed = dict.fromkeys(
+                match.group(1) for error in errors for match in _ERRORED_POLICY.finditer(error)
+            )
+            return Decision.deny(policies=tuple(p for p in failed if p in self._effects), errors=errors)
+        if allowed and all(self._effects[reason] == "permit" for reason in reasons) and reasons:
+            return Decision(allowed=True, policies=reasons)
+        if allowed:
+            return Decision.deny(errors=("engine allowed without a determining permit",))
+        return Decision.deny(policies=tuple(r for r in reasons if self._effects[r] == "forbid"))
+
     def _evaluate(
         self, handle: cedarpy.PolicySet, cedar_request: dict[str, Any], entities: str, *, trusted: bool
     ) -> Decision:
@@ -294,7 +530,16 @@ def _clip(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE_LENGTH else message[: MAX_MESSAGE_LENGTH - 1] + "…"
 
 
-def _entities_json(request: DecisionRequest) -> str:
+def _cedar_request(request: DecisionRequest | Asked, context: str) -> dict[str, Any]:
+    return {
+        "principal": {"type": request.principal.type, "id": request.principal.id},
+        "action": {"type": "Action", "id": request.action},
+        "resource": {"type": request.resource.type, "id": request.resource.id},
+        "context": context,
+    }
+
+
+def _entities_json(request: DecisionRequest | Asked) -> str:
     seen: dict[tuple[str, str], dict[str, Any]] = {}
     for entity in (request.principal, request.resource, *request.entities):
         cedar = {

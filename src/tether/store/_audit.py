@@ -34,6 +34,7 @@ from tether.store.base import (
     CreateTask,
     Effect,
     EffectFailedError,
+    PutSnapshots,
     RememberJti,
     StoredAuditRow,
     StoredCheckpoint,
@@ -104,6 +105,8 @@ class AuditStore(SQLBase):
                     ok = await TaskStore._consume(conn, effect.grant_id, effect.task_id, effect.now)
                 elif isinstance(effect, CreateTask):
                     ok = await TaskStore._insert_task(conn, effect.task)
+                elif isinstance(effect, PutSnapshots):
+                    ok = await self._put_snapshots(conn, effect)
                 else:
                     ok = await TaskStore._insert_grant(conn, effect.grant, effect.now)
                 if ok is None or ok is False:
@@ -114,6 +117,14 @@ class AuditStore(SQLBase):
         if failed:
             raise EffectFailedError(failed)
         return results
+
+    async def _put_snapshots(self, conn: AsyncConnection, effect: PutSnapshots) -> bool:
+        """Store decision-input snapshots; a hash already stored keeps its (identical) row."""
+        dialect_insert = sqlite_insert if self.backend == "sqlite" else pg_insert
+        rows = [{"hash": h, "kind": kind, "body": body} for h, kind, body in effect.snapshots]
+        statement = dialect_insert(t.decision_snapshots).on_conflict_do_nothing(index_elements=["hash"])
+        await conn.execute(statement, rows)
+        return True
 
     async def _remember(self, conn: AsyncConnection, key: bytes, expires_at: datetime, now: datetime) -> bool:
         """Insert a replay record unless a live one exists (an expired one is replaced). Never

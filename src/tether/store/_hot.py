@@ -41,6 +41,7 @@ __all__ = [
     "INSERT_AUDIT_EVENT",
     "INSERT_GRANT",
     "INSERT_JTI",
+    "INSERT_SNAPSHOT",
     "INSERT_TASK",
     "JTI_SWEEP",
     "LIVE_SECRET",
@@ -233,6 +234,10 @@ AUDIT_COLUMNS = tuple(c.name for c in t.audit_events.c)
 INSERT_TASK = _insert(t.tasks)
 INSERT_GRANT = _insert(t.grants)
 INSERT_AUDIT_EVENT = _insert(t.audit_events)
+#: A decision-input snapshot, once per hash (content-addressed: an existing row is already right).
+INSERT_SNAPSHOT = Query(
+    "INSERT INTO decision_snapshots (hash, kind, body) VALUES (?, ?, ?) ON CONFLICT (hash) DO NOTHING"
+)
 
 # -- audit ----------------------------------------------------------------------------------------
 AUDIT_HEAD = Query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1", ("seq", "hash"))

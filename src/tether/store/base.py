@@ -40,6 +40,7 @@ __all__ = [
     "OperatorStorage",
     "PolicySetRecord",
     "PolicyStorage",
+    "PutSnapshots",
     "RememberJti",
     "SealingStorage",
     "SecretStorage",
@@ -113,8 +114,16 @@ class CreateGrant:
     now: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class PutSnapshots:
+    """Effect: store decision-input snapshots (``(hash, kind, canonical JSON)``) that events name;
+    a hash already stored is left as it is (content-addressed). Never fails; its result is True."""
+
+    snapshots: tuple[tuple[str, str, str], ...]
+
+
 #: What may ride along with an audit event, in the same transaction.
-Effect = RememberJti | ConsumeGrantUse | CreateTask | CreateGrant
+Effect = RememberJti | ConsumeGrantUse | CreateTask | CreateGrant | PutSnapshots
 
 
 class EffectFailedError(ConflictError):

@@ -285,3 +285,14 @@ leases = Table(
     Index("ix_leases_task", "task_id"),
     Index("ix_leases_pending", "engine_revoked_at_us", "expires_at_us"),
 )
+
+# Decision inputs (policy replay): content-addressed snapshots of what decision events name by
+# hash — an entity's decision-relevant attributes or a task's context part (canonical JSON; never a
+# secret value). Written once per hash, with the first event that names it; never changed.
+decision_snapshots = Table(
+    "decision_snapshots",
+    metadata,
+    Column("hash", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("body", Text, nullable=False),
+)

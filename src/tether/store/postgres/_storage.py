@@ -36,6 +36,7 @@ from tether.store.base import (
     Effect,
     EffectFailedError,
     GrantInUse,
+    PutSnapshots,
     RememberJti,
 )
 from tether.tracing import inner_span
@@ -98,6 +99,9 @@ async def _apply(conn: Any, effect: Effect) -> object:
         return await _insert_task(conn, effect.task)
     if isinstance(effect, CreateGrant):
         return await _insert_grant(conn, effect.grant, effect.now)
+    if isinstance(effect, PutSnapshots):
+        await conn.executemany(q.INSERT_SNAPSHOT.pg, effect.snapshots)
+        return True
     raise StorageError(f"unknown audited effect {type(effect).__name__}")
 
 

@@ -35,6 +35,7 @@ from tether.store.base import (
     Effect,
     EffectFailedError,
     GrantInUse,
+    PutSnapshots,
     RememberJti,
 )
 from tether.store.sqlite._driver import SQLiteDriver
@@ -88,6 +89,9 @@ def _apply(conn: sqlite3.Connection, effect: Effect) -> object:
         return _insert_task(conn, effect.task)
     if isinstance(effect, CreateGrant):
         return _insert_grant(conn, effect.grant, effect.now)
+    if isinstance(effect, PutSnapshots):
+        conn.executemany(q.INSERT_SNAPSHOT.sql, effect.snapshots)
+        return True
     raise StorageError(f"unknown audited effect {type(effect).__name__}")
 
 
