@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,7 @@ from tether.errors import (
     StorageError,
 )
 from tether.mcp.discovery import MCP_PATH, protected_resource_metadata
+from tether.mcp.exchange import answer, handshake_era, parse
 from tether.mcp.gateway import McpGateway
 from tether.mcp.upstreams import UpstreamError
 
@@ -190,14 +191,18 @@ class McpFront:
                     related_request_id=ctx.request_id,
                 )
 
+        # Notifications are forwarded only to a client that asked for them (its answer is then
+        # an event stream); otherwise the upstream is not asked for them either.
+        meta = ctx.params.get("_meta") if isinstance(ctx.params, Mapping) else None
+        asked = meta if isinstance(meta, Mapping) else {}
         try:
             outcome = await self.gateway.call_tool(
                 call.caller,
                 call.task_id,
                 params.name,
                 params.arguments,
-                progress=progress,
-                on_log=on_log,
+                progress=progress if "progressToken" in asked else None,
+                on_log=on_log if LOG_LEVEL_META_KEY in asked else None,
             )
             return types.CallToolResult.model_validate(outcome.result)
         except Exception as exc:  # noqa: BLE001 - every failure is a JSON-RPC error, never a crash
@@ -227,12 +232,17 @@ class McpFront:
             raise InvalidInputError("the Tether-Task header (the task's id) is required", field="Tether-Task")
         validate_id(task_id, "tsk", "Tether-Task")
         body = await request.body()
-        method, streams = _peek(body)
+        raw = parse(body)
+        method, streams = _peek(raw)
         if method != "tools/call":
             caller = await self._spend(caller)
+        call = _Call(caller, task_id)
+        if not streams and handshake_era(request):
+            # One request, one JSON body: straight to the SDK's kernel, none of the transport.
+            return await answer(self.server, Request({**request.scope, _SCOPE_KEY: call}), raw)
         await self.start()
         manager = self.manager if streams else self.json_manager
-        return _Delegated(manager, body, _Call(caller, task_id))
+        return _Delegated(manager, body, call)
 
     async def _spend(self, caller: AgentCaller) -> AgentCaller:
         """Record the proof's single use now (a request that records nothing else)."""
@@ -246,21 +256,18 @@ class McpFront:
         return replace(caller, replay=None)
 
 
-def _peek(body: bytes) -> tuple[str | None, bool]:
-    """The JSON-RPC method of a request body, and whether its answer should stream: the request
-    asks for progress or log notifications (``_meta``), or it cannot be read here (the SDK answers
-    it, with the error it deserves)."""
-    try:
-        message = json.loads(body)
-    except (ValueError, RecursionError):
-        return None, True
+def _peek(message: Any) -> tuple[str | None, bool]:
+    """The JSON-RPC method of a parsed request body, and whether its answer should stream (the
+    request asks for progress or log notifications in ``_meta``)."""
     if not isinstance(message, dict):
-        return None, True
+        return None, False
     method = message.get("method")
-    params = message.get("params")
-    meta = params.get("_meta") if isinstance(params, dict) else None
-    streams = isinstance(meta, dict) and ("progressToken" in meta or LOG_LEVEL_META_KEY in meta)
-    return (method if isinstance(method, str) else None), streams
+    return (method if isinstance(method, str) else None), _wants_notifications(message.get("params"))
+
+
+def _wants_notifications(params: Any) -> bool:
+    meta = params.get("_meta") if isinstance(params, Mapping) else None
+    return isinstance(meta, Mapping) and ("progressToken" in meta or LOG_LEVEL_META_KEY in meta)
 
 
 class _Delegated(Response):

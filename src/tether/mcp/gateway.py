@@ -624,8 +624,13 @@ class McpGateway:
             await on_log(data)
 
         try:
+            # A sink that nobody asked for is not passed on: the upstream is then not asked for
+            # log notifications, nor given a progress token.
             result: CallToolResult = await session.call_tool(
-                tool, args, progress=guarded_progress, on_log=guarded_log
+                tool,
+                args,
+                progress=None if progress is None else guarded_progress,
+                on_log=None if on_log is None else guarded_log,
             )
         except MCPError as exc:
             message, count = guard.redact_text(exc.error.message)
