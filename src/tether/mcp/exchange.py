@@ -130,9 +130,11 @@ def _request(request: Request, raw: Any) -> JSONRPCRequest | Response:  # noqa: 
         message = jsonrpc_message_adapter.validate_python(raw, by_name=False)
     except ValidationError:
         return _error(400, INVALID_REQUEST, "Invalid Request: not a JSON-RPC 2.0 message")
-    if not isinstance(message, JSONRPCRequest):
-        return Response(status_code=202)  # a notification or a response: nothing to act on
-    return message
+    if isinstance(message, JSONRPCRequest):
+        return message
+    if "method" in raw and "id" in raw:  # a request whose id is neither a string nor a number
+        return _error(400, INVALID_REQUEST, "Invalid Request: the id must be a string or a number")
+    return Response(status_code=202)  # a notification or a response: nothing to act on
 
 
 async def answer(server: Server[Any], request: Request, raw: Any) -> Response:

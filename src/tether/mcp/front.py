@@ -73,12 +73,15 @@ UPSTREAM_FAILED = -32002
 _SCOPE_KEY = "tether.mcp"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Call:
-    """What the front hands the handlers through the ASGI scope: who calls, for which task."""
+    """What the front hands the handlers through the ASGI scope: who calls, for which task, and
+    whether a handler took charge of the request's proof (``tools/call`` records its use with the
+    call's event, or spends it when refusing)."""
 
     caller: AgentCaller
     task_id: str
+    proof_taken: bool = False
 
 
 def _error(exc: BaseException) -> MCPError:  # noqa: PLR0911 - one answer per kind of error
@@ -176,6 +179,7 @@ class McpFront:
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         call = self._call(ctx)
+        call.proof_taken = True
 
         async def progress(progress: float, total: float | None, message: str | None) -> None:
             await ctx.session.report_progress(progress, total, message)
@@ -239,10 +243,19 @@ class McpFront:
         call = _Call(caller, task_id)
         if not streams and handshake_era(request):
             # One request, one JSON body: straight to the SDK's kernel, none of the transport.
-            return await answer(self.server, Request({**request.scope, _SCOPE_KEY: call}), raw)
+            response = await answer(self.server, Request({**request.scope, _SCOPE_KEY: call}), raw)
+            await self.settle(call)
+            return response
         await self.start()
         manager = self.manager if streams else self.json_manager
-        return _Delegated(manager, body, call)
+        return _Delegated(self, manager, body, call)
+
+    async def settle(self, call: _Call) -> None:
+        """Use up the proof of a ``tools/call`` that no handler took (the SDK refused its
+        parameters first): a proof is single-use whatever became of the request."""
+        if not call.proof_taken:
+            call.proof_taken = True
+            await self._spend(call.caller)
 
     async def _spend(self, caller: AgentCaller) -> AgentCaller:
         """Record the proof's single use now (a request that records nothing else)."""
@@ -274,8 +287,11 @@ class _Delegated(Response):
     """A response that lets the SDK's manager answer on the raw ASGI channel, with the body
     already read and the authenticated call in the scope."""
 
-    def __init__(self, manager: StreamableHTTPSessionManager, body: bytes, call: _Call) -> None:
+    def __init__(
+        self, front: McpFront, manager: StreamableHTTPSessionManager, body: bytes, call: _Call
+    ) -> None:
         super().__init__()
+        self._front = front
         self._manager = manager
         self._body = body
         self._call_state = call
@@ -291,4 +307,8 @@ class _Delegated(Response):
             return await receive()
 
         scope = {**scope, _SCOPE_KEY: self._call_state}
-        await self._manager.handle_request(scope, replay, send)
+        try:
+            await self._manager.handle_request(scope, replay, send)
+        finally:
+            with contextlib.suppress(Exception):  # answered already; a replay is refused next time
+                await self._front.settle(self._call_state)
