@@ -124,6 +124,9 @@ class McpFront:
             instructions="The tools of the MCP servers your task declared, decided by Tether's policies.",
             on_list_tools=self._list_tools,
             on_call_tool=self._call_tool,
+            # For the 2026-07-28 wire's Mcp-Param-* header check: without it the SDK runs the
+            # whole tools/list (a decision per tool) before every tools/call.
+            get_tool_input_schema=self.gateway.pinned_input_schema,
         )
         # Two stateless managers: a call that asks for progress or log notifications is answered
         # as a server-sent event stream (they can reach the client meanwhile), any other request

@@ -195,6 +195,20 @@ class McpGateway:
         self._servers[name] = (now, record)
         return record
 
+    def pinned_input_schema(self, name: str) -> Mapping[str, Any] | None:
+        """The pinned input schema of the tool ``name`` (``server__tool``) from the registry
+        records this process read lately; None if there is none (no I/O: the SDK asks this
+        synchronously, to check a request's ``Mcp-Param-*`` headers, before the call is decided).
+        """
+        try:
+            server, tool = split_front_name(name)
+        except InvalidInputError:
+            return None
+        cached = self._servers.get(server)
+        record = None if cached is None else cached[1]
+        pinned = None if record is None else record.tools.get(tool)
+        return None if pinned is None else pinned.input_schema
+
     def _forget(self, name: str) -> None:
         self._servers.pop(name, None)
 
