@@ -1,9 +1,10 @@
 """MCP gateway benchmark: what a tool call through Tether's ``/mcp`` adds over calling the upstream
 MCP server directly (issue 15).
 
-Run: ``python -m bench.mcp_bench [--requests N]``. Prints a table, writes bench/results/mcp.json and
-the "MCP gateway" section of bench/results/latest.md (between its markers; ``make bench`` rewrites the
-rest of that file).
+Run: ``python -m bench.mcp_bench [--requests N] [--callgrind CALLS]``. Prints a table, writes
+bench/results/mcp.json and the "MCP gateway" section of bench/results/latest.md (between its markers;
+``make bench`` rewrites the rest of that file). ``--callgrind`` also counts instructions per call under
+valgrind (deterministic, where the clock on a shared machine is not).
 
 One process, one event loop, real sockets on 127.0.0.1: an upstream MCP server written with the SDK's
 low-level ``Server`` (stateless streamable HTTP, a ``search`` tool, the token checked on every
@@ -35,12 +36,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import re
 import sqlite3
+import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -152,6 +157,7 @@ async def setup(
     return agent, task["id"]
 
 
+Call = Callable[[], Awaitable[bool]]
 MODERN = "2026-07-28"
 #: The per-request envelope of the 2026-07-28 wire, as the SDK's ``Client`` sends it.
 ENVELOPE = {
@@ -176,7 +182,11 @@ def _wire(name: str, modern: bool) -> dict[str, str]:
 _OK = re.compile(rb"results for flaky test")
 
 
-async def run(requests: int, sqlite_synchronous: str = "normal") -> dict[str, Any]:
+@asynccontextmanager
+async def started(
+    sqlite_synchronous: str = "normal",
+) -> AsyncIterator[dict[str, Call]]:
+    """The upstream and Tether, set up; the four calls (direct and gateway, each wire)."""
     with tempfile.TemporaryDirectory() as tmp:
         broker = Broker.from_settings(Settings(data_dir=Path(tmp), sqlite_synchronous=sqlite_synchronous))
         init = await broker.init()
@@ -193,7 +203,7 @@ async def run(requests: int, sqlite_synchronous: str = "normal") -> dict[str, An
                 counter = iter(range(1, 10**9))
                 direct_headers = {**HEADERS, "Authorization": f"Bearer {SECRET}"}
 
-                def direct(modern: bool) -> Callable[[], Awaitable[bool]]:
+                def direct(modern: bool) -> Call:
                     headers = {**direct_headers, **_wire("search", modern)}
 
                     async def call() -> bool:
@@ -203,7 +213,7 @@ async def run(requests: int, sqlite_synchronous: str = "normal") -> dict[str, An
 
                     return call
 
-                def gateway(modern: bool) -> Callable[[], Awaitable[bool]]:
+                def gateway(modern: bool) -> Call:
                     headers = {**HEADERS, **_wire("bench__search", modern), "Tether-Task": task_id}
 
                     async def call() -> bool:
@@ -224,28 +234,81 @@ async def run(requests: int, sqlite_synchronous: str = "normal") -> dict[str, An
                     f"direct_{MODERN}": direct(True),
                     f"gateway_{MODERN}": gateway(True),
                 }
-                for call in paths.values():  # warm-up: connections, the upstream session, caches
-                    await timed(call, 50, 1)
-                results: dict[str, Any] = {"requests": requests, "sqlite_synchronous": sqlite_synchronous}
-                for name, call in paths.items():
-                    results[name] = {
-                        "sequential": await timed(call, requests, 1),
-                        f"{CONCURRENCY}_concurrent": await timed(call, requests, CONCURRENCY),
-                    }
-                for suffix in ("", f"_{MODERN}"):
-                    for mode in ("sequential", f"{CONCURRENCY}_concurrent"):
-                        d, g = results["direct" + suffix][mode], results["gateway" + suffix][mode]
-                        results[f"added{suffix}_{mode}"] = {
-                            "p50_us": round(g["p50_us"] - d["p50_us"], 1),
-                            "p99_us": round(g["p99_us"] - d["p99_us"], 1),
-                        }
-                return results
+                yield paths
         finally:
             server.should_exit = True
             up_server.should_exit = True
             await asyncio.gather(task, up_task)
             await close_mcp(app)
             await broker.close()
+
+
+async def run(requests: int, sqlite_synchronous: str = "normal") -> dict[str, Any]:
+    async with started(sqlite_synchronous) as paths:
+        for call in paths.values():  # warm-up: connections, the upstream session, caches
+            await timed(call, 50, 1)
+        results: dict[str, Any] = {"requests": requests, "sqlite_synchronous": sqlite_synchronous}
+        for name, call in paths.items():
+            results[name] = {
+                "sequential": await timed(call, requests, 1),
+                f"{CONCURRENCY}_concurrent": await timed(call, requests, CONCURRENCY),
+            }
+        for suffix in ("", f"_{MODERN}"):
+            for mode in ("sequential", f"{CONCURRENCY}_concurrent"):
+                d, g = results["direct" + suffix][mode], results["gateway" + suffix][mode]
+                results[f"added{suffix}_{mode}"] = {
+                    "p50_us": round(g["p50_us"] - d["p50_us"], 1),
+                    "p99_us": round(g["p99_us"] - d["p99_us"], 1),
+                }
+        return results
+
+
+def _instrument(on: bool) -> None:
+    """Switch callgrind's instrumentation of this process on or off, and wait until it is."""
+    proc = subprocess.Popen(
+        ["callgrind_control", "-i", "on" if on else "off", str(os.getpid())],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    while proc.poll() is None:
+        time.sleep(0.01)  # a sleeping process costs next to no instructions
+
+
+async def _count_child(path: str, calls: int) -> None:
+    async with started() as paths:
+        call = paths[path]
+        await timed(call, 30, 1)  # warm-up
+        _instrument(True)
+        for _ in range(calls):
+            await call()
+        _instrument(False)
+
+
+def instructions(calls: int) -> dict[str, float]:
+    """Instructions per sequential call of each path under callgrind (the whole process: client,
+    Tether, upstream and their threads; deterministic, unlike the clock on a shared machine)."""
+    counts: dict[str, float] = {}
+    for path in ("direct", "gateway", f"direct_{MODERN}", f"gateway_{MODERN}"):
+        with tempfile.TemporaryDirectory() as tmp:
+            command = [
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                f"--callgrind-out-file={tmp}/callgrind.out",
+                sys.executable,
+                "-m",
+                "bench.mcp_bench",
+                "--child",
+                path,
+                str(calls),
+            ]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+        total = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+        if done.returncode != 0 or total is None:
+            raise RuntimeError(f"callgrind run failed: {done.stderr[-800:]}")
+        counts[path] = round(int(total.group(1).replace(",", "")) / calls / 1e6, 2)
+        print(f"{path:24} {counts[path]:8.2f} M instructions/call", flush=True)
+    return counts
 
 
 def _ms(figures: dict[str, Any]) -> str:
@@ -292,6 +355,19 @@ def markdown(results: dict[str, Any]) -> str:
                     targets.append(f"{added:.2f} ms {what}, {wire} ({verdict})")
     if targets:
         lines += ["", "Target (issue 15): added p50 <= 2.00 ms (SQLite normal): " + "; ".join(targets) + "."]
+    counts = results.get("callgrind")
+    if counts:
+        lines += [
+            "",
+            f"Instructions per sequential call (`--callgrind`, {counts['calls']} calls per path, the whole "
+            "process: client, Tether, upstream; deterministic where the clock above is not):",
+            "",
+            "| wire | direct, M | gateway, M | added, M |",
+            "|---|---|---|---|",
+        ]
+        for suffix, wire in (("", "bare JSON-RPC"), (f"_{MODERN}", MODERN)):
+            d, g = counts["direct" + suffix], counts["gateway" + suffix]
+            lines.append(f"| {wire} | {d:.2f} | {g:.2f} | {g - d:.2f} |")
     lines += ["", results["setup"], END]
     return "\n".join(lines)
 
@@ -310,11 +386,21 @@ def write_latest(section: str) -> None:
 async def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000, help="calls per run")
+    parser.add_argument(
+        "--callgrind",
+        type=int,
+        default=0,
+        metavar="CALLS",
+        help="also count instructions per call under valgrind, CALLS sequential calls per path (slow)",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     runs = [await run(max(args.requests, CONCURRENCY), mode) for mode in ("normal", "full")]
     results: dict[str, Any] = {
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
         "runs": runs,
+        **(
+            {"callgrind": {"calls": args.callgrind, **instructions(args.callgrind)}} if args.callgrind else {}
+        ),
         "setup": (
             f"SQLite {sqlite3.sqlite_version}, WAL, temporary file; Python {platform.python_version()} "
             f"on {platform.machine()}; mcp {_version('mcp')}."
@@ -336,4 +422,7 @@ def _version(package: str) -> str:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if sys.argv[1:2] == ["--child"]:
+        asyncio.run(_count_child(sys.argv[2], int(sys.argv[3])))
+    else:
+        asyncio.run(main())
