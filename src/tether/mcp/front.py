@@ -198,18 +198,18 @@ class McpFront:
                     related_request_id=ctx.request_id,
                 )
 
-        # Notifications are forwarded only to a client that asked for them (its answer is then
-        # an event stream); otherwise the upstream is not asked for them either.
-        meta = ctx.params.get("_meta") if isinstance(ctx.params, Mapping) else None
-        asked = meta if isinstance(meta, Mapping) else {}
+        # Notifications are forwarded only on an answer that streams (the client asked for
+        # progress or logs; the SDK's session then applies the client's log level); otherwise
+        # the upstream is not asked for them either.
+        streams = _wants_notifications(ctx.params)
         try:
             outcome = await self.gateway.call_tool(
                 call.caller,
                 call.task_id,
                 params.name,
                 params.arguments,
-                progress=progress if "progressToken" in asked else None,
-                on_log=on_log if LOG_LEVEL_META_KEY in asked else None,
+                progress=progress if streams else None,
+                on_log=on_log if streams else None,
             )
             return types.CallToolResult.model_validate(outcome.result)
         except Exception as exc:  # noqa: BLE001 - every failure is a JSON-RPC error, never a crash
