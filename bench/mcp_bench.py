@@ -394,6 +394,7 @@ async def main(argv: list[str] | None = None) -> None:
         help="also count instructions per call under valgrind, CALLS sequential calls per path (slow)",
     )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    load = os.getloadavg()[0]  # other work on the machine moves the clock figures, not the counts
     runs = [await run(max(args.requests, CONCURRENCY), mode) for mode in ("normal", "full")]
     results: dict[str, Any] = {
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -403,7 +404,8 @@ async def main(argv: list[str] | None = None) -> None:
         ),
         "setup": (
             f"SQLite {sqlite3.sqlite_version}, WAL, temporary file; Python {platform.python_version()} "
-            f"on {platform.machine()}; mcp {_version('mcp')}."
+            f"on {platform.machine()}; mcp {_version('mcp')}; load average {load:.2f} on "
+            f"{os.cpu_count()} CPUs when the run began."
         ),
     }
     RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -156,3 +156,31 @@ async def test_a_call_that_asks_for_progress_is_answered_as_an_event_stream(gw: 
     assert response.headers["content-type"].startswith("text/event-stream")
     assert "results for flaky" in response.text
     assert len(await gw.events("tool.call", task_id)) == 1
+
+
+async def test_a_call_the_sdk_refuses_on_the_2026_wire_uses_up_its_proof(gw: Gateway) -> None:  # noqa: F811
+    """On the 2026-07-28 wire the SDK's own entry answers; a call whose parameters it refuses
+    before any handler runs still uses up its proof (after the answer): the proof cannot then
+    carry a valid call."""
+    task_id = await gw.open_task(["gh/search"])
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    headers = {
+        **BOTH,
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "gh__search",
+    }
+    response, signed = await post(gw, task_id, call(5, "gh__search", "not an object", _meta=meta), headers)
+    assert response.json()["error"]["code"] == -32602, response.text
+    valid = call(6, "gh__search", {"query": "flaky"}, _meta=meta)
+    again, _ = await post(gw, task_id, valid, headers, signed)  # the same proof, now for a valid call
+    assert again.status_code == 401 or "DPoP proof replayed" in again.json()["error"]["message"], again.text
+    assert await gw.events("tool.call", task_id) == []
+    ok, _ = await post(gw, task_id, valid, headers)  # a fresh proof
+    assert ok.status_code == 200, ok.text
+    assert "results for flaky" in ok.text
+    assert len(await gw.events("tool.call", task_id)) == 1
