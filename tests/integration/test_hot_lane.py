@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tether.api.hot import ACTIVATE, EGRESS, OPEN_TASK, TOKEN, match
+from tether.api.hot import ACTIVATE, EGRESS, MCP, OPEN_TASK, TOKEN, match
 
 
 @pytest.mark.parametrize(
@@ -17,6 +17,7 @@ from tether.api.hot import ACTIVATE, EGRESS, OPEN_TASK, TOKEN, match
         ("POST", "/v1/grants/grt_abc/activate", (ACTIVATE, {"grant_id": "grt_abc"})),
         ("GET", "/v1/egress/github/repos/a", (EGRESS, {"destination": "github", "path": "repos/a"})),
         ("DELETE", "/v1/egress/github/", (EGRESS, {"destination": "github", "path": ""})),
+        ("POST", "/mcp", (MCP, {})),
     ],
 )
 def test_the_hot_shapes_are_matched_with_their_parameters(method: str, path: str, expected: object) -> None:
@@ -36,6 +37,8 @@ def test_the_hot_shapes_are_matched_with_their_parameters(method: str, path: str
         ("POST", "/v1/egress//x"),
         ("TRACE", "/v1/egress/github/x"),
         ("POST", "/v1/tasks/tsk_1/grants"),
+        ("GET", "/mcp"),  # the MCP front answers 405 through FastAPI
+        ("POST", "/mcp/"),
     ],
 )
 def test_every_other_shape_goes_on_to_fastapi(method: str, path: str) -> None:

@@ -1,12 +1,12 @@
 """The hot lane: the agent routes that run on every use of a secret, served as plain endpoints.
 
-Token, task opening, activation and egress run on every use of every secret. FastAPI's layers and
-router (telemetry checks, exception middleware, the route table, dependency resolution) cost as much
-CPU per request as the broker's own work on these paths; :class:`TetherAPI` matches the few hot paths
-by their structure and calls their endpoint (``request -> response``) through the app's own
-middleware only. Everything else, and any request that is not exactly one of these shapes, goes on
-to FastAPI unchanged. The FastAPI routes of the same paths stay declared (they call
-the same endpoints) so the OpenAPI document describes them.
+Token, task opening, activation, egress and MCP tool calls (``POST /mcp``) run on every use of
+every secret. FastAPI's layers and router (telemetry checks, exception middleware, the route table,
+dependency resolution) cost as much CPU per request as the broker's own work on these paths;
+:class:`TetherAPI` matches the few hot paths by their structure and calls their endpoint
+(``request -> response``) through the app's own middleware only. Everything else, and any request
+that is not exactly one of these shapes, goes on to FastAPI unchanged. The FastAPI routes of the
+same paths stay declared (they call the same endpoints) so the OpenAPI document describes them.
 
 Errors become problems through :func:`tether.api.problems.problem_for`, the same function FastAPI's
 handlers use, so an answer does not depend on which of the two served it.
@@ -25,10 +25,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tether.api.problems import problem_for
 from tether.api.routes_auth import token_endpoint
 from tether.api.routes_egress import egress_endpoint
+from tether.api.routes_mcp import mcp_endpoint
 from tether.api.routes_tasks import activate_endpoint, open_task_endpoint
 from tether.domain.destinations import ALLOWED_METHODS
 
-__all__ = ["HotRoute", "TetherAPI", "match", "serve_hot"]
+__all__ = ["MCP", "HotRoute", "TetherAPI", "match", "serve_hot"]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -45,6 +46,8 @@ TOKEN = HotRoute("/v1/auth/token", token_endpoint)
 OPEN_TASK = HotRoute("/v1/tasks", open_task_endpoint)
 ACTIVATE = HotRoute("/v1/grants/{grant_id}/activate", activate_endpoint)
 EGRESS = HotRoute("/v1/egress/{destination}/{path:path}", egress_endpoint)
+#: Every MCP tool call is an activation.
+MCP = HotRoute("/mcp", mcp_endpoint)
 
 _GRANTS, _ACTIVATE = "/v1/grants/", "/activate"
 _EGRESS = "/v1/egress/"
@@ -58,6 +61,8 @@ def match(method: str, path: str) -> tuple[HotRoute, dict[str, str]] | None:
             return TOKEN, {}
         if path == OPEN_TASK.path:
             return OPEN_TASK, {}
+        if path == MCP.path:
+            return MCP, {}
         if path.startswith(_GRANTS) and path.endswith(_ACTIVATE):
             grant_id = path[len(_GRANTS) : -len(_ACTIVATE)]
             if grant_id and "/" not in grant_id:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,7 @@ from tether.errors import (
     StorageError,
 )
 from tether.mcp.discovery import MCP_PATH, protected_resource_metadata
+from tether.mcp.exchange import answer, handshake_era, parse
 from tether.mcp.gateway import McpGateway
 from tether.mcp.upstreams import UpstreamError
 
@@ -72,12 +73,15 @@ UPSTREAM_FAILED = -32002
 _SCOPE_KEY = "tether.mcp"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Call:
-    """What the front hands the handlers through the ASGI scope: who calls, for which task."""
+    """What the front hands the handlers through the ASGI scope: who calls, for which task, and
+    whether a handler took charge of the request's proof (``tools/call`` records its use with the
+    call's event, or spends it when refusing)."""
 
     caller: AgentCaller
     task_id: str
+    proof_taken: bool = False
 
 
 def _error(exc: BaseException) -> MCPError:  # noqa: PLR0911 - one answer per kind of error
@@ -120,6 +124,9 @@ class McpFront:
             instructions="The tools of the MCP servers your task declared, decided by Tether's policies.",
             on_list_tools=self._list_tools,
             on_call_tool=self._call_tool,
+            # For the 2026-07-28 wire's Mcp-Param-* header check: without it the SDK runs the
+            # whole tools/list (a decision per tool) before every tools/call.
+            get_tool_input_schema=self.gateway.pinned_input_schema,
         )
         # Two stateless managers: a call that asks for progress or log notifications is answered
         # as a server-sent event stream (they can reach the client meanwhile), any other request
@@ -175,6 +182,7 @@ class McpFront:
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         call = self._call(ctx)
+        call.proof_taken = True
 
         async def progress(progress: float, total: float | None, message: str | None) -> None:
             await ctx.session.report_progress(progress, total, message)
@@ -190,14 +198,18 @@ class McpFront:
                     related_request_id=ctx.request_id,
                 )
 
+        # Notifications are forwarded only on an answer that streams (the client asked for
+        # progress or logs; the SDK's session then applies the client's log level); otherwise
+        # the upstream is not asked for them either.
+        streams = _wants_notifications(ctx.params)
         try:
             outcome = await self.gateway.call_tool(
                 call.caller,
                 call.task_id,
                 params.name,
                 params.arguments,
-                progress=progress,
-                on_log=on_log,
+                progress=progress if streams else None,
+                on_log=on_log if streams else None,
             )
             return types.CallToolResult.model_validate(outcome.result)
         except Exception as exc:  # noqa: BLE001 - every failure is a JSON-RPC error, never a crash
@@ -227,12 +239,26 @@ class McpFront:
             raise InvalidInputError("the Tether-Task header (the task's id) is required", field="Tether-Task")
         validate_id(task_id, "tsk", "Tether-Task")
         body = await request.body()
-        method, streams = _peek(body)
+        raw = parse(body)
+        method, streams = _peek(raw)
         if method != "tools/call":
             caller = await self._spend(caller)
+        call = _Call(caller, task_id)
+        if not streams and handshake_era(request):
+            # One request, one JSON body: straight to the SDK's kernel, none of the transport.
+            response = await answer(self.server, Request({**request.scope, _SCOPE_KEY: call}), raw)
+            await self.settle(call)
+            return response
         await self.start()
         manager = self.manager if streams else self.json_manager
-        return _Delegated(manager, body, _Call(caller, task_id))
+        return _Delegated(self, manager, body, call)
+
+    async def settle(self, call: _Call) -> None:
+        """Use up the proof of a ``tools/call`` that no handler took (the SDK refused its
+        parameters first): a proof is single-use whatever became of the request."""
+        if not call.proof_taken:
+            call.proof_taken = True
+            await self._spend(call.caller)
 
     async def _spend(self, caller: AgentCaller) -> AgentCaller:
         """Record the proof's single use now (a request that records nothing else)."""
@@ -246,29 +272,29 @@ class McpFront:
         return replace(caller, replay=None)
 
 
-def _peek(body: bytes) -> tuple[str | None, bool]:
-    """The JSON-RPC method of a request body, and whether its answer should stream: the request
-    asks for progress or log notifications (``_meta``), or it cannot be read here (the SDK answers
-    it, with the error it deserves)."""
-    try:
-        message = json.loads(body)
-    except (ValueError, RecursionError):
-        return None, True
+def _peek(message: Any) -> tuple[str | None, bool]:
+    """The JSON-RPC method of a parsed request body, and whether its answer should stream (the
+    request asks for progress or log notifications in ``_meta``)."""
     if not isinstance(message, dict):
-        return None, True
+        return None, False
     method = message.get("method")
-    params = message.get("params")
-    meta = params.get("_meta") if isinstance(params, dict) else None
-    streams = isinstance(meta, dict) and ("progressToken" in meta or LOG_LEVEL_META_KEY in meta)
-    return (method if isinstance(method, str) else None), streams
+    return (method if isinstance(method, str) else None), _wants_notifications(message.get("params"))
+
+
+def _wants_notifications(params: Any) -> bool:
+    meta = params.get("_meta") if isinstance(params, Mapping) else None
+    return isinstance(meta, Mapping) and ("progressToken" in meta or LOG_LEVEL_META_KEY in meta)
 
 
 class _Delegated(Response):
     """A response that lets the SDK's manager answer on the raw ASGI channel, with the body
     already read and the authenticated call in the scope."""
 
-    def __init__(self, manager: StreamableHTTPSessionManager, body: bytes, call: _Call) -> None:
+    def __init__(
+        self, front: McpFront, manager: StreamableHTTPSessionManager, body: bytes, call: _Call
+    ) -> None:
         super().__init__()
+        self._front = front
         self._manager = manager
         self._body = body
         self._call_state = call
@@ -284,4 +310,8 @@ class _Delegated(Response):
             return await receive()
 
         scope = {**scope, _SCOPE_KEY: self._call_state}
-        await self._manager.handle_request(scope, replay, send)
+        try:
+            await self._manager.handle_request(scope, replay, send)
+        finally:
+            with contextlib.suppress(Exception):  # answered already; a replay is refused next time
+                await self._front.settle(self._call_state)

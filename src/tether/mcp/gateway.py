@@ -195,6 +195,20 @@ class McpGateway:
         self._servers[name] = (now, record)
         return record
 
+    def pinned_input_schema(self, name: str) -> Mapping[str, Any] | None:
+        """The pinned input schema of the tool ``name`` (``server__tool``) from the registry
+        records this process read lately; None if there is none (no I/O: the SDK asks this
+        synchronously, to check a request's ``Mcp-Param-*`` headers, before the call is decided).
+        """
+        try:
+            server, tool = split_front_name(name)
+        except InvalidInputError:
+            return None
+        cached = self._servers.get(server)
+        record = None if cached is None else cached[1]
+        pinned = None if record is None else record.tools.get(tool)
+        return None if pinned is None else pinned.input_schema
+
     def _forget(self, name: str) -> None:
         self._servers.pop(name, None)
 
@@ -624,8 +638,13 @@ class McpGateway:
             await on_log(data)
 
         try:
+            # A sink that nobody asked for is not passed on: the upstream is then not asked for
+            # log notifications, nor given a progress token.
             result: CallToolResult = await session.call_tool(
-                tool, args, progress=guarded_progress, on_log=guarded_log
+                tool,
+                args,
+                progress=None if progress is None else guarded_progress,
+                on_log=None if on_log is None else guarded_log,
             )
         except MCPError as exc:
             message, count = guard.redact_text(exc.error.message)

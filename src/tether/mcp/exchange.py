@@ -1,0 +1,176 @@
+"""One JSON-RPC request in, one JSON body out: the front's path for a handshake-era request
+(``MCP-Protocol-Version`` absent or 2024-11-05 … 2025-11-25) whose answer needs no event stream.
+
+The SDK's stateless streamable HTTP transport builds, for every such POST, a transport, a
+dispatcher, a server session, memory streams and a task in its task group, only to route one
+message to one handler and back. Here the body is parsed once, checked against the SDK's own
+JSON-RPC message types, and the request goes to the SDK's single-exchange kernel
+(:func:`mcp.server.runner.serve_one`) with a born-ready connection, as the SDK's stateless path
+does: the handlers registered on the SDK's ``Server``, its per-method parameter validation, its
+result serialization and its error mapping all still run. Only the plumbing around them is gone.
+
+What the transport answered and how, kept: ``406`` when the client does not accept JSON, ``415``
+when the body is not declared JSON, ``400`` with ``-32700`` (parse error) or ``-32600`` (not a
+JSON-RPC 2.0 message, a batch: batching left MCP in 2025-06-18 and the SDK's transport never took
+one), ``202`` and no body for a notification or a response (stateless: there is nothing for them to
+act on), and ``200`` with the JSON-RPC response or error otherwise. Never a crash: an exception no
+handler mapped is logged (its type) and answered ``-32603``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import pydantic_core
+from mcp.server.connection import Connection
+from mcp.server.lowlevel.server import Server
+from mcp.server.runner import serve_one
+from mcp.server.streamable_http import check_accept_headers
+from mcp.shared.dispatcher import CallOptions
+from mcp.shared.exceptions import NoBackChannelError
+from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
+from mcp.shared.message import MessageMetadata, ServerMessageMetadata
+from mcp.shared.transport_context import TransportContext
+from mcp_types import (
+    DEFAULT_NEGOTIATED_VERSION,
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    ErrorData,
+    JSONRPCError,
+    JSONRPCRequest,
+    JSONRPCResponse,
+    RequestId,
+    jsonrpc_message_adapter,
+)
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+__all__ = ["NOT_JSON", "PROTOCOL_VERSION_HEADER", "answer", "handshake_era", "parse"]
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION_HEADER = "mcp-protocol-version"
+_JSON = "application/json"
+_TRANSPORT = TransportContext(kind="streamable-http", can_send_request=False)
+#: What :func:`parse` returns for a body that is not JSON.
+NOT_JSON: Any = object()
+
+
+def parse(body: bytes) -> Any:
+    """The request body as JSON values, parsed once for the whole request; :data:`NOT_JSON` if
+    it is not JSON."""
+    try:
+        return pydantic_core.from_json(body)
+    except ValueError:
+        return NOT_JSON
+
+
+def handshake_era(request: Request) -> bool:
+    """Whether the request belongs to a handshake-era protocol version (the header absent counts
+    as 2025-03-26, as the specification says); any other value is the SDK's to judge."""
+    version = request.headers.get(PROTOCOL_VERSION_HEADER)
+    return version is None or version in HANDSHAKE_PROTOCOL_VERSIONS
+
+
+@dataclass(slots=True)
+class _OneRequest:
+    """The SDK's ``DispatchContext`` for one request answered with one JSON body: no channel back
+    to the client (a server request raises, a notification or progress has no wire and is
+    dropped — a request that wants them is answered as an event stream, not here)."""
+
+    request_id: RequestId
+    message_metadata: MessageMetadata
+    transport: TransportContext = _TRANSPORT
+    can_send_request: bool = False
+    _cancel: anyio.Event | None = None
+
+    @property
+    def cancel_requested(self) -> anyio.Event:
+        """Never set (a stateless request is cancelled by closing its connection); made on first
+        use, as most requests never ask."""
+        if self._cancel is None:
+            self._cancel = anyio.Event()
+        return self._cancel
+
+    async def send_raw_request(
+        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
+    ) -> dict[str, Any]:
+        raise NoBackChannelError(method)
+
+    async def notify(
+        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
+    ) -> None:
+        return None
+
+    async def progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
+        return None
+
+
+def _error(status: int, code: int, message: str, request_id: RequestId | None = None) -> Response:
+    body = JSONRPCError(jsonrpc="2.0", id=request_id, error=ErrorData(code=code, message=message))
+    return Response(body.model_dump_json(by_alias=True, exclude_unset=True), status, media_type=_JSON)
+
+
+def _declares_json(request: Request) -> bool:
+    content_type = request.headers.get("content-type", "")
+    return any(part.strip() == _JSON for part in content_type.split(";")[0].split(","))
+
+
+def _request(request: Request, raw: Any) -> JSONRPCRequest | Response:  # noqa: PLR0911 - one answer per refusal
+    """The JSON-RPC request in ``raw``, or the HTTP answer the transport would have given."""
+    has_json, _ = check_accept_headers(request)
+    if not has_json:
+        return _error(406, INVALID_REQUEST, "Not Acceptable: Client must accept application/json")
+    if not _declares_json(request):
+        return _error(415, INVALID_REQUEST, "Unsupported Media Type: Content-Type must be application/json")
+    if raw is NOT_JSON:
+        return _error(400, PARSE_ERROR, "Parse error: the body is not JSON")
+    if isinstance(raw, list):
+        return _error(400, INVALID_REQUEST, "Invalid Request: JSON-RPC batches are not supported")
+    try:
+        message = jsonrpc_message_adapter.validate_python(raw, by_name=False)
+    except ValidationError:
+        return _error(400, INVALID_REQUEST, "Invalid Request: not a JSON-RPC 2.0 message")
+    if isinstance(message, JSONRPCRequest):
+        return message
+    if "method" in raw and "id" in raw:  # a request whose id is neither a string nor a number
+        return _error(400, INVALID_REQUEST, "Invalid Request: the id must be a string or a number")
+    return Response(status_code=202)  # a notification or a response: nothing to act on
+
+
+async def answer(server: Server[Any], request: Request, raw: Any) -> Response:
+    """Answer one POST of a handshake-era client with one JSON body (see the module docstring).
+
+    ``raw`` is the body as :func:`parse` returned it; ``request`` is what the handlers find in
+    ``ctx.request`` (its scope carries the authenticated call)."""
+    message = _request(request, raw)
+    if isinstance(message, Response):
+        return message
+    version = request.headers.get(PROTOCOL_VERSION_HEADER, DEFAULT_NEGOTIATED_VERSION)
+    context = _OneRequest(message.id, ServerMessageMetadata(request_context=request))
+    reply: JSONRPCResponse | JSONRPCError
+    try:
+        result = await serve_one(
+            server,
+            context,
+            message.method,
+            message.params,
+            connection=Connection.from_envelope(version, None, None),
+            lifespan_state={},
+        )
+        reply = JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result)
+    except Exception as exc:  # noqa: BLE001 - every failure is a JSON-RPC error, never a crash
+        error = handler_exception_to_error_data(exc)
+        if error is None:
+            # The type only: an exception's text (or a traceback's locals) could hold a secret.
+            log.error("MCP front: %s escaped a handler", type(exc).__name__)  # noqa: TRY400
+            error = ErrorData(code=INTERNAL_ERROR, message="Internal server error")
+        reply = JSONRPCError(jsonrpc="2.0", id=message.id, error=error)
+    return Response(reply.model_dump_json(by_alias=True, exclude_unset=True), 200, media_type=_JSON)

@@ -1,0 +1,186 @@
+"""The MCP front's single-exchange path: a handshake-era JSON-RPC request (no
+``MCP-Protocol-Version``, or 2024-11-05 … 2025-11-25) that needs no event stream is answered with
+one JSON body by the SDK's kernel, without the SDK's per-request transport. Malformed requests get
+JSON-RPC errors, never a crash; every request's proof is used up; refusals are recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.test_mcp_gateway import Gateway, gw  # noqa: F401 - the fixture
+from tether.mcp.front import DENIED
+
+JSON_ONLY = {"Accept": "application/json", "Content-Type": "application/json"}
+BOTH = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+async def post(
+    gw: Gateway,  # noqa: F811 - the fixture's value
+    task_id: str,
+    body: Any,
+    headers: dict[str, str] | None = None,
+    signed: dict[str, str] | None = None,
+) -> tuple[httpx.Response, dict[str, str]]:
+    """POST ``body`` (JSON, or bytes as they are) to /mcp with a fresh proof; the response and the
+    signed headers (to replay them)."""
+    if signed is None:
+        token = await gw.agent.token()
+        signed = gw.agent._session.signed_headers("POST", gw.url + "/mcp", token)
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    all_headers = {**(headers or JSON_ONLY), **signed, "Tether-Task": task_id}
+    return await gw.http.post("/mcp", content=content, headers=all_headers), signed
+
+
+def call(request_id: int, name: str, arguments: dict[str, Any], **params: Any) -> dict[str, Any]:
+    body = {"name": name, "arguments": arguments, **params}
+    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": body}
+
+
+async def test_handshake_era_requests_are_answered_with_one_json_body(gw: Gateway) -> None:  # noqa: F811
+    task_id = await gw.open_task(["gh/search"])
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"},
+        },
+    }
+    response, _ = await post(gw, task_id, init)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert "mcp-session-id" not in response.headers  # stateless
+    result = response.json()["result"]
+    assert result["protocolVersion"] == "2025-06-18"
+    assert result["serverInfo"]["name"] == "tether"
+    assert "tools" in result["capabilities"]
+    version = {"MCP-Protocol-Version": "2025-06-18"}
+    listed, _ = await post(
+        gw, task_id, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, {**BOTH, **version}
+    )
+    assert listed.status_code == 200, listed.text
+    assert listed.headers["content-type"] == "application/json"
+    assert [tool["name"] for tool in listed.json()["result"]["tools"]] == ["gh__search"]
+    called, _ = await post(gw, task_id, call(3, "gh__search", {"query": "flaky"}))
+    assert called.status_code == 200, called.text
+    answered = called.json()
+    assert (answered["jsonrpc"], answered["id"]) == ("2.0", 3)
+    assert answered["result"]["content"] == [{"type": "text", "text": "results for flaky (limit 10)"}]
+    assert answered["result"]["isError"] is False
+    events = await gw.events("tool.call", task_id)
+    assert [event["resource"] for event in events] == ["tool:gh/search"]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "code"),
+    [
+        (b"{not json", JSON_ONLY, 400, -32700),
+        ([{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}] * 2, JSON_ONLY, 400, -32600),  # a batch
+        ({"jsonrpc": "1.0", "id": 1, "method": "tools/list"}, JSON_ONLY, 400, -32600),
+        ({"jsonrpc": "2.0", "id": 1, "method": 5}, JSON_ONLY, 400, -32600),
+        ({"jsonrpc": "2.0", "id": {"a": 1}, "method": "tools/list"}, JSON_ONLY, 400, -32600),
+        ("a string", JSON_ONLY, 400, -32600),
+        (
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            {**JSON_ONLY, "Accept": "text/plain"},
+            406,
+            -32600,
+        ),
+        (
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            {**JSON_ONLY, "Content-Type": "text/plain"},
+            415,
+            -32600,
+        ),
+        ({"jsonrpc": "2.0", "id": 7, "method": "no/such/method"}, JSON_ONLY, 200, -32601),
+        ({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": 5}}, JSON_ONLY, 200, -32602),
+        (
+            {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"arguments": {}}},
+            JSON_ONLY,
+            200,
+            -32602,
+        ),
+        (call(7, "gh__search", {"query": 5}), JSON_ONLY, 200, -32602),  # the pinned schema: a string
+        (call(7, "gh__search", "not an object"), JSON_ONLY, 200, -32602),
+        (call(7, "no-such-server__x", {}), JSON_ONLY, 200, -32602),
+        (call(7, "gh__whoami", {}), JSON_ONLY, 200, DENIED),  # not declared by the task
+    ],
+)
+async def test_malformed_or_refused_requests_get_json_rpc_errors_and_use_up_the_proof(
+    gw: Gateway,  # noqa: F811
+    body: Any,
+    headers: dict[str, str],
+    status: int,
+    code: int,
+) -> None:
+    task_id = await gw.open_task(["gh/search"])
+    response, signed = await post(gw, task_id, body, headers)
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert error["jsonrpc"] == "2.0"
+    assert error["error"]["code"] == code, error
+    assert error["id"] == (7 if status == 200 else None)
+    again, _ = await post(gw, task_id, body, headers, signed)  # the same proof again
+    # Refused at once (401), or, for a call whose proof is recorded with its event, as a JSON-RPC
+    # refusal that names the replay.
+    assert again.status_code == 401 or "DPoP proof replayed" in again.json()["error"]["message"], again.text
+    assert await gw.events("tool.call", task_id) == []
+
+
+async def test_notifications_and_responses_are_accepted_without_a_body(gw: Gateway) -> None:  # noqa: F811
+    task_id = await gw.open_task(["gh/search"])
+    for message in (
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 3}},
+        {"jsonrpc": "2.0", "id": 9, "result": {}},
+    ):
+        response, signed = await post(gw, task_id, message)
+        assert response.status_code == 202, response.text
+        assert response.content == b""
+        again, _ = await post(gw, task_id, message, signed=signed)
+        assert again.status_code == 401
+
+
+async def test_a_call_that_asks_for_progress_is_answered_as_an_event_stream(gw: Gateway) -> None:  # noqa: F811
+    task_id = await gw.open_task(["gh/search"])
+    body = call(4, "gh__search", {"query": "flaky"}, _meta={"progressToken": "p1"})
+    response, _ = await post(gw, task_id, body, BOTH)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert "results for flaky" in response.text
+    assert len(await gw.events("tool.call", task_id)) == 1
+
+
+async def test_a_call_the_sdk_refuses_on_the_2026_wire_uses_up_its_proof(gw: Gateway) -> None:  # noqa: F811
+    """On the 2026-07-28 wire the SDK's own entry answers; a call whose parameters it refuses
+    before any handler runs still uses up its proof (after the answer): the proof cannot then
+    carry a valid call."""
+    task_id = await gw.open_task(["gh/search"])
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    headers = {
+        **BOTH,
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "gh__search",
+    }
+    response, signed = await post(gw, task_id, call(5, "gh__search", "not an object", _meta=meta), headers)
+    assert response.json()["error"]["code"] == -32602, response.text
+    valid = call(6, "gh__search", {"query": "flaky"}, _meta=meta)
+    again, _ = await post(gw, task_id, valid, headers, signed)  # the same proof, now for a valid call
+    assert again.status_code == 401 or "DPoP proof replayed" in again.json()["error"]["message"], again.text
+    assert await gw.events("tool.call", task_id) == []
+    ok, _ = await post(gw, task_id, valid, headers)  # a fresh proof
+    assert ok.status_code == 200, ok.text
+    assert "results for flaky" in ok.text
+    assert len(await gw.events("tool.call", task_id)) == 1
