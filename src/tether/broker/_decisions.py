@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
@@ -169,6 +169,12 @@ class DecisionPoint:
         if inputs is None or not inputs.snapshots:
             return ()
         return (PutSnapshots(tuple((s.hash, s.kind, s.body) for s in inputs.snapshots)),)
+
+    def effects_recorded(self, effects: Sequence[Effect]) -> None:
+        """An event with ``effects`` committed: the snapshots they stored are stored."""
+        for effect in effects:
+            if isinstance(effect, PutSnapshots):
+                self.snapshots.stored_hashes(snapshot[0] for snapshot in effect.snapshots)
 
     def inputs_recorded(self, inputs: DecisionInputs | None) -> None:
         """The event naming ``inputs`` committed: its snapshots are stored."""

@@ -304,7 +304,10 @@ class TaskService:
         for event, result in zip(events, results[1:], strict=True):
             if isinstance(result, BaseException) and not isinstance(result, EffectFailedError):
                 raise result
-            if event.approval is not None and not isinstance(result, BaseException):
+            if isinstance(result, BaseException):
+                continue
+            self._decisions.effects_recorded(event.effects)  # its decision's snapshots are stored
+            if event.approval is not None:
                 await self._decisions.store_approval(event.approval, task, task.created_at)
         return [
             replace(

@@ -150,6 +150,9 @@ _KIND = re.compile(r"[a-z]+(\.[a-z_]+)*")
 _TEXT = re.compile(r"[^\x00-\x1f\x7f]+")  # one line of printable text
 _RESOURCE = re.compile(r"[a-z_]+:[^\x00-\x1f\x7f]+")
 _DATA_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# Keys already found valid (a small vocabulary: events use the same few dozen), bounded.
+_GOOD_KEYS: set[str] = set()
+_GOOD_KEYS_MAX = 4096
 
 MAX_ID_CHARS = 256
 MAX_RESOURCE_CHARS = 512
@@ -195,6 +198,8 @@ def _check_text(value: object, name: str, *, max_chars: int, pattern: re.Pattern
 
 
 def _check_encodable(value: str, name: str) -> None:
+    if value.isascii():  # CPython knows this without looking at the characters
+        return
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -275,9 +280,16 @@ def _json_container(value: Any, path: str, depth: int, freeze: bool) -> Any:
         return tuple(items) if freeze else items
     result: dict[str, Any] = _FrozenDict() if freeze else {}
     for key, item in value.items():
-        if not isinstance(key, str) or not _DATA_KEY.fullmatch(key):
-            raise _fail(f"{path}: keys must be 1-64 ASCII letters, digits, '_', '.', ':' or '-'", "data")
-        dict.__setitem__(result, key, _json_copy(item, f"{path}.{key}", depth + 1, freeze=freeze))
+        if key not in _GOOD_KEYS:
+            if not isinstance(key, str) or not _DATA_KEY.fullmatch(key):
+                raise _fail(f"{path}: keys must be 1-64 ASCII letters, digits, '_', '.', ':' or '-'", "data")
+            if len(_GOOD_KEYS) < _GOOD_KEYS_MAX:
+                _GOOD_KEYS.add(key)
+        kind = type(item)
+        if kind is str and item.isascii():  # the common leaf, without a path built for its errors
+            dict.__setitem__(result, key, item)
+        else:
+            dict.__setitem__(result, key, _json_copy(item, f"{path}.{key}", depth + 1, freeze=freeze))
     return result
 
 

@@ -4,15 +4,15 @@ A decision's inputs are the principal's and the resource's decision-relevant att
 the context the broker built, and the policy version that decided. Most of that repeats across
 events (the same agent, the same secret, the same task's intent), so it is stored once, content
 addressed: a **snapshot** is the canonical JSON of one part — an entity (``type``, ``id``,
-``attrs``) or a task's context part (``context.task`` without the per-use ``age_seconds`` and
-``remaining_seconds``) — named by a short hash of it. The event carries only the hashes and the
-small per-use fields inline::
+``attrs``) or a task's context part (``context.task`` without its ``id`` and the per-use
+``age_seconds`` and ``remaining_seconds``) — named by a short hash of it. The event carries only
+the hashes and the small per-use fields inline::
 
     "inputs": {"v": 1, "action": "activate", "policy_version": 3,
                "principal": "<hash>", "resource": "<hash>", "task": "<hash>",
                "ctx": {"approval": false, "mode": "inject", "destination": "github",
                        "request": {"method": "GET", "path": "/repos"}, "uses": 2,
-                       "age_seconds": 40, "remaining_seconds": 860},
+                       "age_seconds": 40, "remaining_seconds": 860, "id": "tsk_..."},
                "approved": true}
 
 ``approved`` is present when an approval turned a deny that only lacked one into an allow (the
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -48,8 +48,10 @@ INPUTS_VERSION: Final = 1
 SNAPSHOT_HASH_CHARS: Final = 32
 #: A request path longer than this is not recorded (the decision is then not replayable).
 MAX_INLINE_PATH_CHARS: Final = 1024
-#: Fields of ``context.task`` that change with every use: inline, never in the task's snapshot.
-PER_USE_TASK_FIELDS: Final = ("age_seconds", "remaining_seconds")
+#: Fields of ``context.task`` recorded inline in the event, never in the task's snapshot: those that
+#: change with every use, and the task's own id — so every task opened with the same intent shares
+#: one snapshot (one row, hashed once per process), instead of one new snapshot per task.
+PER_USE_TASK_FIELDS: Final = ("age_seconds", "remaining_seconds", "id")
 _MEMO_SIZE: Final = 8192
 
 
@@ -135,9 +137,13 @@ class SnapshotMemo:
 
     def stored(self, snapshots: tuple[Snapshot, ...]) -> None:
         """``snapshots`` were committed (with the event that names them)."""
+        self.stored_hashes(snapshot.hash for snapshot in snapshots)
+
+    def stored_hashes(self, hashes: Iterable[str]) -> None:
+        """The snapshots named ``hashes`` were committed."""
         if len(self._stored) >= _MEMO_SIZE * 4:
             self._stored.clear()
-        self._stored.update(snapshot.hash for snapshot in snapshots)
+        self._stored.update(hashes)
 
 
 @dataclass(frozen=True, slots=True)
