@@ -472,7 +472,8 @@ class CompiledPolicySet:
         return [self._interpret(result) for result in results]
 
     def _interpret(self, result: cedarpy.AuthzResult) -> Decision:
-        """Cedar's answer as a decision, failing closed exactly as :meth:`_evaluate` does."""
+        """Cedar's answer as a decision, failing closed: any error is a deny naming the policies that
+        failed; an allow needs a determining permit."""
         try:
             errors = tuple(_clip(str(error)) for error in result.diagnostics.errors)
             reasons = tuple(str(reason) for reason in result.diagnostics.reasons)
@@ -502,25 +503,9 @@ class CompiledPolicySet:
             # request validation, which costs ~40% of a decision; anyone else's context is validated.
             schema = None if trusted else _SCHEMA
             result = cedarpy.is_authorized(cedar_request, handle, _entities(entities), schema=schema)
-            errors = tuple(_clip(str(error)) for error in result.diagnostics.errors)
-            reasons = tuple(str(reason) for reason in result.diagnostics.reasons)
-            allowed = result.decision is cedarpy.Decision.Allow
         except Exception as exc:  # noqa: BLE001 - fail closed on anything the engine throws
             return Decision.deny(errors=(_clip(f"policy engine failed: {type(exc).__name__}: {exc}"),))
-        unknown = [reason for reason in reasons if reason not in self._effects]
-        if unknown:
-            errors = (*errors, f"engine named unknown policies: {', '.join(sorted(unknown))}")
-        if errors:
-            # Fail closed. The determining policies of this deny are the ones that failed.
-            failed = dict.fromkeys(
-                match.group(1) for error in errors for match in _ERRORED_POLICY.finditer(error)
-            )
-            return Decision.deny(policies=tuple(p for p in failed if p in self._effects), errors=errors)
-        if allowed and all(self._effects[reason] == "permit" for reason in reasons) and reasons:
-            return Decision(allowed=True, policies=reasons)
-        if allowed:
-            return Decision.deny(errors=("engine allowed without a determining permit",))
-        return Decision.deny(policies=tuple(r for r in reasons if self._effects[r] == "forbid"))
+        return self._interpret(result)
 
     def __repr__(self) -> str:
         return f"CompiledPolicySet(policies={len(self.policy_ids)}, sha256={self.sha256[:12]}…)"
