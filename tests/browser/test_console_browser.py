@@ -95,7 +95,7 @@ def test_sign_in_approve_a_pending_request_and_see_the_task_proceed(page: Any, n
     )
     assert grant.status_code == 201, grant.text
     page.reload()
-    assert grant.json()["id"] in page.locator("section", has_text="Grants").inner_text()
+    assert grant.json()["id"] in page.get_by_role("region", name="Grants").inner_text()
     assert not [p for p in page.problems if "Content Security Policy" in p], page.problems
 
 
