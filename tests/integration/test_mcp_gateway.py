@@ -467,3 +467,34 @@ async def test_revocation_and_expiry_kill_the_upstream(gw: Gateway, ending: str)
         with pytest.raises(MCPError) as refused:
             await client.call_tool("gh__whoami", {})
         assert refused.value.error.code == DENIED
+
+
+async def test_tool_calls_are_replayed_exactly_and_a_candidate_shows_what_it_changes(gw: Gateway) -> None:
+    task_id = await gw.open_task(["gh/search"])
+    async with gw.client(task_id) as client:
+        await client.call_tool("gh__search", {"query": "flaky test"})
+        await client.call_tool("gh__search", {"query": "again", "limit": 2})
+        with pytest.raises(MCPError):
+            await client.call_tool("gh__search", {"query": "x", "debug": True})  # no-debug
+    calls = await gw.events("tool.call", task_id)
+    assert [call["data"]["inputs"]["action"] for call in calls] == ["call_tool", "call_tool"]
+    assert calls[1]["data"]["inputs"]["ctx"]["arguments"] == ["limit:integer", "query:string"]
+
+    checked = await gw.http.post(
+        "/v1/policies/replay", json={"since": "1d", "verify": True}, headers=gw.admin
+    )
+    assert checked.status_code == 200, checked.text
+    verify = checked.json()["verify"]
+    assert verify["reproduced"] is True, verify
+    # The task's opening, two allowed calls and the refused one.
+    assert verify["decisions"] == 4
+    assert checked.json()["not_replayable"]["count"] == 0
+
+    candidate = "\n".join(line for line in POLICIES.splitlines() if '@id("gh-tools")' not in line)
+    answer = await gw.http.post(
+        "/v1/policies/replay", json={"since": "1d", "policies": candidate}, headers=gw.admin
+    )
+    assert answer.status_code == 200, answer.text
+    report = answer.json()["candidate"]
+    assert report["counts"] == {"allowed->denied": 2, "denied->allowed": 0, "policies-changed": 1}
+    assert {e["resource"] for e in report["by_policy"]["gh-tools"]["examples"]} == {"Tool::gh/search"}

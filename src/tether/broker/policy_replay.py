@@ -51,6 +51,7 @@ REPLAYED_KINDS: Final = (
     "task.open",
     "task.update",
     "delegation",
+    "tool.call",
 )
 _PAGE: Final = 5000
 RESOURCE: Final = "policy:replay"

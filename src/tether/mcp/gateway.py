@@ -39,6 +39,7 @@ from tether.broker._decisions import DecisionPoint, agent_entity, summary
 from tether.broker.access import authorize, operator_actor, record_failure
 from tether.broker.auth import AgentCaller
 from tether.domain.destinations import Injection
+from tether.domain.inputs import DecisionInputs
 from tether.domain.operators import OperatorRecord, Permission
 from tether.domain.tasks import Task, TaskStatus, decision_context, validate_id
 from tether.egress.leakguard import LeakGuard
@@ -489,7 +490,7 @@ class McpGateway:
         if record.usable(tool, None) is None:
             raise await self._refuse(caller, task, resource, "the tool's definition is quarantined")
         entity = _tool_entity(server_name, tool)
-        decision = await self._decisions.decide(
+        decision, inputs = await self._decisions.decide_recorded(
             "call_tool", agent_entity(caller.agent), entity, self._context(task, server_name, tool, args)
         )
         decision, approval = await self._decisions.allowed_or_refuse(
@@ -503,7 +504,10 @@ class McpGateway:
             label=resource,
             denied="policy denies this tool call",
             caller=caller,
+            inputs=inputs,
         )
+        if approval is not None:
+            inputs = inputs.approved()
         session = await self._session(caller, task, record)
         if self._task_guard(task.id).holds_secret(args):
             raise await self._refuse(
@@ -518,7 +522,9 @@ class McpGateway:
         problem = self._invalid_arguments(pinned, args)
         if problem is not None:
             raise await self._refuse(caller, task, resource, problem, invalid=True)
-        await self._record_call(caller, task, resource, pinned, args, decision, approval_id=approval)
+        await self._record_call(
+            caller, task, resource, pinned, args, decision, approval_id=approval, inputs=inputs
+        )
         key = (task.id, cedar_tool_id(server_name, tool))
         self._uses[key] += 1
         return await self._forward(caller, task, session, resource, tool, args, progress, on_log)
@@ -582,8 +588,14 @@ class McpGateway:
         decision: Any,
         *,
         approval_id: Any,
+        inputs: DecisionInputs,
     ) -> None:
-        effects = () if caller.replay is None else (caller.replay,)
+        """Record the call (its decision, with the inputs that let policy replay make it again)
+        and the proof's single use, in one write."""
+        effects = (
+            *(() if caller.replay is None else (caller.replay,)),
+            *self._decisions.input_effects(inputs),
+        )
         try:
             await self._audit.record(
                 "tool.call",
@@ -596,6 +608,7 @@ class McpGateway:
                     "arguments": argument_shape(args),
                     "definition_sha256": pinned.sha256,
                     **({"approval_id": approval_id.id} if approval_id is not None else {}),
+                    **inputs.event_data(),
                 },
                 effects=effects,
             )
@@ -603,6 +616,7 @@ class McpGateway:
             if any(isinstance(effect, RememberJti) for effect in exc.failed.values()):
                 raise await self._decisions.replayed(caller, f"tools/call {resource}") from None
             raise
+        self._decisions.inputs_recorded(inputs)
 
     async def _forward(
         self,
