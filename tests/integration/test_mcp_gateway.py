@@ -31,7 +31,7 @@ from tether.api.routes_mcp import close_mcp
 from tether.broker import Broker
 from tether.crypto.jose import generate_private_jwk
 from tether.mcp.bridge import mcp_client_http
-from tether.mcp.front import DENIED
+from tether.mcp.front import DENIED, same_origin
 from tether.sdk import AsyncAgent
 
 UPSTREAM = Path(__file__).resolve().parent / "mcp_upstreams" / "upstream.py"
@@ -409,6 +409,41 @@ async def test_requests_without_dpop_or_task_are_refused(gw: Gateway) -> None:
     replayed = await gw.http.post("/mcp", json=call, headers={**headers, **signed, "Tether-Task": task_id})
     assert "replayed" in replayed.text or replayed.status_code == 401
     assert len(await gw.events("tool.call", task_id)) == 1
+
+
+async def test_a_foreign_origin_is_refused_before_anything_else(gw: Gateway) -> None:
+    # DNS rebinding: a page of another origin reaching /mcp is refused even with valid credentials,
+    # and its proof is not used up; Tether's own origin (or none, as non-browser clients send) passes.
+    task_id = await gw.open_task(["gh/search"])
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    headers = {"Accept": "application/json, text/event-stream", "Tether-Task": task_id}
+    token = await gw.agent.token()
+    signed = gw.agent._session.signed_headers("POST", gw.url + "/mcp", token)
+    for origin in ("http://evil.example", "null", gw.url.replace("127.0.0.1", "127.0.0.2"), gw.url + "1"):
+        refused = await gw.http.post("/mcp", json=body, headers={**headers, **signed, "Origin": origin})
+        assert refused.status_code == 403, origin
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["type"].endswith("forbidden-origin")
+    allowed = await gw.http.post("/mcp", json=body, headers={**headers, **signed, "Origin": gw.url})
+    assert allowed.status_code == 200, allowed.text
+
+
+def test_same_origin_compares_scheme_host_and_port() -> None:
+    base = "http://127.0.0.1:8700"
+    assert same_origin("http://127.0.0.1:8700", base)
+    assert same_origin("HTTP://127.0.0.1:8700/", base)
+    assert same_origin("https://tether.example", "https://tether.example:443")
+    for origin in (
+        "null",
+        "",
+        "http://127.0.0.1:8701",
+        "https://127.0.0.1:8700",
+        "http://127.0.0.1.evil.example:8700",
+        "http://user@127.0.0.1:8700",
+        "http://127.0.0.1:8700/x",
+        "http://[::1:8700",
+    ):
+        assert not same_origin(origin, base), origin
 
 
 async def test_a_context_change_re_decides_the_next_call(gw: Gateway) -> None:

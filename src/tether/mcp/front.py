@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
@@ -220,12 +221,21 @@ class McpFront:
     # -- the endpoint ------------------------------------------------------------------------
     async def handle(self, request: Request) -> Response:
         """Authenticate, then let the SDK answer (JSON-RPC over SSE or JSON)."""
-        from tether.api.routes_auth import agent_caller
+        from tether.api.problems import problem_response
+        from tether.api.routes_auth import agent_caller, public_base_url
 
+        origin = request.headers.get("origin")
+        if origin is not None and not same_origin(origin, public_base_url(request)):
+            # The transport's rule against DNS rebinding: a browser page of another origin is
+            # refused before anything else (it could not sign a DPoP proof either).
+            return problem_response(
+                403,
+                "forbidden-origin",
+                "Origin not allowed",
+                "requests to /mcp from a browser must come from Tether's own origin",
+            )
         if request.method != "POST":
             # Stateless: no standalone SSE stream (GET) and no session to end (DELETE).
-            from tether.api.problems import problem_response
-
             return problem_response(
                 405,
                 "method-not-allowed",
@@ -270,6 +280,27 @@ class McpFront:
         ):
             raise await self.broker.auth.refuse_replay(caller, "POST /mcp")
         return replace(caller, replay=None)
+
+
+def same_origin(origin: str, base_url: str) -> bool:
+    """Whether an ``Origin`` header names the origin (scheme, host, port) of ``base_url``; an
+    opaque origin (``null``) or a malformed one never does."""
+    try:
+        theirs, ours = urlsplit(origin.strip()), urlsplit(base_url)
+        return (
+            theirs.scheme.lower() == ours.scheme.lower()
+            and theirs.hostname is not None
+            and theirs.username is None
+            and theirs.hostname == ours.hostname
+            and (theirs.port or _DEFAULT_PORTS.get(theirs.scheme.lower()))
+            == (ours.port or _DEFAULT_PORTS.get(ours.scheme.lower()))
+            and theirs.path in ("", "/")
+        )
+    except ValueError:
+        return False
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _peek(message: Any) -> tuple[str | None, bool]:
