@@ -45,6 +45,8 @@ async def main(port: int) -> None:
                 http, url, {"Authorization": f"Bearer {init.root_token}"}, f"http://127.0.0.1:{up_port}/mcp"
             )
 
+            own_origins = {f"http://127.0.0.1:{port}", f"http://localhost:{port}"}
+
             async def proxy(scope: Any, receive: Any, send: Any) -> None:
                 if scope["type"] != "http":
                     return
@@ -58,6 +60,8 @@ async def main(port: int) -> None:
                 target = url + "/mcp"
                 signed = agent._session.signed_headers(scope["method"], target, token)
                 headers = {k.decode(): v.decode() for k, v in scope["headers"] if k.decode() not in HOP}
+                if headers.get("origin") in own_origins:  # the proxy stands for Tether's own origin
+                    headers["origin"] = url
                 request = http.build_request(
                     scope["method"],
                     target,
