@@ -29,6 +29,7 @@ from typing import Any, Final
 import cedarpy
 
 from tether.policy import SCHEMA_TEXT, CompiledPolicySet, Entity
+from tether.policy.reads import Projection, context_projection, project
 from tether.reach.grid import (
     DIMENSIONS,
     REACH_ACTIONS,
@@ -353,6 +354,8 @@ class _Evaluator:
         self._unknown_readers: dict[tuple[str, tuple[tuple[str, ...], ...]], bool] = {}
         self._boxes: dict[Any, list[Box]] = {}
         self._plans: dict[tuple[str, ...], tuple[tuple[str, frozenset[str] | None, bool], ...]] = {}
+        self._policy_dimensions: dict[str, frozenset[str]] = {}
+        self._projections: dict[tuple[str, ...], Projection | None] = {}
 
     def size(self) -> int:
         return len(self._never) + len(self._handles) + len(self._boxes)
@@ -524,9 +527,7 @@ class _Evaluator:
             "action": _uid("Action", action),
             "resource": _uid(resource.type, resource.id),
         }
-        decided_exactly = (
-            self._decide_exactly(self._handle(exact), entities, base, secret, points) if exact else None
-        )
+        decided_exactly = self._decide_exactly(exact, entities, base, secret, points, grid) if exact else None
         decided_partially = (
             self._decide_partially(self._handle(partial), entities, base, secret, points, partial, grid)
             if partial
@@ -591,26 +592,76 @@ class _Evaluator:
 
     def _decide_exactly(
         self,
-        handle: cedarpy.PolicySet,
+        ids: tuple[str, ...],
         entities: cedarpy.Entities,
         base: Mapping[str, str],
         secret: Target,
         points: Sequence[Point],
+        grid: Grid,
     ) -> list[Exact]:
         """The policies that read no unknown field: any value of those decides exactly, so the
-        points are decided outright, in one batch: per point, the permits that hold, or None when a
-        forbid holds or evaluation errs (a deny either way)."""
-        contexts = [point_context(secret, dict(zip(DIMENSIONS, p, strict=True)), bound=True) for p in points]
-        keys = [json.dumps(context, sort_keys=True) for context in contexts]
-        unique = dict(zip(keys, contexts, strict=True))
+        points are decided outright: per point, the permits that hold, or None when a forbid holds
+        or evaluation errs (a deny either way).
+
+        Policies that read the same dimensions are decided together, each group at the projections
+        of the points on its dimensions (the others at their first value), with only the context
+        attributes it reads: a policy's value at a point depends on nothing else. A point then
+        combines the groups as Cedar combines policies: a forbid that holds or an error anywhere
+        denies; otherwise the permits that hold (in any group) allow."""
+        by_dimensions: dict[frozenset[str], list[str]] = {}
+        for policy_id in ids:
+            by_dimensions.setdefault(self._dimensions(policy_id), []).append(policy_id)
+        combined: list[Exact] = [() for _ in points]
+        for dimensions, members in by_dimensions.items():
+            group = tuple(members)
+            decided = self._decide_group(group, dimensions, entities, base, secret, points, grid)
+            for index, outcome in enumerate(decided):
+                before = combined[index]
+                if before is None:
+                    continue
+                combined[index] = None if outcome is None else (*before, *outcome)
+        return [None if c is None else tuple(sorted(c)) for c in combined]
+
+    def _dimensions(self, policy_id: str) -> frozenset[str]:
+        found = self._policy_dimensions.get(policy_id)
+        if found is None:
+            found = self._policy_dimensions[policy_id] = referenced_dimensions([self._ests[policy_id]])
+        return found
+
+    def _decide_group(
+        self,
+        ids: tuple[str, ...],
+        dimensions: frozenset[str],
+        entities: cedarpy.Entities,
+        base: Mapping[str, str],
+        secret: Target,
+        points: Sequence[Point],
+        grid: Grid,
+    ) -> list[Exact]:
+        """Policies that read ``dimensions`` (and no unknown field), at each point's projection."""
+        reads = self._reads_of(ids)
+        firsts = {d: grid.values(d)[0] for d in DIMENSIONS}
+        projected: dict[Point, str] = {}  # a projection -> its context's JSON
+        contexts: dict[str, dict[str, Any]] = {}
+        keys = []
+        for point in points:
+            at = tuple(v if d in dimensions else firsts[d] for d, v in zip(DIMENSIONS, point, strict=True))
+            key = projected.get(at)
+            if key is None:
+                context = point_context(secret, dict(zip(DIMENSIONS, at, strict=True)), bound=True)
+                if reads is not None:
+                    context = project(context, reads)
+                key = projected[at] = json.dumps(context, sort_keys=True)
+                contexts[key] = context
+            keys.append(key)
         try:
             results = cedarpy.is_authorized_batch(
-                [{**base, "context": context} for context in unique.values()], handle, entities
+                [{**base, "context": key} for key in contexts], self._handle(ids), entities
             )
         except Exception:  # noqa: BLE001 - fail closed on anything the engine throws
             return [None] * len(points)
         outcomes: dict[str, Exact] = {}
-        for key, result in zip(unique, results, strict=True):
+        for key, result in zip(contexts, results, strict=True):
             reasons = tuple(sorted(str(r) for r in result.diagnostics.reasons))
             if result.diagnostics.errors:
                 outcomes[key] = None
@@ -621,6 +672,11 @@ class _Evaluator:
             else:
                 outcomes[key] = None if reasons else ()  # a forbid holds, or no permit does
         return [outcomes[key] for key in keys]
+
+    def _reads_of(self, ids: tuple[str, ...]) -> Projection | None:
+        if ids not in self._projections:
+            self._projections[ids] = context_projection(self._ests[i] for i in ids)
+        return self._projections[ids]
 
     def _residual(
         self, residuals: Mapping[str, Any], principal: Entity, resource: Entity, *, action: str
