@@ -348,8 +348,9 @@ def markdown(results: dict[str, Any]) -> str:
         "What bounds it: after pruning and dedupe, almost every request left to decide is the only one "
         "of its (agent, secret) pair, so cedarpy's batches hold one request each and Cedar's own time "
         "per request remains (on this host about 40 µs to read the context plus a few µs per policy "
-        "left). The self-check replays fewer denials than the candidate, and denials are asked again "
-        "with an approval when a policy left reads `context.approval`.",
+        "left). A denial is asked again with an approval only where that can change the answer (no "
+        "held forbid that ignores `context.approval`, and a permit left that reads it or a forbid that "
+        "held and reads it).",
         "",
         f"Goal (issue 16): replay at ≥ {results['goal_per_second']:,} decisions/s: {engine:,}/s (engine), "
         f"{verdict}" + (f"; end to end {store['candidate']['per_second']:,}/s." if store else "."),

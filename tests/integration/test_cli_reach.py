@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -48,6 +50,15 @@ def reach_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
             node.env(),
         )
         assert registered.returncode == 0, registered.stderr
+        issues = Path(__file__).resolve().parents[2] / "examples" / "mcp" / "issues_server.py"
+        mcp = run(
+            [
+                *("mcp-server", "add", "issues", "--command", sys.executable),
+                *("--env", "ISSUES_TOKEN=secret:prod/github/token", "--", str(issues)),
+            ],
+            node.env(),
+        )
+        assert mcp.returncode == 0, mcp.stderr
         yield node
 
 
@@ -65,12 +76,21 @@ def test_reach_secret_prints_a_table_and_json(reach_node: Node) -> None:
     assert body["live"]["tasks"] == []
 
 
-def test_reach_agent_prints_its_secrets(reach_node: Node) -> None:
+def test_reach_agent_prints_its_secrets_destinations_and_tools(reach_node: Node) -> None:
     table = run(["reach", "agent", "deploy-bot"], reach_node.env())
     assert table.returncode == 0, table.stderr
     assert "prod/github/token" in table.stdout
+    assert "Destinations (egress injects the secret" in table.stdout
+    assert "MCP tools (call_tool" in table.stdout
+    assert "issues/search_issues" in table.stdout
+    assert "mcp-issues-search-for-deploys" in table.stdout
     body = json.loads(run(["reach", "agent", "deploy-bot", "--json"], reach_node.env()).stdout)
     assert {rule["secret"] for rule in body["reach"]} == {"prod/github/token"}
+    assert {(r["destination"], r["action"]) for r in body["destination_reach"]} == {
+        ("github", "issue"),
+        ("github", "activate"),
+    }
+    assert [r["tool"] for r in body["tool_reach"]] == ["issues/search_issues"]
 
 
 def test_reach_of_unknown_names_is_one_error_line(reach_node: Node) -> None:
@@ -98,7 +118,10 @@ def test_reach_format_dot_draws_agents_secrets_and_destinations(reach_node: Node
     assert any(a == "agent:deploy-bot" and b == "secret:prod/github/token" for a, b, _ in edges)
     of_agent = run(["reach", "agent", "deploy-bot", "--format", "dot"], reach_node.env())
     assert of_agent.returncode == 0, of_agent.stderr
-    assert parse(of_agent.stdout)[0]["agent:deploy-bot"] == "deploy-bot"
+    agent_nodes, agent_edges = parse(of_agent.stdout)
+    assert agent_nodes["agent:deploy-bot"] == "deploy-bot"
+    assert ("agent:deploy-bot", "tool:issues/search_issues", "call_tool") in agent_edges
+    assert ("secret:prod/github/token", "destination:github", "injects") in agent_edges
     as_json = run(["reach", "agent", "deploy-bot", "--format", "json"], reach_node.env())
     assert json.loads(as_json.stdout)["agent"] == "deploy-bot"
     bad = run(["reach", "secret", "prod/github/token", "--format", "svg"], reach_node.env())

@@ -8,6 +8,7 @@ import pytest
 
 from tests.integration.governed import SECRETS, register_agent, seed
 from tests.security.canaries import new_canary
+from tether.mcp.servers import McpServer, UpstreamKind, pin
 
 pytestmark = pytest.mark.asyncio
 
@@ -111,6 +112,74 @@ async def test_reach_of_an_agent_lists_its_secrets_and_live_tasks(client, admin)
     dev = (await client.get("/v1/reach/agents/dev-bot", headers=admin)).json()
     assert dev["reach"] == []  # every seeded secret is prod/*: forbidden for dev agents
     assert dev["live"]["tasks"] == []
+
+
+def _issues_server(created_at: Any) -> McpServer:
+    """The example ``issues`` MCP server, registered and pinned: ``search_issues`` (allowed for
+    deploys by the example policies), ``close_issue`` (no policy), ``delete_repo`` (quarantined)."""
+    tools = {
+        name: pin({"name": name, "description": name, "inputSchema": {"type": "object"}})
+        for name in ("search_issues", "close_issue", "delete_repo")
+    }
+    return McpServer(
+        name="issues",
+        kind=UpstreamKind.STDIO,
+        created_at=created_at,
+        created_by="admin",
+        command="/usr/bin/python3",
+        args=("-m", "issues"),
+        tools=tools,
+        quarantined={"delete_repo": tools["delete_repo"]},
+    )
+
+
+async def test_reach_of_an_agent_lists_destinations_and_tools(client, admin, broker) -> None:  # type: ignore[no-untyped-def]
+    values = {path: new_canary(path) for path in SECRETS}
+    await seed(client, admin, values)
+    await broker.storage.put_mcp_server(_issues_server(broker.clock.now()))
+    await register_agent(client, admin, "deploy-bot")
+    await register_agent(client, admin, "docs-bot", labels=("report",))
+    response = await client.get("/v1/reach/agents/deploy-bot", headers=admin)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    for value in values.values():
+        assert value not in response.text
+    # Destinations: the injected secret at mode inject towards the destination, as egress decides.
+    github = [r for r in body["destination_reach"] if r["destination"] == "github"]
+    assert {r["action"] for r in github} == {"issue", "activate"}
+    assert all(
+        r["secret"] == "prod/github/token"
+        and r["purposes"] == ["deploy"]
+        and r["approval"] == "not needed"
+        and r["policies"] == ["use-secret-within-intent"]
+        and r["methods"] == ["GET", "POST"]
+        and r["path_prefixes"] == ["/"]
+        and r["residual"] is None
+        for r in github
+    )
+    pagerduty = [r for r in body["destination_reach"] if r["destination"] == "pagerduty"]
+    assert pagerduty
+    assert all(
+        r["approval"] == "required" and r["purposes"] == ["incident"] and r["depths"] == [0]
+        for r in pagerduty
+    )
+    # Tools: the pinned, unquarantined tools policy lets it call (deploy-labelled, deploy tasks).
+    assert [(r["tool"], r["server"], r["name"], r["action"]) for r in body["tool_reach"]] == [
+        ("issues/search_issues", "issues", "search_issues", "call_tool")
+    ]
+    (search,) = body["tool_reach"]
+    assert search["purposes"] == ["deploy"]
+    assert search["policies"] == ["mcp-issues-search-for-deploys"]
+    assert search["approval"] == "not needed"
+    assert search["residual"] is None
+    assert search["agents"] == ["deploy-bot"]
+    # Without the deploy label: no tool. A secret's answer has neither field (an agent's only).
+    docs = (await client.get("/v1/reach/agents/docs-bot", headers=admin)).json()
+    assert docs["tool_reach"] == []
+    assert {r["destination"] for r in docs["destination_reach"]} == {"github", "stripe", "pagerduty"}
+    secret = (await client.get("/v1/reach/secrets/prod/github/token", headers=admin)).json()
+    assert "tool_reach" not in secret
+    assert "destination_reach" not in secret
 
 
 async def test_reach_refuses_unknown_names_and_other_roles(client, admin, make_operator) -> None:  # type: ignore[no-untyped-def]

@@ -109,3 +109,37 @@ def test_an_empty_answer_is_still_a_graph_with_its_subject() -> None:
     nodes, edges = parse(to_dot({"secret": "prod/x", "reach": [], "live": {"destinations": []}}))
     assert nodes == {"secret:prod/x": "prod/x"}
     assert edges == set()
+
+
+def test_an_agent_answer_draws_its_tools_and_the_destinations_it_sends_through() -> None:
+    tool = {
+        "agents": ["deploy-bot"],
+        "tool": "issues/search_issues",
+        "approval": "not needed",
+        "residual": None,
+    }
+    gated = {**tool, "tool": 'issues/close"issue', "approval": "required"}
+    through = {"agents": ["deploy-bot"], "destination": "github", "secret": "prod/github/token"}
+    answer = {
+        "agent": "deploy-bot",
+        "reach": [rule(["deploy-bot"], "prod/github/token", "activate", ["inject"])],
+        "destination_reach": [through, {**through, "destination": "mirror"}],
+        "tool_reach": [tool, gated],
+        "live": {"destinations": []},
+    }
+    nodes, edges = parse(to_dot(answer))
+    assert nodes == {
+        "agent:deploy-bot": "deploy-bot",
+        "secret:prod/github/token": "prod/github/token",
+        "destination:github": "github",
+        "destination:mirror": "mirror",
+        "tool:issues/search_issues": "issues/search_issues",
+        'tool:issues/close"issue': 'issues/close"issue',
+    }
+    assert edges == {
+        ("agent:deploy-bot", "secret:prod/github/token", "activate: inject"),
+        ("agent:deploy-bot", "tool:issues/search_issues", "call_tool"),
+        ("agent:deploy-bot", 'tool:issues/close"issue', "call_tool (dashed)"),
+        ("secret:prod/github/token", "destination:github", "injects"),
+        ("secret:prod/github/token", "destination:mirror", "injects"),
+    }

@@ -1,5 +1,6 @@
 """Reach equals brute force: for random policy sets (a grammar over the schema), random agents and
-secrets, the reach answer at every point of the grid equals the broker's own decision there.
+secrets, the reach answer at every point of the grid equals the broker's own decision there; so does
+each destination's reach (the secret it injects, decided with mode ``inject`` towards it).
 
 Brute force builds each context with the broker's builder (:func:`tether.domain.tasks.decision_context`
 over a real :class:`~tether.domain.tasks.Task`) and decides with :meth:`CompiledPolicySet.decide`, as
@@ -18,7 +19,16 @@ from hypothesis import strategies as st
 
 from tether.domain.tasks import Intent, Task, decision_context, new_id
 from tether.policy import DecisionRequest, Entity, PolicyValidationError, compile_policy_set
-from tether.reach import DIMENSIONS, UNKNOWN_FIELDS, Grid, SecretTarget, compute_reach, group_agents
+from tether.reach import (
+    DIMENSIONS,
+    UNKNOWN_FIELDS,
+    DestinationTarget,
+    Grid,
+    SecretTarget,
+    compute_reach,
+    destination_reach,
+    group_agents,
+)
 
 PURPOSES = ("deploy", "incident")
 DESTINATIONS = ("github", "pd")
@@ -164,9 +174,9 @@ def _task(secret: str, purpose: str, sensitivity: int, destination: str, depth: 
     )
 
 
-def _bound(context: dict[str, Any]) -> dict[str, Any]:
+def _bound(context: dict[str, Any], fields: tuple[tuple[str, ...], ...] = UNKNOWN_FIELDS) -> dict[str, Any]:
     values = {}
-    for path in UNKNOWN_FIELDS:
+    for path in fields:
         value: Any = context
         for key in path:
             value = value[key]
@@ -212,6 +222,11 @@ def test_reach_equals_brute_force_over_the_grid(
     grid = Grid(purposes=tuple(purposes), destinations=tuple(destinations), max_depth=max_depth)
     target = SecretTarget(secret, dynamic_is_reveal=dynamic_is_reveal)
     rules = compute_reach(compiled, group_agents(compiled, named), [target], grid, actions=(action,))
+    # Every registered destination injects this secret (and one injects another secret).
+    injecting = [DestinationTarget(d, secret.id) for d in grid.destinations if d]
+    other = DestinationTarget("elsewhere", "other/secret")
+    through = destination_reach(rules, [*injecting, other], grid)
+    assert not [r for r in through if r.destination == other]
     axes = [grid.values(d) for d in DIMENSIONS]
     tasks: dict[tuple[Any, ...], Task] = {}  # mode and approval are not the task's: one task per rest
     for (name, agent), point in itertools.product(named, itertools.product(*axes)):
@@ -241,3 +256,13 @@ def test_reach_equals_brute_force_over_the_grid(
         else:
             got = covering[0].residual.allows(_bound(context))
         assert got == expected, f"{name} {action} at {dict(zip(DIMENSIONS, point, strict=True))}\n{text}"
+        # Through a destination: the same decision where egress decides (inject, towards it).
+        via = [r for r in through if name in r.agents and r.action == action and r.covers(point)]
+        assert len(via) <= 1, f"destination rules overlap at {point}"
+        if mode != "inject" or not destination:
+            assert not via, f"a destination rule outside inject towards it, at {point}"
+            continue
+        assert [r.destination.name for r in via] in ([], [destination])
+        assert bool(via) == bool(covering), f"{name} {action} through {destination} at {point}\n{text}"
+        if via:
+            assert (via[0].policies, via[0].residual) == (covering[0].policies, covering[0].residual)

@@ -1,5 +1,6 @@
 """Reach for operators (``auditor``, ``admin``): who could use a secret and under which conditions,
-what an agent could reach, and what is live now (``GET /v1/reach/…``, ``tether reach …``).
+what an agent could reach (secrets, egress destinations, MCP tools), and what is live now
+(``GET /v1/reach/…``, ``tether reach …``).
 
 The store reads live here; the computation is :mod:`tether.reach` (pure), decided by the active
 policy set through Cedar, with contexts of the shape the broker builds. Paths and names only:
@@ -26,7 +27,20 @@ from tether.domain.secrets import SecretRecord, validate_path
 from tether.domain.tasks import LIVE_STATUSES, Grant, Lease, Task
 from tether.engines import EngineRegistry
 from tether.errors import InvalidInputError, NotFoundError
-from tether.reach import Grid, ReachRule, SecretTarget, compute_reach, group_agents
+from tether.mcp.servers import McpServer, tool_entity
+from tether.reach import (
+    DestinationRule,
+    DestinationTarget,
+    Grid,
+    ReachRule,
+    SecretTarget,
+    ToolRule,
+    ToolTarget,
+    compute_reach,
+    compute_tool_reach,
+    destination_reach,
+    group_agents,
+)
 from tether.reach.federation import MappedAgent, mapped_agents
 from tether.reach.findings import Finding, find, parse_window
 from tether.store.base import Storage
@@ -85,6 +99,19 @@ class ReachReport:
     agent_names: dict[str, str] = field(default_factory=dict)  # agent id -> name
     truncated: bool = False
     federated: tuple[FederatedReach, ...] = ()
+    #: Reach of an agent only (None for a secret's answer): through egress destinations, of tools.
+    destinations: tuple[DestinationRule, ...] | None = None
+    tools: tuple[ToolRule, ...] | None = None
+
+
+def callable_tools(servers: Sequence[McpServer]) -> list[ToolTarget]:
+    """The tools of ``servers`` that may be called: pinned and not waiting in quarantine."""
+    return [
+        ToolTarget(tool_entity(server.name, name))
+        for server in sorted(servers, key=lambda s: s.name)
+        for name in sorted(server.tools)
+        if server.usable(name, None) is not None
+    ]
 
 
 class ReachService:
@@ -143,7 +170,8 @@ class ReachService:
         )
 
     async def of_agent(self, actor: OperatorRecord, name: str) -> ReachReport:
-        """Every secret agent ``name`` could issue or activate, under which conditions; what is live."""
+        """Every secret agent ``name`` could issue or activate, every destination it could send
+        through and every MCP tool it could call, under which conditions; what is live."""
         await authorize(self._audit, actor, Permission.AUDIT_READ, f"reach:agent:{name[:128]}")
         agent = await self._storage.get_agent_by_name(name) if 0 < len(name) <= 256 else None
         if agent is None:
@@ -152,10 +180,31 @@ class ReachService:
         destinations = await self._storage.list_destinations()
         grid = self._grid(destinations)
         compiled = await self._policies.active()
+        servers = await self._storage.list_mcp_servers()
         rules: list[ReachRule] = []
+        through: list[DestinationRule] = []
+        tools: list[ToolRule] = []
         if compiled is not None and agent.disabled_at is None:
-            groups = group_agents(compiled, [(agent.name, agent_entity(agent))])
+            named = [(agent.name, agent_entity(agent))]
+            groups = group_agents(compiled, named)
             rules = compute_reach(compiled, groups, [self._target(s) for s in secrets], grid)
+            # A destination's secret past the scan limit is still decided (for the destination only).
+            listed = {s.path for s in secrets}
+            extra = []
+            for path in sorted({d.secret for d in destinations} - listed):
+                record = await self._storage.get_secret(path)
+                if record is not None and not record.deleted:
+                    extra.append(self._target(record))
+            through = destination_reach(
+                [*rules, *compute_reach(compiled, groups, extra, grid)],
+                [
+                    DestinationTarget(d.name, d.secret, tuple(sorted(d.methods)), d.path_prefixes)
+                    for d in sorted(destinations, key=lambda d: d.name)
+                ],
+                grid,
+            )
+            tool_groups = group_agents(compiled, named, actions=("call_tool",))
+            tools = compute_tool_reach(compiled, tool_groups, callable_tools(servers), grid)
         reachable = {rule.secret for rule in rules}
         live = await self._live(None, agent, [d for d in destinations if d.secret in reachable])
         return ReachReport(
@@ -177,6 +226,8 @@ class ReachService:
             agent_names={agent.id: agent.name},
             truncated=secrets_cut,
             federated=await self._federated([agent.name] if agent.disabled_at is None else []),
+            destinations=tuple(through),
+            tools=tuple(tools),
         )
 
     async def findings(self, actor: OperatorRecord, since: str) -> tuple[list[Finding], bool]:
@@ -379,8 +430,9 @@ def live_to_json(live: LiveReach, names: dict[str, str], now: datetime) -> dict[
 
 
 def report_to_json(report: ReachReport, now: datetime) -> dict[str, Any]:
-    """A reach answer as the API returns it."""
-    return {
+    """A reach answer as the API returns it; an agent's answer adds ``destination_reach`` and
+    ``tool_reach``."""
+    answer = {
         **report.subject,
         "policy_version": report.policy_version,
         "grid": report.grid.to_json(),
@@ -389,3 +441,8 @@ def report_to_json(report: ReachReport, now: datetime) -> dict[str, Any]:
         "federated": [mapping.to_json() for mapping in report.federated],
         "truncated": report.truncated,
     }
+    if report.destinations is not None:
+        answer["destination_reach"] = [rule.to_json() for rule in report.destinations]
+    if report.tools is not None:
+        answer["tool_reach"] = [rule.to_json() for rule in report.tools]
+    return answer

@@ -1,6 +1,6 @@
 """``tether reach secret PATH`` and ``tether reach agent NAME``: who could use a secret (or what an
-agent could reach), under which conditions, decided through the active policy set; and what is
-live now. Paths and names only, never a value."""
+agent could reach: secrets, destinations, MCP tools), under which conditions, decided through the
+active policy set; and what is live now. Paths and names only, never a value."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ Format = Annotated[
     typer.Option(
         "--format",
         case_sensitive=False,
-        help="table (for people), json (as --json), or dot (Graphviz: agents → secrets → destinations).",
+        help="table (for people), json (as --json), or dot (Graphviz: agents, secrets, destinations, tools).",
     ),
 ]
 
@@ -95,6 +95,68 @@ def _rules_table(result: dict[str, Any], first: str) -> None:
             "POLICIES",
             "WHEN",
         ],
+        rows,
+    )
+
+
+def _destinations_table(result: dict[str, Any]) -> None:
+    grid = result["grid"]
+    rows = [
+        (
+            rule["destination"],
+            rule["secret"],
+            rule["action"],
+            _values(rule["purposes"], grid["purposes"]),
+            _values(rule["sensitivities"], grid["sensitivities"], lambda s: _SENSITIVITY[s]),
+            _values(rule["depths"], list(range(grid["max_depth"] + 1))),
+            rule["approval"],
+            f"{', '.join(rule['methods'])} {', '.join(rule['path_prefixes'])}",
+            ", ".join(rule["policies"]),
+            rule["residual"] or "",
+        )
+        for rule in result.get("destination_reach", [])
+    ]
+    if not rows:
+        out.print("No destination: it can send through none under the active policy set.")
+        return
+    print_table(
+        "Destinations (egress injects the secret; task purpose and sensitivity, delegation depth)",
+        [
+            "DESTINATION",
+            "SECRET",
+            "ACTION",
+            "PURPOSE",
+            "TASK SENSITIVITY",
+            "DEPTH",
+            "APPROVAL",
+            "REQUESTS",
+            "POLICIES",
+            "WHEN",
+        ],
+        rows,
+    )
+
+
+def _tools_table(result: dict[str, Any]) -> None:
+    grid = result["grid"]
+    rows = [
+        (
+            rule["tool"],
+            _values(rule["purposes"], grid["purposes"]),
+            _values(rule["sensitivities"], grid["sensitivities"], lambda s: _SENSITIVITY[s]),
+            _values(rule["depths"], list(range(grid["max_depth"] + 1))),
+            rule["approval"],
+            ", ".join(rule["policies"]),
+            rule["residual"] or "",
+        )
+        for rule in result.get("tool_reach", [])
+    ]
+    if not rows:
+        out.print("No MCP tool: it can call none under the active policy set.")
+        return
+    print_table(
+        "MCP tools (call_tool, when the task declares the tool; task purpose and sensitivity, depth)",
+        ["TOOL", "PURPOSE", "TASK SENSITIVITY", "DEPTH", "APPROVAL", "POLICIES", "WHEN"],
         rows,
     )
 
@@ -213,7 +275,8 @@ def reach_agent(
     json_output: Json = False,
     output: Format = OutputFormat.TABLE,
 ) -> None:
-    """Every secret an agent could issue or activate, under which conditions; its live tasks and grants."""
+    """Every secret, destination and MCP tool an agent could reach, under which conditions; its live
+    tasks and grants."""
     with client(addr, token) as api:
         result = api.get("/v1/reach/agents/" + url_segment(name))
     if _printed_as_data(result, json_output, output):
@@ -228,6 +291,8 @@ def reach_agent(
         markup=True,
     )
     _rules_table(result, "SECRET")
+    _destinations_table(result)
+    _tools_table(result)
     _federated_table(result)
     _live_tables(result["live"], "Destinations that inject these secrets")
     _footer(result)

@@ -61,6 +61,7 @@ from tether.mcp.servers import (
     declared,
     front_name,
     split_front_name,
+    tool_entity,
     validate_server_name,
 )
 from tether.mcp.upstreams import (
@@ -70,7 +71,6 @@ from tether.mcp.upstreams import (
     UpstreamSession,
     UpstreamSpec,
 )
-from tether.policy import Entity
 from tether.store.base import EffectFailedError, RememberJti
 
 if TYPE_CHECKING:
@@ -104,10 +104,6 @@ class CallOutcome:
 
     result: dict[str, Any]
     redactions: int
-
-
-def _tool_entity(server: str, tool: str) -> Entity:
-    return Entity("Tool", cedar_tool_id(server, tool), {"server": server, "name": tool})
 
 
 class McpGateway:
@@ -424,7 +420,7 @@ class McpGateway:
                 decision = await self._decisions.decide(
                     "call_tool",
                     principal,
-                    _tool_entity(record.name, tool_name),
+                    tool_entity(record.name, tool_name),
                     context,
                     policy_version=version,
                 )
@@ -489,7 +485,7 @@ class McpGateway:
             raise await self._refuse(caller, task, resource, "the task did not declare this tool")
         if record.usable(tool, None) is None:
             raise await self._refuse(caller, task, resource, "the tool's definition is quarantined")
-        entity = _tool_entity(server_name, tool)
+        entity = tool_entity(server_name, tool)
         decision, inputs = await self._decisions.decide_recorded(
             "call_tool", agent_entity(caller.agent), entity, self._context(task, server_name, tool, args)
         )

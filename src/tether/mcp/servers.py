@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from tether.domain.destinations import Injection, InjectionType
 from tether.domain.secrets import validate_path
 from tether.errors import InvalidInputError
+from tether.policy.request import Entity
 
 __all__ = [
     "MAX_ARGS",
@@ -42,6 +43,7 @@ __all__ = [
     "front_name",
     "pin",
     "split_front_name",
+    "tool_entity",
     "validate_server_name",
 ]
 
@@ -92,6 +94,11 @@ def split_front_name(name: str) -> tuple[str, str]:
 def cedar_tool_id(server: str, tool: str) -> str:
     """The tool as policies and task intents name it: ``server/tool``."""
     return f"{server}/{tool}"
+
+
+def tool_entity(server: str, tool: str) -> Entity:
+    """A tool as ``call_tool`` policies see it: ``Tool::"server/tool"`` with its server and name."""
+    return Entity("Tool", cedar_tool_id(server, tool), {"server": server, "name": tool})
 
 
 def declared(tools: Iterable[str], server: str, tool: str) -> bool:

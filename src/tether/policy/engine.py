@@ -147,44 +147,85 @@ class _Bucket:
         return pinned[0], policies, pinned[1]
 
 
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """The policies a pair of entities leaves standing, as :meth:`CompiledPolicySet.decide_many`
+    needs them: the handle (None: no policy), the context they read, whether a permit among them
+    reads ``context.approval`` and the forbids that do not (for the derived approval)."""
+
+    handle: cedarpy.PolicySet | None
+    reads: Projection | None
+    permit_reads_approval: bool = True
+    approval_blind_forbids: frozenset[str] = frozenset()
+
+
+_NOTHING_KEPT: Final = _Kept(None, None)
+
+
+def _reads_approval(policy: _Policy) -> bool:
+    """Whether a policy can read ``context.approval`` (conservatively: a whole-context use does)."""
+    reads = context_projection([policy.est])
+    return reads is None or "approval" in reads
+
+
+#: What one entity decides of a bucket's policies: the side, whether all is decided, and by
+#: position (first false, first undecided).
+_Side = tuple[Any, ...]
+
+
 @dataclass(slots=True)
 class _Pruning:
     """A bucket's policies as :mod:`tether.policy.prune` sees them, and what it found (bounded)."""
 
     policies: tuple[_Policy, ...]  # every policy of the bucket, pinned ones too
     prefixes: tuple[Prefix, ...]
-    sides: dict[tuple[str, int], tuple[Any, dict[int, tuple[int, int]], bool]] = field(default_factory=dict)
-    handles: dict[tuple[int, ...], tuple[cedarpy.PolicySet | None, Projection | None]] = field(
+    sides: dict[tuple[str, int], tuple[Any, dict[int, tuple[int, int]], bool, _Side]] = field(
         default_factory=dict
     )
-    pairs: dict[tuple[int, int], tuple[Any, Any, tuple[cedarpy.PolicySet | None, Projection | None]]] = field(
-        default_factory=dict
-    )
+    handles: dict[tuple[int, ...], _Kept] = field(default_factory=dict)
+    pairs: dict[tuple[int, int], tuple[Any, Any, _Kept]] = field(default_factory=dict)
+    # Entities that decide the same of every policy share one (interned) side; pairs of sides with
+    # the same pinned policies leave the same policies standing (by the sides' identity).
+    interned: dict[_Side, _Side] = field(default_factory=dict)
+    combos: dict[tuple[int, int, Any], tuple[_Side, _Side, _Kept]] = field(default_factory=dict)
+    approval_readers: dict[int, bool] = field(default_factory=dict)  # by policy position
 
-    def for_pair(
-        self, bucket: _Bucket, principal: Any, resource: Any
-    ) -> tuple[cedarpy.PolicySet | None, Projection | None]:
-        """The handle (None: no policy is left) and context reads of the policies this principal
-        and resource leave standing (memoised per pair of entities)."""
+    def for_pair(self, bucket: _Bucket, principal: Any, resource: Any) -> _Kept:
+        """The handle (None: no policy is left), context reads and approval readers of the policies
+        this principal and resource leave standing (memoised per pair of entities)."""
         found = self.pairs.get((id(principal), id(resource)))
         if found is not None and found[0] is principal and found[1] is resource:
             return found[2]
         if len(self.pairs) >= _SIDE_CACHE_SIZE:
             self.pairs.clear()
-        selected = bucket.select(principal.id, resource.id)
-        if not any(policy.effect == "permit" for policy in selected):
-            answer: tuple[cedarpy.PolicySet | None, Projection | None] = (None, None)  # default deny
+        by_principal, principal_decided, principal_side = self.side("principal", principal)
+        by_resource, resource_decided, resource_side = self.side("resource", resource)
+        # What select() adds to the general policies depends on these ids only when one is pinned
+        # (a policy pinned to this resource may also be pinned to an agent).
+        if resource.id in bucket.by_resource:
+            pins: tuple[str | None, str | None] = (resource.id, principal.id)
         else:
-            # Forbids that are left are still asked (one could fail, which is a deny naming it);
-            # with nothing left, Cedar would answer a deny without reasons: so does no handle.
-            by_principal, principal_decided = self.side("principal", principal)
-            by_resource, resource_decided = self.side("resource", resource)
-            if principal_decided and resource_decided:  # each entry is a false conjunct
-                out: Collection[int] = by_principal.keys() | by_resource.keys()
+            pins = (None, principal.id if principal.id in bucket.by_principal else None)
+        combo = (id(principal_side), id(resource_side), pins)
+        known = self.combos.get(combo)
+        if known is not None and known[0] is principal_side and known[1] is resource_side:
+            answer = known[2]
+        else:
+            selected = bucket.select(principal.id, resource.id)
+            if not any(policy.effect == "permit" for policy in selected):
+                answer = _NOTHING_KEPT  # default deny
             else:
-                out = dropped(by_principal, by_resource)
-            kept = tuple(policy for policy in selected if policy.position not in out) if out else selected
-            answer = self.handle(kept)
+                # Forbids that are left are still asked (one could fail, which is a deny naming it);
+                # with nothing left, Cedar would answer a deny without reasons: so does no handle.
+                if principal_decided and resource_decided:  # each entry is a false conjunct
+                    out: Collection[int] = by_principal.keys() | by_resource.keys()
+                else:
+                    out = dropped(by_principal, by_resource)
+                kept = tuple(policy for policy in selected if policy.position not in out) if out else selected
+                answer = self.handle(kept)
+            if len(self.combos) >= _SIDE_CACHE_SIZE:
+                self.combos.clear()
+            self.combos[combo] = (principal_side, resource_side, answer)
         self.pairs[(id(principal), id(resource))] = (principal, resource, answer)
         return answer
 
@@ -196,29 +237,47 @@ class _Pruning:
         policies = tuple(sorted(every.values(), key=lambda policy: policy.position))
         return cls(policies, tuple(static_prefix(policy.est) for policy in policies))
 
-    def side(self, side: str, entity: Any) -> tuple[dict[int, tuple[int, int]], bool]:
+    def side(self, side: str, entity: Any) -> tuple[dict[int, tuple[int, int]], bool, _Side]:
         """What ``entity`` (as the principal or the resource) decides of each policy's prefix, by
-        policy position; True when nothing was left undecided."""
+        policy position; True when nothing was left undecided; the same as an interned value."""
         found = self.sides.get((side, id(entity)))
         if found is not None and found[0] is entity:
-            return found[1], found[2]
+            return found[1], found[2], found[3]
         if len(self.sides) >= _SIDE_CACHE_SIZE:
             self.sides.clear()
+        if len(self.interned) >= _SIDE_CACHE_SIZE:
+            self.interned.clear()  # a new object for a value seen before: only a cache miss
         results = side_results(self.prefixes, side, entity.attributes)
         # Keyed by policy position (the results index into self.policies).
         by_position = {self.policies[index].position: result for index, result in results.items()}
         decided = all(unknown == _NEVER_UNKNOWN for _, unknown in by_position.values())
-        self.sides[(side, id(entity))] = (entity, by_position, decided)
-        return by_position, decided
+        value = (side, decided, *sorted(by_position.items()))
+        interned = self.interned.setdefault(value, value)
+        self.sides[(side, id(entity))] = (entity, by_position, decided, interned)
+        return by_position, decided, interned
 
-    def handle(self, kept: tuple[_Policy, ...]) -> tuple[cedarpy.PolicySet | None, Projection | None]:
+    def reads_approval(self, policy: _Policy) -> bool:
+        found = self.approval_readers.get(policy.position)
+        if found is None:
+            found = self.approval_readers[policy.position] = _reads_approval(policy)
+        return found
+
+    def handle(self, kept: tuple[_Policy, ...]) -> _Kept:
         key = tuple(policy.position for policy in kept)
         found = self.handles.get(key)
         if found is None:
             if len(self.handles) >= _HANDLE_CACHE_SIZE:
                 self.handles.clear()
             handle = _policy_set(kept) if kept else None
-            found = self.handles[key] = (handle, context_projection(policy.est for policy in kept))
+            readers = {policy.id for policy in kept if self.reads_approval(policy)}
+            found = self.handles[key] = _Kept(
+                handle,
+                context_projection(policy.est for policy in kept),
+                any(policy.effect == "permit" for policy in kept if policy.id in readers),
+                frozenset(
+                    policy.id for policy in kept if policy.effect == "forbid" and policy.id not in readers
+                ),
+            )
         return found
 
 
@@ -356,7 +415,7 @@ class CompiledPolicySet:
     def decide_many(
         self,
         requests: Sequence[DecisionRequest | Asked],
-        memo: dict[tuple[int, str, str], tuple[cedarpy.PolicySet, Decision]] | None = None,
+        memo: dict[tuple[int, str, Any], tuple[cedarpy.PolicySet, Decision]] | None = None,
     ) -> list[Decision]:
         """:meth:`decide` (with ``trusted_context``) for many requests at once, for policy replay:
         requests that agree on the policies selected, the entities and the context those policies
@@ -364,36 +423,42 @@ class CompiledPolicySet:
         Each answer equals what :meth:`decide` answers for that request alone. ``memo`` keeps
         answers across calls (the caller bounds it, and uses it with this set only)."""
         answers: list[Decision | None] = [None] * len(requests)
-        # (handle, entities JSON) -> context JSON -> (Cedar request, indexes of the requests)
-        groups: dict[tuple[int, str], dict[str, tuple[dict[str, Any], list[int]]]] = {}
-        handles: dict[int, cedarpy.PolicySet] = {}
-        approval_read: dict[int, bool] = {}
+        # (handle, entities JSON) -> context key -> (Cedar request, indexes of the requests)
+        groups: dict[tuple[int, str], dict[Any, tuple[dict[str, Any], list[int]]]] = {}
+        kept_of: dict[int, _Kept] = {}
         entity_json: dict[tuple[int, int], str] = {}  # by the entities' identity, within this call
         for index, request in enumerate(requests):
             asked = self._batch_item(request, entity_json)
             if isinstance(asked, Decision):
                 answers[index] = asked
                 continue
-            handle, entities, context, reads_approval = asked
-            approval_read[id(handle)] = reads_approval
-            known = None if memo is None else memo.get((id(handle), entities, context))
-            if known is not None and known[0] is handle:
+            kept, entities, key = asked
+            handle_id = id(kept.handle)
+            known = None if memo is None else memo.get((handle_id, entities, key))
+            if known is not None and known[0] is kept.handle:
                 answers[index] = known[1]
                 continue
-            handles[id(handle)] = handle
-            same = groups.setdefault((id(handle), entities), {})
-            if context in same:
-                same[context][1].append(index)
-            else:
-                same[context] = (_cedar_request(request, context), [index])
+            kept_of[handle_id] = kept
+            same = groups.setdefault((handle_id, entities), {})
+            found = same.get(key)
+            if found is not None:
+                found[1].append(index)
+                continue
+            # The context as Cedar reads it: made once per distinct key (equal keys, equal JSON).
+            try:
+                context = _context_json(request.context, kept.reads)
+            except (TypeError, ValueError, RecursionError) as exc:
+                answers[index] = Decision.deny(
+                    errors=(_clip(f"request is unusable: {type(exc).__name__}: {exc}"),)
+                )
+                continue
+            same[key] = (_cedar_request(request, context), [index])
         for (handle_id, entities), contexts in groups.items():
-            handle = handles[handle_id]
-            decided = self._decide_group(
-                handle, entities, list(contexts.values()), requests, approval_read[handle_id]
-            )
-            for context, decision, (_, indexes) in zip(contexts, decided, contexts.values(), strict=True):
-                if memo is not None:
-                    memo[(handle_id, entities, context)] = (handle, decision)
+            kept = kept_of[handle_id]
+            decided = self._decide_group(kept, entities, list(contexts.values()), requests)
+            for key, decision, (_, indexes) in zip(contexts, decided, contexts.values(), strict=True):
+                if memo is not None and kept.handle is not None:
+                    memo[(handle_id, entities, key)] = (kept.handle, decision)
                 for index in indexes:
                     answers[index] = decision
         # Every index was answered above; fail closed if not (a Decision is falsy when it denies).
@@ -401,10 +466,10 @@ class CompiledPolicySet:
 
     def _batch_item(
         self, request: DecisionRequest | Asked, entity_json: dict[tuple[int, int], str]
-    ) -> Decision | tuple[cedarpy.PolicySet, str, str, bool]:
-        """What :meth:`decide` would hand Cedar for ``request`` (handle, entities, projected context,
-        whether those policies read ``context.approval``), or the decision when Cedar need not be
-        asked."""
+    ) -> Decision | tuple[_Kept, str, Any]:
+        """What :meth:`decide` would hand Cedar for ``request`` (the policies left, the entities,
+        and a key that is equal for contexts equal in what those policies read), or the decision
+        when Cedar need not be asked."""
         bucket = self._buckets.get((request.action, request.resource.type))
         if bucket is None:
             return Decision.deny(errors=(f"no policies index for {request.action}",))
@@ -414,10 +479,9 @@ class CompiledPolicySet:
         # (each is false: Cedar would deny without reasons).
         if bucket.pruning is None:
             bucket.pruning = _Pruning.of(bucket)
-        handle, reads = bucket.pruning.for_pair(bucket, request.principal, request.resource)
-        if handle is None:
+        kept = bucket.pruning.for_pair(bucket, request.principal, request.resource)
+        if kept.handle is None:
             return Decision.deny()  # every policy is false for these entities: a deny, no reasons
-        given = request.context if reads is None else project(request.context, reads)
         try:
             pair = (id(request.principal), id(request.resource))
             entities = None if request.entities else entity_json.get(pair)
@@ -425,30 +489,36 @@ class CompiledPolicySet:
                 entities = _entities_json(request)
                 if not request.entities:
                     entity_json[pair] = entities
-            context = json.dumps(dict(given), default=json_default, sort_keys=True)
+            key = _context_key(request.context, kept.reads)
         except (TypeError, ValueError, RecursionError) as exc:
             return Decision.deny(errors=(_clip(f"request is unusable: {type(exc).__name__}: {exc}"),))
-        return handle, entities, context, reads is None or "approval" in reads
+        return kept, entities, key
 
     def _decide_group(
         self,
-        handle: cedarpy.PolicySet,
+        kept: _Kept,
         entities: str,
         asked: list[tuple[dict[str, Any], list[int]]],
         requests: Sequence[DecisionRequest | Asked],
-        reads_approval: bool,
     ) -> list[Decision]:
+        handle = kept.handle
+        if handle is None:  # unreachable: _batch_item answers when no policy is left; fail closed
+            return [Decision.deny(errors=("no policies left",)) for _ in asked]
         decided = self._evaluate_many(handle, [request for request, _ in asked], entities)
-        if not reads_approval:
-            return decided  # asking again with an approval would get the same answer
         # Derived approval, as decide() does: a deny without errors, asked without an approval —
-        # would an approval allow it?
+        # would an approval allow it? Only the approval differs when asked again, so the answer
+        # cannot change when a forbid that held does not read it (it holds again), nor when no
+        # forbid held (then no permit did either) and no permit reads it (none will).
+        blind = kept.approval_blind_forbids
+        permits_may_change = kept.permit_reads_approval
         again = [
             (position, request)
             for position, ((request, indexes), decision) in enumerate(zip(asked, decided, strict=True))
             if not decision.allowed
             and not decision.errors
             and requests[indexes[0]].context.get("approval") is False
+            and blind.isdisjoint(decision.policies)
+            and (permits_may_change or decision.policies)
         ]
         if again:
             approved = [
@@ -522,6 +592,52 @@ def _cedar_request(request: DecisionRequest | Asked, context: str) -> dict[str, 
         "resource": {"type": request.resource.type, "id": request.resource.id},
         "context": context,
     }
+
+
+def _context_json(context: Mapping[str, Any], reads: Projection | None) -> str:
+    """The context as :meth:`CompiledPolicySet.decide_many` hands it to Cedar: what ``reads`` keeps."""
+    given = context if reads is None else project(context, reads)
+    return json.dumps(dict(given), default=json_default, sort_keys=True)
+
+
+def _context_key(context: Mapping[str, Any], reads: Projection | None) -> Any:
+    """A hashable key of what ``reads`` keeps of ``context``, cheaper to make than its JSON: equal
+    keys give equal :func:`_context_json` (types are part of the key, so ``true`` is not ``1``; a
+    value of another type is keyed by its JSON). ``reads`` is the same for every key compared."""
+    if reads is None:
+        return _frozen(context)
+    key = []
+    for attr, inner in reads.items():
+        value = context.get(attr, _ABSENT)
+        kind = type(value)
+        if kind is str:
+            key.append((attr, value))
+        elif value is _ABSENT:
+            continue  # absent: left out, as project() leaves it out
+        elif inner is not None and isinstance(value, Mapping):
+            key.append((attr, _context_key(value, inner)))
+        else:
+            key.append((attr, _frozen(value)))
+    return tuple(key)
+
+
+_ABSENT: Final = object()
+
+
+def _frozen(value: Any) -> Any:
+    """``value`` as a hashable key; equal keys are values with equal JSON."""
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is bool or kind is int:
+        return (kind, value)
+    if kind is list or kind is tuple:
+        return ("L", *map(_frozen, value))
+    if kind is dict and all(type(k) is str for k in value):
+        return ("D", *sorted((k, _frozen(v)) for k, v in value.items()))
+    if value is None:
+        return None
+    return ("J", json.dumps(value, default=json_default, sort_keys=True))
 
 
 def _entities_json(request: DecisionRequest | Asked) -> str:

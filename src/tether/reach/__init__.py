@@ -2,20 +2,36 @@
 
 :func:`compute_reach` decides every agent, secret and action over a finite :class:`Grid` of the
 decision context with Cedar's partial evaluation; conditions on fields the grid does not enumerate
-come back as residuals. The broker's ``ReachService`` reads the store and calls it.
+come back as residuals. :func:`compute_tool_reach` does the same for MCP tools (``call_tool``),
+and :func:`destination_reach` slices secret rules to what egress decides for each destination.
+The broker's ``ReachService`` reads the store and calls it.
 """
 
 from __future__ import annotations
 
 from tether.reach.compute import (
     AgentGroup,
+    DestinationRule,
+    DestinationTarget,
     ReachRule,
     SecretTarget,
+    ToolRule,
+    ToolTarget,
     compute_reach,
+    compute_tool_reach,
+    destination_reach,
     group_agents,
     point_context,
 )
-from tether.reach.grid import DIMENSIONS, MODES, REACH_ACTIONS, SENSITIVITIES, UNKNOWN_FIELDS, Grid
+from tether.reach.grid import (
+    DIMENSIONS,
+    MODES,
+    REACH_ACTIONS,
+    SENSITIVITIES,
+    TOOL_UNKNOWN_FIELDS,
+    UNKNOWN_FIELDS,
+    Grid,
+)
 from tether.reach.residual import Residual
 
 __all__ = [
@@ -23,13 +39,20 @@ __all__ = [
     "MODES",
     "REACH_ACTIONS",
     "SENSITIVITIES",
+    "TOOL_UNKNOWN_FIELDS",
     "UNKNOWN_FIELDS",
     "AgentGroup",
+    "DestinationRule",
+    "DestinationTarget",
     "Grid",
     "ReachRule",
     "Residual",
     "SecretTarget",
+    "ToolRule",
+    "ToolTarget",
     "compute_reach",
+    "compute_tool_reach",
+    "destination_reach",
     "group_agents",
     "point_context",
 ]

@@ -18,19 +18,22 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import cedarpy
 
 from tether.policy import SCHEMA_TEXT, CompiledPolicySet, Entity
+from tether.policy.reads import Projection, context_projection, project
 from tether.reach.grid import (
     DIMENSIONS,
     REACH_ACTIONS,
+    TOOL_UNKNOWN_FIELDS,
     UNKNOWN_FIELDS,
     Grid,
     in_grid_order,
@@ -48,12 +51,28 @@ from tether.reach.residual import (
     simplify_condition,
 )
 
-__all__ = ["AgentGroup", "Point", "ReachRule", "Residual", "SecretTarget", "compute_reach", "group_agents"]
+__all__ = [
+    "AgentGroup",
+    "DestinationRule",
+    "DestinationTarget",
+    "Point",
+    "ReachRule",
+    "Residual",
+    "SecretTarget",
+    "ToolRule",
+    "ToolTarget",
+    "compute_reach",
+    "compute_tool_reach",
+    "destination_reach",
+    "group_agents",
+]
 
 _SCHEMA: Final = cedarpy.Schema.from_str(SCHEMA_TEXT)
 
 #: One grid point: a value per dimension, in :data:`~tether.reach.grid.DIMENSIONS` order.
 Point = tuple[Any, ...]
+#: An allowing outcome: the determining permits and the residual (None: allowed outright).
+Allowed = tuple[tuple[str, ...], "Residual | None"]
 #: A merged box of the grid: the values per dimension, the determining permits, the residual.
 Box = tuple[dict[str, tuple[Any, ...]], tuple[str, ...], "Residual | None"]
 #: At one point, the policies that read no unknown field: the permits that hold (None: deny).
@@ -80,6 +99,50 @@ class SecretTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolTarget:
+    """A registered MCP server's pinned tool as policies see it (``Tool::"server/name"``), decided
+    for ``call_tool`` with the context the MCP gateway builds: mode ``call``, destination
+    ``mcp:<server>``, request ``tools/call`` on the tool's id; the task's declared secrets,
+    destinations and tools, the arguments' shape and the use count are left unknown."""
+
+    entity: Entity
+
+    @property
+    def server(self) -> str:
+        return str(self.entity.attributes["server"])
+
+    @property
+    def name(self) -> str:
+        return str(self.entity.attributes["name"])
+
+
+#: What reach is computed for: a secret (``issue``, ``activate``) or a tool (``call_tool``).
+Target = SecretTarget | ToolTarget
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationTarget:
+    """A registered egress destination: the secret it injects, and the methods and path prefixes
+    it forwards (checked by egress on top of policy)."""
+
+    name: str
+    secret: str
+    methods: tuple[str, ...] = ()
+    path_prefixes: tuple[str, ...] = ()
+
+
+def _approval(values: Mapping[str, tuple[Any, ...]]) -> str:
+    approvals = set(values["approval"])
+    if approvals == {False, True}:
+        return "not needed"
+    return "required" if approvals == {True} else "only without"
+
+
+def _covers(values: Mapping[str, tuple[Any, ...]], point: Point) -> bool:
+    return all(value in values[d] for d, value in zip(DIMENSIONS, point, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
 class ReachRule:
     """A box of the grid where ``agents`` may do ``action`` on ``secret``: every combination of the
     listed values is allowed (by ``policies``), or allowed when ``residual`` holds."""
@@ -92,15 +155,12 @@ class ReachRule:
     residual: Residual | None = None
 
     def covers(self, point: Point) -> bool:
-        return all(value in self.values[d] for d, value in zip(DIMENSIONS, point, strict=True))
+        return _covers(self.values, point)
 
     @property
     def approval(self) -> str:
         """``not needed``, ``required`` (allowed only with an approval) or ``only without``."""
-        approvals = set(self.values["approval"])
-        if approvals == {False, True}:
-            return "not needed"
-        return "required" if approvals == {True} else "only without"
+        return _approval(self.values)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -111,6 +171,78 @@ class ReachRule:
             "sensitivities": list(self.values["sensitivity"]),
             "modes": list(self.values["mode"]),
             "destinations": list(self.values["destination"]),
+            "depths": list(self.values["depth"]),
+            "approval": self.approval,
+            "policies": list(self.policies),
+            "residual": None if self.residual is None else self.residual.text,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationRule:
+    """A box where ``agents`` may ``action`` (issue or activate an ``inject`` grant) through
+    ``destination``: its injected secret, decided with mode ``inject`` and that destination (the
+    slice of the secret's rules egress decides in)."""
+
+    agents: tuple[str, ...]
+    destination: DestinationTarget
+    action: str
+    values: Mapping[str, tuple[Any, ...]]
+    policies: tuple[str, ...]
+    residual: Residual | None = None
+
+    def covers(self, point: Point) -> bool:
+        return _covers(self.values, point)
+
+    @property
+    def approval(self) -> str:
+        return _approval(self.values)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "agents": list(self.agents),
+            "destination": self.destination.name,
+            "secret": self.destination.secret,
+            "action": self.action,
+            "purposes": list(self.values["purpose"]),
+            "sensitivities": list(self.values["sensitivity"]),
+            "depths": list(self.values["depth"]),
+            "approval": self.approval,
+            "methods": list(self.destination.methods),
+            "path_prefixes": list(self.destination.path_prefixes),
+            "policies": list(self.policies),
+            "residual": None if self.residual is None else self.residual.text,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRule:
+    """A box where ``agents`` may call ``tool`` (``call_tool``): every combination of the listed
+    purposes, sensitivities, depths and approvals is allowed, or allowed when ``residual`` holds."""
+
+    agents: tuple[str, ...]
+    tool: ToolTarget
+    values: Mapping[str, tuple[Any, ...]]
+    policies: tuple[str, ...]
+    residual: Residual | None = None
+    action: str = "call_tool"
+
+    def covers(self, point: Point) -> bool:
+        return _covers(self.values, point)
+
+    @property
+    def approval(self) -> str:
+        return _approval(self.values)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "agents": list(self.agents),
+            "tool": self.tool.entity.id,
+            "server": self.tool.server,
+            "name": self.tool.name,
+            "action": self.action,
+            "purposes": list(self.values["purpose"]),
+            "sensitivities": list(self.values["sensitivity"]),
             "depths": list(self.values["depth"]),
             "approval": self.approval,
             "policies": list(self.policies),
@@ -134,8 +266,53 @@ def compute_reach(
     rules: list[ReachRule] = []
     for secret in secrets:
         for action in actions:
-            rules.extend(estimator.reach(agents, secret, action, grid))
+            rules.extend(
+                ReachRule(names, secret.entity.id, action, box, permits, residual)
+                for names, box, permits, residual in estimator.reach(agents, secret, action, grid)
+            )
     return rules
+
+
+def compute_tool_reach(
+    policies: CompiledPolicySet, agents: Sequence[AgentGroup], tools: Sequence[ToolTarget], grid: Grid
+) -> list[ToolRule]:
+    """Every rule under which an agent of ``agents`` may call a tool of ``tools`` (``call_tool``),
+    over the grid's purposes, sensitivities, depths and approvals. Disjoint; a point no rule covers
+    is denied."""
+    estimator = _evaluator(policies)
+    rules: list[ToolRule] = []
+    for tool in tools:
+        rules.extend(
+            ToolRule(names, tool, box, permits, residual)
+            for names, box, permits, residual in estimator.reach(agents, tool, "call_tool", grid)
+        )
+    return rules
+
+
+def destination_reach(
+    rules: Iterable[ReachRule], destinations: Sequence[DestinationTarget], grid: Grid
+) -> list[DestinationRule]:
+    """The rules of each destination: the slice of its injected secret's rules (``rules``, computed
+    over a grid that lists the destination) at mode ``inject`` and that destination, as egress
+    decides issuance and activation of an ``inject`` grant. Disjoint, as ``rules`` are."""
+    by_secret: dict[str, list[ReachRule]] = {}
+    for rule in rules:
+        by_secret.setdefault(rule.secret, []).append(rule)
+    found: list[DestinationRule] = []
+    for destination in destinations:
+        # Per (agents, action): the sliced boxes, merged again (the slice may leave neighbours).
+        sliced: dict[tuple[tuple[str, ...], str], list[tuple[dict[str, tuple[Any, ...]], Allowed]]] = {}
+        for rule in by_secret.get(destination.secret, ()):
+            if "inject" not in rule.values["mode"] or destination.name not in rule.values["destination"]:
+                continue
+            box = {**rule.values, "mode": ("inject",), "destination": (destination.name,)}
+            sliced.setdefault((rule.agents, rule.action), []).append((box, (rule.policies, rule.residual)))
+        for (agents, action), boxes in sliced.items():
+            found.extend(
+                DestinationRule(agents, destination, action, in_grid_order(box, grid), permits, residual)
+                for box, (permits, residual) in _merge(boxes)
+            )
+    return found
 
 
 #: An outcome at one grid point: None (deny), or the determining permits and a residual (or None).
@@ -174,9 +351,11 @@ class _Evaluator:
         self._handles: dict[tuple[str, ...], cedarpy.PolicySet] = {}
         self._never: dict[tuple[Any, ...], bool] = {}
         self._reads: dict[str, frozenset[str] | None] = {}
-        self._unknown_readers: dict[str, bool] = {}
+        self._unknown_readers: dict[tuple[str, tuple[tuple[str, ...], ...]], bool] = {}
         self._boxes: dict[Any, list[Box]] = {}
         self._plans: dict[tuple[str, ...], tuple[tuple[str, frozenset[str] | None, bool], ...]] = {}
+        self._policy_dimensions: dict[str, frozenset[str]] = {}
+        self._projections: dict[tuple[str, ...], Projection | None] = {}
 
     def size(self) -> int:
         return len(self._never) + len(self._handles) + len(self._boxes)
@@ -205,16 +384,19 @@ class _Evaluator:
             self._reads[policy_id] = None if reads is None or whole else frozenset(reads)
         return self._reads[policy_id]
 
-    def _reads_unknown(self, policy_id: str) -> bool:
-        if policy_id not in self._unknown_readers:
-            self._unknown_readers[policy_id] = reads_unknown_fields([self._ests[policy_id]])
-        return self._unknown_readers[policy_id]
+    def _reads_unknown(self, policy_id: str, target: Target) -> bool:
+        unknown = _unknown_fields(target)
+        key = (policy_id, unknown)
+        found = self._unknown_readers.get(key)
+        if found is None:
+            found = self._unknown_readers[key] = reads_unknown_fields([self._ests[policy_id]], unknown)
+        return found
 
     def _never_hold(
         self,
         ids: tuple[str, ...],
         principal: Entity,
-        secret: SecretTarget,
+        secret: Target,
         action: str,
         entities: cedarpy.Entities,
     ) -> dict[str, bool]:
@@ -237,13 +419,17 @@ class _Evaluator:
         return {i: i in residuals and holds(residuals[i]) == "false" for i in ids}
 
     def reach(
-        self, groups: Sequence[AgentGroup], secret: SecretTarget, action: str, grid: Grid
-    ) -> list[ReachRule]:
-        """The rules of every group for one secret and action. Policies that cannot hold for a
-        group are set aside first; groups left with the same policies that see the same of their
-        agents decide identically and are decided once, together."""
+        self, groups: Sequence[AgentGroup], secret: Target, action: str, grid: Grid
+    ) -> list[tuple[tuple[str, ...], dict[str, tuple[Any, ...]], tuple[str, ...], Residual | None]]:
+        """The boxes of every group for one secret (or tool) and action, with the agents each
+        holds for. Policies that cannot hold for a group are set aside first; groups left with the
+        same policies that see the same of their agents decide identically and are decided once,
+        together."""
         resource = secret.entity
-        target = (resource.id, _frozen(dict(resource.attributes)), tuple(resource.parents))
+        if isinstance(secret, ToolTarget):
+            # A tool call's mode and destination are the gateway's, not the task's choice.
+            grid = replace(grid, fixed=(("mode", ("call",)), ("destination", (f"mcp:{secret.server}",))))
+        target = (resource.type, resource.id, _frozen(dict(resource.attributes)), tuple(resource.parents))
         classes: dict[Any, tuple[Entity, cedarpy.Entities | None, list[str], tuple[str, ...]]] = {}
         for group in groups:
             principal = group.entity
@@ -265,8 +451,8 @@ class _Evaluator:
                 classes[signature] = (principal, entities, list(group.names), tuple(kept))
             else:
                 found[2].extend(group.names)
-        rules: list[ReachRule] = []
-        where = (action, target, secret.dynamic_is_reveal, grid)
+        rules: list[tuple[tuple[str, ...], dict[str, tuple[Any, ...]], tuple[str, ...], Residual | None]] = []
+        where = (action, target, isinstance(secret, SecretTarget) and secret.dynamic_is_reveal, grid)
         for signature, (principal, entities, names, kept_ids) in classes.items():
             # The same policies, the same view of the agent, the same secret and grid: the same boxes.
             boxes = self._boxes.get((where, signature))
@@ -274,10 +460,7 @@ class _Evaluator:
                 boxes = self._boxes[(where, signature)] = self._reach_class(
                     principal, entities or _entities(principal, resource), kept_ids, secret, action, grid
                 )
-            rules.extend(
-                ReachRule(tuple(names), resource.id, action, box, policies, residual)
-                for box, policies, residual in boxes
-            )
+            rules.extend((tuple(names), box, policies, residual) for box, policies, residual in boxes)
         return rules
 
     def _kept(
@@ -285,7 +468,7 @@ class _Evaluator:
         plan: tuple[tuple[str, frozenset[str] | None, bool], ...],
         seen: _PrincipalView,
         principal: Entity,
-        secret: SecretTarget,
+        secret: Target,
         action: str,
         target: Any,
     ) -> tuple[list[str], frozenset[str] | None, cedarpy.Entities | None]:
@@ -316,20 +499,21 @@ class _Evaluator:
         principal: Entity,
         entities: cedarpy.Entities,
         ids: tuple[str, ...],
-        secret: SecretTarget,
+        secret: Target,
         action: str,
         grid: Grid,
     ) -> list[Box]:
         """The merged boxes of one class of agents (decided with its representative ``principal``)."""
         resource = secret.entity
         referenced = referenced_dimensions(self._ests[i] for i in ids)
-        exact = tuple(i for i in ids if not self._reads_unknown(i))
-        partial = tuple(i for i in ids if self._reads_unknown(i))
+        exact = tuple(i for i in ids if not self._reads_unknown(i, secret))
+        partial = tuple(i for i in ids if self._reads_unknown(i, secret))
         stands_for = string_classes(
             [self._ests[i] for i in ids],
             referenced - referenced_dimensions(self._ests[i] for i in partial),
             (principal, resource),
             grid,
+            _context_strings(secret),
         )
         axes = [
             (tuple(stands_for[d]) if d in stands_for else grid.values(d))
@@ -343,9 +527,7 @@ class _Evaluator:
             "action": _uid("Action", action),
             "resource": _uid(resource.type, resource.id),
         }
-        decided_exactly = (
-            self._decide_exactly(self._handle(exact), entities, base, secret, points) if exact else None
-        )
+        decided_exactly = self._decide_exactly(exact, entities, base, secret, points, grid) if exact else None
         decided_partially = (
             self._decide_partially(self._handle(partial), entities, base, secret, points, partial, grid)
             if partial
@@ -356,7 +538,7 @@ class _Evaluator:
             outcome = _combine(
                 () if decided_exactly is None else decided_exactly[index],
                 {} if decided_partially is None else decided_partially[index],
-                self._residual,
+                functools.partial(self._residual, action=action),
                 principal,
                 resource,
             )
@@ -378,7 +560,7 @@ class _Evaluator:
         handle: cedarpy.PolicySet,
         entities: cedarpy.Entities,
         base: Mapping[str, str],
-        secret: SecretTarget,
+        secret: Target,
         points: Sequence[Point],
         ids: tuple[str, ...],
         grid: Grid,
@@ -410,26 +592,76 @@ class _Evaluator:
 
     def _decide_exactly(
         self,
-        handle: cedarpy.PolicySet,
+        ids: tuple[str, ...],
         entities: cedarpy.Entities,
         base: Mapping[str, str],
-        secret: SecretTarget,
+        secret: Target,
         points: Sequence[Point],
+        grid: Grid,
     ) -> list[Exact]:
         """The policies that read no unknown field: any value of those decides exactly, so the
-        points are decided outright, in one batch: per point, the permits that hold, or None when a
-        forbid holds or evaluation errs (a deny either way)."""
-        contexts = [point_context(secret, dict(zip(DIMENSIONS, p, strict=True)), bound=True) for p in points]
-        keys = [json.dumps(context, sort_keys=True) for context in contexts]
-        unique = dict(zip(keys, contexts, strict=True))
+        points are decided outright: per point, the permits that hold, or None when a forbid holds
+        or evaluation errs (a deny either way).
+
+        Policies that read the same dimensions are decided together, each group at the projections
+        of the points on its dimensions (the others at their first value), with only the context
+        attributes it reads: a policy's value at a point depends on nothing else. A point then
+        combines the groups as Cedar combines policies: a forbid that holds or an error anywhere
+        denies; otherwise the permits that hold (in any group) allow."""
+        by_dimensions: dict[frozenset[str], list[str]] = {}
+        for policy_id in ids:
+            by_dimensions.setdefault(self._dimensions(policy_id), []).append(policy_id)
+        combined: list[Exact] = [() for _ in points]
+        for dimensions, members in by_dimensions.items():
+            group = tuple(members)
+            decided = self._decide_group(group, dimensions, entities, base, secret, points, grid)
+            for index, outcome in enumerate(decided):
+                before = combined[index]
+                if before is None:
+                    continue
+                combined[index] = None if outcome is None else (*before, *outcome)
+        return [None if c is None else tuple(sorted(c)) for c in combined]
+
+    def _dimensions(self, policy_id: str) -> frozenset[str]:
+        found = self._policy_dimensions.get(policy_id)
+        if found is None:
+            found = self._policy_dimensions[policy_id] = referenced_dimensions([self._ests[policy_id]])
+        return found
+
+    def _decide_group(
+        self,
+        ids: tuple[str, ...],
+        dimensions: frozenset[str],
+        entities: cedarpy.Entities,
+        base: Mapping[str, str],
+        secret: Target,
+        points: Sequence[Point],
+        grid: Grid,
+    ) -> list[Exact]:
+        """Policies that read ``dimensions`` (and no unknown field), at each point's projection."""
+        reads = self._reads_of(ids)
+        firsts = {d: grid.values(d)[0] for d in DIMENSIONS}
+        projected: dict[Point, str] = {}  # a projection -> its context's JSON
+        contexts: dict[str, dict[str, Any]] = {}
+        keys = []
+        for point in points:
+            at = tuple(v if d in dimensions else firsts[d] for d, v in zip(DIMENSIONS, point, strict=True))
+            key = projected.get(at)
+            if key is None:
+                context = point_context(secret, dict(zip(DIMENSIONS, at, strict=True)), bound=True)
+                if reads is not None:
+                    context = project(context, reads)
+                key = projected[at] = json.dumps(context, sort_keys=True)
+                contexts[key] = context
+            keys.append(key)
         try:
             results = cedarpy.is_authorized_batch(
-                [{**base, "context": context} for context in unique.values()], handle, entities
+                [{**base, "context": key} for key in contexts], self._handle(ids), entities
             )
         except Exception:  # noqa: BLE001 - fail closed on anything the engine throws
             return [None] * len(points)
         outcomes: dict[str, Exact] = {}
-        for key, result in zip(unique, results, strict=True):
+        for key, result in zip(contexts, results, strict=True):
             reasons = tuple(sorted(str(r) for r in result.diagnostics.reasons))
             if result.diagnostics.errors:
                 outcomes[key] = None
@@ -441,8 +673,13 @@ class _Evaluator:
                 outcomes[key] = None if reasons else ()  # a forbid holds, or no permit does
         return [outcomes[key] for key in keys]
 
+    def _reads_of(self, ids: tuple[str, ...]) -> Projection | None:
+        if ids not in self._projections:
+            self._projections[ids] = context_projection(self._ests[i] for i in ids)
+        return self._projections[ids]
+
     def _residual(
-        self, residuals: Mapping[str, Any], principal: Entity, resource: Entity
+        self, residuals: Mapping[str, Any], principal: Entity, resource: Entity, *, action: str
     ) -> tuple[tuple[str, ...], Residual | None] | None:
         permits: list[tuple[str, Mapping[str, Any]]] = []
         forbids: list[tuple[str, Mapping[str, Any]]] = []
@@ -467,6 +704,7 @@ class _Evaluator:
             principal={"type": principal.type, "id": principal.id},
             resource={"type": resource.type, "id": resource.id},
             text=text,
+            action=action,
         )
         return tuple(policy_id for policy_id, _ in possible), residual
 
@@ -550,17 +788,35 @@ _PLACEHOLDERS: Final[Mapping[tuple[str, ...], Any]] = {
     ("task", "chain"): [],
     ("task", "age_seconds"): 0,
     ("task", "remaining_seconds"): 0,
+    ("task", "secrets"): [],
+    ("task", "destinations"): [],
+    ("arguments",): [],
     ("request", "method"): "",
     ("request", "path"): "",
     ("uses",): 0,
 }
 
 
-def point_context(secret: SecretTarget, values: Mapping[str, Any], *, bound: bool = False) -> dict[str, Any]:
-    """The ``Ctx`` record of one grid point, with :data:`UNKNOWN_FIELDS` left unknown (``bound``:
-    given placeholder values instead, for policies that do not read them): the shape
+def _unknown_fields(target: Target) -> tuple[tuple[str, ...], ...]:
+    return TOOL_UNKNOWN_FIELDS if isinstance(target, ToolTarget) else UNKNOWN_FIELDS
+
+
+def _context_strings(target: Target) -> tuple[str, ...]:
+    """Strings a target's contexts carry besides the grid's values (they name values too)."""
+    if isinstance(target, ToolTarget):
+        return ("tools/call", target.entity.id)
+    return (target.entity.id,)
+
+
+def point_context(target: Target, values: Mapping[str, Any], *, bound: bool = False) -> dict[str, Any]:
+    """The ``Ctx`` record of one grid point, with the target's unknown fields
+    (:data:`UNKNOWN_FIELDS`, :data:`TOOL_UNKNOWN_FIELDS`) left unknown (``bound``: given placeholder
+    values instead, for policies that do not read them). For a secret: the shape
     :func:`tether.domain.tasks.decision_context` builds, for a task that declared the secret and the
-    destination."""
+    destination; for a tool: the shape the MCP gateway builds for ``tools/call``."""
+    if isinstance(target, ToolTarget):
+        return _tool_context(target, values, bound=bound)
+    secret = target
     destination = values["destination"]
     mode = values["mode"]
     if mode == "dynamic" and secret.dynamic_is_reveal:
@@ -578,13 +834,35 @@ def point_context(secret: SecretTarget, values: Mapping[str, Any], *, bound: boo
         "destination": destination,
         "request": {},
     }
-    for path in UNKNOWN_FIELDS:
+    _leave_unknown(context, UNKNOWN_FIELDS, bound=bound)
+    return context
+
+
+def _tool_context(tool: ToolTarget, values: Mapping[str, Any], *, bound: bool) -> dict[str, Any]:
+    """``McpGateway._context`` at one grid point: mode ``call``, destination ``mcp:<server>``,
+    request ``tools/call`` on ``server/name``; :data:`TOOL_UNKNOWN_FIELDS` left unknown."""
+    context: dict[str, Any] = {
+        "task": {
+            "purpose": values["purpose"],
+            "sensitivity": values["sensitivity"],
+            "depth": values["depth"],
+        },
+        "approval": values["approval"],
+        "mode": "call",
+        "destination": f"mcp:{tool.server}",
+        "request": {"method": "tools/call", "path": tool.entity.id},
+    }
+    _leave_unknown(context, TOOL_UNKNOWN_FIELDS, bound=bound)
+    return context
+
+
+def _leave_unknown(context: dict[str, Any], fields: Sequence[tuple[str, ...]], *, bound: bool) -> None:
+    for path in fields:
         record = context
         for key in path[:-1]:
-            record = record[key]
+            record = record.setdefault(key, {})
         unknown = {"__extn": {"fn": "unknown", "arg": "context." + ".".join(path)}}
         record[path[-1]] = _PLACEHOLDERS[path] if bound else unknown
-    return context
 
 
 def _uid(kind: str, ident: str) -> str:

@@ -5,7 +5,10 @@ Input is the JSON answer of ``GET /v1/reach/secrets/{path}`` or ``GET /v1/reach/
 agent to a secret carries the actions and modes allowed (``issue, activate: inject``) and is dashed
 when an approval is required or a residual condition applies; an edge from a secret to a destination
 means a rule allows the secret towards it (solid) or the destination injects it (``injects``).
-Federated issuer mappings (``federated[]``) are drawn as issuers → the agents they can map to.
+An agent's answer also draws the MCP tools it could call (``tool_reach``: agent → tool, ``call_tool``,
+dashed when conditional) and the destinations it could send through (``destination_reach``: the
+secret → the destination that injects it). Federated issuer mappings (``federated[]``) are drawn
+as issuers → the agents they can map to.
 Names, paths and policy ids only: never a value.
 """
 
@@ -32,6 +35,11 @@ def to_dot(answer: Mapping[str, Any]) -> str:
     """The reach answer ``answer`` as a ``digraph`` (DOT text, one statement per line, stable order)."""
     graph = _Graph()
     graph.add_rules(answer.get("reach", ()))
+    graph.add_tools(answer.get("tool_reach", ()))
+    for rule in answer.get("destination_reach", ()):
+        graph.secrets.add(str(rule["secret"]))
+        graph.destinations.add(str(rule["destination"]))
+        graph.injects.add((str(rule["secret"]), str(rule["destination"])))
     for destination in answer.get("live", {}).get("destinations", ()):
         graph.secrets.add(str(destination["secret"]))
         graph.destinations.add(str(destination["name"]))
@@ -54,6 +62,9 @@ class _Graph:
         self.agents: set[str] = set()
         self.secrets: set[str] = set()
         self.destinations: set[str] = set()
+        self.tools: set[str] = set()
+        # (agent, tool) -> whether some rule behind it is conditional (approval or residual)
+        self.calls: dict[tuple[str, str], bool] = {}
         # (agent, secret) -> {action: modes}; and whether some rule behind it is conditional
         self.uses: dict[tuple[str, str], dict[str, set[str]]] = {}
         self.conditional: dict[tuple[str, str], bool] = {}
@@ -76,6 +87,16 @@ class _Graph:
                     self.destinations.add(str(destination))
                     self.towards.add((secret, str(destination)))
 
+    def add_tools(self, rules: Iterable[Mapping[str, Any]]) -> None:
+        for rule in rules:
+            tool = str(rule["tool"])
+            self.tools.add(tool)
+            plain = rule.get("residual") is None and rule.get("approval") != "required"
+            for agent in rule["agents"]:
+                self.agents.add(str(agent))
+                key = (str(agent), tool)
+                self.calls[key] = self.calls.get(key, False) or not plain
+
     def render(self, title: str) -> str:
         lines = [
             f"digraph {_quote('reach ' + title)} {{",
@@ -88,6 +109,7 @@ class _Graph:
             ("agent", self.agents, "ellipse"),
             ("secret", self.secrets, "box"),
             ("destination", self.destinations, "component"),
+            ("tool", self.tools, "cds"),
         ):
             lines.extend(
                 f"  {_node(kind, name)} [label={_quote(name)}, shape={shape}];" for name in sorted(names)
@@ -104,6 +126,9 @@ class _Graph:
             style = ", style=dashed" if self.conditional[(agent, secret)] else ""
             edge = f"{_node('agent', agent)} -> {_node('secret', secret)}"
             lines.append(f"  {edge} [label={_quote(label)}{style}];")
+        for (agent, tool), conditional in sorted(self.calls.items()):
+            style = ", style=dashed" if conditional else ""
+            lines.append(f'  {_node("agent", agent)} -> {_node("tool", tool)} [label="call_tool"{style}];')
         for secret, destination in sorted(self.towards | self.injects):
             label = "injects" if (secret, destination) in self.injects else "allowed to"
             edge = f"{_node('secret', secret)} -> {_node('destination', destination)}"

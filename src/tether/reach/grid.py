@@ -25,6 +25,7 @@ __all__ = [
     "MODES",
     "REACH_ACTIONS",
     "SENSITIVITIES",
+    "TOOL_UNKNOWN_FIELDS",
     "UNKNOWN_FIELDS",
     "Grid",
     "in_grid_order",
@@ -53,6 +54,21 @@ UNKNOWN_FIELDS: Final = (
     ("request", "path"),
     ("uses",),
 )
+#: For a tool call (``call_tool``), the fields left unknown: the task's declared secrets,
+#: destinations and tools are whatever the task declared, and the arguments' shape is the call's;
+#: the request's method and path are known (``tools/call``, the tool's id).
+TOOL_UNKNOWN_FIELDS: Final = (
+    ("task", "id"),
+    ("task", "objective_sha256"),
+    ("task", "secrets"),
+    ("task", "destinations"),
+    ("task", "tools"),
+    ("task", "chain"),
+    ("task", "age_seconds"),
+    ("task", "remaining_seconds"),
+    ("uses",),
+    ("arguments",),
+)
 
 # Which context paths each dimension's value lands in (a policy reading any of them depends on it).
 _DIMENSION_PATHS: Final[Mapping[str, tuple[tuple[str, ...], ...]]] = {
@@ -73,11 +89,14 @@ class Grid:
         purposes: The purpose vocabulary (settings ``task_purposes``).
         destinations: Registered destination names; ``""`` (no destination) is always added.
         max_depth: The deepest delegation depth (settings ``max_delegation_depth``).
+        fixed: Dimensions pinned to given values (a tool call's mode is ``call`` and its
+            destination ``mcp:<server>``), as ``(dimension, values)`` pairs.
     """
 
     purposes: tuple[str, ...]
     destinations: tuple[str, ...]
     max_depth: int
+    fixed: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.purposes:
@@ -87,8 +106,11 @@ class Grid:
         object.__setattr__(self, "purposes", tuple(dict.fromkeys(self.purposes)))
         object.__setattr__(self, "destinations", ("", *dict.fromkeys(d for d in self.destinations if d)))
 
-    def values(self, dimension: str) -> tuple[Any, ...]:
+    def values(self, dimension: str) -> tuple[Any, ...]:  # noqa: PLR0911 - one return per dimension
         """Every value of ``dimension``."""
+        for pinned, values in self.fixed:
+            if pinned == dimension:
+                return values
         if dimension == "purpose":
             return self.purposes
         if dimension == "sensitivity":
@@ -172,13 +194,15 @@ def _overlaps(path: Sequence[str], target: Sequence[str]) -> bool:
     return tuple(path[:n]) == tuple(target[:n])
 
 
-def reads_unknown_fields(policies: Iterable[Mapping[str, Any]]) -> bool:
-    """Whether any of ``policies`` can read a field of :data:`UNKNOWN_FIELDS` (if none does, their
-    values cannot change a decision, and any value decides exactly)."""
+def reads_unknown_fields(
+    policies: Iterable[Mapping[str, Any]], unknown: Sequence[tuple[str, ...]] = UNKNOWN_FIELDS
+) -> bool:
+    """Whether any of ``policies`` can read a field of ``unknown`` (if none does, their values
+    cannot change a decision, and any value decides exactly)."""
     paths: set[tuple[str, ...]] = set()
     for est in policies:
         _context_paths(est.get("conditions", []), paths)
-    return any(_overlaps(path, target) for path in paths for target in UNKNOWN_FIELDS)
+    return any(_overlaps(path, target) for path in paths for target in unknown)
 
 
 #: The EST keys whose meaning on strings is equality only (or that carry no string): a value the
@@ -199,7 +223,11 @@ _STRING_DIMENSIONS: Final = ("purpose", "destination")
 
 
 def string_classes(
-    ests: Sequence[Mapping[str, Any]], dimensions: Iterable[str], entities: Sequence[Entity], grid: Grid
+    ests: Sequence[Mapping[str, Any]],
+    dimensions: Iterable[str],
+    entities: Sequence[Entity],
+    grid: Grid,
+    named: Iterable[str] = (),
 ) -> dict[str, dict[Any, tuple[Any, ...]]]:
     """For each string dimension of ``dimensions``: a representative value → every value it stands for.
 
@@ -207,13 +235,14 @@ def string_classes(
     literal) cannot tell apart two values that neither they nor the entities' attributes nor the
     other dimensions' values name: such values decide identically, so one of them is evaluated for
     all (Cedar decides it; reach reports every value it stands for). ``""`` (no destination) is
-    always its own class (an empty ``task.destinations`` is told apart by ``isEmpty``).
+    always its own class (an empty ``task.destinations`` is told apart by ``isEmpty``). ``named``:
+    other strings the context carries (a tool call's request path, ...), which name values too.
     Only dimensions no unknown-reading policy reads are given (their residuals could name the value).
     """
     wanted = [d for d in _STRING_DIMENSIONS if d in set(dimensions)]
     if not wanted:
         return {}
-    literals: set[str] = set(MODES)
+    literals: set[str] = set(MODES) | set(named)
     for est in ests:
         if not _equality_only({k: v for k, v in est.items() if k != "annotations"}, literals):
             return {}
@@ -222,9 +251,9 @@ def string_classes(
     classes: dict[str, dict[Any, tuple[Any, ...]]] = {}
     for dimension in wanted:
         # A purpose spelled like a destination (or the other way round) is named too.
-        named = literals | {str(v) for d in _STRING_DIMENSIONS if d != dimension for v in grid.values(d)}
+        taken = literals | {str(v) for d in _STRING_DIMENSIONS if d != dimension for v in grid.values(d)}
         values = grid.values(dimension)
-        unnamed = tuple(v for v in values if v != "" and v not in named)
+        unnamed = tuple(v for v in values if v != "" and v not in taken)
         mapping: dict[Any, tuple[Any, ...]] = {v: (v,) for v in values if v not in unnamed}
         if unnamed:
             mapping[unnamed[0]] = unnamed

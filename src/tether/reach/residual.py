@@ -46,6 +46,7 @@ class Residual:
     principal: Mapping[str, str]
     resource: Mapping[str, str]
     text: str
+    action: str = "activate"
 
     def allows(self, values: Mapping[str, Any]) -> bool:
         """The decision once every unknown field is bound (``"context.uses": 3``, …); an unbound
@@ -61,7 +62,7 @@ class Residual:
         )
         request = {
             "principal": dict(self.principal),
-            "action": {"type": "Action", "id": "activate"},
+            "action": {"type": "Action", "id": self.action},
             "resource": dict(self.resource),
             "context": {},
         }
