@@ -10,13 +10,6 @@ The broker's ``ReachService`` reads the store and calls it.
 from __future__ import annotations
 
 from tether.reach.compute import (
-    AgentGroup,
-    DestinationRule,
-    DestinationTarget,
-    ReachRule,
-    SecretTarget,
-    ToolRule,
-    ToolTarget,
     compute_reach,
     compute_tool_reach,
     destination_reach,
@@ -33,6 +26,15 @@ from tether.reach.grid import (
     Grid,
 )
 from tether.reach.residual import Residual
+from tether.reach.rules import (
+    AgentGroup,
+    DestinationRule,
+    DestinationTarget,
+    ReachRule,
+    SecretTarget,
+    ToolRule,
+    ToolTarget,
+)
 
 __all__ = [
     "DIMENSIONS",

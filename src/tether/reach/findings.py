@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from tether.domain.tasks import Grant, Task
 from tether.errors import InvalidInputError
-from tether.reach.compute import ReachRule
+from tether.reach.rules import ReachRule
 
 __all__ = ["NEAR_MAX_LIFETIME", "Finding", "find", "parse_window"]
 
