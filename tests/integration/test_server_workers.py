@@ -6,6 +6,8 @@ the supervisor's children in ``/proc``. Every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
 import socket
@@ -166,6 +168,49 @@ def test_two_workers_serve_one_socket_and_run_background_loops_once(two_workers:
     assert background[0] in workers
     assert flock_holders(node.data_dir / "tether-background.lock") == {background[0]}
     assert "with 2 workers" in node.log()
+
+
+def listening_inodes(port: int) -> set[str]:
+    """The inodes of the sockets listening on ``port`` (IPv4), from ``/proc/net/tcp``."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+            inodes.add(fields[9])
+    return inodes
+
+
+def socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+def test_each_worker_accepts_on_its_own_socket_so_a_burst_reaches_every_worker(two_workers: Node) -> None:
+    node = two_workers
+    workers = children(node.proc.pid)
+    listening = listening_inodes(node.port)
+    assert len(listening) == 2, listening  # one per worker, both on the node's one address
+    held = [socket_inodes(pid) & listening for pid in workers]
+    assert all(len(one) == 1 for one in held), held
+    assert held[0] != held[1]
+
+    # 16 connections opened at once, as a load generator does: with one shared socket the
+    # first worker to wake could accept them all. Each kernel choice is an even coin here.
+    conns = [socket.create_connection(("127.0.0.1", node.port), timeout=10.0) for _ in range(16)]
+    try:
+        for conn in conns:
+            conn.sendall(b"GET /v1/sys/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        for conn in conns:
+            assert conn.recv(4096).startswith(b"HTTP/1.1 200"), node.log()
+    finally:
+        for conn in conns:
+            conn.close()
+    wait_for(lambda: set(node.health_pids()) == workers, 10, "both workers answering", node.log)
 
 
 def test_a_seal_through_one_worker_seals_every_worker(two_workers: Node) -> None:
