@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from tether.audit import Actor, AuditLog, DecisionSummary
 from tether.broker.auth import AgentCaller
@@ -57,7 +57,34 @@ class ApprovalNotifier(Protocol):
     def notify(self, approval: Approval, task: Task) -> None: ...
 
 
-def agent_entity(agent: AgentRecord) -> Entity:
+#: Entities remembered per kind, per process (see :func:`agent_entity`).
+ENTITIES_REMEMBERED = 4096
+_RecordT = TypeVar("_RecordT")
+
+
+class _EntityMemo(Generic[_RecordT]):
+    """The entity of a record, remembered by the record object itself (not an equal one): the
+    store hands out the very same immutable record for an unchanged row (``tether.store._parsed``),
+    so the entity and its Cedar JSON are built once per row, and a row that changed in any column
+    is a new record, hence a new entity. The record is held with its entity, so its ``id`` cannot
+    be reused while remembered."""
+
+    def __init__(self, build: Callable[[_RecordT], Entity]) -> None:
+        self._build = build
+        self._known: dict[int, tuple[_RecordT, Entity]] = {}
+
+    def __call__(self, record: _RecordT) -> Entity:
+        known = self._known.get(id(record))
+        if known is not None and known[0] is record:
+            return known[1]
+        entity = self._build(record)
+        if len(self._known) >= ENTITIES_REMEMBERED:
+            self._known.clear()
+        self._known[id(record)] = (record, entity)
+        return entity
+
+
+def _agent_entity(agent: AgentRecord) -> Entity:
     attributes = agent.attributes
     return Entity(
         "Agent",
@@ -71,7 +98,7 @@ def agent_entity(agent: AgentRecord) -> Entity:
     )
 
 
-def secret_entity(record: SecretRecord) -> Entity:
+def _secret_entity(record: SecretRecord) -> Entity:
     metadata = record.metadata
     return Entity(
         "Secret",
@@ -84,6 +111,12 @@ def secret_entity(record: SecretRecord) -> Entity:
             "owner": metadata.owner,
         },
     )
+
+
+#: The Cedar entity of an agent (its decision-relevant attributes), built once per stored row.
+agent_entity = _EntityMemo(_agent_entity)
+#: The Cedar entity of a secret (its metadata), built once per stored row.
+secret_entity = _EntityMemo(_secret_entity)
 
 
 def summary(decision: Decision) -> DecisionSummary:

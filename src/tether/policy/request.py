@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ class Entity:
     id: str
     attributes: Mapping[str, Any] = field(default_factory=dict, hash=False)
     parents: tuple[tuple[str, str], ...] = ()
+    _json: str | None = field(default=None, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if self.type not in ENTITY_TYPES:
@@ -67,6 +69,22 @@ class Entity:
     def uid(self) -> tuple[str, str]:
         """The entity's ``(type, id)``."""
         return (self.type, self.id)
+
+    def cedar_json(self) -> str:
+        """The entity in Cedar's JSON entity format, as text; built once per entity (an entity is a
+        value: the broker builds it from one stored row and never changes it)."""
+        text = self._json
+        if text is None:
+            text = json.dumps(
+                {
+                    "uid": {"type": self.type, "id": self.id},
+                    "attrs": dict(self.attributes),
+                    "parents": [{"type": kind, "id": ident} for kind, ident in self.parents],
+                },
+                default=json_default,
+            )
+            object.__setattr__(self, "_json", text)
+        return text
 
     def to_cedar(self) -> dict[str, Any]:
         """The entity in Cedar's JSON entity format."""
