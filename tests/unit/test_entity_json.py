@@ -41,7 +41,8 @@ def secret(sensitivity: str = "internal") -> SecretRecord:
 
 
 def test_an_entitys_json_is_cedars_entity_format_built_once() -> None:
-    entity = Entity("Agent", "spiffe://acme.test/agent/bot", {"labels": ["a"], "team": "t"}, (("Agent", "p"),))
+    bot = "spiffe://acme.test/agent/bot"
+    entity = Entity("Agent", bot, {"labels": ["a"], "team": "t"}, (("Agent", "p"),))
     text = entity.cedar_json()
     assert json.loads(text) == {
         "uid": {"type": "Agent", "id": "spiffe://acme.test/agent/bot"},
@@ -50,7 +51,7 @@ def test_an_entitys_json_is_cedars_entity_format_built_once() -> None:
     }
     assert entity.cedar_json() is text
     # The remembered text is not part of the value: equal entities stay equal, and hash alike.
-    fresh = Entity("Agent", "spiffe://acme.test/agent/bot", {"labels": ["a"], "team": "t"}, (("Agent", "p"),))
+    fresh = Entity("Agent", bot, {"labels": ["a"], "team": "t"}, (("Agent", "p"),))
     assert fresh == entity
     assert hash(fresh) == hash(entity)
     assert "_json" not in repr(entity)
