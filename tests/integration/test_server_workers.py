@@ -308,6 +308,10 @@ def test_a_dead_worker_is_replaced_and_background_loops_move(two_workers: Node) 
     assert len(now) == 2
     assert holder not in now
     assert len(now & workers) == 1
+    # The replacement took over the dead worker's own socket: each listener has a live worker.
+    listening = listening_inodes(node.port)
+    assert len(listening) == 2
+    assert sorted(len(socket_inodes(pid) & listening) for pid in now) == [1, 1]
 
 
 def test_the_factory_app_runs_under_uvicorn_factory(tmp_path: Path) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import sys
+import time
 
 import pytest
 
+from tether.api import workers
 from tether.api.workers import listen
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT balances on Linux")
@@ -61,3 +64,69 @@ def test_an_address_taken_by_a_plain_listener_is_refused() -> None:
         with pytest.raises(OSError, match="in use") as raised:
             _close(listen("127.0.0.1", taken.getsockname()[1], 2))
         assert raised.value.errno == errno.EADDRINUSE
+
+
+def _stranger(port: int) -> socket.socket:
+    """Another process's socket joining the group (same user, ``SO_REUSEPORT``)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(64)
+    return sock
+
+
+def _accepted(sock: socket.socket) -> int:
+    sock.setblocking(False)
+    count = 0
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except BlockingIOError:
+            return count
+        conn.close()
+        count += 1
+
+
+@linux_only
+def test_a_process_that_joins_the_group_later_gets_no_connection() -> None:
+    socks = listen("127.0.0.1", 0, 2)
+    port = socks[0].getsockname()[1]
+    stranger = _stranger(port)  # the kernel lets it join: the pinned group never picks it
+    try:
+        conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+        time.sleep(0.2)
+        ours = [_accepted(sock) for sock in socks]
+        assert _accepted(stranger) == 0
+        assert sum(ours) == 40
+        assert min(ours) > 0  # and both of the node's sockets get some
+        for conn in conns:
+            conn.close()
+    finally:
+        stranger.close()
+        _close(socks)
+
+
+@linux_only
+def test_a_node_that_does_not_hold_every_listener_of_its_address_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two nodes starting at the same moment: the other one joins between the probe and the check.
+    strangers: list[socket.socket] = []
+    pin = workers._pin_group
+
+    def pin_then_joined(sock: socket.socket, count: int) -> None:
+        pin(sock, count)
+        strangers.append(_stranger(sock.getsockname()[1]))
+
+    monkeypatch.setattr(workers, "_pin_group", pin_then_joined)
+    try:
+        with pytest.raises(OSError, match="in use") as raised:
+            _close(listen("127.0.0.1", 0, 2))
+        assert raised.value.errno == errno.EADDRINUSE
+        # The node's own sockets were closed: the stranger is the address's only listener.
+        port = strangers[0].getsockname()[1]
+        assert workers._listeners(("127.0.0.1", port), socket.AF_INET) == {
+            os.fstat(strangers[0].fileno()).st_ino
+        }
+    finally:
+        _close(strangers)

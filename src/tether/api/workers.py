@@ -34,15 +34,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import errno
 import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import ClassVar
 
@@ -208,30 +211,71 @@ class _Supervisor:
         self.workers = []
 
 
-def _bound(host: str, port: int, *, reuse_port: bool) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+def _bound(address: tuple[object, ...], family: int, *, reuse_port: bool) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
+        sock.bind(address)
     except BaseException:
         sock.close()
         raise
     return sock
 
 
+#: ``SO_ATTACH_REUSEPORT_CBPF`` (Linux 4.5+, ``asm-generic/socket.h``).
+_SO_ATTACH_REUSEPORT_CBPF = 51
+
+
+def _pin_group(sock: socket.socket, count: int) -> None:
+    """Make the kernel hand new connections only to the group's first ``count`` sockets (the
+    node's own, which joined first and stay open for the node's life): a process that joins the
+    group later (same user, ``SO_REUSEPORT``) gets none. A classic BPF program run for each new
+    connection picks the socket: ``A = random; A %= count; return A``."""
+    program = b"".join(
+        struct.pack("HBBI", code, 0, 0, k)
+        for code, k in (
+            (0x20, 0xFFFFF000 + 56),  # BPF_LD|BPF_W|BPF_ABS, SKF_AD_OFF + SKF_AD_RANDOM
+            (0x94, count),  # BPF_ALU|BPF_MOD|BPF_K
+            (0x16, 0),  # BPF_RET|BPF_A
+        )
+    )
+    buffer = ctypes.create_string_buffer(program, len(program))
+    sock.setsockopt(
+        socket.SOL_SOCKET, _SO_ATTACH_REUSEPORT_CBPF, struct.pack("HP", 3, ctypes.addressof(buffer))
+    )
+
+
+def _listeners(address: tuple[object, ...], family: int) -> set[int]:
+    """The inodes of every socket listening on ``address`` (from ``/proc/net/tcp`` or ``tcp6``)."""
+    packed = socket.inet_pton(family, str(address[0]))
+    # /proc shows the address as 32-bit words in host order (little-endian here), in hex
+    words = [packed[i : i + 4] for i in range(0, len(packed), 4)]
+    local = "".join(f"{int.from_bytes(word, sys.byteorder):08X}" for word in words) + f":{address[1]:04X}"
+    table = Path("/proc/net/tcp6" if family == socket.AF_INET6 else "/proc/net/tcp")
+    inodes = set()
+    for line in table.read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local and fields[3] == "0A":  # 0A: LISTEN
+            inodes.add(int(fields[9]))
+    return inodes
+
+
 def listen(host: str, port: int, count: int) -> list[socket.socket]:
     """The node's listening sockets: ``count`` of them on Linux, bound to ``host:port`` with
-    ``SO_REUSEPORT`` (the kernel balances new connections over them); one elsewhere.
+    ``SO_REUSEPORT`` (the kernel balances new connections over them); one elsewhere, or where the
+    kernel refuses to pin the group.
 
-    An address already taken is refused (``OSError``, ``EADDRINUSE``) as a plain bind refuses
-    it: a first bind without ``SO_REUSEPORT`` checks that nobody listens there, so a node never
-    joins another process's group (which would split connections with it).
+    The address stays the node's alone. A first bind without ``SO_REUSEPORT`` refuses an address
+    anybody listens on (``OSError``, ``EADDRINUSE``, as a plain bind refuses it); the group is then
+    pinned to the node's own sockets (:func:`_pin_group`), so a process that joins it later gets no
+    connection; and once bound, the node checks that it holds every listener on the address, so
+    two nodes starting at the same moment cannot end up sharing it (the address counts as taken).
     """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = _bound((host, port), family, reuse_port=False)
     balanced = count > 1 and sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
-    probe = _bound(host, port, reuse_port=False)
     if not balanced:
         try:
             probe.listen(BACKLOG)
@@ -239,14 +283,24 @@ def listen(host: str, port: int, count: int) -> list[socket.socket]:
             probe.close()
             raise
         return [probe]
-    port = probe.getsockname()[1]
+    address = probe.getsockname()  # the address resolved once, the port chosen (for port 0)
     probe.close()
     socks: list[socket.socket] = []
     try:
         for _ in range(count):
-            sock = _bound(host, port, reuse_port=True)
+            sock = _bound(address, family, reuse_port=True)
             socks.append(sock)
             sock.listen(BACKLOG)
+        try:
+            _pin_group(socks[0], count)
+        except OSError as exc:  # an old kernel, a sandbox: one shared socket, as elsewhere
+            log.info("one listening socket for all workers (the kernel refused to pin a group: %s)", exc)
+            for sock in socks[1:]:
+                sock.close()
+            del socks[1:]
+            return socks
+        if _listeners(address, family) != {os.fstat(sock.fileno()).st_ino for sock in socks}:
+            raise OSError(errno.EADDRINUSE, f"address already in use: {address[0]}:{address[1]}")
     except BaseException:
         for sock in socks:
             sock.close()
