@@ -35,6 +35,7 @@ from tether.broker.auth import AgentCaller
 from tether.domain.decision import Decision
 from tether.domain.destinations import InjectionType
 from tether.domain.tasks import Task, validate_id
+from tether.egress.http11 import Http11Transport
 from tether.egress.leakguard import LeakGuard, StreamRedactor, guard_for
 from tether.egress.paths import AgentPath, UnsafePathError, filter_query, normalise_path, upstream_url
 from tether.errors import DeniedError, InvalidInputError, NotFoundError, TetherError
@@ -248,9 +249,8 @@ class EgressProxy:
 
     def __init__(self, broker: Broker, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._broker = broker
-        self._transport = transport or httpx.AsyncHTTPTransport(
-            retries=0,
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30),
+        self._transport = transport or Http11Transport(
+            max_connections=256, max_keepalive_connections=64, keepalive_expiry=30.0
         )
 
     async def aclose(self) -> None:

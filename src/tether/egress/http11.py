@@ -1,0 +1,374 @@
+"""A small HTTP/1.1 client transport for the egress proxy: httpx's request and response models
+over the event loop's own streams, parsed by httptools.
+
+httpx's default transport (httpcore on anyio, h11) cost about half of an egress request's server
+CPU in a profile (connection-pool bookkeeping, a socket-readability probe through anyio's typed
+attributes on every reuse, h11's per-event state machine). This one does what the proxy needs and
+nothing else: one request at a time per connection, kept-alive connections pooled per origin,
+bodies streamed both ways, the proxy's timeouts, TLS with httpx's own default context (the same
+trust store), errors raised as httpx's exceptions, which the proxy already maps to answers.
+
+What it refuses rather than guesses: a header name that is not a token or a value with a control
+character (CR, LF, NUL: a secret rendered into a header can never add a line), a method that is not
+a token, a response the parser rejects, a body cut short. It never retries: a request that may
+have reached the upstream is not sent twice. Protocol upgrades and HTTP/2 are not spoken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httptools
+import httpx
+
+__all__ = ["MAX_HEAD_BYTES", "Http11Transport"]
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # controls but HTAB
+_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
+_READ_BYTES = 65536
+#: An upstream's status line and headers together, at most (h11's default limit is 100 KiB).
+MAX_HEAD_BYTES = 64 * 1024
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class _Response:
+    """httptools' callbacks for one connection: the current response's head and body chunks.
+
+    One parser per connection, so an interim answer (``100 Continue``, ``103 Early Hints``) and the
+    final one that follows it parse in order. Bytes after the final answer (an upstream answering
+    what was not asked) poison the connection: they are never taken for the next request's answer.
+    """
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.poisoned = False
+        self.reset()
+
+    def reset(self) -> None:
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
+        self.error: str | None = None
+        self.head_done = False
+        self.done = False
+        self.keep_alive = False
+        self.chunks: deque[bytes] = deque()
+
+    @property
+    def interim(self) -> bool:
+        return 100 <= self.status < 200 and self.status != 101
+
+    # httptools' protocol
+    def on_message_begin(self) -> None:
+        if self.done and not self.interim:
+            self.poisoned = True
+        if not self.poisoned:
+            self.reset()
+
+    def on_status(self, status: bytes) -> None:
+        if not self.poisoned:
+            self._count(status)
+            self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.poisoned:
+            self._count(name + value)
+            self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if not self.poisoned:
+            self.status = self.parser.get_status_code()
+            self.head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        if not self.poisoned:
+            self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        if not self.poisoned:
+            self.done = True
+            # Asked now: once feed_data returns, the parser has moved on and answers False.
+            self.keep_alive = self.parser.should_keep_alive()
+
+    def _count(self, part: bytes) -> None:
+        self.head_bytes += len(part)
+        if self.head_bytes > MAX_HEAD_BYTES:
+            self.error = f"the answer's head is over {MAX_HEAD_BYTES} bytes"
+            raise ValueError(self.error)
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.response = _Response()
+        self.idle_since = time.monotonic()
+
+    def usable(self, now: float, expiry: float) -> bool:
+        return (
+            now - self.idle_since < expiry
+            and not self.writer.is_closing()
+            and not self.reader.at_eof()
+            and not self.reader._buffer  # type: ignore[attr-defined]  # bytes nobody asked for
+        )
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _check_head(request: httpx.Request) -> bytes:
+    method = request.method.encode("ascii")
+    target = request.url.raw_path
+    if not _TOKEN.fullmatch(method) or not target or _BAD_TARGET.search(target):
+        raise httpx.LocalProtocolError("refused: an invalid request line", request=request)
+    lines = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in request.headers.raw:
+        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+            raise httpx.LocalProtocolError("refused: an invalid header field", request=request)
+        lines += [name, b": ", value, b"\r\n"]
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def _chunked(request: httpx.Request) -> bool:
+    return any(
+        name.lower() == b"transfer-encoding" and b"chunked" in value.lower()
+        for name, value in request.headers.raw
+    )
+
+
+def _has_no_body(method: str, status: int) -> bool:
+    return method == "HEAD" or status in (204, 304) or 100 <= status < 200
+
+
+def _close_delimited(headers: list[tuple[bytes, bytes]]) -> bool:
+    return not any(name.lower() in (b"content-length", b"transfer-encoding") for name, _ in headers)
+
+
+class _Body(httpx.AsyncByteStream):
+    """The response body as it arrives; the connection goes back to the pool once the body was
+    read to its end (and the upstream keeps it alive), and is closed otherwise."""
+
+    def __init__(
+        self, transport: Http11Transport, key: tuple[str, str, int], conn: _Connection, read: float | None
+    ) -> None:
+        self._transport = transport
+        self._key = key
+        self._conn = conn
+        self._read = read
+        self._released = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        response = self._conn.response
+        while True:
+            while response.chunks:
+                yield response.chunks.popleft()
+            if response.done:
+                break
+            data = await _read(self._conn, self._read)
+            if not data:
+                if _close_delimited(response.headers):
+                    response.done = True  # the body ends where the connection does
+                    self._conn.writer.close()
+                    break
+                raise httpx.RemoteProtocolError("the upstream closed the connection mid-body")
+            _feed(response, data)
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        response = self._conn.response
+        keep = response.done and not response.chunks and not response.poisoned and response.keep_alive
+        self._transport._release(self._key, self._conn, keep=keep)
+
+
+async def _drain(writer: asyncio.StreamWriter, seconds: float | None) -> None:
+    async with asyncio.timeout(seconds):
+        await writer.drain()
+
+
+async def _read(conn: _Connection, seconds: float | None) -> bytes:
+    try:
+        async with asyncio.timeout(seconds):
+            return await conn.reader.read(_READ_BYTES)
+    except TimeoutError:
+        raise httpx.ReadTimeout("timed out reading the upstream's answer") from None
+    except OSError as exc:
+        raise httpx.ReadError(f"reading the upstream's answer failed: {type(exc).__name__}") from None
+
+
+def _feed(response: _Response, data: bytes) -> None:
+    try:
+        response.parser.feed_data(data)
+    except (httptools.HttpParserError, ValueError) as exc:
+        why = response.error or str(exc)
+        raise httpx.RemoteProtocolError(f"the upstream's answer is not valid HTTP/1.1 ({why})") from None
+
+
+class Http11Transport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 to upstreams on kept-alive pooled connections (see the module's docstring).
+
+    Args:
+        max_connections: Connections open at once (a request waits, up to its pool timeout).
+        max_keepalive_connections: Idle connections kept per process.
+        keepalive_expiry: Seconds an idle connection is kept.
+        ssl_context: For ``https`` (default: httpx's, built on first use).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = 256,
+        max_keepalive_connections: int = 64,
+        keepalive_expiry: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._slots = asyncio.Semaphore(max_connections)
+        self._max_idle = max_keepalive_connections
+        self._expiry = keepalive_expiry
+        self._ssl = ssl_context
+        self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
+        self._idle_count = 0
+        self._closed = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` and answer with its response, whose body streams from the connection."""
+        if self._closed:
+            raise httpx.ConnectError("the transport is closed", request=request)
+        scheme = request.url.scheme
+        if scheme not in _DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}", request=request)
+        key = (scheme, request.url.host, request.url.port or _DEFAULT_PORTS[scheme])
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        head = _check_head(request)
+        try:
+            async with asyncio.timeout(timeouts.get("pool")):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise httpx.PoolTimeout("no upstream connection was free in time", request=request) from None
+        conn: _Connection | None = None
+        try:
+            conn = self._take(key) or await self._connect(key, request, timeouts.get("connect"))
+            await self._send(conn, request, head, timeouts.get("write"))
+            response = await self._head(conn, request, timeouts.get("read"))
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            self._slots.release()
+            raise
+        return httpx.Response(
+            response.status,
+            headers=response.headers,
+            stream=_Body(self, key, conn, timeouts.get("read")),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": response.reason.strip()},
+            request=request,
+        )
+
+    def _take(self, key: tuple[str, str, int]) -> _Connection | None:
+        idle = self._idle.get(key)
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            self._idle_count -= 1
+            if conn.usable(now, self._expiry):
+                conn.response.reset()
+                return conn
+            conn.close()
+        return None
+
+    async def _connect(
+        self, key: tuple[str, str, int], request: httpx.Request, seconds: float | None
+    ) -> _Connection:
+        scheme, host, port = key
+        context: ssl.SSLContext | None = None
+        if scheme == "https":
+            if self._ssl is None:
+                self._ssl = httpx.create_ssl_context()
+            context = self._ssl
+        try:
+            async with asyncio.timeout(seconds):
+                reader, writer = await asyncio.open_connection(
+                    host, port, ssl=context, server_hostname=host if context is not None else None
+                )
+        except TimeoutError:
+            raise httpx.ConnectTimeout("timed out connecting to the upstream", request=request) from None
+        except (OSError, ssl.SSLError) as exc:
+            raise httpx.ConnectError(
+                f"cannot connect to the upstream: {type(exc).__name__}", request=request
+            ) from None
+        return _Connection(reader, writer)
+
+    async def _send(
+        self, conn: _Connection, request: httpx.Request, head: bytes, seconds: float | None
+    ) -> None:
+        """The head, then the body as it comes (each write bounded by ``seconds``, as httpcore's
+        write timeout bounds each write: a body that arrives slowly is not a write timeout)."""
+        writer = conn.writer
+        try:
+            writer.write(head)
+            await _drain(writer, seconds)
+            stream: Any = request.stream
+            if _chunked(request):
+                async for chunk in stream:
+                    if chunk:
+                        writer.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                        await _drain(writer, seconds)
+                writer.write(b"0\r\n\r\n")
+                await _drain(writer, seconds)
+            else:
+                async for chunk in stream:
+                    writer.write(chunk)
+                    await _drain(writer, seconds)
+        except TimeoutError:
+            raise httpx.WriteTimeout("timed out sending to the upstream", request=request) from None
+        except OSError as exc:
+            raise httpx.WriteError(
+                f"sending to the upstream failed: {type(exc).__name__}", request=request
+            ) from None
+
+    async def _head(self, conn: _Connection, request: httpx.Request, seconds: float | None) -> _Response:
+        response = conn.response
+        while not response.head_done or response.interim:  # an interim answer: the final one follows
+            data = await _read(conn, seconds)
+            if not data:
+                raise httpx.RemoteProtocolError(
+                    "the upstream closed the connection without an answer", request=request
+                )
+            _feed(response, data)
+        if response.status == 101 or response.parser.should_upgrade():
+            raise httpx.RemoteProtocolError("the upstream asked to switch protocols", request=request)
+        if _has_no_body(request.method, response.status) and not response.done:
+            # No body follows a HEAD whatever the headers say; the parser would wait for one, so
+            # the connection is not reused.
+            response.done = True
+            response.chunks.clear()
+            conn.writer.close()
+        return response
+
+    def _release(self, key: tuple[str, str, int], conn: _Connection, *, keep: bool) -> None:
+        self._slots.release()
+        if keep and not self._closed and self._idle_count < self._max_idle and not conn.writer.is_closing():
+            conn.idle_since = time.monotonic()
+            self._idle.setdefault(key, deque()).append(conn)
+            self._idle_count += 1
+        else:
+            conn.close()
+
+    async def aclose(self) -> None:
+        """Close every idle connection; requests in flight finish on theirs, which then close."""
+        self._closed = True
+        for idle in self._idle.values():
+            while idle:
+                idle.pop().close()
+        self._idle.clear()
+        self._idle_count = 0

@@ -1,0 +1,333 @@
+"""The egress proxy's HTTP/1.1 transport against real upstreams on loopback, scripted byte by byte
+(each test's server answers exactly what it is told, so the odd answers are real too)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tether.egress.http11 import MAX_HEAD_BYTES, Http11Transport
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Upstream"], Awaitable[None]]
+LOOPBACK = "127.0.0.1"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+
+
+class Upstream:
+    def __init__(self) -> None:
+        self.connections = 0
+        self.received: list[bytes] = []
+
+
+async def read_head(reader: asyncio.StreamReader) -> bytes:
+    try:
+        return await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return b""
+
+
+@asynccontextmanager
+async def upstream(script: Script) -> AsyncIterator[tuple[str, Upstream]]:
+    state = Upstream()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state.connections += 1
+        try:
+            await script(reader, writer, state)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # a client that hung up, or the test's loop closing under a kept-alive connection
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", state
+    finally:
+        server.close()
+
+
+async def answer_each(reply: bytes) -> Script:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Upstream) -> None:
+        while head := await read_head(reader):
+            state.received.append(head)
+            writer.write(reply)
+            await writer.drain()
+
+    return script
+
+
+async def fetch(transport: Http11Transport, request: httpx.Request) -> tuple[httpx.Response, bytes]:
+    response = await transport.handle_async_request(request)
+    try:
+        body = b"".join([chunk async for chunk in response.aiter_raw()])
+    finally:
+        await response.aclose()
+    return response, body
+
+
+def get(url: str, path: str = "/x", **kw: object) -> httpx.Request:
+    return httpx.Request("GET", url + path, **kw)  # type: ignore[arg-type]
+
+
+async def test_a_kept_alive_connection_serves_the_next_request() -> None:
+    async with upstream(await answer_each(OK)) as (url, state):
+        transport = Http11Transport()
+        for _ in range(3):
+            response, body = await fetch(transport, get(url))
+            assert (response.status_code, body) == (200, b"hello")
+            assert response.extensions["reason_phrase"] == b"OK"
+        await transport.aclose()
+    assert state.connections == 1
+    assert state.received[0].startswith(b"GET /x HTTP/1.1\r\n")
+    assert b"host: 127.0.0.1" in state.received[0].lower()
+
+
+async def test_a_chunked_answer_streams_and_the_connection_is_kept() -> None:
+    reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n"
+    async with upstream(await answer_each(reply)) as (url, state):
+        transport = Http11Transport()
+        for _ in range(2):
+            _, body = await fetch(transport, get(url))
+            assert body == b"abcdefg"
+        await transport.aclose()
+    assert state.connections == 1
+
+
+async def test_a_body_that_ends_with_the_connection_is_read_to_the_end_and_not_reused() -> None:
+    reply = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end"
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Upstream) -> None:
+        await read_head(reader)
+        writer.write(reply)
+        await writer.drain()
+
+    async with upstream(script) as (url, state):
+        transport = Http11Transport()
+        for _ in range(2):
+            _, body = await fetch(transport, get(url))
+            assert body == b"until the end"
+        await transport.aclose()
+    assert state.connections == 2
+
+
+async def test_a_body_cut_short_is_an_error() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Upstream) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+        await writer.drain()
+
+    async with upstream(script) as (url, _):
+        transport = Http11Transport()
+        with pytest.raises(httpx.RemoteProtocolError, match="mid-body"):
+            await fetch(transport, get(url))
+        await transport.aclose()
+
+
+async def test_a_head_answer_has_no_body_whatever_its_length_says() -> None:
+    async with upstream(await answer_each(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")) as (url, _):
+        transport = Http11Transport()
+        response, body = await asyncio.wait_for(fetch(transport, httpx.Request("HEAD", url + "/x")), 5)
+        assert (response.status_code, body, response.headers["content-length"]) == (200, b"", "1000")
+        await transport.aclose()
+
+
+@pytest.mark.parametrize(
+    "interim", [b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"]
+)
+async def test_an_interim_answer_is_skipped_for_the_final_one(interim: bytes) -> None:
+    async with upstream(await answer_each(interim + OK)) as (url, state):
+        transport = Http11Transport()
+        for _ in range(2):
+            response, body = await fetch(transport, get(url))
+            assert (response.status_code, body) == (200, b"hello")
+            assert "link" not in response.headers
+        await transport.aclose()
+    assert state.connections == 1
+
+
+async def test_bytes_nobody_asked_for_are_never_taken_for_the_next_answer() -> None:
+    # An upstream that answers twice to one request: the second answer must not become the
+    # answer to the next request (response queue poisoning).
+    evil = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil"
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Upstream) -> None:
+        first = True
+        while await read_head(reader):
+            writer.write(OK + evil if first else OK)
+            first = False
+            await writer.drain()
+
+    async with upstream(script) as (url, state):
+        transport = Http11Transport()
+        for _ in range(2):
+            _, body = await fetch(transport, get(url))
+            assert body == b"hello"
+        await transport.aclose()
+    assert state.connections == 2
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"authorization", b"Bearer x\r\nX-Injected: 1")],
+        [(b"authorization", b"Bearer x\nX-Injected: 1")],
+        [(b"x-bad\r\nname", b"v")],
+        [(b"x", b"nul\x00")],
+    ],
+)
+async def test_a_header_that_would_add_a_line_is_refused_before_anything_is_sent(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    async with upstream(await answer_each(OK)) as (url, state):
+        transport = Http11Transport()
+        with pytest.raises(httpx.LocalProtocolError):
+            await transport.handle_async_request(get(url, headers=headers))
+        await transport.aclose()
+    assert state.connections == 0
+
+
+async def test_an_endless_head_is_refused() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Upstream) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        for i in range(MAX_HEAD_BYTES // 100 + 10):
+            writer.write(b"x-filler-%d: %s\r\n" % (i, b"a" * 90))
+        await writer.drain()
+        await reader.read()  # until the client hangs up
+
+    async with upstream(script) as (url, _):
+        transport = Http11Transport()
+        with pytest.raises(httpx.RemoteProtocolError, match="head is over"):
+            await asyncio.wait_for(fetch(transport, get(url)), 5)
+        await transport.aclose()
+
+
+async def test_a_streamed_request_body_is_sent_chunked() -> None:
+    got: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Upstream) -> None:
+        head = await read_head(reader)
+        assert b"transfer-encoding: chunked" in head.lower()
+        body = b""
+        while not body.endswith(b"0\r\n\r\n"):
+            body += await reader.read(1024)
+        got.append(body)
+        writer.write(OK)
+        await writer.drain()
+
+    async def parts() -> AsyncIterator[bytes]:
+        yield b"abc"
+        yield b""
+        yield b"0123456789abcdefX"
+
+    async with upstream(script) as (url, _):
+        transport = Http11Transport()
+        _, body = await fetch(transport, httpx.Request("POST", url + "/up", content=parts()))
+        assert body == b"hello"
+        await transport.aclose()
+    assert got == [b"3\r\nabc\r\n11\r\n0123456789abcdefX\r\n0\r\n\r\n"]
+
+
+async def test_timeouts_and_refusals_are_httpx_errors() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Upstream) -> None:
+        await read_head(reader)
+        await reader.read()  # never answers; until the client hangs up
+
+    timeout = {"connect": 1.0, "read": 0.2, "write": 1.0, "pool": 1.0}
+    async with upstream(silent) as (url, _):
+        transport = Http11Transport()
+        with pytest.raises(httpx.ReadTimeout):
+            await transport.handle_async_request(get(url, extensions={"timeout": timeout}))
+        await transport.aclose()
+    async with upstream(silent) as (url, _):
+        pass  # closed: nobody listens on its port any more
+    transport = Http11Transport()
+    with pytest.raises(httpx.ConnectError):
+        await transport.handle_async_request(get(url))
+    with pytest.raises(httpx.UnsupportedProtocol):
+        await transport.handle_async_request(httpx.Request("GET", "ftp://127.0.0.1/x"))
+    await transport.aclose()
+
+
+async def test_a_request_waits_for_a_free_connection_up_to_its_pool_timeout() -> None:
+    async with upstream(await answer_each(OK)) as (url, state):
+        transport = Http11Transport(max_connections=1)
+        held = await transport.handle_async_request(get(url))  # its body not read: the slot is taken
+        with pytest.raises(httpx.PoolTimeout):
+            await transport.handle_async_request(get(url, extensions={"timeout": {"pool": 0.2}}))
+        await held.aread()
+        await held.aclose()  # read to its end: the connection goes back, and serves the next request
+        _, body = await fetch(transport, get(url))
+        assert body == b"hello"
+        await transport.aclose()
+    assert state.connections == 1
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_https_is_verified_with_httpxs_trust_store_unless_given_a_context(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert, key)
+    script = await answer_each(OK)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await script(reader, writer, Upstream())
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_side)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        default = Http11Transport()  # httpx's context: this self-signed certificate is not trusted
+        with pytest.raises(httpx.ConnectError):
+            await default.handle_async_request(get(url))
+        await default.aclose()
+        trusting = Http11Transport(ssl_context=ssl.create_default_context(cafile=str(cert)))
+        for _ in range(2):
+            response, body = await fetch(trusting, get(url))
+            assert (response.status_code, body) == (200, b"hello")
+        await trusting.aclose()
+    finally:
+        server.close()
