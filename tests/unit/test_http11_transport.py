@@ -331,3 +331,98 @@ async def test_https_is_verified_with_httpxs_trust_store_unless_given_a_context(
         await trusting.aclose()
     finally:
         server.close()
+
+
+async def test_the_host_is_resolved_as_the_url_carries_it_never_re_encoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # httpx shows xn--fa-hia.de as "faß.de"; the stdlib's IDNA 2003 would turn that into fass.de,
+    # another domain. No DNS here: the resolver is replaced by one that records the name asked.
+    asked: list[object] = []
+    loop = asyncio.get_running_loop()
+    real = loop.getaddrinfo
+
+    async def getaddrinfo(host: object, port: object, *args: object, **kw: object) -> object:
+        asked.append(host)
+        return await real(LOOPBACK, port, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    async with upstream(await answer_each(OK)) as (url, _):
+        port = url.rsplit(":", 1)[1]
+        transport = Http11Transport()
+        _, body = await fetch(transport, get(f"http://xn--fa-hia.de:{port}"))
+        assert body == b"hello"
+        await transport.aclose()
+    assert asked in (["xn--fa-hia.de"], [b"xn--fa-hia.de"])
+
+
+async def test_one_endless_header_line_is_refused_once_the_head_limit_is_read() -> None:
+    sent = 0
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Upstream) -> None:
+        nonlocal sent
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Long: ")
+        for _ in range(256):  # up to 16 MiB, in one line that never ends
+            writer.write(b"a" * 65536)
+            sent += 65536
+            await writer.drain()
+
+    async with upstream(script) as (url, _):
+        transport = Http11Transport()
+        with pytest.raises(httpx.RemoteProtocolError, match="head is over"):
+            await asyncio.wait_for(fetch(transport, get(url)), 5)
+        await transport.aclose()
+    assert sent < 4 * 1024 * 1024  # refused long before the upstream was done
+
+
+@pytest.mark.parametrize(
+    ("headers", "parts"),
+    [
+        ([(b"content-length", b"5")], [b"hello", b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"]),
+        ([(b"content-length", b"10")], [b"short"]),
+        ([(b"content-length", b"5"), (b"content-length", b"5")], [b"hello"]),
+        ([(b"content-length", b"+5")], [b"hello"]),
+    ],
+)
+async def test_a_body_that_does_not_match_its_content_length_is_refused(
+    headers: list[tuple[bytes, bytes]], parts: list[bytes]
+) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        for part in parts:
+            yield part
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Upstream) -> None:
+        state.received.append(await reader.read())
+
+    async with upstream(script) as (url, state):
+        transport = Http11Transport()
+        request = httpx.Request("POST", url + "/a", headers=headers, content=body())
+        with pytest.raises(httpx.LocalProtocolError):
+            await asyncio.wait_for(transport.handle_async_request(request), 5)
+        await transport.aclose()
+    assert not any(b"smuggled" in got for got in state.received)
+
+
+async def test_a_head_answer_closes_its_connection_and_trailers_are_not_headers() -> None:
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Trailer: t\r\n\r\n"
+    async with upstream(await answer_each(chunked)) as (url, state):
+        transport = Http11Transport()
+        response, body = await fetch(transport, get(url))
+        assert body == b"ok"
+        assert "x-trailer" not in response.headers
+        await fetch(transport, httpx.Request("HEAD", url + "/x"))
+        await fetch(transport, get(url))
+        await transport.aclose()
+    assert state.connections == 2  # the HEAD's connection was not reused
+
+
+async def test_expired_idle_connections_of_other_origins_are_closed_to_make_room() -> None:
+    async with upstream(await answer_each(OK)) as (first, _), upstream(await answer_each(OK)) as (second, _):
+        transport = Http11Transport(max_keepalive_connections=1, keepalive_expiry=0.05)
+        await fetch(transport, get(first))
+        await asyncio.sleep(0.1)  # the first origin's idle connection expires
+        await fetch(transport, get(second))
+        assert transport._idle_count == 1
+        assert list(transport._idle) == [("http", LOOPBACK, int(second.rsplit(":", 1)[1]))]
+        await transport.aclose()

@@ -35,6 +35,9 @@ _BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 _READ_BYTES = 65536
 #: An upstream's status line and headers together, at most (h11's default limit is 100 KiB).
 MAX_HEAD_BYTES = 64 * 1024
+_HEAD_TOO_LONG = (
+    f"the upstream's answer is not valid HTTP/1.1 (the answer's head is over {MAX_HEAD_BYTES} bytes)"
+)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -81,7 +84,8 @@ class _Response:
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.poisoned:
             self._count(name + value)
-            self.headers.append((name, value))
+            if not self.head_done:  # trailers (after a chunked body) are not headers
+                self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if not self.poisoned:
@@ -145,8 +149,18 @@ def _chunked(request: httpx.Request) -> bool:
     )
 
 
-def _has_no_body(method: str, status: int) -> bool:
-    return method == "HEAD" or status in (204, 304) or 100 <= status < 200
+def _declared_length(request: httpx.Request) -> int:
+    """The request's one Content-Length (0 without one); refused when it is not a plain number,
+    is given twice, or comes with a Transfer-Encoding (a request the upstream could frame
+    differently from us)."""
+    lengths = [value for name, value in request.headers.raw if name.lower() == b"content-length"]
+    if any(name.lower() == b"transfer-encoding" for name, _ in request.headers.raw) and lengths:
+        raise httpx.LocalProtocolError("refused: both Content-Length and Transfer-Encoding", request=request)
+    if not lengths:
+        return 0
+    if len(lengths) > 1 or not lengths[0].isdigit() or len(lengths[0]) > 18:
+        raise httpx.LocalProtocolError("refused: an invalid Content-Length", request=request)
+    return int(lengths[0])
 
 
 def _close_delimited(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -248,7 +262,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
         scheme = request.url.scheme
         if scheme not in _DEFAULT_PORTS:
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}", request=request)
-        key = (scheme, request.url.host, request.url.port or _DEFAULT_PORTS[scheme])
+        # The host as the URL carries it (IDNA-encoded), never httpx's Unicode form: the stdlib would
+        # encode that again with IDNA 2003 rules, which map some names to another domain.
+        key = (scheme, request.url.raw_host.decode("ascii"), request.url.port or _DEFAULT_PORTS[scheme])
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
         head = _check_head(request)
         try:
@@ -326,9 +342,19 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 writer.write(b"0\r\n\r\n")
                 await _drain(writer, seconds)
             else:
+                left = _declared_length(request)
                 async for chunk in stream:
+                    if len(chunk) > left:
+                        raise httpx.LocalProtocolError(
+                            "refused: a body longer than its Content-Length", request=request
+                        )
+                    left -= len(chunk)
                     writer.write(chunk)
                     await _drain(writer, seconds)
+                if left:
+                    raise httpx.LocalProtocolError(
+                        "refused: a body shorter than its Content-Length", request=request
+                    )
         except TimeoutError:
             raise httpx.WriteTimeout("timed out sending to the upstream", request=request) from None
         except OSError as exc:
@@ -338,25 +364,45 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     async def _head(self, conn: _Connection, request: httpx.Request, seconds: float | None) -> _Response:
         response = conn.response
+        fed = 0  # bytes of heads (interim ones too), bounded whatever the parser buffers in one line
         while not response.head_done or response.interim:  # an interim answer: the final one follows
             data = await _read(conn, seconds)
             if not data:
                 raise httpx.RemoteProtocolError(
                     "the upstream closed the connection without an answer", request=request
                 )
+            fed += len(data)
             _feed(response, data)
+            if fed > MAX_HEAD_BYTES and (not response.head_done or response.interim):
+                raise httpx.RemoteProtocolError(_HEAD_TOO_LONG, request=request)
         if response.status == 101 or response.parser.should_upgrade():
             raise httpx.RemoteProtocolError("the upstream asked to switch protocols", request=request)
-        if _has_no_body(request.method, response.status) and not response.done:
-            # No body follows a HEAD whatever the headers say; the parser would wait for one, so
-            # the connection is not reused.
+        if request.method == "HEAD":
+            # No body follows a HEAD whatever the headers say, but the parser does not know the
+            # method: whatever it took for a body is not, so the connection is not reused.
             response.done = True
             response.chunks.clear()
             conn.writer.close()
         return response
 
+    def _sweep(self) -> None:
+        """Close the idle connections that expired, of every origin."""
+        now = time.monotonic()
+        for key, idle in list(self._idle.items()):
+            live = deque(conn for conn in idle if conn.usable(now, self._expiry))
+            for conn in idle:
+                if conn not in live:
+                    conn.close()
+            self._idle_count -= len(idle) - len(live)
+            if live:
+                self._idle[key] = live
+            else:
+                del self._idle[key]
+
     def _release(self, key: tuple[str, str, int], conn: _Connection, *, keep: bool) -> None:
         self._slots.release()
+        if keep and self._idle_count >= self._max_idle:
+            self._sweep()
         if keep and not self._closed and self._idle_count < self._max_idle and not conn.writer.is_closing():
             conn.idle_since = time.monotonic()
             self._idle.setdefault(key, deque()).append(conn)
