@@ -36,6 +36,7 @@ from tether.domain.events import (
     Event,
     EventDraft,
     Fingerprinter,
+    MalformedEventError,
     contains_sensitive,
     seal_event,
 )
@@ -169,18 +170,16 @@ class AuditLog:
             SealedError: ``data`` holds a Sensitive value and the keys are not attached.
             StorageError: the event could not be made durable. Fail closed: do not act.
         """
-        if data is not None and contains_sensitive(data):
-            data = self.fingerprinter.redact(data)  # type: ignore[assignment]
-        draft = EventDraft(
-            kind=kind,
-            actor=actor,
+        draft = self._draft(
+            kind,
+            actor,
+            data,
             resource=resource,
             task_id=task_id,
             chain=tuple(chain),
             decision=decision,
             reason=reason,
             request_id=request_id,
-            data=data if data is not None else {},
         )
         event, _ = await self._submit(draft, tuple(effects))
         return event
@@ -189,11 +188,21 @@ class AuditLog:
         self, kind: str, actor: Actor, *, effects: Sequence[Effect], **fields: Any
     ) -> tuple[Event, list[object]]:
         """:meth:`record` returning the effects' results too (one per effect, in order)."""
-        data = fields.pop("data", None)
-        if data is not None and contains_sensitive(data):
-            data = self.fingerprinter.redact(data)
-        draft = EventDraft(kind=kind, actor=actor, data=data if data is not None else {}, **fields)
+        draft = self._draft(kind, actor, fields.pop("data", None), **fields)
         return await self._submit(draft, tuple(effects))
+
+    def _draft(self, kind: str, actor: Actor, data: Any, **fields: Any) -> EventDraft:
+        """The event's draft, its :class:`~tether.domain.events.Sensitive` values fingerprinted.
+        The draft's own walk of ``data`` refuses a Sensitive value, so the data is searched for
+        them (and fingerprinted) only when that walk refused something: one walk, not two, for
+        the data of every event."""
+        try:
+            return EventDraft(kind=kind, actor=actor, data=data if data is not None else {}, **fields)
+        except MalformedEventError:
+            if data is None or not contains_sensitive(data):
+                raise
+        redacted: Any = self.fingerprinter.redact(data)
+        return EventDraft(kind=kind, actor=actor, data=redacted, **fields)
 
     async def record_draft(self, draft: EventDraft) -> Event:
         """:meth:`record` for a prepared draft."""

@@ -313,6 +313,21 @@ def _encode_trusted(value: Mapping[str, JsonValue]) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+def _encode_body(body: Mapping[str, JsonValue], data_json: bytes | None) -> bytes:
+    """:func:`_encode_trusted` of ``body``, with ``body["data"]``'s encoding given (the draft's,
+    from its size check) rather than computed again. The same bytes: the top level of a canonical
+    encoding is its members in key order, so the members before ``data`` and those after it are
+    encoded as two objects and joined around it."""
+    if data_json is None or "data" not in body:
+        return _encode_trusted(body)
+    before = {key: value for key, value in body.items() if key < "data"}
+    after = {key: value for key, value in body.items() if key > "data"}
+    parts = [_encode_trusted(before)[1:-1] if before else b"", b'"data":' + data_json]
+    if after:
+        parts.append(_encode_trusted(after)[1:-1])
+    return b"{" + b",".join(part for part in parts if part) + b"}"
+
+
 # -- parts of an event --------------------------------------------------------------------------
 class ActorType(StrEnum):
     AGENT = "agent"
@@ -436,16 +451,19 @@ def _check_kind(kind: object) -> str:
     return kind
 
 
-def _check_data(data: object) -> Mapping[str, Any]:
+def _check_data(data: object) -> tuple[Mapping[str, Any], bytes | None]:
+    """The data copied and deep-frozen, and its canonical encoding (``None`` when empty), which
+    the size check needs anyway and sealing reuses."""
     if data is None or (type(data) is _FrozenDict and not data):
-        return _EMPTY
+        return _EMPTY, None
     if not isinstance(data, Mapping):
         raise _fail("event data must be a mapping", "data")
     # One walk: copied, frozen, and refused if a Sensitive value sits anywhere inside.
     frozen: Mapping[str, Any] = _json_copy(data, "data", 0, freeze=True)
-    if len(_encode_trusted({"data": frozen})) > MAX_DATA_BYTES:  # type: ignore[dict-item]
+    encoded = _encode_trusted(frozen)
+    if len(encoded) + len(b'{"data":}') > MAX_DATA_BYTES:
         raise _fail(f"event data exceeds {MAX_DATA_BYTES} bytes", "data")
-    return frozen
+    return frozen, encoded if frozen else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,6 +482,8 @@ class EventDraft:
     reason: str = ""
     request_id: str | None = None
     data: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    #: The canonical encoding of ``data`` (set with it, when checked; reused when sealing).
+    _data_json: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_content(self)
@@ -489,7 +509,10 @@ def _check_content(content: EventDraft | Event) -> None:
     _check_encodable(content.reason, "reason")
     if content.request_id is not None:
         _check_text(content.request_id, "request_id", max_chars=MAX_ID_CHARS)
-    object.__setattr__(content, "data", _check_data(content.data))
+    data, encoded = _check_data(content.data)
+    object.__setattr__(content, "data", data)
+    if isinstance(content, EventDraft):
+        object.__setattr__(content, "_data_json", encoded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -612,7 +635,7 @@ def seal_event(draft: EventDraft, *, seq: int, prev_hash: bytes, time: datetime,
     """Give ``draft`` its place in the chain: sequence number, time, node, links and hash."""
     when = time.astimezone(UTC) if time.tzinfo is not None else time
     body = _body(seq=seq, prev_hash=prev_hash, time_value=time_us(when), node_id=node_id, draft=draft)
-    encoded = _encode_trusted(body)
+    encoded = _encode_body(body, draft._data_json if isinstance(draft, EventDraft) else None)
     digest = compute_hash(prev_hash, encoded)
     if not isinstance(draft, EventDraft):
         raise TypeError("seal_event takes an EventDraft")

@@ -1,0 +1,77 @@
+"""Sealing reuses the encoding of an event's data made by its size check: the sealed body must be
+byte for byte the canonical encoding of the whole body, whatever the event holds."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tether.domain.events import (
+    Actor,
+    DecisionSummary,
+    EventDraft,
+    compute_hash,
+    event_body,
+    event_body_json,
+    seal_event,
+)
+
+NOW = datetime(2026, 12, 3, tzinfo=UTC)
+KEYS = st.from_regex(r"[A-Za-z0-9_.:-]{1,12}", fullmatch=True)
+LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1),
+    st.text(st.characters(exclude_categories=("Cs",)), max_size=20),
+)
+
+
+def _nested(depth: int) -> st.SearchStrategy[object]:
+    if depth == 0:
+        return LEAVES
+    inner = _nested(depth - 1)
+    return LEAVES | st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3)
+
+
+DATA = st.dictionaries(KEYS, _nested(3), max_size=6)  # events allow 6 levels
+
+
+def canonical(body: object) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=DATA,
+    resource=st.none() | st.just("secret:prod/x"),
+    task_id=st.none() | st.just("t-1"),
+    chain=st.sampled_from([(), ("t-0",), ("t-0", "t-1")]),
+    decision=st.none() | st.just(DecisionSummary(allowed=True, policies=("p",), missing=())),
+    reason=st.sampled_from(["", 'a reason with "data":{} inside', "ünïcode"]),
+)
+def test_a_sealed_body_is_the_canonical_encoding_of_the_whole_body(
+    data: dict[str, object],
+    resource: str | None,
+    task_id: str | None,
+    chain: tuple[str, ...],
+    decision: DecisionSummary | None,
+    reason: str,
+) -> None:
+    draft = EventDraft(
+        kind="grant.activate",
+        actor=Actor.agent("spiffe://acme.test/agent/bot"),
+        resource=resource,
+        task_id=task_id,
+        chain=chain,
+        decision=decision,
+        reason=reason,
+        data=data,
+    )
+    prev = bytes(32)
+    event = seal_event(draft, seq=7, prev_hash=prev, time=NOW, node_id="node-1")
+    expected = canonical(event_body(event))
+    assert event_body_json(event).encode("utf-8") == expected
+    assert event.hash == compute_hash(prev, expected)
