@@ -13,7 +13,7 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,13 +225,13 @@ def raw_store(request: pytest.FixtureRequest, storage: Storage) -> RawStore:
 # -- parallel runs (pytest-xdist, ``--dist loadgroup``) ---------------------------------------------
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)  # around xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
     """The tests of a module that share a module-scoped fixture (a served node, a fuzzing world)
     run on one worker, one after another, so that the fixture is set up once; a test that names
     its own ``xdist_group`` (the load and crash suites, which measure time) keeps it."""
     if not config.pluginmanager.hasplugin("xdist"):
-        return
+        return (yield)
     for item in items:
         if item.get_closest_marker("xdist_group") is not None:
             continue
@@ -239,6 +239,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         definitions = info.name2fixturedefs.values() if info is not None else ()
         if any(defs and defs[-1].scope == "module" for defs in definitions):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    yield
+    _group_ids(config, items)
+
+
+def _group_ids(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With ``--dist loadgroup``, a test's group travels to the controller as a ``@group`` suffix of
+    its node id, which the worker's xdist plugin appends by setting ``item._nodeid``. pytest 9 keeps
+    the id in ``item._id`` instead, so that assignment is lost: every test became a group of its
+    own, a module's module-scoped node was set up on each worker that drew one of its tests, and
+    the named groups (``load``, ``console-browser``) no longer kept their tests together. Append
+    the suffix here where xdist could not."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        names = sorted(
+            {
+                str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                for m in item.iter_markers("xdist_group")
+            }
+        )
+        if not names or "@" in item.nodeid.rpartition("]")[2]:
+            continue  # no group, or xdist's own suffix took
+        grouped = f"{item.nodeid}@{'_'.join(names)}"
+        if hasattr(item, "_id"):
+            from _pytest.nodeid import NodeId
+
+            item._id = NodeId.parse(grouped)
+        else:
+            item._nodeid = grouped
 
 
 # -- suite-wide leak canary scan -----------------------------------------------------------------

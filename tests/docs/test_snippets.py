@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -344,16 +345,97 @@ def _run_file(path: Path, node: LiveNode, root: Path) -> list[str]:
     return failures
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("path", DOC_FILES, ids=[str(p.relative_to(REPO)) for p in DOC_FILES])
-def test_doc_snippets_run_against_a_live_node(path: Path, tmp_path: Path) -> None:
+def _not_run(path: Path) -> str | None:
+    """Why the docs check starts no node for ``path`` (None: it does)."""
     blocks = blocks_of(path, path.read_text(encoding="utf-8"))
     if not any(b.lang in SHELL | {"console", "python"} for b in blocks):
-        pytest.skip(f"{path.name} has no shell or Python blocks")
+        return f"{path.name} has no shell or Python blocks"
     if all(b.action == "skip" for b in blocks if b.lang in SHELL | {"console", "python"}):
-        pytest.skip(f"every shell and Python block of {path.name} is marked skip")
-    with live_node(tmp_path) as node:
-        failures = _run_file(path, node, tmp_path)
+        return f"every shell and Python block of {path.name} is marked skip"
+    return None
+
+
+class _Nodes:
+    """One fresh node per file, each started while the file before it runs, and stopped after
+    its file in the background: ``tether demo`` takes seconds to start and to stop, most of it
+    spent in its own process while this one would only wait. The files run one after another on
+    one worker (this module's tests share this module-scoped fixture, so they are one xdist
+    group), in the order of :data:`DOC_FILES`; a node serves exactly one file, as before."""
+
+    def __init__(self, factory: pytest.TempPathFactory) -> None:
+        self.factory = factory
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="docs-node")
+        self.starting: dict[
+            Path, Future[tuple[contextlib.AbstractContextManager[LiveNode], LiveNode, Path]]
+        ] = {}
+        self.stopping: list[Future[object]] = []
+
+    def _prefetch(self, path: Path) -> None:
+        if path not in self.starting:
+            root = self.factory.mktemp("docs-node")
+            self.starting[path] = self.pool.submit(self._start, root)
+
+    @staticmethod
+    def _start(root: Path) -> tuple[contextlib.AbstractContextManager[LiveNode], LiveNode, Path]:
+        manager = live_node(root)
+        return manager, manager.__enter__(), root
+
+    @contextlib.contextmanager
+    def node_for(self, path: Path) -> Iterator[tuple[LiveNode, Path]]:
+        """The node for ``path`` (started now if it was not yet), and its private directory; the
+        next file's node starts meanwhile."""
+        self._prefetch(path)
+        later = LIVE_FILES[LIVE_FILES.index(path) + 1 :] if path in LIVE_FILES else []
+        if later:
+            self._prefetch(later[0])
+        manager, node, root = self.starting.pop(path).result()  # a failed start fails this file
+        try:
+            yield node, root
+        finally:
+            self.stopping.append(self.pool.submit(manager.__exit__, None, None, None))
+
+    def close(self) -> None:
+        """Stop every node: those stopping, and those started for a file that did not run (-x)."""
+        for future in self.starting.values():
+            with contextlib.suppress(BaseException):
+                manager, _, _ = future.result()
+                manager.__exit__(None, None, None)
+        for stopping in self.stopping:
+            stopping.result()
+        self.pool.shutdown()
+
+
+def _live_files() -> list[Path]:
+    found = []
+    for path in DOC_FILES:
+        try:
+            if _not_run(path) is None:
+                found.append(path)
+        except MarkerError:  # reported by its own test and by test_every_doc_has_well_formed_markers
+            found.append(path)
+    return found
+
+
+LIVE_FILES = _live_files()
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Nodes]:
+    started = _Nodes(tmp_path_factory)
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", DOC_FILES, ids=[str(p.relative_to(REPO)) for p in DOC_FILES])
+def test_doc_snippets_run_against_a_live_node(path: Path, nodes: _Nodes) -> None:
+    why = _not_run(path)
+    if why is not None:
+        pytest.skip(why)
+    with nodes.node_for(path) as (node, root):
+        failures = _run_file(path, node, root)
         if failures:
             pytest.fail(
                 f"{len(failures)} block(s) of {path.relative_to(REPO)} failed against a live node "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import socket
@@ -107,7 +108,14 @@ class Upstream:
         elif route == "/cookie":
             await answer(200, [b"ok"], [(b"set-cookie", b"session=abc; Path=/")])
         elif route == "/slow":
-            await asyncio.sleep(5)
+            # Later than the destination's timeout (2 s): the caller cuts it off first. Waiting
+            # for that disconnect, rather than sleeping the whole 5 s, lets the upstream stop at
+            # once when the test is over instead of finishing the sleep first.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    return  # a cut-off request is never answered
             await answer(200, [b"late"], [])
         else:  # echo
             await answer(200, [json.dumps(record).encode()], [(b"content-type", b"application/json")])
