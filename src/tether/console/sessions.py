@@ -81,7 +81,13 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict base64url (``ValueError`` otherwise): its alphabet only, no padding, and canonical, so
+    that a cookie has one spelling (the lenient decoder ignored the unused bits of the last
+    character, and characters outside the alphabet)."""
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not canonical base64url")
+    return data
 
 
 def _mac(key: bytes, label: bytes, data: bytes) -> bytes:
