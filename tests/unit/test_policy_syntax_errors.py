@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tether.policy import engine, syntax
-from tether.policy.engine import PolicyValidationError, compile_policy_set
+from tether.policy import compile as policy_compile
+from tether.policy import syntax
+from tether.policy.compile import PolicyValidationError, compile_policy_set
 from tether.policy.syntax import MAX_PARSE_CHARS, Location, locate_parse_error, tokens
 
 
@@ -76,7 +77,7 @@ def test_tokens_skip_comments_and_keep_strings_whole() -> None:
 
 
 def test_without_a_located_error_the_message_is_cedars_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "locate_parse_error", lambda text, parse: None)
+    monkeypatch.setattr(policy_compile, "locate_parse_error", lambda text, parse: None)
     assert _refusal("permit(") == "policies do not parse: unexpected end of input"
 
 

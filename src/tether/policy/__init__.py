@@ -7,12 +7,8 @@ from __future__ import annotations
 
 from tether.domain.decision import Decision
 from tether.policy.cases import CaseReport, run_cases
-from tether.policy.engine import (
-    MAX_POLICY_TEXT_BYTES,
-    CompiledPolicySet,
-    PolicyValidationError,
-    compile_policy_set,
-)
+from tether.policy.compile import MAX_POLICY_TEXT_BYTES, PolicyValidationError, compile_policy_set
+from tether.policy.engine import CompiledPolicySet
 from tether.policy.explain import explain
 from tether.policy.request import DecisionRequest, Entity
 from tether.policy.schema import ACTIONS, RESOURCE_TYPES, SCHEMA_TEXT
