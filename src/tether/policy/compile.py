@@ -17,8 +17,8 @@ from typing import Any, Final
 import cedarpy
 
 from tether.errors import InvalidInputError
-from tether.policy.engine import _ALL_TYPES, _SCHEMA, CompiledPolicySet, _clip, _Policy
-from tether.policy.schema import ACTIONS
+from tether.policy.engine import _SCHEMA, CompiledPolicySet, _clip, _Policy
+from tether.policy.schema import ACTIONS, RESOURCE_TYPES
 from tether.policy.syntax import locate_parse_error
 
 __all__ = ["MAX_NESTING", "MAX_POLICY_TEXT_BYTES", "PolicyValidationError", "compile_policy_set"]
@@ -26,6 +26,7 @@ __all__ = ["MAX_NESTING", "MAX_POLICY_TEXT_BYTES", "PolicyValidationError", "com
 MAX_POLICY_TEXT_BYTES: Final = 1024 * 1024
 _POLICY_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _CEDAR_ID: Final = re.compile(r"\bpolicy(\d+)\b")
+_ALL_TYPES: Final = frozenset(t for types in RESOURCE_TYPES.values() for t in types)
 
 
 class PolicyValidationError(InvalidInputError):

@@ -34,7 +34,6 @@ __all__ = ["Asked", "CompiledPolicySet"]
 MAX_MESSAGE_LENGTH: Final = 2000
 _ERRORED_POLICY: Final = re.compile(r"while evaluating policy `([A-Za-z0-9._:-]{1,128})`")
 _SCHEMA: Final = cedarpy.Schema.from_str(SCHEMA_TEXT)
-_ALL_TYPES: Final = frozenset(t for types in RESOURCE_TYPES.values() for t in types)
 _ENTITIES_CACHE_SIZE: Final = 4096
 # Parsed (and schema-checked) entity sets by their JSON: agents and secrets recur across requests,
 # and parsing them is a large share of a decision's cost. Memoisation only; bounded; no I/O.
