@@ -69,9 +69,13 @@ def test_an_address_taken_by_a_plain_listener_is_refused() -> None:
 def _stranger(port: int) -> socket.socket:
     """Another process's socket joining the group (same user, ``SO_REUSEPORT``)."""
     sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(64)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(64)
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
@@ -130,3 +134,21 @@ def test_a_node_that_does_not_hold_every_listener_of_its_address_refuses_to_star
         }
     finally:
         _close(strangers)
+
+
+@linux_only
+def test_a_kernel_that_refuses_to_pin_the_group_gets_one_plain_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refused(sock: socket.socket, count: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(workers, "_pin_group", refused)
+    socks = listen("127.0.0.1", 0, 2)
+    try:
+        assert len(socks) == 1
+        assert not socks[0].getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+        with pytest.raises(OSError, match="in use"):  # so nobody can join it
+            _stranger(socks[0].getsockname()[1])
+    finally:
+        _close(socks)

@@ -293,11 +293,14 @@ def listen(host: str, port: int, count: int) -> list[socket.socket]:
             sock.listen(BACKLOG)
         try:
             _pin_group(socks[0], count)
-        except OSError as exc:  # an old kernel, a sandbox: one shared socket, as elsewhere
+        except OSError as exc:  # an old kernel, a sandbox: one plain shared socket, as elsewhere
             log.info("one listening socket for all workers (the kernel refused to pin a group: %s)", exc)
-            for sock in socks[1:]:
+            for sock in socks:
                 sock.close()
-            del socks[1:]
+            # Not one of the group's sockets: those keep SO_REUSEPORT, which another process of
+            # the same user could join, unpinned.
+            socks = [_bound(address, family, reuse_port=False)]
+            socks[0].listen(BACKLOG)
             return socks
         if _listeners(address, family) != {os.fstat(sock.fileno()).st_ino for sock in socks}:
             raise OSError(errno.EADDRINUSE, f"address already in use: {address[0]}:{address[1]}")
