@@ -75,14 +75,7 @@ class Entity:
         value: the broker builds it from one stored row and never changes it)."""
         text = self._json
         if text is None:
-            text = json.dumps(
-                {
-                    "uid": {"type": self.type, "id": self.id},
-                    "attrs": dict(self.attributes),
-                    "parents": [{"type": kind, "id": ident} for kind, ident in self.parents],
-                },
-                default=json_default,
-            )
+            text = json.dumps(self.to_cedar())
             object.__setattr__(self, "_json", text)
         return text
 
