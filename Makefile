@@ -68,8 +68,8 @@ bench: $(STAMP)
 ## lock: re-resolve the locked dependencies (needs network to PyPI)
 lock:
 	$(PYTHON) -m pip install --quiet uv
-	$(PYTHON) -m uv pip compile pyproject.toml --extra server --python-version 3.11 --generate-hashes -o requirements/runtime.lock
-	$(PYTHON) -m uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -o requirements/dev.lock
+	$(PYTHON) -m uv pip compile pyproject.toml --extra server --python-version 3.11 --generate-hashes --no-strip-extras -o requirements/runtime.lock
+	$(PYTHON) -m uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes --no-strip-extras -o requirements/dev.lock
 
 clean:
 	rm -rf $(VENV) .tether .pytest_cache .mypy_cache .ruff_cache
