@@ -11,8 +11,9 @@ call in flight is cancelled when the session closes.
   registered ``VAR=<secret>``); its stderr goes to ``/dev/null`` (it could echo the secret into
   Tether's logs). Closing SIGKILLs the whole process group at once, so children it started die
   with it (a task's end is a revocation, not a polite request).
-- **http**: the SDK's streamable HTTP client with the injected header on every request, redirects
-  to another origin refused by the SDK, and Tether's own timeout.
+- **http**: Tether's streamable HTTP transport under the SDK's ``Client``
+  (:mod:`tether.mcp.streamable`): the injected header on every request, on kept-alive pooled
+  connections, redirects never followed, and the server's own timeout.
 
 Sampling, elicitation and roots requests from an upstream are refused (the client declares none of
 those capabilities; the SDK answers them with an error).
@@ -32,10 +33,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import anyio
-import httpx2
 from mcp import Client
 from mcp.client.stdio import get_default_environment
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
@@ -50,6 +49,7 @@ from mcp_types import (
 from tether.errors import TetherError
 from tether.mcp.guard import SecretGuard
 from tether.mcp.servers import MAX_TOOLS, McpServer, PinnedTool, UpstreamKind, pin
+from tether.mcp.streamable import streamable_http
 
 __all__ = [
     "LogSink",
@@ -177,16 +177,7 @@ async def _transport(spec: UpstreamSpec, started: Callable[[int], None]) -> Asyn
             yield streams
         return
     assert server.url is not None
-    timeout = float(server.timeout_seconds)
-    async with (
-        httpx2.AsyncClient(
-            headers=dict(spec.headers),
-            timeout=httpx2.Timeout(timeout, read=timeout),
-            follow_redirects=False,
-            trust_env=False,
-        ) as http,
-        streamable_http_client(server.url, http_client=http) as streams,
-    ):
+    async with streamable_http(server.url, spec.headers, float(server.timeout_seconds)) as streams:
         yield streams
 
 

@@ -1,0 +1,364 @@
+"""The streamable HTTP transport under the SDK's ``Client`` for an upstream MCP server reached over
+HTTP, on Tether's own HTTP/1.1 transport (:class:`tether.egress.http11.Http11Transport`).
+
+The SDK's ``Client`` (its session, request ids, result validation, refusal of sampling and
+elicitation) is unchanged; this replaces only the plumbing under it. The SDK's own transport sent
+each message through httpx2 and httpcore2 in a task group of its own, with context-carrying streams:
+about 0.6 ms of a tool call's latency through the gateway (issue 15), more than Tether's decision and
+audit record together. Here each message is one POST on a kept-alive pooled connection.
+
+- Every message is one POST to the registered URL, with the injected headers (they win over any
+  other of the same name), the SDK's per-message headers (``MCP-Protocol-Version``, and on the
+  2026-07-28 wire ``Mcp-Method``, ``Mcp-Name``), and the ``Mcp-Session-Id`` a stateful server
+  assigned. Requests run side by side; notifications and responses are posted in order.
+- The answer is one JSON-RPC message (``application/json``) or an event stream
+  (``text/event-stream``) whose messages are relayed as they arrive (progress and log
+  notifications during a call) until the response. A response on a request's POST always answers
+  that request: its id is the request's, whatever the upstream wrote.
+- A stateful server's session is ended with ``DELETE`` when the transport closes.
+- On the 2026-07-28 wire a cancelled request's POST is aborted (closing its answer is the
+  cancellation); before it, the ``notifications/cancelled`` frame is posted.
+
+What it refuses, each as a JSON-RPC error for the request (never the upstream's text, only a
+JSON-RPC error the upstream sent, which the gateway redacts): a redirect (never followed: the
+registered URL is the only one the secret goes to), an answer or one event over
+:data:`MAX_MESSAGE_BYTES`, a content type that is neither JSON nor an event stream, a ``202`` to a
+request, a failed status without a JSON-RPC error, a stream that ends before its response (there
+is no resumption), and a transport failure or timeout (its type only).
+
+Not spoken: the standalone ``GET`` stream (messages from the server outside a call: sampling,
+elicitation and roots are refused anyway, and a ``list_changed`` is not acted on) and resumption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
+from mcp.shared.message import ClientMessageMetadata, SessionMessage
+from mcp_types import (
+    CONNECTION_CLOSED,
+    INVALID_REQUEST,
+    ErrorData,
+    JSONRPCError,
+    JSONRPCMessage,
+    JSONRPCNotification,
+    JSONRPCRequest,
+    JSONRPCResponse,
+    RequestId,
+    jsonrpc_message_adapter,
+)
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import ValidationError
+
+from tether.egress.http11 import Http11Transport
+from tether.errors import TetherError
+
+__all__ = ["MAX_MESSAGE_BYTES", "streamable_http"]
+
+log = logging.getLogger(__name__)
+
+#: One answer (JSON) or one event of a stream is at most this long, as one stdio line is.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: How long ending a stateful server's session (``DELETE``) may take when the transport closes.
+END_SESSION_SECONDS = 2.0
+_SESSION = "mcp-session-id"
+_VERSION = "mcp-protocol-version"
+_BASE = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+Reader = MemoryObjectReceiveStream[SessionMessage | Exception]
+Writer = MemoryObjectSendStream[SessionMessage]
+
+
+class _Events:
+    """Server-sent events (the WHATWG parsing rules) fed as bytes: the ``data`` of each complete
+    ``message`` event. Comments, ``id`` and ``retry`` are read over (there is no resumption).
+    Linear in what it is fed: a line still incomplete is kept in parts, joined once it ends."""
+
+    def __init__(self) -> None:
+        self._partial: list[bytes] = []
+        self._partial_size = 0
+        self._data: list[bytes] = []
+        self._size = 0
+        self._event = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        if b"\n" not in chunk and b"\r" not in chunk:  # the middle of a long line
+            self._hold(chunk)
+            return []
+        buffer = b"".join((*self._partial, chunk))
+        self._partial, self._partial_size = [], 0
+        held = b""
+        if buffer.endswith(b"\r"):  # perhaps the first half of a CRLF
+            buffer, held = buffer[:-1], b"\r"
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *lines, rest = buffer.split(b"\n")
+        out: list[bytes] = []
+        for line in lines:
+            self._line(line, out)
+        self._hold(rest + held)
+        return out
+
+    def _hold(self, part: bytes) -> None:
+        if part:
+            self._partial.append(part)
+            self._partial_size += len(part)
+            if self._partial_size + self._size > MAX_MESSAGE_BYTES:
+                raise TetherError("the upstream sent an event over the size limit")
+
+    def _line(self, line: bytes, out: list[bytes]) -> None:
+        if not line:  # a blank line dispatches the event
+            if self._data and self._event in (b"", b"message"):
+                out.append(b"\n".join(self._data))
+            self._data, self._size, self._event = [], 0, b""
+            return
+        if line.startswith(b":"):
+            return
+        name, _, value = line.partition(b":")
+        value = value.removeprefix(b" ")
+        if name == b"data":
+            self._data.append(value)
+            self._size += len(value) + 1
+            if self._size > MAX_MESSAGE_BYTES:
+                raise TetherError("the upstream sent an event over the size limit")
+        elif name == b"event":
+            self._event = value
+
+
+def _answer(message: JSONRPCMessage, request_id: RequestId | None) -> JSONRPCMessage:
+    """A response on a request's POST answers that request, whatever id the upstream wrote."""
+    if request_id is not None and isinstance(message, JSONRPCResponse | JSONRPCError):
+        message.id = request_id
+    return message
+
+
+def _parse(data: bytes) -> JSONRPCMessage:
+    try:
+        return jsonrpc_message_adapter.validate_json(data, by_name=False)
+    except ValidationError:
+        raise TetherError("the upstream sent a message that is not JSON-RPC") from None
+
+
+def _failure(request_id: RequestId, why: str, code: int = CONNECTION_CLOSED) -> SessionMessage:
+    return SessionMessage(JSONRPCError(jsonrpc="2.0", id=request_id, error=ErrorData(code=code, message=why)))
+
+
+class _Upstream:
+    """One upstream's transport state: its URL, headers, session and requests in flight."""
+
+    def __init__(self, url: str, headers: Mapping[str, str], timeout_seconds: float, reader: Any) -> None:
+        self.url = httpx.URL(url)
+        self.injected = {name.lower(): value for name, value in headers.items()}
+        self.timeouts = {"connect": timeout_seconds, "read": timeout_seconds, "write": timeout_seconds}
+        self.timeouts["pool"] = timeout_seconds
+        self.http = Http11Transport(max_connections=64, max_keepalive_connections=16)
+        self.read: MemoryObjectSendStream[SessionMessage | Exception] = reader
+        self.session_id: str | None = None
+        self.version: str | None = None
+        #: Requests whose POST is in flight: their abort scope and whether they went on the modern wire.
+        self.in_flight: dict[RequestId, tuple[anyio.CancelScope, bool]] = {}
+
+    def _headers(self, metadata: ClientMessageMetadata | None) -> dict[str, str]:
+        headers = dict(_BASE)
+        if self.session_id is not None:
+            headers[_SESSION] = self.session_id
+        if self.version is not None:
+            headers[_VERSION] = self.version
+        if metadata is not None and metadata.headers:
+            headers.update({name.lower(): value for name, value in metadata.headers.items()})
+        headers.update(self.injected)
+        return headers
+
+    def _request(self, method: str, headers: Mapping[str, str], body: bytes = b"") -> httpx.Request:
+        return httpx.Request(
+            method, self.url, headers=headers, content=body, extensions={"timeout": self.timeouts}
+        )
+
+    # -- outbound --------------------------------------------------------------------------------
+    async def send(self, item: SessionMessage, group: TaskGroup) -> None:
+        message = item.message
+        metadata = item.metadata if isinstance(item.metadata, ClientMessageMetadata) else None
+        if isinstance(message, JSONRPCRequest) and message.method == "initialize":
+            self.version = None  # the handshake negotiates it afresh
+        elif metadata is not None and metadata.headers:
+            stamped = {name.lower(): value for name, value in metadata.headers.items()}.get(_VERSION)
+            if stamped is not None:
+                self.version = stamped
+        if self._consume_cancel(message):
+            return
+        headers = self._headers(metadata)
+        if not isinstance(message, JSONRPCRequest):
+            await self._post(message, headers, None)
+            return
+        if metadata is not None and metadata.resumption_token is not None:
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                await self.read.send(
+                    _failure(message.id, "resuming a stream is not supported", INVALID_REQUEST)
+                )
+            return
+        scope = anyio.CancelScope()
+        superseded = self.in_flight.get(message.id)
+        if superseded is not None:  # a reused id: the old POST may no longer answer
+            superseded[0].cancel()
+        self.in_flight[message.id] = (scope, self.version in MODERN_PROTOCOL_VERSIONS)
+        group.start_soon(self._request_post, message, headers, scope)
+
+    def _consume_cancel(self, message: JSONRPCMessage) -> bool:
+        """Whether ``message`` is a cancellation handled here instead of posted (see the module)."""
+        if not (isinstance(message, JSONRPCNotification) and message.method == "notifications/cancelled"):
+            return False
+        request_id = cancelled_request_id_from_params(message.params)
+        entry = None if request_id is None else self.in_flight.get(request_id)
+        if entry is None:
+            return self.version in MODERN_PROTOCOL_VERSIONS
+        scope, modern = entry
+        if modern:
+            scope.cancel()
+        return modern
+
+    async def _request_post(
+        self, message: JSONRPCRequest, headers: dict[str, str], scope: anyio.CancelScope
+    ) -> None:
+        try:
+            with scope:
+                await self._post(message, headers, message.id)
+        finally:
+            entry = self.in_flight.get(message.id)
+            if entry is not None and entry[0] is scope:
+                del self.in_flight[message.id]
+
+    async def _post(
+        self, message: JSONRPCMessage, headers: dict[str, str], request_id: RequestId | None
+    ) -> None:
+        body = message.model_dump_json(by_alias=True, exclude_unset=True).encode("utf-8")
+        why: str | None = None
+        try:
+            if not await self._exchange(self._request("POST", headers, body), request_id):
+                why = "the upstream's answer ended before its response (there is no resumption)"
+        except TetherError as exc:  # a refusal of this transport's own (its text is Tether's)
+            why = str(exc)
+        except httpx.HTTPError as exc:  # the type only: a transport error's text names the upstream
+            why = f"the upstream could not be reached ({type(exc).__name__})"
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return  # the client is gone: nobody waits for an answer
+        if why is None:
+            return
+        log.debug("MCP upstream message %r not answered: %s", request_id, why)
+        if request_id is not None:
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                await self.read.send(_failure(request_id, why))
+
+    async def _exchange(self, request: httpx.Request, request_id: RequestId | None) -> bool:
+        """Send one POST and relay its answer: whether the exchange completed (a request's response
+        relayed; a notification's or a response's POST accepted)."""
+        response = await self.http.handle_async_request(request)
+        try:
+            session = response.headers.get(_SESSION)
+            if session:
+                self.session_id = session
+            status = response.status_code
+            kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+            if status == 202:
+                if request_id is not None:
+                    raise TetherError("the upstream answered a request with 202 Accepted")
+                return True
+            if 300 <= status < 400:
+                raise TetherError(f"the upstream answered with a redirect ({status}), which is not followed")
+            if status >= 400:
+                return await self._failed(response, kind, request_id)
+            if kind == "application/json":
+                message = _parse(await _read_all(response))
+                await self.read.send(SessionMessage(_answer(message, request_id)))
+                return request_id is None or isinstance(message, JSONRPCResponse | JSONRPCError)
+            if kind == "text/event-stream":
+                return await self._stream(response, request_id) or request_id is None
+            raise TetherError(
+                "the upstream answered with a content type that is neither JSON nor an event stream"
+            )
+        finally:
+            await response.aclose()
+
+    async def _failed(self, response: httpx.Response, kind: str, request_id: RequestId | None) -> bool:
+        status = response.status_code
+        if request_id is not None and kind == "application/json":
+            with contextlib.suppress(TetherError):
+                message = _parse(await _read_all(response))
+                if isinstance(message, JSONRPCError):
+                    await self.read.send(SessionMessage(_answer(message, request_id)))
+                    return True
+        if status == 404 and self.session_id is not None:
+            raise TetherError("the upstream ended its session (404)")
+        raise TetherError(f"the upstream answered HTTP {status}")
+
+    async def _stream(self, response: httpx.Response, request_id: RequestId | None) -> bool:
+        events = _Events()
+        async for chunk in response.aiter_bytes():
+            for data in events.feed(chunk):
+                if not data:
+                    continue  # a priming event (an id for resumption, no message)
+                message = _answer(_parse(data), request_id)
+                await self.read.send(SessionMessage(message))
+                if isinstance(message, JSONRPCResponse | JSONRPCError):
+                    return True
+        return False
+
+    async def end_session(self) -> None:
+        """``DELETE`` a stateful server's session (best effort, bounded)."""
+        if self.session_id is None:
+            return
+        with anyio.move_on_after(END_SESSION_SECONDS, shield=True), contextlib.suppress(httpx.HTTPError):
+            response = await self.http.handle_async_request(self._request("DELETE", self._headers(None)))
+            await response.aclose()
+
+
+async def _read_all(response: httpx.Response) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_MESSAGE_BYTES:
+            raise TetherError("the upstream's answer is over the size limit")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+@asynccontextmanager
+async def streamable_http(
+    url: str, headers: Mapping[str, str], timeout_seconds: float
+) -> AsyncIterator[tuple[Reader, Writer]]:
+    """The SDK ``Client``'s streams for the upstream at ``url`` (see the module's docstring).
+
+    Args:
+        url: The upstream's registered endpoint.
+        headers: Sent on every request (the injected secret among them), over any other header of
+            the same name.
+        timeout_seconds: Connecting, writing, and the wait for each read of an answer.
+    """
+    read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
+    upstream = _Upstream(url, headers, timeout_seconds, read_writer)
+
+    async def writer(group: TaskGroup) -> None:
+        async with write_reader:
+            async for item in write_reader:
+                await upstream.send(item, group)
+
+    try:
+        async with read_writer, read_stream, write_stream, anyio.create_task_group() as group:
+            group.start_soon(writer, group)
+            try:
+                yield read_stream, write_stream
+            finally:
+                group.cancel_scope.cancel()
+    finally:
+        await upstream.end_session()
+        await upstream.http.aclose()
