@@ -38,6 +38,7 @@ __all__ = [
     "disable_inner_spans",
     "enable_inner_spans",
     "inner_span",
+    "inner_spans_enabled",
     "route",
     "tracer",
     "tracing_requested",
@@ -79,6 +80,11 @@ def enable_inner_spans(provider: trace.TracerProvider | None = None) -> None:
 def disable_inner_spans() -> None:
     global _inner_tracer  # noqa: PLW0603
     _inner_tracer = None
+
+
+def inner_spans_enabled() -> bool:
+    """Whether spans inside requests are emitted (tracing is on)."""
+    return _inner_tracer is not None
 
 
 def inner_span(name: str, attributes: Mapping[str, str | int | bool]) -> AbstractContextManager[Any]:

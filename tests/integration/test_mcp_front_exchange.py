@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.test_mcp_gateway import Gateway, gw  # noqa: F401 - the fixture
+from tests.integration.test_mcp_gateway import Gateway, alive, gw, wait_dead  # noqa: F401 - the fixture
 from tether.mcp.front import DENIED
 
 JSON_ONLY = {"Accept": "application/json", "Content-Type": "application/json"}
@@ -184,3 +184,91 @@ async def test_a_call_the_sdk_refuses_on_the_2026_wire_uses_up_its_proof(gw: Gat
     assert ok.status_code == 200, ok.text
     assert "results for flaky" in ok.text
     assert len(await gw.events("tool.call", task_id)) == 1
+
+
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+MODERN = {**BOTH, "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "gh__search"}
+
+
+def _shape(response: httpx.Response) -> tuple[int, str, Any]:
+    """What a client acts on: the status, the media type, and the result or the error's code."""
+    media = response.headers.get("content-type", "").partition(";")[0]
+    if media != "application/json" or not response.content:
+        return response.status_code, media, None
+    body = response.json()
+    return (
+        response.status_code,
+        media,
+        body.get("result", {}).get("content") or body.get("error", {}).get("code"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "body", "headers"),
+    [
+        ("a valid call", call(1, "gh__search", {"query": "flaky"}, _meta=MODERN_META), MODERN),
+        (
+            "Mcp-Name not the body's",
+            call(2, "gh__search", {"query": "x"}, _meta=MODERN_META),
+            {**MODERN, "Mcp-Name": "gh__whoami"},
+        ),
+        (
+            "Mcp-Method missing",
+            call(3, "gh__search", {"query": "x"}, _meta=MODERN_META),
+            {k: v for k, v in MODERN.items() if k != "Mcp-Method"},
+        ),
+        ("no _meta envelope", call(4, "gh__search", {"query": "x"}), MODERN),
+        (
+            "an unknown method",
+            {"jsonrpc": "2.0", "id": 5, "method": "nope/nope", "params": {"_meta": MODERN_META}},
+            {**MODERN, "Mcp-Method": "nope/nope"},
+        ),
+        ("parameters the kernel refuses", call(6, "gh__search", "not an object", _meta=MODERN_META), MODERN),
+        (
+            "a notification",
+            {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}},
+            {**MODERN, "Mcp-Method": "notifications/cancelled"},
+        ),
+        ("a batch", [call(7, "gh__search", {"query": "x"}, _meta=MODERN_META)], MODERN),
+        ("not JSON", b"{nope", MODERN),
+        (
+            "JSON not accepted",
+            call(8, "gh__search", {"query": "x"}, _meta=MODERN_META),
+            {**MODERN, "Accept": "text/event-stream"},
+        ),
+    ],
+)
+async def test_the_2026_wire_answers_as_the_sdks_own_entry_does(
+    gw: Gateway,  # noqa: F811 - the fixture's value
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+    body: Any,
+    headers: dict[str, str],
+) -> None:
+    """Tether answers a plain 2026-07-28 request itself (the SDK's checks, then its kernel) and
+    leaves anything else to the SDK's entry: either way, the client sees what the SDK's own entry
+    answers."""
+    task_id = await gw.open_task(["gh/search"])
+    ours, _ = await post(gw, task_id, body, headers)
+    monkeypatch.setattr("tether.mcp.front.answer_modern", _never)  # the SDK's entry, always
+    theirs, _ = await post(gw, task_id, body, headers)
+    assert _shape(ours) == _shape(theirs), (case, ours.text, theirs.text)
+
+
+async def _never(*_: Any) -> None:
+    return None
+
+
+async def test_an_upstream_opened_by_handshake_era_calls_dies_when_its_task_expires(gw: Gateway) -> None:  # noqa: F811
+    """The loop that closes the upstreams of ended tasks runs whichever path opened the session:
+    here only one-JSON-body requests ever reach the front, and the task then expires unused."""
+    task_id = await gw.open_task(["gh/whoami"], ttl_seconds=5)
+    response, _ = await post(gw, task_id, call(1, "gh__whoami", {}))
+    assert response.status_code == 200, response.text
+    pid = response.json()["result"]["structuredContent"]["pid"]
+    assert alive(pid)
+    assert await wait_dead(pid, 25), "the upstream outlived its expired task"

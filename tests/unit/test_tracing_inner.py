@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -59,3 +60,29 @@ def test_a_span_carries_only_what_it_was_given(exported: InMemorySpanExporter) -
     (finished,) = exported.get_finished_spans()
     assert finished.name == "tether.decide"
     assert dict(finished.attributes or {}) == {"tether.action": "activate", "tether.allowed": True}
+
+
+async def test_the_mcp_sdks_span_middleware_runs_only_while_tracing_is_on() -> None:
+    from tether.mcp.front import _WhileTracing
+
+    spans: list[str] = []
+
+    class Span:
+        async def __call__(self, ctx: Any, call_next: Any) -> Any:
+            spans.append(ctx)
+            return await call_next(ctx)
+
+    async def handler(ctx: Any) -> dict[str, str]:
+        return {"handled": ctx}
+
+    middleware = _WhileTracing(Span())  # type: ignore[arg-type]
+    disable_inner_spans()
+    assert await middleware("off", handler) == {"handled": "off"}
+    provider = TracerProvider()
+    enable_inner_spans(provider)
+    try:
+        assert await middleware("on", handler) == {"handled": "on"}
+    finally:
+        disable_inner_spans()
+        provider.shutdown()
+    assert spans == ["on"]

@@ -1,5 +1,7 @@
-"""One JSON-RPC request in, one JSON body out: the front's path for a handshake-era request
-(``MCP-Protocol-Version`` absent or 2024-11-05 … 2025-11-25) whose answer needs no event stream.
+"""One JSON-RPC request in, one JSON body out: the front's path for a request whose answer needs
+no event stream, of either era.
+
+**Handshake era** (``MCP-Protocol-Version`` absent or 2024-11-05 … 2025-11-25): :func:`answer`.
 
 The SDK's stateless streamable HTTP transport builds, for every such POST, a transport, a
 dispatcher, a server session, memory streams and a task in its task group, only to route one
@@ -15,10 +17,22 @@ JSON-RPC 2.0 message, a batch: batching left MCP in 2025-06-18 and the SDK's tra
 one), ``202`` and no body for a notification or a response (stateless: there is nothing for them to
 act on), and ``200`` with the JSON-RPC response or error otherwise. Never a crash: an exception no
 handler mapped is logged (its type) and answered ``-32603``.
+
+**2026-07-28** (a self-contained request, no handshake): :func:`answer_modern`. The SDK's own entry
+(``StreamableHTTPSessionManager`` → its modern handler) re-reads and re-parses the body and wraps
+the answer in ASGI plumbing. Here the request takes the same ladder with the SDK's own public
+checks — accepted media types, the envelope (``JSONRPCRequest``), duplicated routing headers,
+:func:`~mcp.shared.inbound.classify_inbound_request` (version, ``_meta`` envelope, ``Mcp-Method``
+and ``Mcp-Name`` against the body), ``Mcp-Param-*`` headers against the tool's pinned schema — and
+goes to the same kernel, its errors mapped by the SDK's :func:`~mcp.server.runner.modern_error_data`
+and HTTP statuses (``ERROR_CODE_HTTP_STATUS``). Anything else — a request the ladder rejects, a
+notification, a batch, ``subscriptions/listen`` — is not answered here (``None``): the front hands it
+to the SDK's transport, which gives the SDK's exact answer.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,10 +42,19 @@ import anyio
 import pydantic_core
 from mcp.server.connection import Connection
 from mcp.server.lowlevel.server import Server
-from mcp.server.runner import serve_one
+from mcp.server.runner import modern_error_data, serve_one
 from mcp.server.streamable_http import check_accept_headers
 from mcp.shared.dispatcher import CallOptions
 from mcp.shared.exceptions import NoBackChannelError
+from mcp.shared.inbound import (
+    ERROR_CODE_HTTP_STATUS,
+    MCP_PARAM_HEADER_PREFIX,
+    InboundLadderRejection,
+    InboundModernRoute,
+    classify_inbound_request,
+    find_duplicated_routing_header,
+    validate_mcp_param_headers,
+)
 from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
 from mcp.shared.message import MessageMetadata, ServerMessageMetadata
 from mcp.shared.transport_context import TransportContext
@@ -52,13 +75,14 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-__all__ = ["NOT_JSON", "PROTOCOL_VERSION_HEADER", "answer", "handshake_era", "parse"]
+__all__ = ["NOT_JSON", "PROTOCOL_VERSION_HEADER", "answer", "answer_modern", "handshake_era", "parse"]
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION_HEADER = "mcp-protocol-version"
 _JSON = "application/json"
 _TRANSPORT = TransportContext(kind="streamable-http", can_send_request=False)
+_PARAM_PREFIX = MCP_PARAM_HEADER_PREFIX.lower()
 #: What :func:`parse` returns for a body that is not JSON.
 NOT_JSON: Any = object()
 
@@ -174,3 +198,78 @@ async def answer(server: Server[Any], request: Request, raw: Any) -> Response:
             error = ErrorData(code=INTERNAL_ERROR, message="Internal server error")
         reply = JSONRPCError(jsonrpc="2.0", id=message.id, error=error)
     return Response(reply.model_dump_json(by_alias=True, exclude_unset=True), 200, media_type=_JSON)
+
+
+async def answer_modern(server: Server[Any], request: Request, raw: Any) -> Response | None:
+    """Answer one 2026-07-28 request with one JSON body, or None where the SDK's transport must
+    answer (see the module docstring). ``raw`` and ``request`` as for :func:`answer`."""
+    admitted = _admitted(server, request, raw)
+    if admitted is None:
+        return None
+    message, verdict = admitted
+    context = _OneRequest(message.id, ServerMessageMetadata(request_context=request))
+    connection = Connection.from_envelope(
+        verdict.protocol_version, verdict.client_info, verdict.client_capabilities
+    )
+    reply: JSONRPCResponse | JSONRPCError
+    status = 200
+    try:
+        result = await serve_one(
+            server, context, message.method, message.params, connection=connection, lifespan_state={}
+        )
+        reply = JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result)
+    except Exception as exc:  # noqa: BLE001 - the SDK's mapping: handler internals never reach the wire
+        error = modern_error_data(exc)
+        status = ERROR_CODE_HTTP_STATUS.get(error.code, 200)
+        reply = JSONRPCError(jsonrpc="2.0", id=message.id, error=error)
+    body = reply.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return Response(json.dumps(body, separators=(",", ":")), status, media_type=_JSON)
+
+
+def _admitted(
+    server: Server[Any], request: Request, raw: Any
+) -> tuple[JSONRPCRequest, InboundModernRoute] | None:
+    """The request and its classification when it passes the SDK's whole ladder; None when any
+    step would refuse it or it is not a plain request (the SDK's transport then answers)."""
+    if not isinstance(raw, dict) or "id" not in raw:
+        return None  # not JSON, a batch, or a notification
+    content_type = request.headers.get("content-type")
+    if (
+        content_type is None
+        or not content_type.lower().startswith(_JSON)
+        or not check_accept_headers(request)[0]
+    ):
+        return None
+    try:
+        message = JSONRPCRequest.model_validate(raw)
+    except ValidationError:
+        return None
+    if (
+        message.method == "subscriptions/listen"
+        or find_duplicated_routing_header(request.headers.items()) is not None
+    ):
+        return None
+    verdict = classify_inbound_request(raw, headers=dict(request.headers))
+    if isinstance(verdict, InboundLadderRejection) or _param_headers_rejected(server, message, request):
+        return None
+    return message, verdict
+
+
+def _param_headers_rejected(server: Server[Any], message: JSONRPCRequest, request: Request) -> bool:
+    """Whether a ``tools/call``'s ``Mcp-Param-*`` headers contradict its arguments under the tool's
+    schema (as the server's ``get_tool_input_schema`` gives it; the SDK answers a rejection)."""
+    lookup = server.get_tool_input_schema
+    if message.method != "tools/call" or lookup is None:
+        return False
+    params = message.params or {}
+    name, arguments = params.get("name"), params.get("arguments")
+    if not isinstance(name, str) or (arguments is not None and not isinstance(arguments, Mapping)):
+        return False
+    arguments = arguments or {}
+    if not arguments and not any(header.startswith(_PARAM_PREFIX) for header in request.headers):
+        return False
+    try:
+        schema = lookup(name)
+    except Exception:  # noqa: BLE001 - the SDK's transport decides what a failing lookup means
+        return True
+    return schema is not None and validate_mcp_param_headers(schema, arguments, request.headers) is not None

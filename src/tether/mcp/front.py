@@ -24,11 +24,11 @@ import logging
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import mcp_types as types
-from mcp.server.context import ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
@@ -49,9 +49,10 @@ from tether.errors import (
     StorageError,
 )
 from tether.mcp.discovery import MCP_PATH, protected_resource_metadata
-from tether.mcp.exchange import answer, handshake_era, parse
+from tether.mcp.exchange import answer, answer_modern, handshake_era, parse
 from tether.mcp.gateway import McpGateway
 from tether.mcp.upstreams import UpstreamError
+from tether.tracing import inner_spans_enabled
 
 if TYPE_CHECKING:
     from tether.broker import Broker
@@ -112,6 +113,18 @@ def _error(exc: BaseException) -> MCPError:  # noqa: PLR0911 - one answer per ki
     return MCPError(types.INTERNAL_ERROR, "the call failed; see the server log")
 
 
+class _WhileTracing:
+    """A server middleware of the SDK's that runs only while tracing is on (see ``McpFront``)."""
+
+    def __init__(self, inner: ServerMiddleware[Any]) -> None:
+        self.inner = inner
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if inner_spans_enabled():
+            return await self.inner(ctx, call_next)
+        return await call_next(ctx)
+
+
 class McpFront:
     """The ``/mcp`` endpoint of one app: the SDK's server and session manager, and the gateway."""
 
@@ -129,6 +142,9 @@ class McpFront:
             # whole tools/list (a decision per tool) before every tools/call.
             get_tool_input_schema=self.gateway.pinned_input_schema,
         )
+        # The SDK's per-message span middleware runs only while Tether's tracing is on: a tool
+        # call pays nothing for traces nobody exports (as Tether's own inner spans).
+        self.server.middleware = [_WhileTracing(m) for m in self.server.middleware]
         # Two stateless managers: a call that asks for progress or log notifications is answered
         # as a server-sent event stream (they can reach the client meanwhile), any other request
         # as one JSON body (cheaper: no stream to set up).
@@ -212,7 +228,9 @@ class McpFront:
                 progress=progress if streams else None,
                 on_log=on_log if streams else None,
             )
-            return types.CallToolResult.model_validate(outcome.result)
+            # The wire dict as it is: the SDK's kernel takes a dict as well as a model and
+            # validates it against the protocol version's result shape as it serializes.
+            return cast(types.CallToolResult, outcome.result)
         except Exception as exc:  # noqa: BLE001 - every failure is a JSON-RPC error, never a crash
             if call.caller.replay is not None:  # refused before anything was recorded: use the proof up
                 await self.gateway.spend_proof(call.caller.replay)
@@ -254,11 +272,15 @@ class McpFront:
         if method != "tools/call":
             caller = await self._spend(caller)
         call = _Call(caller, task_id)
-        if not streams and handshake_era(request):
-            # One request, one JSON body: straight to the SDK's kernel, none of the transport.
-            response = await answer(self.server, Request({**request.scope, _SCOPE_KEY: call}), raw)
-            await self.settle(call)
-            return response
+        if not streams:
+            # One request, one JSON body: straight to the SDK's kernel, none of the transport
+            # (a 2026-07-28 request the SDK's ladder would refuse is left to the transport below).
+            scoped = Request({**request.scope, _SCOPE_KEY: call})
+            era = answer if handshake_era(request) else answer_modern
+            response = await era(self.server, scoped, raw)
+            if response is not None:
+                await self.settle(call)
+                return response
         await self.start()
         manager = self.manager if streams else self.json_manager
         return _Delegated(self, manager, body, call)

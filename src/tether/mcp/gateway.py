@@ -527,6 +527,7 @@ class McpGateway:
 
     async def _session(self, caller: AgentCaller, task: Task, record: McpServer) -> UpstreamSession:
         async def open_spec() -> UpstreamSpec:
+            self.start_watch()  # whatever path the request took: an open session is watched
             await self._audit.record(
                 "mcp.session.open",
                 Actor.agent(caller.agent.id),
@@ -566,6 +567,8 @@ class McpGateway:
                 self._validators.clear()
             self._validators[pinned.sha256] = validator
         try:
+            if validator.is_valid(args):  # the common case, without collecting errors
+                return None
             error = jsonschema.exceptions.best_match(validator.iter_errors(dict(args)))
         except Exception:  # noqa: BLE001 - a schema that breaks the validator: refuse
             return "the arguments cannot be checked against the tool's input schema"
