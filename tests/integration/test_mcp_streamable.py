@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -473,7 +474,7 @@ async def test_an_event_over_the_size_limit_is_refused(monkeypatch: pytest.Monke
     assert "size limit" in error.message
 
 
-@pytest.mark.parametrize("newline", ["\r\n", "\n"], ids=["crlf", "lf"])
+@pytest.mark.parametrize("newline", ["\r\n", "\r", "\n"], ids=["crlf", "cr", "lf"])
 async def test_events_with_any_line_ending_split_over_tiny_writes_answer_the_call(newline: str) -> None:
     def script(message: dict[str, Any]) -> Reply:
         progress = {"jsonrpc": "2.0", "method": "notifications/progress"}
@@ -532,6 +533,37 @@ def test_an_event_over_the_limit_is_refused_even_on_one_unending_line(
         events.feed(b"data: " + b"y" * 90 + b"\n")
 
 
+def test_a_cr_at_the_end_of_a_chunk_ends_its_line_at_once() -> None:
+    events = _Events()
+    assert events.feed(b"data: one\r\r") == [b"one"]  # not held for a byte that may never come
+    assert events.feed(b"\ndata: two\r") == []  # that LF was the first CR's CRLF: no blank line
+    assert events.feed(b"\n\r\n") == [b"two"]
+    assert events.feed(b"data: three\r") == []
+    assert events.feed(b"") == []  # nothing came: the next LF may still be the CR's
+    assert events.feed(b"\ndata: four\n\n") == [b"three\nfour"]
+
+
+def reference(stream: bytes) -> list[bytes]:
+    """The WHATWG rules written plainly over a whole stream (what a chunked parse must equal)."""
+    *lines, _ = re.split(rb"\r\n|\r|\n", stream)
+    out: list[bytes] = []
+    data: list[bytes] = []
+    name = b""
+    for line in lines:
+        if not line:
+            if data and name in (b"", b"message"):
+                out.append(b"\n".join(data))
+            data, name = [], b""
+        elif not line.startswith(b":"):
+            key, _, value = line.partition(b":")
+            value = value.removeprefix(b" ")
+            if key == b"data":
+                data.append(value)
+            elif key == b"event":
+                name = value
+    return out
+
+
 TEXT = st.binary().map(lambda value: value.replace(b"\r", b"").replace(b"\n", b""))
 LINE = st.one_of(
     TEXT.map(lambda text: b"data: " + text),
@@ -549,6 +581,7 @@ def test_a_stream_split_anywhere_yields_the_same_events(
 ) -> None:
     stream = b"".join(line + end for line, end in lines)
     whole = _Events().feed(stream)
+    assert whole == reference(stream)
     events = _Events()
     pieces: list[bytes] = []
     points = sorted({0, len(stream), *(cut % (len(stream) + 1) for cut in cuts)})

@@ -89,23 +89,27 @@ class _Events:
         self._data: list[bytes] = []
         self._size = 0
         self._event = b""
+        self._after_cr = False
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        if self._after_cr and chunk:  # a CR ended the last chunk: an LF starting this one is its CRLF's
+            self._after_cr = False
+            chunk = chunk.removeprefix(b"\n")
         if b"\n" not in chunk and b"\r" not in chunk:  # the middle of a long line
             self._hold(chunk)
             return []
         buffer = b"".join((*self._partial, chunk))
         self._partial, self._partial_size = [], 0
-        held = b""
-        if buffer.endswith(b"\r"):  # perhaps the first half of a CRLF
-            buffer, held = buffer[:-1], b"\r"
+        # A CR at the end ends its line now (not when the next byte comes: a stream written with CR
+        # alone would hold its response back until more bytes, or for ever when the stream ends).
+        self._after_cr = buffer.endswith(b"\r")
         if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         *lines, rest = buffer.split(b"\n")
         out: list[bytes] = []
         for line in lines:
             self._line(line, out)
-        self._hold(rest + held)
+        self._hold(rest)
         return out
 
     def _hold(self, part: bytes) -> None:
