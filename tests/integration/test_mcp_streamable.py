@@ -590,3 +590,31 @@ def test_a_stream_split_anywhere_yields_the_same_events(
     assert pieces == whole
     one_by_one = _Events()
     assert [data for i in range(len(stream)) for data in one_by_one.feed(stream[i : i + 1])] == whole
+
+
+async def open_client(transport: Any) -> None:
+    async with Client(transport, mode="legacy"):
+        pass
+
+
+def leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in leaves(inner)]
+    return [error]
+
+
+@pytest.mark.parametrize("session", ["caf\xe9", "a b"], ids=["latin-1", "space"])
+async def test_a_session_id_that_is_not_visible_ascii_is_refused_not_a_crash(session: str) -> None:
+    canary = new_canary("streamable")
+    ok = lambda message: json_reply(result(message["id"], TOOL_RESULT))  # noqa: E731
+    async with scripted(ok, f"Mcp-Session-Id: {session}") as upstream:
+        transport = streamable_http(upstream.url, {"Authorization": f"Bearer {canary}"}, TIMEOUT)
+        async with asyncio.timeout(15):
+            with pytest.raises(BaseExceptionGroup) as raised:  # the handshake fails inside the client
+                await open_client(transport)
+    [error] = leaves(raised.value)
+    assert isinstance(error, MCPError)
+    assert "session" in error.message
+    assert session not in error.message
+    assert canary not in error.message
+    assert len(upstream.posts) == 1  # nothing sent under it

@@ -22,9 +22,10 @@ audit record together. Here each message is one POST on a kept-alive pooled conn
 What it refuses, each as a JSON-RPC error for the request (never the upstream's text, only a
 JSON-RPC error the upstream sent, which the gateway redacts): a redirect (never followed: the
 registered URL is the only one the secret goes to), an answer or one event over
-:data:`MAX_MESSAGE_BYTES`, a content type that is neither JSON nor an event stream, a ``202`` to a
-request, a failed status without a JSON-RPC error, a stream that ends before its response (there
-is no resumption), and a transport failure or timeout (its type only).
+:data:`MAX_MESSAGE_BYTES`, a content type that is neither JSON nor an event stream, a session id
+that is not visible ASCII, a ``202`` to a request, a failed status without a JSON-RPC error, a
+stream that ends before its response (there is no resumption), and a transport failure or timeout
+(its type only).
 
 Not spoken: the standalone ``GET`` stream (messages from the server outside a call: sampling,
 elicitation and roots are refused anyway, and a ``list_changed`` is not acted on) and resumption.
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -72,6 +74,8 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 END_SESSION_SECONDS = 2.0
 _SESSION = "mcp-session-id"
 _VERSION = "mcp-protocol-version"
+#: What a session id may hold (the specification's rule): anything else could not be sent back.
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _BASE = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
 Reader = MemoryObjectReceiveStream[SessionMessage | Exception]
@@ -268,6 +272,8 @@ class _Upstream:
         try:
             session = response.headers.get(_SESSION)
             if session:
+                if not _VISIBLE_ASCII.fullmatch(session):  # sent back in a header: it could not be
+                    raise TetherError("the upstream assigned a session id that is not visible ASCII")
                 self.session_id = session
             status = response.status_code
             kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
