@@ -7,9 +7,11 @@ text holds nothing of the upstream's (its body, its Location) nor of the injecte
 from __future__ import annotations
 
 import asyncio
+import gzip
 import itertools
 import json
 import re
+import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -618,3 +620,22 @@ async def test_a_session_id_that_is_not_visible_ascii_is_refused_not_a_crash(ses
     assert session not in error.message
     assert canary not in error.message
     assert len(upstream.posts) == 1  # nothing sent under it
+
+
+async def test_a_compressed_answer_is_refused_not_inflated() -> None:
+    # Nothing asks for an encoding (no Accept-Encoding): inflating one anyway would decode a whole
+    # read at once, past the size limit (64 KiB of gzip is 60 MB of JSON whitespace).
+    bomb = gzip.compress(b" " * 60_000_000 + b"{}", compresslevel=9)
+    assert len(bomb) < 65536
+
+    def script(message: dict[str, Any]) -> Reply:
+        return Reply([http(200, bomb, "application/json", "Content-Encoding: gzip")])
+
+    tracemalloc.start()
+    try:
+        error = await refused(script)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < streamable.MAX_MESSAGE_BYTES
+    assert "encoding" in error.message

@@ -22,10 +22,10 @@ audit record together. Here each message is one POST on a kept-alive pooled conn
 What it refuses, each as a JSON-RPC error for the request (never the upstream's text, only a
 JSON-RPC error the upstream sent, which the gateway redacts): a redirect (never followed: the
 registered URL is the only one the secret goes to), an answer or one event over
-:data:`MAX_MESSAGE_BYTES`, a content type that is neither JSON nor an event stream, a session id
-that is not visible ASCII, a ``202`` to a request, a failed status without a JSON-RPC error, a
-stream that ends before its response (there is no resumption), and a transport failure or timeout
-(its type only).
+:data:`MAX_MESSAGE_BYTES`, a content type that is neither JSON nor an event stream, a content
+encoding (none is asked for), a session id that is not visible ASCII, a ``202`` to a request, a
+failed status without a JSON-RPC error, a stream that ends before its response (there is no
+resumption), and a transport failure or timeout (its type only).
 
 Not spoken: the standalone ``GET`` stream (messages from the server outside a call: sampling,
 elicitation and roots are refused anyway, and a ``list_changed`` is not acted on) and resumption.
@@ -283,6 +283,9 @@ class _Upstream:
                 return True
             if 300 <= status < 400:
                 raise TetherError(f"the upstream answered with a redirect ({status}), which is not followed")
+            if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
+                # None is asked for; inflating one would decode a whole read at once, past the limit.
+                raise TetherError("the upstream answered with a content encoding it was not asked for")
             if status >= 400:
                 return await self._failed(response, kind, request_id)
             if kind == "application/json":
@@ -311,7 +314,7 @@ class _Upstream:
 
     async def _stream(self, response: httpx.Response, request_id: RequestId | None) -> bool:
         events = _Events()
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.aiter_raw():
             for data in events.feed(chunk):
                 if not data:
                     continue  # a priming event (an id for resumption, no message)
@@ -333,7 +336,7 @@ class _Upstream:
 async def _read_all(response: httpx.Response) -> bytes:
     parts: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():
         size += len(chunk)
         if size > MAX_MESSAGE_BYTES:
             raise TetherError("the upstream's answer is over the size limit")
