@@ -639,3 +639,15 @@ async def test_a_compressed_answer_is_refused_not_inflated() -> None:
         tracemalloc.stop()
     assert peak < streamable.MAX_MESSAGE_BYTES
     assert "encoding" in error.message
+
+
+async def test_an_answer_that_never_ends_to_a_notification_does_not_hold_back_the_next_call() -> None:
+    # A notification is answered with 202 and no body; an upstream that streams to one instead
+    # (a comment now and then, each within the read timeout) must not stall the messages after it.
+    trickle = Reply([sse_head(), *[b": still here\n\n"] * 40], close=True, pause=0.1)
+    ok = lambda message: json_reply(result(message["id"], TOOL_RESULT))  # noqa: E731
+    async with scripted(ok, notified=trickle) as upstream:
+        async with asyncio.timeout(15):
+            async with Client(streamable_http(upstream.url, {}, 1.0), mode="legacy") as client:
+                async with asyncio.timeout(1.5):
+                    assert text_of(await client.call_tool("tool", {})) == "scripted"

@@ -11,10 +11,11 @@ audit record together. Here each message is one POST on a kept-alive pooled conn
   other of the same name), the SDK's per-message headers (``MCP-Protocol-Version``, and on the
   2026-07-28 wire ``Mcp-Method``, ``Mcp-Name``), and the ``Mcp-Session-Id`` a stateful server
   assigned. Requests run side by side; notifications and responses are posted in order.
-- The answer is one JSON-RPC message (``application/json``) or an event stream
+- A request's answer is one JSON-RPC message (``application/json``) or an event stream
   (``text/event-stream``) whose messages are relayed as they arrive (progress and log
   notifications during a call) until the response. A response on a request's POST always answers
-  that request: its id is the request's, whatever the upstream wrote.
+  that request: its id is the request's, whatever the upstream wrote. A notification's or a
+  response's answer is ``202`` with no body; whatever body comes is not read.
 - A stateful server's session is ended with ``DELETE`` when the transport closes.
 - On the 2026-07-28 wire a cancelled request's POST is aborted (closing its answer is the
   cancellation); before it, the ``notifications/cancelled`` frame is posted.
@@ -288,12 +289,17 @@ class _Upstream:
                 raise TetherError("the upstream answered with a content encoding it was not asked for")
             if status >= 400:
                 return await self._failed(response, kind, request_id)
+            if request_id is None:
+                # A notification's or a response's answer is 202 with no body; a body is not read
+                # (as the SDK's transport reads none): one that never ends would hold back every
+                # message after it, since these are posted in order.
+                return True
             if kind == "application/json":
                 message = _parse(await _read_all(response))
                 await self.read.send(SessionMessage(_answer(message, request_id)))
-                return request_id is None or isinstance(message, JSONRPCResponse | JSONRPCError)
+                return isinstance(message, JSONRPCResponse | JSONRPCError)
             if kind == "text/event-stream":
-                return await self._stream(response, request_id) or request_id is None
+                return await self._stream(response, request_id)
             raise TetherError(
                 "the upstream answered with a content type that is neither JSON nor an event stream"
             )
