@@ -566,6 +566,29 @@ def reference(stream: bytes) -> list[bytes]:
     return out
 
 
+@pytest.mark.parametrize("line", [b"data:xy\n", b"x"], ids=["short-data-lines", "one-byte-pieces"])
+def test_what_the_parser_holds_is_bounded_by_the_limit_whatever_the_pieces(
+    monkeypatch: pytest.MonkeyPatch, line: bytes
+) -> None:
+    # Many short data lines, or one line fed a byte at a time: each piece kept as an object of
+    # its own would hold ten times the limit or more before the limit is reached.
+    monkeypatch.setattr(streamable, "MAX_MESSAGE_BYTES", 1 << 18)
+    events = _Events()
+
+    def feed_past_the_limit() -> None:
+        for _ in range(1 << 19):
+            events.feed(line)
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(TetherError, match="size limit"):
+            feed_past_the_limit()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 << 18
+
+
 TEXT = st.binary().map(lambda value: value.replace(b"\r", b"").replace(b"\n", b""))
 LINE = st.one_of(
     TEXT.map(lambda text: b"data: " + text),

@@ -86,13 +86,12 @@ Writer = MemoryObjectSendStream[SessionMessage]
 class _Events:
     """Server-sent events (the WHATWG parsing rules) fed as bytes: the ``data`` of each complete
     ``message`` event. Comments, ``id`` and ``retry`` are read over (there is no resumption).
-    Linear in what it is fed: a line still incomplete is kept in parts, joined once it ends."""
+    Linear in what it is fed, and what it holds (a line still incomplete, an event's data so far) is
+    held in one buffer each: no more than that many bytes, whatever the pieces it came in."""
 
     def __init__(self) -> None:
-        self._partial: list[bytes] = []
-        self._partial_size = 0
-        self._data: list[bytes] = []
-        self._size = 0
+        self._partial = bytearray()
+        self._data = bytearray()
         self._event = b""
         self._after_cr = False
 
@@ -103,8 +102,8 @@ class _Events:
         if b"\n" not in chunk and b"\r" not in chunk:  # the middle of a long line
             self._hold(chunk)
             return []
-        buffer = b"".join((*self._partial, chunk))
-        self._partial, self._partial_size = [], 0
+        buffer = bytes(self._partial) + chunk if self._partial else chunk
+        self._partial = bytearray()
         # A CR at the end ends its line now (not when the next byte comes: a stream written with CR
         # alone would hold its response back until more bytes, or for ever when the stream ends).
         self._after_cr = buffer.endswith(b"\r")
@@ -119,25 +118,25 @@ class _Events:
 
     def _hold(self, part: bytes) -> None:
         if part:
-            self._partial.append(part)
-            self._partial_size += len(part)
-            if self._partial_size + self._size > MAX_MESSAGE_BYTES:
+            self._partial += part
+            if len(self._partial) + len(self._data) > MAX_MESSAGE_BYTES:
                 raise TetherError("the upstream sent an event over the size limit")
 
     def _line(self, line: bytes, out: list[bytes]) -> None:
         if not line:  # a blank line dispatches the event
             if self._data and self._event in (b"", b"message"):
-                out.append(b"\n".join(self._data))
-            self._data, self._size, self._event = [], 0, b""
+                del self._data[-1]  # each data line ends with a newline: the last one is not data
+                out.append(bytes(self._data))
+            self._data, self._event = bytearray(), b""
             return
         if line.startswith(b":"):
             return
         name, _, value = line.partition(b":")
         value = value.removeprefix(b" ")
         if name == b"data":
-            self._data.append(value)
-            self._size += len(value) + 1
-            if self._size > MAX_MESSAGE_BYTES:
+            self._data += value
+            self._data += b"\n"
+            if len(self._data) > MAX_MESSAGE_BYTES:
                 raise TetherError("the upstream sent an event over the size limit")
         elif name == b"event":
             self._event = value
