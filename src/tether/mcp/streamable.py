@@ -11,10 +11,11 @@ audit record together. Here each message is one POST on a kept-alive pooled conn
   other of the same name), the SDK's per-message headers (``MCP-Protocol-Version``, and on the
   2026-07-28 wire ``Mcp-Method``, ``Mcp-Name``), and the ``Mcp-Session-Id`` a stateful server
   assigned. Requests run side by side; notifications and responses are posted in order.
-- The answer is one JSON-RPC message (``application/json``) or an event stream
+- A request's answer is one JSON-RPC message (``application/json``) or an event stream
   (``text/event-stream``) whose messages are relayed as they arrive (progress and log
   notifications during a call) until the response. A response on a request's POST always answers
-  that request: its id is the request's, whatever the upstream wrote.
+  that request: its id is the request's, whatever the upstream wrote. A notification's or a
+  response's answer is ``202`` with no body; whatever body comes is not read.
 - A stateful server's session is ended with ``DELETE`` when the transport closes.
 - On the 2026-07-28 wire a cancelled request's POST is aborted (closing its answer is the
   cancellation); before it, the ``notifications/cancelled`` frame is posted.
@@ -22,9 +23,10 @@ audit record together. Here each message is one POST on a kept-alive pooled conn
 What it refuses, each as a JSON-RPC error for the request (never the upstream's text, only a
 JSON-RPC error the upstream sent, which the gateway redacts): a redirect (never followed: the
 registered URL is the only one the secret goes to), an answer or one event over
-:data:`MAX_MESSAGE_BYTES`, a content type that is neither JSON nor an event stream, a ``202`` to a
-request, a failed status without a JSON-RPC error, a stream that ends before its response (there
-is no resumption), and a transport failure or timeout (its type only).
+:data:`MAX_MESSAGE_BYTES`, a content type that is neither JSON nor an event stream, a content
+encoding (none is asked for), a session id that is not visible ASCII, a ``202`` to a request, a
+failed status without a JSON-RPC error, a stream that ends before its response (there is no
+resumption), and a transport failure or timeout (its type only).
 
 Not spoken: the standalone ``GET`` stream (messages from the server outside a call: sampling,
 elicitation and roots are refused anyway, and a ``list_changed`` is not acted on) and resumption.
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -72,6 +75,8 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 END_SESSION_SECONDS = 2.0
 _SESSION = "mcp-session-id"
 _VERSION = "mcp-protocol-version"
+#: What a session id may hold (the specification's rule): anything else could not be sent back.
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _BASE = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
 Reader = MemoryObjectReceiveStream[SessionMessage | Exception]
@@ -81,54 +86,57 @@ Writer = MemoryObjectSendStream[SessionMessage]
 class _Events:
     """Server-sent events (the WHATWG parsing rules) fed as bytes: the ``data`` of each complete
     ``message`` event. Comments, ``id`` and ``retry`` are read over (there is no resumption).
-    Linear in what it is fed: a line still incomplete is kept in parts, joined once it ends."""
+    Linear in what it is fed, and what it holds (a line still incomplete, an event's data so far) is
+    held in one buffer each: no more than that many bytes, whatever the pieces it came in."""
 
     def __init__(self) -> None:
-        self._partial: list[bytes] = []
-        self._partial_size = 0
-        self._data: list[bytes] = []
-        self._size = 0
+        self._partial = bytearray()
+        self._data = bytearray()
         self._event = b""
+        self._after_cr = False
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        if self._after_cr and chunk:  # a CR ended the last chunk: an LF starting this one is its CRLF's
+            self._after_cr = False
+            chunk = chunk.removeprefix(b"\n")
         if b"\n" not in chunk and b"\r" not in chunk:  # the middle of a long line
             self._hold(chunk)
             return []
-        buffer = b"".join((*self._partial, chunk))
-        self._partial, self._partial_size = [], 0
-        held = b""
-        if buffer.endswith(b"\r"):  # perhaps the first half of a CRLF
-            buffer, held = buffer[:-1], b"\r"
+        buffer = bytes(self._partial) + chunk if self._partial else chunk
+        self._partial = bytearray()
+        # A CR at the end ends its line now (not when the next byte comes: a stream written with CR
+        # alone would hold its response back until more bytes, or for ever when the stream ends).
+        self._after_cr = buffer.endswith(b"\r")
         if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         *lines, rest = buffer.split(b"\n")
         out: list[bytes] = []
         for line in lines:
             self._line(line, out)
-        self._hold(rest + held)
+        self._hold(rest)
         return out
 
     def _hold(self, part: bytes) -> None:
         if part:
-            self._partial.append(part)
-            self._partial_size += len(part)
-            if self._partial_size + self._size > MAX_MESSAGE_BYTES:
+            self._partial += part
+            if len(self._partial) + len(self._data) > MAX_MESSAGE_BYTES:
                 raise TetherError("the upstream sent an event over the size limit")
 
     def _line(self, line: bytes, out: list[bytes]) -> None:
         if not line:  # a blank line dispatches the event
             if self._data and self._event in (b"", b"message"):
-                out.append(b"\n".join(self._data))
-            self._data, self._size, self._event = [], 0, b""
+                del self._data[-1]  # each data line ends with a newline: the last one is not data
+                out.append(bytes(self._data))
+            self._data, self._event = bytearray(), b""
             return
         if line.startswith(b":"):
             return
         name, _, value = line.partition(b":")
         value = value.removeprefix(b" ")
         if name == b"data":
-            self._data.append(value)
-            self._size += len(value) + 1
-            if self._size > MAX_MESSAGE_BYTES:
+            self._data += value
+            self._data += b"\n"
+            if len(self._data) > MAX_MESSAGE_BYTES:
                 raise TetherError("the upstream sent an event over the size limit")
         elif name == b"event":
             self._event = value
@@ -264,6 +272,8 @@ class _Upstream:
         try:
             session = response.headers.get(_SESSION)
             if session:
+                if not _VISIBLE_ASCII.fullmatch(session):  # sent back in a header: it could not be
+                    raise TetherError("the upstream assigned a session id that is not visible ASCII")
                 self.session_id = session
             status = response.status_code
             kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
@@ -273,14 +283,22 @@ class _Upstream:
                 return True
             if 300 <= status < 400:
                 raise TetherError(f"the upstream answered with a redirect ({status}), which is not followed")
+            if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
+                # None is asked for; inflating one would decode a whole read at once, past the limit.
+                raise TetherError("the upstream answered with a content encoding it was not asked for")
             if status >= 400:
                 return await self._failed(response, kind, request_id)
+            if request_id is None:
+                # A notification's or a response's answer is 202 with no body; a body is not read
+                # (as the SDK's transport reads none): one that never ends would hold back every
+                # message after it, since these are posted in order.
+                return True
             if kind == "application/json":
                 message = _parse(await _read_all(response))
                 await self.read.send(SessionMessage(_answer(message, request_id)))
-                return request_id is None or isinstance(message, JSONRPCResponse | JSONRPCError)
+                return isinstance(message, JSONRPCResponse | JSONRPCError)
             if kind == "text/event-stream":
-                return await self._stream(response, request_id) or request_id is None
+                return await self._stream(response, request_id)
             raise TetherError(
                 "the upstream answered with a content type that is neither JSON nor an event stream"
             )
@@ -301,7 +319,7 @@ class _Upstream:
 
     async def _stream(self, response: httpx.Response, request_id: RequestId | None) -> bool:
         events = _Events()
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.aiter_raw():
             for data in events.feed(chunk):
                 if not data:
                     continue  # a priming event (an id for resumption, no message)
@@ -323,7 +341,7 @@ class _Upstream:
 async def _read_all(response: httpx.Response) -> bytes:
     parts: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():
         size += len(chunk)
         if size > MAX_MESSAGE_BYTES:
             raise TetherError("the upstream's answer is over the size limit")
