@@ -674,3 +674,19 @@ async def test_an_answer_that_never_ends_to_a_notification_does_not_hold_back_th
             async with Client(streamable_http(upstream.url, {}, 1.0), mode="legacy") as client:
                 async with asyncio.timeout(1.5):
                     assert text_of(await client.call_tool("tool", {})) == "scripted"
+
+
+async def test_only_the_answer_to_initialize_assigns_a_session() -> None:
+    # As the SDK's transport: a session id on a later answer is not taken (an upstream cannot
+    # switch the session it is spoken to under mid-way).
+    def script(message: dict[str, Any]) -> Reply:
+        return json_reply(result(message["id"], TOOL_RESULT), 200, "Mcp-Session-Id: later")
+
+    async with scripted(script) as upstream, asyncio.timeout(15):
+        transport = streamable_http(upstream.url, {"Authorization": "Bearer x"}, TIMEOUT)
+        async with Client(transport, mode="legacy") as client:
+            for _ in range(2):
+                assert text_of(await client.call_tool("tool", {})) == "scripted"
+    assert upstream.posts
+    assert not any(b"mcp-session-id" in head.lower() for head, _ in upstream.posts)
+    assert not any(head.startswith(b"DELETE") for head in upstream.heads)

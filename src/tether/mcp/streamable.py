@@ -248,9 +248,10 @@ class _Upstream:
         self, message: JSONRPCMessage, headers: dict[str, str], request_id: RequestId | None
     ) -> None:
         body = message.model_dump_json(by_alias=True, exclude_unset=True).encode("utf-8")
+        opening = isinstance(message, JSONRPCRequest) and message.method == "initialize"
         why: str | None = None
         try:
-            if not await self._exchange(self._request("POST", headers, body), request_id):
+            if not await self._exchange(self._request("POST", headers, body), request_id, opening=opening):
                 why = "the upstream's answer ended before its response (there is no resumption)"
         except TetherError as exc:  # a refusal of this transport's own (its text is Tether's)
             why = str(exc)
@@ -265,13 +266,15 @@ class _Upstream:
             with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                 await self.read.send(_failure(request_id, why))
 
-    async def _exchange(self, request: httpx.Request, request_id: RequestId | None) -> bool:
+    async def _exchange(
+        self, request: httpx.Request, request_id: RequestId | None, *, opening: bool = False
+    ) -> bool:
         """Send one POST and relay its answer: whether the exchange completed (a request's response
         relayed; a notification's or a response's POST accepted)."""
         response = await self.http.handle_async_request(request)
         try:
-            session = response.headers.get(_SESSION)
-            if session:
+            session = response.headers.get(_SESSION) if opening else None
+            if session:  # assigned by the answer to initialize only, as the SDK's transport takes it
                 if not _VISIBLE_ASCII.fullmatch(session):  # sent back in a header: it could not be
                     raise TetherError("the upstream assigned a session id that is not visible ASCII")
                 self.session_id = session
