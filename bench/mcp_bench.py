@@ -6,28 +6,31 @@ bench/results/mcp.json and the "MCP gateway" section of bench/results/latest.md 
 ``make bench`` rewrites the rest of that file). ``--callgrind`` also counts instructions per call under
 valgrind (deterministic, where the clock on a shared machine is not).
 
-One process, one event loop, real sockets on 127.0.0.1: an upstream MCP server written with the SDK's
-low-level ``Server`` (stateless streamable HTTP, a ``search`` tool, the token checked on every
-request), and Tether (a node on SQLite, WAL, a temporary file, served by uvicorn) with that upstream
-registered (``Authorization: Bearer <secret>`` injected). The same ``httpx.AsyncClient`` sends the same
-JSON-RPC ``tools/call``:
+Two setups, real sockets on 127.0.0.1, an upstream MCP server written with the SDK's low-level
+``Server`` (stateless streamable HTTP, a ``search`` tool, the token checked on every request) and
+Tether on SQLite (WAL) with that upstream registered (``Authorization: Bearer <secret>`` injected):
+
+- **one process**: the upstream and Tether (a node on a temporary file, served by uvicorn) share the
+  client's event loop. Sequential figures are one call's own cost; with 16 callers a call also waits
+  for the other 15 in the loop.
+- **served** (SQLite normal): Tether is the shipped ``tether server`` in its own process, the upstream
+  its own uvicorn process: as deployed, on the same two cores as the client.
+
+The same ``httpx.AsyncClient`` sends the same JSON-RPC ``tools/call``:
 
 - direct: to the upstream, with the token (what an agent holding the token would do);
 - gateway: to ``POST /mcp`` with a DPoP proof signed per request and ``Tether-Task``; Tether
   authenticates the proof, reads the task and the upstream, decides ``call_tool`` with Cedar, checks
   the arguments (exfiltration, pinned schema), records ``tool.call`` with the proof's use (one durable
-  write), forwards over its open upstream session and redacts the answer.
+  write), forwards over its open upstream session (the SDK's ``Client`` on Tether's streamable HTTP
+  transport) and redacts the answer.
 
 Both wire forms are measured: the handshake era's bare JSON-RPC body (no ``MCP-Protocol-Version``:
-what raw HTTP clients and 2025 SDKs send; Tether answers it in one exchange through the SDK's
-kernel) and the 2026-07-28 per-request envelope (``MCP-Protocol-Version``, ``Mcp-Method``,
-``Mcp-Name`` headers and ``_meta``: what the SDK's own ``Client`` sends; Tether hands it to the SDK's
-single-exchange entry). Direct and gateway calls of one row use the same wire form.
-
-Latency p50/p99 sequential and with 16 concurrent callers, and calls per second. Client, Tether and
-upstream share one event loop, so these are per-call costs on one core: with 16 callers a call
-waits for the other 15 in the loop, so the concurrent latencies (and what the gateway adds to them)
-grow with the CPU per call; the sequential figures are one call's own latency. A benchmark measures
+what raw HTTP clients and 2025 SDKs send) and the 2026-07-28 per-request envelope
+(``MCP-Protocol-Version``, ``Mcp-Method``, ``Mcp-Name`` headers and ``_meta``: what the SDK's own
+``Client`` sends); Tether answers either in one exchange through the SDK's kernel. Direct and gateway
+calls of one row use the same wire form. Latency p50/p99 sequential and with 16 concurrent callers,
+and calls per second. A benchmark measures
 and reports; it asserts nothing.
 """
 
@@ -56,6 +59,8 @@ import uvicorn
 from mcp.server.lowlevel.server import Server
 
 from bench.egress_bench import percentile, serve, timed
+from bench.openbao.procs import free_port, stop, wait_for_port
+from bench.openbao.tether_server import Tether
 from tether.api import create_app
 from tether.api.routes_mcp import close_mcp
 from tether.broker import Broker
@@ -65,6 +70,7 @@ from tether.sdk import AsyncAgent
 
 __all__ = ["main", "percentile", "run"]
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "mcp.json"
 LATEST = Path(__file__).parent / "results" / "latest.md"
 BEGIN, END = "<!-- mcp-bench:begin -->", "<!-- mcp-bench:end -->"
@@ -182,11 +188,54 @@ def _wire(name: str, modern: bool) -> dict[str, str]:
 _OK = re.compile(rb"results for flaky test")
 
 
+def _paths(
+    http: httpx.AsyncClient, url: str, upstream: str, agent: AsyncAgent, task_id: str
+) -> dict[str, Call]:
+    """The four calls: direct and through the gateway, on each wire."""
+    counter = iter(range(1, 10**9))
+    direct_headers = {**HEADERS, "Authorization": f"Bearer {SECRET}"}
+
+    def direct(modern: bool) -> Call:
+        headers = {**direct_headers, **_wire("search", modern)}
+
+        async def call() -> bool:
+            body = _call(next(counter), "search", modern)
+            response = await http.post(upstream, content=body, headers=headers)
+            return response.status_code == 200 and bool(_OK.search(response.content))
+
+        return call
+
+    def gateway(modern: bool) -> Call:
+        headers = {**HEADERS, **_wire("bench__search", modern), "Tether-Task": task_id}
+
+        async def call() -> bool:
+            token = await agent.token()
+            signed = agent._session.signed_headers("POST", url + "/mcp", token)
+            response = await http.post(
+                url + "/mcp",
+                content=_call(next(counter), "bench__search", modern),
+                headers={**headers, **signed},
+            )
+            return response.status_code == 200 and bool(_OK.search(response.content))
+
+        return call
+
+    return {
+        "direct": direct(False),
+        "gateway": gateway(False),
+        f"direct_{MODERN}": direct(True),
+        f"gateway_{MODERN}": gateway(True),
+    }
+
+
+LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+
+
 @asynccontextmanager
 async def started(
     sqlite_synchronous: str = "normal",
 ) -> AsyncIterator[dict[str, Call]]:
-    """The upstream and Tether, set up; the four calls (direct and gateway, each wire)."""
+    """The upstream and Tether in this process, set up; the four calls."""
     with tempfile.TemporaryDirectory() as tmp:
         broker = Broker.from_settings(Settings(data_dir=Path(tmp), sqlite_synchronous=sqlite_synchronous))
         init = await broker.init()
@@ -195,46 +244,11 @@ async def started(
         server, task, port = await serve(app)
         url = f"http://127.0.0.1:{port}"
         upstream = f"http://127.0.0.1:{up_port}/mcp"
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
         try:
-            async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+            async with httpx.AsyncClient(timeout=30, limits=LIMITS) as http:
                 admin = {"Authorization": f"Bearer {init.root_token}"}
                 agent, task_id = await setup(http, url, admin, upstream)
-                counter = iter(range(1, 10**9))
-                direct_headers = {**HEADERS, "Authorization": f"Bearer {SECRET}"}
-
-                def direct(modern: bool) -> Call:
-                    headers = {**direct_headers, **_wire("search", modern)}
-
-                    async def call() -> bool:
-                        body = _call(next(counter), "search", modern)
-                        response = await http.post(upstream, content=body, headers=headers)
-                        return response.status_code == 200 and bool(_OK.search(response.content))
-
-                    return call
-
-                def gateway(modern: bool) -> Call:
-                    headers = {**HEADERS, **_wire("bench__search", modern), "Tether-Task": task_id}
-
-                    async def call() -> bool:
-                        token = await agent.token()
-                        signed = agent._session.signed_headers("POST", url + "/mcp", token)
-                        response = await http.post(
-                            url + "/mcp",
-                            content=_call(next(counter), "bench__search", modern),
-                            headers={**headers, **signed},
-                        )
-                        return response.status_code == 200 and bool(_OK.search(response.content))
-
-                    return call
-
-                paths = {
-                    "direct": direct(False),
-                    "gateway": gateway(False),
-                    f"direct_{MODERN}": direct(True),
-                    f"gateway_{MODERN}": gateway(True),
-                }
-                yield paths
+                yield _paths(http, url, upstream, agent, task_id)
         finally:
             server.should_exit = True
             up_server.should_exit = True
@@ -243,11 +257,46 @@ async def started(
             await broker.close()
 
 
-async def run(requests: int, sqlite_synchronous: str = "normal") -> dict[str, Any]:
-    async with started(sqlite_synchronous) as paths:
+def _start_served(sqlite_synchronous: str) -> tuple[subprocess.Popen[bytes], Tether, int]:
+    """The upstream's process and a started ``tether server``; both stopped if either fails."""
+    port = free_port()
+    upstream = subprocess.Popen([sys.executable, "-m", "bench.mcp_bench", "--upstream", str(port)], cwd=ROOT)
+    node = Tether(sqlite_synchronous)
+    try:
+        wait_for_port(port, upstream, timeout_seconds=60)
+        node.start()
+    except BaseException:
+        node.close()
+        stop(upstream)
+        raise
+    return upstream, node, port
+
+
+@asynccontextmanager
+async def served(sqlite_synchronous: str = "normal") -> AsyncIterator[dict[str, Call]]:
+    """As deployed: Tether is the shipped ``tether server`` (its own process, on a fresh data dir),
+    the upstream its own uvicorn process; the four calls from this process."""
+    upstream_proc, node, port = await asyncio.to_thread(_start_served, sqlite_synchronous)
+    try:
+        upstream = f"http://127.0.0.1:{port}/mcp"
+        async with httpx.AsyncClient(timeout=30, limits=LIMITS) as http:
+            agent, task_id = await setup(http, node.addr, node.headers(), upstream)
+            yield _paths(http, node.addr, upstream, agent, task_id)
+    finally:
+        await asyncio.to_thread(node.close)
+        await asyncio.to_thread(stop, upstream_proc)
+
+
+async def run(requests: int, sqlite_synchronous: str = "normal", *, deployed: bool = False) -> dict[str, Any]:
+    setup_of = served if deployed else started
+    async with setup_of(sqlite_synchronous) as paths:
         for call in paths.values():  # warm-up: connections, the upstream session, caches
             await timed(call, 50, 1)
-        results: dict[str, Any] = {"requests": requests, "sqlite_synchronous": sqlite_synchronous}
+        results: dict[str, Any] = {
+            "requests": requests,
+            "sqlite_synchronous": sqlite_synchronous,
+            "setup": "served" if deployed else "one process",
+        }
         for name, call in paths.items():
             results[name] = {
                 "sequential": await timed(call, requests, 1),
@@ -321,11 +370,14 @@ def markdown(results: dict[str, Any]) -> str:
         f"`python -m bench.mcp_bench` ({results['generated']}): the same JSON-RPC `tools/call` to an "
         "upstream MCP server written with the SDK (stateless streamable HTTP), direct with its token vs "
         "through Tether's `/mcp` (a DPoP proof per call, `call_tool` decided, `tool.call` recorded with "
-        f"the proof's use, the answer redacted). {results['runs'][0]['requests']} calls per run; client, "
-        "Tether and upstream share one event loop (one core), so with 16 concurrent callers each call "
-        "also waits for the other 15. Rows without a wire name send the handshake era's bare JSON-RPC "
-        f"body (no `MCP-Protocol-Version`); rows marked {MODERN} send that version's per-request envelope "
-        "(headers and `_meta`), as the SDK's own `Client` does."
+        f"the proof's use, the answer redacted). {results['runs'][0]['requests']} calls per run. "
+        "**One process**: client, Tether and upstream share one event loop (one core): the sequential "
+        "figures are one call's own cost; with 16 concurrent callers each call also waits for the other "
+        "15. **Served**: Tether is the shipped `tether server` in its own process, the upstream another "
+        "uvicorn process, the client this one, on the same 2 cores. Rows without a wire name send the "
+        "handshake era's bare JSON-RPC body (no `MCP-Protocol-Version`); rows marked "
+        f"{MODERN} send that version's per-request envelope (headers and `_meta`), as the SDK's own "
+        "`Client` does."
     )
     lines = [
         BEGIN,
@@ -333,13 +385,13 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         intro,
         "",
-        "| store | path | p50 / p99 ms, sequential | calls/s, sequential | p50 / p99 ms, 16 concurrent "
+        "| setup | path | p50 / p99 ms, sequential | calls/s, sequential | p50 / p99 ms, 16 concurrent "
         "| calls/s, 16 concurrent |",
         "|---|---|---|---|---|---|",
     ]
     targets: list[str] = []
     for one in results["runs"]:
-        store = f"SQLite {one['sqlite_synchronous']}"
+        store = f"{one.get('setup', 'one process')}, SQLite {one['sqlite_synchronous']}"
         for suffix, label in (("", ""), (f"_{MODERN}", f", {MODERN}")):
             for name in ("direct", "gateway"):
                 s, k = one[name + suffix]["sequential"], one[name + suffix][c]
@@ -352,7 +404,7 @@ def markdown(results: dict[str, Any]) -> str:
                 for what, figures in (("sequential", seq), ("16 concurrent", conc)):
                     added = figures["p50_us"] / 1000
                     verdict = "PASS" if added <= 2.0 else "MISS"
-                    targets.append(f"{added:.2f} ms {what}, {wire} ({verdict})")
+                    targets.append(f"{added:.2f} ms {what}, {wire}, {one.get('setup')} ({verdict})")
     if targets:
         lines += ["", "Target (issue 15): added p50 <= 2.00 ms (SQLite normal): " + "; ".join(targets) + "."]
     counts = results.get("callgrind")
@@ -393,9 +445,15 @@ async def main(argv: list[str] | None = None) -> None:
         metavar="CALLS",
         help="also count instructions per call under valgrind, CALLS sequential calls per path (slow)",
     )
+    parser.add_argument(
+        "--no-served", action="store_true", help="only the one-process runs (not the served one)"
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     load = os.getloadavg()[0]  # other work on the machine moves the clock figures, not the counts
-    runs = [await run(max(args.requests, CONCURRENCY), mode) for mode in ("normal", "full")]
+    requests = max(args.requests, CONCURRENCY)
+    runs = [await run(requests, mode) for mode in ("normal", "full")]
+    if not args.no_served:
+        runs.append(await run(requests, "normal", deployed=True))
     results: dict[str, Any] = {
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
         "runs": runs,
@@ -423,8 +481,15 @@ def _version(package: str) -> str:
         return "?"
 
 
+def _serve_upstream(port: int) -> None:
+    """The upstream on its own, for the served run (stopped by its PID)."""
+    uvicorn.run(upstream_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         asyncio.run(_count_child(sys.argv[2], int(sys.argv[3])))
+    elif sys.argv[1:2] == ["--upstream"]:
+        _serve_upstream(int(sys.argv[2]))
     else:
         asyncio.run(main())
