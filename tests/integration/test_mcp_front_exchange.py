@@ -195,16 +195,11 @@ MODERN = {**BOTH, "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/cal
 
 
 def _shape(response: httpx.Response) -> tuple[int, str, Any]:
-    """What a client acts on: the status, the media type, and the result or the error's code."""
+    """The status, the media type and the whole body (JSON parsed)."""
     media = response.headers.get("content-type", "").partition(";")[0]
     if media != "application/json" or not response.content:
-        return response.status_code, media, None
-    body = response.json()
-    return (
-        response.status_code,
-        media,
-        body.get("result", {}).get("content") or body.get("error", {}).get("code"),
-    )
+        return response.status_code, media, response.content
+    return response.status_code, media, response.json()
 
 
 @pytest.mark.parametrize(
@@ -272,3 +267,33 @@ async def test_an_upstream_opened_by_handshake_era_calls_dies_when_its_task_expi
     pid = response.json()["result"]["structuredContent"]["pid"]
     assert alive(pid)
     assert await wait_dead(pid, 25), "the upstream outlived its expired task"
+
+
+async def test_arguments_that_cannot_be_sent_as_utf8_are_refused_and_the_upstream_lives_on(
+    gw: Gateway,  # noqa: F811 - the fixture's value
+) -> None:
+    """A lone surrogate (valid JSON escape, not UTF-8 text) is refused for that call alone: before,
+    serializing it failed the task's upstream session, and every later call with it."""
+    task_id = await gw.open_task(["gh/search"])
+    body = json.dumps(call(1, "gh__search", {"query": "PLACEHOLDER"}, _meta=MODERN_META)).encode()
+    body = body.replace(b'"PLACEHOLDER"', b'"\\ud800"')
+    refused, _ = await post(gw, task_id, body, MODERN)
+    assert refused.json()["error"]["code"] == -32602, refused.text
+    assert "UTF-8" in refused.json()["error"]["message"]
+    ok, _ = await post(gw, task_id, call(2, "gh__search", {"query": "flaky"}, _meta=MODERN_META), MODERN)
+    assert ok.status_code == 200, ok.text
+    assert "results for flaky" in ok.text
+
+
+@pytest.mark.parametrize("modern", [False, True], ids=["bare", "2026-07-28"])
+async def test_a_result_names_tether_as_its_server_never_the_upstream(
+    gw: Gateway,  # noqa: F811 - the fixture's value
+    modern: bool,
+) -> None:
+    task_id = await gw.open_task(["gh/search"])
+    body = call(1, "gh__search", {"query": "flaky"}, **({"_meta": MODERN_META} if modern else {}))
+    response, _ = await post(gw, task_id, body, MODERN if modern else JSON_ONLY)
+    assert response.status_code == 200, response.text
+    meta = response.json()["result"].get("_meta", {})
+    info = meta.get("io.modelcontextprotocol/serverInfo")
+    assert info is None or info["name"] == "tether", meta

@@ -42,7 +42,7 @@ import anyio
 import pydantic_core
 from mcp.server.connection import Connection
 from mcp.server.lowlevel.server import Server
-from mcp.server.runner import modern_error_data, serve_one
+from mcp.server.runner import serve_one
 from mcp.server.streamable_http import check_accept_headers
 from mcp.shared.dispatcher import CallOptions
 from mcp.shared.exceptions import NoBackChannelError
@@ -219,9 +219,14 @@ async def answer_modern(server: Server[Any], request: Request, raw: Any) -> Resp
         )
         reply = JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result)
     except Exception as exc:  # noqa: BLE001 - the SDK's mapping: handler internals never reach the wire
-        error = modern_error_data(exc)
-        status = ERROR_CODE_HTTP_STATUS.get(error.code, 200)
-        reply = JSONRPCError(jsonrpc="2.0", id=message.id, error=error)
+        mapped = handler_exception_to_error_data(exc)
+        if mapped is None:
+            # As the SDK's modern_error_data answers it, but the type only in the log: an
+            # exception's text (or a traceback's locals) could hold a secret.
+            log.error("MCP front: %s escaped a handler", type(exc).__name__)  # noqa: TRY400
+            mapped = ErrorData(code=INTERNAL_ERROR, message="Internal server error")
+        status = ERROR_CODE_HTTP_STATUS.get(mapped.code, 200)
+        reply = JSONRPCError(jsonrpc="2.0", id=message.id, error=mapped)
     body = reply.model_dump(mode="json", by_alias=True, exclude_none=True)
     return Response(json.dumps(body, separators=(",", ":")), status, media_type=_JSON)
 

@@ -144,7 +144,10 @@ class McpFront:
         )
         # The SDK's per-message span middleware runs only while Tether's tracing is on: a tool
         # call pays nothing for traces nobody exports (as Tether's own inner spans).
-        self.server.middleware = [_WhileTracing(m) for m in self.server.middleware]
+        self.server.middleware = [
+            _WhileTracing(m) if type(m).__name__ == "OpenTelemetryMiddleware" else m
+            for m in self.server.middleware
+        ]
         # Two stateless managers: a call that asks for progress or log notifications is answered
         # as a server-sent event stream (they can reach the client meanwhile), any other request
         # as one JSON body (cheaper: no stream to set up).
@@ -277,7 +280,11 @@ class McpFront:
             # (a 2026-07-28 request the SDK's ladder would refuse is left to the transport below).
             scoped = Request({**request.scope, _SCOPE_KEY: call})
             era = answer if handshake_era(request) else answer_modern
-            response = await era(self.server, scoped, raw)
+            try:
+                response = await era(self.server, scoped, raw)
+            except BaseException:
+                await self.settle(call)  # failed, even cancelled: the proof is used up all the same
+                raise
             if response is not None:
                 await self.settle(call)
                 return response

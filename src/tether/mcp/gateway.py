@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import jsonschema  # type: ignore[import-untyped]
 import jsonschema.exceptions  # type: ignore[import-untyped]
 from mcp.shared.exceptions import MCPError
+from mcp_types import SERVER_INFO_META_KEY
 
 from tether.audit import Actor
 from tether.broker._decisions import DecisionPoint, agent_entity, summary
@@ -133,7 +135,11 @@ class McpGateway:
     def start_watch(self) -> None:
         """Start (once) the loop that closes the upstreams of tasks that ended."""
         if self._watch is None or self._watch.done():
-            self._watch = asyncio.create_task(self._watch_loop(), name="mcp-gateway-watch")
+            # A context of its own: not the request's that happened to start it (its request id
+            # in the logs, its span).
+            self._watch = asyncio.create_task(
+                self._watch_loop(), name="mcp-gateway-watch", context=contextvars.Context()
+            )
 
     async def aclose(self) -> None:
         if self._watch is not None:
@@ -554,6 +560,12 @@ class McpGateway:
         return SecretGuard(tuple(guards))
 
     def _invalid_arguments(self, pinned: PinnedTool, args: Mapping[str, Any]) -> str | None:
+        try:
+            # What cannot be sent as UTF-8 JSON (a lone surrogate) would fail the upstream's whole
+            # session when the transport serializes it; refused here, for this call alone.
+            json.dumps(args, ensure_ascii=False).encode("utf-8")
+        except (UnicodeEncodeError, ValueError, TypeError):
+            return "the arguments cannot be sent as UTF-8 JSON text (a lone surrogate?)"
         validator = self._validators.get(pinned.sha256)
         if validator is None:
             schema = dict(pinned.input_schema)
@@ -665,7 +677,15 @@ class McpGateway:
             redactions += count + in_data
             await self._record_redactions(caller, task, resource, redactions, "error")
             raise MCPError(exc.error.code, message[:1000], data) from None
+        # A model's dump: every field the protocol requires is there (the front hands this dict to
+        # the SDK's kernel, which validates it as it serializes).
         body = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        meta = body.get("_meta")
+        if isinstance(meta, dict) and SERVER_INFO_META_KEY in meta:
+            # The upstream's name for itself is not the gateway's: the SDK stamps Tether's own.
+            del meta[SERVER_INFO_META_KEY]
+            if not meta:
+                del body["_meta"]
         clean, count = guard.redact(body)
         redactions += count
         await self._record_redactions(caller, task, resource, redactions, "result")
