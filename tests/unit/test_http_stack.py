@@ -198,3 +198,21 @@ def test_factory_refuses_an_uninitialised_data_dir(tmp_path: Path) -> None:
 def test_node_app_needs_a_public_url(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="TETHER_PUBLIC_URL"):
         create_node_app(Settings(data_dir=tmp_path))
+
+
+async def test_a_node_apps_thread_is_known_to_run_asyncio_only_while_it_serves(tmp_path: Path) -> None:
+    """anyio asks sniffio which loop runs on every primitive it builds (the MCP SDK builds many per
+    call); the node's lifespan answers it once for its thread, and takes the answer back at the end."""
+    import sniffio
+
+    from tether.broker import Broker
+
+    settings = Settings(data_dir=tmp_path, public_url="http://127.0.0.1:1")
+    broker = Broker.from_settings(settings)
+    await broker.init()
+    await broker.close()
+    app = create_node_app(settings)
+    before = sniffio.thread_local.name
+    async with app.router.lifespan_context(app):
+        assert sniffio.thread_local.name == "asyncio"
+    assert sniffio.thread_local.name == before
