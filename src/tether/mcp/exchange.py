@@ -24,8 +24,9 @@ the answer in ASGI plumbing. Here the request takes the same ladder with the SDK
 checks — accepted media types, the envelope (``JSONRPCRequest``), duplicated routing headers,
 :func:`~mcp.shared.inbound.classify_inbound_request` (version, ``_meta`` envelope, ``Mcp-Method``
 and ``Mcp-Name`` against the body), ``Mcp-Param-*`` headers against the tool's pinned schema — and
-goes to the same kernel, its errors mapped by the SDK's :func:`~mcp.server.runner.modern_error_data`
-and HTTP statuses (``ERROR_CODE_HTTP_STATUS``). Anything else — a request the ladder rejects, a
+goes to the same kernel, its errors mapped as the SDK's ``modern_error_data`` maps them (the shared
+``handler_exception_to_error_data``, else an internal error, logged here by its type only) and given
+the SDK's HTTP statuses (``ERROR_CODE_HTTP_STATUS``). Anything else — a request the ladder rejects, a
 notification, a batch, ``subscriptions/listen`` — is not answered here (``None``): the front hands it
 to the SDK's transport, which gives the SDK's exact answer.
 """
