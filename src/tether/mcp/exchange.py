@@ -179,26 +179,28 @@ async def answer(server: Server[Any], request: Request, raw: Any) -> Response:
     if isinstance(message, Response):
         return message
     version = request.headers.get(PROTOCOL_VERSION_HEADER, DEFAULT_NEGOTIATED_VERSION)
+    reply = await _served(server, request, message, Connection.from_envelope(version, None, None))
+    return Response(reply.model_dump_json(by_alias=True, exclude_unset=True), 200, media_type=_JSON)
+
+
+async def _served(
+    server: Server[Any], request: Request, message: JSONRPCRequest, connection: Connection
+) -> JSONRPCResponse | JSONRPCError:
+    """The SDK's kernel's answer to ``message``: its result, or its error as the SDK maps it (an
+    exception no handler mapped is an internal error, logged by its type only: its text, or a
+    traceback's locals, could hold a secret). Never raises but for cancellation."""
     context = _OneRequest(message.id, ServerMessageMetadata(request_context=request))
-    reply: JSONRPCResponse | JSONRPCError
     try:
         result = await serve_one(
-            server,
-            context,
-            message.method,
-            message.params,
-            connection=Connection.from_envelope(version, None, None),
-            lifespan_state={},
+            server, context, message.method, message.params, connection=connection, lifespan_state={}
         )
-        reply = JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result)
     except Exception as exc:  # noqa: BLE001 - every failure is a JSON-RPC error, never a crash
         error = handler_exception_to_error_data(exc)
         if error is None:
-            # The type only: an exception's text (or a traceback's locals) could hold a secret.
             log.error("MCP front: %s escaped a handler", type(exc).__name__)  # noqa: TRY400
             error = ErrorData(code=INTERNAL_ERROR, message="Internal server error")
-        reply = JSONRPCError(jsonrpc="2.0", id=message.id, error=error)
-    return Response(reply.model_dump_json(by_alias=True, exclude_unset=True), 200, media_type=_JSON)
+        return JSONRPCError(jsonrpc="2.0", id=message.id, error=error)
+    return JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result)
 
 
 async def answer_modern(server: Server[Any], request: Request, raw: Any) -> Response | None:
@@ -208,26 +210,11 @@ async def answer_modern(server: Server[Any], request: Request, raw: Any) -> Resp
     if admitted is None:
         return None
     message, verdict = admitted
-    context = _OneRequest(message.id, ServerMessageMetadata(request_context=request))
     connection = Connection.from_envelope(
         verdict.protocol_version, verdict.client_info, verdict.client_capabilities
     )
-    reply: JSONRPCResponse | JSONRPCError
-    status = 200
-    try:
-        result = await serve_one(
-            server, context, message.method, message.params, connection=connection, lifespan_state={}
-        )
-        reply = JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result)
-    except Exception as exc:  # noqa: BLE001 - the SDK's mapping: handler internals never reach the wire
-        mapped = handler_exception_to_error_data(exc)
-        if mapped is None:
-            # As the SDK's modern_error_data answers it, but the type only in the log: an
-            # exception's text (or a traceback's locals) could hold a secret.
-            log.error("MCP front: %s escaped a handler", type(exc).__name__)  # noqa: TRY400
-            mapped = ErrorData(code=INTERNAL_ERROR, message="Internal server error")
-        status = ERROR_CODE_HTTP_STATUS.get(mapped.code, 200)
-        reply = JSONRPCError(jsonrpc="2.0", id=message.id, error=mapped)
+    reply = await _served(server, request, message, connection)
+    status = ERROR_CODE_HTTP_STATUS.get(reply.error.code, 200) if isinstance(reply, JSONRPCError) else 200
     body = reply.model_dump(mode="json", by_alias=True, exclude_none=True)
     return Response(json.dumps(body, separators=(",", ":")), status, media_type=_JSON)
 
