@@ -39,7 +39,6 @@ import logging
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio
 import httpx
@@ -163,26 +162,32 @@ def _failure(request_id: RequestId, why: str, code: int = CONNECTION_CLOSED) -> 
 class _Upstream:
     """One upstream's transport state: its URL, headers, session and requests in flight."""
 
-    def __init__(self, url: str, headers: Mapping[str, str], timeout_seconds: float, reader: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        timeout_seconds: float,
+        read: MemoryObjectSendStream[SessionMessage | Exception],
+    ) -> None:
         self.url = httpx.URL(url)
         self.injected = {name.lower(): value for name, value in headers.items()}
-        self.timeouts = {"connect": timeout_seconds, "read": timeout_seconds, "write": timeout_seconds}
-        self.timeouts["pool"] = timeout_seconds
+        self.timeouts = dict.fromkeys(("connect", "read", "write", "pool"), timeout_seconds)
         self.http = Http11Transport(max_connections=64, max_keepalive_connections=16)
-        self.read: MemoryObjectSendStream[SessionMessage | Exception] = reader
+        self.read = read
         self.session_id: str | None = None
         self.version: str | None = None
         #: Requests whose POST is in flight: their abort scope and whether they went on the modern wire.
         self.in_flight: dict[RequestId, tuple[anyio.CancelScope, bool]] = {}
 
-    def _headers(self, metadata: ClientMessageMetadata | None) -> dict[str, str]:
+    def _headers(self, stamped: Mapping[str, str]) -> dict[str, str]:
+        """A POST's headers: the base, the session's, the message's own (``stamped``, lower-case
+        names), and the injected ones over all of them."""
         headers = dict(_BASE)
         if self.session_id is not None:
             headers[_SESSION] = self.session_id
         if self.version is not None:
             headers[_VERSION] = self.version
-        if metadata is not None and metadata.headers:
-            headers.update({name.lower(): value for name, value in metadata.headers.items()})
+        headers.update(stamped)
         headers.update(self.injected)
         return headers
 
@@ -195,15 +200,15 @@ class _Upstream:
     async def send(self, item: SessionMessage, group: TaskGroup) -> None:
         message = item.message
         metadata = item.metadata if isinstance(item.metadata, ClientMessageMetadata) else None
+        own = metadata.headers if metadata is not None and metadata.headers else {}
+        stamped = {name.lower(): value for name, value in own.items()}
         if isinstance(message, JSONRPCRequest) and message.method == "initialize":
             self.version = None  # the handshake negotiates it afresh
-        elif metadata is not None and metadata.headers:
-            stamped = {name.lower(): value for name, value in metadata.headers.items()}.get(_VERSION)
-            if stamped is not None:
-                self.version = stamped
+        elif _VERSION in stamped:
+            self.version = stamped[_VERSION]
         if self._consume_cancel(message):
             return
-        headers = self._headers(metadata)
+        headers = self._headers(stamped)
         if not isinstance(message, JSONRPCRequest):
             await self._post(message, headers, None)
             return
@@ -337,7 +342,7 @@ class _Upstream:
         if self.session_id is None:
             return
         with anyio.move_on_after(END_SESSION_SECONDS, shield=True), contextlib.suppress(httpx.HTTPError):
-            response = await self.http.handle_async_request(self._request("DELETE", self._headers(None)))
+            response = await self.http.handle_async_request(self._request("DELETE", self._headers({})))
             await response.aclose()
 
 
