@@ -102,6 +102,16 @@ class Gateway:
         events: list[dict[str, Any]] = response.json()["events"]
         return events
 
+    async def eventually(self, kind: str, task_id: str, seconds: float = 10) -> list[dict[str, Any]]:
+        """The ``kind`` events of ``task_id`` once there is one (an upstream's session is recorded
+        closed after its process group is killed and its transport shut: a moment after the kill)."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while (
+            not (found := await self.events(kind, task_id)) and asyncio.get_running_loop().time() < deadline
+        ):
+            await asyncio.sleep(0.05)
+        return found
+
     async def register_stdio(self, name: str = "gh") -> httpx.Response:
         body = {
             "name": name,
@@ -318,7 +328,7 @@ async def test_task_end_kills_the_upstream_tree_and_refuses_the_next_call(gw: Ga
             await client.call_tool("gh__whoami", {})
         assert refused.value.error.code == DENIED
         assert "completed" in refused.value.error.message
-    closed = await gw.events("mcp.session.close", task_id)
+    closed = await gw.eventually("mcp.session.close", task_id)
     assert closed
     assert closed[0]["data"]["servers"] == ["gh"]
 
