@@ -165,9 +165,7 @@ async def test_a_stateful_server_gets_its_session_back_on_every_request_and_a_de
             # ... and the session is gone: the same id is refused now.
             ended = streamable._Upstream(url, {}, TIMEOUT, None)
             ended.session_id = session
-            request = ended._request(
-                "POST", ended._headers({}), b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
-            )
+            request = ended._request("POST", ended._headers({}), b'{"jsonrpc":"2.0","id":1,"method":"ping"}')
             response = await ended.http.handle_async_request(request)
             await response.aclose()
             await ended.http.aclose()
