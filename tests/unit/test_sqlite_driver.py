@@ -1,15 +1,19 @@
-"""The SQLite hot-path driver: writers of several processes take turns on a lock file."""
+"""The SQLite hot-path driver: writers of several processes take turns on a lock file; uncontended
+writes at synchronous=NORMAL run inline, never waiting on the caller's thread."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import stat
 import threading
 from pathlib import Path
 
 import pytest
 
-from tether.errors import StorageUnavailableError
-from tether.store.sqlite._driver import SQLiteDriver
+from tether.errors import StorageError, StorageUnavailableError
+from tether.store._hot import Query
+from tether.store.sqlite._driver import CHECKPOINT_EVERY, SQLiteDriver
 
 
 def _driver(path: Path) -> SQLiteDriver:
@@ -77,5 +81,163 @@ def test_an_unusable_lock_file_is_a_clear_storage_error(tmp_path: Path) -> None:
     try:
         with pytest.raises(StorageUnavailableError, match="writers' lock file"):
             driver.write_sync(lambda conn: conn.execute("CREATE TABLE t (x)"))
+    finally:
+        driver.close()
+
+
+# -- inline writes (synchronous=NORMAL): on the caller's thread when nothing waits ------------------
+
+
+def _counter(driver: SQLiteDriver) -> None:
+    driver.write_sync(lambda conn: conn.execute("CREATE TABLE c (n INTEGER NOT NULL)"))
+    driver.write_sync(lambda conn: conn.execute("INSERT INTO c VALUES (0)"))
+
+
+def _bump(conn: sqlite3.Connection) -> int:
+    # read-modify-write: only correct if no other writer runs in between
+    n = int(conn.execute("SELECT n FROM c").fetchone()[0]) + 1
+    conn.execute("UPDATE c SET n = ?", (n,))
+    return threading.get_ident()
+
+
+async def test_an_uncontended_write_runs_inline_at_normal_and_on_the_writer_thread_at_full(
+    tmp_path: Path,
+) -> None:
+    normal = _driver(tmp_path / "n.db")
+    full = SQLiteDriver(tmp_path / "f.db", synchronous="FULL", busy_timeout_ms=5000, hint="")
+    try:
+        for driver in (normal, full):
+            _counter(driver)
+        assert await normal.write(_bump) == threading.get_ident()
+        # FULL syncs the log at every commit: never on the event loop's thread.
+        assert await full.write(_bump) != threading.get_ident()
+    finally:
+        normal.close()
+        full.close()
+
+
+async def test_an_inline_write_never_waits_for_another_processs_writer(tmp_path: Path) -> None:
+    # The other driver stands for another worker process holding the writers' lock mid-transaction.
+    path = tmp_path / "t.db"
+    ours, other = _driver(path), _driver(path)
+    _counter(ours)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:
+        holding.set()
+        release.wait(10)
+        _bump(conn)
+
+    holder = threading.Thread(target=other.write_sync, args=(hold,))
+    holder.start()
+    try:
+        assert holding.wait(10)
+        write = asyncio.ensure_future(ours.write(_bump))
+        ticks = 0
+        while ticks < 20:  # the loop keeps running while our write waits on the writer thread
+            await asyncio.sleep(0.005)
+            ticks += 1
+        assert not write.done()
+        release.set()
+        thread = await asyncio.wait_for(write, 10)
+        assert thread != threading.get_ident()  # it went to the writer thread
+        assert ours.read(Query("SELECT n FROM c", ("n",))) == [(2,)]
+        assert await ours.write(_bump) == threading.get_ident()  # inline again once free
+    finally:
+        release.set()
+        holder.join(10)
+        ours.close()
+        other.close()
+
+
+async def test_an_inline_write_never_waits_for_a_foreign_sqlite_writer(tmp_path: Path) -> None:
+    # A writer that does not take Tether's lock file (another tool, a cold path's connection):
+    # SQLite's own lock is held; the inline attempt gives up at once and the writer thread waits.
+    path = tmp_path / "t.db"
+    driver = _driver(path)
+    _counter(driver)
+    foreign = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        foreign.execute("BEGIN IMMEDIATE")
+        write = asyncio.ensure_future(driver.write(_bump))
+        await asyncio.sleep(0.05)
+        assert not write.done()
+        foreign.execute("COMMIT")
+        assert await asyncio.wait_for(write, 10) != threading.get_ident()
+        assert driver.read(Query("SELECT n FROM c", ("n",))) == [(1,)]
+    finally:
+        if foreign.in_transaction:
+            foreign.execute("ROLLBACK")
+        foreign.close()
+        driver.close()
+
+
+async def test_a_failed_inline_write_rolls_back_and_releases_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    driver, other = _driver(path), _driver(path)
+    _counter(driver)
+
+    def fail(conn: sqlite3.Connection) -> None:
+        _bump(conn)
+        raise RuntimeError("boom")
+
+    def bad_sql(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO c VALUES (NULL)")  # NOT NULL
+
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            await driver.write(fail)
+        with pytest.raises(StorageError) as raised:
+            await driver.write(bad_sql)
+        assert not isinstance(raised.value.__cause__, sqlite3.Error)  # ours, not the driver's
+        assert driver.read(Query("SELECT n FROM c", ("n",))) == [(0,)]
+        # Both locks were let go: another "process" writes at once, and so do we, inline.
+        other.write_sync(_bump)
+        assert await driver.write(_bump) == threading.get_ident()
+        assert driver.read(Query("SELECT n FROM c", ("n",))) == [(2,)]
+    finally:
+        driver.close()
+        other.close()
+
+
+async def test_inline_writes_of_two_processes_take_turns_and_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    drivers = [_driver(path), _driver(path)]
+    _counter(drivers[0])
+
+    def worker(driver: SQLiteDriver) -> None:
+        async def bump_all() -> None:
+            for _ in range(300):
+                await driver.write(_bump)
+
+        asyncio.run(bump_all())
+
+    threads = [threading.Thread(target=worker, args=(d,)) for d in drivers]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert drivers[0].read(Query("SELECT n FROM c", ("n",))) == [(600,)]
+    finally:
+        for driver in drivers:
+            driver.close()
+
+
+async def test_inline_commits_are_checkpointed_off_the_callers_thread(tmp_path: Path) -> None:
+    # The inline connection never checkpoints (that syncs the disk); the writer thread does, every
+    # CHECKPOINT_EVERY inline commits, so the log is reused instead of growing without bound.
+    path = tmp_path / "t.db"
+    driver = _driver(path)
+    driver.write_sync(lambda conn: conn.execute("CREATE TABLE b (x BLOB NOT NULL)"))
+    page = 4096
+    try:
+        for _ in range(6 * CHECKPOINT_EVERY):
+            await driver.write(lambda conn: conn.execute("INSERT INTO b VALUES (?)", (b"x" * page,)))
+        without_checkpoints = 6 * CHECKPOINT_EVERY * 2 * page  # a row's page and its overflow page
+        wal = Path(f"{path}-wal").stat().st_size
+        assert wal < without_checkpoints / 2, wal
+        rows = driver.read(Query("SELECT count(*) AS n FROM b", ("n",)))
+        assert rows == [(6 * CHECKPOINT_EVERY,)]
     finally:
         driver.close()

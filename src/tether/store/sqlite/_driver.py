@@ -5,6 +5,15 @@ thread (the event loop's): in WAL mode a reader never waits for the writer, and 
 costs tens of microseconds — less than handing it to another thread and back.
 :meth:`SQLiteDriver.write` hands one function to the writer thread, which runs it between
 ``BEGIN IMMEDIATE`` and ``COMMIT``: one thread hop per transaction, however many statements it holds.
+At ``synchronous=NORMAL`` a commit does not wait for the disk, so when the writer thread has nothing
+queued or running, :meth:`SQLiteDriver.write` runs the transaction on the calling thread instead
+(*inline*): it costs no hand-off, which is the largest part of a small transaction's cost and the
+part most sensitive to the host's scheduling. An inline write never waits for a lock: when another
+writer holds either lock it goes to the writer thread as before. It never checkpoints either: its
+connection has ``wal_autocheckpoint`` off, and every :data:`CHECKPOINT_EVERY` inline commits the
+writer thread is asked for a passive checkpoint (the one step that syncs the disk at NORMAL).
+At ``synchronous=FULL`` every commit syncs the write-ahead log, so every write goes to the writer
+thread.
 Writers of other processes (``tether server --workers N``) take turns on a lock file beside the
 database (``flock``) before ``BEGIN IMMEDIATE``: the kernel hands the lock to the next writer as soon
 as it is released, where SQLite's own busy handler sleeps 1, 2, 5, 10 ms ... between retries and
@@ -17,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import os
 import queue
 import sqlite3
@@ -34,13 +45,19 @@ from tether.errors import StorageError, StorageUnavailableError, TetherError
 from tether.store._hot import Query
 from tether.tracing import inner_span
 
-__all__ = ["SQLiteDriver"]
+__all__ = ["CHECKPOINT_EVERY", "SQLiteDriver"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _SQLITE = {"db.system": "sqlite"}
+#: Inline commits between two passive checkpoints asked of the writer thread. A small transaction
+#: adds a few pages to the log, so this keeps it near SQLite's own default (1,000 pages).
+CHECKPOINT_EVERY = 100
 
-#: What the writer thread takes from its queue: the work, and where to answer (None: stop).
-_Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]"] | None
+#: What the writer thread takes from its queue: the work, and where to answer (None: nobody waits;
+#: the whole job None: stop).
+_Job = tuple[Callable[[], Any], asyncio.AbstractEventLoop | None, "asyncio.Future[Any] | None"] | None
 
 
 def _answer(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -69,14 +86,28 @@ class SQLiteDriver:
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
+        self._writing = False  # the writer thread is running a job
         self._closed = False
         self._lock_path = None if str(path) == ":memory:" else Path(f"{path}-writer.lock")
+        self._inline = synchronous == "NORMAL" and self._lock_path is not None
+        self._inline_commits = 0
 
     # -- connections ------------------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
+        if conn is None:
+            conn = self._local.conn = self._open(busy_timeout_ms=self._busy_timeout_ms, checkpoint=True)
+        return conn
+
+    def _inline_connection(self) -> sqlite3.Connection:
+        """This thread's connection for inline writes: it never waits on SQLite's lock (busy
+        timeout 0) and never checkpoints (that would sync the disk on the caller's thread)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "inline", None)
+        if conn is None:
+            conn = self._local.inline = self._open(busy_timeout_ms=0, checkpoint=False)
+        return conn
+
+    def _open(self, *, busy_timeout_ms: int, checkpoint: bool) -> sqlite3.Connection:
         if self._closed:
             raise StorageError(f"sqlite store is closed{self._hint}")
         try:
@@ -87,16 +118,17 @@ class SQLiteDriver:
         except sqlite3.Error as exc:
             raise self.translate(exc) from None
         try:
-            conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+            conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA foreign_keys=ON")
+            if not checkpoint:
+                conn.execute("PRAGMA wal_autocheckpoint=0")
         except sqlite3.Error as exc:
             conn.close()  # not half-configured, and not left open
             raise self.translate(exc) from None
         with self._opened_lock:
             self._opened.append(conn)
-        self._local.conn = conn
         return conn
 
     def _lock_fd(self) -> int | None:
@@ -127,19 +159,31 @@ class SQLiteDriver:
                 self._writer.start()
 
     def _write_loop(self) -> None:
-        # One thread, one connection: every write transaction of this process, in arrival order.
+        # One thread, one connection: every queued write transaction of this process, in arrival order.
         while (job := self._jobs.get()) is not None:
-            work, loop, future = job
+            run, loop, future = job
             result: Any = None
             error: BaseException | None = None
+            self._writing = True
             try:
-                result = self._transaction(work)
+                result = run()
             except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
                 error = exc
+            finally:
+                self._writing = False
+            if loop is None or future is None:
+                continue
             try:
                 loop.call_soon_threadsafe(_answer, future, result, error)
             except RuntimeError:  # the caller's loop is closed: nobody is waiting any more
                 continue
+
+    def _checkpoint(self) -> None:
+        """A passive checkpoint on the writer thread, after inline commits (which do none)."""
+        try:
+            self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except (sqlite3.Error, StorageError) as exc:  # the next one tries again; SQLite stays consistent
+            log.warning("sqlite checkpoint failed: %s", type(exc).__name__)
 
     # -- errors -------------------------------------------------------------------------------------
     def translate(self, exc: sqlite3.Error) -> StorageError:
@@ -169,26 +213,62 @@ class SQLiteDriver:
 
     # -- writing --------------------------------------------------------------------------------------
     async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``work`` in one ``BEGIN IMMEDIATE`` … ``COMMIT`` on the writer thread. Anything it
-        raises rolls the transaction back; the driver's errors become :class:`StorageError`."""
+        """Run ``work`` in one ``BEGIN IMMEDIATE`` … ``COMMIT``: inline when that costs no wait
+        (see the module docstring), else on the writer thread. Anything it raises rolls the
+        transaction back; the driver's errors become :class:`StorageError`."""
         if self._closed:
             raise StorageError(f"sqlite store is closed{self._hint}")
-        if self._writer is None:
-            self._start_writer()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        # One hand-off each way: the queue to the writer thread, call_soon_threadsafe back.
         with inner_span("tether.store.write", _SQLITE):
-            self._jobs.put((work, loop, future))
+            if self._inline and not self._writing and self._jobs.empty():
+                done = self._attempt(work, inline=True)
+                if done is not None:
+                    self._inline_commits += 1
+                    if self._inline_commits >= CHECKPOINT_EVERY:
+                        self._inline_commits = 0
+                        self._submit(self._checkpoint, None, None)
+                    return done[0]
+                # Another writer holds a lock: nothing was done; queue behind it.
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[T] = loop.create_future()
+            # One hand-off each way: the queue to the writer thread, call_soon_threadsafe back.
+            self._submit(functools.partial(self._transaction, work), loop, future)
             return await future
 
+    def _submit(
+        self,
+        run: Callable[[], Any],
+        loop: asyncio.AbstractEventLoop | None,
+        future: asyncio.Future[Any] | None,
+    ) -> None:
+        if self._writer is None:
+            self._start_writer()
+        self._jobs.put((run, loop, future))
+
     def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._connection()
+        """``work`` between ``BEGIN IMMEDIATE`` and ``COMMIT`` on this thread, holding the
+        writers' lock (waiting for it as long as it takes, then up to the busy timeout)."""
+        done = self._attempt(work, inline=False)
+        assert done is not None  # only an inline attempt gives up
+        return done[0]
+
+    def _attempt(self, work: Callable[[sqlite3.Connection], T], *, inline: bool) -> tuple[T] | None:
+        """:meth:`_transaction`; ``inline``: on this thread's inline connection, without waiting:
+        None (and nothing done) when another writer holds the writers' lock or SQLite's."""
+        conn = self._inline_connection() if inline else self._connection()
         lock = self._lock_fd()
         if lock is not None:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released on close too, should this process die
+            try:
+                # released on close too, should this process die
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB if inline else fcntl.LOCK_EX)
+            except BlockingIOError:
+                return None
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if inline and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+                    return None
+                raise
             try:
                 result = work(conn)
                 conn.execute("COMMIT")
@@ -203,7 +283,7 @@ class SQLiteDriver:
         finally:
             if lock is not None:
                 fcntl.flock(lock, fcntl.LOCK_UN)
-        return result
+        return (result,)
 
     def write_sync(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """:meth:`write` on the calling thread (tools and tests without an event loop)."""
