@@ -58,7 +58,9 @@ import mcp_types as types
 import uvicorn
 from mcp.server.lowlevel.server import Server
 
+from bench import mcp_light
 from bench.egress_bench import percentile, serve, timed
+from bench.light.generator import WRK_INSTALL_HINT
 from bench.openbao.procs import free_port, stop, wait_for_port
 from bench.openbao.tether_server import Tether
 from tether.api import create_app
@@ -85,12 +87,18 @@ HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "app
 
 
 def upstream_app() -> Any:
+    """The SDK upstream; ``GET /count`` (no token: a benchmark's own probe) says how many tool calls
+    it has answered, so that a light run can check that every answer it counted came from here."""
+    answered = 0
+
     async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
         return types.ListToolsResult(
             tools=[types.Tool(name="search", description="Search.", input_schema=SCHEMA)]
         )
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        nonlocal answered
+        answered += 1
         query = (params.arguments or {}).get("query")
         return types.CallToolResult(content=[types.TextContent(type="text", text=f"results for {query}")])
 
@@ -98,6 +106,10 @@ def upstream_app() -> Any:
     inner = server.streamable_http_app(stateless_http=True, json_response=True)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/count" and scope["method"] == "GET":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": str(answered).encode()})
+            return
         if (
             scope["type"] == "http"
             and dict(scope["headers"]).get(b"authorization") != f"Bearer {SECRET}".encode()
@@ -231,11 +243,15 @@ def _paths(
 LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=64)
 
 
+#: A light run of a served setup (bench/mcp_light.py): seconds and reps in, its figures out.
+Light = Callable[[float, int], Awaitable[dict[str, Any]]]
+
+
 @asynccontextmanager
 async def started(
     sqlite_synchronous: str = "normal",
-) -> AsyncIterator[dict[str, Call]]:
-    """The upstream and Tether in this process, set up; the four calls."""
+) -> AsyncIterator[tuple[dict[str, Call], Light | None]]:
+    """The upstream and Tether in this process, set up; the four calls (and no light run)."""
     with tempfile.TemporaryDirectory() as tmp:
         broker = Broker.from_settings(Settings(data_dir=Path(tmp), sqlite_synchronous=sqlite_synchronous))
         init = await broker.init()
@@ -248,7 +264,7 @@ async def started(
             async with httpx.AsyncClient(timeout=30, limits=LIMITS) as http:
                 admin = {"Authorization": f"Bearer {init.root_token}"}
                 agent, task_id = await setup(http, url, admin, upstream)
-                yield _paths(http, url, upstream, agent, task_id)
+                yield _paths(http, url, upstream, agent, task_id), None
         finally:
             server.should_exit = True
             up_server.should_exit = True
@@ -273,23 +289,36 @@ def _start_served(sqlite_synchronous: str) -> tuple[subprocess.Popen[bytes], Tet
 
 
 @asynccontextmanager
-async def served(sqlite_synchronous: str = "normal") -> AsyncIterator[dict[str, Call]]:
+async def served(sqlite_synchronous: str = "normal") -> AsyncIterator[tuple[dict[str, Call], Light | None]]:
     """As deployed: Tether is the shipped ``tether server`` (its own process, on a fresh data dir),
-    the upstream its own uvicorn process; the four calls from this process."""
+    the upstream its own uvicorn process; the four calls from this process, and the light run."""
     upstream_proc, node, port = await asyncio.to_thread(_start_served, sqlite_synchronous)
     try:
         upstream = f"http://127.0.0.1:{port}/mcp"
         async with httpx.AsyncClient(timeout=30, limits=LIMITS) as http:
             agent, task_id = await setup(http, node.addr, node.headers(), upstream)
-            yield _paths(http, node.addr, upstream, agent, task_id)
+
+            def light(seconds: float, reps: int) -> Awaitable[dict[str, Any]]:
+                return mcp_light.run(
+                    node, upstream_proc.pid, upstream, agent, task_id, seconds=seconds, reps=reps
+                )
+
+            yield _paths(http, node.addr, upstream, agent, task_id), light
     finally:
         await asyncio.to_thread(node.close)
         await asyncio.to_thread(stop, upstream_proc)
 
 
-async def run(requests: int, sqlite_synchronous: str = "normal", *, deployed: bool = False) -> dict[str, Any]:
+async def run(
+    requests: int,
+    sqlite_synchronous: str = "normal",
+    *,
+    deployed: bool = False,
+    light_seconds: float = 0,
+    light_reps: int = 1,
+) -> dict[str, Any]:
     setup_of = served if deployed else started
-    async with setup_of(sqlite_synchronous) as paths:
+    async with setup_of(sqlite_synchronous) as (paths, light):
         for call in paths.values():  # warm-up: connections, the upstream session, caches
             await timed(call, 50, 1)
         results: dict[str, Any] = {
@@ -309,6 +338,8 @@ async def run(requests: int, sqlite_synchronous: str = "normal", *, deployed: bo
                     "p50_us": round(g["p50_us"] - d["p50_us"], 1),
                     "p99_us": round(g["p99_us"] - d["p99_us"], 1),
                 }
+        if light is not None and light_seconds > 0:
+            results["light"] = await light(light_seconds, light_reps)
         return results
 
 
@@ -324,7 +355,7 @@ def _instrument(on: bool) -> None:
 
 
 async def _count_child(path: str, calls: int) -> None:
-    async with started() as paths:
+    async with started() as (paths, _):
         call = paths[path]
         await timed(call, 30, 1)  # warm-up
         _instrument(True)
@@ -405,6 +436,15 @@ def markdown(results: dict[str, Any]) -> str:
                     added = figures["p50_us"] / 1000
                     verdict = "PASS" if added <= 2.0 else "MISS"
                     targets.append(f"{added:.2f} ms {what}, {wire}, {one.get('setup')} ({verdict})")
+    light = next((one["light"] for one in results["runs"] if one.get("light")), None)
+    if light is not None:
+        lines += ["", *_light_lines(light)]
+        for suffix, wire in (("", "bare JSON-RPC"), (f"_{MODERN}", MODERN)):
+            for connections in mcp_light.CONNECTIONS:
+                added = light[f"added{suffix}_{connections}"]["p50_us"] / 1000
+                verdict = "PASS" if added <= 2.0 else "MISS"
+                what = "sequential" if connections == 1 else f"{connections} concurrent"
+                targets.append(f"{added:.2f} ms {what}, {wire}, served, wrk ({verdict})")
     if targets:
         lines += ["", "Target (issue 15): added p50 <= 2.00 ms (SQLite normal): " + "; ".join(targets) + "."]
     counts = results.get("callgrind")
@@ -422,6 +462,31 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {wire} | {d:.2f} | {g:.2f} | {g - d:.2f} |")
     lines += ["", results["setup"], END]
     return "\n".join(lines)
+
+
+def _light_lines(light: dict[str, Any]) -> list[str]:
+    lines = [
+        f"**Light** (`bench/mcp_light.py`): the served setup again, driven by wrk with pre-built requests "
+        "(each gateway request its own DPoP proof, signed before the run and sent once) instead of a "
+        "Python client, whose own CPU per call is as large as the upstream's on the same 2 cores. "
+        f"{light['seconds']:g} s a run, median of {light['reps']}, direct and gateway alternating; every "
+        "run checked against the upstream's own count of the tool calls it answered. Server CPU: "
+        "Tether's processes per gateway call, the upstream's per direct call.",
+        "",
+        "| wire | connections | direct p50 / p99 ms | gateway p50 / p99 ms | **added** p50 / p99 ms "
+        "| calls/s direct / gateway | server CPU per call, µs: upstream / Tether |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for suffix, wire in (("", "bare JSON-RPC"), (f"_{MODERN}", MODERN)):
+        for connections in mcp_light.CONNECTIONS:
+            d, g = light[f"direct{suffix}_{connections}"], light[f"gateway{suffix}_{connections}"]
+            added = light[f"added{suffix}_{connections}"]
+            lines.append(
+                f"| {wire} | {connections} | {_ms(d)} | {_ms(g)} | **{_ms(added)}** "
+                f"| {d['calls_per_s']:,.0f} / {g['calls_per_s']:,.0f} "
+                f"| {d['server_cpu_us_per_call']:,.0f} / {g['server_cpu_us_per_call']:,.0f} |"
+            )
+    return lines
 
 
 def write_latest(section: str) -> None:
@@ -448,12 +513,26 @@ async def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-served", action="store_true", help="only the one-process runs (not the served one)"
     )
+    parser.add_argument(
+        "--light-seconds",
+        type=float,
+        default=8.0,
+        help="seconds per light run (wrk against the served setup; 0: none)",
+    )
+    parser.add_argument("--light-reps", type=int, default=3, help="light runs per measure (median)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     load = os.getloadavg()[0]  # other work on the machine moves the clock figures, not the counts
     requests = max(args.requests, CONCURRENCY)
     runs = [await run(requests, mode) for mode in ("normal", "full")]
     if not args.no_served:
-        runs.append(await run(requests, "normal", deployed=True))
+        light_seconds = args.light_seconds if mcp_light.available() else 0
+        if not mcp_light.available():
+            print(f"no light runs: {WRK_INSTALL_HINT}", flush=True)
+        runs.append(
+            await run(
+                requests, "normal", deployed=True, light_seconds=light_seconds, light_reps=args.light_reps
+            )
+        )
     results: dict[str, Any] = {
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
         "runs": runs,
