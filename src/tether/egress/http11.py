@@ -149,6 +149,20 @@ def _chunked(request: httpx.Request) -> bool:
     )
 
 
+#: A body already in memory up to this size goes out in the head's write (copying it costs less than
+#: a second write); a larger one is written on its own.
+_JOIN_BODY_BYTES = 64 * 1024
+
+
+def _in_memory(request: httpx.Request) -> bytes | None:
+    """The request's body when httpx holds it in memory already and it is small, else None."""
+    try:
+        body = request.content
+    except httpx.RequestNotRead:  # a streamed body: sent as it comes
+        return None
+    return body if len(body) <= _JOIN_BODY_BYTES else None
+
+
 def _declared_length(request: httpx.Request) -> int:
     """The request's one Content-Length (0 without one); refused when it is not a plain number,
     is given twice, or comes with a Transfer-Encoding (a request the upstream could frame
@@ -331,6 +345,18 @@ class Http11Transport(httpx.AsyncBaseTransport):
         write timeout bounds each write: a body that arrives slowly is not a write timeout)."""
         writer = conn.writer
         try:
+            whole = None if _chunked(request) else _in_memory(request)
+            if whole is not None:
+                # One write (one segment, one wake-up of the upstream) for a body already in memory.
+                left = _declared_length(request)
+                if len(whole) != left:
+                    longer = "longer" if len(whole) > left else "shorter"
+                    raise httpx.LocalProtocolError(
+                        f"refused: a body {longer} than its Content-Length", request=request
+                    )
+                writer.write(head + whole)
+                await _drain(writer, seconds)
+                return
             writer.write(head)
             await _drain(writer, seconds)
             stream: Any = request.stream
