@@ -522,6 +522,7 @@ async def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--light-reps", type=int, default=3, help="light runs per measure (median)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     load = os.getloadavg()[0]  # other work on the machine moves the clock figures, not the counts
+    loop_seconds = _host_speed()
     requests = max(args.requests, CONCURRENCY)
     runs = [await run(requests, mode) for mode in ("normal", "full")]
     if not args.no_served:
@@ -542,13 +543,23 @@ async def main(argv: list[str] | None = None) -> None:
         "setup": (
             f"SQLite {sqlite3.sqlite_version}, WAL, temporary file; Python {platform.python_version()} "
             f"on {platform.machine()}; mcp {_version('mcp')}; load average {load:.2f} on "
-            f"{os.cpu_count()} CPUs when the run began."
+            f"{os.cpu_count()} CPUs when the run began; a 10 M-step Python loop took {loop_seconds:.2f} s "
+            "then (the host's speed for one process: runs on a slower host are slower throughout)."
         ),
     }
     RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     section = markdown(results)
     write_latest(section)
     print(section)
+
+
+def _host_speed() -> float:
+    """Seconds for a fixed Python loop: how fast this shared host runs one process right now."""
+    started = time.perf_counter()
+    total = 0
+    for step in range(10_000_000):
+        total += step
+    return time.perf_counter() - started
 
 
 def _version(package: str) -> str:
