@@ -241,3 +241,32 @@ async def test_inline_commits_are_checkpointed_off_the_callers_thread(tmp_path: 
         assert rows == [(6 * CHECKPOINT_EVERY,)]
     finally:
         driver.close()
+
+
+async def test_an_inline_connection_that_cannot_open_without_waiting_falls_back(tmp_path: Path) -> None:
+    # The inline connection is opened at the first inline write, with busy timeout 0: when another
+    # connection holds the database (an exclusive-mode tool, another process's WAL recovery), its
+    # set-up statements are refused at once. That is contention, not an outage: the writer thread
+    # takes the work and waits as before, where a 503 would deny a request that could be served.
+    path = tmp_path / "t.db"
+    driver = _driver(path)
+    _counter(driver)
+    driver.close()  # no connection left open that could keep the foreign lock away
+    driver = _driver(path)
+    foreign = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        foreign.execute("PRAGMA locking_mode=EXCLUSIVE")
+        foreign.execute("BEGIN EXCLUSIVE")
+        foreign.execute("UPDATE c SET n = n")
+        write = asyncio.ensure_future(driver.write(_bump))
+        await asyncio.sleep(0.05)
+        assert not write.done()
+        foreign.execute("COMMIT")
+        foreign.close()
+        assert await asyncio.wait_for(write, 10) != threading.get_ident()
+        assert driver.read(Query("SELECT n FROM c", ("n",))) == [(1,)]
+        assert await driver.write(_bump) == threading.get_ident()  # inline once it could open
+    finally:
+        foreign.close()
+        driver.close()
+

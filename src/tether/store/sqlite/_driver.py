@@ -60,6 +60,12 @@ CHECKPOINT_EVERY = 100
 _Job = tuple[Callable[[], Any], asyncio.AbstractEventLoop | None, "asyncio.Future[Any] | None"] | None
 
 
+def _busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY and its extended codes (BUSY_RECOVERY, BUSY_SNAPSHOT, BUSY_TIMEOUT)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
+
+
 def _answer(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.done():  # the caller was cancelled; the transaction happened (or not) all the same
         return
@@ -96,18 +102,25 @@ class SQLiteDriver:
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = self._open(busy_timeout_ms=self._busy_timeout_ms, checkpoint=True)
+            conn = self._open(busy_timeout_ms=self._busy_timeout_ms, checkpoint=True)
+            assert conn is not None  # only an inline connection gives up when busy
+            self._local.conn = conn
         return conn
 
-    def _inline_connection(self) -> sqlite3.Connection:
+    def _inline_connection(self) -> sqlite3.Connection | None:
         """This thread's connection for inline writes: it never waits on SQLite's lock (busy
-        timeout 0) and never checkpoints (that would sync the disk on the caller's thread)."""
+        timeout 0) and never checkpoints (that would sync the disk on the caller's thread).
+        None when it cannot be opened without waiting (another connection holds the database):
+        the writer thread takes the work, as for any other lock held."""
         conn: sqlite3.Connection | None = getattr(self._local, "inline", None)
         if conn is None:
-            conn = self._local.inline = self._open(busy_timeout_ms=0, checkpoint=False)
+            conn = self._open(busy_timeout_ms=0, checkpoint=False, give_up_when_busy=True)
+            self._local.inline = conn
         return conn
 
-    def _open(self, *, busy_timeout_ms: int, checkpoint: bool) -> sqlite3.Connection:
+    def _open(
+        self, *, busy_timeout_ms: int, checkpoint: bool, give_up_when_busy: bool = False
+    ) -> sqlite3.Connection | None:
         if self._closed:
             raise StorageError(f"sqlite store is closed{self._hint}")
         try:
@@ -126,6 +139,8 @@ class SQLiteDriver:
                 conn.execute("PRAGMA wal_autocheckpoint=0")
         except sqlite3.Error as exc:
             conn.close()  # not half-configured, and not left open
+            if give_up_when_busy and _busy(exc):
+                return None
             raise self.translate(exc) from None
         with self._opened_lock:
             self._opened.append(conn)
@@ -255,6 +270,8 @@ class SQLiteDriver:
         """:meth:`_transaction`; ``inline``: on this thread's inline connection, without waiting:
         None (and nothing done) when another writer holds the writers' lock or SQLite's."""
         conn = self._inline_connection() if inline else self._connection()
+        if conn is None:
+            return None
         lock = self._lock_fd()
         if lock is not None:
             try:
@@ -266,7 +283,7 @@ class SQLiteDriver:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
-                if inline and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+                if inline and _busy(exc):
                     return None
                 raise
             try:
