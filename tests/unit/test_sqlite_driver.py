@@ -270,3 +270,41 @@ async def test_an_inline_connection_that_cannot_open_without_waiting_falls_back(
         foreign.close()
         driver.close()
 
+
+async def test_an_interrupt_right_after_begin_leaves_no_transaction_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An exception raised between BEGIN IMMEDIATE and the work (a signal handler's
+    # KeyboardInterrupt on the event loop's thread) must roll back like one raised by the work:
+    # a connection left in its transaction keeps SQLite's write lock, and every writer of every
+    # process is refused from then on.
+    path = tmp_path / "t.db"
+    driver, other = _driver(path), _driver(path)
+    _counter(driver)
+    interrupt = [True]
+
+    class Interrupted(sqlite3.Connection):
+        def execute(self, sql: str, *args: object) -> sqlite3.Cursor:  # type: ignore[override]
+            cursor = super().execute(sql, *args)
+            if sql == "BEGIN IMMEDIATE" and interrupt and interrupt.pop():
+                raise KeyboardInterrupt
+            return cursor
+
+    real_connect = sqlite3.connect
+
+    def connect(*args: object, **kwargs: object) -> sqlite3.Connection:
+        return real_connect(*args, factory=Interrupted, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            await driver.write(_bump)
+        monkeypatch.undo()
+        other._busy_timeout_ms = 200  # fail fast if the lock was kept
+        other.write_sync(_bump)
+        assert await driver.write(_bump) == threading.get_ident()
+        assert driver.read(Query("SELECT n FROM c", ("n",))) == [(2,)]
+    finally:
+        monkeypatch.undo()
+        driver.close()
+        other.close()

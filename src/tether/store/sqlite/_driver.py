@@ -118,6 +118,18 @@ class SQLiteDriver:
             self._local.inline = conn
         return conn
 
+    def _forget(self, conn: sqlite3.Connection) -> None:
+        """Close a connection that may still hold SQLite's write lock (its ROLLBACK failed), so that
+        the lock goes with it; this thread opens a fresh one next time."""
+        for name in ("conn", "inline"):
+            if getattr(self._local, name, None) is conn:
+                setattr(self._local, name, None)
+        with self._opened_lock:
+            if conn in self._opened:
+                self._opened.remove(conn)
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
     def _open(
         self, *, busy_timeout_ms: int, checkpoint: bool, give_up_when_busy: bool = False
     ) -> sqlite3.Connection | None:
@@ -281,17 +293,23 @@ class SQLiteDriver:
                 return None
         try:
             try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if inline and _busy(exc):
-                    return None
-                raise
-            try:
+                # BEGIN inside the try that rolls back: whatever is raised once it ran (a signal
+                # handler's KeyboardInterrupt too) must not leave SQLite's write lock held.
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if inline and _busy(exc):
+                        return None
+                    raise
                 result = work(conn)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    try:
+                        conn.execute("ROLLBACK")
+                    except BaseException:
+                        self._forget(conn)  # closing it rolls back and frees the lock
+                        raise
                 raise
         except TetherError:
             raise
