@@ -308,3 +308,36 @@ async def test_an_interrupt_right_after_begin_leaves_no_transaction_open(
         monkeypatch.undo()
         driver.close()
         other.close()
+
+
+def _wal_checkpoint_sequence(path: Path) -> int:
+    # The log's header (bytes 12..16): the checkpoint sequence, written anew (and synced, even at
+    # synchronous=NORMAL) by the first commit after a complete checkpoint, which restarts the log.
+    with open(f"{path}-wal", "rb") as wal:
+        return int.from_bytes(wal.read(16)[12:16], "big")
+
+
+async def test_the_log_is_restarted_off_the_callers_thread(tmp_path: Path) -> None:
+    # After a complete checkpoint the next commit writes the log's header again and syncs it:
+    # that commit must not be an inline one (the sync would stall the event loop).
+    path = tmp_path / "t.db"
+    driver = _driver(path)
+    _counter(driver)
+    try:
+        for _ in range(CHECKPOINT_EVERY):
+            assert await driver.write(_bump) == threading.get_ident()
+        # Wait for the writer thread to have run its checkpoint.
+        for _ in range(200):
+            if not driver._writing and driver._jobs.empty():
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        before = _wal_checkpoint_sequence(path)
+        restarter = await driver.write(_bump)
+        after = _wal_checkpoint_sequence(path)
+        assert after != before  # this commit restarted the log ...
+        assert restarter != threading.get_ident()  # ... on the writer thread
+        assert await driver.write(_bump) == threading.get_ident()  # inline again afterwards
+        assert driver.read(Query("SELECT n FROM c", ("n",))) == [(CHECKPOINT_EVERY + 2,)]
+    finally:
+        driver.close()

@@ -11,7 +11,9 @@ queued or running, :meth:`SQLiteDriver.write` runs the transaction on the callin
 part most sensitive to the host's scheduling. An inline write never waits for a lock: when another
 writer holds either lock it goes to the writer thread as before. It never checkpoints either: its
 connection has ``wal_autocheckpoint`` off, and every :data:`CHECKPOINT_EVERY` inline commits the
-writer thread is asked for a passive checkpoint (the one step that syncs the disk at NORMAL).
+writer thread is asked for a passive checkpoint (the one step that syncs the disk at NORMAL). When
+that checkpoint completes, the next write goes to the writer thread too: the first commit into a
+restarted log writes the log's header and syncs it, at NORMAL as well.
 At ``synchronous=FULL`` every commit syncs the write-ahead log, so every write goes to the writer
 thread.
 Writers of other processes (``tether server --workers N``) take turns on a lock file beside the
@@ -97,6 +99,7 @@ class SQLiteDriver:
         self._lock_path = None if str(path) == ":memory:" else Path(f"{path}-writer.lock")
         self._inline = synchronous == "NORMAL" and self._lock_path is not None
         self._inline_commits = 0
+        self._restart_due = False  # a checkpoint completed: the next write restarts the log
 
     # -- connections ------------------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
@@ -208,9 +211,14 @@ class SQLiteDriver:
     def _checkpoint(self) -> None:
         """A passive checkpoint on the writer thread, after inline commits (which do none)."""
         try:
-            self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            row = self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
         except (sqlite3.Error, StorageError) as exc:  # the next one tries again; SQLite stays consistent
             log.warning("sqlite checkpoint failed: %s", type(exc).__name__)
+            return
+        # Complete (every frame of the log is in the database): the next commit restarts the log
+        # and writes its header anew, which syncs the disk even at NORMAL. That commit runs here.
+        frames, backfilled = int(row[1]), int(row[2])
+        self._restart_due = frames > 0 and backfilled == frames
 
     # -- errors -------------------------------------------------------------------------------------
     def translate(self, exc: sqlite3.Error) -> StorageError:
@@ -246,7 +254,7 @@ class SQLiteDriver:
         if self._closed:
             raise StorageError(f"sqlite store is closed{self._hint}")
         with inner_span("tether.store.write", _SQLITE):
-            if self._inline and not self._writing and self._jobs.empty():
+            if self._inline and not (self._writing or self._restart_due) and self._jobs.empty():
                 done = self._attempt(work, inline=True)
                 if done is not None:
                     self._inline_commits += 1
@@ -276,6 +284,7 @@ class SQLiteDriver:
         writers' lock (waiting for it as long as it takes, then up to the busy timeout)."""
         done = self._attempt(work, inline=False)
         assert done is not None  # only an inline attempt gives up
+        self._restart_due = False  # this commit restarted the log if a checkpoint let it
         return done[0]
 
     def _attempt(self, work: Callable[[sqlite3.Connection], T], *, inline: bool) -> tuple[T] | None:
