@@ -241,3 +241,103 @@ async def test_inline_commits_are_checkpointed_off_the_callers_thread(tmp_path: 
         assert rows == [(6 * CHECKPOINT_EVERY,)]
     finally:
         driver.close()
+
+
+async def test_an_inline_connection_that_cannot_open_without_waiting_falls_back(tmp_path: Path) -> None:
+    # The inline connection is opened at the first inline write, with busy timeout 0: when another
+    # connection holds the database (an exclusive-mode tool, another process's WAL recovery), its
+    # set-up statements are refused at once. That is contention, not an outage: the writer thread
+    # takes the work and waits as before, where a 503 would deny a request that could be served.
+    path = tmp_path / "t.db"
+    driver = _driver(path)
+    _counter(driver)
+    driver.close()  # no connection left open that could keep the foreign lock away
+    driver = _driver(path)
+    foreign = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        foreign.execute("PRAGMA locking_mode=EXCLUSIVE")
+        foreign.execute("BEGIN EXCLUSIVE")
+        foreign.execute("UPDATE c SET n = n")
+        write = asyncio.ensure_future(driver.write(_bump))
+        await asyncio.sleep(0.05)
+        assert not write.done()
+        foreign.execute("COMMIT")
+        foreign.close()
+        assert await asyncio.wait_for(write, 10) != threading.get_ident()
+        assert driver.read(Query("SELECT n FROM c", ("n",))) == [(1,)]
+        assert await driver.write(_bump) == threading.get_ident()  # inline once it could open
+    finally:
+        foreign.close()
+        driver.close()
+
+
+async def test_an_interrupt_right_after_begin_leaves_no_transaction_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An exception raised between BEGIN IMMEDIATE and the work (a signal handler's
+    # KeyboardInterrupt on the event loop's thread) must roll back like one raised by the work:
+    # a connection left in its transaction keeps SQLite's write lock, and every writer of every
+    # process is refused from then on.
+    path = tmp_path / "t.db"
+    driver, other = _driver(path), _driver(path)
+    _counter(driver)
+    interrupt = [True]
+
+    class Interrupted(sqlite3.Connection):
+        def execute(self, sql: str, *args: object) -> sqlite3.Cursor:  # type: ignore[override]
+            cursor = super().execute(sql, *args)
+            if sql == "BEGIN IMMEDIATE" and interrupt and interrupt.pop():
+                raise KeyboardInterrupt
+            return cursor
+
+    real_connect = sqlite3.connect
+
+    def connect(*args: object, **kwargs: object) -> sqlite3.Connection:
+        return real_connect(*args, factory=Interrupted, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            await driver.write(_bump)
+        monkeypatch.undo()
+        other._busy_timeout_ms = 200  # fail fast if the lock was kept
+        other.write_sync(_bump)
+        assert await driver.write(_bump) == threading.get_ident()
+        assert driver.read(Query("SELECT n FROM c", ("n",))) == [(2,)]
+    finally:
+        monkeypatch.undo()
+        driver.close()
+        other.close()
+
+
+def _wal_checkpoint_sequence(path: Path) -> int:
+    # The log's header (bytes 12..16): the checkpoint sequence, written anew (and synced, even at
+    # synchronous=NORMAL) by the first commit after a complete checkpoint, which restarts the log.
+    with open(f"{path}-wal", "rb") as wal:
+        return int.from_bytes(wal.read(16)[12:16], "big")
+
+
+async def test_the_log_is_restarted_off_the_callers_thread(tmp_path: Path) -> None:
+    # After a complete checkpoint the next commit writes the log's header again and syncs it:
+    # that commit must not be an inline one (the sync would stall the event loop).
+    path = tmp_path / "t.db"
+    driver = _driver(path)
+    _counter(driver)
+    try:
+        for _ in range(CHECKPOINT_EVERY):
+            assert await driver.write(_bump) == threading.get_ident()
+        # Wait for the writer thread to have run its checkpoint.
+        for _ in range(200):
+            if not driver._writing and driver._jobs.empty():
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        before = _wal_checkpoint_sequence(path)
+        restarter = await driver.write(_bump)
+        after = _wal_checkpoint_sequence(path)
+        assert after != before  # this commit restarted the log ...
+        assert restarter != threading.get_ident()  # ... on the writer thread
+        assert await driver.write(_bump) == threading.get_ident()  # inline again afterwards
+        assert driver.read(Query("SELECT n FROM c", ("n",))) == [(CHECKPOINT_EVERY + 2,)]
+    finally:
+        driver.close()

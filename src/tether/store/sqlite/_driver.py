@@ -11,7 +11,9 @@ queued or running, :meth:`SQLiteDriver.write` runs the transaction on the callin
 part most sensitive to the host's scheduling. An inline write never waits for a lock: when another
 writer holds either lock it goes to the writer thread as before. It never checkpoints either: its
 connection has ``wal_autocheckpoint`` off, and every :data:`CHECKPOINT_EVERY` inline commits the
-writer thread is asked for a passive checkpoint (the one step that syncs the disk at NORMAL).
+writer thread is asked for a passive checkpoint (the one step that syncs the disk at NORMAL). When
+that checkpoint completes, the next write goes to the writer thread too: the first commit into a
+restarted log writes the log's header and syncs it, at NORMAL as well.
 At ``synchronous=FULL`` every commit syncs the write-ahead log, so every write goes to the writer
 thread.
 Writers of other processes (``tether server --workers N``) take turns on a lock file beside the
@@ -60,6 +62,12 @@ CHECKPOINT_EVERY = 100
 _Job = tuple[Callable[[], Any], asyncio.AbstractEventLoop | None, "asyncio.Future[Any] | None"] | None
 
 
+def _busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY and its extended codes (BUSY_RECOVERY, BUSY_SNAPSHOT, BUSY_TIMEOUT)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
+
+
 def _answer(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.done():  # the caller was cancelled; the transaction happened (or not) all the same
         return
@@ -91,23 +99,43 @@ class SQLiteDriver:
         self._lock_path = None if str(path) == ":memory:" else Path(f"{path}-writer.lock")
         self._inline = synchronous == "NORMAL" and self._lock_path is not None
         self._inline_commits = 0
+        self._restart_due = False  # a checkpoint completed: the next write restarts the log
 
     # -- connections ------------------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = self._open(busy_timeout_ms=self._busy_timeout_ms, checkpoint=True)
+            conn = self._open(busy_timeout_ms=self._busy_timeout_ms, checkpoint=True)
+            assert conn is not None  # only an inline connection gives up when busy
+            self._local.conn = conn
         return conn
 
-    def _inline_connection(self) -> sqlite3.Connection:
+    def _inline_connection(self) -> sqlite3.Connection | None:
         """This thread's connection for inline writes: it never waits on SQLite's lock (busy
-        timeout 0) and never checkpoints (that would sync the disk on the caller's thread)."""
+        timeout 0) and never checkpoints (that would sync the disk on the caller's thread).
+        None when it cannot be opened without waiting (another connection holds the database):
+        the writer thread takes the work, as for any other lock held."""
         conn: sqlite3.Connection | None = getattr(self._local, "inline", None)
         if conn is None:
-            conn = self._local.inline = self._open(busy_timeout_ms=0, checkpoint=False)
+            conn = self._open(busy_timeout_ms=0, checkpoint=False, give_up_when_busy=True)
+            self._local.inline = conn
         return conn
 
-    def _open(self, *, busy_timeout_ms: int, checkpoint: bool) -> sqlite3.Connection:
+    def _forget(self, conn: sqlite3.Connection) -> None:
+        """Close a connection that may still hold SQLite's write lock (its ROLLBACK failed), so that
+        the lock goes with it; this thread opens a fresh one next time."""
+        for name in ("conn", "inline"):
+            if getattr(self._local, name, None) is conn:
+                setattr(self._local, name, None)
+        with self._opened_lock:
+            if conn in self._opened:
+                self._opened.remove(conn)
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+    def _open(
+        self, *, busy_timeout_ms: int, checkpoint: bool, give_up_when_busy: bool = False
+    ) -> sqlite3.Connection | None:
         if self._closed:
             raise StorageError(f"sqlite store is closed{self._hint}")
         try:
@@ -126,6 +154,8 @@ class SQLiteDriver:
                 conn.execute("PRAGMA wal_autocheckpoint=0")
         except sqlite3.Error as exc:
             conn.close()  # not half-configured, and not left open
+            if give_up_when_busy and _busy(exc):
+                return None
             raise self.translate(exc) from None
         with self._opened_lock:
             self._opened.append(conn)
@@ -181,9 +211,14 @@ class SQLiteDriver:
     def _checkpoint(self) -> None:
         """A passive checkpoint on the writer thread, after inline commits (which do none)."""
         try:
-            self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            row = self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
         except (sqlite3.Error, StorageError) as exc:  # the next one tries again; SQLite stays consistent
             log.warning("sqlite checkpoint failed: %s", type(exc).__name__)
+            return
+        # Complete (every frame of the log is in the database): the next commit restarts the log
+        # and writes its header anew, which syncs the disk even at NORMAL. That commit runs here.
+        frames, backfilled = int(row[1]), int(row[2])
+        self._restart_due = frames > 0 and backfilled == frames
 
     # -- errors -------------------------------------------------------------------------------------
     def translate(self, exc: sqlite3.Error) -> StorageError:
@@ -219,7 +254,7 @@ class SQLiteDriver:
         if self._closed:
             raise StorageError(f"sqlite store is closed{self._hint}")
         with inner_span("tether.store.write", _SQLITE):
-            if self._inline and not self._writing and self._jobs.empty():
+            if self._inline and not (self._writing or self._restart_due) and self._jobs.empty():
                 done = self._attempt(work, inline=True)
                 if done is not None:
                     self._inline_commits += 1
@@ -249,12 +284,15 @@ class SQLiteDriver:
         writers' lock (waiting for it as long as it takes, then up to the busy timeout)."""
         done = self._attempt(work, inline=False)
         assert done is not None  # only an inline attempt gives up
+        self._restart_due = False  # this commit restarted the log if a checkpoint let it
         return done[0]
 
     def _attempt(self, work: Callable[[sqlite3.Connection], T], *, inline: bool) -> tuple[T] | None:
         """:meth:`_transaction`; ``inline``: on this thread's inline connection, without waiting:
         None (and nothing done) when another writer holds the writers' lock or SQLite's."""
         conn = self._inline_connection() if inline else self._connection()
+        if conn is None:
+            return None
         lock = self._lock_fd()
         if lock is not None:
             try:
@@ -264,17 +302,23 @@ class SQLiteDriver:
                 return None
         try:
             try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if inline and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
-                    return None
-                raise
-            try:
+                # BEGIN inside the try that rolls back: whatever is raised once it ran (a signal
+                # handler's KeyboardInterrupt too) must not leave SQLite's write lock held.
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if inline and _busy(exc):
+                        return None
+                    raise
                 result = work(conn)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    try:
+                        conn.execute("ROLLBACK")
+                    except BaseException:
+                        self._forget(conn)  # closing it rolls back and frees the lock
+                        raise
                 raise
         except TetherError:
             raise
