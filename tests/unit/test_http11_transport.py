@@ -405,6 +405,29 @@ async def test_a_body_that_does_not_match_its_content_length_is_refused(
 
 
 @pytest.mark.parametrize(
+    "headers",
+    [[(b"content-length", b"5"), (b"content-length", b"5")], [(b"content-length", b"+5")]],
+)
+async def test_a_malformed_content_length_is_refused_before_the_head_is_sent(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"hello"
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Upstream) -> None:
+        state.received.append(await reader.read())
+
+    async with upstream(script) as (url, state):
+        transport = Http11Transport()
+        request = httpx.Request("POST", url + "/a", headers=headers, content=body())
+        with pytest.raises(httpx.LocalProtocolError, match="refused"):
+            await asyncio.wait_for(transport.handle_async_request(request), 5)
+        await transport.aclose()
+        await asyncio.sleep(0.05)  # the upstream reads what (if anything) arrived before the close
+    assert all(got == b"" for got in state.received)
+
+
+@pytest.mark.parametrize(
     ("headers", "content"),
     [
         ([(b"content-length", b"5")], b"helloGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),

@@ -345,10 +345,11 @@ class Http11Transport(httpx.AsyncBaseTransport):
         write timeout bounds each write: a body that arrives slowly is not a write timeout)."""
         writer = conn.writer
         try:
-            whole = None if _chunked(request) else _in_memory(request)
+            chunked = _chunked(request)
+            left = 0 if chunked else _declared_length(request)  # refused before anything is sent
+            whole = None if chunked else _in_memory(request)
             if whole is not None:
                 # One write (one segment, one wake-up of the upstream) for a body already in memory.
-                left = _declared_length(request)
                 if len(whole) != left:
                     longer = "longer" if len(whole) > left else "shorter"
                     raise httpx.LocalProtocolError(
@@ -360,7 +361,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             writer.write(head)
             await _drain(writer, seconds)
             stream: Any = request.stream
-            if _chunked(request):
+            if chunked:
                 async for chunk in stream:
                     if chunk:
                         writer.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
@@ -368,7 +369,6 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 writer.write(b"0\r\n\r\n")
                 await _drain(writer, seconds)
             else:
-                left = _declared_length(request)
                 async for chunk in stream:
                     if len(chunk) > left:
                         raise httpx.LocalProtocolError(
