@@ -82,6 +82,9 @@ Reader = MemoryObjectReceiveStream[SessionMessage | Exception]
 Writer = MemoryObjectSendStream[SessionMessage]
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 class _Events:
     """Server-sent events (the WHATWG parsing rules) fed as bytes: the ``data`` of each complete
     ``message`` event. Comments, ``id`` and ``retry`` are read over (there is no resumption).
@@ -93,8 +96,16 @@ class _Events:
         self._data = bytearray()
         self._event = b""
         self._after_cr = False
+        self._lead: bytes | None = b""  # the stream's first bytes, until a leading BOM is ruled out
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        if self._lead is not None:  # one UTF-8 BOM may open the stream; it is not part of a line
+            lead = self._lead + chunk
+            if len(lead) < len(_BOM) and _BOM.startswith(lead):
+                self._lead = lead
+                return []
+            self._lead = None
+            chunk = lead.removeprefix(_BOM)
         if self._after_cr and chunk:  # a CR ended the last chunk: an LF starting this one is its CRLF's
             self._after_cr = False
             chunk = chunk.removeprefix(b"\n")
