@@ -15,6 +15,8 @@ Tether on SQLite (WAL) with that upstream registered (``Authorization: Bearer <s
   for the other 15 in the loop.
 - **served** (SQLite normal): Tether is the shipped ``tether server`` in its own process, the upstream
   its own uvicorn process: as deployed, on the same two cores as the client.
+- **light** (the served setup again): driven by wrk with pre-built, pre-signed requests instead of a
+  Python client, 1 and 16 connections (:mod:`bench.mcp_light`; ``--light-seconds 0`` or no wrk: none).
 
 The same ``httpx.AsyncClient`` sends the same JSON-RPC ``tools/call``:
 
