@@ -62,7 +62,7 @@ from mcp.server.lowlevel.server import Server
 
 from bench import mcp_light
 from bench.egress_bench import percentile, serve, timed
-from bench.light.generator import WRK_INSTALL_HINT
+from bench.light.generator import WRK_MISSING
 from bench.openbao.procs import free_port, stop, wait_for_port
 from bench.openbao.tether_server import Tether
 from tether.api import create_app
@@ -528,9 +528,10 @@ async def main(argv: list[str] | None = None) -> None:
     requests = max(args.requests, CONCURRENCY)
     runs = [await run(requests, mode) for mode in ("normal", "full")]
     if not args.no_served:
-        light_seconds = args.light_seconds if mcp_light.available() else 0
+        light_seconds = args.light_seconds
         if not mcp_light.available():
-            print(f"no light runs: {WRK_INSTALL_HINT}", flush=True)
+            light_seconds = 0
+            print(f"no light runs: {WRK_MISSING}", flush=True)
         runs.append(
             await run(
                 requests, "normal", deployed=True, light_seconds=light_seconds, light_reps=args.light_reps

@@ -31,10 +31,8 @@ from typing import Any
 from bench.openbao.procs import CLOCK_TICKS, tree_cpu_seconds
 
 LUA = Path(__file__).with_name("pool.lua")
-WRK_INSTALL_HINT = (
-    "wrk is not installed: `apt-get install -y wrk` (Debian/Ubuntu; as root, or with sudo), "
-    "or run with --generator asyncio"
-)
+WRK_MISSING = "wrk is not installed: `apt-get install -y wrk` (Debian/Ubuntu; as root, or with sudo)"
+WRK_INSTALL_HINT = WRK_MISSING + ", or run with --generator asyncio"
 
 
 class GeneratorError(RuntimeError):
