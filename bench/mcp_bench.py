@@ -16,7 +16,8 @@ Tether on SQLite (WAL) with that upstream registered (``Authorization: Bearer <s
 - **served** (SQLite normal): Tether is the shipped ``tether server`` in its own process, the upstream
   its own uvicorn process: as deployed, on the same two cores as the client.
 - **light** (the served setup again): driven by wrk with pre-built, pre-signed requests instead of a
-  Python client, 1 and 16 connections (:mod:`bench.mcp_light`; ``--light-seconds 0`` or no wrk: none).
+  Python client: 1 connection, 16 in a closed loop, 16 paced (:mod:`bench.mcp_light`;
+  ``--light-seconds 0`` or no wrk: none).
 
 The same ``httpx.AsyncClient`` sends the same JSON-RPC ``tools/call``:
 
@@ -442,10 +443,10 @@ def markdown(results: dict[str, Any]) -> str:
     if light is not None:
         lines += ["", *_light_lines(light)]
         for suffix, wire in (("", "bare JSON-RPC"), (f"_{MODERN}", MODERN)):
-            for connections in mcp_light.CONNECTIONS:
-                added = light[f"added{suffix}_{connections}"]["p50_us"] / 1000
+            for shape in mcp_light.SHAPES:
+                added = light[f"added{suffix}_{shape.key}"]["p50_us"] / 1000
                 verdict = "PASS" if added <= 2.0 else "MISS"
-                what = "sequential" if connections == 1 else f"{connections} concurrent"
+                what = "sequential" if shape.connections == 1 else f"{shape.label} concurrent"
                 targets.append(f"{added:.2f} ms {what}, {wire}, served, wrk ({verdict})")
     if targets:
         lines += ["", "Target (issue 15): added p50 <= 2.00 ms (SQLite normal): " + "; ".join(targets) + "."]
@@ -473,18 +474,24 @@ def _light_lines(light: dict[str, Any]) -> list[str]:
         "Python client, whose own CPU per call is as large as the upstream's on the same 2 cores. "
         f"{light['seconds']:g} s a run, median of {light['reps']}, direct and gateway alternating; every "
         "run checked against the upstream's own count of the tool calls it answered. Server CPU: "
-        "Tether's processes per gateway call, the upstream's per direct call.",
+        "Tether's processes per gateway call, the upstream's per direct call (at a low rate it includes "
+        "each server's idle background work, spread over fewer calls). *16* is a closed loop (each "
+        "connection sends its next call when the answer arrives: as many calls as the 2 cores serve, "
+        "each waiting for the other 15); *16 paced* are 16 agents that each pause a random "
+        f"{light.get('think_ms', 40) / 2:g}-{light.get('think_ms', 40) * 1.5:g} ms between an answer and "
+        "their next call (calls overlap, the cores are not saturated, and each call finds caches "
+        "and cores colder than back-to-back calls do).",
         "",
         "| wire | connections | direct p50 / p99 ms | gateway p50 / p99 ms | **added** p50 / p99 ms "
         "| calls/s direct / gateway | server CPU per call, µs: upstream / Tether |",
         "|---|---|---|---|---|---|---|",
     ]
     for suffix, wire in (("", "bare JSON-RPC"), (f"_{MODERN}", MODERN)):
-        for connections in mcp_light.CONNECTIONS:
-            d, g = light[f"direct{suffix}_{connections}"], light[f"gateway{suffix}_{connections}"]
-            added = light[f"added{suffix}_{connections}"]
+        for shape in mcp_light.SHAPES:
+            d, g = light[f"direct{suffix}_{shape.key}"], light[f"gateway{suffix}_{shape.key}"]
+            added = light[f"added{suffix}_{shape.key}"]
             lines.append(
-                f"| {wire} | {connections} | {_ms(d)} | {_ms(g)} | **{_ms(added)}** "
+                f"| {wire} | {shape.label} | {_ms(d)} | {_ms(g)} | **{_ms(added)}** "
                 f"| {d['calls_per_s']:,.0f} / {g['calls_per_s']:,.0f} "
                 f"| {d['server_cpu_us_per_call']:,.0f} / {g['server_cpu_us_per_call']:,.0f} |"
             )

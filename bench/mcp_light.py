@@ -9,12 +9,17 @@ as much as Tether; wrk sends pre-built bytes (:mod:`bench.light`), so what is le
 - **gateway**: the same call to Tether's ``/mcp``, each request with its own DPoP proof, signed
   before the run by the SDK's signer and sent once, as in issue 13's activation runs.
 
-One connection (each call alone: the added latency of one call) and 16 (a closed loop: each
-connection sends its next call when the answer arrives). wrk counts only non-2xx answers as errors,
-and a refused tool call is a 200 with a JSON-RPC error, so every run is checked against the
-upstream's own count of the tool calls it answered (``GET /count``): gateway answers that never
-reached the upstream would show there. Tether's CPU per call is its server process with its workers
-(``/proc``), the upstream's likewise for the direct runs.
+Three shapes: one connection (each call alone: the added latency of one call); 16 in a closed loop
+(each connection sends its next call when the answer arrives: as many calls as the machine can
+serve, so on two cores shared by wrk, the upstream and Tether a call mostly waits for the other 15);
+and 16 *paced* connections, 16 agents that each pause a random 20-60 ms between an answer and their
+next call (about 380 calls/s in all: many calls overlap, the machine is not saturated).
+
+wrk counts only non-2xx answers as errors, and a refused tool call is a 200 with a JSON-RPC error,
+so every run is checked against the upstream's own count of the tool calls it answered
+(``GET /count``): gateway answers that never reached the upstream would show there. Tether's CPU
+per call is its server process with its workers (``/proc``), the upstream's likewise for the
+direct runs.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import asyncio
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,11 +37,29 @@ import httpx
 
 from bench.light.generator import Load, raw_request, run_load, write_pool, wrk_path
 
-__all__ = ["CONNECTIONS", "available", "run"]
+__all__ = ["SHAPES", "Shape", "available", "run"]
 
-CONNECTIONS = (1, 16)
-#: Requests per second a pool is sized for (a gateway run on this machine does about 500 / 900).
-MAX_RATE = {1: 1500, 16: 3000}
+
+@dataclass(frozen=True)
+class Shape:
+    """How a run drives the servers: connections, and each one's pause between calls."""
+
+    key: str  # in the results: direct_<key>, gateway_<key>, added_<key>
+    connections: int
+    think_ms: float  # mean pause after an answer (0: a closed loop)
+    #: Calls per second a gateway pool is sized for (each proof is sent once); this machine serves
+    #: about 500 a second on one connection and 900 on 16.
+    max_rate: int
+
+    @property
+    def label(self) -> str:
+        if self.think_ms:
+            return f"{self.connections} paced ({self.think_ms / 2:g}-{self.think_ms * 1.5:g} ms apart)"
+        return f"{self.connections}"
+
+
+THINK_MS = 40.0
+SHAPES = (Shape("1", 1, 0, 1500), Shape("16", 16, 0, 3000), Shape("16_paced", 16, THINK_MS, 800))
 
 
 def available() -> bool:
@@ -46,9 +70,7 @@ def _upstream_count(url: str) -> int:
     return int(httpx.get(url.rsplit("/", 1)[0] + "/count", timeout=10).text)
 
 
-def _measure(
-    name: str, load: Load, pids: list[int], seconds: float, upstream: str, connections: int
-) -> dict[str, Any]:
+def _measure(name: str, load: Load, pids: list[int], seconds: float, upstream: str) -> dict[str, Any]:
     before = _upstream_count(upstream)
     figures = run_load([load], pids, seconds)
     time.sleep(0.2)  # calls wrk gave up waiting for at its end still reach the upstream
@@ -56,7 +78,7 @@ def _measure(
     ok = figures["ok"]
     # Answers the upstream never saw (refused by Tether with a 200) would make reached < ok; calls
     # still in flight when wrk stopped make it larger, by at most one per connection.
-    if not ok <= reached <= ok + connections or figures["status_errors"] or figures["socket_errors"]:
+    if not ok <= reached <= ok + load.connections or figures["status_errors"] or figures["socket_errors"]:
         raise RuntimeError(
             f"{name}: {ok} answers, {reached} upstream calls, {figures['status_errors']} HTTP errors, "
             f"{figures['socket_errors']} socket errors"
@@ -89,13 +111,13 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
 async def run(
     node: Any, upstream_pid: int, upstream: str, agent: Any, task_id: str, *, seconds: float, reps: int
 ) -> dict[str, Any]:
-    """Direct and gateway, both wires, 1 and 16 connections; ``reps`` runs each, alternating
-    direct and gateway so that a change in the host's load touches both."""
+    """Direct and gateway, both wires, every shape; ``reps`` runs each, alternating direct and
+    gateway so that a change in the host's load touches both."""
     from bench import mcp_bench as mb  # the calls' bytes; imported here: mcp_bench imports this module
 
     up_host = urlsplit(upstream).netloc
     gw_host = urlsplit(node.addr).netloc
-    results: dict[str, Any] = {"generator": "wrk", "seconds": seconds, "reps": reps}
+    results: dict[str, Any] = {"generator": "wrk", "seconds": seconds, "reps": reps, "think_ms": THINK_MS}
     with tempfile.TemporaryDirectory(prefix="tether-mcp-light-") as tmp:
         prefix = Path(tmp) / "pool"
         for modern in (False, True):
@@ -106,7 +128,7 @@ async def run(
                 **mb._wire("search", modern),
             }
             gateway_headers = {**mb.HEADERS, **mb._wire("bench__search", modern), "Tether-Task": task_id}
-            for connections in CONNECTIONS:
+            for shape in SHAPES:
                 runs: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
                 for _ in range(reps):
                     direct = [
@@ -117,16 +139,15 @@ async def run(
                     runs["direct"].append(
                         await asyncio.to_thread(
                             _measure,
-                            f"direct{suffix}, {connections} conn.",
-                            Load(f"http://{up_host}", prefix, connections, once=False),
+                            f"direct{suffix}, {shape.label}",
+                            Load(f"http://{up_host}", prefix, shape.connections, False, shape.think_ms),
                             [upstream_pid],
                             seconds,
                             upstream,
-                            connections,
                         )
                     )
                     token = await agent.token()
-                    count = int(MAX_RATE[connections] * seconds) + 4 * connections
+                    count = int(shape.max_rate * seconds) + 4 * shape.connections
                     url = node.addr + "/mcp"
                     gateway = [
                         raw_request(
@@ -142,18 +163,17 @@ async def run(
                     runs["gateway"].append(
                         await asyncio.to_thread(
                             _measure,
-                            f"gateway{suffix}, {connections} conn.",
-                            Load(node.addr, prefix, connections, once=True),
+                            f"gateway{suffix}, {shape.label}",
+                            Load(node.addr, prefix, shape.connections, True, shape.think_ms),
                             [node.pid],
                             seconds,
                             upstream,
-                            connections,
                         )
                     )
                 d, g = _median(runs["direct"]), _median(runs["gateway"])
-                results[f"direct{suffix}_{connections}"] = d
-                results[f"gateway{suffix}_{connections}"] = g
-                results[f"added{suffix}_{connections}"] = {
+                results[f"direct{suffix}_{shape.key}"] = d
+                results[f"gateway{suffix}_{shape.key}"] = g
+                results[f"added{suffix}_{shape.key}"] = {
                     "p50_us": round(g["p50_us"] - d["p50_us"], 1),
                     "p99_us": round(g["p99_us"] - d["p99_us"], 1),
                 }

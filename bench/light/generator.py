@@ -31,6 +31,8 @@ from typing import Any
 from bench.openbao.procs import CLOCK_TICKS, tree_cpu_seconds
 
 LUA = Path(__file__).with_name("pool.lua")
+#: The environment variable that paces a generator (read by pool.lua when it loads, and by rawgen).
+THINK_ENV = "TETHER_BENCH_THINK_MS"
 WRK_MISSING = "wrk is not installed: `apt-get install -y wrk` (Debian/Ubuntu; as root, or with sudo)"
 WRK_INSTALL_HINT = WRK_MISSING + ", or run with --generator asyncio"
 
@@ -73,6 +75,8 @@ class Load:
     pool: Path  # prefix of the pool files
     connections: int
     once: bool  # each request at most once (DPoP proofs), else cycle the pool
+    #: Paced: each connection pauses a random 0.5-1.5 x this many ms after an answer (0: closed loop).
+    think_ms: float = 0
 
 
 def _proc_cpu(pid: int) -> float:
@@ -142,6 +146,7 @@ def run_load(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=Path(__file__).resolve().parents[2],
+            env={**os.environ, THINK_ENV: str(load.think_ms)},
         )
         for load in loads
     ]

@@ -9,6 +9,19 @@
 -- table, so wrk's own CPU stays a small fraction of the server's.
 -- Each thread writes "ready <k> <n>" to stderr once its pool is loaded; done() prints one line
 -- "BENCHJSON {...}" with the figures the harness reads.
+--
+-- Paced runs: with TETHER_BENCH_THINK_MS=T in the environment, each connection waits a random
+-- 0.5 T to 1.5 T ms after an answer before it sends its next request (an agent thinking between
+-- tool calls). wrk starts a request's latency when it is written, so the pause is not counted.
+-- wrk asks whether delay() exists when the script loads, before init(), so the environment (not
+-- the script's arguments) decides, and closed-loop runs have no delay() at all.
+
+local think_ms = tonumber(os.getenv("TETHER_BENCH_THINK_MS") or "0") or 0
+if think_ms > 0 then
+  function delay()
+    return math.floor(think_ms * (0.5 + math.random()) + 0.5)
+  end
+end
 
 local counter = 0
 local threads = {}
@@ -36,6 +49,7 @@ function init(args)
   end
   used = 0
   short = 0
+  math.randomseed(os.time() * 64 + id)
   io.stderr:write("ready " .. id .. " " .. n .. "\n")
   io.stderr:flush()
 end

@@ -1,7 +1,8 @@
 """A load generator on raw asyncio sockets, for machines without ``wrk``: same pool files, same
 protocol (``ready`` on stderr, one ``BENCHJSON`` line on stdout) as ``pool.lua``.
 
-Run: ``python -m bench.light.rawgen URL POOL_PREFIX once|cycle --connections 16 --seconds 10``.
+Run: ``python -m bench.light.rawgen URL POOL_PREFIX once|cycle --connections 16 --seconds 10``;
+``TETHER_BENCH_THINK_MS`` paces each connection as it paces ``pool.lua``.
 Requests are pre-built bytes; per request it writes them, reads the status line and headers,
 then exactly Content-Length bytes of body (no parsing beyond that). uvloop is used when present.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -22,7 +25,9 @@ def load_pool(prefix: str) -> list[bytes]:
     return [r for r in data.split(b"\0") if r]
 
 
-async def run(url: str, pool: list[bytes], once: bool, connections: int, seconds: float) -> dict[str, object]:
+async def run(
+    url: str, pool: list[bytes], once: bool, connections: int, seconds: float, think_ms: float = 0
+) -> dict[str, object]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     streams = [await asyncio.open_connection(host, port) for _ in range(connections)]
@@ -59,6 +64,8 @@ async def run(url: str, pool: list[bytes], once: bool, connections: int, seconds
             state["bytes"] += len(head) + len(body)
             if int(head[9:12]) > 399:
                 errors["status"] += 1
+            if think_ms > 0:  # as pool.lua: a random pause of 0.5-1.5 x think_ms, not timed
+                await asyncio.sleep(think_ms * (0.5 + random.random()) / 1000)
 
     await asyncio.gather(*(connection(r, w) for r, w in streams))
     elapsed = time.perf_counter() - start
@@ -102,7 +109,8 @@ def main() -> None:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    report = runner(run(args.url, pool, args.mode == "once", args.connections, args.seconds))
+    think_ms = float(os.environ.get("TETHER_BENCH_THINK_MS") or 0)
+    report = runner(run(args.url, pool, args.mode == "once", args.connections, args.seconds, think_ms))
     sys.stdout.write("BENCHJSON " + json.dumps(report) + "\n")
 
 
