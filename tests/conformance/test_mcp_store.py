@@ -9,10 +9,13 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
+from tests.conformance.test_task_store import make_task
 from tether.domain.destinations import Injection, InjectionType
+from tether.domain.tasks import new_id
 from tether.errors import ConflictError, StorageError
 from tether.mcp.servers import McpServer, UpstreamKind, pin
 from tether.store import schema as t
+from tether.store._sql import SQLStorage
 from tether.store.base import Storage
 
 NOW = datetime(2026, 1, 1, 12, 30, 15, 123456, tzinfo=UTC)
@@ -90,5 +93,56 @@ async def test_tampered_pin_is_refused_on_read(storage: Storage) -> None:
         await conn.execute(
             update(t.mcp_servers).where(t.mcp_servers.c.name == "github").values(body=json.dumps(body))
         )
+    with pytest.raises(StorageError):
+        await storage.get_mcp_server("github")
+
+
+async def test_tool_call_state_reads_task_policy_version_and_server_together(storage: Storage) -> None:
+    task = make_task(tools=("github/search",))
+    await storage.create_task(task)
+    assert await storage.tool_call_state(new_id("tsk"), "github") is None  # no such task
+    state = await storage.tool_call_state(task.id, "github")
+    assert state is not None
+    assert (state.task, state.policy_version, state.server) == (task, None, None)
+
+    server = stdio()
+    await storage.put_mcp_server(server)
+    await storage.put_policy_set(
+        "permit(principal, action, resource);", "0" * 64, ("p",), "root", NOW, expected_active=None
+    )
+    state = await storage.tool_call_state(task.id, "github")
+    assert state is not None
+    assert (state.task, state.policy_version, state.server) == (task, 1, server)
+    assert (await storage.tool_call_state(task.id, "docs")).server is None  # type: ignore[union-attr]
+
+    # Read as it is now: a change by anyone is in the very next read (nothing remembered by name).
+    quarantined = server.quarantine(server.drift([pin({**TOOL, "description": "rug pull"})]))
+    assert await storage.replace_mcp_server(quarantined, expected_version=1)
+    state = await storage.tool_call_state(task.id, "github")
+    assert state is not None
+    assert state.server == quarantined
+    assert "search" in state.server.quarantined
+    assert await storage.get_mcp_server("github") == quarantined
+    assert await storage.delete_mcp_server("github")
+    assert (await storage.tool_call_state(task.id, "github")).server is None  # type: ignore[union-attr]
+    assert await storage.get_mcp_server("github") is None
+
+    # The portable form (one transaction, three reads) answers the same as the backend's one query.
+    await storage.put_mcp_server(server)
+    portable = SQLStorage.tool_call_state
+    assert await portable(storage, task.id, "github") == await storage.tool_call_state(task.id, "github")  # type: ignore[arg-type]
+    assert await portable(storage, new_id("tsk"), "github") is None  # type: ignore[arg-type]
+
+
+async def test_a_tampered_server_row_is_refused_by_the_tool_call_read(storage: Storage) -> None:
+    task = make_task(tools=("github/search",))
+    await storage.create_task(task)
+    await storage.put_mcp_server(stdio())
+    async with storage._tx() as conn:  # type: ignore[attr-defined]
+        await conn.execute(
+            update(t.mcp_servers).where(t.mcp_servers.c.name == "github").values(body='{"name": "other"}')
+        )
+    with pytest.raises(StorageError):
+        await storage.tool_call_state(task.id, "github")
     with pytest.raises(StorageError):
         await storage.get_mcp_server("github")

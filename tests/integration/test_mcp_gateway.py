@@ -32,6 +32,7 @@ from tether.broker import Broker
 from tether.crypto.jose import generate_private_jwk
 from tether.mcp.bridge import mcp_client_http
 from tether.mcp.front import DENIED, same_origin
+from tether.mcp.servers import pin
 from tether.sdk import AsyncAgent
 
 UPSTREAM = Path(__file__).resolve().parent / "mcp_upstreams" / "upstream.py"
@@ -378,6 +379,29 @@ async def test_rug_pull_quarantines_until_an_operator_approves(gw: Gateway) -> N
         with pytest.raises(MCPError):
             await client.call_tool("gh__exfiltrate", {})
     assert await gw.events("mcp.server.approve")
+
+
+async def test_a_registry_change_by_another_process_holds_on_the_next_call(gw: Gateway) -> None:
+    """Each call reads its server's record with its task: a quarantine or a removal written by another
+    worker or node (here: straight to the store, not through this process) is in force at once."""
+    task_id = await gw.open_task(["gh/*"])
+    async with gw.client(task_id) as client:
+        assert not (await client.call_tool("gh__search", {"query": "x"})).is_error
+        record = await gw.broker.storage.get_mcp_server("gh")
+        assert record is not None
+        changed = pin({**record.tools["search"].definition, "description": "changed elsewhere"})
+        quarantined = record.quarantine(record.drift([changed]))
+        assert await gw.broker.storage.replace_mcp_server(quarantined, expected_version=record.version)
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("gh__search", {"query": "x"})
+        assert "quarantined" in refused.value.error.message
+        assert not (await client.call_tool("gh__whoami", {})).is_error
+        assert await gw.broker.storage.delete_mcp_server("gh")
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("gh__whoami", {})
+        assert "unknown tool" in refused.value.error.message
+    calls = await gw.events("tool.call", task_id)
+    assert [event["resource"] for event in calls] == ["tool:gh/search", "tool:gh/whoami"]
 
 
 async def test_requests_without_dpop_or_task_are_refused(gw: Gateway) -> None:

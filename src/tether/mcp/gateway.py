@@ -25,7 +25,6 @@ import contextvars
 import hashlib
 import json
 import logging
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -87,10 +86,9 @@ log = logging.getLogger(__name__)
 #: Receives an upstream's log notification (redacted, as JSON) during a call.
 LogForward = Callable[[dict[str, Any]], Awaitable[None]]
 
-#: How long a registry record read for the agent path is reused in this process. A change made
-#: here (approve, check, remove, a quarantine) is seen at once; one made by another process
-#: within this bound (see docs/mcp.md).
-SERVER_CACHE_SECONDS = 1.0
+#: Registry records remembered for :meth:`McpGateway.pinned_input_schema` (the last one read per
+#: server; never used to decide: every call reads its server's record with its task).
+MAX_REMEMBERED_SERVERS = 1024
 #: How often the watch loop looks for ended tasks with open upstreams.
 WATCH_INTERVAL_SECONDS = 0.5
 MAX_VALIDATORS = 512
@@ -128,7 +126,7 @@ class McpGateway:
         self.pool = pool or UpstreamPool()
         self._validators: dict[str, Any] = {}
         self._uses: Counter[tuple[str, str]] = Counter()
-        self._servers: dict[str, tuple[float, McpServer | None]] = {}
+        self._servers: dict[str, McpServer] = {}
         self._watch: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -187,15 +185,16 @@ class McpGateway:
             )
 
     async def _server(self, name: str) -> McpServer | None:
-        """The registry record ``name`` for the agent path (reused up to SERVER_CACHE_SECONDS)."""
-        now = time.monotonic()
-        cached = self._servers.get(name)
-        if cached is not None and now - cached[0] < SERVER_CACHE_SECONDS:
-            return cached[1]
-        record = await self._storage.get_mcp_server(name)
-        if len(self._servers) > 1024:
+        """The registry record ``name``, read now (remembered for :meth:`pinned_input_schema`)."""
+        return self._seen(name, await self._storage.get_mcp_server(name))
+
+    def _seen(self, name: str, record: McpServer | None) -> McpServer | None:
+        if record is None:
+            self._servers.pop(name, None)
+            return None
+        if len(self._servers) >= MAX_REMEMBERED_SERVERS and name not in self._servers:
             self._servers.clear()
-        self._servers[name] = (now, record)
+        self._servers[name] = record
         return record
 
     def pinned_input_schema(self, name: str) -> Mapping[str, Any] | None:
@@ -207,8 +206,7 @@ class McpGateway:
             server, tool = split_front_name(name)
         except InvalidInputError:
             return None
-        cached = self._servers.get(server)
-        record = None if cached is None else cached[1]
+        record = self._servers.get(server)
         pinned = None if record is None else record.tools.get(tool)
         return None if pinned is None else pinned.input_schema
 
@@ -472,19 +470,25 @@ class McpGateway:
             UpstreamError: the upstream failed, timed out or was closed (the task ended).
             MCPError: the upstream answered with an error (its message redacted).
         """
-        task = await self._task(caller, task_id)
         args = dict(arguments or {})
         try:
             server_name, tool = split_front_name(name)
         except InvalidInputError as exc:
+            task = await self._task(caller, task_id)
             raise await self._refuse(caller, task, f"tool:{name[:140]}", str(exc), invalid=True) from None
+        # One read: the task, the active policy version and the server's record as they are now.
+        validate_id(task_id, "tsk", "Tether-Task")
+        state = await self._storage.tool_call_state(task_id, server_name)
+        if state is None or state.task.agent_id != caller.agent.id:
+            raise NotFoundError(f"no task {task_id}")  # another agent's task is not found (no probing)
+        task = state.task
         resource = f"tool:{cedar_tool_id(server_name, tool)}"
         now = self._clock.now()
         status = task.effective_status(now)
         if status is not TaskStatus.ACTIVE:
             await self._close_task(task.id, task, f"the task is {status.value}")
             raise await self._refuse(caller, task, resource, f"task is {status.value}")
-        record = await self._server(server_name)
+        record = self._seen(server_name, state.server)
         if record is None or (tool not in record.tools and tool not in record.quarantined):
             raise await self._refuse(caller, task, resource, f"unknown tool {name[:140]!r}", invalid=True)
         if not declared(task.intent.tools, server_name, tool):
@@ -493,7 +497,11 @@ class McpGateway:
             raise await self._refuse(caller, task, resource, "the tool's definition is quarantined")
         entity = tool_entity(server_name, tool)
         decision, inputs = await self._decisions.decide_recorded(
-            "call_tool", agent_entity(caller.agent), entity, self._context(task, server_name, tool, args)
+            "call_tool",
+            agent_entity(caller.agent),
+            entity,
+            self._context(task, server_name, tool, args),
+            policy_version=state.policy_version,
         )
         decision, approval = await self._decisions.allowed_or_refuse(
             decision,

@@ -45,9 +45,11 @@ __all__ = [
     "INSERT_TASK",
     "JTI_SWEEP",
     "LIVE_SECRET",
+    "MCP_SERVER_BY_NAME",
     "REPLACE_EXPIRED_JTI",
     "TASK_BY_ID",
     "TASK_STATE_FOR_UPDATE",
+    "TOOL_CALL_STATE",
     "USE_PARTS",
     "Query",
     "UseParts",
@@ -219,6 +221,19 @@ GRANT_BY_ID = _select(_columns(t.grants, "g"), "FROM grants g WHERE g.id = ?")
 LIVE_SECRET = _select(_columns(t.secrets, "s"), "FROM secrets s WHERE s.path = ? AND s.deleted_at_us IS NULL")
 DESTINATION_BY_NAME = _select(_columns(t.destinations, "d"), "FROM destinations d WHERE d.name = ?")
 ACTIVE_POLICY_VERSION = Query("SELECT version FROM policy_active WHERE id = 1", ("version",))
+
+# -- the tool-call read: task, active policy version ⟕ the upstream MCP server it names --------------
+MCP_SERVER_BY_NAME = _select(_columns(t.mcp_servers, "m"), "FROM mcp_servers m WHERE m.name = ?")
+#: Parameters: the server's name, the task id. The task's columns first, then the policy version,
+#: then the server's (all NULL when no server has that name).
+TOOL_CALL_STATE = _select(
+    [
+        *_columns(t.tasks, "t"),
+        ("(SELECT version FROM policy_active WHERE id = 1)", "policy_version"),
+        *_columns(t.mcp_servers, "m", "m_"),
+    ],
+    "FROM tasks t LEFT JOIN mcp_servers m ON m.name = ? WHERE t.id = ?",
+)
 
 
 def _insert(table: Table) -> Query:

@@ -6,7 +6,8 @@ store on every request — nothing here is authorization state that could go sta
 very same stored values again gives the very same immutable object, so it is remembered, keyed by
 every column of the row, in a bounded LRU per process. A row that changes in any column (a
 revocation, a new key, a status) is a different key and is parsed anew. Grant rows carry a use count
-that changes on every use, so grants are parsed each time.
+that changes on every use, so grants are parsed each time. MCP server rows are remembered the same
+way, by their name, version and whole body (:func:`tether.store._mcp.parse_server`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ from tether.domain.agents import AgentRecord
 from tether.domain.destinations import Destination
 from tether.domain.secrets import SecretRecord
 from tether.domain.tasks import Task
+from tether.mcp.servers import McpServer
 from tether.store import _hot as q
 from tether.store._destinations import DestinationStore
+from tether.store._mcp import parse_server
 from tether.store._sql import SQLStorage
 from tether.store._tasks import _grant, _task
-from tether.store.base import GrantInUse, StoredValue
+from tether.store.base import GrantInUse, StoredValue, ToolCallState
 
-__all__ = ["agent", "destination", "grant_in_use", "secret", "task"]
+__all__ = ["agent", "destination", "grant_in_use", "mcp_server", "secret", "task", "tool_call_state"]
 
 #: Distinct rows remembered per kind, per process.
 MEMO_ROWS = 4096
@@ -59,6 +62,23 @@ def secret(row: tuple[Any, ...]) -> SecretRecord:
 def destination(row: tuple[Any, ...]) -> Destination:
     """A destination from the values of a :data:`~tether.store._hot.DESTINATION_BY_NAME` row."""
     return DestinationStore._destination(q.DESTINATION_BY_NAME.row._make(row))
+
+
+_TASK_COLUMNS = len(q.TASK_BY_ID.columns)
+
+
+def tool_call_state(row: Any) -> ToolCallState:
+    """What a tool call reads, from one :data:`~tether.store._hot.TOOL_CALL_STATE` row."""
+    return ToolCallState(
+        task=task(tuple(row[:_TASK_COLUMNS])),
+        policy_version=row.policy_version,
+        server=None if row.m_name is None else parse_server(row.m_name, row.m_version, row.m_body),
+    )
+
+
+def mcp_server(rows: Sequence[Any]) -> McpServer | None:
+    """The server of a :data:`~tether.store._hot.MCP_SERVER_BY_NAME` result (None: no rows)."""
+    return parse_server(rows[0].name, rows[0].version, rows[0].body) if rows else None
 
 
 def grant_in_use(row: Any) -> GrantInUse:

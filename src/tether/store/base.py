@@ -50,6 +50,7 @@ __all__ = [
     "StoredCheckpoint",
     "StoredValue",
     "TaskStorage",
+    "ToolCallState",
     "VersionConflictError",
 ]
 
@@ -208,6 +209,16 @@ class GrantInUse:
     value: StoredValue | None = None  # the secret's current version, encrypted
     policy_version: int | None = None  # the active policy set version (None: none deployed)
     destination: Destination | None = None  # the destination the grant names, if any
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallState:
+    """What an MCP tool call reads, in one query: its task, the active policy set version and the
+    upstream server the call names (None if no server has that name)."""
+
+    task: Task
+    policy_version: int | None  # None: no policy set deployed
+    server: McpServer | None
 
 
 class StoreLifecycle(Protocol):
@@ -675,6 +686,11 @@ class McpServerStorage(Protocol):
 
     async def get_mcp_server(self, name: str) -> McpServer | None:
         """The server ``name``, or None."""
+        ...
+
+    async def tool_call_state(self, task_id: str, server: str) -> ToolCallState | None:
+        """Task ``task_id``, the active policy version and server ``server``, read together (one
+        query where the backend can); None if there is no such task."""
         ...
 
     async def list_mcp_servers(self) -> list[McpServer]:

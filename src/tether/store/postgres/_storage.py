@@ -23,6 +23,7 @@ from tether.domain.events import GENESIS_HASH, Event, event_body_json
 from tether.domain.secrets import SecretRecord
 from tether.domain.tasks import Grant, Task, TaskStatus
 from tether.errors import ConflictError, StorageError, StorageUnavailableError, TetherError
+from tether.mcp.servers import McpServer
 from tether.store import _hot as q
 from tether.store import _parsed
 from tether.store._sql import JTI_SWEEP_LIMIT, SQLStorage
@@ -38,6 +39,7 @@ from tether.store.base import (
     GrantInUse,
     PutSnapshots,
     RememberJti,
+    ToolCallState,
 )
 from tether.tracing import inner_span
 
@@ -280,6 +282,13 @@ class PostgresStorage(SQLStorage):
     async def get_destination(self, name: str) -> Destination | None:
         rows = await self._fetch(q.DESTINATION_BY_NAME, name)
         return _parsed.destination(tuple(rows[0])) if rows else None
+
+    async def get_mcp_server(self, name: str) -> McpServer | None:
+        return _parsed.mcp_server(await self._fetch(q.MCP_SERVER_BY_NAME, name))
+
+    async def tool_call_state(self, task_id: str, server: str) -> ToolCallState | None:
+        rows = await self._fetch(q.TOOL_CALL_STATE, server, task_id)
+        return _parsed.tool_call_state(rows[0]) if rows else None
 
     async def active_policy_version(self) -> int | None:
         rows = await self._fetch(q.ACTIVE_POLICY_VERSION)

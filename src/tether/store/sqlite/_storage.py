@@ -22,6 +22,7 @@ from tether.domain.events import GENESIS_HASH, Event, event_body_json
 from tether.domain.secrets import SecretRecord
 from tether.domain.tasks import Grant, Task, TaskStatus
 from tether.errors import ConflictError, StorageError
+from tether.mcp.servers import McpServer
 from tether.store import _hot as q
 from tether.store import _parsed
 from tether.store._sql import JTI_SWEEP_LIMIT, SQLStorage
@@ -37,6 +38,7 @@ from tether.store.base import (
     GrantInUse,
     PutSnapshots,
     RememberJti,
+    ToolCallState,
 )
 from tether.store.sqlite._driver import SQLiteDriver
 
@@ -194,6 +196,19 @@ class SQLiteStorage(SQLStorage):
     async def get_destination(self, name: str) -> Destination | None:
         rows = self._driver.read(q.DESTINATION_BY_NAME, (name,))
         return _parsed.destination(tuple(rows[0])) if rows else None
+
+    async def get_mcp_server(self, name: str) -> McpServer | None:
+        return _parsed.mcp_server(self._driver.read(q.MCP_SERVER_BY_NAME, (name,)))
+
+    async def tool_call_state(self, task_id: str, server: str) -> ToolCallState | None:
+        rows = self._driver.read(
+            q.TOOL_CALL_STATE,
+            (
+                server,
+                task_id,
+            ),
+        )
+        return _parsed.tool_call_state(rows[0]) if rows else None
 
     async def active_policy_version(self) -> int | None:
         rows = self._driver.read(q.ACTIVE_POLICY_VERSION)
