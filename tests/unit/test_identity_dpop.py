@@ -304,9 +304,16 @@ def test_normalize_htu(url: str, normal: str) -> None:
     ],
 )
 def test_normalize_htu_refuses_what_is_no_absolute_http_url(url: str) -> None:
-    with pytest.raises(AuthenticationError) as info:
-        normalize_htu(url)
-    assert info.value.code == "invalid_dpop_proof"
+    for _ in range(2):  # answers are remembered, refusals never are
+        with pytest.raises(AuthenticationError) as info:
+            normalize_htu(url)
+        assert info.value.code == "invalid_dpop_proof"
+
+
+@pytest.mark.parametrize("value", [None, b"https://example.com/", ["https://example.com/"]])
+def test_normalize_htu_refuses_what_is_no_string(value: object) -> None:
+    with pytest.raises(AuthenticationError):
+        normalize_htu(value)  # type: ignore[arg-type]
 
 
 # -- time -------------------------------------------------------------------------------------

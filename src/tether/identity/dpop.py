@@ -62,7 +62,16 @@ def normalize_htu(url: str) -> str:
     Raises:
         AuthenticationError: (``invalid_dpop_proof``) not an absolute http(s) URL.
     """
-    if not isinstance(url, str) or not url.isascii() or any(c in url for c in "\x00\r\n\t "):
+    if not isinstance(url, str):
+        raise AuthenticationError("htu is not an absolute ASCII URL", code=_CODE)
+    return _normalized(url)
+
+
+@lru_cache(maxsize=1024)
+def _normalized(url: str) -> str:
+    # Pure, and every request checks two URLs that repeat (its own and its proof's): remembered.
+    # A refused URL raises, and lru_cache remembers only answers.
+    if not url.isascii() or any(c in url for c in "\x00\r\n\t "):
         raise AuthenticationError("htu is not an absolute ASCII URL", code=_CODE)
     try:
         parts = urlsplit(url)
