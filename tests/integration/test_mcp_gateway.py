@@ -10,7 +10,7 @@ import asyncio
 import base64
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +31,7 @@ from tether.api.routes_mcp import close_mcp
 from tether.broker import Broker
 from tether.crypto.jose import generate_private_jwk
 from tether.mcp.bridge import mcp_client_http
-from tether.mcp.front import DENIED, same_origin
+from tether.mcp.front import DENIED, UPSTREAM_FAILED, same_origin
 from tether.mcp.servers import pin
 from tether.sdk import AsyncAgent
 
@@ -78,6 +78,8 @@ class Gateway:
     secret: str
     rug: Path
     tasks: list[str] = field(default_factory=list)
+    #: Stops the HTTP upstream (the HTTP fixture's), to see how a call fails when it is gone.
+    stop_upstream: Callable[[], Awaitable[None]] | None = None
 
     async def open_task(self, tools: list[str], agent: AsyncAgent | None = None, **extra: Any) -> str:
         body = {"purpose": "deploy", "objective": "mcp tests", "tools": tools, "ttl_seconds": 600, **extra}
@@ -113,13 +115,13 @@ class Gateway:
             await asyncio.sleep(0.05)
         return found
 
-    async def register_stdio(self, name: str = "gh") -> httpx.Response:
+    async def register_stdio(self, name: str = "gh", timeout_seconds: int = 10) -> httpx.Response:
         body = {
             "name": name,
             "command": sys.executable,
             "args": [str(UPSTREAM), "--rug-file", str(self.rug)],
             "env": {"UPSTREAM_TOKEN": SECRET},
-            "timeout_seconds": 10,
+            "timeout_seconds": timeout_seconds,
         }
         return await self.http.post("/v1/mcp-servers", json=body, headers=self.admin)
 
@@ -191,10 +193,12 @@ async def test_server_wildcard_declares_every_pinned_tool(gw: Gateway) -> None:
     async with gw.client(task_id) as client:
         names = sorted(tool.name for tool in (await client.list_tools()).tools)
     assert names == [
+        "gh__die",
         "gh__echo_secret",
         "gh__env",
         "gh__fail_secret",
         "gh__notify_secret",
+        "gh__refuse",
         "gh__sample",
         "gh__search",
         "gh__slow",
@@ -332,6 +336,46 @@ async def test_task_end_kills_the_upstream_tree_and_refuses_the_next_call(gw: Ga
     closed = await gw.eventually("mcp.session.close", task_id)
     assert closed
     assert closed[0]["data"]["servers"] == ["gh"]
+
+
+async def test_upstream_failures_are_answered_as_failures_never_as_refusals(gw: Gateway) -> None:
+    await deploy_policies(
+        gw.http,
+        gw.admin,
+        POLICIES
+        + '@id("slow") permit(principal, action == Action::"call_tool", resource == Tool::"tight/slow");',
+    )
+    response = await gw.register_stdio("tight", timeout_seconds=1)
+    assert response.status_code == 201, response.text
+    task_id = await gw.open_task(["gh/*", "tight/slow"])
+    async with gw.client(task_id) as client:
+        # An upstream's own error in the code of Tether's refusals does not read as a refusal.
+        with pytest.raises(MCPError) as own:
+            await client.call_tool("gh__refuse", {})
+        assert own.value.error.code == UPSTREAM_FAILED
+        assert own.value.error.message.startswith("denied by the upstream, which holds ")
+        assert gw.secret not in own.value.error.message
+        # A guess at the mark of Tether's transport is just the upstream's error: code and text kept.
+        with pytest.raises(MCPError) as forged:
+            await client.call_tool("gh__refuse", {"forge": True})
+        assert (forged.value.error.code, forged.value.error.message) == (-32000, "Connection closed")
+        # The SDK's read timeout (the server's timeout_seconds) is the upstream failing, not -32001.
+        with pytest.raises(MCPError) as late:
+            await client.call_tool("tight__slow", {})
+        assert late.value.error.code == UPSTREAM_FAILED
+        assert late.value.error.message == "upstream 'tight' did not answer in time"
+        # A process that exits mid-call: the upstream failed.
+        with pytest.raises(MCPError) as died:
+            await client.call_tool("gh__die", {})
+        assert died.value.error.code == UPSTREAM_FAILED
+        assert died.value.error.message.startswith("upstream 'gh' ")
+    calls = await gw.events("tool.call", task_id)
+    assert [event["resource"] for event in calls] == [
+        "tool:gh/refuse",
+        "tool:gh/refuse",
+        "tool:tight/slow",
+        "tool:gh/die",
+    ]
 
 
 async def test_another_agents_task_is_not_found(gw: Gateway) -> None:

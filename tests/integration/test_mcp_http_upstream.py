@@ -22,6 +22,7 @@ from tests.security.canaries import new_canary
 from tether.api import create_app
 from tether.api.routes_mcp import close_mcp
 from tether.broker import Broker
+from tether.mcp.front import UPSTREAM_FAILED
 
 
 async def _serve_with_lifespan(app: Any) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
@@ -55,6 +56,7 @@ async def http_gw(broker: Broker, tmp_path: Path) -> AsyncIterator[tuple[Gateway
             assert response.status_code in (200, 201), response.text
             agent = await new_agent(http, url, admin, "mcp-http-bot")
             gateway = Gateway(broker, url, http, admin, agent, secret, tmp_path / "rug")
+            gateway.stop_upstream = lambda: _stop(up_server, up_task)
             body = {
                 "name": "gh",
                 "url": f"http://127.0.0.1:{up_port}/mcp",
@@ -68,7 +70,8 @@ async def http_gw(broker: Broker, tmp_path: Path) -> AsyncIterator[tuple[Gateway
     finally:
         await close_mcp(app)
         await _stop(server, task)
-        await _stop(up_server, up_task)
+        if not up_task.done():
+            await _stop(up_server, up_task)
 
 
 async def test_http_upstream_gets_the_secret_in_its_header_and_the_agent_never_does(
@@ -88,6 +91,23 @@ async def test_http_upstream_gets_the_secret_in_its_header_and_the_agent_never_d
     assert seen
     assert all(auth == f"Bearer {gw.secret}" for auth in seen)  # every upstream request had it
     assert await gw.events("tool.redact", task_id)
+
+
+async def test_an_http_upstream_that_is_gone_is_an_upstream_failure(
+    http_gw: tuple[Gateway, list[str], str],
+) -> None:
+    gw, _, _ = http_gw
+    task_id = await gw.open_task(["gh/*"])
+    async with gw.client(task_id) as client:
+        assert not (await client.call_tool("gh__search", {"query": "up"})).is_error
+        assert gw.stop_upstream is not None
+        await gw.stop_upstream()
+        with pytest.raises(MCPError) as gone:
+            await client.call_tool("gh__search", {"query": "down"})
+    # -32002 with Tether's own words (never -32000 as if the upstream had said so itself).
+    assert gone.value.error.code == UPSTREAM_FAILED
+    assert gone.value.error.message.startswith("upstream 'gh' failed: the upstream could not be reached (")
+    assert gone.value.error.data is None
 
 
 @pytest.mark.parametrize(

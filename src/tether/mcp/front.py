@@ -50,7 +50,7 @@ from tether.errors import (
 )
 from tether.mcp.discovery import MCP_PATH, protected_resource_metadata
 from tether.mcp.exchange import answer, answer_modern, handshake_era, parse
-from tether.mcp.gateway import McpGateway
+from tether.mcp.gateway import DENIED, UPSTREAM_FAILED, McpGateway
 from tether.mcp.upstreams import UpstreamError
 from tether.tracing import inner_spans_enabled
 
@@ -69,9 +69,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TASK_HEADER = "tether-task"
-#: JSON-RPC error codes of the gateway (server-defined range): a refusal and an upstream failure.
-DENIED = -32001
-UPSTREAM_FAILED = -32002
 _SCOPE_KEY = "tether.mcp"
 
 

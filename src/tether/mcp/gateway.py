@@ -79,13 +79,16 @@ if TYPE_CHECKING:
 
     from tether.broker import Broker
 
-__all__ = ["CallOutcome", "McpGateway", "ToolRefusedError"]
+__all__ = ["DENIED", "UPSTREAM_FAILED", "CallOutcome", "McpGateway", "ToolRefusedError"]
 
 log = logging.getLogger(__name__)
 
 #: Receives an upstream's log notification (redacted, as JSON) during a call.
 LogForward = Callable[[dict[str, Any]], Awaitable[None]]
 
+#: JSON-RPC error codes of the gateway (server-defined range): a refusal and an upstream failure.
+DENIED = -32001
+UPSTREAM_FAILED = -32002
 #: Registry records remembered for :meth:`McpGateway.pinned_input_schema` (the last one read per
 #: server; never used to decide: every call reads its server's record with its task).
 MAX_REMEMBERED_SERVERS = 1024
@@ -684,7 +687,10 @@ class McpGateway:
             data, in_data = guard.redact(exc.error.data) if exc.error.data is not None else (None, 0)
             redactions += count + in_data
             await self._record_redactions(caller, task, resource, redactions, "error")
-            raise MCPError(exc.error.code, message[:1000], data) from None
+            # An upstream's own error keeps its code, except the one Tether's refusals use: an
+            # upstream cannot make its error read as a denial by Tether.
+            code = UPSTREAM_FAILED if exc.error.code == DENIED else exc.error.code
+            raise MCPError(code, message[:1000], data) from None
         # A model's dump: every field the protocol requires is there (the front hands this dict to
         # the SDK's kernel, which validates it as it serializes).
         body = result.model_dump(mode="json", by_alias=True, exclude_none=True)

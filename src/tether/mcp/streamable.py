@@ -26,7 +26,9 @@ registered URL is the only one the secret goes to), an answer or one event over
 :data:`MAX_MESSAGE_BYTES`, a content type that is neither JSON nor an event stream, a content
 encoding (none is asked for), a session id that is not visible ASCII, a ``202`` to a request, a
 failed status without a JSON-RPC error, a stream that ends before its response (there is no
-resumption), and a transport failure or timeout (its type only).
+resumption), and a transport failure or timeout (its type only). These errors carry a mark of this
+process (:func:`is_transport_failure`), so the gateway answers them as the upstream having failed
+(``-32002``), while an upstream's own JSON-RPC error keeps its code.
 
 Not spoken: the standalone ``GET`` stream (messages from the server outside a call: sampling,
 elicitation and roots are refused anyway, and a ``list_changed`` is not acted on) and resumption.
@@ -35,8 +37,10 @@ elicitation and roots are refused anyway, and a ``list_changed`` is not acted on
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import re
+import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -64,7 +68,7 @@ from pydantic import ValidationError
 from tether.egress.http11 import Http11Transport
 from tether.errors import TetherError
 
-__all__ = ["MAX_MESSAGE_BYTES", "streamable_http"]
+__all__ = ["MAX_MESSAGE_BYTES", "is_transport_failure", "streamable_http"]
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +170,25 @@ def _parse(data: bytes) -> JSONRPCMessage:
         raise TetherError("the upstream sent a message that is not JSON-RPC") from None
 
 
+#: The ``data`` of the errors this transport makes up itself (the upstream could not be reached, or
+#: answered with something that is not an answer), so that the gateway tells them from the
+#: upstream's own errors: a value per process, which no upstream can guess and send back.
+_FAILURE_MARK = {"tether.transport": secrets.token_hex(16)}
+
+
 def _failure(request_id: RequestId, why: str, code: int = CONNECTION_CLOSED) -> SessionMessage:
-    return SessionMessage(JSONRPCError(jsonrpc="2.0", id=request_id, error=ErrorData(code=code, message=why)))
+    error = ErrorData(code=code, message=why, data=dict(_FAILURE_MARK))
+    return SessionMessage(JSONRPCError(jsonrpc="2.0", id=request_id, error=error))
+
+
+def is_transport_failure(error: ErrorData) -> bool:
+    """Whether ``error`` was made up by this transport (the exchange failed), not sent by the upstream."""
+    data = error.data
+    return (
+        isinstance(data, dict)
+        and len(data) == 1
+        and hmac.compare_digest(str(data.get("tether.transport", "")), _FAILURE_MARK["tether.transport"])
+    )
 
 
 class _Upstream:

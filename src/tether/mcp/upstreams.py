@@ -39,8 +39,11 @@ from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from mcp_types import (
+    CONNECTION_CLOSED,
     LOG_LEVEL_META_KEY,
+    REQUEST_TIMEOUT,
     CallToolResult,
+    ErrorData,
     LoggingMessageNotificationParams,
     RequestParamsMeta,
     jsonrpc_message_adapter,
@@ -49,7 +52,7 @@ from mcp_types import (
 from tether.errors import TetherError
 from tether.mcp.guard import SecretGuard
 from tether.mcp.servers import MAX_TOOLS, McpServer, PinnedTool, UpstreamKind, pin
-from tether.mcp.streamable import streamable_http
+from tether.mcp.streamable import is_transport_failure, streamable_http
 
 __all__ = [
     "LogSink",
@@ -179,6 +182,20 @@ async def _transport(spec: UpstreamSpec, started: Callable[[int], None]) -> Asyn
     assert server.url is not None
     async with streamable_http(server.url, spec.headers, float(server.timeout_seconds)) as streams:
         yield streams
+
+
+def _failure_of(error: ErrorData) -> str | None:
+    """What went wrong, when a JSON-RPC error answering a call means the exchange failed rather than
+    that the upstream answered with an error: made up by Tether's HTTP transport (its mark), or the
+    SDK's own error when its read timeout passed or the transport ended mid-call (a stdio child that
+    exited). None for an upstream's own error. The text is Tether's, never the upstream's."""
+    if is_transport_failure(error):
+        return f"failed: {error.message}"
+    if error.data is None and error.code == REQUEST_TIMEOUT and error.message.endswith(" timed out"):
+        return "did not answer in time"
+    if error.data is None and error.code == CONNECTION_CLOSED and error.message == "Connection closed":
+        return "closed the connection during the call"
+    return None
 
 
 class UpstreamSession:
@@ -318,7 +335,10 @@ class UpstreamSession:
             if self._closing.is_set() and not _current_cancelled():
                 raise UpstreamError(f"upstream {self.name!r} was closed (the task ended)") from None
             raise
-        except MCPError:
+        except MCPError as exc:
+            failure = _failure_of(exc.error)
+            if failure is not None:
+                raise UpstreamError(f"upstream {self.name!r} {failure}") from None
             raise
         except Exception as exc:  # noqa: BLE001 - transport failures: the type only
             raise UpstreamError(f"upstream {self.name!r} failed ({type(exc).__name__})") from None
