@@ -13,8 +13,9 @@
 -- Paced runs: with TETHER_BENCH_THINK_MS=T in the environment, each connection waits a random
 -- 0.5 T to 1.5 T ms after an answer before it sends its next request (an agent thinking between
 -- tool calls). wrk starts a request's latency when it is written, so the pause is not counted.
--- wrk asks whether delay() exists when the script loads, before init(), so the environment (not
--- the script's arguments) decides, and closed-loop runs have no delay() at all.
+-- wrk also pauses each connection before its first request. delay() is defined or not when the
+-- script loads, from the environment: closed-loop runs have no delay() at all (wrk then schedules
+-- no timer per request).
 
 local think_ms = tonumber(os.getenv("TETHER_BENCH_THINK_MS") or "0") or 0
 if think_ms > 0 then

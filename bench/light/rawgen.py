@@ -39,7 +39,12 @@ async def run(
     start = time.perf_counter()
     deadline = start + seconds
 
+    async def pause() -> None:  # as pool.lua: a random 0.5-1.5 x think_ms, never timed
+        await asyncio.sleep(think_ms * (0.5 + random.random()) / 1000)
+
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if think_ms > 0:  # wrk pauses before a connection's first request too: no opening burst
+            await pause()
         while time.perf_counter() < deadline:
             i = state["next"]
             if i >= len(pool):
@@ -64,8 +69,8 @@ async def run(
             state["bytes"] += len(head) + len(body)
             if int(head[9:12]) > 399:
                 errors["status"] += 1
-            if think_ms > 0:  # as pool.lua: a random pause of 0.5-1.5 x think_ms, not timed
-                await asyncio.sleep(think_ms * (0.5 + random.random()) / 1000)
+            if think_ms > 0:
+                await pause()
 
     await asyncio.gather(*(connection(r, w) for r, w in streams))
     elapsed = time.perf_counter() - start

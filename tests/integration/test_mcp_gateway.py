@@ -355,27 +355,43 @@ async def test_upstream_failures_are_answered_as_failures_never_as_refusals(gw: 
         assert own.value.error.code == UPSTREAM_FAILED
         assert own.value.error.message.startswith("denied by the upstream, which holds ")
         assert gw.secret not in own.value.error.message
-        # A guess at the mark of Tether's transport is just the upstream's error: code and text kept.
+        # ... nor in MCP's own codes (URL elicitation required would hand the client the URL);
+        # outside the server-defined range an upstream's code is its own.
+        for code, answered in ((-32042, UPSTREAM_FAILED), (-32000, UPSTREAM_FAILED), (-32602, -32602)):
+            with pytest.raises(MCPError) as coded:
+                await client.call_tool("gh__refuse", {"code": code})
+            assert coded.value.error.code == answered, code
+        # A guess at the mark of Tether's transport is just the upstream's error: its text and data
+        # kept (not Tether's "upstream 'gh' failed: ..."), its code of the server range answered -32002.
         with pytest.raises(MCPError) as forged:
             await client.call_tool("gh__refuse", {"forge": True})
-        assert (forged.value.error.code, forged.value.error.message) == (-32000, "Connection closed")
+        assert (forged.value.error.code, forged.value.error.message) == (UPSTREAM_FAILED, "Connection closed")
+        assert forged.value.error.data == {"tether.transport": "0" * 32}
         # The SDK's read timeout (the server's timeout_seconds) is the upstream failing, not -32001.
         with pytest.raises(MCPError) as late:
             await client.call_tool("tight__slow", {})
         assert late.value.error.code == UPSTREAM_FAILED
         assert late.value.error.message == "upstream 'tight' did not answer in time"
-        # A process that exits mid-call: the upstream failed.
+        # A process that exits mid-call: the upstream failed, and the next call opens it again.
+        first = await client.call_tool("gh__whoami", {})
+        assert first.structured_content is not None
         with pytest.raises(MCPError) as died:
             await client.call_tool("gh__die", {})
         assert died.value.error.code == UPSTREAM_FAILED
-        assert died.value.error.message.startswith("upstream 'gh' ")
+        assert died.value.error.message == "upstream 'gh' closed the connection during the call"
+        again = await client.call_tool("gh__whoami", {})
+        assert again.structured_content is not None
+        assert again.structured_content["pid"] != first.structured_content["pid"]
+        assert not alive(first.structured_content["pid"])
     calls = await gw.events("tool.call", task_id)
     assert [event["resource"] for event in calls] == [
-        "tool:gh/refuse",
-        "tool:gh/refuse",
+        *["tool:gh/refuse"] * 5,
         "tool:tight/slow",
+        "tool:gh/whoami",
         "tool:gh/die",
+        "tool:gh/whoami",
     ]
+    assert len(await gw.events("mcp.session.open", task_id)) == 3  # gh, tight, gh again
 
 
 async def test_another_agents_task_is_not_found(gw: Gateway) -> None:

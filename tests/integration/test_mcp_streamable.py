@@ -15,6 +15,7 @@ import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import mcp_types as types
@@ -30,8 +31,12 @@ from mcp.shared.message import ClientMessageMetadata, SessionMessage
 
 import tether.mcp.streamable as streamable
 from tests.security.canaries import new_canary
+from tether.domain.destinations import Injection, InjectionType
 from tether.errors import TetherError
-from tether.mcp.streamable import _Events, streamable_http
+from tether.mcp.guard import SecretGuard
+from tether.mcp.servers import McpServer, UpstreamKind
+from tether.mcp.streamable import SESSION_ENDED, _Events, streamable_http
+from tether.mcp.upstreams import UpstreamError, UpstreamPool, UpstreamSpec
 
 EMPTY = {"type": "object", "properties": {}}
 BODY_TEXT = "upstream-body-text-7f3a"  # what a scripted upstream writes in its bodies: never in an error
@@ -689,3 +694,53 @@ async def test_only_the_answer_to_initialize_assigns_a_session() -> None:
     assert upstream.posts
     assert not any(b"mcp-session-id" in head.lower() for head, _ in upstream.posts)
     assert not any(head.startswith(b"DELETE") for head in upstream.heads)
+
+
+# -- a session the upstream ended ------------------------------------------------------------------
+async def test_a_session_the_upstream_ended_is_retired_so_that_a_new_one_is_opened() -> None:
+    """A stateful upstream answers 404 to a request of its session (it ended it): the call fails
+    with Tether's words and the session is retired, so the pool opens a new one for the task's next
+    call (under the old session id every request would be refused until the task ended)."""
+    ended = {"now": False}
+
+    def script(message: dict[str, Any]) -> Reply:
+        if ended["now"]:
+            return Reply([http(404)])
+        return json_reply(result(message["id"], TOOL_RESULT))
+
+    canary = new_canary("streamable")
+    async with scripted(script, "Mcp-Session-Id: s-1") as upstream:
+        server = McpServer(
+            name="up",
+            kind=UpstreamKind.HTTP,
+            created_at=datetime.now(UTC),
+            created_by="test",
+            url=upstream.url,
+            secret="prod/up/token",
+            inject=Injection(InjectionType.HEADER, "Authorization", "Bearer {secret}"),
+            timeout_seconds=5,
+        )
+        spec = UpstreamSpec(server, {}, {"Authorization": f"Bearer {canary}"}, SecretGuard(()))
+        pool = UpstreamPool()
+
+        async def open_spec() -> UpstreamSpec:
+            return spec
+
+        try:
+            session, opened = await pool.session("tsk_a", "up", open_spec)
+            assert opened
+            assert text_of(await session.call_tool("tool", {})) == "scripted"
+            ended["now"] = True
+            with pytest.raises(UpstreamError) as failed:
+                await session.call_tool("tool", {})
+            assert str(failed.value) == f"upstream 'up' failed: {SESSION_ENDED}"
+            assert not session.open
+            ended["now"] = False
+            again, opened = await pool.session("tsk_a", "up", open_spec)
+            assert opened
+            assert again is not session
+            assert text_of(await again.call_tool("tool", {})) == "scripted"
+        finally:
+            await pool.close_task("tsk_a")
+    initializes = [message for _, message in upstream.posts if message.get("method") == "initialize"]
+    assert len(initializes) == 2

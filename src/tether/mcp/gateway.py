@@ -89,6 +89,8 @@ LogForward = Callable[[dict[str, Any]], Awaitable[None]]
 #: JSON-RPC error codes of the gateway (server-defined range): a refusal and an upstream failure.
 DENIED = -32001
 UPSTREAM_FAILED = -32002
+#: JSON-RPC's range of implementation-defined server errors (lowest, highest).
+SERVER_ERROR_CODES = (-32099, -32000)
 #: Registry records remembered for :meth:`McpGateway.pinned_input_schema` (the last one read per
 #: server; never used to decide: every call reads its server's record with its task).
 MAX_REMEMBERED_SERVERS = 1024
@@ -687,9 +689,13 @@ class McpGateway:
             data, in_data = guard.redact(exc.error.data) if exc.error.data is not None else (None, 0)
             redactions += count + in_data
             await self._record_redactions(caller, task, resource, redactions, "error")
-            # An upstream's own error keeps its code, except the one Tether's refusals use: an
-            # upstream cannot make its error read as a denial by Tether.
-            code = UPSTREAM_FAILED if exc.error.code == DENIED else exc.error.code
+            # An upstream's own error keeps its code unless the code is one of the server-defined
+            # range, whose codes mean something to the agent's client: Tether's refusal (-32001),
+            # and MCP's own (URL elicitation required, -32042, which would hand the agent a URL the
+            # upstream chose; the reserved -32020..-32022). There it is the upstream having failed.
+            code = exc.error.code
+            if SERVER_ERROR_CODES[0] <= code <= SERVER_ERROR_CODES[1]:
+                code = UPSTREAM_FAILED
             raise MCPError(code, message[:1000], data) from None
         # A model's dump: every field the protocol requires is there (the front hands this dict to
         # the SDK's kernel, which validates it as it serializes).

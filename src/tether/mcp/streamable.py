@@ -68,7 +68,7 @@ from pydantic import ValidationError
 from tether.egress.http11 import Http11Transport
 from tether.errors import TetherError
 
-__all__ = ["MAX_MESSAGE_BYTES", "is_transport_failure", "streamable_http"]
+__all__ = ["MAX_MESSAGE_BYTES", "SESSION_ENDED", "is_transport_failure", "streamable_http"]
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,11 @@ def _parse(data: bytes) -> JSONRPCMessage:
 #: The ``data`` of the errors this transport makes up itself (the upstream could not be reached, or
 #: answered with something that is not an answer), so that the gateway tells them from the
 #: upstream's own errors: a value per process, which no upstream can guess and send back.
-_FAILURE_MARK = {"tether.transport": secrets.token_hex(16)}
+_MARK = secrets.token_hex(16)
+_MARK_BYTES = _MARK.encode("ascii")
+_FAILURE_MARK = {"tether.transport": _MARK}
+#: The failure of a request whose session the upstream ended: the session is gone for good.
+SESSION_ENDED = "the upstream ended its session (404)"
 
 
 def _failure(request_id: RequestId, why: str, code: int = CONNECTION_CLOSED) -> SessionMessage:
@@ -184,11 +188,11 @@ def _failure(request_id: RequestId, why: str, code: int = CONNECTION_CLOSED) -> 
 def is_transport_failure(error: ErrorData) -> bool:
     """Whether ``error`` was made up by this transport (the exchange failed), not sent by the upstream."""
     data = error.data
-    return (
-        isinstance(data, dict)
-        and len(data) == 1
-        and hmac.compare_digest(str(data.get("tether.transport", "")), _FAILURE_MARK["tether.transport"])
-    )
+    if not isinstance(data, dict) or len(data) != 1:
+        return False
+    value = data.get("tether.transport")
+    # As bytes: compare_digest refuses a str with non-ASCII characters, which an upstream may send.
+    return isinstance(value, str) and hmac.compare_digest(value.encode("utf-8", "surrogatepass"), _MARK_BYTES)
 
 
 class _Upstream:
@@ -354,7 +358,7 @@ class _Upstream:
                     await self.read.send(SessionMessage(_answer(message, request_id)))
                     return True
         if status == 404 and self.session_id is not None:
-            raise TetherError("the upstream ended its session (404)")
+            raise TetherError(SESSION_ENDED)
         raise TetherError(f"the upstream answered HTTP {status}")
 
     async def _stream(self, response: httpx.Response, request_id: RequestId | None) -> bool:

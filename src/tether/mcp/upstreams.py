@@ -52,7 +52,7 @@ from mcp_types import (
 from tether.errors import TetherError
 from tether.mcp.guard import SecretGuard
 from tether.mcp.servers import MAX_TOOLS, McpServer, PinnedTool, UpstreamKind, pin
-from tether.mcp.streamable import is_transport_failure, streamable_http
+from tether.mcp.streamable import SESSION_ENDED, is_transport_failure, streamable_http
 
 __all__ = [
     "LogSink",
@@ -184,17 +184,18 @@ async def _transport(spec: UpstreamSpec, started: Callable[[int], None]) -> Asyn
         yield streams
 
 
-def _failure_of(error: ErrorData) -> str | None:
-    """What went wrong, when a JSON-RPC error answering a call means the exchange failed rather than
-    that the upstream answered with an error: made up by Tether's HTTP transport (its mark), or the
-    SDK's own error when its read timeout passed or the transport ended mid-call (a stdio child that
-    exited). None for an upstream's own error. The text is Tether's, never the upstream's."""
+def _failure_of(error: ErrorData) -> tuple[str, bool] | None:
+    """What went wrong, and whether the session is gone for good, when a JSON-RPC error answering
+    a call means the exchange failed rather than that the upstream answered with an error: made up
+    by Tether's HTTP transport (its mark), or the SDK's own error when its read timeout passed or
+    the transport ended mid-call (a stdio child that exited). None for an upstream's own error.
+    The text is Tether's, never the upstream's."""
     if is_transport_failure(error):
-        return f"failed: {error.message}"
+        return f"failed: {error.message}", error.message == SESSION_ENDED
     if error.data is None and error.code == REQUEST_TIMEOUT and error.message.endswith(" timed out"):
-        return "did not answer in time"
+        return "did not answer in time", False
     if error.data is None and error.code == CONNECTION_CLOSED and error.message == "Connection closed":
-        return "closed the connection during the call"
+        return "closed the connection during the call", True
     return None
 
 
@@ -337,9 +338,14 @@ class UpstreamSession:
             raise
         except MCPError as exc:
             failure = _failure_of(exc.error)
-            if failure is not None:
-                raise UpstreamError(f"upstream {self.name!r} {failure}") from None
-            raise
+            if failure is None:
+                raise
+            what, gone = failure
+            if gone:
+                # Retired: closing lets _run end (a stdio child's group killed), and the pool opens
+                # a new session for the task's next call instead of handing out a dead one.
+                self._closing.set()
+            raise UpstreamError(f"upstream {self.name!r} {what}") from None
         except Exception as exc:  # noqa: BLE001 - transport failures: the type only
             raise UpstreamError(f"upstream {self.name!r} failed ({type(exc).__name__})") from None
         finally:
