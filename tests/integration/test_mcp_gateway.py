@@ -392,6 +392,9 @@ async def test_upstream_failures_are_answered_as_failures_never_as_refusals(gw: 
         "tool:gh/whoami",
     ]
     assert len(await gw.events("mcp.session.open", task_id)) == 3  # gh, tight, gh again
+    [died_event] = await gw.events("mcp.session.close", task_id)
+    assert died_event["reason"] == "the upstream session died"
+    assert died_event["data"] == {"servers": ["gh"], "status": "active"}
 
 
 async def test_another_agents_task_is_not_found(gw: Gateway) -> None:

@@ -684,6 +684,19 @@ class McpGateway:
                 progress=None if progress is None else guarded_progress,
                 on_log=None if on_log is None else guarded_log,
             )
+        except UpstreamError:
+            if session.take_retirement():  # it died: the next call opens a new one
+                with contextlib.suppress(TetherError):  # recording it only informs
+                    await self._audit.record(
+                        "mcp.session.close",
+                        self._audit.actor,
+                        resource=f"task:{task.id}",
+                        task_id=task.id,
+                        chain=task.chain,
+                        reason="the upstream session died",
+                        data={"servers": [session.name], "status": "active"},
+                    )
+            raise
         except MCPError as exc:
             message, count = guard.redact_text(exc.error.message)
             data, in_data = guard.redact(exc.error.data) if exc.error.data is not None else (None, 0)

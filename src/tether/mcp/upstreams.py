@@ -209,6 +209,7 @@ class UpstreamSession:
         self._client: Client | None = None
         self._ready = asyncio.Event()
         self._closing = asyncio.Event()
+        self._retired = False  # it died on its own, and the gateway has not recorded that yet
         self._closed = asyncio.Event()
         self._failure: str | None = None
         self._calls: set[asyncio.Task[Any]] = set()
@@ -244,6 +245,11 @@ class UpstreamSession:
         if self._failure is not None:
             await self.close()
             raise UpstreamError(f"upstream {self.name!r} could not be opened ({self._failure})")
+
+    def take_retirement(self) -> bool:
+        """Whether this session died on its own (and was retired); True once, for one record."""
+        retired, self._retired = self._retired, False
+        return retired
 
     async def _on_log(self, params: LoggingMessageNotificationParams) -> None:
         for sink in list(self._log_sinks):
@@ -341,9 +347,10 @@ class UpstreamSession:
             if failure is None:
                 raise
             what, gone = failure
-            if gone:
+            if gone and not self._closing.is_set():
                 # Retired: closing lets _run end (a stdio child's group killed), and the pool opens
                 # a new session for the task's next call instead of handing out a dead one.
+                self._retired = True
                 self._closing.set()
             raise UpstreamError(f"upstream {self.name!r} {what}") from None
         except Exception as exc:  # noqa: BLE001 - transport failures: the type only
