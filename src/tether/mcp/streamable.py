@@ -28,7 +28,7 @@ encoding (none is asked for), a session id that is not visible ASCII, a ``202`` 
 failed status without a JSON-RPC error, a stream that ends before its response (there is no
 resumption), and a transport failure or timeout (its type only). These errors carry a mark of this
 process (:func:`is_transport_failure`), so the gateway answers them as the upstream having failed
-(``-32002``), while an upstream's own JSON-RPC error keeps its code.
+(``-32002``, in Tether's words), and an upstream's own JSON-RPC error as the upstream's (redacted).
 
 Not spoken: the standalone ``GET`` stream (messages from the server outside a call: sampling,
 elicitation and roots are refused anyway, and a ``list_changed`` is not acted on) and resumption.
