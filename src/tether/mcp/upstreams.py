@@ -209,7 +209,8 @@ class UpstreamSession:
         self._client: Client | None = None
         self._ready = asyncio.Event()
         self._closing = asyncio.Event()
-        self._retired = False  # it died on its own, and the gateway has not recorded that yet
+        self._died = False  # it died on its own (a stdio child exited, an HTTP session ended)
+        self._retired = False  # ... and the gateway has not recorded that yet
         self._closed = asyncio.Event()
         self._failure: str | None = None
         self._calls: set[asyncio.Task[Any]] = set()
@@ -340,7 +341,8 @@ class UpstreamSession:
         except asyncio.CancelledError:
             call.cancel()
             if self._closing.is_set() and not _current_cancelled():
-                raise UpstreamError(f"upstream {self.name!r} was closed (the task ended)") from None
+                why = "closed the connection during the call" if self._died else "was closed (the task ended)"
+                raise UpstreamError(f"upstream {self.name!r} {why}") from None
             raise
         except MCPError as exc:
             failure = _failure_of(exc.error)
@@ -350,7 +352,7 @@ class UpstreamSession:
             if gone and not self._closing.is_set():
                 # Retired: closing lets _run end (a stdio child's group killed), and the pool opens
                 # a new session for the task's next call instead of handing out a dead one.
-                self._retired = True
+                self._died = self._retired = True
                 self._closing.set()
             raise UpstreamError(f"upstream {self.name!r} {what}") from None
         except Exception as exc:  # noqa: BLE001 - transport failures: the type only
