@@ -382,7 +382,10 @@ async def test_upstream_failures_are_answered_as_failures_never_as_refusals(gw: 
         first = await client.call_tool("gh__whoami", {})
         assert first.structured_content is not None
         slow = asyncio.create_task(client.call_tool("gh__slow", {}))  # in flight when it dies
-        await asyncio.sleep(0.3)
+        async with asyncio.timeout(10):  # recorded, so on its way upstream before "die" is
+            while "tool:gh/slow" not in {e["resource"] for e in await gw.events("tool.call", task_id)}:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
         with pytest.raises(MCPError) as died:
             await client.call_tool("gh__die", {})
         for failure in (died.value, await asyncio.wait_for(_raised(slow), 10)):
