@@ -89,14 +89,21 @@ LogForward = Callable[[dict[str, Any]], Awaitable[None]]
 #: JSON-RPC error codes of the gateway (server-defined range): a refusal and an upstream failure.
 DENIED = -32001
 UPSTREAM_FAILED = -32002
-#: JSON-RPC's range of implementation-defined server errors (lowest, highest).
-SERVER_ERROR_CODES = (-32099, -32000)
+#: JSON-RPC's range of implementation-defined server errors, -32099 to -32000.
+SERVER_ERROR_CODES = range(-32099, -31999)
 #: Registry records remembered for :meth:`McpGateway.pinned_input_schema` (the last one read per
 #: server; never used to decide: every call reads its server's record with its task).
 MAX_REMEMBERED_SERVERS = 1024
 #: How often the watch loop looks for ended tasks with open upstreams.
 WATCH_INTERVAL_SECONDS = 0.5
 MAX_VALIDATORS = 512
+
+
+def _owned(caller: AgentCaller, task_id: str, task: Task | None) -> Task:
+    """``task`` if it is the caller's; another agent's task is not found, as a missing one (no probing)."""
+    if task is None or task.agent_id != caller.agent.id:
+        raise NotFoundError(f"no task {task_id}")
+    return task
 
 
 class ToolRefusedError(DeniedError):
@@ -397,10 +404,7 @@ class McpGateway:
     # -- agents: tools/list ----------------------------------------------------------------
     async def _task(self, caller: AgentCaller, task_id: str) -> Task:
         validate_id(task_id, "tsk", "Tether-Task")
-        task = await self._storage.get_task(task_id)
-        if task is None or task.agent_id != caller.agent.id:
-            raise NotFoundError(f"no task {task_id}")  # another agent's task is not found (no probing)
-        return task
+        return _owned(caller, task_id, await self._storage.get_task(task_id))
 
     async def list_tools(self, caller: AgentCaller, task_id: str) -> builtins.list[dict[str, Any]]:
         """The tools this task may call now, as MCP ``Tool`` objects with gateway names."""
@@ -484,15 +488,14 @@ class McpGateway:
         # One read: the task, the active policy version and the server's record as they are now.
         validate_id(task_id, "tsk", "Tether-Task")
         state = await self._storage.tool_call_state(task_id, server_name)
-        if state is None or state.task.agent_id != caller.agent.id:
-            raise NotFoundError(f"no task {task_id}")  # another agent's task is not found (no probing)
-        task = state.task
+        task = _owned(caller, task_id, None if state is None else state.task)
         resource = f"tool:{cedar_tool_id(server_name, tool)}"
         now = self._clock.now()
         status = task.effective_status(now)
         if status is not TaskStatus.ACTIVE:
             await self._close_task(task.id, task, f"the task is {status.value}")
             raise await self._refuse(caller, task, resource, f"task is {status.value}")
+        assert state is not None  # _owned refused a missing task
         record = self._seen(server_name, state.server)
         if record is None or (tool not in record.tools and tool not in record.quarantined):
             raise await self._refuse(caller, task, resource, f"unknown tool {name[:140]!r}", invalid=True)
@@ -706,9 +709,7 @@ class McpGateway:
             # range, whose codes mean something to the agent's client: Tether's refusal (-32001),
             # and MCP's own (URL elicitation required, -32042, which would hand the agent a URL the
             # upstream chose; the reserved -32020..-32022). There it is the upstream having failed.
-            code = exc.error.code
-            if SERVER_ERROR_CODES[0] <= code <= SERVER_ERROR_CODES[1]:
-                code = UPSTREAM_FAILED
+            code = UPSTREAM_FAILED if exc.error.code in SERVER_ERROR_CODES else exc.error.code
             raise MCPError(code, message[:1000], data) from None
         # A model's dump: every field the protocol requires is there (the front hands this dict to
         # the SDK's kernel, which validates it as it serializes).

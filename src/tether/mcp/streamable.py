@@ -173,15 +173,14 @@ def _parse(data: bytes) -> JSONRPCMessage:
 #: The ``data`` of the errors this transport makes up itself (the upstream could not be reached, or
 #: answered with something that is not an answer), so that the gateway tells them from the
 #: upstream's own errors: a value per process, which no upstream can guess and send back.
+_MARK_KEY = "tether.transport"
 _MARK = secrets.token_hex(16)
-_MARK_BYTES = _MARK.encode("ascii")
-_FAILURE_MARK = {"tether.transport": _MARK}
 #: The failure of a request whose session the upstream ended: the session is gone for good.
 SESSION_ENDED = "the upstream ended its session (404)"
 
 
 def _failure(request_id: RequestId, why: str, code: int = CONNECTION_CLOSED) -> SessionMessage:
-    error = ErrorData(code=code, message=why, data=dict(_FAILURE_MARK))
+    error = ErrorData(code=code, message=why, data={_MARK_KEY: _MARK})
     return SessionMessage(JSONRPCError(jsonrpc="2.0", id=request_id, error=error))
 
 
@@ -190,9 +189,11 @@ def is_transport_failure(error: ErrorData) -> bool:
     data = error.data
     if not isinstance(data, dict) or len(data) != 1:
         return False
-    value = data.get("tether.transport")
+    value = data.get(_MARK_KEY)
     # As bytes: compare_digest refuses a str with non-ASCII characters, which an upstream may send.
-    return isinstance(value, str) and hmac.compare_digest(value.encode("utf-8", "surrogatepass"), _MARK_BYTES)
+    return isinstance(value, str) and hmac.compare_digest(
+        value.encode("utf-8", "surrogatepass"), _MARK.encode("ascii")
+    )
 
 
 class _Upstream:
