@@ -480,8 +480,8 @@ def _light_lines(light: dict[str, Any]) -> list[str]:
         "connection sends its next call when the answer arrives: as many calls as the 2 cores serve, "
         "each waiting for the other 15); *16 paced* are 16 agents that each pause a random "
         f"{light.get('think_ms', 40) / 2:g}-{light.get('think_ms', 40) * 1.5:g} ms between an answer and "
-        "their next call (calls overlap, the cores are not saturated, and each call finds caches "
-        "and cores colder than back-to-back calls do).",
+        "their next call (calls overlap and share the 2 cores with the upstream and wrk without "
+        "saturating them; a call after a pause also runs colder than back-to-back calls do).",
         "",
         "| wire | connections | direct p50 / p99 ms | gateway p50 / p99 ms | **added** p50 / p99 ms "
         "| calls/s direct / gateway | server CPU per call, µs: upstream / Tether |",
