@@ -1,4 +1,4 @@
-"""Tether's streamable HTTP transport (:mod:`tether.mcp.streamable`) under the SDK's real ``Client``:
+"""Tether's streamable HTTP dispatcher (:mod:`tether.mcp.streamable`) under the SDK's real ``Client``:
 against real SDK servers on loopback (stateless with JSON or event-stream answers, stateful with a
 session), and against scripted upstreams that write exact bytes for every way an answer can go
 wrong. Each failure must reach the waiting call as a JSON-RPC error (never a hang or a crash) whose
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 import mcp_types as types
 import pytest
 import uvicorn
@@ -27,7 +28,6 @@ from mcp import Client
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.shared.exceptions import MCPError
-from mcp.shared.message import ClientMessageMetadata, SessionMessage
 
 import tether.mcp.streamable as streamable
 from tests.security.canaries import new_canary
@@ -35,7 +35,7 @@ from tether.domain.destinations import Injection, InjectionType
 from tether.errors import TetherError
 from tether.mcp.guard import SecretGuard
 from tether.mcp.servers import McpServer, UpstreamKind
-from tether.mcp.streamable import SESSION_ENDED, _Events, streamable_http
+from tether.mcp.streamable import SESSION_ENDED, HttpDispatcher, _Events, http_client
 from tether.mcp.upstreams import UpstreamError, UpstreamPool, UpstreamSpec
 
 EMPTY = {"type": "object", "properties": {}}
@@ -138,8 +138,8 @@ async def test_a_stateless_sdk_server_answers_calls_in_json_and_in_event_streams
     canary = new_canary("streamable")
     async with real_upstream(stateless=True, json_response=json_response) as (url, seen):
         async with asyncio.timeout(20):
-            transport = streamable_http(url, {"Authorization": f"Bearer {canary}"}, TIMEOUT)
-            async with Client(transport, mode=mode) as client:
+            client = http_client(url, {"Authorization": f"Bearer {canary}"}, TIMEOUT, mode=mode)
+            async with client:
                 tools = await client.list_tools()
                 assert [tool.name for tool in tools.tools] == ["echo", "notify", "slow"]
                 results = await asyncio.gather(
@@ -155,7 +155,7 @@ async def test_a_stateless_sdk_server_answers_calls_in_json_and_in_event_streams
 async def test_a_stateful_server_gets_its_session_back_on_every_request_and_a_delete_at_the_end() -> None:
     async with real_upstream(stateless=False, json_response=False) as (url, seen):
         async with asyncio.timeout(20):
-            async with Client(streamable_http(url, {"x-token": "t"}, TIMEOUT), mode="legacy") as client:
+            async with http_client(url, {"x-token": "t"}, TIMEOUT, mode="legacy") as client:
                 assert text_of(await client.call_tool("echo", {})) == "echo {}"
                 assert text_of(await client.call_tool("echo", {"a": 1})) == 'echo {"a": 1}'
             assert len(set(seen.assigned)) == 1
@@ -168,7 +168,7 @@ async def test_a_stateful_server_gets_its_session_back_on_every_request_and_a_de
             assert [method for method, _ in rest][-1] == "DELETE"
             assert seen.statuses[-1] < 300  # the server ended it
             # ... and the session is gone: the same id is refused now.
-            ended = streamable._Upstream(url, {}, TIMEOUT, None)
+            ended = streamable._Upstream(url, {}, TIMEOUT)
             ended.session_id = session
             request = ended._request("POST", ended._headers({}), b'{"jsonrpc":"2.0","id":1,"method":"ping"}')
             response = await ended.http.handle_async_request(request)
@@ -194,35 +194,63 @@ async def test_progress_and_log_notifications_during_a_call_reach_the_clients_ca
     async with real_upstream(stateless=stateless, json_response=False) as (url, _):
         async with asyncio.timeout(20):
             level: Any = "debug" if mode == "auto" else None
-            transport = streamable_http(url, {}, TIMEOUT)
-            async with Client(transport, mode=mode, logging_callback=on_log, log_level=level) as client:
+            client = http_client(url, {}, TIMEOUT, mode=mode, logging_callback=on_log, log_level=level)
+            async with client:
                 result = await client.call_tool("notify", {}, progress_callback=on_progress)
                 assert text_of(result) == "notify {}"
     assert [(entry.level, entry.logger, entry.data) for entry in logs] == [("warning", "up", {"step": 1})]
     assert progress == [(0.5, 1.0, "halfway")]
 
 
+@asynccontextmanager
+async def dispatcher(url: str, headers: dict[str, str]) -> AsyncIterator[HttpDispatcher]:
+    """The dispatcher on its own (no session above it): its ``run`` started, closed at the end."""
+
+    async def no_request(ctx: Any, method: str, params: Any) -> dict[str, Any]:
+        raise AssertionError(f"unexpected request {method}")
+
+    async def no_notification(ctx: Any, method: str, params: Any) -> None:
+        raise AssertionError(f"unexpected notification {method}")
+
+    under = HttpDispatcher(url, headers, TIMEOUT)
+    async with anyio.create_task_group() as group:
+        await group.start(under.run, no_request, no_notification)
+        try:
+            yield under
+        finally:
+            await under.aclose()
+
+
 async def test_the_injected_header_wins_over_a_same_named_header_of_a_message() -> None:
-    async with real_upstream(stateless=True, json_response=True) as (url, seen):
-        async with asyncio.timeout(20):
-            async with streamable_http(url, {"AUTHORIZATION": "Bearer injected"}, TIMEOUT) as (read, write):
-                ping = types.JSONRPCRequest(jsonrpc="2.0", id=7, method="ping")
-                metadata = ClientMessageMetadata(
-                    headers={"Authorization": "Bearer agent", "mcp-protocol-version": "2025-11-25"}
-                )
-                await write.send(SessionMessage(ping, metadata=metadata))
-                answer = await read.receive()
-                assert isinstance(answer, SessionMessage)
-                assert isinstance(answer.message, types.JSONRPCResponse)
-                assert answer.message.id == 7
+    async with (
+        real_upstream(stateless=True, json_response=True) as (url, seen),
+        asyncio.timeout(20),
+        dispatcher(url, {"AUTHORIZATION": "Bearer injected"}) as under,
+    ):
+        own = {"Authorization": "Bearer agent", "mcp-protocol-version": "2025-11-25"}
+        assert await under.send_raw_request("ping", None, {"headers": own}) == {}
     [(_, headers)] = seen.requests
     assert headers["authorization"] == "Bearer injected"
+
+
+async def test_a_request_before_run_is_refused_and_after_close_ends_as_closed() -> None:
+    async with real_upstream(stateless=True, json_response=True) as (url, seen):
+        under = HttpDispatcher(url, {}, TIMEOUT)
+        with pytest.raises(RuntimeError, match="before run"):
+            await under.send_raw_request("ping", None)
+        async with asyncio.timeout(20), dispatcher(url, {}) as under:
+            assert await under.send_raw_request("ping", None) == {}
+        with pytest.raises(MCPError) as closed:
+            await under.send_raw_request("ping", None)
+        await under.notify("notifications/initialized", None)  # dropped, not an error
+    assert closed.value.code == types.CONNECTION_CLOSED
+    assert len(seen.requests) == 1
 
 
 async def test_closing_the_transport_ends_a_call_in_flight_promptly() -> None:
     async with real_upstream(stateless=True, json_response=False) as (url, seen):
         async with asyncio.timeout(10):
-            async with Client(streamable_http(url, {}, 30.0)) as client:
+            async with http_client(url, {}, 30.0) as client:
                 call = asyncio.create_task(client.call_tool("slow", {}))
                 async with asyncio.timeout(5):
                     while len(seen.requests) < 2:  # the probe, then the call
@@ -240,7 +268,7 @@ async def test_a_call_given_up_on_is_aborted_on_the_modern_wire_and_cancelled_by
 ) -> None:
     async with real_upstream(stateless=True, json_response=False) as (url, seen):
         async with asyncio.timeout(20):
-            async with Client(streamable_http(url, {}, 30.0), mode=mode) as client:
+            async with http_client(url, {}, 30.0, mode=mode) as client:
                 with pytest.raises(MCPError):
                     await client.call_tool("slow", {}, read_timeout_seconds=0.3)
                 # The session goes on: the next call is answered.
@@ -249,21 +277,16 @@ async def test_a_call_given_up_on_is_aborted_on_the_modern_wire_and_cancelled_by
     assert cancelled == (0 if mode == "auto" else 1)
 
 
-async def test_a_json_rpc_error_on_a_failed_status_answers_the_request_by_its_own_id() -> None:
+async def test_a_json_rpc_error_on_a_failed_status_answers_the_request() -> None:
     def script(message: dict[str, Any]) -> Reply:
         error = {"code": -32601, "message": "no such method"}
         return json_reply({"jsonrpc": "2.0", "id": None, "error": error}, 404)
 
-    async with (
-        scripted(script) as upstream,
-        asyncio.timeout(10),
-        streamable_http(upstream.url, {}, TIMEOUT) as (read, write),
-    ):
-        await write.send(SessionMessage(types.JSONRPCRequest(jsonrpc="2.0", id=42, method="x/y")))
-        answer = await read.receive()
-    assert isinstance(answer, SessionMessage)
-    assert isinstance(answer.message, types.JSONRPCError)
-    assert (answer.message.id, answer.message.error.code) == (42, -32601)
+    async with scripted(script) as upstream, asyncio.timeout(10), dispatcher(upstream.url, {}) as under:
+        with pytest.raises(MCPError) as error:
+            await under.send_raw_request("x/y", None)
+    assert (error.value.code, error.value.message) == (-32601, "no such method")
+    assert not streamable.is_transport_failure(error.value.error)
 
 
 # -- scripted upstreams -------------------------------------------------------------------------
@@ -376,8 +399,7 @@ async def scripted(
 async def call(url: str, canary: str, *, seconds: float = TIMEOUT) -> types.CallToolResult:
     """One tool call through the SDK's ``Client`` on the transport, the canary in a header."""
     async with asyncio.timeout(15):
-        transport = streamable_http(url, {"Authorization": f"Bearer {canary}"}, seconds)
-        async with Client(transport, mode="legacy") as client:
+        async with http_client(url, {"Authorization": f"Bearer {canary}"}, seconds, mode="legacy") as client:
             try:
                 return await client.call_tool("tool", {})
             except MCPError as exc:
@@ -495,6 +517,22 @@ async def test_events_with_any_line_ending_split_over_tiny_writes_answer_the_cal
 
     async with scripted(script) as upstream:
         assert text_of(await call(upstream.url, "t")) == "scripted"
+
+
+async def test_a_request_from_the_upstream_during_a_call_is_refused_and_the_call_goes_on() -> None:
+    # Sampling asked for on a call's event stream: the client declared no sampling, so the SDK's
+    # session refuses it, the refusal is posted back under the request's id, and the call's own
+    # answer still comes.
+    def script(message: dict[str, Any]) -> Reply:
+        ask = {"messages": [{"role": "user", "content": {"type": "text", "text": BODY_TEXT}}], "maxTokens": 5}
+        sampling = {"jsonrpc": "2.0", "id": "up-1", "method": "sampling/createMessage", "params": ask}
+        return Reply([sse_head(), event(sampling), event(result(message["id"], TOOL_RESULT))], close=True)
+
+    async with scripted(script) as upstream:
+        assert text_of(await call(upstream.url, "t")) == "scripted"
+    [refusal] = [message for _, message in upstream.posts if message.get("id") == "up-1"]
+    assert "error" in refusal
+    assert "result" not in refusal
 
 
 async def test_an_upstream_that_hangs_up_mid_call_gives_an_error_not_a_hang() -> None:
@@ -621,8 +659,8 @@ def test_a_stream_split_anywhere_yields_the_same_events(
     assert [data for i in range(len(stream)) for data in one_by_one.feed(stream[i : i + 1])] == whole
 
 
-async def open_client(transport: Any) -> None:
-    async with Client(transport, mode="legacy"):
+async def open_client(client: Client) -> None:
+    async with client:
         pass
 
 
@@ -637,10 +675,10 @@ async def test_a_session_id_that_is_not_visible_ascii_is_refused_not_a_crash(ses
     canary = new_canary("streamable")
     ok = lambda message: json_reply(result(message["id"], TOOL_RESULT))  # noqa: E731
     async with scripted(ok, f"Mcp-Session-Id: {session}") as upstream:
-        transport = streamable_http(upstream.url, {"Authorization": f"Bearer {canary}"}, TIMEOUT)
+        client = http_client(upstream.url, {"Authorization": f"Bearer {canary}"}, TIMEOUT, mode="legacy")
         async with asyncio.timeout(15):
             with pytest.raises(BaseExceptionGroup) as raised:  # the handshake fails inside the client
-                await open_client(transport)
+                await open_client(client)
     [error] = leaves(raised.value)
     assert isinstance(error, MCPError)
     assert "session" in error.message
@@ -675,7 +713,7 @@ async def test_an_answer_that_never_ends_to_a_notification_does_not_hold_back_th
     ok = lambda message: json_reply(result(message["id"], TOOL_RESULT))  # noqa: E731
     async with scripted(ok, notified=trickle) as upstream:
         async with asyncio.timeout(15):
-            async with Client(streamable_http(upstream.url, {}, 1.0), mode="legacy") as client:
+            async with http_client(upstream.url, {}, 1.0, mode="legacy") as client:
                 async with asyncio.timeout(1.5):
                     assert text_of(await client.call_tool("tool", {})) == "scripted"
 
@@ -686,11 +724,13 @@ async def test_only_the_answer_to_initialize_assigns_a_session() -> None:
     def script(message: dict[str, Any]) -> Reply:
         return json_reply(result(message["id"], TOOL_RESULT), 200, "Mcp-Session-Id: later")
 
-    async with scripted(script) as upstream, asyncio.timeout(15):
-        transport = streamable_http(upstream.url, {"Authorization": "Bearer x"}, TIMEOUT)
-        async with Client(transport, mode="legacy") as client:
-            for _ in range(2):
-                assert text_of(await client.call_tool("tool", {})) == "scripted"
+    async with (
+        scripted(script) as upstream,
+        asyncio.timeout(15),
+        http_client(upstream.url, {"Authorization": "Bearer x"}, TIMEOUT, mode="legacy") as client,
+    ):
+        for _ in range(2):
+            assert text_of(await client.call_tool("tool", {})) == "scripted"
     assert upstream.posts
     assert not any(b"mcp-session-id" in head.lower() for head, _ in upstream.posts)
     assert not any(head.startswith(b"DELETE") for head in upstream.heads)

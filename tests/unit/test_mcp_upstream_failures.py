@@ -15,10 +15,7 @@ from tether.mcp.upstreams import _failure_of
 
 
 def made_up(why: str) -> ErrorData:
-    message = _failure(7, why).message
-    error: Any = message.error  # type: ignore[union-attr]
-    assert isinstance(error, ErrorData)
-    return error
+    return _failure(why).error
 
 
 def test_the_transports_own_failures_are_failures_and_a_session_end_retires_the_session() -> None:

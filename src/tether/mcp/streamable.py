@@ -1,26 +1,33 @@
-"""The streamable HTTP transport under the SDK's ``Client`` for an upstream MCP server reached over
-HTTP, on Tether's own HTTP/1.1 transport (:class:`tether.egress.http11.Http11Transport`).
+"""Streamable HTTP to an upstream MCP server, under the SDK's ``Client``: a ``Dispatcher`` (the SDK's
+own seam between a session and its wire) on Tether's HTTP/1.1 transport
+(:class:`tether.egress.http11.Http11Transport`).
 
-The SDK's ``Client`` (its session, request ids, result validation, refusal of sampling and
-elicitation) is unchanged; this replaces only the plumbing under it. The SDK's own transport sent
-each message through httpx2 and httpcore2 in a task group of its own, with context-carrying streams:
-about 0.6 ms of a tool call's latency through the gateway (issue 15), more than Tether's decision and
-audit record together. Here each message is one POST on a kept-alive pooled connection.
+The SDK's ``Client`` and ``ClientSession`` are unchanged (the handshake, request stamping and
+``Mcp-Param-*`` headers, result validation against the negotiated version and the tool's output
+schema, the ``HEADER_MISMATCH`` retry, input-required rounds, the refusal of sampling, elicitation
+and roots). This replaces only what is under the session. The SDK's stream-backed dispatcher hands
+each message through memory streams to a writer task and each answer back through a reader task;
+its own HTTP transport adds httpx2 and httpcore2 in a task group of its own. Here a request is one
+POST on a kept-alive pooled connection, sent and answered in the caller's own task (issue 15: a tool
+call through the gateway is an activation, and every hop between tasks is CPU on its path).
 
 - Every message is one POST to the registered URL, with the injected headers (they win over any
-  other of the same name), the SDK's per-message headers (``MCP-Protocol-Version``, and on the
-  2026-07-28 wire ``Mcp-Method``, ``Mcp-Name``), and the ``Mcp-Session-Id`` a stateful server
-  assigned. Requests run side by side; notifications and responses are posted in order.
+  other of the same name), the session's per-message headers (``MCP-Protocol-Version``, and on the
+  2026-07-28 wire ``Mcp-Method``, ``Mcp-Name``, ``Mcp-Param-*``), and the ``Mcp-Session-Id`` a
+  stateful server assigned. Requests run side by side; notifications and responses are posted in
+  order.
 - A request's answer is one JSON-RPC message (``application/json``) or an event stream
-  (``text/event-stream``) whose messages are relayed as they arrive (progress and log
-  notifications during a call) until the response. A response on a request's POST always answers
-  that request: its id is the request's, whatever the upstream wrote. A notification's or a
-  response's answer is ``202`` with no body; whatever body comes is not read.
-- A stateful server's session is ended with ``DELETE`` when the transport closes.
-- On the 2026-07-28 wire a cancelled request's POST is aborted (closing its answer is the
-  cancellation); before it, the ``notifications/cancelled`` frame is posted.
+  (``text/event-stream``) whose messages are handled as they arrive (progress and log notifications
+  during a call; a request from the upstream is answered by the session, which refuses sampling,
+  elicitation and roots) until the response. A response on a request's POST always answers that
+  request: its id is the request's, whatever the upstream wrote. A notification's or a response's
+  answer is ``202`` with no body; whatever body comes is not read.
+- A stateful server's session is ended with ``DELETE`` when the client closes; calls still in
+  flight end at once with the SDK's ``Connection closed``.
+- A call given up on (cancelled, or past its timeout) has its POST aborted; before the 2026-07-28
+  wire the ``notifications/cancelled`` frame is posted too.
 
-What it refuses, each as a JSON-RPC error for the request (never the upstream's text, only a
+What it refuses, each as an ``MCPError`` for the request (never the upstream's text, only a
 JSON-RPC error the upstream sent, which the gateway redacts): a redirect (never followed: the
 registered URL is the only one the secret goes to), an answer or one event over
 :data:`MAX_MESSAGE_BYTES`, a content type that is neither JSON nor an event stream, a content
@@ -31,28 +38,45 @@ process (:func:`is_transport_failure`), so the gateway answers them as the upstr
 (``-32002``, in Tether's words), and an upstream's own JSON-RPC error as the upstream's (redacted).
 
 Not spoken: the standalone ``GET`` stream (messages from the server outside a call: sampling,
-elicitation and roots are refused anyway, and a ``list_changed`` is not acted on) and resumption.
+elicitation and roots are refused anyway, and a ``list_changed`` is not acted on), resumption, and
+the SDK dispatcher's OpenTelemetry spans (Tether traces the call itself).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
+import itertools
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
+import anyio.abc
 import httpx
-from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
-from mcp.shared.message import ClientMessageMetadata, SessionMessage
+import pydantic_core
+from mcp import Client
+from mcp.client.client import ConnectMode
+from mcp.shared.dispatcher import (
+    CallOptions,
+    Dispatcher,
+    OnNotify,
+    OnNotifyIntercept,
+    OnRequest,
+    ProgressFnT,
+    coerce_request_id,
+    run_notify_intercept,
+)
+from mcp.shared.exceptions import MCPError, NoBackChannelError
+from mcp.shared.transport_context import TransportContext
 from mcp_types import (
     CONNECTION_CLOSED,
-    INVALID_REQUEST,
+    INTERNAL_ERROR,
+    REQUEST_TIMEOUT,
     ErrorData,
     JSONRPCError,
     JSONRPCMessage,
@@ -68,23 +92,21 @@ from pydantic import ValidationError
 from tether.egress.http11 import Http11Transport
 from tether.errors import TetherError
 
-__all__ = ["MAX_MESSAGE_BYTES", "SESSION_ENDED", "is_transport_failure", "streamable_http"]
+__all__ = ["MAX_MESSAGE_BYTES", "SESSION_ENDED", "HttpDispatcher", "http_client", "is_transport_failure"]
 
 log = logging.getLogger(__name__)
 
 #: One answer (JSON) or one event of a stream is at most this long, as one stdio line is.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-#: How long ending a stateful server's session (``DELETE``) may take when the transport closes.
+#: How long ending a stateful server's session (``DELETE``), or posting the cancellation of a call
+#: given up on, may take.
 END_SESSION_SECONDS = 2.0
 _SESSION = "mcp-session-id"
 _VERSION = "mcp-protocol-version"
 #: What a session id may hold (the specification's rule): anything else could not be sent back.
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _BASE = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
-
-Reader = MemoryObjectReceiveStream[SessionMessage | Exception]
-Writer = MemoryObjectSendStream[SessionMessage]
-
+_TRANSPORT = TransportContext(kind="streamable-http", can_send_request=False)
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -156,10 +178,9 @@ class _Events:
             self._event = value
 
 
-def _answer(message: JSONRPCMessage, request_id: RequestId | None) -> JSONRPCMessage:
+def _answer(message: JSONRPCResponse | JSONRPCError, request_id: RequestId) -> JSONRPCResponse | JSONRPCError:
     """A response on a request's POST answers that request, whatever id the upstream wrote."""
-    if request_id is not None and isinstance(message, JSONRPCResponse | JSONRPCError):
-        message.id = request_id
+    message.id = request_id
     return message
 
 
@@ -179,9 +200,8 @@ _MARK = secrets.token_hex(16)
 SESSION_ENDED = "the upstream ended its session (404)"
 
 
-def _failure(request_id: RequestId, why: str, code: int = CONNECTION_CLOSED) -> SessionMessage:
-    error = ErrorData(code=code, message=why, data={_MARK_KEY: _MARK})
-    return SessionMessage(JSONRPCError(jsonrpc="2.0", id=request_id, error=error))
+def _failure(why: str) -> MCPError:
+    return MCPError(code=CONNECTION_CLOSED, message=why, data={_MARK_KEY: _MARK})
 
 
 def is_transport_failure(error: ErrorData) -> bool:
@@ -196,29 +216,39 @@ def is_transport_failure(error: ErrorData) -> bool:
     )
 
 
-class _Upstream:
-    """One upstream's transport state: its URL, headers, session and requests in flight."""
+#: Handles a message the upstream sent on a request's event stream before its response.
+_Relay = Callable[[JSONRPCRequest | JSONRPCNotification], Awaitable[None]]
 
-    def __init__(
-        self,
-        url: str,
-        headers: Mapping[str, str],
-        timeout_seconds: float,
-        read: MemoryObjectSendStream[SessionMessage | Exception],
-    ) -> None:
+
+class _Upstream:
+    """One upstream's HTTP state: its URL, headers, session, and the exchange of one POST."""
+
+    def __init__(self, url: str, headers: Mapping[str, str], timeout_seconds: float) -> None:
         self.url = httpx.URL(url)
         self.injected = {name.lower(): value for name, value in headers.items()}
         self.timeouts = dict.fromkeys(("connect", "read", "write", "pool"), timeout_seconds)
         self.http = Http11Transport(max_connections=64, max_keepalive_connections=16)
-        self.read = read
         self.session_id: str | None = None
         self.version: str | None = None
-        #: Requests whose POST is in flight: their abort scope and whether they went on the modern wire.
-        self.in_flight: dict[RequestId, tuple[anyio.CancelScope, bool]] = {}
+
+    @property
+    def modern(self) -> bool:
+        return self.version in MODERN_PROTOCOL_VERSIONS
+
+    def stamped(self, method: str, opts: CallOptions | None) -> dict[str, str]:
+        """A message's own headers (lower-case names); the protocol version it carries is the
+        session's from now on (``initialize`` negotiates it afresh)."""
+        own = opts.get("headers") if opts else None
+        stamped = {name.lower(): value for name, value in own.items()} if own else {}
+        if method == "initialize":
+            self.version = None
+        elif _VERSION in stamped:
+            self.version = stamped[_VERSION]
+        return stamped
 
     def _headers(self, stamped: Mapping[str, str]) -> dict[str, str]:
-        """A POST's headers: the base, the session's, the message's own (``stamped``, lower-case
-        names), and the injected ones over all of them."""
+        """A POST's headers: the base, the session's, the message's own (``stamped``), and the
+        injected ones over all of them."""
         headers = dict(_BASE)
         if self.session_id is not None:
             headers[_SESSION] = self.session_id
@@ -233,87 +263,23 @@ class _Upstream:
             method, self.url, headers=headers, content=body, extensions={"timeout": self.timeouts}
         )
 
-    # -- outbound --------------------------------------------------------------------------------
-    async def send(self, item: SessionMessage, group: TaskGroup) -> None:
-        message = item.message
-        metadata = item.metadata if isinstance(item.metadata, ClientMessageMetadata) else None
-        own = metadata.headers if metadata is not None and metadata.headers else {}
-        stamped = {name.lower(): value for name, value in own.items()}
-        if isinstance(message, JSONRPCRequest) and message.method == "initialize":
-            self.version = None  # the handshake negotiates it afresh
-        elif _VERSION in stamped:
-            self.version = stamped[_VERSION]
-        if self._consume_cancel(message):
-            return
-        headers = self._headers(stamped)
-        if not isinstance(message, JSONRPCRequest):
-            await self._post(message, headers, None)
-            return
-        if metadata is not None and metadata.resumption_token is not None:
-            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-                await self.read.send(
-                    _failure(message.id, "resuming a stream is not supported", INVALID_REQUEST)
-                )
-            return
-        scope = anyio.CancelScope()
-        superseded = self.in_flight.get(message.id)
-        if superseded is not None:  # a reused id: the old POST may no longer answer
-            superseded[0].cancel()
-        self.in_flight[message.id] = (scope, self.version in MODERN_PROTOCOL_VERSIONS)
-        group.start_soon(self._request_post, message, headers, scope)
+    async def post(self, body: bytes, stamped: Mapping[str, str]) -> None:
+        """POST a notification or a response: accepted, or :class:`TetherError`/``httpx.HTTPError``."""
+        await self.exchange(body, stamped, None, None)
 
-    def _consume_cancel(self, message: JSONRPCMessage) -> bool:
-        """Whether ``message`` is a cancellation handled here instead of posted (see the module)."""
-        if not (isinstance(message, JSONRPCNotification) and message.method == "notifications/cancelled"):
-            return False
-        request_id = cancelled_request_id_from_params(message.params)
-        entry = None if request_id is None else self.in_flight.get(request_id)
-        if entry is None:
-            return self.version in MODERN_PROTOCOL_VERSIONS
-        scope, modern = entry
-        if modern:
-            scope.cancel()
-        return modern
-
-    async def _request_post(
-        self, message: JSONRPCRequest, headers: dict[str, str], scope: anyio.CancelScope
-    ) -> None:
-        try:
-            with scope:
-                await self._post(message, headers, message.id)
-        finally:
-            entry = self.in_flight.get(message.id)
-            if entry is not None and entry[0] is scope:
-                del self.in_flight[message.id]
-
-    async def _post(
-        self, message: JSONRPCMessage, headers: dict[str, str], request_id: RequestId | None
-    ) -> None:
-        body = message.model_dump_json(by_alias=True, exclude_unset=True).encode("utf-8")
-        opening = isinstance(message, JSONRPCRequest) and message.method == "initialize"
-        why: str | None = None
-        try:
-            if not await self._exchange(self._request("POST", headers, body), request_id, opening=opening):
-                why = "the upstream's answer ended before its response (there is no resumption)"
-        except TetherError as exc:  # a refusal of this transport's own (its text is Tether's)
-            why = str(exc)
-        except httpx.HTTPError as exc:  # the type only: a transport error's text names the upstream
-            why = f"the upstream could not be reached ({type(exc).__name__})"
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            return  # the client is gone: nobody waits for an answer
-        if why is None:
-            return
-        log.debug("MCP upstream message %r not answered: %s", request_id, why)
-        if request_id is not None:
-            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-                await self.read.send(_failure(request_id, why))
-
-    async def _exchange(
-        self, request: httpx.Request, request_id: RequestId | None, *, opening: bool = False
-    ) -> bool:
-        """Send one POST and relay its answer: whether the exchange completed (a request's response
-        relayed; a notification's or a response's POST accepted)."""
-        response = await self.http.handle_async_request(request)
+    async def exchange(
+        self,
+        body: bytes,
+        stamped: Mapping[str, str],
+        request_id: RequestId | None,
+        relay: _Relay | None,
+        *,
+        opening: bool = False,
+    ) -> JSONRPCResponse | JSONRPCError | None:
+        """POST one message. A request's answer is returned (the messages before it on its event
+        stream go to ``relay``); a notification's or a response's POST returns None once accepted.
+        Raises :class:`TetherError` (a refusal, in Tether's words) or ``httpx.HTTPError``."""
+        response = await self.http.handle_async_request(self._request("POST", self._headers(stamped), body))
         try:
             session = response.headers.get(_SESSION) if opening else None
             if session:  # assigned by the answer to initialize only, as the SDK's transport takes it
@@ -325,7 +291,7 @@ class _Upstream:
             if status == 202:
                 if request_id is not None:
                     raise TetherError("the upstream answered a request with 202 Accepted")
-                return True
+                return None
             if 300 <= status < 400:
                 raise TetherError(f"the upstream answered with a redirect ({status}), which is not followed")
             if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
@@ -333,46 +299,50 @@ class _Upstream:
                 raise TetherError("the upstream answered with a content encoding it was not asked for")
             if status >= 400:
                 return await self._failed(response, kind, request_id)
-            if request_id is None:
+            if request_id is None or relay is None:
                 # A notification's or a response's answer is 202 with no body; a body is not read
                 # (as the SDK's transport reads none): one that never ends would hold back every
                 # message after it, since these are posted in order.
-                return True
+                return None
             if kind == "application/json":
                 message = _parse(await _read_all(response))
-                await self.read.send(SessionMessage(_answer(message, request_id)))
-                return isinstance(message, JSONRPCResponse | JSONRPCError)
+                if isinstance(message, JSONRPCResponse | JSONRPCError):
+                    return _answer(message, request_id)
+                raise TetherError("the upstream's answer ended before its response (there is no resumption)")
             if kind == "text/event-stream":
-                return await self._stream(response, request_id)
+                return await self._stream(response, request_id, relay)
             raise TetherError(
                 "the upstream answered with a content type that is neither JSON nor an event stream"
             )
         finally:
             await response.aclose()
 
-    async def _failed(self, response: httpx.Response, kind: str, request_id: RequestId | None) -> bool:
+    async def _failed(
+        self, response: httpx.Response, kind: str, request_id: RequestId | None
+    ) -> JSONRPCError | None:
         status = response.status_code
         if request_id is not None and kind == "application/json":
             with contextlib.suppress(TetherError):
                 message = _parse(await _read_all(response))
                 if isinstance(message, JSONRPCError):
-                    await self.read.send(SessionMessage(_answer(message, request_id)))
-                    return True
+                    return JSONRPCError(jsonrpc="2.0", id=request_id, error=message.error)
         if status == 404 and self.session_id is not None:
             raise TetherError(SESSION_ENDED)
         raise TetherError(f"the upstream answered HTTP {status}")
 
-    async def _stream(self, response: httpx.Response, request_id: RequestId | None) -> bool:
+    async def _stream(
+        self, response: httpx.Response, request_id: RequestId, relay: _Relay
+    ) -> JSONRPCResponse | JSONRPCError:
         events = _Events()
         async for chunk in response.aiter_raw():
             for data in events.feed(chunk):
                 if not data:
                     continue  # a priming event (an id for resumption, no message)
-                message = _answer(_parse(data), request_id)
-                await self.read.send(SessionMessage(message))
+                message = _parse(data)
                 if isinstance(message, JSONRPCResponse | JSONRPCError):
-                    return True
-        return False
+                    return _answer(message, request_id)
+                await relay(message)
+        raise TetherError("the upstream's answer ended before its response (there is no resumption)")
 
     async def end_session(self) -> None:
         """``DELETE`` a stateful server's session (best effort, bounded)."""
@@ -394,11 +364,60 @@ async def _read_all(response: httpx.Response) -> bytes:
     return b"".join(parts)
 
 
-@asynccontextmanager
-async def streamable_http(
-    url: str, headers: Mapping[str, str], timeout_seconds: float
-) -> AsyncIterator[tuple[Reader, Writer]]:
-    """The SDK ``Client``'s streams for the upstream at ``url`` (see the module's docstring).
+def _json(message: Mapping[str, Any]) -> bytes:
+    return pydantic_core.to_json(message)
+
+
+def _request(
+    method: str, params: Mapping[str, Any] | None, request_id: RequestId, *, progress: bool
+) -> dict[str, Any]:
+    """A JSON-RPC request (``params`` left out when empty: JSON-RPC forbids ``null``); with
+    ``progress``, its id is also its progress token."""
+    out = dict(params) if params is not None else {}
+    meta = dict(out.get("_meta") or {})
+    if progress:
+        meta["progressToken"] = request_id
+    if meta:
+        out["_meta"] = meta
+    else:
+        out.pop("_meta", None)
+    message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    if out:
+        message["params"] = out
+    return message
+
+
+@dataclass
+class _Inbound:
+    """The SDK's ``DispatchContext`` for a message the upstream sent during a call: no back
+    channel (a request from the upstream is answered, never sent to)."""
+
+    dispatcher: HttpDispatcher
+    request_id: RequestId | None
+    transport: TransportContext = _TRANSPORT
+    message_metadata: None = None
+    cancel_requested: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def can_send_request(self) -> bool:
+        return False
+
+    async def send_raw_request(
+        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
+    ) -> dict[str, Any]:
+        raise NoBackChannelError(method)
+
+    async def notify(
+        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
+    ) -> None:
+        await self.dispatcher.notify(method, params, opts)
+
+    async def progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
+        return None
+
+
+class HttpDispatcher:
+    """The SDK's ``Dispatcher`` for one upstream over streamable HTTP (see the module's docstring).
 
     Args:
         url: The upstream's registered endpoint.
@@ -406,22 +425,205 @@ async def streamable_http(
             the same name.
         timeout_seconds: Connecting, writing, and the wait for each read of an answer.
     """
-    read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
-    write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
-    upstream = _Upstream(url, headers, timeout_seconds, read_writer)
 
-    async def writer(group: TaskGroup) -> None:
-        async with write_reader:
-            async for item in write_reader:
-                await upstream.send(item, group)
+    def __init__(self, url: str, headers: Mapping[str, str], timeout_seconds: float) -> None:
+        self._upstream = _Upstream(url, headers, timeout_seconds)
+        self._ids = itertools.count(1)
+        self._handlers: tuple[OnRequest, OnNotify, OnNotifyIntercept | None] | None = None
+        self._closed = False
+        self._stopped = anyio.Event()
+        #: Requests in flight (their scopes): closing the dispatcher ends them at once.
+        self._in_flight: set[anyio.CancelScope] = set()
+        self._posting = anyio.Lock()  # notifications and responses are posted in order
 
-    try:
-        async with read_writer, read_stream, write_stream, anyio.create_task_group() as group:
-            group.start_soon(writer, group)
+    async def run(
+        self,
+        on_request: OnRequest,
+        on_notify: OnNotify,
+        on_notify_intercept: OnNotifyIntercept | None = None,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Ready at once; parks until :meth:`aclose` (there is no receive loop: each answer is read
+        by the request it answers)."""
+        self._handlers = (on_request, on_notify, on_notify_intercept)
+        task_status.started()
+        try:
+            await self._stopped.wait()
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._stopped.set()
+        for scope in self._in_flight:
+            scope.cancel()
+
+    async def aclose(self) -> None:
+        """End the upstream's session (``DELETE``) and close the connections; calls in flight end."""
+        self._close()
+        await self._upstream.end_session()
+        await self._upstream.http.aclose()
+
+    async def send_raw_request(
+        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
+    ) -> dict[str, Any]:
+        """One request, answered in this task: its result, or ``MCPError`` (the upstream's error,
+        ``REQUEST_TIMEOUT`` past ``opts["timeout"]``, ``CONNECTION_CLOSED`` once closed, or a
+        failure of the exchange marked as this transport's)."""
+        if self._handlers is None:
+            raise RuntimeError("HttpDispatcher.send_raw_request called before run()")
+        if self._closed:
+            raise MCPError(code=CONNECTION_CLOSED, message="Connection closed")
+        options: CallOptions = opts or {}
+        request_id: RequestId = options.get("request_id") or next(self._ids)
+        on_progress = options.get("on_progress")
+        message = _request(method, params, request_id, progress=on_progress is not None)
+        upstream = self._upstream
+        stamped = upstream.stamped(method, options)
+        modern = upstream.modern
+
+        async def relay(inbound: JSONRPCRequest | JSONRPCNotification) -> None:
+            await self._relay(inbound, request_id, on_progress)
+
+        answer: JSONRPCResponse | JSONRPCError | None = None
+        scope = anyio.CancelScope()
+        self._in_flight.add(scope)
+        try:
+            with scope, anyio.fail_after(options.get("timeout")):
+                answer = await upstream.exchange(
+                    _json(message), stamped, request_id, relay, opening=method == "initialize"
+                )
+        except TimeoutError:
+            await self._abandon(request_id, modern, f"timed out after {options.get('timeout')}s")
+            raise MCPError(code=REQUEST_TIMEOUT, message=f"Request {method!r} timed out") from None
+        except anyio.get_cancelled_exc_class():
+            await self._abandon(request_id, modern, "caller cancelled")
+            raise
+        except TetherError as exc:  # a refusal of this transport's own (its text is Tether's)
+            raise _failure(str(exc)) from None
+        except httpx.HTTPError as exc:  # the type only: a transport error's text names the upstream
+            raise _failure(f"the upstream could not be reached ({type(exc).__name__})") from None
+        finally:
+            self._in_flight.discard(scope)
+        if answer is None:  # the dispatcher closed while it was in flight
+            raise MCPError(code=CONNECTION_CLOSED, message="Connection closed")
+        if isinstance(answer, JSONRPCError):
+            raise MCPError.from_error_data(answer.error)
+        return answer.result
+
+    async def notify(
+        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
+    ) -> None:
+        """Post a notification (fire and forget: a failure is logged, and once closed it is dropped)."""
+        if self._closed:
+            log.debug("MCP upstream notification %r dropped: the client is closed", method)
+            return
+        stamped = self._upstream.stamped(method, opts)
+        if method == "notifications/cancelled" and self._upstream.modern:
+            return  # the 2026-07-28 wire has none: aborting the request's POST is the cancellation
+        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            message["params"] = dict(params)
+        await self._post(_json(message), stamped, method)
+
+    async def _post(self, body: bytes, stamped: Mapping[str, str], what: str) -> None:
+        async with self._posting:
             try:
-                yield read_stream, write_stream
-            finally:
-                group.cancel_scope.cancel()
-    finally:
-        await upstream.end_session()
-        await upstream.http.aclose()
+                await self._upstream.post(body, stamped)
+            except (TetherError, httpx.HTTPError) as exc:
+                log.debug("MCP upstream message %s not delivered (%s)", what, type(exc).__name__)
+
+    async def _abandon(self, request_id: RequestId, modern: bool, reason: str) -> None:
+        """A call given up on: its POST is aborted already; before the 2026-07-28 wire the
+        upstream is also told (bounded, and whatever cancels the caller)."""
+        if modern or self._closed:
+            return
+        params = {"requestId": request_id, "reason": reason}
+        body = _json({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params})
+        with anyio.move_on_after(END_SESSION_SECONDS, shield=True):
+            await self._post(body, {}, "notifications/cancelled")
+
+    async def _relay(
+        self,
+        message: JSONRPCRequest | JSONRPCNotification,
+        request_id: RequestId,
+        on_progress: ProgressFnT | None,
+    ) -> None:
+        """A message the upstream sent on a request's stream: progress to its callback, other
+        notifications to the session, a request answered by the session."""
+        assert self._handlers is not None
+        on_request, on_notify, intercept = self._handlers
+        if isinstance(message, JSONRPCRequest):
+            try:
+                result = await on_request(_Inbound(self, message.id), message.method, message.params)
+                reply: JSONRPCResponse | JSONRPCError = JSONRPCResponse(
+                    jsonrpc="2.0", id=message.id, result=result
+                )
+            except MCPError as exc:
+                reply = JSONRPCError(jsonrpc="2.0", id=message.id, error=exc.error)
+            except Exception as exc:  # noqa: BLE001 - the session's failure is the upstream's answer, not ours
+                log.debug(
+                    "MCP upstream request %r failed in the session (%s)", message.method, type(exc).__name__
+                )
+                reply = JSONRPCError(
+                    jsonrpc="2.0",
+                    id=message.id,
+                    error=ErrorData(code=INTERNAL_ERROR, message="Internal error"),
+                )
+            body = reply.model_dump_json(by_alias=True, exclude_unset=True).encode("utf-8")
+            await self._post(body, {}, "response")
+            return
+        params = message.params
+        if message.method == "notifications/progress" and on_progress is not None:
+            await _progress(params, request_id, on_progress)
+        if run_notify_intercept(intercept, message.method, params):
+            return
+        try:
+            await on_notify(_Inbound(self, None), message.method, params)
+        except Exception as exc:  # noqa: BLE001 - one notification lost, never the call
+            log.debug("MCP upstream notification %r dropped (%s)", message.method, type(exc).__name__)
+
+
+async def _progress(
+    params: Mapping[str, Any] | None, request_id: RequestId, on_progress: ProgressFnT
+) -> None:
+    if params is None:
+        return
+    match params:
+        case {"progressToken": str() | int() as token, "progress": int() | float() as progress} if (
+            not isinstance(token, bool)
+            and not isinstance(progress, bool)
+            and coerce_request_id(token) == coerce_request_id(request_id)
+        ):
+            total = params.get("total")
+            text = params.get("message")
+            try:
+                await on_progress(
+                    float(progress),
+                    float(total) if isinstance(total, int | float) and not isinstance(total, bool) else None,
+                    text if isinstance(text, str) else None,
+                )
+            except Exception as exc:  # noqa: BLE001 - a sink gone meanwhile: the call goes on
+                log.debug("MCP upstream progress dropped (%s)", type(exc).__name__)
+        case _:
+            pass
+
+
+def http_client(url: str, headers: Mapping[str, str], timeout_seconds: float, **options: Any) -> Client:
+    """The SDK's ``Client`` for the upstream at ``url``, on :class:`HttpDispatcher`.
+
+    ``options`` are the ``Client``'s own (``mode``, ``logging_callback``, ...). The dispatcher is
+    built when the client is entered and closed (the session ``DELETE``d) when it exits.
+    """
+    client = Client(url, **options)
+
+    async def connect(exit_stack: AsyncExitStack, _mode: ConnectMode, _raise: bool) -> Dispatcher[Any]:
+        dispatcher = HttpDispatcher(url, headers, timeout_seconds)
+        exit_stack.push_async_callback(dispatcher.aclose)
+        return dispatcher
+
+    # The Client picks its connector from the type of its server (a URL: the SDK's own transport);
+    # this is the one place that connector is chosen, so it is replaced here, before entry.
+    client._connect = connect  # the SDK's seam between a Client and its Dispatcher
+    return client

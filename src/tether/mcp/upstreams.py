@@ -11,9 +11,10 @@ call in flight is cancelled when the session closes.
   registered ``VAR=<secret>``); its stderr goes to ``/dev/null`` (it could echo the secret into
   Tether's logs). Closing SIGKILLs the whole process group at once, so children it started die
   with it (a task's end is a revocation, not a polite request).
-- **http**: Tether's streamable HTTP transport under the SDK's ``Client``
-  (:mod:`tether.mcp.streamable`): the injected header on every request, on kept-alive pooled
-  connections, redirects never followed, and the server's own timeout.
+- **http**: the SDK's ``Client`` on Tether's streamable HTTP dispatcher
+  (:mod:`tether.mcp.streamable`): the injected header on every request, each call one POST on a
+  kept-alive pooled connection in the caller's own task, redirects never followed, and the
+  server's own timeout.
 
 Sampling, elicitation and roots requests from an upstream are refused (the client declares none of
 those capabilities; the SDK answers them with an error).
@@ -34,6 +35,7 @@ from typing import Any, cast
 
 import anyio
 from mcp import Client
+from mcp.client.session import LoggingFnT
 from mcp.client.stdio import get_default_environment
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
@@ -52,7 +54,7 @@ from mcp_types import (
 from tether.errors import TetherError
 from tether.mcp.guard import SecretGuard
 from tether.mcp.servers import MAX_TOOLS, McpServer, PinnedTool, UpstreamKind, pin
-from tether.mcp.streamable import SESSION_ENDED, is_transport_failure, streamable_http
+from tether.mcp.streamable import SESSION_ENDED, http_client, is_transport_failure
 
 __all__ = [
     "LogSink",
@@ -172,16 +174,12 @@ async def _stdio(spec: UpstreamSpec, started: Callable[[int], None]) -> AsyncIte
                     await stream.aclose()
 
 
-@asynccontextmanager
-async def _transport(spec: UpstreamSpec, started: Callable[[int], None]) -> AsyncIterator[Any]:
+def _client(spec: UpstreamSpec, started: Callable[[int], None], on_log: LoggingFnT) -> Client:
     server = spec.server
     if server.kind is UpstreamKind.STDIO:
-        async with _stdio(spec, started) as streams:
-            yield streams
-        return
+        return Client(_stdio(spec, started), logging_callback=on_log)
     assert server.url is not None
-    async with streamable_http(server.url, spec.headers, float(server.timeout_seconds)) as streams:
-        yield streams
+    return http_client(server.url, spec.headers, float(server.timeout_seconds), logging_callback=on_log)
 
 
 def _failure_of(error: ErrorData) -> tuple[str, bool] | None:
@@ -263,8 +261,7 @@ class UpstreamSession:
 
     async def _run(self) -> None:
         try:
-            transport = _transport(self.spec, self._started)
-            async with Client(transport, logging_callback=self._on_log) as client:
+            async with _client(self.spec, self._started, self._on_log) as client:
                 self.live = await self._list(client)
                 self._client = client
                 self._ready.set()
