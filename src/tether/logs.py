@@ -33,6 +33,7 @@ __all__ = [
     "JsonFormatter",
     "RequestIdFilter",
     "RequestIdMiddleware",
+    "TextFormatter",
     "configure_logging",
     "current_request_id",
     "request_id",
@@ -98,6 +99,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+class TextFormatter(logging.Formatter):
+    """Text lines, with an exception as its type only, as in the JSON lines: an exception's text,
+    or a traceback's lines, can quote data a library was handed (an MCP upstream's malformed
+    notification, say, which may hold the very secret injected into that upstream)."""
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        kind = ei[0].__name__ if ei and ei[0] is not None else "Exception"
+        return f"  exc_type={kind} (details withheld: exception text can quote secret data)"
+
+    def format(self, record: logging.LogRecord) -> str:
+        cached = record.exc_text  # another handler's full text: never reused here
+        record.exc_text = None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
+
 def configure_logging(log_format: str = "text", *, level: int = logging.INFO, label: str = "") -> None:
     """Send the process's log records to stderr in ``log_format`` (``text`` or ``json``).
 
@@ -112,7 +131,7 @@ def configure_logging(log_format: str = "text", *, level: int = logging.INFO, la
         handler.setFormatter(JsonFormatter())
     else:
         tag = f" [{label} %(process)d]" if label else ""
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT.replace("%(label)s", tag)))
+        handler.setFormatter(TextFormatter(TEXT_FORMAT.replace("%(label)s", tag)))
     handler._tether = True  # type: ignore[attr-defined]  # ours, to replace on the next call
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_tether", False)]:

@@ -36,7 +36,7 @@ from tether.errors import TetherError
 from tether.mcp.guard import SecretGuard
 from tether.mcp.servers import McpServer, UpstreamKind
 from tether.mcp.streamable import SESSION_ENDED, HttpDispatcher, _Events, http_client
-from tether.mcp.upstreams import UpstreamError, UpstreamPool, UpstreamSpec
+from tether.mcp.upstreams import UpstreamError, UpstreamPool, UpstreamSpec, _failure_of
 
 EMPTY = {"type": "object", "properties": {}}
 BODY_TEXT = "upstream-body-text-7f3a"  # what a scripted upstream writes in its bodies: never in an error
@@ -260,6 +260,8 @@ async def test_closing_the_transport_ends_a_call_in_flight_promptly() -> None:
             with pytest.raises(MCPError) as ended:
                 await call
     assert ended.value.code == types.CONNECTION_CLOSED
+    assert streamable.is_transport_failure(ended.value.error)  # Tether's, not an upstream's words
+    assert _failure_of(ended.value.error, stdio=False) == ("closed the connection during the call", True)
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
@@ -287,6 +289,73 @@ async def test_a_json_rpc_error_on_a_failed_status_answers_the_request() -> None
             await under.send_raw_request("x/y", None)
     assert (error.value.code, error.value.message) == (-32601, "no such method")
     assert not streamable.is_transport_failure(error.value.error)
+
+
+LEGACY = {"headers": {"mcp-protocol-version": "2025-11-25"}}
+MODERN = {"headers": {"mcp-protocol-version": "2026-07-28"}}
+
+
+def hanging(message: dict[str, Any]) -> Reply:
+    """``x/slow`` never answered (a comment, then silence); anything else answered at once."""
+    if message["method"] == "x/slow":
+        return Reply([sse_head(), b": working\n\n"], pause=30)
+    return json_reply(result(message["id"], {}))
+
+
+def cancels(upstream: Scripted) -> list[Any]:
+    return [
+        message["params"]["requestId"]
+        for _, message in upstream.posts
+        if message.get("method") == "notifications/cancelled"
+    ]
+
+
+async def test_a_timed_out_call_is_a_marked_timeout_told_to_a_legacy_upstream_at_once() -> None:
+    async with scripted(hanging) as upstream, asyncio.timeout(15), dispatcher(upstream.url, {}) as under:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(MCPError) as late:
+            await under.send_raw_request("x/slow", None, {**LEGACY, "timeout": 0.3})  # type: ignore[typeddict-item]
+        elapsed = asyncio.get_running_loop().time() - started
+        # The handshake's own request is never cancelled (the SDK's session asks so).
+        with pytest.raises(MCPError):
+            await under.send_raw_request(
+                "x/slow",
+                None,
+                {**LEGACY, "timeout": 0.3, "cancel_on_abandon": False},  # type: ignore[typeddict-item]
+            )
+    assert late.value.code == types.REQUEST_TIMEOUT
+    assert _failure_of(late.value.error, stdio=False) == ("did not answer in time", False)
+    assert elapsed < 0.3 + streamable.ABANDON_SECONDS + 0.5
+    assert cancels(upstream) == [1]  # the first call only
+
+
+@pytest.mark.parametrize(("wire", "told"), [(LEGACY, True), (MODERN, False)], ids=["legacy", "2026-07-28"])
+async def test_a_cancelled_caller_aborts_its_call_and_tells_only_a_legacy_upstream(
+    wire: dict[str, Any], told: bool
+) -> None:
+    async with scripted(hanging) as upstream, asyncio.timeout(15), dispatcher(upstream.url, {}) as under:
+        call = asyncio.create_task(under.send_raw_request("x/slow", None, wire))  # type: ignore[arg-type]
+        while not any(message.get("method") == "x/slow" for _, message in upstream.posts):
+            await asyncio.sleep(0.01)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert await under.send_raw_request("ping", None, wire) == {}  # type: ignore[arg-type]
+    assert cancels(upstream) == ([1] if told else [])
+
+
+async def test_a_callers_request_id_is_kept_even_zero_and_one_in_flight_is_refused() -> None:
+    async with scripted(hanging) as upstream, asyncio.timeout(15), dispatcher(upstream.url, {}) as under:
+        call = asyncio.create_task(under.send_raw_request("x/slow", None, {**LEGACY, "request_id": 0}))
+        while not any(message.get("method") == "x/slow" for _, message in upstream.posts):
+            await asyncio.sleep(0.01)
+        with pytest.raises(ValueError, match="already in flight"):
+            await under.send_raw_request("ping", None, {**LEGACY, "request_id": "0"})
+        assert await under.send_raw_request("ping", None, LEGACY) == {}  # a minted id: no clash
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    assert [message["id"] for _, message in upstream.posts if "id" in message][:2] == [0, 1]
 
 
 # -- scripted upstreams -------------------------------------------------------------------------

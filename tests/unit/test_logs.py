@@ -7,13 +7,23 @@ import io
 import json
 import logging
 import re
+import sys
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from tether.logs import JsonFormatter, RequestIdFilter, RequestIdMiddleware, configure_logging, request_id
+from tests.security.canaries import new_canary
+from tether.logs import (
+    TEXT_FORMAT,
+    JsonFormatter,
+    RequestIdFilter,
+    RequestIdMiddleware,
+    TextFormatter,
+    configure_logging,
+    request_id,
+)
 
 log = logging.getLogger("tether.test_logs")
 
@@ -110,6 +120,32 @@ async def test_an_odd_incoming_request_id_is_replaced(incoming: str) -> None:
     assert re.fullmatch(r"[0-9a-f]{16}", response.headers["x-request-id"])
 
 
+def test_text_exceptions_carry_the_class_name_only_even_from_a_librarys_logger() -> None:
+    # A library logs a parse failure with its traceback; the error quotes what it was handed (an
+    # MCP upstream's malformed notification holding the secret injected into that upstream).
+    canary = new_canary("logs")
+    handler, stream = _capture(TextFormatter(TEXT_FORMAT.replace("%(label)s", "")))
+    other = logging.getLogger("mcp.client.session")
+    other.addHandler(handler)
+    try:
+        try:
+            raise ValueError(f"input_value={canary!r}")
+        except ValueError:
+            other.warning("Failed to validate notification: %s", "notifications/message", exc_info=True)
+            # Another handler formatted the record first (its full traceback cached on it).
+            record = other.makeRecord(other.name, logging.WARNING, __file__, 1, "again", (), sys.exc_info())
+            logging.Formatter().format(record)
+            assert record.exc_text
+            assert canary in record.exc_text
+            handler.handle(record)
+    finally:
+        other.removeHandler(handler)
+    text = stream.getvalue()
+    assert canary not in text
+    assert text.count("exc_type=ValueError") == 2
+    assert "Failed to validate notification: notifications/message" in text
+
+
 def test_text_lines_show_the_request_id_only_within_a_request() -> None:
     handler, stream = _capture(logging.Formatter("%(levelname)s%(request_tag)s %(name)s: %(message)s"))
     log.addHandler(handler)
@@ -135,6 +171,9 @@ def test_configure_logging_replaces_its_own_handler_and_refuses_unknown_formats(
         ours = [h for h in root.handlers if getattr(h, "_tether", False)]
         assert len(ours) == 1
         assert isinstance(ours[0].formatter, JsonFormatter)
+        configure_logging("text")
+        [text] = [h for h in root.handlers if getattr(h, "_tether", False)]
+        assert isinstance(text.formatter, TextFormatter)
         with pytest.raises(ValueError, match="text, json"):
             configure_logging("xml")
     finally:

@@ -1,7 +1,8 @@
 """Which JSON-RPC errors answering an upstream call mean that the exchange failed (answered -32002
 with Tether's own words, and a dead session retired) rather than that the upstream answered with
-an error of its own: only what Tether's transport made up (its per-process mark, which an upstream
-cannot guess, in any encoding) and the SDK's own timeout and closed-connection errors."""
+an error of its own: only what Tether's HTTP dispatcher made up (its per-process mark, which an
+upstream cannot guess, in any encoding), and on a stdio upstream the SDK's own timeout and
+closed-connection errors (an HTTP upstream that spells those is not taken at its word)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT, ErrorData
 
-from tether.mcp.streamable import SESSION_ENDED, _failure, is_transport_failure
+from tether.mcp.streamable import CLOSED, SESSION_ENDED, TIMED_OUT, _failure, is_transport_failure
 from tether.mcp.upstreams import _failure_of
 
 
@@ -21,15 +22,25 @@ def made_up(why: str) -> ErrorData:
 def test_the_transports_own_failures_are_failures_and_a_session_end_retires_the_session() -> None:
     reached = made_up("the upstream could not be reached (ConnectError)")
     assert is_transport_failure(reached)
-    assert _failure_of(reached) == ("failed: the upstream could not be reached (ConnectError)", False)
-    assert _failure_of(made_up(SESSION_ENDED)) == (f"failed: {SESSION_ENDED}", True)
+    for stdio in (True, False):
+        assert _failure_of(reached, stdio=stdio) == (
+            "failed: the upstream could not be reached (ConnectError)",
+            False,
+        )
+        assert _failure_of(made_up(SESSION_ENDED), stdio=stdio) == (f"failed: {SESSION_ENDED}", True)
+        assert _failure_of(made_up(TIMED_OUT), stdio=stdio) == ("did not answer in time", False)
+        assert _failure_of(made_up(CLOSED), stdio=stdio) == ("closed the connection during the call", True)
 
 
-def test_the_sdks_own_timeout_and_closed_connection_are_failures() -> None:
+def test_the_sdks_own_timeout_and_closed_connection_are_failures_of_a_stdio_upstream_only() -> None:
     timeout = ErrorData(code=REQUEST_TIMEOUT, message="Request 'tools/call' timed out")
-    assert _failure_of(timeout) == ("did not answer in time", False)
+    assert _failure_of(timeout, stdio=True) == ("did not answer in time", False)
     closed = ErrorData(code=CONNECTION_CLOSED, message="Connection closed")
-    assert _failure_of(closed) == ("closed the connection during the call", True)
+    assert _failure_of(closed, stdio=True) == ("closed the connection during the call", True)
+    # Over HTTP these come only from the upstream (Tether's dispatcher marks its own): its error,
+    # forwarded redacted, and no retirement of the session it could churn with them.
+    assert _failure_of(timeout, stdio=False) is None
+    assert _failure_of(closed, stdio=False) is None
 
 
 @pytest.mark.parametrize(
@@ -49,7 +60,7 @@ def test_a_guessed_mark_is_the_upstreams_own_error(data: Any) -> None:
     for code, message in ((CONNECTION_CLOSED, "Connection closed"), (-32050, "anything")):
         error = ErrorData(code=code, message=message, data=data)
         assert not is_transport_failure(error)
-        assert _failure_of(error) is None
+        assert _failure_of(error, stdio=False) is None
 
 
 def test_the_mark_with_anything_beside_it_is_the_upstreams_own_error() -> None:
@@ -57,7 +68,7 @@ def test_the_mark_with_anything_beside_it_is_the_upstreams_own_error() -> None:
     assert isinstance(real.data, dict)
     padded = ErrorData(code=real.code, message=real.message, data={**real.data, "more": 1})
     assert not is_transport_failure(padded)
-    assert _failure_of(padded) is None
+    assert _failure_of(padded, stdio=True) is None
 
 
 @pytest.mark.parametrize(
@@ -65,4 +76,5 @@ def test_the_mark_with_anything_beside_it_is_the_upstreams_own_error() -> None:
     [(-32602, "no such argument"), (-32050, "broke"), (REQUEST_TIMEOUT, "denied"), (-32603, "oops")],
 )
 def test_an_upstreams_own_errors_are_not_failures(code: int, message: str) -> None:
-    assert _failure_of(ErrorData(code=code, message=message)) is None
+    for stdio in (True, False):
+        assert _failure_of(ErrorData(code=code, message=message), stdio=stdio) is None

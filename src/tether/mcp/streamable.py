@@ -76,6 +76,7 @@ from mcp.shared.transport_context import TransportContext
 from mcp_types import (
     CONNECTION_CLOSED,
     INTERNAL_ERROR,
+    INVALID_PARAMS,
     REQUEST_TIMEOUT,
     ErrorData,
     JSONRPCError,
@@ -98,9 +99,11 @@ log = logging.getLogger(__name__)
 
 #: One answer (JSON) or one event of a stream is at most this long, as one stdio line is.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-#: How long ending a stateful server's session (``DELETE``), or posting the cancellation of a call
-#: given up on, may take.
+#: How long ending a stateful server's session (``DELETE``) may take when the client closes.
 END_SESSION_SECONDS = 2.0
+#: How long posting the cancellation of a call given up on may take (within the second a call's
+#: caller allows past its timeout).
+ABANDON_SECONDS = 0.5
 _SESSION = "mcp-session-id"
 _VERSION = "mcp-protocol-version"
 #: What a session id may hold (the specification's rule): anything else could not be sent back.
@@ -198,10 +201,15 @@ _MARK_KEY = "tether.transport"
 _MARK = secrets.token_hex(16)
 #: The failure of a request whose session the upstream ended: the session is gone for good.
 SESSION_ENDED = "the upstream ended its session (404)"
+#: The failure of a request past its timeout (the SDK's ``REQUEST_TIMEOUT``, marked).
+TIMED_OUT = "the upstream did not answer in time"
+#: The failure of a request in flight when the client closed (the SDK's ``CONNECTION_CLOSED``,
+#: marked): an upstream cannot spell either of these and have it taken for Tether's.
+CLOSED = "the client closed while the request was in flight"
 
 
-def _failure(why: str) -> MCPError:
-    return MCPError(code=CONNECTION_CLOSED, message=why, data={_MARK_KEY: _MARK})
+def _failure(why: str, code: int = CONNECTION_CLOSED) -> MCPError:
+    return MCPError(code=code, message=why, data={_MARK_KEY: _MARK})
 
 
 def is_transport_failure(error: ErrorData) -> bool:
@@ -434,7 +442,12 @@ class HttpDispatcher:
         self._stopped = anyio.Event()
         #: Requests in flight (their scopes): closing the dispatcher ends them at once.
         self._in_flight: set[anyio.CancelScope] = set()
-        self._posting = anyio.Lock()  # notifications and responses are posted in order
+        self._ids_in_flight: set[RequestId] = set()
+        # Notifications and responses are posted in order, one at a time. A POST that holds the
+        # lock is bounded by the transport's timeouts (a notification's answer body is never
+        # read); whoever waits for it is bounded too (a call by its timeout, a cancellation by
+        # ABANDON_SECONDS).
+        self._posting = anyio.Lock()
 
     async def run(
         self,
@@ -474,9 +487,9 @@ class HttpDispatcher:
         if self._handlers is None:
             raise RuntimeError("HttpDispatcher.send_raw_request called before run()")
         if self._closed:
-            raise MCPError(code=CONNECTION_CLOSED, message="Connection closed")
+            raise _failure(CLOSED)
         options: CallOptions = opts or {}
-        request_id: RequestId = options.get("request_id") or next(self._ids)
+        request_id = self._request_id(options.get("request_id"))
         on_progress = options.get("on_progress")
         message = _request(method, params, request_id, progress=on_progress is not None)
         upstream = self._upstream
@@ -486,19 +499,25 @@ class HttpDispatcher:
         async def relay(inbound: JSONRPCRequest | JSONRPCNotification) -> None:
             await self._relay(inbound, request_id, on_progress)
 
+        # The SDK's session asks that the handshake never be cancelled (the specification forbids it).
+        tell = not modern and options.get("cancel_on_abandon", True)
         answer: JSONRPCResponse | JSONRPCError | None = None
         scope = anyio.CancelScope()
         self._in_flight.add(scope)
         try:
+            # The timeout covers the whole exchange (also waiting for a connection and writing),
+            # where the SDK's clock starts after the write: never longer than the SDK's.
             with scope, anyio.fail_after(options.get("timeout")):
                 answer = await upstream.exchange(
                     _json(message), stamped, request_id, relay, opening=method == "initialize"
                 )
         except TimeoutError:
-            await self._abandon(request_id, modern, f"timed out after {options.get('timeout')}s")
-            raise MCPError(code=REQUEST_TIMEOUT, message=f"Request {method!r} timed out") from None
+            if tell:
+                await self._abandon(request_id, f"timed out after {options.get('timeout')}s", shield=False)
+            raise _failure(TIMED_OUT, REQUEST_TIMEOUT) from None
         except anyio.get_cancelled_exc_class():
-            await self._abandon(request_id, modern, "caller cancelled")
+            if tell:
+                await self._abandon(request_id, "caller cancelled", shield=True)
             raise
         except TetherError as exc:  # a refusal of this transport's own (its text is Tether's)
             raise _failure(str(exc)) from None
@@ -506,22 +525,40 @@ class HttpDispatcher:
             raise _failure(f"the upstream could not be reached ({type(exc).__name__})") from None
         finally:
             self._in_flight.discard(scope)
+            self._ids_in_flight.discard(coerce_request_id(request_id))
         if answer is None:  # the dispatcher closed while it was in flight
-            raise MCPError(code=CONNECTION_CLOSED, message="Connection closed")
+            raise _failure(CLOSED)
         if isinstance(answer, JSONRPCError):
             raise MCPError.from_error_data(answer.error)
         return answer.result
+
+    def _request_id(self, supplied: RequestId | None) -> RequestId:
+        """The caller's id (refused while another request holds it, as the SDK's dispatcher does),
+        or the next one minted past any in flight."""
+        if supplied is not None:
+            key = coerce_request_id(supplied)
+            if key in self._ids_in_flight:
+                raise ValueError(f"request id {supplied!r} is already in flight")
+            self._ids_in_flight.add(key)
+            return supplied
+        minted = next(self._ids)
+        while minted in self._ids_in_flight:
+            minted = next(self._ids)
+        self._ids_in_flight.add(minted)
+        return minted
 
     async def notify(
         self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
     ) -> None:
         """Post a notification (fire and forget: a failure is logged, and once closed it is dropped)."""
         if self._closed:
-            log.debug("MCP upstream notification %r dropped: the client is closed", method)
+            log.debug("MCP upstream notification dropped: the client is closed")
             return
         stamped = self._upstream.stamped(method, opts)
         if method == "notifications/cancelled" and self._upstream.modern:
-            return  # the 2026-07-28 wire has none: aborting the request's POST is the cancellation
+            # The 2026-07-28 wire has none: aborting the request's POST is the cancellation, which
+            # this dispatcher does itself for a call given up on (the session never sends one).
+            return
         message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
         if params is not None:
             message["params"] = dict(params)
@@ -534,14 +571,14 @@ class HttpDispatcher:
             except (TetherError, httpx.HTTPError) as exc:
                 log.debug("MCP upstream message %s not delivered (%s)", what, type(exc).__name__)
 
-    async def _abandon(self, request_id: RequestId, modern: bool, reason: str) -> None:
-        """A call given up on: its POST is aborted already; before the 2026-07-28 wire the
-        upstream is also told (bounded, and whatever cancels the caller)."""
-        if modern or self._closed:
+    async def _abandon(self, request_id: RequestId, reason: str, *, shield: bool) -> None:
+        """A call given up on before the 2026-07-28 wire: its POST is aborted already, and the
+        upstream is told too (within ABANDON_SECONDS; ``shield``: whatever cancels the caller)."""
+        if self._closed:
             return
         params = {"requestId": request_id, "reason": reason}
         body = _json({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params})
-        with anyio.move_on_after(END_SESSION_SECONDS, shield=True):
+        with anyio.move_on_after(ABANDON_SECONDS, shield=shield):
             await self._post(body, {}, "notifications/cancelled")
 
     async def _relay(
@@ -562,10 +599,11 @@ class HttpDispatcher:
                 )
             except MCPError as exc:
                 reply = JSONRPCError(jsonrpc="2.0", id=message.id, error=exc.error)
+            except ValidationError:  # as the SDK's dispatcher answers what its handlers cannot parse
+                error = ErrorData(code=INVALID_PARAMS, message="Invalid request parameters", data="")
+                reply = JSONRPCError(jsonrpc="2.0", id=message.id, error=error)
             except Exception as exc:  # noqa: BLE001 - the session's failure is the upstream's answer, not ours
-                log.debug(
-                    "MCP upstream request %r failed in the session (%s)", message.method, type(exc).__name__
-                )
+                log.debug("MCP upstream request failed in the session (%s)", type(exc).__name__)
                 reply = JSONRPCError(
                     jsonrpc="2.0",
                     id=message.id,
@@ -582,7 +620,7 @@ class HttpDispatcher:
         try:
             await on_notify(_Inbound(self, None), message.method, params)
         except Exception as exc:  # noqa: BLE001 - one notification lost, never the call
-            log.debug("MCP upstream notification %r dropped (%s)", message.method, type(exc).__name__)
+            log.debug("MCP upstream notification dropped (%s)", type(exc).__name__)
 
 
 async def _progress(

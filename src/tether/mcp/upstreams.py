@@ -54,7 +54,7 @@ from mcp_types import (
 from tether.errors import TetherError
 from tether.mcp.guard import SecretGuard
 from tether.mcp.servers import MAX_TOOLS, McpServer, PinnedTool, UpstreamKind, pin
-from tether.mcp.streamable import SESSION_ENDED, http_client, is_transport_failure
+from tether.mcp.streamable import CLOSED, SESSION_ENDED, TIMED_OUT, http_client, is_transport_failure
 
 __all__ = [
     "LogSink",
@@ -182,19 +182,29 @@ def _client(spec: UpstreamSpec, started: Callable[[int], None], on_log: LoggingF
     return http_client(server.url, spec.headers, float(server.timeout_seconds), logging_callback=on_log)
 
 
-def _failure_of(error: ErrorData) -> tuple[str, bool] | None:
+def _failure_of(error: ErrorData, *, stdio: bool) -> tuple[str, bool] | None:
     """What went wrong, and whether the session is gone for good, when a JSON-RPC error answering
     a call means the exchange failed rather than that the upstream answered with an error: made up
-    by Tether's HTTP transport (its mark), or the SDK's own error when its read timeout passed or
-    the transport ended mid-call (a stdio child that exited). None for an upstream's own error.
-    The text is Tether's, never the upstream's."""
+    by Tether's HTTP dispatcher (its mark), or on a stdio upstream the SDK's own error when its read
+    timeout passed or the child's pipes closed mid-call. None for an upstream's own error (an HTTP
+    upstream that spells the SDK's errors is not taken at its word). The text is Tether's, never
+    the upstream's."""
     if is_transport_failure(error):
-        return f"failed: {error.message}", error.message == SESSION_ENDED
-    if error.data is None and error.code == REQUEST_TIMEOUT and error.message.endswith(" timed out"):
-        return "did not answer in time", False
-    if error.data is None and error.code == CONNECTION_CLOSED and error.message == "Connection closed":
-        return "closed the connection during the call", True
+        return _FAILURES.get(error.message) or (f"failed: {error.message}", error.message == SESSION_ENDED)
+    if not stdio or error.data is not None:
+        return None
+    if error.code == REQUEST_TIMEOUT and error.message.endswith(" timed out"):
+        return _FAILURES[TIMED_OUT]
+    if error.code == CONNECTION_CLOSED and error.message == "Connection closed":
+        return _FAILURES[CLOSED]
     return None
+
+
+#: What a marked failure means, in the gateway's words, and whether the session is gone.
+_FAILURES = {
+    TIMED_OUT: ("did not answer in time", False),
+    CLOSED: ("closed the connection during the call", True),
+}
 
 
 class UpstreamSession:
@@ -342,7 +352,7 @@ class UpstreamSession:
                 raise UpstreamError(f"upstream {self.name!r} {why}") from None
             raise
         except MCPError as exc:
-            failure = _failure_of(exc.error)
+            failure = _failure_of(exc.error, stdio=self.spec.server.kind is UpstreamKind.STDIO)
             if failure is None:
                 raise
             what, gone = failure
