@@ -276,7 +276,7 @@ def _group_ids(config: pytest.Config, items: list[pytest.Item]) -> None:
 # - audit: every broker the suite starts (in-process, and server subprocesses through the
 #   environment) copies its audit events to one JSON Lines file, scanned when the session ends;
 # - logs: every log record of this process (Tether's at DEBUG, httpx's at INFO, others at the
-#   root level), formatted as Tether's text lines (an exception as its type only), scanned as emitted;
+#   root level), formatted with its exception text, scanned as it is emitted;
 # - http: every response any Tether app in this process sends (ASGI transport or uvicorn), headers
 #   and body, except the body of a reveal or dynamic activation (the one place a value belongs);
 # - db: the integration ``broker`` fixture's database at teardown (SQLite files, PostgreSQL rows);
@@ -292,14 +292,11 @@ AUDIT_SINK_ENV = "TETHER_AUDIT_JSONL"
 
 
 class _LogScan(logging.Handler):
-    """Scans each log record as the operator's log file would hold it (Tether's text lines: an
-    exception as its type only, whatever another handler made of it)."""
+    """Scans each log record as the operator's log file would hold it."""
 
     def __init__(self) -> None:
-        from tether.logs import TextFormatter
-
         super().__init__(logging.NOTSET)
-        self.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
         from tests.security.canaries import SCAN
