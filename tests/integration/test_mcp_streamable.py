@@ -1,8 +1,9 @@
-"""Tether's streamable HTTP dispatcher (:mod:`tether.mcp.streamable`) under the SDK's real ``Client``:
-against real SDK servers on loopback (stateless with JSON or event-stream answers, stateful with a
-session), and against scripted upstreams that write exact bytes for every way an answer can go
-wrong. Each failure must reach the waiting call as a JSON-RPC error (never a hang or a crash) whose
-text holds nothing of the upstream's (its body, its Location) nor of the injected secret."""
+"""Tether's streamable HTTP (:mod:`tether.mcp.streamable`, :mod:`tether.mcp.dispatcher`) under the
+SDK's real ``Client``: against real SDK servers on loopback (stateless with JSON or event-stream
+answers, stateful with a session), and against scripted upstreams that write exact bytes for every
+way an answer can go wrong. Each failure must reach the waiting call as a JSON-RPC error (never a
+hang or a crash) whose text holds nothing of the upstream's (its body, its Location) nor of the
+injected secret."""
 
 from __future__ import annotations
 
@@ -33,9 +34,10 @@ import tether.mcp.streamable as streamable
 from tests.security.canaries import new_canary
 from tether.domain.destinations import Injection, InjectionType
 from tether.errors import TetherError
+from tether.mcp.dispatcher import ABANDON_SECONDS, HttpDispatcher, http_client
 from tether.mcp.guard import SecretGuard
 from tether.mcp.servers import McpServer, UpstreamKind
-from tether.mcp.streamable import SESSION_ENDED, HttpDispatcher, _Events, http_client
+from tether.mcp.streamable import SESSION_ENDED, _Events
 from tether.mcp.upstreams import UpstreamError, UpstreamPool, UpstreamSpec, _failure_of
 
 EMPTY = {"type": "object", "properties": {}}
@@ -168,7 +170,7 @@ async def test_a_stateful_server_gets_its_session_back_on_every_request_and_a_de
             assert [method for method, _ in rest][-1] == "DELETE"
             assert seen.statuses[-1] < 300  # the server ended it
             # ... and the session is gone: the same id is refused now.
-            ended = streamable._Upstream(url, {}, TIMEOUT)
+            ended = streamable.HttpExchange(url, {}, TIMEOUT)
             ended.session_id = session
             request = ended._request("POST", ended._headers({}), b'{"jsonrpc":"2.0","id":1,"method":"ping"}')
             response = await ended.http.handle_async_request(request)
@@ -325,7 +327,7 @@ async def test_a_timed_out_call_is_a_marked_timeout_told_to_a_legacy_upstream_at
             )
     assert late.value.code == types.REQUEST_TIMEOUT
     assert _failure_of(late.value.error, stdio=False) == ("did not answer in time", False)
-    assert elapsed < 0.3 + streamable.ABANDON_SECONDS + 0.5
+    assert elapsed < 0.3 + ABANDON_SECONDS + 0.5
     assert cancels(upstream) == [1]  # the first call only
 
 

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT, ErrorData
 
-from tether.mcp.streamable import CLOSED, SESSION_ENDED, TIMED_OUT, _failure, is_transport_failure
+from tether.mcp.streamable import CLOSED, SESSION_ENDED, TIMED_OUT, is_transport_failure, transport_failure
 from tether.mcp.upstreams import _failure_of
 
 
 def made_up(why: str) -> ErrorData:
-    return _failure(why).error
+    return transport_failure(why).error
 
 
 def test_the_transports_own_failures_are_failures_and_a_session_end_retires_the_session() -> None:

@@ -12,7 +12,7 @@ call in flight is cancelled when the session closes.
   Tether's logs). Closing SIGKILLs the whole process group at once, so children it started die
   with it (a task's end is a revocation, not a polite request).
 - **http**: the SDK's ``Client`` on Tether's streamable HTTP dispatcher
-  (:mod:`tether.mcp.streamable`): the injected header on every request, each call one POST on a
+  (:mod:`tether.mcp.dispatcher`): the injected header on every request, each call one POST on a
   kept-alive pooled connection in the caller's own task, redirects never followed, and the
   server's own timeout.
 
@@ -52,9 +52,10 @@ from mcp_types import (
 )
 
 from tether.errors import TetherError
+from tether.mcp.dispatcher import http_client
 from tether.mcp.guard import SecretGuard
 from tether.mcp.servers import MAX_TOOLS, McpServer, PinnedTool, UpstreamKind, pin
-from tether.mcp.streamable import CLOSED, SESSION_ENDED, TIMED_OUT, http_client, is_transport_failure
+from tether.mcp.streamable import CLOSED, SESSION_ENDED, TIMED_OUT, is_transport_failure
 
 __all__ = [
     "LogSink",
