@@ -31,7 +31,6 @@ import itertools
 import logging
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -50,8 +49,7 @@ from mcp.shared.dispatcher import (
     coerce_request_id,
     run_notify_intercept,
 )
-from mcp.shared.exceptions import MCPError, NoBackChannelError
-from mcp.shared.transport_context import TransportContext
+from mcp.shared.exceptions import MCPError
 from mcp_types import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -66,6 +64,7 @@ from mcp_types import (
 from pydantic import ValidationError
 
 from tether.errors import TetherError
+from tether.mcp._context import OneWay
 from tether.mcp.streamable import CLOSED, TIMED_OUT, HttpExchange, transport_failure
 
 __all__ = ["ABANDON_SECONDS", "HttpDispatcher", "http_client"]
@@ -75,7 +74,6 @@ log = logging.getLogger(__name__)
 #: How long posting the cancellation of a call given up on may take (within the second a call's
 #: caller allows past its timeout).
 ABANDON_SECONDS = 0.5
-_TRANSPORT = TransportContext(kind="streamable-http", can_send_request=False)
 
 
 def _json(message: Mapping[str, Any]) -> bytes:
@@ -99,35 +97,6 @@ def _request(
     if out:
         message["params"] = out
     return message
-
-
-@dataclass
-class _Inbound:
-    """The SDK's ``DispatchContext`` for a message the upstream sent during a call: no back
-    channel (a request from the upstream is answered, never sent to)."""
-
-    dispatcher: HttpDispatcher
-    request_id: RequestId | None
-    transport: TransportContext = _TRANSPORT
-    message_metadata: None = None
-    cancel_requested: anyio.Event = field(default_factory=anyio.Event)
-
-    @property
-    def can_send_request(self) -> bool:
-        return False
-
-    async def send_raw_request(
-        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
-    ) -> dict[str, Any]:
-        raise NoBackChannelError(method)
-
-    async def notify(
-        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
-    ) -> None:
-        await self.dispatcher.notify(method, params, opts)
-
-    async def progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
-        return None
 
 
 class HttpDispatcher:
@@ -299,7 +268,9 @@ class HttpDispatcher:
         on_request, on_notify, intercept = self._handlers
         if isinstance(message, JSONRPCRequest):
             try:
-                result = await on_request(_Inbound(self, message.id), message.method, message.params)
+                result = await on_request(
+                    OneWay(message.id, forward=self.notify), message.method, message.params
+                )
                 reply: JSONRPCResponse | JSONRPCError = JSONRPCResponse(
                     jsonrpc="2.0", id=message.id, result=result
                 )
@@ -324,7 +295,7 @@ class HttpDispatcher:
         if run_notify_intercept(intercept, message.method, params):
             return
         try:
-            await on_notify(_Inbound(self, None), message.method, params)
+            await on_notify(OneWay(None, forward=self.notify), message.method, params)
         except Exception as exc:  # noqa: BLE001 - one notification lost, never the call
             log.debug("MCP upstream notification dropped (%s)", type(exc).__name__)
 

@@ -36,17 +36,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import pydantic_core
 from mcp.server.connection import Connection
 from mcp.server.lowlevel.server import Server
 from mcp.server.runner import serve_one
 from mcp.server.streamable_http import check_accept_headers
-from mcp.shared.dispatcher import CallOptions
-from mcp.shared.exceptions import NoBackChannelError
 from mcp.shared.inbound import (
     ERROR_CODE_HTTP_STATUS,
     MCP_PARAM_HEADER_PREFIX,
@@ -57,8 +53,7 @@ from mcp.shared.inbound import (
     validate_mcp_param_headers,
 )
 from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
-from mcp.shared.message import MessageMetadata, ServerMessageMetadata
-from mcp.shared.transport_context import TransportContext
+from mcp.shared.message import ServerMessageMetadata
 from mcp_types import (
     DEFAULT_NEGOTIATED_VERSION,
     INTERNAL_ERROR,
@@ -76,13 +71,14 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tether.mcp._context import OneWay
+
 __all__ = ["NOT_JSON", "PROTOCOL_VERSION_HEADER", "answer", "answer_modern", "handshake_era", "parse"]
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION_HEADER = "mcp-protocol-version"
 _JSON = "application/json"
-_TRANSPORT = TransportContext(kind="streamable-http", can_send_request=False)
 _PARAM_PREFIX = MCP_PARAM_HEADER_PREFIX.lower()
 #: What :func:`parse` returns for a body that is not JSON.
 NOT_JSON: Any = object()
@@ -102,40 +98,6 @@ def handshake_era(request: Request) -> bool:
     as 2025-03-26, as the specification says); any other value is the SDK's to judge."""
     version = request.headers.get(PROTOCOL_VERSION_HEADER)
     return version is None or version in HANDSHAKE_PROTOCOL_VERSIONS
-
-
-@dataclass(slots=True)
-class _OneRequest:
-    """The SDK's ``DispatchContext`` for one request answered with one JSON body: no channel back
-    to the client (a server request raises, a notification or progress has no wire and is
-    dropped — a request that wants them is answered as an event stream, not here)."""
-
-    request_id: RequestId
-    message_metadata: MessageMetadata
-    transport: TransportContext = _TRANSPORT
-    can_send_request: bool = False
-    _cancel: anyio.Event | None = None
-
-    @property
-    def cancel_requested(self) -> anyio.Event:
-        """Never set (a stateless request is cancelled by closing its connection); made on first
-        use, as most requests never ask."""
-        if self._cancel is None:
-            self._cancel = anyio.Event()
-        return self._cancel
-
-    async def send_raw_request(
-        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
-    ) -> dict[str, Any]:
-        raise NoBackChannelError(method)
-
-    async def notify(
-        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
-    ) -> None:
-        return None
-
-    async def progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
-        return None
 
 
 def _error(status: int, code: int, message: str, request_id: RequestId | None = None) -> Response:
@@ -189,7 +151,7 @@ async def _served(
     """The SDK's kernel's answer to ``message``: its result, or its error as the SDK maps it (an
     exception no handler mapped is an internal error, logged by its type only: its text, or a
     traceback's locals, could hold a secret). Never raises but for cancellation."""
-    context = _OneRequest(message.id, ServerMessageMetadata(request_context=request))
+    context = OneWay(message.id, ServerMessageMetadata(request_context=request))
     try:
         result = await serve_one(
             server, context, message.method, message.params, connection=connection, lifespan_state={}
