@@ -115,9 +115,9 @@ class HttpDispatcher:
         self._handlers: tuple[OnRequest, OnNotify, OnNotifyIntercept | None] | None = None
         self._closed = False
         self._stopped = anyio.Event()
-        #: Requests in flight (their scopes): closing the dispatcher ends them at once.
-        self._in_flight: set[anyio.CancelScope] = set()
-        self._ids_in_flight: set[RequestId] = set()
+        #: Requests in flight, by id (as the SDK's dispatcher keys them): closing the dispatcher
+        #: cancels their scopes, ending them at once.
+        self._in_flight: dict[RequestId, anyio.CancelScope] = {}
         # Notifications and responses are posted in order, one at a time. A POST that holds the
         # lock is bounded by the transport's timeouts (a notification's answer body is never
         # read); whoever waits for it is bounded too (a call by its timeout, a cancellation by
@@ -144,7 +144,7 @@ class HttpDispatcher:
     def _close(self) -> None:
         self._closed = True
         self._stopped.set()
-        for scope in self._in_flight:
+        for scope in self._in_flight.values():
             scope.cancel()
 
     async def aclose(self) -> None:
@@ -178,7 +178,7 @@ class HttpDispatcher:
         tell = not modern and options.get("cancel_on_abandon", True)
         answer: JSONRPCResponse | JSONRPCError | None = None
         scope = anyio.CancelScope()
-        self._in_flight.add(scope)
+        self._in_flight[coerce_request_id(request_id)] = scope
         try:
             # The timeout covers the whole exchange (also waiting for a connection and writing),
             # where the SDK's clock starts after the write: never longer than the SDK's.
@@ -199,8 +199,7 @@ class HttpDispatcher:
         except httpx.HTTPError as exc:  # the type only: a transport error's text names the upstream
             raise transport_failure(f"the upstream could not be reached ({type(exc).__name__})") from None
         finally:
-            self._in_flight.discard(scope)
-            self._ids_in_flight.discard(coerce_request_id(request_id))
+            del self._in_flight[coerce_request_id(request_id)]
         if answer is None:  # the dispatcher closed while it was in flight
             raise transport_failure(CLOSED)
         if isinstance(answer, JSONRPCError):
@@ -211,15 +210,12 @@ class HttpDispatcher:
         """The caller's id (refused while another request holds it, as the SDK's dispatcher does),
         or the next one minted past any in flight."""
         if supplied is not None:
-            key = coerce_request_id(supplied)
-            if key in self._ids_in_flight:
+            if coerce_request_id(supplied) in self._in_flight:
                 raise ValueError(f"request id {supplied!r} is already in flight")
-            self._ids_in_flight.add(key)
             return supplied
         minted = next(self._ids)
-        while minted in self._ids_in_flight:
+        while minted in self._in_flight:
             minted = next(self._ids)
-        self._ids_in_flight.add(minted)
         return minted
 
     async def notify(

@@ -38,11 +38,8 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
-import anyio.abc
 import httpx
-from mcp.shared.dispatcher import (
-    CallOptions,
-)
+from mcp.shared.dispatcher import CallOptions
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
     CONNECTION_CLOSED,
