@@ -281,6 +281,19 @@ async def test_a_call_given_up_on_is_aborted_on_the_modern_wire_and_cancelled_by
     assert cancelled == (0 if mode == "auto" else 1)
 
 
+async def test_a_request_to_resume_a_stream_is_refused_not_sent_afresh() -> None:
+    async with (
+        real_upstream(stateless=True, json_response=True) as (url, seen),
+        asyncio.timeout(20),
+        dispatcher(url, {}) as under,
+    ):
+        with pytest.raises(MCPError) as refused:
+            await under.send_raw_request("tools/call", {"name": "echo"}, {"resumption_token": "7"})
+    assert refused.value.code == types.INVALID_REQUEST
+    assert streamable.is_transport_failure(refused.value.error)
+    assert not seen.requests
+
+
 async def test_a_json_rpc_error_on_a_failed_status_answers_the_request() -> None:
     def script(message: dict[str, Any]) -> Reply:
         error = {"code": -32601, "message": "no such method"}

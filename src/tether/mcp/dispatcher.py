@@ -22,7 +22,8 @@ call through the gateway is an activation, and every hop between tasks is CPU on
 - Its own errors (a timeout, a close, a failed exchange) carry this process's mark, so that an
   upstream cannot spell them and be taken for Tether (:func:`tether.mcp.upstreams._failure_of`).
 
-Not done: the SDK dispatcher's OpenTelemetry spans (Tether traces the call itself).
+Not done: the SDK dispatcher's OpenTelemetry spans (Tether traces the call itself), and resuming
+a stream (a request that asks to resume one is refused, as the stream transport before it did).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
+    INVALID_REQUEST,
     REQUEST_TIMEOUT,
     ErrorData,
     JSONRPCError,
@@ -164,6 +166,8 @@ class HttpDispatcher:
         if self._closed:
             raise transport_failure(CLOSED)
         options: CallOptions = opts or {}
+        if options.get("resumption_token") is not None:  # never resumed: not sent afresh either
+            raise transport_failure("resuming a stream is not supported", INVALID_REQUEST)
         request_id = self._request_id(options.get("request_id"))
         on_progress = options.get("on_progress")
         message = _request(method, params, request_id, progress=on_progress is not None)
