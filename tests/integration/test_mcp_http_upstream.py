@@ -110,6 +110,33 @@ async def test_an_http_upstream_that_is_gone_is_an_upstream_failure(
     assert gone.value.error.data is None
 
 
+async def test_registering_an_upstream_that_refuses_the_token_says_what_it_answered(
+    http_gw: tuple[Gateway, list[str], str],
+) -> None:
+    gw, _, url = http_gw
+    wrong = new_canary("mcp-http-wrong")
+    response = await gw.http.put(
+        "/v1/secrets/dev/other-token",
+        json={"value": wrong, "sensitivity": "internal", "purposes": ["deploy"], "destinations": []},
+        headers=gw.admin,
+    )
+    assert response.status_code in (200, 201), response.text
+    body = {
+        "name": "gh-wrong",
+        "url": url,
+        "secret": "dev/other-token",
+        "inject": {"name": "Authorization", "template": "Bearer {secret}"},
+        "timeout_seconds": 10,
+    }
+    response = await gw.http.post("/v1/mcp-servers", json=body, headers=gw.admin)
+    # The operator learns what the upstream answered (it was "ExceptionGroup": the SDK's client
+    # wraps the failure in its task group), never the token.
+    assert response.status_code == 422, response.text
+    assert "could not be opened (the upstream answered HTTP 401)" in response.json()["detail"]
+    assert wrong not in response.text
+    assert (await gw.http.get("/v1/mcp-servers/gh-wrong", headers=gw.admin)).status_code == 404
+
+
 @pytest.mark.parametrize(
     ("url", "why"),
     [

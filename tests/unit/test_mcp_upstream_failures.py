@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT, ErrorData
 
 from tether.mcp.streamable import CLOSED, SESSION_ENDED, TIMED_OUT, is_transport_failure, transport_failure
-from tether.mcp.upstreams import _failure_of
+from tether.mcp.upstreams import _failure_of, _why
 
 
 def made_up(why: str) -> ErrorData:
@@ -78,3 +79,18 @@ def test_the_mark_with_anything_beside_it_is_the_upstreams_own_error() -> None:
 def test_an_upstreams_own_errors_are_not_failures(code: int, message: str) -> None:
     for stdio in (True, False):
         assert _failure_of(ErrorData(code=code, message=message), stdio=stdio) is None
+
+
+def test_why_an_upstream_failed_unwraps_the_sdks_task_group_and_never_quotes_the_upstream() -> None:
+    refused = transport_failure("the upstream answered HTTP 401")
+    nested = ExceptionGroup("outer", [ExceptionGroup("inner", [refused])])
+    assert _why(nested, stdio=False) == "the upstream answered HTTP 401"
+    assert _why(ExceptionGroup("g", [transport_failure(TIMED_OUT)]), stdio=False) == "did not answer in time"
+    # The upstream's own error answering the handshake: its code, never its text (it can hold
+    # the secret the upstream was given).
+    own = MCPError(-32099, "no: Bearer s3cr3t")
+    assert _why(ExceptionGroup("g", [own]), stdio=False) == "it answered with JSON-RPC error -32099"
+    assert "s3cr3t" not in _why(own, stdio=True)
+    # Anything else: the type of what failed, not of the group around it.
+    assert _why(ExceptionGroup("g", [OSError("s3cr3t")]), stdio=True) == "OSError"
+    assert _why(ValueError("s3cr3t"), stdio=True) == "ValueError"

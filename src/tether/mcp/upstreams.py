@@ -208,6 +208,31 @@ _FAILURES = {
 }
 
 
+def _why(exc: BaseException, *, stdio: bool) -> str:
+    """Why a session failed, in Tether's words, for the operator: the first marked failure (the
+    SDK's ``Client`` wraps it in its task group: "the upstream answered HTTP 401"), else the code
+    of a JSON-RPC error the upstream answered with, else the failing exception's type. Never an
+    exception's own text, which can quote what the upstream sent."""
+    leaves: list[BaseException] = [exc]
+    found: BaseException | None = None
+    while leaves:
+        leaf = leaves.pop(0)
+        if isinstance(leaf, BaseExceptionGroup):
+            leaves[:0] = leaf.exceptions
+        elif isinstance(leaf, MCPError):
+            if is_transport_failure(leaf.error):
+                return _FAILURES.get(leaf.error.message, (leaf.error.message, False))[0]
+            failure = _failure_of(leaf.error, stdio=stdio)
+            if failure is not None:
+                return failure[0]
+            found = found or leaf
+        elif not isinstance(leaf, asyncio.CancelledError):
+            found = found or leaf
+    if isinstance(found, MCPError):
+        return f"it answered with JSON-RPC error {found.error.code}"
+    return type(found or exc).__name__
+
+
 class UpstreamSession:
     """One upstream opened for one task."""
 
@@ -279,9 +304,9 @@ class UpstreamSession:
                 await self._closing.wait()
         except asyncio.CancelledError:
             pass
-        except Exception as exc:  # noqa: BLE001 - any failure closes the session; the type only
-            self._failure = type(exc).__name__
-            log.warning("MCP upstream %s (task %s) failed: %s", self.name, self.task_id, type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001 - any failure closes the session; never its text
+            self._failure = _why(exc, stdio=self.spec.server.kind is UpstreamKind.STDIO)
+            log.warning("MCP upstream %s (task %s) failed: %s", self.name, self.task_id, self._failure)
         finally:
             self._client = None
             self._ready.set()
