@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from typing import Any
@@ -67,7 +68,7 @@ from pydantic import ValidationError
 
 from tether.errors import TetherError
 from tether.mcp._context import OneWay
-from tether.mcp.streamable import CLOSED, TIMED_OUT, HttpExchange, transport_failure
+from tether.mcp.streamable import CLOSED, TIMED_OUT, HttpExchange, Relay, transport_failure
 
 __all__ = ["ABANDON_SECONDS", "HttpDispatcher", "http_client"]
 
@@ -180,16 +181,10 @@ class HttpDispatcher:
 
         # The SDK's session asks that the handshake never be cancelled (the specification forbids it).
         tell = not modern and options.get("cancel_on_abandon", True)
-        answer: JSONRPCResponse | JSONRPCError | None = None
-        scope = anyio.CancelScope()
-        self._in_flight[coerce_request_id(request_id)] = scope
         try:
-            # The timeout covers the whole exchange (also waiting for a connection and writing),
-            # where the SDK's clock starts after the write: never longer than the SDK's.
-            with scope, anyio.fail_after(options.get("timeout")):
-                answer = await upstream.exchange(
-                    _json(message), stamped, request_id, relay, opening=method == "initialize"
-                )
+            answer = await self._exchange(
+                _json(message), stamped, request_id, relay, method == "initialize", options.get("timeout")
+            )
         except TimeoutError:
             if tell:
                 await self._abandon(request_id, f"timed out after {options.get('timeout')}s", shield=False)
@@ -202,13 +197,36 @@ class HttpDispatcher:
             raise transport_failure(str(exc)) from None
         except httpx.HTTPError as exc:  # the type only: a transport error's text names the upstream
             raise transport_failure(f"the upstream could not be reached ({type(exc).__name__})") from None
-        finally:
-            del self._in_flight[coerce_request_id(request_id)]
         if answer is None:  # the dispatcher closed while it was in flight
             raise transport_failure(CLOSED)
         if isinstance(answer, JSONRPCError):
             raise MCPError.from_error_data(answer.error)
         return answer.result
+
+    async def _exchange(
+        self,
+        body: bytes,
+        stamped: Mapping[str, str],
+        request_id: RequestId,
+        relay: Relay,
+        opening: bool,
+        seconds: float | None,
+    ) -> JSONRPCResponse | JSONRPCError | None:
+        """The exchange of one request under one cancel scope, registered as in flight: None when
+        the dispatcher closed meanwhile, :class:`TimeoutError` past ``seconds``. The timeout covers
+        the whole exchange (also waiting for a connection and writing), where the SDK's clock starts
+        after the write: never longer than the SDK's."""
+        scope = anyio.CancelScope(deadline=math.inf if seconds is None else anyio.current_time() + seconds)
+        key = coerce_request_id(request_id)
+        self._in_flight[key] = scope
+        try:
+            with scope:
+                return await self._upstream.exchange(body, stamped, request_id, relay, opening=opening)
+        finally:
+            del self._in_flight[key]
+        if self._closed:  # cancelled by close(); otherwise only its deadline cancels it
+            return None
+        raise TimeoutError
 
     def _request_id(self, supplied: RequestId | None) -> RequestId:
         """The caller's id (refused while another request holds it, as the SDK's dispatcher does),

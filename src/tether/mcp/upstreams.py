@@ -247,7 +247,9 @@ class UpstreamSession:
         self._retired = False  # ... and the gateway has not recorded that yet
         self._closed = asyncio.Event()
         self._failure: str | None = None
+        #: The tasks calling through this session now, and those of them it cancelled (closing).
         self._calls: set[asyncio.Task[Any]] = set()
+        self._interrupted: set[asyncio.Task[Any]] = set()
         self._log_sinks: set[LogSink] = set()
         self._owner: asyncio.Task[None] | None = None
         #: A stdio upstream's process id (the leader of its process group), once started.
@@ -311,8 +313,7 @@ class UpstreamSession:
             self._client = None
             self._ready.set()
             self._closed.set()
-            for call in list(self._calls):
-                call.cancel()
+            self._interrupt()
 
     @staticmethod
     async def _list(client: Client) -> dict[str, PinnedTool]:
@@ -357,25 +358,23 @@ class UpstreamSession:
         meta: RequestParamsMeta | None = None
         if on_log is not None:
             meta = cast(RequestParamsMeta, {LOG_LEVEL_META_KEY: "debug"})
-        call = asyncio.ensure_future(
-            client.call_tool(
-                name, arguments, read_timeout_seconds=timeout, progress_callback=progress, meta=meta
-            )
-        )
+        # The call runs in the caller's own task (no task of its own, no shield): closing the
+        # session cancels that task, and the cancellation it asked for is taken back here.
+        call = asyncio.current_task()
+        assert call is not None
         self._calls.add(call)
         if on_log is not None:
             self._log_sinks.add(on_log)
         try:
             async with asyncio.timeout(timeout + 1):
-                return await asyncio.shield(call)
+                return await client.call_tool(
+                    name, arguments, read_timeout_seconds=timeout, progress_callback=progress, meta=meta
+                )
         except TimeoutError:
-            call.cancel()
             raise UpstreamError(f"upstream {self.name!r} did not answer in time") from None
         except asyncio.CancelledError:
-            call.cancel()
-            if self._closing.is_set() and not _current_cancelled():
-                why = "closed the connection during the call" if self._died else "was closed (the task ended)"
-                raise UpstreamError(f"upstream {self.name!r} {why}") from None
+            if self._taken_back(call):  # the session's doing alone: the caller goes on
+                raise UpstreamError(f"upstream {self.name!r} {self._why_interrupted()}") from None
             raise
         except MCPError as exc:
             failure = _failure_of(exc.error, stdio=self.spec.server.kind is UpstreamKind.STDIO)
@@ -392,15 +391,36 @@ class UpstreamSession:
             raise UpstreamError(f"upstream {self.name!r} failed ({type(exc).__name__})") from None
         finally:
             self._calls.discard(call)
+            self._taken_back(call)  # asked for, but the call ended without it
             if on_log is not None:
                 self._log_sinks.discard(on_log)
+
+    def _interrupt(self) -> None:
+        """Cancel every call in flight (each in its caller's task; see :meth:`call_tool`)."""
+        for call in self._calls - self._interrupted:
+            self._interrupted.add(call)
+            call.cancel()
+
+    def _taken_back(self, call: asyncio.Task[Any]) -> bool:
+        """Take back the cancellation :meth:`_interrupt` asked of ``call``, if it did: whether
+        nothing else (its caller) asks for one too."""
+        if call not in self._interrupted:
+            return False
+        self._interrupted.discard(call)
+        return call.uncancel() == 0
+
+    def _why_interrupted(self) -> str:
+        if self._died:
+            return "closed the connection during the call"
+        if self._closing.is_set():
+            return "was closed (the task ended)"
+        return "failed (its session ended)"
 
     async def close(self) -> None:
         """Close the session: calls in flight are cancelled, the transport shut (a stdio child's
         process group is terminated). Idempotent; waits a bounded time."""
         self._closing.set()
-        for call in list(self._calls):
-            call.cancel()
+        self._interrupt()
         owner = self._owner
         if owner is None:
             return
@@ -414,11 +434,6 @@ class UpstreamSession:
         except asyncio.CancelledError:
             owner.cancel()
             raise
-
-
-def _current_cancelled() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 class UpstreamPool:
