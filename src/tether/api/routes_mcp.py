@@ -1,8 +1,8 @@
 """The MCP gateway's HTTP surface: ``/mcp`` (agents), ``/v1/mcp-servers`` (operators) and the OAuth
 discovery documents a standard MCP client reads (RFC 9728 protected resource, RFC 8414 server).
 
-Thin: parse, hand to :class:`tether.mcp.front.McpFront` / :class:`tether.mcp.gateway.McpGateway`,
-render.
+Thin: parse, hand to :class:`tether.mcp.front.McpFront` / :class:`tether.mcp.gateway.McpGateway`
+(its registry: :class:`tether.mcp.registry.McpRegistry`), render.
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ async def add_mcp_server(body: McpServerCreate, operator: OperatorDep, request: 
             name=body.inject.name,
             template=SECRET_PLACEHOLDER if body.inject.template is None else body.inject.template,
         )
-    record = await mcp_front(request.app).gateway.add(
+    record = await mcp_front(request.app).gateway.registry.add(
         operator,
         name=body.name,
         command=body.command,
@@ -206,20 +206,20 @@ async def add_mcp_server(body: McpServerCreate, operator: OperatorDep, request: 
 @router.get("/v1/mcp-servers")
 async def list_mcp_servers(operator: OperatorDep, request: Request) -> McpServerList:
     """Every upstream MCP server, by name."""
-    servers = await mcp_front(request.app).gateway.list(operator)
+    servers = await mcp_front(request.app).gateway.registry.list(operator)
     return McpServerList(servers=[McpServerOut.of(record) for record in servers])
 
 
 @router.get("/v1/mcp-servers/{name}")
 async def show_mcp_server(name: NameParam, operator: OperatorDep, request: Request) -> McpServerOut:
     """One upstream, with its pinned and quarantined tool definitions."""
-    return McpServerOut.of(await mcp_front(request.app).gateway.show(operator, name))
+    return McpServerOut.of(await mcp_front(request.app).gateway.registry.show(operator, name))
 
 
 @router.post("/v1/mcp-servers/{name}/check")
 async def check_mcp_server(name: NameParam, operator: OperatorDep, request: Request) -> McpServerOut:
     """Open the upstream now; quarantine every tool definition that differs from its pin."""
-    return McpServerOut.of(await mcp_front(request.app).gateway.check(operator, name))
+    return McpServerOut.of(await mcp_front(request.app).gateway.registry.check(operator, name))
 
 
 @router.post("/v1/mcp-servers/{name}/approve")
@@ -227,11 +227,11 @@ async def approve_mcp_server(
     name: NameParam, body: ApproveIn, operator: OperatorDep, request: Request
 ) -> McpServerOut:
     """Pin quarantined tool definitions (after reviewing them with ``GET``: the diff)."""
-    return McpServerOut.of(await mcp_front(request.app).gateway.approve(operator, name, body.tools))
+    return McpServerOut.of(await mcp_front(request.app).gateway.registry.approve(operator, name, body.tools))
 
 
 @router.delete("/v1/mcp-servers/{name}", status_code=204, response_class=Response)
 async def remove_mcp_server(name: NameParam, operator: OperatorDep, request: Request) -> Response:
     """Remove an upstream; its open sessions (here) close."""
-    await mcp_front(request.app).gateway.remove(operator, name)
+    await mcp_front(request.app).gateway.registry.remove(operator, name)
     return Response(status_code=204)

@@ -137,7 +137,7 @@ class McpFront:
             on_call_tool=self._call_tool,
             # For the 2026-07-28 wire's Mcp-Param-* header check: without it the SDK runs the
             # whole tools/list (a decision per tool) before every tools/call.
-            get_tool_input_schema=self.gateway.pinned_input_schema,
+            get_tool_input_schema=self.gateway.registry.pinned_input_schema,
         )
         # The SDK's per-message span middleware runs only while Tether's tracing is on: a tool
         # call pays nothing for traces nobody exports (as Tether's own inner spans).

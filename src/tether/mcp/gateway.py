@@ -1,19 +1,14 @@
-"""The MCP gateway's service: the upstream registry (operators) and the governed tool path (agents).
+"""The MCP gateway's governed tool path (agents), over the registry of :mod:`tether.mcp.registry`.
 
-Registry: an operator registers an upstream; Tether opens it once with its secrets, lists its tools
-and pins each definition (:mod:`tether.mcp.servers`). ``check`` opens it again and quarantines what
-changed; ``approve`` pins quarantined definitions. Operators need ``destination.write`` to change
-the registry and ``destination.read`` to read it (an upstream is a destination for tools).
-
-Tools: ``tools/list`` shows the tools the task declared (``server/tool`` or ``server/*``) that are
-pinned, not quarantined, and that policy would allow (``call_tool``). ``tools/call`` is an
-activation: it reads the task and the server (two indexed reads), decides ``call_tool`` against the
-live task with the argument *shape* in the context, opens the task's upstream if it is not open
-yet (recorded first: ``mcp.session.open``), refuses arguments that carry an injected secret, checks
-the live definition against its pin and the arguments against the pinned input schema, records one
-``tool.call`` event (with the proof's single use) and forwards. What comes back is redacted; a
-redaction is recorded (``tool.redact``) before the answer goes out. Every refusal is a ``decision``
-event. Any error on this path is a refusal (fail closed).
+``tools/list`` shows the tools the task declared (``server/tool`` or ``server/*``) that are pinned,
+not quarantined, and that policy would allow (``call_tool``). ``tools/call`` is an activation: it
+reads the task, the active policy version and the server's record (one query), decides
+``call_tool`` against the live task with the argument *shape* in the context, opens the task's
+upstream if it is not open yet (recorded first: ``mcp.session.open``), refuses arguments that carry
+an injected secret, checks the live definition against its pin and the arguments against the
+pinned input schema, records one ``tool.call`` event (with the proof's single use) and forwards.
+What comes back is redacted; a redaction is recorded (``tool.redact``) before the answer goes out.
+Every refusal is a ``decision`` event. Any error on this path is a refusal (fail closed).
 """
 
 from __future__ import annotations
@@ -22,11 +17,10 @@ import asyncio
 import builtins
 import contextlib
 import contextvars
-import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,26 +31,21 @@ from mcp_types import SERVER_INFO_META_KEY
 
 from tether.audit import Actor
 from tether.broker._decisions import DecisionPoint, agent_entity, summary
-from tether.broker.access import authorize, operator_actor, record_failure
 from tether.broker.auth import AgentCaller
-from tether.domain.destinations import Injection
 from tether.domain.inputs import DecisionInputs
-from tether.domain.operators import OperatorRecord, Permission
 from tether.domain.tasks import Task, TaskStatus, decision_context, validate_id
 from tether.egress.leakguard import LeakGuard
 from tether.errors import (
-    ConflictError,
     DeniedError,
     InvalidInputError,
     NotFoundError,
     TetherError,
 )
 from tether.mcp.guard import SecretGuard
+from tether.mcp.registry import McpRegistry, registration_data
 from tether.mcp.servers import (
-    Drift,
     McpServer,
     PinnedTool,
-    UpstreamKind,
     argument_shape,
     cedar_tool_id,
     declared,
@@ -91,9 +80,6 @@ DENIED = -32001
 UPSTREAM_FAILED = -32002
 #: JSON-RPC's range of implementation-defined server errors, -32099 to -32000.
 SERVER_ERROR_CODES = range(-32099, -31999)
-#: Registry records remembered for :meth:`McpGateway.pinned_input_schema` (the last one read per
-#: server; never used to decide: every call reads its server's record with its task).
-MAX_REMEMBERED_SERVERS = 1024
 #: How often the watch loop looks for ended tasks with open upstreams.
 WATCH_INTERVAL_SECONDS = 0.5
 MAX_VALIDATORS = 512
@@ -119,7 +105,7 @@ class CallOutcome:
 
 
 class McpGateway:
-    """One per app (per process): the registry, the governed tool path and the open upstreams."""
+    """One per app (per process): the governed tool path, the open upstreams and the registry."""
 
     def __init__(self, broker: Broker, pool: UpstreamPool | None = None) -> None:
         self._broker = broker
@@ -136,9 +122,9 @@ class McpGateway:
             refuse_replay=broker.auth.refuse_replay,
         )
         self.pool = pool or UpstreamPool()
+        self.registry = McpRegistry(broker, self.pool)
         self._validators: dict[str, Any] = {}
         self._uses: Counter[tuple[str, str]] = Counter()
-        self._servers: dict[str, McpServer] = {}
         self._watch: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -196,210 +182,9 @@ class McpGateway:
                 data={"servers": sorted(names), "status": status},
             )
 
-    async def _server(self, name: str) -> McpServer | None:
-        """The registry record ``name``, read now (remembered for :meth:`pinned_input_schema`)."""
-        return self._seen(name, await self._storage.get_mcp_server(name))
-
-    def _seen(self, name: str, record: McpServer | None) -> McpServer | None:
-        if record is None:
-            self._servers.pop(name, None)
-            return None
-        if len(self._servers) >= MAX_REMEMBERED_SERVERS and name not in self._servers:
-            self._servers.clear()
-        self._servers[name] = record
-        return record
-
-    def pinned_input_schema(self, name: str) -> Mapping[str, Any] | None:
-        """The pinned input schema of the tool ``name`` (``server__tool``) from the registry
-        records this process read lately; None if there is none (no I/O: the SDK asks this
-        synchronously, to check a request's ``Mcp-Param-*`` headers, before the call is decided).
-        """
-        try:
-            server, tool = split_front_name(name)
-        except InvalidInputError:
-            return None
-        record = self._servers.get(server)
-        pinned = None if record is None else record.tools.get(tool)
-        return None if pinned is None else pinned.input_schema
-
-    def _forget(self, name: str) -> None:
-        self._servers.pop(name, None)
-
     async def spend_proof(self, replay: RememberJti) -> None:
         """Record a deferred proof's use on its own (a call refused before anything was recorded)."""
         await self._decisions.spend_proof(replay)
-
-    # -- registry (operators) --------------------------------------------------------------
-    async def add(
-        self,
-        actor: OperatorRecord,
-        *,
-        name: str,
-        command: str | None = None,
-        args: Iterable[str] = (),
-        env: Mapping[str, str] | None = None,
-        url: str | None = None,
-        secret: str | None = None,
-        inject: Injection | None = None,
-        timeout_seconds: int = 30,
-    ) -> McpServer:
-        """Register an upstream: open it once (with its secrets), pin every tool it lists."""
-        record = McpServer(
-            name=name,
-            kind=UpstreamKind.STDIO if command is not None else UpstreamKind.HTTP,
-            created_at=self._clock.now(),
-            created_by=actor.name,
-            command=command,
-            args=tuple(args),
-            env=dict(env or {}),
-            url=url,
-            secret=secret,
-            inject=inject,
-            timeout_seconds=timeout_seconds,
-        )
-        resource = f"mcp_server:{record.name}"
-        await authorize(self._audit, actor, Permission.DESTINATION_WRITE, resource)
-        for path in record.secrets:
-            if await self._storage.get_secret(path) is None:
-                raise NotFoundError(f"no secret {path!r}: write it before giving it to an MCP server")
-        if await self._storage.get_mcp_server(record.name) is not None:
-            raise ConflictError(f"an MCP server named {record.name!r} already exists")
-        live = await self._probe(record)
-        record = McpServer(**{**_fields(record), "tools": live})
-        data = {
-            **_registration_data(record),
-            "tools": {tool.name: tool.sha256 for tool in live.values()},
-        }
-        await self._audit.record("mcp.server.add", operator_actor(actor), resource=resource, data=data)
-        try:
-            self._forget(record.name)
-            await self._storage.put_mcp_server(record)
-        except TetherError as exc:
-            await record_failure(self._audit, "mcp.server.add", actor, resource, exc)
-            raise
-        return record
-
-    async def _probe(self, record: McpServer) -> dict[str, PinnedTool]:
-        """Open ``record`` once, outside any task, and list its tools."""
-        spec = await self._spec(record)
-        session = UpstreamSession("registration", spec)
-        try:
-            await session.start()
-            return dict(session.live)
-        except UpstreamError as exc:
-            raise InvalidInputError(f"cannot list the upstream's tools: {exc}", field="name") from None
-        finally:
-            await session.close()
-
-    async def list(self, actor: OperatorRecord) -> builtins.list[McpServer]:
-        await authorize(self._audit, actor, Permission.DESTINATION_READ, "mcp_server:*")
-        return await self._storage.list_mcp_servers()
-
-    async def show(self, actor: OperatorRecord, name: str) -> McpServer:
-        validate_server_name(name)
-        await authorize(self._audit, actor, Permission.DESTINATION_READ, f"mcp_server:{name}")
-        record = await self._storage.get_mcp_server(name)
-        if record is None:
-            raise NotFoundError(f"no MCP server {name!r}")
-        return record
-
-    async def remove(self, actor: OperatorRecord, name: str) -> None:
-        validate_server_name(name)
-        resource = f"mcp_server:{name}"
-        await authorize(self._audit, actor, Permission.DESTINATION_WRITE, resource)
-        record = await self._storage.get_mcp_server(name)
-        if record is None:
-            raise NotFoundError(f"no MCP server {name!r}")
-        await self._audit.record(
-            "mcp.server.remove", operator_actor(actor), resource=resource, data=_registration_data(record)
-        )
-        self._forget(name)
-        if not await self._storage.delete_mcp_server(name):
-            raise NotFoundError(f"no MCP server {name!r}")
-        await self.pool.close_server(name)
-
-    async def check(self, actor: OperatorRecord, name: str) -> McpServer:
-        """Open the upstream now and quarantine every definition that differs from its pin."""
-        record = await self.show(actor, name)
-        await authorize(self._audit, actor, Permission.DESTINATION_WRITE, f"mcp_server:{name}")
-        live = await self._probe(record)
-        return await self._quarantine(record, record.drift(live.values()), operator_actor(actor))
-
-    async def approve(
-        self, actor: OperatorRecord, name: str, tools: Iterable[str] | None = None
-    ) -> McpServer:
-        """Pin the quarantined definitions ``tools`` (all if None)."""
-        validate_server_name(name)
-        resource = f"mcp_server:{name}"
-        await authorize(self._audit, actor, Permission.DESTINATION_WRITE, resource)
-        record = await self._storage.get_mcp_server(name)
-        if record is None:
-            raise NotFoundError(f"no MCP server {name!r}")
-        approved = record.approve(None if tools is None else list(tools))
-        chosen = sorted(set(record.quarantined) - set(approved.quarantined))
-        await self._audit.record(
-            "mcp.server.approve",
-            operator_actor(actor),
-            resource=resource,
-            data={"tools": {tool: record.quarantined[tool].sha256 for tool in chosen}},
-        )
-        self._forget(name)
-        if not await self._storage.replace_mcp_server(approved, expected_version=record.version):
-            raise ConflictError(f"MCP server {name!r} changed meanwhile; look at it again")
-        return approved
-
-    async def _quarantine(self, record: McpServer, drift: Drift, actor: Actor) -> McpServer:
-        fresh = [
-            tool
-            for tool in (*drift.changed, *drift.new)
-            if record.quarantined.get(tool.name, None) is None
-            or record.quarantined[tool.name].sha256 != tool.sha256
-        ]
-        if not fresh:
-            return record
-        for _ in range(3):  # compare-and-set: another worker may record the same drift
-            updated = record.quarantine(Drift(changed=tuple(fresh)))
-            await self._audit.record(
-                "mcp.tool.quarantine",
-                actor,
-                resource=f"mcp_server:{record.name}",
-                reason="a tool's definition changed or appeared after pinning",
-                data={
-                    "changed": {t.name: t.sha256 for t in drift.changed if t in fresh},
-                    "new": {t.name: t.sha256 for t in drift.new if t in fresh},
-                },
-            )
-            self._forget(record.name)
-            if await self._storage.replace_mcp_server(updated, expected_version=record.version):
-                return updated
-            reread = await self._storage.get_mcp_server(record.name)
-            if reread is None:
-                return record
-            record = reread
-        raise ConflictError(f"MCP server {record.name!r} keeps changing")
-
-    async def _spec(self, record: McpServer) -> UpstreamSpec:
-        """Decrypt what ``record`` is given (the caller has decided and recorded that use)."""
-        values: list[tuple[bytes, list[bytes]]] = []
-        env: dict[str, str] = {}
-        headers: dict[str, str] = {}
-        try:
-            for var, path in sorted(record.env.items()):
-                _, value = await self._broker.secrets.read_value(path)
-                env[var] = value.decode("utf-8")
-                values.append((value, []))
-            if record.secret is not None and record.inject is not None:
-                _, value = await self._broker.secrets.read_value(record.secret)
-                rendered = record.inject.render(value.decode("utf-8"))
-                if not rendered.isascii():
-                    raise InvalidInputError("the secret cannot be sent in a header", field="inject")
-                headers[record.inject.name] = rendered
-                values.append((value, [rendered.encode("ascii")]))
-        except UnicodeDecodeError:
-            raise InvalidInputError(
-                "a secret given to an MCP server must be UTF-8 text", field="env"
-            ) from None
-        return UpstreamSpec(server=record, env=env, headers=headers, guard=SecretGuard.of(values))
 
     # -- agents: tools/list ----------------------------------------------------------------
     async def _task(self, caller: AgentCaller, task_id: str) -> Task:
@@ -418,7 +203,7 @@ class McpGateway:
         listed: builtins.list[dict[str, Any]] = []
         for name in sorted(wanted):
             try:
-                record = await self._server(validate_server_name(name))
+                record = await self.registry.server(validate_server_name(name))
             except InvalidInputError:
                 continue
             if record is None:
@@ -496,7 +281,7 @@ class McpGateway:
             await self._close_task(task.id, task, f"the task is {status.value}")
             raise await self._refuse(caller, task, resource, f"task is {status.value}")
         assert state is not None  # _owned refused a missing task
-        record = self._seen(server_name, state.server)
+        record = self.registry.seen(server_name, state.server)
         if record is None or (tool not in record.tools and tool not in record.quarantined):
             raise await self._refuse(caller, task, resource, f"unknown tool {name[:140]!r}", invalid=True)
         if not declared(task.intent.tools, server_name, tool):
@@ -535,7 +320,7 @@ class McpGateway:
         if pinned is None:
             live = session.live.get(tool)
             if live is not None and live.sha256 != record.tools[tool].sha256:
-                await self._quarantine(record, record.drift([live]), Actor.agent(caller.agent.id))
+                await self.registry.quarantine(record, record.drift([live]), Actor.agent(caller.agent.id))
             raise await self._refuse(caller, task, resource, "the tool's definition changed: quarantined")
         problem = self._invalid_arguments(pinned, args)
         if problem is not None:
@@ -556,15 +341,15 @@ class McpGateway:
                 resource=f"mcp_server:{record.name}",
                 task_id=task.id,
                 chain=task.chain,
-                data=_registration_data(record),
+                data=registration_data(record),
             )
-            return await self._spec(record)
+            return await self.registry.spec(record)
 
         session, opened = await self.pool.session(task.id, record.name, open_spec)
         if opened:
             drift = record.drift(session.live.values())
             if drift:
-                await self._quarantine(record, drift, Actor.agent(caller.agent.id))
+                await self.registry.quarantine(record, drift, Actor.agent(caller.agent.id))
         return session
 
     def _task_guard(self, task_id: str) -> SecretGuard:
@@ -753,20 +538,3 @@ class McpGateway:
         if invalid and isinstance(error, DeniedError):
             return InvalidInputError(why, field="arguments")
         return error
-
-
-def _fields(record: McpServer) -> dict[str, Any]:
-    return {name: getattr(record, name) for name in McpServer.__dataclass_fields__}
-
-
-def _registration_data(record: McpServer) -> dict[str, Any]:
-    """What events say about an upstream: how it is reached and which secrets it gets (paths)."""
-    data: dict[str, Any] = {"kind": record.kind.value, "secrets": list(record.secrets)}
-    if record.kind is UpstreamKind.STDIO:
-        digest = hashlib.sha256(json.dumps([record.command, *record.args]).encode()).hexdigest()
-        data.update(command=(record.command or "")[:200], argv_sha256=digest, env=sorted(record.env))
-    else:
-        data.update(url=(record.url or "")[:300])
-        if record.inject is not None:
-            data["inject"] = record.inject.name
-    return data
