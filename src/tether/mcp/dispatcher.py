@@ -181,9 +181,12 @@ class HttpDispatcher:
 
         # The SDK's session asks that the handshake never be cancelled (the specification forbids it).
         tell = not modern and options.get("cancel_on_abandon", True)
+        # The id stays taken until the upstream was told of a call given up on (below).
+        key = coerce_request_id(request_id)
+        self._in_flight[key] = scope = _scope(options.get("timeout"))
         try:
             answer = await self._exchange(
-                _json(message), stamped, request_id, relay, method == "initialize", options.get("timeout")
+                scope, _json(message), stamped, request_id, relay, method == "initialize"
             )
         except TimeoutError:
             if tell:
@@ -197,6 +200,8 @@ class HttpDispatcher:
             raise transport_failure(str(exc)) from None
         except httpx.HTTPError as exc:  # the type only: a transport error's text names the upstream
             raise transport_failure(f"the upstream could not be reached ({type(exc).__name__})") from None
+        finally:
+            del self._in_flight[key]
         if answer is None:  # the dispatcher closed while it was in flight
             raise transport_failure(CLOSED)
         if isinstance(answer, JSONRPCError):
@@ -205,25 +210,17 @@ class HttpDispatcher:
 
     async def _exchange(
         self,
+        scope: anyio.CancelScope,
         body: bytes,
         stamped: Mapping[str, str],
         request_id: RequestId,
         relay: Relay,
         opening: bool,
-        seconds: float | None,
     ) -> JSONRPCResponse | JSONRPCError | None:
-        """The exchange of one request under one cancel scope, registered as in flight: None when
-        the dispatcher closed meanwhile, :class:`TimeoutError` past ``seconds``. The timeout covers
-        the whole exchange (also waiting for a connection and writing), where the SDK's clock starts
-        after the write: never longer than the SDK's."""
-        scope = anyio.CancelScope(deadline=math.inf if seconds is None else anyio.current_time() + seconds)
-        key = coerce_request_id(request_id)
-        self._in_flight[key] = scope
-        try:
-            with scope:
-                return await self._upstream.exchange(body, stamped, request_id, relay, opening=opening)
-        finally:
-            del self._in_flight[key]
+        """The exchange of one request under ``scope`` (see :func:`_scope`): None when the
+        dispatcher closed meanwhile, :class:`TimeoutError` past the scope's deadline."""
+        with scope:
+            return await self._upstream.exchange(body, stamped, request_id, relay, opening=opening)
         if self._closed:  # cancelled by close(); otherwise only its deadline cancels it
             return None
         raise TimeoutError
@@ -341,6 +338,13 @@ async def _progress(
                 log.debug("MCP upstream progress dropped (%s)", type(exc).__name__)
         case _:
             pass
+
+
+def _scope(seconds: float | None) -> anyio.CancelScope:
+    """One request's cancel scope: closing the dispatcher cancels it, and its deadline is the
+    timeout. The timeout covers the whole exchange (also waiting for a connection and writing),
+    where the SDK's clock starts after the write: never longer than the SDK's."""
+    return anyio.CancelScope(deadline=math.inf if seconds is None else anyio.current_time() + seconds)
 
 
 def http_client(url: str, headers: Mapping[str, str], timeout_seconds: float, **options: Any) -> Client:
