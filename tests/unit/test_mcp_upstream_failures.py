@@ -86,6 +86,9 @@ def test_why_an_upstream_failed_unwraps_the_sdks_task_group_and_never_quotes_the
     nested = ExceptionGroup("outer", [ExceptionGroup("inner", [refused])])
     assert _why(nested, stdio=False) == "the upstream answered HTTP 401"
     assert _why(ExceptionGroup("g", [transport_failure(TIMED_OUT)]), stdio=False) == "did not answer in time"
+    assert _why(ExceptionGroup("g", [transport_failure(CLOSED)]), stdio=False) == "closed the connection"
+    sdk_closed = MCPError(CONNECTION_CLOSED, "Connection closed")
+    assert _why(ExceptionGroup("g", [sdk_closed]), stdio=True) == "closed the connection"
     # The upstream's own error answering the handshake: its code, never its text (it can hold
     # the secret the upstream was given).
     own = MCPError(-32099, "no: Bearer s3cr3t")

@@ -221,10 +221,11 @@ def _why(exc: BaseException, *, stdio: bool) -> str:
             leaves[:0] = leaf.exceptions
         elif isinstance(leaf, MCPError):
             if is_transport_failure(leaf.error):
-                return _FAILURES.get(leaf.error.message, (leaf.error.message, False))[0]
+                why = _FAILURES.get(leaf.error.message, (leaf.error.message, False))[0]
+                return why.removesuffix(" during the call")  # not a call: opening, or the session
             failure = _failure_of(leaf.error, stdio=stdio)
             if failure is not None:
-                return failure[0]
+                return failure[0].removesuffix(" during the call")
             found = found or leaf
         elif not isinstance(leaf, asyncio.CancelledError):
             found = found or leaf
