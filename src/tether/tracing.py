@@ -19,8 +19,10 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
-from contextlib import AbstractContextManager, nullcontext
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import propagate, trace
@@ -40,6 +42,7 @@ __all__ = [
     "inner_span",
     "inner_spans_enabled",
     "route",
+    "textless_mcp_spans",
     "tracer",
     "tracing_requested",
 ]
@@ -75,11 +78,15 @@ def enable_inner_spans(provider: trace.TracerProvider | None = None) -> None:
     """Emit spans inside requests (done by :func:`configure_tracing` when tracing is on)."""
     global _inner_tracer  # noqa: PLW0603 - one switch per process, flipped at start
     _inner_tracer = trace.get_tracer("tether", __version__, tracer_provider=provider)
+    textless_mcp_spans()
 
 
 def disable_inner_spans() -> None:
     global _inner_tracer  # noqa: PLW0603
     _inner_tracer = None
+    module: Any = sys.modules.get("mcp.shared._otel")
+    if module is not None and isinstance(module._tracer, _TextlessTracer):
+        module._tracer = module._tracer.tracer
 
 
 def inner_spans_enabled() -> bool:
@@ -93,7 +100,83 @@ def inner_span(name: str, attributes: Mapping[str, str | int | bool]) -> Abstrac
     a secret value, a token, a URL with its query, or a body."""
     if _inner_tracer is None:
         return _NO_SPAN
-    return _inner_tracer.start_as_current_span(name, attributes=attributes, record_exception=False)
+    return _Failing(
+        _inner_tracer.start_as_current_span(
+            name, attributes=attributes, record_exception=False, set_status_on_exception=False
+        )
+    )
+
+
+class _Failing:
+    """A span's context that marks a failure with the exception's type only. OpenTelemetry's own
+    puts ``"Type: text"`` in the status, and an exception's text can quote what it was handed: an
+    upstream's answer, a row, the URL an egress secret was injected into."""
+
+    __slots__ = ("_context", "_span")
+
+    def __init__(self, context: AbstractContextManager[trace.Span]) -> None:
+        self._context = context
+        self._span: trace.Span | None = None
+
+    def __enter__(self) -> trace.Span:
+        self._span = self._context.__enter__()
+        return self._span
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        if kind is not None and issubclass(kind, Exception) and self._span is not None:
+            self._span.set_status(Status(StatusCode.ERROR, kind.__name__))
+        return self._context.__exit__(kind, exc, tb)
+
+
+class _TextlessSpan:
+    """A span of the MCP SDK's, as the SDK sees it: a status without its description, and no
+    exception recorded. The SDK puts an upstream's JSON-RPC error message in the status of its
+    client span; the gateway redacts the secret injected into that upstream from what the agent
+    gets, but a span is exported as it was written."""
+
+    def __init__(self, span: trace.Span) -> None:
+        self._span = span
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        code = status.status_code if isinstance(status, Status) else status
+        self._span.set_status(Status(code))
+
+    def record_exception(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._span, name)
+
+
+class _TextlessTracer:
+    """The MCP SDK's tracer, wrapped: its spans never carry exception or error text (see
+    :class:`_TextlessSpan`); a failure is marked with the exception's type only."""
+
+    def __init__(self, tracer: Any) -> None:
+        self.tracer = tracer
+
+    @contextmanager
+    def start_as_current_span(self, name: str, **options: Any) -> Iterator[_TextlessSpan]:
+        options.update(record_exception=False, set_status_on_exception=False)
+        with self.tracer.start_as_current_span(name, **options) as span:
+            try:
+                yield _TextlessSpan(span)
+            except Exception as exc:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                raise
+
+
+def textless_mcp_spans() -> None:
+    """While tracing is on, wrap the MCP SDK's tracer (``mcp.shared._otel._tracer``, the one its
+    client and server spans come from) in :class:`_TextlessTracer`. Does nothing until the SDK is
+    imported (the gateway calls this again when it loads it), or when done already."""
+    module: Any = sys.modules.get("mcp.shared._otel")
+    if _inner_tracer is None or module is None:
+        return
+    if not isinstance(module._tracer, _TextlessTracer):  # the SDK's one tracer, made at its import
+        module._tracer = _TextlessTracer(module._tracer)
 
 
 def tracing_requested(environ: Mapping[str, str]) -> bool:
@@ -188,6 +271,7 @@ class RequestSpans:
             kind=SpanKind.SERVER,
             attributes=attributes,
             record_exception=False,  # exception text may quote data; the status says it failed
+            set_status_on_exception=False,  # (by the answer's status; else the type, below)
         ) as span:
 
             async def send_with_status(message: Message) -> None:
@@ -198,4 +282,8 @@ class RequestSpans:
                         span.set_status(Status(StatusCode.ERROR))
                 await send(message)
 
-            await self.app(scope, receive, send_with_status)
+            try:
+                await self.app(scope, receive, send_with_status)
+            except Exception as exc:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                raise

@@ -12,9 +12,10 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
 from tether.store.sqlite import open_sqlite
-from tether.tracing import disable_inner_spans, enable_inner_spans, inner_span
+from tether.tracing import disable_inner_spans, enable_inner_spans, inner_span, textless_mcp_spans
 
 
 @pytest.fixture
@@ -86,3 +87,55 @@ async def test_the_mcp_sdks_span_middleware_runs_only_while_tracing_is_on() -> N
         disable_inner_spans()
         provider.shutdown()
     assert spans == ["on"]
+
+
+def test_a_failed_inner_span_says_the_exceptions_type_never_its_text(exported: InMemorySpanExporter) -> None:
+    secret = "s3cr3t-in-the-exception"
+    with pytest.raises(ValueError, match="s3cr3t"), inner_span("tether.egress.upstream", {}):
+        raise ValueError(f"the upstream answered {secret}")
+    (finished,) = exported.get_finished_spans()
+    assert finished.status.status_code is StatusCode.ERROR
+    assert finished.status.description == "ValueError"
+    assert not finished.events
+    assert secret not in finished.to_json()
+
+
+def test_the_mcp_sdks_spans_carry_no_error_text(exported: InMemorySpanExporter) -> None:
+    """The SDK's client span puts an upstream's error message in its status (it can hold the
+    secret injected into that upstream): while tracing is on, the SDK's tracer is wrapped."""
+    from mcp.shared import _otel
+
+    secret = "s3cr3t-in-the-upstreams-error"
+    provider = TracerProvider()
+    sdk_exported = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(sdk_exported))
+    original = _otel._tracer
+    _otel._tracer = provider.get_tracer("mcp-python-sdk")
+    try:
+        textless_mcp_spans()
+        textless_mcp_spans()  # once is enough: not wrapped twice
+        assert not hasattr(_otel._tracer.tracer, "tracer")
+        with _otel.otel_span("MCP send tools/call search", kind=SpanKind.CLIENT) as span:
+            span.set_status(StatusCode.ERROR, f"upstream broke while using {secret}")
+            span.record_exception(ValueError(secret))
+        with (
+            pytest.raises(ValueError, match="s3cr3t"),
+            _otel.otel_span("tools/call gh__search", kind=SpanKind.SERVER),
+        ):
+            raise ValueError(secret)
+    finally:
+        _otel._tracer = original
+        provider.shutdown()
+    spans = sdk_exported.get_finished_spans()
+    assert [s.status.status_code for s in spans] == [StatusCode.ERROR, StatusCode.ERROR]
+    assert [s.status.description for s in spans] == [None, "ValueError"]
+    assert all(secret not in s.to_json() and not s.events for s in spans)
+
+
+def test_the_mcp_sdks_tracer_is_left_alone_while_tracing_is_off() -> None:
+    from mcp.shared import _otel
+
+    disable_inner_spans()
+    before = _otel._tracer
+    textless_mcp_spans()
+    assert _otel._tracer is before

@@ -52,7 +52,7 @@ from tether.mcp.discovery import MCP_PATH, protected_resource_metadata
 from tether.mcp.exchange import answer, answer_modern, handshake_era, parse
 from tether.mcp.gateway import DENIED, UPSTREAM_FAILED, McpGateway
 from tether.mcp.upstreams import UpstreamError
-from tether.tracing import inner_spans_enabled
+from tether.tracing import inner_spans_enabled, textless_mcp_spans
 
 if TYPE_CHECKING:
     from tether.broker import Broker
@@ -67,6 +67,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+textless_mcp_spans()  # the SDK is loaded now: while tracing is on, its spans carry no error text
 
 TASK_HEADER = "tether-task"
 _SCOPE_KEY = "tether.mcp"
