@@ -63,3 +63,8 @@ async def test_an_upstreams_error_with_the_secret_reaches_no_span(tmp_path: Path
     assert sdk_spans, [s.name for s in spans]  # the SDK's client span is there, and was exported
     assert all(secret not in s.to_json() for s in spans)
     assert {s.status.description for s in sdk_spans} == {None}
+    # Tether's own span of the upstream call: the server and the method, a failure by its type.
+    ours = [s for s in spans if s.name == "tether.mcp.upstream"]
+    assert len(ours) == 2
+    assert dict(ours[0].attributes or {}) == {"tether.mcp_server": "gh", "mcp.method.name": "tools/call"}
+    assert {s.status.description for s in ours} == {"MCPError"}

@@ -56,6 +56,7 @@ from tether.mcp.dispatcher import http_client
 from tether.mcp.guard import SecretGuard
 from tether.mcp.servers import MAX_TOOLS, McpServer, PinnedTool, UpstreamKind, pin
 from tether.mcp.streamable import CLOSED, SESSION_ENDED, TIMED_OUT, is_transport_failure
+from tether.tracing import inner_span
 
 __all__ = [
     "LogSink",
@@ -367,10 +368,15 @@ class UpstreamSession:
         if on_log is not None:
             self._log_sinks.add(on_log)
         try:
-            async with asyncio.timeout(timeout + 1):
-                return await client.call_tool(
-                    name, arguments, read_timeout_seconds=timeout, progress_callback=progress, meta=meta
-                )
+            # The server's name and the method only, as for an egress call (never the tool's
+            # arguments or answer); one check while tracing is off.
+            with inner_span(
+                "tether.mcp.upstream", {"tether.mcp_server": self.name, "mcp.method.name": "tools/call"}
+            ):
+                async with asyncio.timeout(timeout + 1):
+                    return await client.call_tool(
+                        name, arguments, read_timeout_seconds=timeout, progress_callback=progress, meta=meta
+                    )
         except TimeoutError:
             raise UpstreamError(f"upstream {self.name!r} did not answer in time") from None
         except asyncio.CancelledError:
