@@ -5,8 +5,6 @@ and data)."""
 
 from __future__ import annotations
 
-import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,13 +14,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from tests.integration.test_mcp_upstream_cancel import stdio_upstream
 from tests.security.canaries import new_canary
-from tether.mcp.guard import SecretGuard
-from tether.mcp.servers import McpServer, UpstreamKind
-from tether.mcp.upstreams import UpstreamSession, UpstreamSpec
 from tether.tracing import disable_inner_spans, enable_inner_spans, inner_span
-
-UPSTREAM = Path(__file__).parent / "mcp_upstreams" / "upstream.py"
 
 
 async def test_an_upstreams_error_with_the_secret_reaches_no_span(tmp_path: Path) -> None:
@@ -33,18 +27,7 @@ async def test_an_upstreams_error_with_the_secret_reaches_no_span(tmp_path: Path
     original = _otel._tracer
     _otel._tracer = provider.get_tracer("mcp-python-sdk")  # as the global provider would give it
     enable_inner_spans(provider)
-    server = McpServer(
-        name="gh",
-        kind=UpstreamKind.STDIO,
-        created_at=datetime.now(UTC),
-        created_by="test",
-        command=sys.executable,
-        args=(str(UPSTREAM), "--rug-file", str(tmp_path / "rug")),
-        env={"UPSTREAM_TOKEN": "prod/github/token"},
-        timeout_seconds=30,
-    )
-    guard = SecretGuard.of([(secret.encode(), [])])
-    session = UpstreamSession("tsk_test", UpstreamSpec(server, {"UPSTREAM_TOKEN": secret}, {}, guard))
+    session = stdio_upstream(tmp_path, secret)
     try:
         await session.start()
         with inner_span("tether.test", {}), pytest.raises(MCPError) as failed:

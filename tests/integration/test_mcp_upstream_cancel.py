@@ -20,8 +20,8 @@ from tether.mcp.upstreams import UpstreamError, UpstreamSession, UpstreamSpec
 UPSTREAM = Path(__file__).parent / "mcp_upstreams" / "upstream.py"
 
 
-@pytest.fixture
-async def session(tmp_path: Path) -> AsyncIterator[UpstreamSession]:
+def stdio_upstream(tmp_path: Path, token: str | None = None) -> UpstreamSession:
+    """A session (not started) of the test upstream as a stdio child, given ``token`` (guarded)."""
     server = McpServer(
         name="gh",
         kind=UpstreamKind.STDIO,
@@ -29,9 +29,18 @@ async def session(tmp_path: Path) -> AsyncIterator[UpstreamSession]:
         created_by="test",
         command=sys.executable,
         args=(str(UPSTREAM), "--rug-file", str(tmp_path / "rug")),
+        env={} if token is None else {"UPSTREAM_TOKEN": "prod/github/token"},
         timeout_seconds=30,
     )
-    opened = UpstreamSession("tsk_test", UpstreamSpec(server, {}, {}, SecretGuard()))
+    if token is None:
+        return UpstreamSession("tsk_test", UpstreamSpec(server, {}, {}, SecretGuard()))
+    guard = SecretGuard.of([(token.encode(), [])])
+    return UpstreamSession("tsk_test", UpstreamSpec(server, {"UPSTREAM_TOKEN": token}, {}, guard))
+
+
+@pytest.fixture
+async def session(tmp_path: Path) -> AsyncIterator[UpstreamSession]:
+    opened = stdio_upstream(tmp_path)
     await opened.start()
     try:
         yield opened

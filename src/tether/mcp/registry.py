@@ -151,23 +151,25 @@ class McpRegistry:
         await authorize(self._audit, actor, Permission.DESTINATION_READ, "mcp_server:*")
         return await self._storage.list_mcp_servers()
 
-    async def show(self, actor: OperatorRecord, name: str) -> McpServer:
+    async def _authorized(self, actor: OperatorRecord, name: str, permission: Permission) -> McpServer:
+        """The record ``name`` once ``actor`` holds ``permission`` on it (checked and recorded)."""
         validate_server_name(name)
-        await authorize(self._audit, actor, Permission.DESTINATION_READ, f"mcp_server:{name}")
+        await authorize(self._audit, actor, permission, f"mcp_server:{name}")
         record = await self._storage.get_mcp_server(name)
         if record is None:
             raise NotFoundError(f"no MCP server {name!r}")
         return record
 
+    async def show(self, actor: OperatorRecord, name: str) -> McpServer:
+        return await self._authorized(actor, name, Permission.DESTINATION_READ)
+
     async def remove(self, actor: OperatorRecord, name: str) -> None:
-        validate_server_name(name)
-        resource = f"mcp_server:{name}"
-        await authorize(self._audit, actor, Permission.DESTINATION_WRITE, resource)
-        record = await self._storage.get_mcp_server(name)
-        if record is None:
-            raise NotFoundError(f"no MCP server {name!r}")
+        record = await self._authorized(actor, name, Permission.DESTINATION_WRITE)
         await self._audit.record(
-            "mcp.server.remove", operator_actor(actor), resource=resource, data=registration_data(record)
+            "mcp.server.remove",
+            operator_actor(actor),
+            resource=f"mcp_server:{name}",
+            data=registration_data(record),
         )
         self.forget(name)
         if not await self._storage.delete_mcp_server(name):
@@ -185,18 +187,13 @@ class McpRegistry:
         self, actor: OperatorRecord, name: str, tools: Iterable[str] | None = None
     ) -> McpServer:
         """Pin the quarantined definitions ``tools`` (all if None)."""
-        validate_server_name(name)
-        resource = f"mcp_server:{name}"
-        await authorize(self._audit, actor, Permission.DESTINATION_WRITE, resource)
-        record = await self._storage.get_mcp_server(name)
-        if record is None:
-            raise NotFoundError(f"no MCP server {name!r}")
+        record = await self._authorized(actor, name, Permission.DESTINATION_WRITE)
         approved = record.approve(None if tools is None else list(tools))
         chosen = sorted(set(record.quarantined) - set(approved.quarantined))
         await self._audit.record(
             "mcp.server.approve",
             operator_actor(actor),
-            resource=resource,
+            resource=f"mcp_server:{name}",
             data={"tools": {tool: record.quarantined[tool].sha256 for tool in chosen}},
         )
         self.forget(name)

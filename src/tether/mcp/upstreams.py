@@ -254,6 +254,9 @@ class UpstreamSession:
         self._interrupted: set[asyncio.Task[Any]] = set()
         self._log_sinks: set[LogSink] = set()
         self._owner: asyncio.Task[None] | None = None
+        #: What a call's span says: the server's name and the method only, as for an egress call
+        #: (never the tool's arguments or answer); made once, not on every call.
+        self._span_attributes = {"tether.mcp_server": spec.server.name, "mcp.method.name": "tools/call"}
         #: A stdio upstream's process id (the leader of its process group), once started.
         self.pid: int | None = None
 
@@ -368,11 +371,7 @@ class UpstreamSession:
         if on_log is not None:
             self._log_sinks.add(on_log)
         try:
-            # The server's name and the method only, as for an egress call (never the tool's
-            # arguments or answer); one check while tracing is off.
-            with inner_span(
-                "tether.mcp.upstream", {"tether.mcp_server": self.name, "mcp.method.name": "tools/call"}
-            ):
+            with inner_span("tether.mcp.upstream", self._span_attributes):  # one check while tracing is off
                 async with asyncio.timeout(timeout + 1):
                     return await client.call_tool(
                         name, arguments, read_timeout_seconds=timeout, progress_callback=progress, meta=meta
