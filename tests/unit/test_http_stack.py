@@ -216,3 +216,35 @@ async def test_a_node_apps_thread_is_known_to_run_asyncio_only_while_it_serves(t
     async with app.router.lifespan_context(app):
         assert sniffio.thread_local.name == "asyncio"
     assert sniffio.thread_local.name == before
+
+
+async def test_a_node_that_gateways_mcp_loads_the_sdk_before_it_serves(tmp_path: Path) -> None:
+    """With an MCP upstream registered, the node's lifespan builds the MCP front at startup, so no
+    agent's first /mcp request waits for the SDK's imports; a node without one never builds it."""
+    from datetime import UTC, datetime
+
+    from tether.broker import Broker
+    from tether.mcp.servers import McpServer, UpstreamKind
+
+    settings = Settings(data_dir=tmp_path, public_url="http://127.0.0.1:1")
+    broker = Broker.from_settings(settings)
+    await broker.init()
+    await broker.close()
+    app = create_node_app(settings)
+    async with app.router.lifespan_context(app):
+        assert getattr(app.state, "mcp", None) is None  # nothing registered: nothing loaded
+        await app.state.broker.storage.put_mcp_server(
+            McpServer(
+                name="gh",
+                kind=UpstreamKind.STDIO,
+                created_at=datetime.now(UTC),
+                created_by="test",
+                command="/bin/true",
+            )
+        )
+    app = create_node_app(settings)
+    async with app.router.lifespan_context(app):
+        front = app.state.mcp
+        assert front is not None
+        assert front.broker is app.state.broker
+    assert app.state.mcp is None  # closed with the node

@@ -49,8 +49,9 @@ NameParam = Annotated[str, Path(min_length=1, max_length=32)]
 
 
 def mcp_front(app: Any) -> McpFront:
-    """The app's MCP front, created on first use: the MCP SDK is imported then, not at startup
-    (its imports take seconds, paid by every server process that never serves ``/mcp``)."""
+    """The app's MCP front, created on first use: the MCP SDK is imported then, not by every
+    server process (its imports take about half a second). A node with an upstream registered
+    creates it at startup (see :func:`tether.api.app.create_node_app`)."""
     front: McpFront | None = getattr(app.state, "mcp", None)
     if front is None:
         from tether.mcp.front import McpFront
