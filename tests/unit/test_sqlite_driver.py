@@ -226,21 +226,37 @@ async def test_inline_writes_of_two_processes_take_turns_and_lose_nothing(tmp_pa
 
 async def test_inline_commits_are_checkpointed_off_the_callers_thread(tmp_path: Path) -> None:
     # The inline connection never checkpoints (that syncs the disk); the writer thread does, every
-    # CHECKPOINT_EVERY inline commits, so the log is reused instead of growing without bound.
+    # CHECKPOINT_EVERY inline commits, and every checkpoint empties and restarts the log, so it is
+    # reused instead of growing without bound, even when inline writes follow each other without a
+    # pause (and leave the writer thread the interpreter only now and then: its checkpoints then
+    # run late, each after a few hundred commits).
     path = tmp_path / "t.db"
     driver = _driver(path)
     driver.write_sync(lambda conn: conn.execute("CREATE TABLE b (x BLOB NOT NULL)"))
     page = 4096
+    commits = 40 * CHECKPOINT_EVERY
     try:
-        for _ in range(6 * CHECKPOINT_EVERY):
+        restarts = _wal_checkpoint_sequence(path)
+        for _ in range(commits):
             await driver.write(lambda conn: conn.execute("INSERT INTO b VALUES (?)", (b"x" * page,)))
-        without_checkpoints = 6 * CHECKPOINT_EVERY * 2 * page  # a row's page and its overflow page
+        await asyncio.to_thread(_idle, driver)
+        # Every checkpoint restarted the log (writes queued meanwhile do not count towards the
+        # next checkpoint, so there were somewhat fewer than one per CHECKPOINT_EVERY commits).
+        assert _wal_checkpoint_sequence(path) - restarts >= commits // CHECKPOINT_EVERY // 2
+        without_checkpoints = commits * 2 * page  # a row's page and its overflow page
         wal = Path(f"{path}-wal").stat().st_size
-        assert wal < without_checkpoints / 2, wal
+        assert wal < without_checkpoints / 3, wal
         rows = driver.read(Query("SELECT count(*) AS n FROM b", ("n",)))
-        assert rows == [(6 * CHECKPOINT_EVERY,)]
+        assert rows == [(commits,)]
     finally:
         driver.close()
+
+
+def _idle(driver: SQLiteDriver) -> None:
+    """Wait until the writer thread has run every job queued so far (a marker job after them)."""
+    done = threading.Event()
+    driver._submit(done.set, None, None)
+    assert done.wait(30)
 
 
 async def test_an_inline_connection_that_cannot_open_without_waiting_falls_back(tmp_path: Path) -> None:
@@ -318,26 +334,47 @@ def _wal_checkpoint_sequence(path: Path) -> int:
 
 
 async def test_the_log_is_restarted_off_the_callers_thread(tmp_path: Path) -> None:
-    # After a complete checkpoint the next commit writes the log's header again and syncs it:
-    # that commit must not be an inline one (the sync would stall the event loop).
+    # After a complete checkpoint the next commit writes the log's header again and syncs it: the
+    # writer thread makes that commit itself, so no caller's write waits for the sync (and none
+    # makes it inline, which would stall the event loop).
     path = tmp_path / "t.db"
     driver = _driver(path)
     _counter(driver)
     try:
+        before = _wal_checkpoint_sequence(path)
         for _ in range(CHECKPOINT_EVERY):
             assert await driver.write(_bump) == threading.get_ident()
-        # Wait for the writer thread to have run its checkpoint.
-        for _ in range(200):
-            if not driver._writing and driver._jobs.empty():
+        # Wait for the writer thread's checkpoint and restart.
+        for _ in range(500):
+            if _wal_checkpoint_sequence(path) != before and not driver._hold_inline:
                 break
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)
-        before = _wal_checkpoint_sequence(path)
-        restarter = await driver.write(_bump)
-        after = _wal_checkpoint_sequence(path)
-        assert after != before  # this commit restarted the log ...
-        assert restarter != threading.get_ident()  # ... on the writer thread
-        assert await driver.write(_bump) == threading.get_ident()  # inline again afterwards
-        assert driver.read(Query("SELECT n FROM c", ("n",))) == [(CHECKPOINT_EVERY + 2,)]
+        restarted = _wal_checkpoint_sequence(path)
+        assert restarted != before  # the log was restarted, by nobody's write ...
+        assert await driver.write(_bump) == threading.get_ident()  # ... and the next one is inline
+        assert _wal_checkpoint_sequence(path) == restarted
+        assert driver.read(Query("SELECT n FROM c", ("n",))) == [(CHECKPOINT_EVERY + 1,)]
     finally:
+        driver.close()
+
+
+async def test_a_checkpoint_under_way_holds_no_write_back(tmp_path: Path) -> None:
+    # A checkpoint syncs the disk on the writer thread; writes meanwhile still run inline instead of
+    # queueing behind it. Only transactions handed to the writer thread make later writes queue.
+    driver = _driver(tmp_path / "t.db")
+    _counter(driver)
+    running, release = threading.Event(), threading.Event()
+
+    def slow_checkpoint() -> None:
+        running.set()
+        release.wait(10)
+
+    try:
+        driver._submit(slow_checkpoint, None, None)  # as write() asks for a checkpoint
+        assert await asyncio.to_thread(running.wait, 10)
+        assert await driver.write(_bump) == threading.get_ident()  # inline, the checkpoint running
+        release.set()
+        assert driver.read(Query("SELECT n FROM c", ("n",))) == [(1,)]
+    finally:
+        release.set()
         driver.close()

@@ -5,15 +5,17 @@ thread (the event loop's): in WAL mode a reader never waits for the writer, and 
 costs tens of microseconds — less than handing it to another thread and back.
 :meth:`SQLiteDriver.write` hands one function to the writer thread, which runs it between
 ``BEGIN IMMEDIATE`` and ``COMMIT``: one thread hop per transaction, however many statements it holds.
-At ``synchronous=NORMAL`` a commit does not wait for the disk, so when the writer thread has nothing
-queued or running, :meth:`SQLiteDriver.write` runs the transaction on the calling thread instead
-(*inline*): it costs no hand-off, which is the largest part of a small transaction's cost and the
-part most sensitive to the host's scheduling. An inline write never waits for a lock: when another
-writer holds either lock it goes to the writer thread as before. It never checkpoints either: its
-connection has ``wal_autocheckpoint`` off, and every :data:`CHECKPOINT_EVERY` inline commits the
-writer thread is asked for a passive checkpoint (the one step that syncs the disk at NORMAL). When
-that checkpoint completes, the next write goes to the writer thread too: the first commit into a
-restarted log writes the log's header and syncs it, at NORMAL as well.
+At ``synchronous=NORMAL`` a commit does not wait for the disk, so when no write is queued for the
+writer thread or running there, :meth:`SQLiteDriver.write` runs the transaction on the calling
+thread instead (*inline*): it costs no hand-off, which is the largest part of a small transaction's
+cost and the part most sensitive to the host's scheduling. An inline write never waits for a lock:
+when another writer holds either lock it goes to the writer thread as before. It never checkpoints
+either: its connection has ``wal_autocheckpoint`` off, and every :data:`CHECKPOINT_EVERY` inline
+commits the writer thread is asked for a passive checkpoint (the one step that syncs the disk at
+NORMAL), while inline writes go on; what they add meanwhile is copied by a short second pass with
+every writer held back. Then the writer thread restarts the emptied log at once with a commit that
+changes nothing: the first commit into a restarted log writes the log's header and syncs it, at
+NORMAL as well. No caller's write waits for the first pass's sync nor makes the restart's.
 At ``synchronous=FULL`` every commit syncs the write-ahead log, so every write goes to the writer
 thread.
 Writers of other processes (``tether server --workers N``) take turns on a lock file beside the
@@ -34,7 +36,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,6 +62,13 @@ CHECKPOINT_EVERY = 100
 #: What the writer thread takes from its queue: the work, and where to answer (None: nobody waits;
 #: the whole job None: stop).
 _Job = tuple[Callable[[], Any], asyncio.AbstractEventLoop | None, "asyncio.Future[Any] | None"] | None
+
+
+def _restart_log(conn: sqlite3.Connection) -> None:
+    """A write that changes nothing (the header's ``user_version``, set to itself) but still adds
+    a page to the log: after a complete checkpoint, the commit that restarts the log."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    conn.execute(f"PRAGMA user_version = {version}")
 
 
 def _busy(exc: sqlite3.Error) -> bool:
@@ -94,12 +103,13 @@ class SQLiteDriver:
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
-        self._writing = False  # the writer thread is running a job
+        self._queued = 0  # transactions handed to the writer thread and not yet done
+        self._queued_lock = threading.Lock()
         self._closed = False
         self._lock_path = None if str(path) == ":memory:" else Path(f"{path}-writer.lock")
         self._inline = synchronous == "NORMAL" and self._lock_path is not None
         self._inline_commits = 0
-        self._restart_due = False  # a checkpoint completed: the next write restarts the log
+        self._hold_inline = False  # writes go to the writer thread (see _checkpoint)
 
     # -- connections ------------------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
@@ -194,13 +204,10 @@ class SQLiteDriver:
             run, loop, future = job
             result: Any = None
             error: BaseException | None = None
-            self._writing = True
             try:
                 result = run()
             except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
                 error = exc
-            finally:
-                self._writing = False
             if loop is None or future is None:
                 continue
             try:
@@ -209,16 +216,54 @@ class SQLiteDriver:
                 continue
 
     def _checkpoint(self) -> None:
-        """A passive checkpoint on the writer thread, after inline commits (which do none)."""
+        """A passive checkpoint on the writer thread, after inline commits (which do none), and
+        the restart of the log it empties.
+
+        A first pass copies the log into the database while inline writes go on. A second pass
+        then copies what they added meanwhile, with every writer held back: this process's writes
+        queue here, other processes' wait for the writers' lock, which this thread holds until the
+        log is restarted. (A pass reports the log as it was when the pass began, so only a pass
+        that no write can overlap says whether the log is empty now.) Every checkpoint thus
+        empties the log unless a reader still reads from it; under writes without a pause it would
+        otherwise grow without bound."""
+        if self._checkpoint_pass() is None:
+            return
+        self._hold_inline = True
+        with self._writers_turn():
+            passed = self._checkpoint_pass()
+            if passed is not None and 0 < passed[0] == passed[1]:
+                # Every frame of the log is in the database: the next commit restarts the log and
+                # writes its header anew, which syncs the disk even at NORMAL. That commit is made
+                # here at once, rewriting a header field with its own value, so that no caller's
+                # write waits for the sync.
+                try:
+                    self._attempt(_restart_log, inline=False, locked=True)
+                except StorageError as exc:  # still held: the next write restarts the log, here
+                    log.warning("sqlite log restart failed: %s", type(exc).__name__)
+                    return
+        self._hold_inline = False
+
+    @contextlib.contextmanager
+    def _writers_turn(self) -> Iterator[None]:
+        """This thread's turn on the writers' lock (waiting for it as long as it takes)."""
+        lock = self._lock_fd()
+        if lock is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released on close too, should this process die
+        try:
+            yield
+        finally:
+            if lock is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _checkpoint_pass(self) -> tuple[int, int] | None:
+        """One passive checkpoint: the log's frames and how many of them are in the database now
+        (None: it failed; the next one tries again, and SQLite stays consistent)."""
         try:
             row = self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
-        except (sqlite3.Error, StorageError) as exc:  # the next one tries again; SQLite stays consistent
+        except (sqlite3.Error, StorageError) as exc:
             log.warning("sqlite checkpoint failed: %s", type(exc).__name__)
-            return
-        # Complete (every frame of the log is in the database): the next commit restarts the log
-        # and writes its header anew, which syncs the disk even at NORMAL. That commit runs here.
-        frames, backfilled = int(row[1]), int(row[2])
-        self._restart_due = frames > 0 and backfilled == frames
+            return None
+        return int(row[1]), int(row[2])
 
     # -- errors -------------------------------------------------------------------------------------
     def translate(self, exc: sqlite3.Error) -> StorageError:
@@ -254,7 +299,7 @@ class SQLiteDriver:
         if self._closed:
             raise StorageError(f"sqlite store is closed{self._hint}")
         with inner_span("tether.store.write", _SQLITE):
-            if self._inline and not (self._writing or self._restart_due) and self._jobs.empty():
+            if self._inline and not (self._queued > 0 or self._hold_inline):
                 done = self._attempt(work, inline=True)
                 if done is not None:
                     self._inline_commits += 1
@@ -266,8 +311,18 @@ class SQLiteDriver:
             loop = asyncio.get_running_loop()
             future: asyncio.Future[T] = loop.create_future()
             # One hand-off each way: the queue to the writer thread, call_soon_threadsafe back.
-            self._submit(functools.partial(self._transaction, work), loop, future)
+            with self._queued_lock:
+                self._queued += 1
+            try:
+                self._submit(functools.partial(self._queued_transaction, work), loop, future)
+            except BaseException:
+                self._done_queued()
+                raise
             return await future
+
+    def _done_queued(self) -> None:
+        with self._queued_lock:
+            self._queued -= 1
 
     def _submit(
         self,
@@ -284,16 +339,26 @@ class SQLiteDriver:
         writers' lock (waiting for it as long as it takes, then up to the busy timeout)."""
         done = self._attempt(work, inline=False)
         assert done is not None  # only an inline attempt gives up
-        self._restart_due = False  # this commit restarted the log if a checkpoint let it
+        self._hold_inline = False  # this commit restarted the log if a checkpoint let it
         return done[0]
 
-    def _attempt(self, work: Callable[[sqlite3.Connection], T], *, inline: bool) -> tuple[T] | None:
+    def _queued_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """:meth:`_transaction` of a write handed to the writer thread, counted until it is done."""
+        try:
+            return self._transaction(work)
+        finally:
+            self._done_queued()
+
+    def _attempt(
+        self, work: Callable[[sqlite3.Connection], T], *, inline: bool, locked: bool = False
+    ) -> tuple[T] | None:
         """:meth:`_transaction`; ``inline``: on this thread's inline connection, without waiting:
-        None (and nothing done) when another writer holds the writers' lock or SQLite's."""
+        None (and nothing done) when another writer holds the writers' lock or SQLite's.
+        ``locked``: this thread holds the writers' lock already (see :meth:`_writers_turn`)."""
         conn = self._inline_connection() if inline else self._connection()
         if conn is None:
             return None
-        lock = self._lock_fd()
+        lock = None if locked else self._lock_fd()
         if lock is not None:
             try:
                 # released on close too, should this process die
