@@ -15,7 +15,8 @@ commits the writer thread is asked for a passive checkpoint (the one step that s
 NORMAL), while inline writes go on; what they add meanwhile is copied by a short second pass with
 every writer held back. Then the writer thread restarts the emptied log at once with a commit that
 changes nothing: the first commit into a restarted log writes the log's header and syncs it, at
-NORMAL as well. No caller's write waits for the first pass's sync nor makes the restart's.
+NORMAL as well. Writes wait for the second pass and the restart (their syncs included), never for
+the first pass, and no caller's write makes the restart.
 At ``synchronous=FULL`` every commit syncs the write-ahead log, so every write goes to the writer
 thread.
 Writers of other processes (``tether server --workers N``) take turns on a lock file beside the
@@ -224,23 +225,25 @@ class SQLiteDriver:
         queue here, other processes' wait for the writers' lock, which this thread holds until the
         log is restarted. (A pass reports the log as it was when the pass began, so only a pass
         that no write can overlap says whether the log is empty now.) Every checkpoint thus
-        empties the log unless a reader still reads from it; under writes without a pause it would
+        empties the log, unless a reader still reads from it, another process checkpoints at the
+        same time or the restart's commit fails; under writes without a pause the log would
         otherwise grow without bound."""
-        if self._checkpoint_pass() is None:
+        first = self._checkpoint_pass()
+        if first is None or first[0] == 0:  # failed, or an empty log: nothing to restart
             return
         self._hold_inline = True
-        with self._writers_turn():
-            passed = self._checkpoint_pass()
-            if passed is not None and 0 < passed[0] == passed[1]:
-                # Every frame of the log is in the database: the next commit restarts the log and
-                # writes its header anew, which syncs the disk even at NORMAL. That commit is made
-                # here at once, rewriting a header field with its own value, so that no caller's
-                # write waits for the sync.
-                try:
+        try:
+            with self._writers_turn():
+                passed = self._checkpoint_pass()
+                if passed is not None and 0 < passed[0] == passed[1]:
+                    # Every frame of the log is in the database: the next commit restarts the log
+                    # and writes its header anew, which syncs the disk even at NORMAL. That commit
+                    # is made here at once, rewriting a header field with its own value, so that
+                    # no caller's write waits for the sync.
                     self._attempt(_restart_log, inline=False, locked=True)
-                except StorageError as exc:  # still held: the next write restarts the log, here
-                    log.warning("sqlite log restart failed: %s", type(exc).__name__)
-                    return
+        except (StorageError, OSError) as exc:  # still held: the next write restarts the log, here
+            log.warning("sqlite log restart failed: %s", type(exc).__name__)
+            return
         self._hold_inline = False
 
     @contextlib.contextmanager
