@@ -16,7 +16,7 @@ Tether on SQLite (WAL) with that upstream registered (``Authorization: Bearer <s
 - **served** (SQLite normal): Tether is the shipped ``tether server`` in its own process, the upstream
   its own uvicorn process: as deployed, on the same two cores as the client.
 - **light** (the served setup again): driven by wrk with pre-built, pre-signed requests instead of a
-  Python client: 1 connection, 16 in a closed loop, 16 paced (:mod:`bench.mcp_light`;
+  Python client: 1 connection, 1 paced, 16 in a closed loop, 16 paced (:mod:`bench.mcp_light`;
   ``--light-seconds 0`` or no wrk: none).
 
 The same ``httpx.AsyncClient`` sends the same JSON-RPC ``tools/call``:
@@ -446,7 +446,7 @@ def markdown(results: dict[str, Any]) -> str:
             for shape in mcp_light.SHAPES:
                 added = light[f"added{suffix}_{shape.key}"]["p50_us"] / 1000
                 verdict = "PASS" if added <= 2.0 else "MISS"
-                what = "sequential" if shape.connections == 1 else shape.label
+                what = "sequential" if shape.connections == 1 and not shape.think_ms else shape.label
                 what += " concurrent" if shape.connections > 1 and not shape.think_ms else ""
                 targets.append(f"{added:.2f} ms {what}, {wire}, served, wrk ({verdict})")
     if targets:
@@ -476,12 +476,14 @@ def _light_lines(light: dict[str, Any]) -> list[str]:
         f"{light['seconds']:g} s a run, median of {light['reps']}, direct and gateway alternating; every "
         "run checked against the upstream's own count of the tool calls it answered. Server CPU: "
         "Tether's processes per gateway call, the upstream's per direct call (at a low rate it includes "
-        "each server's idle background work, spread over fewer calls). *16* is a closed loop (each "
-        "connection sends its next call when the answer arrives: as many calls as the 2 cores serve, "
-        "each waiting for the other 15); *16 paced* are 16 agents that each pause a random "
+        "each server's idle background work, spread over fewer calls). *1* sends each call when the "
+        "last one's answer arrives; *1 paced* is one agent that pauses a random "
         f"{light.get('think_ms', 40) / 2:g}-{light.get('think_ms', 40) * 1.5:g} ms between an answer and "
-        "their next call (calls overlap and share the 2 cores with the upstream and wrk without "
-        "saturating them; a call after a pause also runs colder than back-to-back calls do).",
+        "its next call (each call alone, but after a pause: the machine's caches have gone cold, and "
+        "every process it passes through is woken). *16* is a closed loop (each connection sends its "
+        "next call when the answer arrives: as many calls as the 2 cores serve, each waiting for the "
+        "other 15); *16 paced* are 16 such agents (calls also overlap and share the 2 cores with the "
+        "upstream and wrk, without saturating them).",
         "",
         "| wire | connections | direct p50 / p99 ms | gateway p50 / p99 ms | **added** p50 / p99 ms "
         "| calls/s direct / gateway | server CPU per call, µs: upstream / Tether |",

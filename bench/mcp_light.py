@@ -9,11 +9,14 @@ as much as Tether; wrk sends pre-built bytes (:mod:`bench.light`), so what is le
 - **gateway**: the same call to Tether's ``/mcp``, each request with its own DPoP proof, signed
   before the run by the SDK's signer and sent once, as in issue 13's activation runs.
 
-Three shapes: one connection (each call alone: the added latency of one call); 16 in a closed loop
-(each connection sends its next call when the answer arrives: as many calls as the machine can
-serve, so on two cores shared by wrk, the upstream and Tether a call mostly waits for the other 15);
-and 16 *paced* connections, 16 agents that each pause a random 20-60 ms between an answer and their
-next call (about 380 calls/s in all: many calls overlap, the machine is not saturated).
+Four shapes: one connection (each call alone, back to back: the added latency of one call); one
+*paced* connection, one agent that pauses a random 20-60 ms between an answer and its next call
+(each call alone, after a pause: what a call costs when the machine's caches have gone cold, about
+25 calls/s); 16 in a closed loop (each connection sends its next call when the answer arrives: as
+many calls as the machine can serve, so on two cores shared by wrk, the upstream and Tether a call
+mostly waits for the other 15); and 16 paced connections, 16 such agents (about 380 calls/s in all:
+many calls overlap, the machine is not saturated). The two paced shapes apart say how much of the
+16 agents' added latency comes from calls running cold and how much from calls overlapping.
 
 wrk counts only non-2xx answers as errors, and a refused tool call is a 200 with a JSON-RPC error,
 so every run is checked against the upstream's own count of the tool calls it answered
@@ -59,7 +62,12 @@ class Shape:
 
 
 THINK_MS = 40.0
-SHAPES = (Shape("1", 1, 0, 1500), Shape("16", 16, 0, 3000), Shape("16_paced", 16, THINK_MS, 800))
+SHAPES = (
+    Shape("1", 1, 0, 1500),
+    Shape("1_paced", 1, THINK_MS, 100),
+    Shape("16", 16, 0, 3000),
+    Shape("16_paced", 16, THINK_MS, 800),
+)
 
 
 def available() -> bool:
