@@ -172,11 +172,12 @@ async def test_a_stateful_server_gets_its_session_back_on_every_request_and_a_de
             # ... and the session is gone: the same id is refused now.
             ended = streamable.HttpExchange(url, {}, TIMEOUT)
             ended.session_id = session
-            request = ended._request("POST", ended._headers({}), b'{"jsonrpc":"2.0","id":1,"method":"ping"}')
-            response = await ended.http.handle_async_request(request)
+            ping = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+            headers = ended._headers({}).items()
+            response = await ended.http.send(ended.url, "POST", headers, ping, ended.timeouts)
             await response.aclose()
             await ended.http.aclose()
-            assert response.status_code == 404
+            assert response.status == 404
 
 
 @pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")

@@ -500,3 +500,79 @@ async def test_expired_idle_connections_of_other_origins_are_closed_to_make_room
         assert transport._idle_count == 1
         assert list(transport._idle) == [("http", LOOPBACK, int(second.rsplit(":", 1)[1]))]
         await transport.aclose()
+
+
+# -- send: a whole body out, the answer's head and body back, without httpx's models ----------
+
+
+async def test_send_writes_host_length_and_body_in_one_request_and_reuses_the_connection() -> None:
+    reply = (
+        b"HTTP/1.1 200 OK\r\nX-Twice: a\r\nContent-Type: text/plain\r\nX-Twice: b\r\n"
+        b"Content-Length: 5\r\n\r\nhello"
+    )
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Upstream) -> None:
+        while head := await read_head(reader):
+            length = int(
+                next(
+                    v
+                    for k, v in (line.split(b": ", 1) for line in head.split(b"\r\n")[1:-2])
+                    if k.lower() == b"content-length"
+                )
+            )
+            state.received.append(head + await reader.readexactly(length))
+            writer.write(reply)
+            await writer.drain()
+
+    async with upstream(script) as (url, state):
+        transport = Http11Transport()
+        for n in range(2):
+            answer = await transport.send(
+                httpx.URL(url + "/mcp?q=1"), "POST", [("x-n", str(n))], b'{"n": %d}' % n, {"read": 5.0}
+            )
+            body = b"".join([chunk async for chunk in answer])
+            await answer.aclose()
+            assert (answer.status, body) == (200, b"hello")
+            assert answer.header(b"content-type") == "text/plain"
+            assert answer.header(b"x-twice") == "a, b"  # several joined, as httpx joins them
+            assert answer.header(b"x-none") is None
+        await transport.aclose()
+    assert state.connections == 1
+    host = url.removeprefix("http://").encode()
+    assert state.received[1] == (
+        b"POST /mcp?q=1 HTTP/1.1\r\nhost: " + host + b"\r\nx-n: 1\r\ncontent-length: 8\r\n\r\n" + b'{"n": 1}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("x-evil", "a\r\nx-injected: 1"), ("x-nul", "a\x00b"), ("bad name", "v"), ("x-latin", "caf\u00e9")],
+)
+async def test_send_refuses_a_header_that_could_add_a_line_or_is_not_ascii(name: str, value: str) -> None:
+    async with upstream(await answer_each(OK)) as (url, state):
+        transport = Http11Transport()
+        with pytest.raises(httpx.LocalProtocolError, match="invalid header field"):
+            await transport.send(httpx.URL(url + "/x"), "POST", [(name, value)], b"", {})
+        await transport.aclose()
+    assert state.connections == 0  # refused before anything was sent
+
+
+async def test_send_on_a_closed_transport_or_to_another_scheme_is_refused() -> None:
+    transport = Http11Transport()
+    with pytest.raises(httpx.UnsupportedProtocol):
+        await transport.send(httpx.URL("ftp://127.0.0.1/x"), "POST", [], b"", {})
+    await transport.aclose()
+    with pytest.raises(httpx.ConnectError, match="closed"):
+        await transport.send(httpx.URL("http://127.0.0.1:1/x"), "POST", [], b"", {})
+
+
+async def test_send_gives_the_connection_back_only_when_the_body_was_read() -> None:
+    async with upstream(await answer_each(OK)) as (url, state):
+        transport = Http11Transport(max_connections=1)
+        answer = await transport.send(httpx.URL(url + "/x"), "POST", [], b"", {"pool": 5.0})
+        await answer.aclose()  # not read: the connection is closed, its slot freed
+        answer = await transport.send(httpx.URL(url + "/x"), "POST", [], b"", {"pool": 5.0})
+        assert b"".join([chunk async for chunk in answer]) == b"hello"
+        await answer.aclose()
+        await transport.aclose()
+    assert state.connections == 2

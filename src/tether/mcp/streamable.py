@@ -55,7 +55,7 @@ from mcp_types import (
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
-from tether.egress.http11 import Http11Transport
+from tether.egress.http11 import Answer, Http11Transport
 from tether.errors import TetherError
 
 __all__ = [
@@ -76,6 +76,7 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 #: How long ending a stateful server's session (``DELETE``) may take when the client closes.
 END_SESSION_SECONDS = 2.0
 _SESSION = "mcp-session-id"
+_SESSION_BYTES = _SESSION.encode("ascii")
 _VERSION = "mcp-protocol-version"
 #: What a session id may hold (the specification's rule): anything else could not be sent back.
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
@@ -237,11 +238,6 @@ class HttpExchange:
         headers.update(self.injected)
         return headers
 
-    def _request(self, method: str, headers: Mapping[str, str], body: bytes = b"") -> httpx.Request:
-        return httpx.Request(
-            method, self.url, headers=headers, content=body, extensions={"timeout": self.timeouts}
-        )
-
     async def post(self, body: bytes, stamped: Mapping[str, str]) -> None:
         """POST a notification or a response: accepted, or :class:`TetherError`/``httpx.HTTPError``."""
         await self.exchange(body, stamped, None, None)
@@ -258,22 +254,22 @@ class HttpExchange:
         """POST one message. A request's answer is returned (the messages before it on its event
         stream go to ``relay``); a notification's or a response's POST returns None once accepted.
         Raises :class:`TetherError` (a refusal, in Tether's words) or ``httpx.HTTPError``."""
-        response = await self.http.handle_async_request(self._request("POST", self._headers(stamped), body))
+        response = await self.http.send(self.url, "POST", self._headers(stamped).items(), body, self.timeouts)
         try:
-            session = response.headers.get(_SESSION) if opening else None
+            session = response.header(_SESSION_BYTES) if opening else None
             if session:  # assigned by the answer to initialize only, as the SDK's transport takes it
                 if not _VISIBLE_ASCII.fullmatch(session):  # sent back in a header: it could not be
                     raise TetherError("the upstream assigned a session id that is not visible ASCII")
                 self.session_id = session
-            status = response.status_code
-            kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+            status = response.status
+            kind = (response.header(b"content-type") or "").partition(";")[0].strip().lower()
             if status == 202:
                 if request_id is not None:
                     raise TetherError("the upstream answered a request with 202 Accepted")
                 return None
             if 300 <= status < 400:
                 raise TetherError(f"the upstream answered with a redirect ({status}), which is not followed")
-            if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
+            if (response.header(b"content-encoding") or "identity").strip().lower() != "identity":
                 # None is asked for; inflating one would decode a whole read at once, past the limit.
                 raise TetherError("the upstream answered with a content encoding it was not asked for")
             if status >= 400:
@@ -296,10 +292,8 @@ class HttpExchange:
         finally:
             await response.aclose()
 
-    async def _failed(
-        self, response: httpx.Response, kind: str, request_id: RequestId | None
-    ) -> JSONRPCError | None:
-        status = response.status_code
+    async def _failed(self, response: Answer, kind: str, request_id: RequestId | None) -> JSONRPCError | None:
+        status = response.status
         if request_id is not None and kind == "application/json":
             with contextlib.suppress(TetherError):
                 message = _parse(await _read_all(response))
@@ -310,10 +304,10 @@ class HttpExchange:
         raise TetherError(f"the upstream answered HTTP {status}")
 
     async def _stream(
-        self, response: httpx.Response, request_id: RequestId, relay: Relay
+        self, response: Answer, request_id: RequestId, relay: Relay
     ) -> JSONRPCResponse | JSONRPCError:
         events = _Events()
-        async for chunk in response.aiter_raw():
+        async for chunk in response:
             for data in events.feed(chunk):
                 if not data:
                     continue  # a priming event (an id for resumption, no message)
@@ -328,14 +322,14 @@ class HttpExchange:
         if self.session_id is None:
             return
         with anyio.move_on_after(END_SESSION_SECONDS, shield=True), contextlib.suppress(httpx.HTTPError):
-            response = await self.http.handle_async_request(self._request("DELETE", self._headers({})))
+            response = await self.http.send(self.url, "DELETE", self._headers({}).items(), b"", self.timeouts)
             await response.aclose()
 
 
-async def _read_all(response: httpx.Response) -> bytes:
+async def _read_all(response: Answer) -> bytes:
     parts: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_raw():
+    async for chunk in response:
         size += len(chunk)
         if size > MAX_MESSAGE_BYTES:
             raise TetherError("the upstream's answer is over the size limit")
