@@ -230,6 +230,11 @@ class _Body(httpx.AsyncByteStream):
 
 
 async def _drain(writer: asyncio.StreamWriter, seconds: float | None) -> None:
+    if not writer.transport.get_write_buffer_size():
+        # Everything was handed to the socket: drain does not wait (it only raises what the
+        # connection met), so no timer is set for it.
+        await writer.drain()
+        return
     async with asyncio.timeout(seconds):
         await writer.drain()
 
@@ -387,8 +392,11 @@ class Http11Transport(httpx.AsyncBaseTransport):
         """A connection (pooled or new) with the request written on it and the answer's head read;
         its slot stays taken until the body is done with (:class:`_Body`)."""
         try:
-            async with asyncio.timeout(timeouts.get("pool")):
-                await self._slots.acquire()
+            if self._slots.locked():  # every connection taken: wait for one, bounded
+                async with asyncio.timeout(timeouts.get("pool")):
+                    await self._slots.acquire()
+            else:
+                await self._slots.acquire()  # a free slot is taken at once, without waiting
         except TimeoutError:
             raise httpx.PoolTimeout("no upstream connection was free in time", request=request) from None
         conn: _Connection | None = None
