@@ -42,7 +42,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -302,30 +302,98 @@ def _thaw(value: Any) -> JsonValue:
     return value  # type: ignore[no-any-return]
 
 
+#: The encoding of a JSON string (with ``ensure_ascii=False``): what the encoder uses for every string.
+_escape: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def _make_encoder() -> Callable[[object], str]:
+    """``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``, built once:
+    ``json.dumps`` with options builds a new encoder for every call, which costs more than encoding
+    an event's few small objects. Its circular-reference check is off: everything encoded here is
+    a checked copy (:func:`_json_copy` refuses nesting deeper than :data:`MAX_DATA_DEPTH`, so it
+    cannot hold a cycle) or a body assembled from such copies."""
+    options = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+    if make is None:  # pragma: no cover - an interpreter without the C accelerator
+        return options.encode
+    chunks = make(None, options.default, _escape, None, ":", ",", True, False, True)
+
+    def encode(value: object) -> str:
+        return "".join(chunks(value, 0))
+
+    return encode
+
+
+_encode_text = _make_encoder()
+
+
 def canonical_json(value: Mapping[str, Any]) -> bytes:
     """The RFC 8785 (JCS) encoding of ``value``, after checking it holds only allowed values."""
     checked = _json_copy(value, "$", -1)  # -1: the envelope itself does not count as depth
-    return json.dumps(checked, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _encode_text(checked).encode("utf-8")
 
 
 def _encode_trusted(value: Mapping[str, JsonValue]) -> bytes:
     # For bodies assembled from already-validated parts: skips the second walk.
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _encode_text(value).encode("utf-8")
 
 
-def _encode_body(body: Mapping[str, JsonValue], data_json: bytes | None) -> bytes:
-    """:func:`_encode_trusted` of ``body``, with ``body["data"]``'s encoding given (the draft's,
-    from its size check) rather than computed again. The same bytes: the top level of a canonical
-    encoding is its members in key order, so the members before ``data`` and those after it are
-    encoded as two objects and joined around it."""
-    if data_json is None or "data" not in body:
-        return _encode_trusted(body)
-    before = {key: value for key, value in body.items() if key < "data"}
-    after = {key: value for key, value in body.items() if key > "data"}
-    parts = [_encode_trusted(before)[1:-1] if before else b"", b'"data":' + data_json]
-    if after:
-        parts.append(_encode_trusted(after)[1:-1])
-    return b"{" + b",".join(part for part in parts if part) + b"}"
+def _names_json(names: tuple[str, ...]) -> str:
+    return "[" + ",".join(map(_escape, names)) + "]"
+
+
+def _sealed_body_json(
+    draft: EventDraft, *, seq: int, prev_hash_hex: str, time_value: int, node_id: str
+) -> str:
+    """The canonical encoding of the body :func:`_body` builds for ``draft``, assembled from its
+    members in key order around the encoding of ``data`` the draft made for its size check.
+
+    The same text :func:`_encode_trusted` gives for that body: the top level of a canonical
+    encoding is its members sorted by key, each ``"key":value``, joined by commas, and every string
+    here goes through the encoder's own escaping. The members are those of :func:`_body`, in
+    sorted order (actor, chain, data, decision, kind, node, prev_hash, reason, request_id,
+    resource, seq, task_id, time_us, v); every value was checked when the draft was built (a
+    string, a 53-bit integer, a boolean) or is checked by :func:`seal_event`. Verification does
+    not use this: it encodes a stored event's body with the encoder, so a difference would show
+    there as a broken hash (and ``tests/unit/test_event_encoding.py`` compares the two)."""
+    actor = draft.actor
+    parts = ['{"actor":{"id":', _escape(actor.id), ',"type":', _escape(actor.type.value), "}"]
+    if draft.chain:
+        parts += (',"chain":', _names_json(draft.chain))
+    if draft.data:
+        data_json = draft._data_json
+        parts += (',"data":', data_json if data_json is not None else _encode_text(draft.data))
+    decision = draft.decision
+    if decision is not None:
+        parts += (
+            ',"decision":{"allowed":',
+            "true" if decision.allowed else "false",
+            ',"missing":',
+            _names_json(decision.missing),
+            ',"policies":',
+            _names_json(decision.policies),
+            "}",
+        )
+    parts += (
+        ',"kind":',
+        _escape(draft.kind),
+        ',"node":',
+        _escape(node_id),
+        ',"prev_hash":"',
+        prev_hash_hex,
+        '"',
+    )
+    if draft.reason:
+        parts += (',"reason":', _escape(draft.reason))
+    if draft.request_id is not None:
+        parts += (',"request_id":', _escape(draft.request_id))
+    if draft.resource is not None:
+        parts += (',"resource":', _escape(draft.resource))
+    parts += (',"seq":', int.__repr__(seq))
+    if draft.task_id is not None:
+        parts += (',"task_id":', _escape(draft.task_id))
+    parts += (',"time_us":', int.__repr__(time_value), ',"v":', int.__repr__(EVENT_FORMAT_VERSION), "}")
+    return "".join(parts)
 
 
 # -- parts of an event --------------------------------------------------------------------------
@@ -451,7 +519,7 @@ def _check_kind(kind: object) -> str:
     return kind
 
 
-def _check_data(data: object) -> tuple[Mapping[str, Any], bytes | None]:
+def _check_data(data: object) -> tuple[Mapping[str, Any], str | None]:
     """The data copied and deep-frozen, and its canonical encoding (``None`` when empty), which
     the size check needs anyway and sealing reuses."""
     if data is None or (type(data) is _FrozenDict and not data):
@@ -460,8 +528,9 @@ def _check_data(data: object) -> tuple[Mapping[str, Any], bytes | None]:
         raise _fail("event data must be a mapping", "data")
     # One walk: copied, frozen, and refused if a Sensitive value sits anywhere inside.
     frozen: Mapping[str, Any] = _json_copy(data, "data", 0, freeze=True)
-    encoded = _encode_trusted(frozen)
-    if len(encoded) + len(b'{"data":}') > MAX_DATA_BYTES:
+    encoded = _encode_text(frozen)
+    size = len(encoded) if encoded.isascii() else len(encoded.encode("utf-8"))  # UTF-8 bytes
+    if size + len(b'{"data":}') > MAX_DATA_BYTES:
         raise _fail(f"event data exceeds {MAX_DATA_BYTES} bytes", "data")
     return frozen, encoded if frozen else None
 
@@ -483,7 +552,7 @@ class EventDraft:
     request_id: str | None = None
     data: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     #: The canonical encoding of ``data`` (set with it, when checked; reused when sealing).
-    _data_json: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _data_json: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_content(self)
@@ -633,21 +702,22 @@ def event_body_json(event: Event) -> str:
 
 def seal_event(draft: EventDraft, *, seq: int, prev_hash: bytes, time: datetime, node_id: str) -> Event:
     """Give ``draft`` its place in the chain: sequence number, time, node, links and hash."""
-    when = time.astimezone(UTC) if time.tzinfo is not None else time
-    body = _body(seq=seq, prev_hash=prev_hash, time_value=time_us(when), node_id=node_id, draft=draft)
-    encoded = _encode_body(body, draft._data_json if isinstance(draft, EventDraft) else None)
-    digest = compute_hash(prev_hash, encoded)
     if not isinstance(draft, EventDraft):
         raise TypeError("seal_event takes an EventDraft")
     # The draft's content was checked when it was built and cannot have changed (frozen, its data
     # deep-frozen); only what sealing adds is checked here, instead of every rule a second time.
     if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= MAX_SAFE_INT:
         raise _fail("seq must be a positive integer", "seq")
-    if when.tzinfo is None:
+    if time.tzinfo is None:
         raise _fail("event time must be an aware datetime", "time")
+    when = time.astimezone(UTC)
     _check_text(node_id, "node", max_chars=MAX_ID_CHARS)
     if not isinstance(prev_hash, bytes) or len(prev_hash) != HASH_BYTES:
         raise _fail(f"prev_hash must be {HASH_BYTES} bytes", "prev_hash")
+    text = _sealed_body_json(
+        draft, seq=seq, prev_hash_hex=prev_hash.hex(), time_value=time_us(when), node_id=node_id
+    )
+    digest = compute_hash(prev_hash, text.encode("utf-8"))
     event: Event = object.__new__(Event)
     for name, value in (
         ("seq", seq),
@@ -664,7 +734,7 @@ def seal_event(draft: EventDraft, *, seq: int, prev_hash: bytes, time: datetime,
         ("reason", draft.reason),
         ("request_id", draft.request_id),
         ("data", draft.data),
-        ("_body_json", encoded.decode("utf-8")),
+        ("_body_json", text),
     ):
         object.__setattr__(event, name, value)
     return event
