@@ -9,6 +9,7 @@ import json
 import math
 import pickle
 from datetime import UTC, datetime, timedelta, timezone
+from enum import IntEnum, StrEnum
 
 import pytest
 
@@ -150,6 +151,41 @@ def test_canonical_json_matches_jcs_for_allowed_values() -> None:
     expected = '{"a":"é\u2028\\n\\"\\\\/","b":[true,false,null],"c":{"y":10,"z":0}}'.encode()
     assert canonical_json(value) == expected
     assert canonical_json({"k": "\x01"}) == b'{"k":"\\u0001"}'
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (2**53, "53 bits"),
+        (-(2**53), "53 bits"),
+        ("\ud800", "surrogate"),
+        (1.0, "float"),
+        (Sensitive("v"), "Sensitive"),
+        (object(), "not a JSON value"),
+    ],
+)
+@pytest.mark.parametrize("where", ["object", "array", "nested"])
+def test_a_refused_leaf_is_refused_in_an_object_or_an_array(bad: object, match: str, where: str) -> None:
+    data = {
+        "object": {"ok": "x", "bad": bad, "n": 1},
+        "array": {"list": ["x", 1, True, None, bad]},
+        "nested": {"a": [{"b": ["x", bad]}]},
+    }[where]
+    with pytest.raises(MalformedEventError, match=match):
+        draft(data=data)
+
+
+def test_leaves_of_json_subtypes_are_kept_as_their_base_type() -> None:
+    class Level(IntEnum):
+        HIGH = 3
+
+    class Mode(StrEnum):
+        INJECT = "inject"
+
+    data = draft(data={"a": [Level.HIGH, Mode.INJECT, True, None, -(2**53) + 1], "b": Level.HIGH}).data
+    assert data == {"a": (3, "inject", True, None, -(2**53) + 1), "b": 3}
+    assert [type(value) for value in data["a"]] == [int, str, bool, type(None), int]
+    assert type(data["b"]) is int
 
 
 def test_data_keys_must_be_ascii_names() -> None:

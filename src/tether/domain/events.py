@@ -276,9 +276,33 @@ def _json_container(value: Any, path: str, depth: int, freeze: bool) -> Any:
     if depth >= MAX_DATA_DEPTH:
         raise _fail(f"{path}: nested deeper than {MAX_DATA_DEPTH} levels", "data")
     if isinstance(value, list | tuple):
-        items = [_json_copy(item, f"{path}[{i}]", depth + 1, freeze=freeze) for i, item in enumerate(value)]
-        return tuple(items) if freeze else items
-    result: dict[str, Any] = _FrozenDict() if freeze else {}
+        return _json_array(value, path, depth + 1, freeze)
+    return _json_object(value, path, depth + 1, freeze)
+
+
+# In both: the common leaves (ASCII strings, booleans, null, 53-bit integers) are taken as they are,
+# without a call and without the path built for their errors; everything else, including every
+# leaf that may be refused, goes through _json_copy with its path.
+
+
+def _json_array(value: list[Any] | tuple[Any, ...], path: str, depth: int, freeze: bool) -> Any:
+    items = []
+    for index, item in enumerate(value):
+        kind = type(item)
+        if (
+            (kind is str and item.isascii())
+            or kind is bool
+            or item is None
+            or (kind is int and -MAX_SAFE_INT <= item <= MAX_SAFE_INT)
+        ):
+            items.append(item)
+        else:
+            items.append(_json_copy(item, f"{path}[{index}]", depth, freeze=freeze))
+    return tuple(items) if freeze else items
+
+
+def _json_object(value: Mapping[Any, Any], path: str, depth: int, freeze: bool) -> Any:
+    result: dict[str, Any] = {}
     for key, item in value.items():
         if key not in _GOOD_KEYS:
             if not isinstance(key, str) or not _DATA_KEY.fullmatch(key):
@@ -286,11 +310,17 @@ def _json_container(value: Any, path: str, depth: int, freeze: bool) -> Any:
             if len(_GOOD_KEYS) < _GOOD_KEYS_MAX:
                 _GOOD_KEYS.add(key)
         kind = type(item)
-        if kind is str and item.isascii():  # the common leaf, without a path built for its errors
-            dict.__setitem__(result, key, item)
+        if (
+            (kind is str and item.isascii())
+            or kind is bool
+            or item is None
+            or (kind is int and -MAX_SAFE_INT <= item <= MAX_SAFE_INT)
+        ):
+            result[key] = item
         else:
-            dict.__setitem__(result, key, _json_copy(item, f"{path}.{key}", depth + 1, freeze=freeze))
-    return result
+            result[key] = _json_copy(item, f"{path}.{key}", depth, freeze=freeze)
+    # dict's constructor copies without calling the read-only __setitem__.
+    return _FrozenDict(result) if freeze else result
 
 
 def _thaw(value: Any) -> JsonValue:
