@@ -14,6 +14,8 @@ from enum import IntEnum, StrEnum
 import pytest
 
 from tether.domain.events import (
+    _KIND,
+    _TEXT,
     EVENT_KINDS,
     GENESIS_HASH,
     Actor,
@@ -209,6 +211,55 @@ def test_unknown_and_malformed_kinds_are_refused() -> None:
         draft(kind="Grant.Issue")
     with pytest.raises(MalformedEventError, match="dotted"):
         draft(kind="grant..issue")
+
+
+def test_every_known_kind_has_the_kind_shape() -> None:
+    # _check_kind takes a known kind without its shape check: every known kind must have it.
+    assert all(_KIND.fullmatch(kind) for kind in EVENT_KINDS)
+
+
+class _Kind(str):
+    pass
+
+
+def test_a_kind_of_a_str_subclass_is_still_checked() -> None:
+    assert draft(kind=_Kind("decision")).kind == "decision"
+    with pytest.raises(MalformedEventError, match="unknown"):
+        draft(kind=_Kind("grant.steal"))
+
+
+@pytest.mark.parametrize("char", [chr(code) for code in range(128)])
+def test_one_line_text_refuses_exactly_the_control_characters(char: str) -> None:
+    # An ASCII text is taken without the regex; it must agree with it on every ASCII character.
+    text = f"task-{char}-1"
+    if char in "\x7f" or char < " ":
+        for value in (text, _Kind(text)):
+            with pytest.raises(MalformedEventError, match="printable"):
+                draft(task_id=value)
+            with pytest.raises(MalformedEventError, match="printable"):
+                Actor.agent(value)
+    else:
+        assert draft(task_id=text).task_id == text
+        assert Actor.agent(text).id == text
+    assert bool(_TEXT.fullmatch(text)) == (char != "\x7f" and char >= " ")
+
+
+def test_one_line_text_keeps_its_length_limit_and_non_ascii_rules() -> None:
+    assert draft(task_id="t" * 256).task_id == "t" * 256
+    with pytest.raises(MalformedEventError, match="printable"):
+        draft(task_id="t" * 257)
+    with pytest.raises(MalformedEventError, match="printable"):
+        draft(task_id="")
+    assert draft(task_id="tâche-\u2028").task_id == "tâche-\u2028"
+    with pytest.raises(MalformedEventError, match="surrogate"):
+        draft(task_id="t\ud800")
+
+
+def test_an_actor_type_is_an_actor_type_member_however_given() -> None:
+    assert Actor("agent", "a").type is ActorType.AGENT  # type: ignore[arg-type]
+    assert Actor(ActorType.SYSTEM, "n").type is ActorType.SYSTEM
+    with pytest.raises(MalformedEventError, match="actor type"):
+        Actor("robot", "a")  # type: ignore[arg-type]
 
 
 def test_vocabulary_covers_the_issue_kinds() -> None:
