@@ -791,6 +791,16 @@ async def test_a_compressed_answer_is_refused_not_inflated() -> None:
     assert "encoding" in error.message
 
 
+@pytest.mark.parametrize("encoding", ["", "br", "identity, gzip"])
+async def test_any_content_encoding_but_identity_is_refused_even_an_empty_one(encoding: str) -> None:
+    def script(message: dict[str, Any]) -> Reply:
+        body = json.dumps(result(message["id"], TOOL_RESULT)).encode()
+        return Reply([http(200, body, "application/json", f"Content-Encoding: {encoding}")])
+
+    error = await refused(script)
+    assert "encoding" in error.message
+
+
 async def test_an_answer_that_never_ends_to_a_notification_does_not_hold_back_the_next_call() -> None:
     # A notification is answered with 202 and no body; an upstream that streams to one instead
     # (a comment now and then, each within the read timeout) must not stall the messages after it.

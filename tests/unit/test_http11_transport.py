@@ -576,3 +576,45 @@ async def test_send_gives_the_connection_back_only_when_the_body_was_read() -> N
         await answer.aclose()
         await transport.aclose()
     assert state.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("host", "other.example"),
+        ("Content-Length", "0"),
+        ("transfer-encoding", "chunked"),
+        ("connection", "upgrade"),
+        ("upgrade", "websocket"),
+        ("te", "trailers"),
+    ],
+)
+async def test_send_refuses_a_header_that_would_route_or_frame_the_request_otherwise(
+    name: str, value: str
+) -> None:
+    async with upstream(await answer_each(OK)) as (url, state):
+        transport = Http11Transport()
+        with pytest.raises(httpx.LocalProtocolError, match="framing or routing"):
+            await transport.send(httpx.URL(url + "/x"), "POST", [(name, value)], b'{"a": 1}', {})
+        await transport.aclose()
+    assert state.connections == 0
+
+
+async def test_a_body_the_upstream_never_reads_is_a_write_timeout_and_frees_its_slot() -> None:
+    async def never_reads(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Upstream
+    ) -> None:
+        await asyncio.sleep(10)
+
+    async with upstream(never_reads) as (url, _):
+        transport = Http11Transport(max_connections=1)
+        timeouts = dict.fromkeys(("connect", "read", "write", "pool"), 0.3)
+        with pytest.raises(httpx.WriteTimeout):
+            await transport.send(httpx.URL(url + "/x"), "POST", [], b"x" * (32 << 20), timeouts)
+        assert not transport._slots.locked()  # the slot was given back
+        with pytest.raises(httpx.WriteTimeout):  # the same through handle_async_request
+            await transport.handle_async_request(
+                httpx.Request("POST", url + "/x", content=b"x" * (32 << 20), extensions={"timeout": timeouts})
+            )
+        assert not transport._slots.locked()
+        await transport.aclose()

@@ -42,6 +42,9 @@ _HEAD_TOO_LONG = (
     f"the upstream's answer is not valid HTTP/1.1 (the answer's head is over {MAX_HEAD_BYTES} bytes)"
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+#: Headers :meth:`Http11Transport.send` writes itself, or that would change how the request is
+#: framed or the connection used: refused from its caller.
+_FRAMING = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"te"})
 
 
 class _Response:
@@ -270,8 +273,9 @@ class Answer:
         self._body = body
 
     def header(self, name: bytes) -> str | None:
-        """The value of header ``name`` (lower case), several joined with ``", "`` as httpx
-        joins them; None without one. Decoded as Latin-1: every byte is kept, none is guessed."""
+        """The value of header ``name``, several joined with ``", "`` as httpx joins them; None
+        without one. Decoded as Latin-1: every byte is kept, none is guessed."""
+        name = name.lower()
         values = [value for key, value in self.headers if key.lower() == name]
         if not values:
             return None
@@ -351,10 +355,15 @@ class Http11Transport(httpx.AsyncBaseTransport):
         try:
             fields = [(b"host", url.netloc)]
             fields += [(name.encode("ascii"), value.encode("ascii")) for name, value in headers]
+            verb = method.encode("ascii")
         except UnicodeEncodeError:
             raise httpx.LocalProtocolError("refused: an invalid header field") from None
+        if any(name.lower() in _FRAMING for name, _ in fields[1:]):
+            # Host and the body's length are this method's to write: a second one would route or
+            # frame the request differently for the upstream than for us.
+            raise httpx.LocalProtocolError("refused: a header send sets itself (framing or routing)")
         fields.append((b"content-length", b"%d" % len(body)))
-        whole = _head_bytes(method.encode("ascii"), url.raw_path, fields, None) + body
+        whole = _head_bytes(verb, url.raw_path, fields, None) + body
         seconds = timeouts.get("write")
 
         async def write(conn: _Connection) -> None:

@@ -269,7 +269,8 @@ class HttpExchange:
                 return None
             if 300 <= status < 400:
                 raise TetherError(f"the upstream answered with a redirect ({status}), which is not followed")
-            if (response.header(b"content-encoding") or "identity").strip().lower() != "identity":
+            encoding = response.header(b"content-encoding")
+            if encoding is not None and encoding.strip().lower() != "identity":
                 # None is asked for; inflating one would decode a whole read at once, past the limit.
                 raise TetherError("the upstream answered with a content encoding it was not asked for")
             if status >= 400:
