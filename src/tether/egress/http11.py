@@ -361,7 +361,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
         if any(name.lower() in _FRAMING for name, _ in fields[1:]):
             # Host and the body's length are this method's to write: a second one would route or
             # frame the request differently for the upstream than for us.
-            raise httpx.LocalProtocolError("refused: a header send sets itself (framing or routing)")
+            raise httpx.LocalProtocolError(
+                "refused: a framing or routing header (send writes Host and the length)"
+            )
         fields.append((b"content-length", b"%d" % len(body)))
         whole = _head_bytes(verb, url.raw_path, fields, None) + body
         seconds = timeouts.get("write")
