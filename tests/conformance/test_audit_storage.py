@@ -34,12 +34,14 @@ from tether.audit import (
 )
 from tether.audit.checkpoint import checkpoint_to_stored
 from tether.clock import FrozenClock
+from tether.domain.event_records import (
+    event_from_body,
+)
 from tether.domain.events import (
     GENESIS_HASH,
     Event,
     EventDraft,
     event_body_json,
-    event_from_body,
     seal_event,
 )
 from tether.errors import ConflictError, StorageError

@@ -13,6 +13,11 @@ from enum import IntEnum, StrEnum
 
 import pytest
 
+from tether.domain.event_records import (
+    event_from_body,
+    event_from_json,
+    event_to_json,
+)
 from tether.domain.events import (
     _KIND,
     _TEXT,
@@ -30,9 +35,6 @@ from tether.domain.events import (
     compute_hash,
     event_body,
     event_body_json,
-    event_from_body,
-    event_from_json,
-    event_to_json,
     from_time_us,
     seal_event,
     time_us,

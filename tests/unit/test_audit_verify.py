@@ -33,6 +33,10 @@ from tether.audit import (
     verify_jsonl,
 )
 from tether.audit.verify import iter_jsonl
+from tether.domain.event_records import (
+    event_from_json,
+    event_to_json,
+)
 from tether.domain.events import (
     EVENT_KINDS,
     GENESIS_HASH,
@@ -41,8 +45,6 @@ from tether.domain.events import (
     Event,
     EventDraft,
     MalformedEventError,
-    event_from_json,
-    event_to_json,
     seal_event,
 )
 

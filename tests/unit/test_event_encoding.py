@@ -9,6 +9,9 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tether.domain.event_records import (
+    event_from_body,
+)
 from tether.domain.events import (
     EVENT_KINDS,
     Actor,
@@ -19,7 +22,6 @@ from tether.domain.events import (
     compute_hash,
     event_body,
     event_body_json,
-    event_from_body,
     from_time_us,
     seal_event,
 )

@@ -26,6 +26,10 @@ from tether.audit.verify import (
     verify_jsonl,
     verify_store,
 )
+from tether.domain.event_records import (
+    event_from_json,
+    event_to_json,
+)
 from tether.domain.events import (
     EVENT_KINDS,
     Actor,
@@ -34,8 +38,6 @@ from tether.domain.events import (
     Event,
     Fingerprinter,
     Sensitive,
-    event_from_json,
-    event_to_json,
 )
 
 __all__ = [

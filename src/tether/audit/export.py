@@ -1,4 +1,4 @@
-"""Export the audit log as JSON Lines, one :func:`~tether.domain.events.event_to_json` record
+"""Export the audit log as JSON Lines, one :func:`~tether.domain.event_records.event_to_json` record
 a line, in seq order. A full export (no filters) verifies offline with
 :func:`tether.audit.verify_jsonl`; a filtered one is for reading, not for verification."""
 
