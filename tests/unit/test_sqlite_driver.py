@@ -8,6 +8,7 @@ import sqlite3
 import stat
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -406,4 +407,98 @@ async def test_a_restart_that_fails_is_made_by_the_next_write_off_the_callers_th
         assert driver.read(Query("SELECT n FROM c", ("n",))) == [(3,)]
     finally:
         foreign.close()
+        driver.close()
+
+
+async def test_reads_after_inline_writes_see_every_writers_commits(tmp_path: Path) -> None:
+    # Reads run on the connection the inline writes commit on: they still see what the writer
+    # thread and another process's writers committed, at once.
+    path = tmp_path / "t.db"
+    ours, other = _driver(path), _driver(path)
+    _counter(ours)
+    count = Query("SELECT n FROM c", ("n",))
+    try:
+        assert await ours.write(_bump) == threading.get_ident()  # inline: its connection reads now
+        assert ours.read(count) == [(1,)]
+        other.write_sync(_bump)  # another process's writer
+        assert ours.read(count) == [(2,)]
+        ours.write_sync(_bump)  # this driver's waiting connection
+        assert ours.read(count) == [(3,)]
+        assert await ours.write(_bump) == threading.get_ident()
+        assert ours.read(count) == [(4,)]
+    finally:
+        ours.close()
+        other.close()
+
+
+async def test_a_read_inside_an_inline_transaction_reads_what_is_committed(tmp_path: Path) -> None:
+    # A read made while an inline transaction is open is not a read of that transaction's
+    # uncommitted changes: it reads the committed database, on the waiting connection.
+    path = tmp_path / "t.db"
+    driver = _driver(path)
+    _counter(driver)
+    count = Query("SELECT n FROM c", ("n",))
+    seen: list[Any] = []
+
+    def bump_and_read(conn: sqlite3.Connection) -> int:
+        ident = _bump(conn)
+        seen.extend(driver.read(count))
+        return ident
+
+    try:
+        assert await driver.write(_bump) == threading.get_ident()
+        assert await driver.write(bump_and_read) == threading.get_ident()
+        assert seen == [(1,)]
+        assert driver.read(count) == [(2,)]
+    finally:
+        driver.close()
+
+
+class _Locked:
+    """A stand-in for the inline connection while another connection holds the whole database
+    (the log's recovery after a crash, which no test can time): every statement is refused with
+    SQLITE_BUSY, as the real connection, whose busy timeout is 0, would refuse it."""
+
+    in_transaction = False
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.calls = 0
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        self.calls += 1
+        exc = sqlite3.OperationalError("database is locked")
+        exc.sqlite_errorcode = self.code  # type: ignore[attr-defined]
+        raise exc
+
+
+async def test_a_read_the_inline_connection_cannot_make_is_made_by_the_waiting_one(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    driver = _driver(path)
+    _counter(driver)
+    count = Query("SELECT n FROM c", ("n",))
+    try:
+        assert await driver.write(_bump) == threading.get_ident()
+        locked = _Locked(sqlite3.SQLITE_BUSY | (1 << 8))  # SQLITE_BUSY_RECOVERY
+        driver._local.inline = locked
+        assert driver.read(count) == [(1,)]
+        assert locked.calls == 1  # tried first, then the waiting connection read
+    finally:
+        driver._local.inline = None
+        driver.close()
+
+
+async def test_a_read_error_other_than_a_lock_is_not_retried(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    driver = _driver(path)
+    _counter(driver)
+    try:
+        assert await driver.write(_bump) == threading.get_ident()
+        broken = _Locked(sqlite3.SQLITE_IOERR)
+        driver._local.inline = broken
+        with pytest.raises(StorageUnavailableError, match="sqlite store unavailable: database is locked"):
+            driver.read(Query("SELECT n FROM c", ("n",)))
+        assert broken.calls == 1
+    finally:
+        driver._local.inline = None
         driver.close()

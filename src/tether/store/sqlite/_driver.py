@@ -2,7 +2,8 @@
 
 A transaction is one function. :meth:`SQLiteDriver.read` runs one query on a connection of the calling
 thread (the event loop's): in WAL mode a reader never waits for the writer, and a single indexed query
-costs tens of microseconds — less than handing it to another thread and back.
+costs tens of microseconds — less than handing it to another thread and back. Where writes run inline
+(below), reads use the same connection as those writes, whose page cache they leave valid.
 :meth:`SQLiteDriver.write` hands one function to the writer thread, which runs it between
 ``BEGIN IMMEDIATE`` and ``COMMIT``: one thread hop per transaction, however many statements it holds.
 At ``synchronous=NORMAL`` a commit does not wait for the disk, so when no write is queued for the
@@ -78,6 +79,14 @@ def _busy(exc: sqlite3.Error) -> bool:
     return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
 
 
+def _fetch(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+    cursor = conn.execute(sql, params)
+    try:
+        return cursor.fetchall()  # fetch everything: an open cursor would hold the snapshot
+    finally:
+        cursor.close()
+
+
 def _answer(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.done():  # the caller was cancelled; the transaction happened (or not) all the same
         return
@@ -130,6 +139,19 @@ class SQLiteDriver:
         if conn is None:
             conn = self._open(busy_timeout_ms=0, checkpoint=False, give_up_when_busy=True)
             self._local.inline = conn
+        return conn
+
+    def _inline_reader(self) -> sqlite3.Connection | None:
+        """This thread's inline connection, to read on, when it is open and holds no transaction:
+        SQLite keeps the page cache of a connection whose own commits changed the database, and
+        empties it when another connection's did, so reading where this thread's inline writes
+        commit spares re-reading those pages after each write. None: read on the waiting
+        connection (no inline writes here, none yet, or one under way)."""
+        if not self._inline:
+            return None
+        conn: sqlite3.Connection | None = getattr(self._local, "inline", None)
+        if conn is None or conn.in_transaction:
+            return None
         return conn
 
     def _forget(self, conn: sqlite3.Connection) -> None:
@@ -285,14 +307,20 @@ class SQLiteDriver:
         """Every row of one query, as ``query``'s named tuples, on this thread."""
         with inner_span("tether.store.read", _SQLITE):
             try:
-                cursor = self._connection().execute(query.sql, params)
-                try:
-                    raw = cursor.fetchall()  # fetch everything: an open cursor would hold the snapshot
-                finally:
-                    cursor.close()
+                inline = self._inline_reader()
+                if inline is not None:
+                    try:
+                        return query.rows(_fetch(inline, query.sql, params))
+                    except sqlite3.OperationalError as exc:
+                        # The inline connection never waits for a lock (busy timeout 0); a reader
+                        # meets one only while another connection holds the whole database (a
+                        # tool in exclusive mode, the log's recovery). The waiting connection
+                        # reads instead, as it always did.
+                        if not _busy(exc):
+                            raise
+                return query.rows(_fetch(self._connection(), query.sql, params))
             except sqlite3.Error as exc:
                 raise self.translate(exc) from None
-            return query.rows(raw)
 
     # -- writing --------------------------------------------------------------------------------------
     async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
