@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -454,51 +456,97 @@ async def test_a_read_inside_an_inline_transaction_reads_what_is_committed(tmp_p
         driver.close()
 
 
-class _Locked:
-    """A stand-in for the inline connection while another connection holds the whole database
-    (the log's recovery after a crash, which no test can time): every statement is refused with
-    SQLITE_BUSY, as the real connection, whose busy timeout is 0, would refuse it."""
+#: Run in another process (SQLite's locks are per process): take the write and recovery locks of a
+#: database's shared-memory index, as a process recovering the log's index does, and make the
+#: index's header invalid (its two copies differ), as a process that died mid-write leaves it. A
+#: reader must then wait until the recovery is over (SQLITE_BUSY_RECOVERY).
+_RECOVERING = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 120)  # WAL_WRITE_LOCK
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 122)  # WAL_RECOVER_LOCK
+byte = os.pread(fd, 1, 48 + 16)  # the second copy of the header
+os.pwrite(fd, bytes([byte[0] ^ 0xFF]), 48 + 16)
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
 
-    in_transaction = False
 
-    def __init__(self, code: int) -> None:
-        self.code = code
-        self.calls = 0
+def _recovering(path: Path, seconds: float) -> subprocess.Popen[str]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _RECOVERING, f"{path}-shm", str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "held"
+    return holder
 
-    def execute(self, sql: str, params: Any = ()) -> Any:
-        self.calls += 1
-        exc = sqlite3.OperationalError("database is locked")
-        exc.sqlite_errorcode = self.code  # type: ignore[attr-defined]
-        raise exc
+
+def _stop(holder: subprocess.Popen[str]) -> None:
+    holder.kill()
+    holder.wait(10)
+    assert holder.stdout is not None
+    holder.stdout.close()
 
 
 async def test_a_read_the_inline_connection_cannot_make_is_made_by_the_waiting_one(tmp_path: Path) -> None:
+    # The log's index is being recovered: the inline connection, which never waits (busy timeout
+    # 0), is refused; the read is made on the waiting connection, once the recovery is over,
+    # where a refusal would deny a request that could be served.
     path = tmp_path / "t.db"
     driver = _driver(path)
     _counter(driver)
     count = Query("SELECT n FROM c", ("n",))
     try:
+        assert await driver.write(_bump) == threading.get_ident()  # this thread reads inline now
+        holder = _recovering(path, 0.3)
+        try:
+            with pytest.raises(sqlite3.OperationalError) as refused:
+                driver._local.inline.execute("SELECT n FROM c").fetchall()
+            assert refused.value.sqlite_errorcode == sqlite3.SQLITE_BUSY | (1 << 8)  # BUSY_RECOVERY
+            assert driver.read(count) == [(1,)]
+            assert holder.poll() is not None  # it waited for the recovery to end
+        finally:
+            _stop(holder)
         assert await driver.write(_bump) == threading.get_ident()
-        locked = _Locked(sqlite3.SQLITE_BUSY | (1 << 8))  # SQLITE_BUSY_RECOVERY
-        driver._local.inline = locked
-        assert driver.read(count) == [(1,)]
-        assert locked.calls == 1  # tried first, then the waiting connection read
+        assert driver.read(count) == [(2,)]
     finally:
-        driver._local.inline = None
         driver.close()
 
 
-async def test_a_read_error_other_than_a_lock_is_not_retried(tmp_path: Path) -> None:
+async def test_a_read_that_waits_past_the_busy_timeout_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
-    driver = _driver(path)
+    driver = SQLiteDriver(path, synchronous="NORMAL", busy_timeout_ms=50, hint="")
     _counter(driver)
     try:
         assert await driver.write(_bump) == threading.get_ident()
-        broken = _Locked(sqlite3.SQLITE_IOERR)
-        driver._local.inline = broken
-        with pytest.raises(StorageUnavailableError, match="sqlite store unavailable: database is locked"):
-            driver.read(Query("SELECT n FROM c", ("n",)))
-        assert broken.calls == 1
+        holder = _recovering(path, 10)
+        try:
+            locked = r"^sqlite store unavailable: database is locked$"
+            with pytest.raises(StorageUnavailableError, match=locked):
+                driver.read(Query("SELECT n FROM c", ("n",)))
+        finally:
+            _stop(holder)
     finally:
-        driver._local.inline = None
+        driver.close()
+
+
+async def test_a_read_inside_write_sync_sees_that_works_changes(tmp_path: Path) -> None:
+    # As before reads ran inline: a read made while this thread's waiting connection holds a
+    # transaction (a tool's write_sync) reads on that connection, its changes included.
+    path = tmp_path / "t.db"
+    driver = _driver(path)
+    _counter(driver)
+    count = Query("SELECT n FROM c", ("n",))
+    seen: list[Any] = []
+
+    def bump_and_read(conn: sqlite3.Connection) -> None:
+        _bump(conn)
+        seen.extend(driver.read(count))
+
+    try:
+        assert await driver.write(_bump) == threading.get_ident()
+        driver.write_sync(bump_and_read)
+        assert seen == [(2,)]
+        assert driver.read(count) == [(2,)]
+    finally:
         driver.close()

@@ -2,8 +2,9 @@
 
 A transaction is one function. :meth:`SQLiteDriver.read` runs one query on a connection of the calling
 thread (the event loop's): in WAL mode a reader never waits for the writer, and a single indexed query
-costs tens of microseconds — less than handing it to another thread and back. Where writes run inline
-(below), reads use the same connection as those writes, whose page cache they leave valid.
+costs tens of microseconds — less than handing it to another thread and back. Once a thread has
+written inline (below), its reads use the connection of those writes, whose page cache they leave
+valid, except while a transaction is open on that thread.
 :meth:`SQLiteDriver.write` hands one function to the writer thread, which runs it between
 ``BEGIN IMMEDIATE`` and ``COMMIT``: one thread hop per transaction, however many statements it holds.
 At ``synchronous=NORMAL`` a commit does not wait for the disk, so when no write is queued for the
@@ -146,11 +147,16 @@ class SQLiteDriver:
         SQLite keeps the page cache of a connection whose own commits changed the database, and
         empties it when another connection's did, so reading where this thread's inline writes
         commit spares re-reading those pages after each write. None: read on the waiting
-        connection (no inline writes here, none yet, or one under way)."""
+        connection, as before there were inline writes: none here, none yet, or a transaction
+        open on this thread (a read inside :meth:`write_sync`'s work sees that work's changes, one
+        inside an inline write's sees what is committed)."""
         if not self._inline:
             return None
         conn: sqlite3.Connection | None = getattr(self._local, "inline", None)
         if conn is None or conn.in_transaction:
+            return None
+        waiting: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if waiting is not None and waiting.in_transaction:
             return None
         return conn
 
@@ -312,10 +318,10 @@ class SQLiteDriver:
                     try:
                         return query.rows(_fetch(inline, query.sql, params))
                     except sqlite3.OperationalError as exc:
-                        # The inline connection never waits for a lock (busy timeout 0); a reader
-                        # meets one only while another connection holds the whole database (a
-                        # tool in exclusive mode, the log's recovery). The waiting connection
-                        # reads instead, as it always did.
+                        # The inline connection never waits for a lock (busy timeout 0). In WAL
+                        # mode a reader meets one while another connection recovers the log's
+                        # index (after a process died mid-write): the waiting connection reads
+                        # instead, as it always did.
                         if not _busy(exc):
                             raise
                 return query.rows(_fetch(self._connection(), query.sql, params))
@@ -326,7 +332,10 @@ class SQLiteDriver:
     async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` in one ``BEGIN IMMEDIATE`` … ``COMMIT``: inline when that costs no wait
         (see the module docstring), else on the writer thread. Anything it raises rolls the
-        transaction back; the driver's errors become :class:`StorageError`."""
+        transaction back; the driver's errors become :class:`StorageError`. ``work`` fetches
+        what it selects (``fetchall``, ``fetchone`` of a cursor it drops) and returns no cursor:
+        an unfinished statement would hold its snapshot past the commit, and this thread's reads
+        run on the same connection."""
         if self._closed:
             raise StorageError(f"sqlite store is closed{self._hint}")
         with inner_span("tether.store.write", _SQLITE):
