@@ -433,9 +433,18 @@ async def test_reads_after_inline_writes_see_every_writers_commits(tmp_path: Pat
         other.close()
 
 
-async def test_a_read_inside_an_inline_transaction_reads_what_is_committed(tmp_path: Path) -> None:
-    # A read made while an inline transaction is open is not a read of that transaction's
-    # uncommitted changes: it reads the committed database, on the waiting connection.
+@pytest.mark.parametrize(
+    ("how", "sees"),
+    [
+        # A read while an inline transaction is open is not a read of its uncommitted changes:
+        # it reads the committed database, on the waiting connection.
+        ("inline", 1),
+        # As before reads ran inline: a read while this thread's waiting connection holds a
+        # transaction (a tool's write_sync) reads on that connection, its changes included.
+        ("write_sync", 2),
+    ],
+)
+async def test_a_read_inside_a_write_on_this_thread(tmp_path: Path, how: str, sees: int) -> None:
     path = tmp_path / "t.db"
     driver = _driver(path)
     _counter(driver)
@@ -448,9 +457,12 @@ async def test_a_read_inside_an_inline_transaction_reads_what_is_committed(tmp_p
         return ident
 
     try:
-        assert await driver.write(_bump) == threading.get_ident()
-        assert await driver.write(bump_and_read) == threading.get_ident()
-        assert seen == [(1,)]
+        assert await driver.write(_bump) == threading.get_ident()  # this thread reads inline now
+        if how == "inline":
+            assert await driver.write(bump_and_read) == threading.get_ident()
+        else:
+            driver.write_sync(bump_and_read)
+        assert seen == [(sees,)]
         assert driver.read(count) == [(2,)]
     finally:
         driver.close()
@@ -526,27 +538,5 @@ async def test_a_read_that_waits_past_the_busy_timeout_is_a_clear_error(tmp_path
                 driver.read(Query("SELECT n FROM c", ("n",)))
         finally:
             _stop(holder)
-    finally:
-        driver.close()
-
-
-async def test_a_read_inside_write_sync_sees_that_works_changes(tmp_path: Path) -> None:
-    # As before reads ran inline: a read made while this thread's waiting connection holds a
-    # transaction (a tool's write_sync) reads on that connection, its changes included.
-    path = tmp_path / "t.db"
-    driver = _driver(path)
-    _counter(driver)
-    count = Query("SELECT n FROM c", ("n",))
-    seen: list[Any] = []
-
-    def bump_and_read(conn: sqlite3.Connection) -> None:
-        _bump(conn)
-        seen.extend(driver.read(count))
-
-    try:
-        assert await driver.write(_bump) == threading.get_ident()
-        driver.write_sync(bump_and_read)
-        assert seen == [(2,)]
-        assert driver.read(count) == [(2,)]
     finally:
         driver.close()
