@@ -34,16 +34,8 @@ from tether.audit import (
 )
 from tether.audit.checkpoint import checkpoint_to_stored
 from tether.clock import FrozenClock
-from tether.domain.event_records import (
-    event_from_body,
-)
-from tether.domain.events import (
-    GENESIS_HASH,
-    Event,
-    EventDraft,
-    event_body_json,
-    seal_event,
-)
+from tether.domain.event_records import event_from_body
+from tether.domain.events import GENESIS_HASH, Event, EventDraft, event_body_json, seal_event
 from tether.errors import ConflictError, StorageError
 from tether.store.base import AuditConflictError, AuditCorruptionError, Storage
 from tether.store.migrations import head_revision

@@ -13,11 +13,7 @@ from enum import IntEnum, StrEnum
 
 import pytest
 
-from tether.domain.event_records import (
-    event_from_body,
-    event_from_json,
-    event_to_json,
-)
+from tether.domain.event_records import event_from_body, event_from_json, event_to_json
 from tether.domain.events import (
     _KIND,
     _TEXT,

@@ -33,10 +33,7 @@ from tether.audit import (
     verify_jsonl,
 )
 from tether.audit.verify import iter_jsonl
-from tether.domain.event_records import (
-    event_from_json,
-    event_to_json,
-)
+from tether.domain.event_records import event_from_json, event_to_json
 from tether.domain.events import (
     EVENT_KINDS,
     GENESIS_HASH,

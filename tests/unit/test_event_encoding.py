@@ -9,9 +9,7 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tether.domain.event_records import (
-    event_from_body,
-)
+from tether.domain.event_records import event_from_body
 from tether.domain.events import (
     EVENT_KINDS,
     Actor,

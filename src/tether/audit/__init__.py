@@ -26,10 +26,7 @@ from tether.audit.verify import (
     verify_jsonl,
     verify_store,
 )
-from tether.domain.event_records import (
-    event_from_json,
-    event_to_json,
-)
+from tether.domain.event_records import event_from_json, event_to_json
 from tether.domain.events import (
     EVENT_KINDS,
     Actor,

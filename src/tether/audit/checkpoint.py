@@ -25,15 +25,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tether.audit.keys import AuditKeys, key_id_of, public_jwk, public_key_from_jwk
-from tether.domain.event_records import (
-    parse_json_object,
-)
-from tether.domain.events import (
-    HASH_BYTES,
-    canonical_json,
-    from_time_us,
-    time_us,
-)
+from tether.domain.event_records import parse_json_object
+from tether.domain.events import HASH_BYTES, canonical_json, from_time_us, time_us
 from tether.errors import CryptoError, InvalidInputError
 from tether.store.base import StoredCheckpoint
 

@@ -15,12 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, TextIO, runtime_checkable
 
-from tether.domain.event_records import (
-    event_to_json,
-)
-from tether.domain.events import (
-    Event,
-)
+from tether.domain.event_records import event_to_json
+from tether.domain.events import Event
 
 __all__ = ["AuditSink", "JsonlFileSink", "StdoutSink", "event_line"]
 

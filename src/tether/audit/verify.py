@@ -48,16 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from tether.audit.checkpoint import Checkpoint, MalformedCheckpointError, checkpoint_from_stored
-from tether.domain.event_records import (
-    event_from_body,
-    event_from_json,
-    parse_json_object,
-)
-from tether.domain.events import (
-    GENESIS_HASH,
-    Event,
-    MalformedEventError,
-)
+from tether.domain.event_records import event_from_body, event_from_json, parse_json_object
+from tether.domain.events import GENESIS_HASH, Event, MalformedEventError
 from tether.store.base import AuditStorage, StoredAuditRow
 
 __all__ = [

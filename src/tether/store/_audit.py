@@ -11,16 +11,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tether.domain.event_records import (
-    event_from_body,
-)
-from tether.domain.events import (
-    GENESIS_HASH,
-    Event,
-    MalformedEventError,
-    event_body_json,
-    time_us,
-)
+from tether.domain.event_records import event_from_body
+from tether.domain.events import GENESIS_HASH, Event, MalformedEventError, event_body_json, time_us
 from tether.errors import (
     ConflictError,
     StorageError,
