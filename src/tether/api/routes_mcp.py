@@ -7,6 +7,7 @@ Thin: parse, hand to :class:`tether.mcp.front.McpFront` / :class:`tether.mcp.gat
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -58,6 +59,10 @@ def mcp_front(app: Any) -> McpFront:
 
         front = McpFront(app.state.broker)
         app.state.mcp = front
+        if gc.get_freeze_count():  # a served process froze its start: keep the SDK out as well
+            from tether.api.server import freeze_startup_heap
+
+            freeze_startup_heap()
     return front
 
 

@@ -54,7 +54,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether.api.app import DATA_DIR_ENV, create_app_from_env
 from tether.api.lifespan import start_broker
-from tether.api.server import HTTP_OPTIONS, loop_factory
+from tether.api.server import HTTP_OPTIONS, freeze_startup_heap, loop_factory
 from tether.broker import Broker
 from tether.config import ENV_VARS, Settings
 from tether.logs import configure_logging
@@ -448,9 +448,14 @@ def _worker_main(fd: int, ready_fd: int, parent_pid: int, index: int) -> None:
         if sys.platform != "win32":
             asyncio.get_running_loop().add_signal_handler(SEAL_SIGNAL, seal)
             asyncio.get_running_loop().add_signal_handler(UNSEAL_SIGNAL, on_unseal)
+        frozen = freeze_startup_heap()
         os.write(ready_fd, _READY)
         os.close(ready_fd)
-        log.info("worker %d serving", index)
+        log.info(
+            "worker %d serving (%d objects held since its start kept out of garbage collection)",
+            index,
+            frozen,
+        )
 
     async def serve() -> None:
         reporter = asyncio.create_task(report_ready())
