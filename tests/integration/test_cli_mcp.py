@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +19,17 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
 
-from tests.integration.test_cli import Node, assert_error, new_value, run, running_node
-from tests.integration.test_mcp_gateway import POLICIES, UPSTREAM
+from tests.integration.test_cli import (
+    Node,
+    assert_error,
+    clean_env,
+    new_value,
+    run,
+    running_node,
+    start_server,
+    stop,
+)
+from tests.integration.test_mcp_gateway import POLICIES, UPSTREAM, alive
 from tether.crypto.jose import generate_private_jwk
 
 SECRET = "cli/mcp/token"
@@ -180,3 +190,68 @@ def test_stdio_bridge_serves_a_stock_stdio_client(mcp_node: Node, tmp_path: Path
         ["mcp", "connect", "--agent", agent_id, "--agent-key", str(key), "--task", "nope"], mcp_node.env()
     )
     assert_error(bad, 2, "--task", "tsk_")
+
+
+def test_stopping_the_node_kills_the_upstreams_it_started(tmp_path: Path) -> None:
+    """A stdio upstream holds a secret in its environment: neither it nor what it started may outlive
+    the node (here the one-process node, whose app runs without a lifespan). The upstream itself
+    would exit when its stdin closes; a process it started would not."""
+    value = new_value()
+    data_dir = tmp_path / "data"
+    init = run(["init", "--data-dir", str(data_dir), "--json"], clean_env())
+    assert init.returncode == 0, init.stderr
+    root = json.loads(init.stdout)["root_token"]
+    proc, port = start_server(data_dir, tmp_path / "server.log")
+    try:
+        node = Node(data_dir, port, f"http://127.0.0.1:{port}", root, {}, "")
+        assert run(["secret", "put", SECRET, "--stdin"], node.env(), stdin=value).returncode == 0
+        admin = {"Authorization": f"Bearer {root}"}
+        policies = httpx.put(
+            f"{node.addr}/v1/policies", json={"policies": POLICIES.replace('"gh"', '"stopgh"')}, headers=admin
+        )
+        assert policies.status_code in (200, 201), policies.text
+        ok(add_stdio("stopgh"), node)
+        private = generate_private_jwk()
+        public = {k: v for k, v in private.items() if k in {"kty", "crv", "x"}}
+        attributes = {"team": "platform", "environment": "prod", "owner": "alice", "labels": ["deploy"]}
+        agent_id = httpx.post(
+            f"{node.addr}/v1/agents",
+            json={"name": "stopper", "public_key": public, "attributes": attributes},
+            headers=admin,
+        ).json()["id"]
+
+        from tether.sdk import Agent
+
+        with Agent(node.addr, agent_id, private) as agent:
+            opened = agent.request(
+                "POST",
+                "/v1/tasks",
+                json={
+                    "purpose": "deploy",
+                    "objective": "stop",
+                    "tools": ["stopgh/spawn"],
+                    "ttl_seconds": 600,
+                },
+            )
+            assert opened.status_code == 201, opened.text
+            called = agent.request(
+                "POST",
+                "/mcp",
+                json={
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "tools/call",
+                    "params": {"name": "stopgh__spawn"},
+                },
+                headers={"Tether-Task": opened.json()["id"], "Accept": "application/json, text/event-stream"},
+            )
+        assert called.status_code == 200, called.text
+        pid = called.json()["result"]["structuredContent"]["pid"]
+        assert alive(pid)
+    finally:
+        stop(proc)
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pid), (tmp_path / "server.log").read_text(errors="replace")[-2000:]
+    assert value not in (tmp_path / "server.log").read_text(errors="replace")

@@ -8,10 +8,12 @@ objects they kept out); here, the front's first creation in one process.
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterator
 
 import pytest
 
+from tether.api import routes_mcp
 from tether.api.app import create_app
 from tether.api.routes_mcp import close_mcp, mcp_front
 from tether.broker import Broker
@@ -28,9 +30,10 @@ def unfrozen_after() -> Iterator[None]:
 
 
 @pytest.mark.parametrize("broker", ["sqlite"], indirect=True)
-async def test_a_process_that_froze_its_start_freezes_the_mcp_front_too(
-    broker: Broker, unfrozen_after: None
+async def test_a_process_that_froze_its_start_freezes_the_mcp_front_once(
+    broker: Broker, unfrozen_after: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(routes_mcp, "_sdk_frozen", threading.Event())  # as in a new process
     app = create_app(broker)
     gc.freeze()  # as a served process does once it serves
     before = gc.get_freeze_count()
@@ -41,6 +44,14 @@ async def test_a_process_that_froze_its_start_freezes_the_mcp_front_too(
         assert after > before  # the front, its gateway and what they hold are out of reach now
         assert gc.is_tracked(front)
         assert not any(front is obj for obj in gc.get_objects())  # only the collected generations
+    finally:
+        await close_mcp(app)
+    # Created again (the gateway closed and reopened): not frozen again, or every front closed
+    # since would be kept for good.
+    again = mcp_front(app)
+    try:
+        assert any(again is obj for obj in gc.get_objects())
+        assert gc.get_freeze_count() <= after
     finally:
         await close_mcp(app)
 

@@ -179,7 +179,7 @@ FROZEN_FLOOR = 20_000
 
 
 def test_each_worker_keeps_its_start_out_of_full_garbage_collections(two_workers: Node) -> None:
-    """Without it, each full collection walks every object the process holds (a pause of 120-150
+    """Without it, each full collection walks every object the process holds (a pause of 100-150
     ms under load, every few seconds, in each worker)."""
     frozen = [int(n) for n in FROZEN_WORKER.findall(two_workers.log())]
     assert len(frozen) == 2, two_workers.log()

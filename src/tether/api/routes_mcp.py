@@ -8,6 +8,7 @@ Thin: parse, hand to :class:`tether.mcp.front.McpFront` / :class:`tether.mcp.gat
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -59,11 +60,19 @@ def mcp_front(app: Any) -> McpFront:
 
         front = McpFront(app.state.broker)
         app.state.mcp = front
-        if gc.get_freeze_count():  # a served process froze its start: keep the SDK out as well
+        if not _sdk_frozen.is_set() and gc.get_freeze_count():
+            # A served process froze its start (tether.api.server.freeze_startup_heap): the SDK's
+            # modules, imported since, are kept out too. Once per process, like the imports, and
+            # on the event loop like them (a collection of some 50 ms beside ~0.5 s of imports).
             from tether.api.server import freeze_startup_heap
 
+            _sdk_frozen.set()
             freeze_startup_heap()
     return front
+
+
+#: Whether this process has kept the MCP SDK out of garbage collection (see :func:`mcp_front`).
+_sdk_frozen = threading.Event()
 
 
 # -- /mcp ------------------------------------------------------------------------------------

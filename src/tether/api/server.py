@@ -45,11 +45,11 @@ def freeze_startup_heap() -> int:
 
     CPython's full collection walks every tracked object, and it runs whenever enough objects have
     outlived two younger collections, which every request's objects in flight do: under load that
-    was a pause of 120-150 ms, every few seconds, in each worker, for whichever requests were in
+    was a pause of 100-150 ms, every few seconds, in each worker, for whichever requests were in
     flight (measured in issue 15's MCP benchmark). Frozen objects are not walked, so a full
     collection walks only what was made since. What is frozen is never collected: called after a
-    collection, when serving starts (and once more when the MCP front is first created, with the
-    SDK's modules), it keeps only what the process holds for its whole life.
+    collection, when serving starts (and once more when a request first imports the MCP SDK, see
+    :func:`tether.api.routes_mcp.mcp_front`), it keeps only what the process holds for its life.
     """
     gc.collect()
     gc.freeze()
