@@ -131,21 +131,25 @@ def test_check_diff_approve_after_a_rug_pull(mcp_node: Node, tmp_path: Path) -> 
     ok(["mcp-server", "remove", "cli-rug", "--yes"], mcp_node)
 
 
-def test_stdio_bridge_serves_a_stock_stdio_client(mcp_node: Node, tmp_path: Path) -> None:
-    ok(add_stdio("cligh"), mcp_node)
+def register_agent(node: Node, name: str) -> tuple[str, dict[str, str]]:
+    """A new agent on ``node`` (its id) and its private key."""
     private = generate_private_jwk()
     public = {k: v for k, v in private.items() if k in {"kty", "crv", "x"}}
-    key = tmp_path / "agent.jwk"
-    key.write_text(json.dumps(private))
-    admin = {"Authorization": f"Bearer {mcp_node.token}"}
     attributes = {"team": "platform", "environment": "prod", "owner": "alice", "labels": ["deploy"]}
     response = httpx.post(
-        f"{mcp_node.addr}/v1/agents",
-        json={"name": "ide", "public_key": public, "attributes": attributes},
-        headers=admin,
+        f"{node.addr}/v1/agents",
+        json={"name": name, "public_key": public, "attributes": attributes},
+        headers={"Authorization": f"Bearer {node.token}"},
     )
     assert response.status_code == 201, response.text
-    agent_id = response.json()["id"]
+    return response.json()["id"], private
+
+
+def test_stdio_bridge_serves_a_stock_stdio_client(mcp_node: Node, tmp_path: Path) -> None:
+    ok(add_stdio("cligh"), mcp_node)
+    agent_id, private = register_agent(mcp_node, "ide")
+    key = tmp_path / "agent.jwk"
+    key.write_text(json.dumps(private))
 
     from tether.sdk import Agent
 
@@ -202,6 +206,7 @@ def test_stopping_the_node_kills_the_upstreams_it_started(tmp_path: Path) -> Non
     assert init.returncode == 0, init.stderr
     root = json.loads(init.stdout)["root_token"]
     proc, port = start_server(data_dir, tmp_path / "server.log")
+    pid = None
     try:
         node = Node(data_dir, port, f"http://127.0.0.1:{port}", root, {}, "")
         assert run(["secret", "put", SECRET, "--stdin"], node.env(), stdin=value).returncode == 0
@@ -211,14 +216,7 @@ def test_stopping_the_node_kills_the_upstreams_it_started(tmp_path: Path) -> Non
         )
         assert policies.status_code in (200, 201), policies.text
         ok(add_stdio("stopgh"), node)
-        private = generate_private_jwk()
-        public = {k: v for k, v in private.items() if k in {"kty", "crv", "x"}}
-        attributes = {"team": "platform", "environment": "prod", "owner": "alice", "labels": ["deploy"]}
-        agent_id = httpx.post(
-            f"{node.addr}/v1/agents",
-            json={"name": "stopper", "public_key": public, "attributes": attributes},
-            headers=admin,
-        ).json()["id"]
+        agent_id, private = register_agent(node, "stopper")
 
         from tether.sdk import Agent
 
@@ -250,6 +248,7 @@ def test_stopping_the_node_kills_the_upstreams_it_started(tmp_path: Path) -> Non
         assert alive(pid)
     finally:
         stop(proc)
+    assert pid is not None
     deadline = time.monotonic() + 10
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
