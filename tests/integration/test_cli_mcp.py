@@ -10,7 +10,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,14 +21,11 @@ from mcp.shared.exceptions import MCPError
 from tests.integration.test_cli import (
     Node,
     assert_error,
-    clean_env,
     new_value,
     run,
     running_node,
-    start_server,
-    stop,
 )
-from tests.integration.test_mcp_gateway import POLICIES, UPSTREAM, alive
+from tests.integration.test_mcp_gateway import POLICIES, UPSTREAM, alive, wait_dead
 from tether.crypto.jose import generate_private_jwk
 
 SECRET = "cli/mcp/token"
@@ -201,18 +197,12 @@ def test_stopping_the_node_kills_the_upstreams_it_started(tmp_path: Path) -> Non
     the node (here the one-process node, whose app runs without a lifespan). The upstream itself
     would exit when its stdin closes; a process it started would not."""
     value = new_value()
-    data_dir = tmp_path / "data"
-    init = run(["init", "--data-dir", str(data_dir), "--json"], clean_env())
-    assert init.returncode == 0, init.stderr
-    root = json.loads(init.stdout)["root_token"]
-    proc, port = start_server(data_dir, tmp_path / "server.log")
-    pid = None
-    try:
-        node = Node(data_dir, port, f"http://127.0.0.1:{port}", root, {}, "")
+    with running_node(tmp_path, forbidden=[value]) as node:
         assert run(["secret", "put", SECRET, "--stdin"], node.env(), stdin=value).returncode == 0
-        admin = {"Authorization": f"Bearer {root}"}
         policies = httpx.put(
-            f"{node.addr}/v1/policies", json={"policies": POLICIES.replace('"gh"', '"stopgh"')}, headers=admin
+            f"{node.addr}/v1/policies",
+            json={"policies": POLICIES.replace('"gh"', '"stopgh"')},
+            headers={"Authorization": f"Bearer {node.token}"},
         )
         assert policies.status_code in (200, 201), policies.text
         ok(add_stdio("stopgh"), node)
@@ -246,11 +236,5 @@ def test_stopping_the_node_kills_the_upstreams_it_started(tmp_path: Path) -> Non
         assert called.status_code == 200, called.text
         pid = called.json()["result"]["structuredContent"]["pid"]
         assert alive(pid)
-    finally:
-        stop(proc)
-    assert pid is not None
-    deadline = time.monotonic() + 10
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not alive(pid), (tmp_path / "server.log").read_text(errors="replace")[-2000:]
-    assert value not in (tmp_path / "server.log").read_text(errors="replace")
+    # The node has stopped (Ctrl-C), and its log holds no secret value (running_node checks).
+    assert asyncio.run(wait_dead(pid)), (tmp_path / "server.log").read_text(errors="replace")[-2000:]
