@@ -174,7 +174,7 @@ FROZEN_WORKER = re.compile(
     r"worker \d+ serving \((\d+) objects held since its start kept out of garbage collection\)"
 )
 FROZEN_SINGLE = re.compile(r"serving; (\d+) objects held since the start kept out of garbage collection")
-#: Far below what a serving process holds (about 200,000 objects), far above nothing.
+#: Far below what a serving process holds (165,000-220,000 objects), far above nothing.
 FROZEN_FLOOR = 20_000
 
 

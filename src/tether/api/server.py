@@ -41,7 +41,7 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def freeze_startup_heap() -> int:
     """Keep what the process holds once it serves (modules, the app, the broker and their caches:
-    about 200,000 objects) out of the cyclic garbage collector's reach; how many were kept.
+    165,000-220,000 objects) out of the cyclic garbage collector's reach; how many were kept.
 
     CPython's full collection walks every tracked object, and it runs whenever enough objects have
     outlived two younger collections, which every request's objects in flight do: under load that
