@@ -468,6 +468,11 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _cpu(figures: dict[str, Any], key: str) -> str:
+    """A CPU figure of the report, or "-" for a run that did not measure it (an older mcp.json)."""
+    return f"{figures[key]:,.0f}" if key in figures else "-"
+
+
 def _light_lines(light: dict[str, Any]) -> list[str]:
     lines = [
         f"**Light** (`bench/mcp_light.py`): the served setup again, driven by wrk with pre-built requests "
@@ -475,8 +480,10 @@ def _light_lines(light: dict[str, Any]) -> list[str]:
         "Python client, whose own CPU per call is as large as the upstream's on the same 2 cores. "
         f"{light['seconds']:g} s a run, median of {light['reps']}, direct and gateway alternating; every "
         "run checked against the upstream's own count of the tool calls it answered. Server CPU: "
-        "Tether's processes per gateway call, the upstream's per direct call (at a low rate it includes "
-        "each server's idle background work, spread over fewer calls). *1* sends each call when the "
+        "Tether's processes per gateway call, the upstream's per direct call and per call through "
+        "Tether (at a low rate it includes each server's idle background work, spread over fewer "
+        "calls; through Tether, the same call costs the upstream more: Tether's work on the same 2 "
+        "cores leaves its caches cold between calls). *1* sends each call when the "
         "last one's answer arrives; *1 paced* is one agent that pauses a random "
         f"{light.get('think_ms', 40) / 2:g}-{light.get('think_ms', 40) * 1.5:g} ms between an answer and "
         "its next call (each call alone, but after a pause: the machine's caches have gone cold, and "
@@ -486,7 +493,8 @@ def _light_lines(light: dict[str, Any]) -> list[str]:
         "upstream and wrk, without saturating them).",
         "",
         "| wire | connections | direct p50 / p99 ms | gateway p50 / p99 ms | **added** p50 / p99 ms "
-        "| calls/s direct / gateway | server CPU per call, µs: upstream / Tether |",
+        "| calls/s direct / gateway | server CPU per call, µs: upstream (direct) / upstream (through "
+        "Tether) / Tether |",
         "|---|---|---|---|---|---|---|",
     ]
     for suffix, wire in (("", "bare JSON-RPC"), (f"_{MODERN}", MODERN)):
@@ -496,7 +504,8 @@ def _light_lines(light: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {wire} | {shape.label} | {_ms(d)} | {_ms(g)} | **{_ms(added)}** "
                 f"| {d['calls_per_s']:,.0f} / {g['calls_per_s']:,.0f} "
-                f"| {d['server_cpu_us_per_call']:,.0f} / {g['server_cpu_us_per_call']:,.0f} |"
+                f"| {d['server_cpu_us_per_call']:,.0f} / {_cpu(g, 'upstream_cpu_us_per_call')} "
+                f"/ {g['server_cpu_us_per_call']:,.0f} |"
             )
     return lines
 

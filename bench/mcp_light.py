@@ -22,7 +22,10 @@ wrk counts only non-2xx answers as errors, and a refused tool call is a 200 with
 so every run is checked against the upstream's own count of the tool calls it answered
 (``GET /count``): gateway answers that never reached the upstream would show there. Tether's CPU
 per call is its server process with its workers (``/proc``), the upstream's likewise for the
-direct runs.
+direct runs, and for the gateway runs too: the same call costs the upstream more CPU when it comes
+through Tether, whose work on the same two cores leaves the upstream's caches cold between calls
+(part of the added latency is the upstream's, and would not be where the two run on separate
+machines).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from bench.light.generator import Load, raw_request, run_load, write_pool, wrk_path
+from bench.openbao.procs import tree_cpu_seconds
 
 __all__ = ["SHAPES", "Shape", "available", "run"]
 
@@ -78,9 +82,16 @@ def _upstream_count(url: str) -> int:
     return int(httpx.get(url.rsplit("/", 1)[0] + "/count", timeout=10).text)
 
 
-def _measure(name: str, load: Load, pids: list[int], seconds: float, upstream: str) -> dict[str, Any]:
+def _measure(
+    name: str, load: Load, pids: list[int], seconds: float, upstream: str, upstream_pid: int | None = None
+) -> dict[str, Any]:
+    """One run of ``load``; ``upstream_pid`` (gateway runs): the upstream's own CPU is measured
+    too, over the whole run (wrk's start and exit included: a few ms, spread over the calls)."""
     before = _upstream_count(upstream)
+    upstream_cpu = tree_cpu_seconds(upstream_pid) if upstream_pid is not None else 0.0
     figures = run_load([load], pids, seconds)
+    if upstream_pid is not None:
+        upstream_cpu = tree_cpu_seconds(upstream_pid) - upstream_cpu
     time.sleep(0.2)  # calls wrk gave up waiting for at its end still reach the upstream
     reached = _upstream_count(upstream) - before
     ok = figures["ok"]
@@ -97,7 +108,11 @@ def _measure(name: str, load: Load, pids: list[int], seconds: float, upstream: s
         f"  p99 {latency['p99'] / 1000:6.2f} ms  server CPU {figures['server_cpu_us_per_op']} µs/call",
         flush=True,
     )
+    extra: dict[str, float] = {}
+    if upstream_pid is not None and ok:
+        extra["upstream_cpu_us_per_call"] = round(upstream_cpu / ok * 1e6, 1)
     return {
+        **extra,
         "calls_per_s": figures["ops_per_second"],
         "p50_us": latency["p50"],
         "p99_us": latency["p99"],
@@ -110,6 +125,7 @@ def _measure(name: str, load: Load, pids: list[int], seconds: float, upstream: s
 
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("calls_per_s", "p50_us", "p99_us", "server_cpu_us_per_call", "generator_cpu_us_per_call")
+    keys += tuple(k for k in ("upstream_cpu_us_per_call",) if all(k in r for r in runs))
     out: dict[str, Any] = {k: round(statistics.median(r[k] for r in runs), 1) for k in keys}
     out["calls"] = sum(r["calls"] for r in runs)
     out["reps"] = len(runs)
@@ -176,6 +192,7 @@ async def run(
                             [node.pid],
                             seconds,
                             upstream,
+                            upstream_pid,
                         )
                     )
                 d, g = _median(runs["direct"]), _median(runs["gateway"])
