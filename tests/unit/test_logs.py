@@ -163,9 +163,27 @@ def test_text_lines_show_the_request_id_only_within_a_request() -> None:
     ]
 
 
+def test_text_times_read_as_loggings_own_across_second_boundaries() -> None:
+    """The date and time are formatted once a second: a line of the next second, or of an earlier
+    one (another thread's record, formatted late), never carries a stale second."""
+    ours, reference = TextFormatter(TEXT_FORMAT), logging.Formatter()
+    for created in (
+        1_700_000_000.999,
+        1_700_000_001.0004,
+        1_700_000_001.5,
+        1_700_000_000.25,
+        1_700_003_601.0,
+    ):
+        record = logging.LogRecord("tether.t", logging.INFO, __file__, 1, "m", None, None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.formatTime(record) == reference.formatTime(record)
+    assert ours.formatTime(record, "%H") == reference.formatTime(record, "%H")
+
+
 def test_configure_logging_replaces_its_own_handler_and_refuses_unknown_formats() -> None:
     root = logging.getLogger()
     before, level = list(root.handlers), root.level
+    switches = (logging._srcfile, logging.logThreads, logging.logMultiprocessing)
     try:
         configure_logging("text")
         configure_logging("json", label="worker")
@@ -181,3 +199,4 @@ def test_configure_logging_replaces_its_own_handler_and_refuses_unknown_formats(
         for handler in [h for h in root.handlers if h not in before]:
             root.removeHandler(handler)
         root.setLevel(level)
+        logging._srcfile, logging.logThreads, logging.logMultiprocessing = switches
