@@ -105,17 +105,16 @@ class TextFormatter(logging.Formatter):
     or a traceback's lines, can quote data a library was handed (an MCP upstream's malformed
     notification, say, which may hold the very secret injected into that upstream)."""
 
+    _second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+
     def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
         kind = ei[0].__name__ if ei and ei[0] is not None else "Exception"
         return f"  exc_type={kind} (details withheld: exception text can quote secret data)"
 
-    def __init__(self, fmt: str | None = None) -> None:
-        super().__init__(fmt)
-        self._second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
-
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         """logging's own ``2026-01-01 12:00:00,000``, the date and time formatted once a second
-        instead of for every line (a tenth of what an access line costs a busy server)."""
+        instead of for every line (``localtime`` and ``strftime`` were some 10 of the 56 µs an
+        access line cost a busy worker)."""
         if datefmt is not None:
             return super().formatTime(record, datefmt)
         second = int(record.created)
