@@ -23,9 +23,9 @@ so every run is checked against the upstream's own count of the tool calls it an
 (``GET /count``): gateway answers that never reached the upstream would show there. Tether's CPU
 per call is its server process with its workers (``/proc``), the upstream's likewise for the
 direct runs, and for the gateway runs too: the same call costs the upstream more CPU when it comes
-through Tether, whose work on the same two cores leaves the upstream's caches cold between calls
-(part of the added latency is the upstream's, and would not be where the two run on separate
-machines).
+through Tether, most likely because Tether's work on the same two cores leaves the upstream's caches
+cold between calls (part of the added latency is then the upstream's, and should not be where the
+two run on separate machines).
 """
 
 from __future__ import annotations
