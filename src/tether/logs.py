@@ -171,8 +171,9 @@ def _new_id() -> str:
 class RequestIdMiddleware:
     """ASGI middleware: a request id per HTTP request, in the context and echoed in the answer.
 
-    Outermost, so every log line of the request (including uvicorn's access line, written when
-    the answer starts) carries it. Costs one header scan and a context variable per request.
+    Outermost, so every log line of the request (including uvicorn's access line, which
+    :mod:`tether.api.protocol` writes once the answer is out, in the request's context) carries it.
+    Costs one header scan and a context variable per request.
     """
 
     def __init__(self, app: ASGIApp) -> None:

@@ -5,6 +5,7 @@ goes out, and a streamed answer's head is not held back until its first chunk.""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 
 import pytest
@@ -12,6 +13,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from tether.api.protocol import HeadWithBodyProtocol, _HeadWithBody
+from tether.logs import RequestIdFilter, RequestIdMiddleware
 
 
 class _Recorder:
@@ -113,3 +115,55 @@ async def test_over_uvicorn_get_head_and_a_stream_are_answered(server_port: int)
         assert b"late" in await _read_until(reader, b"0\r\n\r\n")
     finally:
         writer.close()
+
+
+async def test_the_access_line_is_written_after_the_answer_with_the_requests_id() -> None:
+    """uvicorn writes its access line when the answer starts; here it comes once the answer is
+    written, still in the request's context (its id)."""
+    events: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 201, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+        events.append("answered")
+
+    class Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            events.append(f"logged {record.getMessage()} id={getattr(record, 'request_id', None)}")
+
+    handler = Lines()
+    handler.addFilter(RequestIdFilter())
+    access = logging.getLogger("uvicorn.access")
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        RequestIdMiddleware(app), http=HeadWithBodyProtocol, log_config=None, lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection(*sock.getsockname())
+        writer.write(b"GET /x?y=1 HTTP/1.1\r\nhost: x\r\nx-request-id: req-42\r\n\r\n")
+        head = await _read_until(reader, b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 201 Created\r\n")
+        assert await asyncio.wait_for(reader.readexactly(2), 5) == b"ok"
+        writer.close()
+        for _ in range(100):
+            if len(events) == 2:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        access.removeHandler(handler)
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+    assert events[0] == "answered"
+    assert events[1].startswith("logged 127.0.0.1:")
+    assert events[1].endswith(' - "GET /x?y=1 HTTP/1.1" 201 id=req-42')
