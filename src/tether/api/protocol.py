@@ -17,6 +17,7 @@ busy server some 40 µs, which no answer waits for any more.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
@@ -76,9 +77,9 @@ class _AfterTheAnswer:
         self._logger = logger
         self._loop = loop
 
-    def info(self, msg: str, *args: object) -> None:
+    def info(self, msg: str, *args: object, **kwargs: Any) -> None:
         # call_soon runs it in a copy of this context: the line carries the request's id.
-        self._loop.call_soon(self._logger.info, msg, *args)
+        self._loop.call_soon(functools.partial(self._logger.info, msg, *args, **kwargs))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._logger, name)
