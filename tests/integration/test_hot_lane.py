@@ -62,3 +62,11 @@ async def test_hot_requests_are_counted_by_route_template(
     metrics = (await client.get("/metrics", headers=admin)).text
     assert 'route="/v1/grants/{grant_id}/activate",status="401"' in metrics
     assert "grt_secret_looking_id" not in metrics
+    # Every request counts, the first of its series and those after it (the series are kept).
+    await client.post("/v1/grants/grt_other/activate")
+    await client.post("/v1/grants/grt_third/activate")
+    metrics = (await client.get("/metrics", headers=admin)).text
+    series = 'tether_http_requests_total{method="POST",route="/v1/grants/{grant_id}/activate",status="401"}'
+    assert f"{series} 3.0" in metrics
+    timed = 'tether_http_request_duration_seconds_count{route="/v1/grants/{grant_id}/activate"}'
+    assert f"{timed} 3.0" in metrics

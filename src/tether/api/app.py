@@ -106,6 +106,10 @@ class _Measure:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # The labelled series (bounded: methods, route templates, statuses), looked up once each:
+        # prometheus_client takes a lock and rebuilds the label tuple on every labels() call.
+        self._counted: dict[tuple[str, str, int], Any] = {}
+        self._timed: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -126,8 +130,16 @@ class _Measure:
             route: Any = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"] if scope["method"] in _METHODS else "other"  # bounded label values
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.latency.labels(template).observe(time.perf_counter() - start)
+            counted = self._counted.get((method, template, status))
+            if counted is None:
+                counted = self._counted[method, template, status] = self.metrics.requests.labels(
+                    method, template, str(status)
+                )
+            timed = self._timed.get(template)
+            if timed is None:
+                timed = self._timed[template] = self.metrics.latency.labels(template)
+            counted.inc()
+            timed.observe(time.perf_counter() - start)
 
 
 def create_app(broker: Broker, *, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> FastAPI:

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tether.api.headers import HotRequest
 from tether.api.problems import problem_for
 from tether.api.routes_auth import token_endpoint
 from tether.api.routes_egress import egress_endpoint
@@ -77,7 +78,7 @@ def match(method: str, path: str) -> tuple[HotRoute, dict[str, str]] | None:
 async def serve_hot(scope: Scope, receive: Receive, send: Send) -> None:
     """The end of the hot stack: call the endpoint :func:`match` found (in ``scope["route"]``); any
     failure answers as a problem, as in FastAPI."""
-    request = Request(scope, receive)
+    request = HotRequest(scope, receive)
     try:
         response = await scope["route"].endpoint(request)
     except Exception as exc:  # noqa: BLE001 - every failure answers as a problem, as in FastAPI

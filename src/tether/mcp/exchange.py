@@ -176,8 +176,13 @@ async def answer_modern(server: Server[Any], request: Request, raw: Any) -> Resp
         verdict.protocol_version, verdict.client_info, verdict.client_capabilities
     )
     reply = await _served(server, request, message, connection)
-    status = ERROR_CODE_HTTP_STATUS.get(reply.error.code, 200) if isinstance(reply, JSONRPCError) else 200
-    body = reply.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if isinstance(reply, JSONRPCError):
+        status = ERROR_CODE_HTTP_STATUS.get(reply.error.code, 200)
+        body = reply.model_dump(mode="json", by_alias=True, exclude_none=True)
+    else:
+        # The SDK's dump of a response, field for field, without dumping the result again: the
+        # kernel returns it as wire data already (its result shape dumped in JSON mode).
+        status, body = 200, {"jsonrpc": reply.jsonrpc, "id": reply.id, "result": reply.result}
     return Response(json.dumps(body, separators=(",", ":")), status, media_type=_JSON)
 
 

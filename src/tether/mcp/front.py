@@ -38,6 +38,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from tether import __version__
+from tether.api.headers import HotRequest
 from tether.broker.auth import AgentCaller
 from tether.domain.tasks import validate_id
 from tether.errors import (
@@ -277,7 +278,7 @@ class McpFront:
         if not streams:
             # One request, one JSON body: straight to the SDK's kernel, none of the transport
             # (a 2026-07-28 request the SDK's ladder would refuse is left to the transport below).
-            scoped = Request({**request.scope, _SCOPE_KEY: call})
+            scoped = HotRequest({**request.scope, _SCOPE_KEY: call})
             era = answer if handshake_era(request) else answer_modern
             try:
                 response = await era(self.server, scoped, raw)
