@@ -418,3 +418,21 @@ def test_only_verified_tokens_are_remembered_and_the_cache_is_bounded(clock: Fro
     assert len(cache) == 3
     with pytest.raises(InvalidInputError):
         AccessTokenCache(max_entries=0)
+
+
+def test_cache_knows_only_tokens_verified_under_keys_still_held(clock: FrozenClock) -> None:
+    keys = TokenSigningKeys.generate(clock.now())
+    cache = AccessTokenCache()
+    token = _issue(keys, clock)
+    assert not cache.knows(token, keys, TD)  # never verified
+    verify_access_token(token, keys=keys, trust_domain=TD, now=clock.now(), cache=cache)
+    assert cache.knows(token, keys, TD)
+    assert not cache.knows(token + "x", keys, TD)
+    assert not cache.knows(token, keys, "other.test")
+    assert not cache.knows(token, TokenSigningKeys([TokenSigningKey.generate(clock.now())]), TD)
+    # Known says nothing of time: an expired token is still refused by the verification it skips to.
+    clock.advance(700)
+    assert cache.knows(token, keys, TD)
+    with pytest.raises(AuthenticationError, match="access token expired"):
+        verify_access_token(token, keys=keys, trust_domain=TD, now=clock.now(), cache=cache)
+    assert not cache.knows(token, keys, TD)

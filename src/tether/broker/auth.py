@@ -434,10 +434,14 @@ class AuthService:
                 raise AuthenticationError("a DPoP proof is required", code="invalid_dpop_proof")
             now = self._clock.now()
             token = token.strip()
-            parsed = parse_jws(token)  # the one decoding of the token in this request
-            await self._refresh_for(parsed)
+            presented: str | CompactJws = token
+            if not self._verified_tokens.knows(token, self._signing_keys(), self._trust_domain):
+                # Not verified before: decoded once here, its key reloaded if another node rotated.
+                # A token verified before is answered from the cache without being decoded.
+                presented = parse_jws(token)
+                await self._refresh_for(presented)
             claims = verify_access_token(
-                parsed,
+                presented,
                 keys=self._signing_keys(),
                 trust_domain=self._trust_domain,
                 now=now,

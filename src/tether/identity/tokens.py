@@ -272,6 +272,18 @@ class AccessTokenCache:
             self._entries.move_to_end(token)
             return entry
 
+    def knows(self, token: str, keys: TokenSigningKeys, trust_domain: str) -> bool:
+        """Whether ``token`` verified before under a key still in ``keys`` (so that
+        :func:`verify_access_token` answers it without decoding it again); its times are not
+        checked here."""
+        with self._lock:
+            entry = self._entries.get(token)
+            return (
+                entry is not None
+                and entry.trust_domain == trust_domain
+                and keys.key_for(entry.kid) is not None
+            )
+
     def _put(self, token: str, entry: _Remembered) -> None:
         with self._lock:
             self._entries[token] = entry
