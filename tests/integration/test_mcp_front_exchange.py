@@ -218,6 +218,11 @@ def _shape(response: httpx.Response) -> tuple[int, str, Any]:
         ),
         ("no _meta envelope", call(4, "gh__search", {"query": "x"}), MODERN),
         (
+            "an Mcp-Param header the tool's schema does not declare",
+            call(9, "gh__search", {"query": "x"}, _meta=MODERN_META),
+            {**MODERN, "Mcp-Param-Query": "y"},
+        ),
+        (
             "an unknown method",
             {"jsonrpc": "2.0", "id": 5, "method": "nope/nope", "params": {"_meta": MODERN_META}},
             {**MODERN, "Mcp-Method": "nope/nope"},

@@ -46,6 +46,7 @@ from mcp.server.streamable_http import check_accept_headers
 from mcp.shared.inbound import (
     ERROR_CODE_HTTP_STATUS,
     MCP_PARAM_HEADER_PREFIX,
+    X_MCP_HEADER_KEY,
     InboundLadderRejection,
     InboundModernRoute,
     classify_inbound_request,
@@ -232,4 +233,35 @@ def _param_headers_rejected(server: Server[Any], message: JSONRPCRequest, reques
         schema = lookup(name)
     except Exception:  # noqa: BLE001 - the SDK's transport decides what a failing lookup means
         return True
-    return schema is not None and validate_mcp_param_headers(schema, arguments, request.headers) is not None
+    if schema is None or not _annotates_headers(schema):
+        return False  # no x-mcp-header anywhere: the SDK's check has nothing to compare
+    return validate_mcp_param_headers(schema, arguments, request.headers) is not None
+
+
+#: Whether an input schema holds an ``x-mcp-header`` key anywhere, by the schema's identity (each
+#: entry holds its schema, so no other object can take its id while it is remembered). A pinned
+#: schema is one object for as long as its record is unchanged; bounded like the registry's memory.
+_ANNOTATED: dict[int, tuple[Any, bool]] = {}
+_ANNOTATED_MAX = 1024
+
+
+def _annotates_headers(schema: Any) -> bool:
+    """Whether ``schema`` has an ``x-mcp-header`` key in any object at any depth: a superset of
+    the positions the SDK's ``validate_mcp_param_headers`` compares (without any, it finds no
+    mismatch whatever the headers and arguments are), found once per schema."""
+    remembered = _ANNOTATED.get(id(schema))
+    if remembered is not None and remembered[0] is schema:
+        return remembered[1]
+    found = False
+    stack = [schema]
+    while stack and not found:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            found = X_MCP_HEADER_KEY in node
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+    if len(_ANNOTATED) >= _ANNOTATED_MAX:
+        _ANNOTATED.clear()
+    _ANNOTATED[id(schema)] = (schema, found)
+    return found
