@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -57,6 +58,8 @@ MAX_TIMEOUT_SECONDS: Final = 300
 MAX_TIMEOUT = MAX_TIMEOUT_SECONDS
 DEFAULT_TIMEOUT_SECONDS: Final = 30
 MAX_URL_CHARS: Final = 2048
+#: Tool entities remembered (each tool's is the same value on every call).
+MAX_TOOL_ENTITIES: Final = 4096
 
 _SERVER: Final = re.compile(r"[a-z0-9](?:-?[a-z0-9]){0,31}")
 _TOOL: Final = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -96,8 +99,11 @@ def cedar_tool_id(server: str, tool: str) -> str:
     return f"{server}/{tool}"
 
 
+@lru_cache(maxsize=MAX_TOOL_ENTITIES)
 def tool_entity(server: str, tool: str) -> Entity:
-    """A tool as ``call_tool`` policies see it: ``Tool::"server/tool"`` with its server and name."""
+    """A tool as ``call_tool`` policies see it: ``Tool::"server/tool"`` with its server and name.
+
+    An entity is a value (its Cedar text built once with it), so the same tool's is made once."""
     return Entity("Tool", cedar_tool_id(server, tool), {"server": server, "name": tool})
 
 
