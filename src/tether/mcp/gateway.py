@@ -226,9 +226,8 @@ class McpGateway:
                     listed.append({**pinned.definition, "name": front_name(record.name, tool_name)})
         return listed
 
-    def _context(
-        self, task: Task, server: str, tool: str, arguments: Mapping[str, Any] | None
-    ) -> dict[str, Any]:
+    def _context(self, task: Task, server: str, tool: str, shape: list[str] | None) -> dict[str, Any]:
+        """The decision's context; ``shape``: the call's :func:`argument_shape` (a listing: None)."""
         context = decision_context(
             task,
             self._clock.now(),
@@ -238,8 +237,8 @@ class McpGateway:
             path=cedar_tool_id(server, tool),
             uses=self._uses[(task.id, cedar_tool_id(server, tool))],
         )
-        if arguments is not None:
-            context["arguments"] = argument_shape(arguments)
+        if shape is not None:
+            context["arguments"] = shape
         return context
 
     # -- agents: tools/call ----------------------------------------------------------------
@@ -289,11 +288,12 @@ class McpGateway:
         if record.usable(tool, None) is None:
             raise await self._refuse(caller, task, resource, "the tool's definition is quarantined")
         entity = tool_entity(server_name, tool)
+        shape = argument_shape(args)  # names and types, never values: the decision's and the event's
         decision, inputs = await self._decisions.decide_recorded(
             "call_tool",
             agent_entity(caller.agent),
             entity,
-            self._context(task, server_name, tool, args),
+            self._context(task, server_name, tool, shape),
             policy_version=state.policy_version,
         )
         decision, approval = await self._decisions.allowed_or_refuse(
@@ -326,7 +326,7 @@ class McpGateway:
         if problem is not None:
             raise await self._refuse(caller, task, resource, problem, invalid=True)
         await self._record_call(
-            caller, task, resource, pinned, args, decision, approval_id=approval, inputs=inputs
+            caller, task, resource, pinned, shape, decision, approval_id=approval, inputs=inputs
         )
         key = (task.id, cedar_tool_id(server_name, tool))
         self._uses[key] += 1
@@ -396,7 +396,7 @@ class McpGateway:
         task: Task,
         resource: str,
         pinned: PinnedTool,
-        args: Mapping[str, Any],
+        shape: list[str],
         decision: Any,
         *,
         approval_id: Any,
@@ -417,7 +417,7 @@ class McpGateway:
                 chain=task.chain,
                 decision=summary(decision),
                 data={
-                    "arguments": argument_shape(args),
+                    "arguments": shape,
                     "definition_sha256": pinned.sha256,
                     **({"approval_id": approval_id.id} if approval_id is not None else {}),
                     **inputs.event_data(),
