@@ -124,6 +124,8 @@ class Intent:
     secrets: frozenset[str] = frozenset()
     destinations: frozenset[str] = frozenset()
     tools: frozenset[str] = frozenset()
+    #: The objective's SHA-256, computed once (every decision's context carries it).
+    _objective_sha256: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.purpose, str) or not _NAME.fullmatch(self.purpose):
@@ -147,10 +149,13 @@ class Intent:
         object.__setattr__(self, "secrets", secrets)
         object.__setattr__(self, "destinations", _names(self.destinations, "destinations", _NAME, "names"))
         object.__setattr__(self, "tools", _names(self.tools, "tools", _TOOL, "tools"))
+        object.__setattr__(
+            self, "_objective_sha256", hashlib.sha256(self.objective.encode("utf-8")).hexdigest()
+        )
 
     @property
     def objective_sha256(self) -> str:
-        return hashlib.sha256(self.objective.encode("utf-8")).hexdigest()
+        return self._objective_sha256
 
     def widening(self, parent: Intent) -> list[str]:
         """How this intent exceeds ``parent`` (empty when it only narrows)."""
