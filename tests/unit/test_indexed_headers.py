@@ -70,3 +70,11 @@ def test_hot_request_builds_its_headers_once_and_shares_them_through_a_scope_cop
     second = HotRequest({**scope, "extra": 1})
     assert second.headers is headers
     assert second.headers["Tether-Task"] == "tsk_1"
+
+
+def test_a_scope_whose_headers_were_replaced_gets_a_table_of_its_own() -> None:
+    scope = _scope([(b"tether-task", b"tsk_1")])
+    assert HotRequest(scope).headers["tether-task"] == "tsk_1"
+    rewritten = {**scope, "headers": [(b"tether-task", b"tsk_2")]}
+    assert HotRequest(rewritten).headers["tether-task"] == "tsk_2"
+    assert HotRequest(scope).headers["tether-task"] == "tsk_1"

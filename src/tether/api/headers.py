@@ -38,6 +38,11 @@ class IndexedHeaders(Headers):
             first.setdefault(name, value)
         self._first = first
 
+    @property
+    def raw_list(self) -> list[tuple[bytes, bytes]]:
+        """The scope's header list these were built from (Starlette's own, not a copy)."""
+        return self._list
+
     def keys(self) -> list[str]:  # type: ignore[override]
         return [name for name, _ in self._pairs]
 
@@ -72,6 +77,8 @@ class HotRequest(Request):
     @property
     def headers(self) -> Headers:
         headers: IndexedHeaders | None = self.scope.get(SCOPE_KEY)
-        if headers is None:
+        # Built from this scope's header list (a copy of the scope shares the list; a scope whose
+        # headers were replaced since gets a table of its own).
+        if headers is None or headers.raw_list is not self.scope.get("headers"):
             headers = self.scope[SCOPE_KEY] = IndexedHeaders(self.scope)
         return headers
