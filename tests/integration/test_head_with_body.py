@@ -136,6 +136,7 @@ async def test_the_access_line_is_written_after_the_answer_with_the_requests_id(
     handler = Lines()
     handler.addFilter(RequestIdFilter())
     access = logging.getLogger("uvicorn.access")
+    level = access.level
     access.addHandler(handler)
     access.setLevel(logging.INFO)
     sock = socket.socket()
@@ -162,6 +163,7 @@ async def test_the_access_line_is_written_after_the_answer_with_the_requests_id(
             await asyncio.sleep(0.01)
     finally:
         access.removeHandler(handler)
+        access.setLevel(level)
         server.should_exit = True
         await asyncio.wait_for(task, 10)
     assert events[0] == "answered"

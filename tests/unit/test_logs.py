@@ -193,6 +193,8 @@ def test_configure_logging_replaces_its_own_handler_and_refuses_unknown_formats(
         configure_logging("text")
         [text] = [h for h in root.handlers if getattr(h, "_tether", False)]
         assert isinstance(text.formatter, TextFormatter)
+        # Nothing either format shows is gathered for a record: no caller lookup, no thread.
+        assert (logging._srcfile, logging.logThreads, logging.logMultiprocessing) == (None, False, False)
         with pytest.raises(ValueError, match="text, json"):
             configure_logging("xml")
     finally:

@@ -276,13 +276,7 @@ class AccessTokenCache:
         """Whether ``token`` verified before under a key still in ``keys`` (so that
         :func:`verify_access_token` answers it without decoding it again); its times are not
         checked here."""
-        with self._lock:
-            entry = self._entries.get(token)
-            return (
-                entry is not None
-                and entry.trust_domain == trust_domain
-                and keys.key_for(entry.kid) is not None
-            )
+        return self._get(token, keys, trust_domain) is not None
 
     def _put(self, token: str, entry: _Remembered) -> None:
         with self._lock:
