@@ -147,6 +147,27 @@ async def test_failed_append_fails_every_caller_and_acknowledges_nothing(
     assert await verify_store(store)
 
 
+class BuggyStore(FlakyStore):
+    """A store whose sealing append raises something that is not a storage error (a bug)."""
+
+    async def append_sealed(self, seal: Any, effects: Any = ()) -> tuple[list[Event], list[list[object]]]:
+        raise RuntimeError("unexpected state in the driver")
+
+
+async def test_an_unexpected_append_error_reaches_every_caller_as_a_storage_error(
+    store: Storage, clock: FrozenClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = new_log(BuggyStore(store), clock)
+    alone = await asyncio.gather(log.record("decision", AGENT), return_exceptions=True)
+    many = await asyncio.gather(*(log.record("decision", AGENT) for _ in range(5)), return_exceptions=True)
+    for error in [*alone, *many]:
+        assert isinstance(error, StorageError)
+        assert "audit append failed" in str(error)
+        assert isinstance(error.__cause__, RuntimeError)
+    assert "audit append of 1 event failed" in caplog.text
+    assert await store.audit_head() is None
+
+
 async def test_ambiguous_commit_is_reported_and_the_chain_continues(
     store: Storage, clock: FrozenClock
 ) -> None:
@@ -343,6 +364,79 @@ async def test_a_cancelled_caller_does_not_break_the_batch(store: Storage, clock
     result = await verify_store(store)
     assert result
     assert result.head_seq in (9, 10)  # the cancelled caller's event may or may not be in
+
+
+async def test_a_lone_record_is_appended_without_a_pass_through_the_event_loop(
+    tmp_path: Path, clock: FrozenClock
+) -> None:
+    # At synchronous=NORMAL a write with nobody queued commits on the caller's thread: the record
+    # is then durable before anything else the loop has ready runs (a busy worker's other
+    # requests got ahead of a tool call's commit twice when it went through the writer task).
+    store = open_sqlite(tmp_path / "normal.db", synchronous="NORMAL")
+    await store.migrate()
+    try:
+        log = new_log(store, clock)
+        ran: list[str] = []
+        asyncio.get_running_loop().call_soon(ran.append, "other work")
+        event = await log.record("decision", AGENT, data={"i": 1})
+        assert ran == []
+        assert await store.read_audit_events(limit=10) == [event]
+        await asyncio.sleep(0)
+        assert ran == ["other work"]
+    finally:
+        await store.close()
+
+
+async def test_records_arriving_during_an_append_share_the_next_transaction(
+    store: Storage, clock: FrozenClock
+) -> None:
+    # synchronous=FULL: every write waits for the writer thread, so the first caller's own append
+    # is still running when the others arrive; they queue and go in one transaction after it.
+    log = new_log(store, clock)
+    first = asyncio.create_task(log.record("decision", AGENT, data={"i": 0}))
+    await asyncio.sleep(0)  # the first caller is appending (waiting for the writer thread)
+    rest = await asyncio.gather(*(log.record("decision", AGENT, data={"i": i}) for i in range(1, 30)))
+    events = [await first, *rest]
+    assert sorted(e.seq for e in events) == list(range(1, 31))
+    assert log.batches == 2
+    result = await verify_store(store)
+    assert result
+    assert result.head_seq == 30
+
+
+async def test_a_caller_cancelled_during_its_own_append_leaves_the_chain_whole(
+    store: Storage, clock: FrozenClock
+) -> None:
+    log = new_log(store, clock)
+    task = asyncio.create_task(log.record("decision", AGENT, data={"i": 0}))
+    await asyncio.sleep(0)  # appending in the caller's task, waiting for the writer thread
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await log.flush()  # waits for that append too (it holds the log's lock until it is done)
+    after = await log.record("decision", AGENT, data={"i": 1})
+    result = await verify_store(store)
+    assert result
+    assert result.head_seq == after.seq
+    assert after.seq in (1, 2)  # the cancelled caller's event may or may not be in
+
+
+async def test_flush_waits_for_an_append_made_in_its_callers_task(store: Storage, clock: FrozenClock) -> None:
+    log = new_log(store, clock)
+    task = asyncio.create_task(log.record("decision", AGENT))
+    await asyncio.sleep(0)
+    await log.flush()
+    assert task.done()
+    assert await store.audit_head() == ((await task).seq, (await task).hash)
+
+
+async def test_records_with_a_secondary_sink_reach_it_in_order(store: Storage, clock: FrozenClock) -> None:
+    sink = ListSink()
+    log = new_log(store, clock, sinks=[sink])
+    for i in range(3):
+        await log.record("decision", AGENT, data={"i": i})
+    await log.flush()
+    assert [e.seq for batch in sink.batches for e in batch] == [1, 2, 3]
 
 
 async def test_closed_log_refuses_new_events(store: Storage, clock: FrozenClock) -> None:

@@ -4,7 +4,8 @@
 group-committed: callers queue their drafts, one writer task appends everything queued in
 one transaction, and each caller gets its own event back (or the store's error — every
 caller of a failed batch gets a :class:`~tether.errors.StorageError`, so the action it
-was about to take does not happen).
+was about to take does not happen). A caller with nobody to share a transaction with (no
+append running, nothing queued, no secondary sink) appends in its own task instead.
 
 Appends are serialized per chain. The writer keeps the head (seq, hash) in memory; when
 another node sharing the store appended first, the store refuses the batch
@@ -214,12 +215,40 @@ class AuditLog:
             raise StorageError("the audit log is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[Event, list[object]]] = loop.create_future()
-        self._queue.append(_Pending(draft, future, effects))
-        if self._writer is None or self._writer.done():
+        pending = _Pending(draft, future, effects)
+        if not self._sinks and not self._queue and not self._lock.locked() and self._writer_idle():
+            return await self._append_alone(pending)
+        self._queue.append(pending)
+        if self._writer_idle():
             # The writer is its own task so that a cancelled caller cannot abandon a batch
             # half-way; everyone queued while it commits goes in its next transaction.
             self._writer = loop.create_task(self._drain(), name="tether-audit-writer")
         return await future
+
+    def _writer_idle(self) -> bool:
+        return self._writer is None or self._writer.done()
+
+    async def _append_alone(self, pending: _Pending) -> tuple[Event, list[object]]:
+        """Append one event in its caller's own task: nobody is queued to share a transaction
+        with, and no secondary sink waits for a copy. On the hot paths (a tool call, an
+        activation) that is the usual case, and the writer task's two passes through the event
+        loop (its start, then the caller's wake-up) are where a busy worker's other requests
+        got ahead of this one. Callers that arrive while this append waits for the store queue
+        up, and the writer task they start waits for the lock: they still share one transaction.
+        A caller cancelled meanwhile abandons only its own event; the store commits it or not,
+        as a whole, and the action it was recorded for is not taken."""
+        try:
+            async with self._lock:
+                written, events, results = await self._append([pending])
+        except StorageError:
+            log.exception("audit append of 1 event failed")
+            raise
+        except Exception as exc:  # as the writer task answers its callers
+            log.exception("audit append of 1 event failed")
+            raise StorageError(f"audit append failed: {exc}") from exc
+        if not written:  # its effect failed: _append answered it (EffectFailedError)
+            return pending.future.result()
+        return events[0], results[0]
 
     async def _drain(self) -> None:
         batch: list[_Pending] = []
@@ -325,8 +354,14 @@ class AuditLog:
     async def flush(self) -> None:
         """Wait until everything queued so far has been written (or has failed) and copied to
         the secondary sinks, which trail the durable write."""
-        while self._writer is not None and not self._writer.done():
-            await asyncio.shield(self._writer)
+        while True:
+            if self._writer is not None and not self._writer.done():
+                await asyncio.shield(self._writer)
+            elif self._lock.locked():  # an append in its caller's task, or a checkpoint
+                async with self._lock:
+                    pass
+            else:
+                return
 
     async def close(self) -> None:
         """Refuse new events and wait for the queued ones."""
