@@ -254,10 +254,12 @@ class AuditLog:
         batch: list[_Pending] = []
         try:
             while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: len(batch)]
                 try:
                     async with self._lock:
+                        # Taken once the lock is held: everyone queued while an append made in its
+                        # caller's task held it goes in this one transaction.
+                        batch = self._queue[: self._max_batch]
+                        del self._queue[: len(batch)]
                         batch, events, results = await self._append(batch)
                 except Exception as exc:  # every caller of the batch must hear of it
                     error = (
@@ -353,7 +355,10 @@ class AuditLog:
 
     async def flush(self) -> None:
         """Wait until everything queued so far has been written (or has failed) and copied to
-        the secondary sinks, which trail the durable write."""
+        the secondary sinks, which trail the durable write; an append made in its caller's task
+        too. Not the store's side of an append whose caller was cancelled while waiting for it:
+        the store finishes (commits or drops) that transaction on its own, and closing the store
+        waits for it."""
         while True:
             if self._writer is not None and not self._writer.done():
                 await asyncio.shield(self._writer)
