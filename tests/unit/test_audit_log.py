@@ -109,6 +109,13 @@ def new_log(storage: Any, clock: FrozenClock, **kwargs: Any) -> AuditLog:
     return AuditLog(storage, node_id="node-1", clock=clock, **kwargs)
 
 
+async def chain_head(store: Storage) -> int:
+    """The stored chain's head seq, once the whole chain verifies."""
+    result = await verify_store(store)
+    assert result
+    return result.head_seq
+
+
 async def test_record_returns_the_durable_event(store: Storage, clock: FrozenClock) -> None:
     log = new_log(store, clock)
     event = await log.record(
@@ -182,9 +189,7 @@ async def test_ambiguous_commit_is_reported_and_the_chain_continues(
     # The event did land; the log must not reuse its seq or fork the chain.
     after = await log.record("secret.write", ALICE, resource="secret:prod/x")
     assert after.seq == 3
-    result = await verify_store(store)
-    assert result
-    assert result.head_seq == 3
+    assert await chain_head(store) == 3
 
 
 async def test_invalid_event_fails_only_its_own_caller(store: Storage, clock: FrozenClock) -> None:
@@ -363,9 +368,7 @@ async def test_a_cancelled_caller_does_not_break_the_batch(store: Storage, clock
     done = await asyncio.gather(*tasks, return_exceptions=True)
     assert isinstance(done[3], asyncio.CancelledError)
     await log.flush()
-    result = await verify_store(store)
-    assert result
-    assert result.head_seq in (9, 10)  # the cancelled caller's event may or may not be in
+    assert await chain_head(store) in (9, 10)  # the cancelled caller's event may or may not be in
 
 
 async def test_a_lone_record_is_appended_without_a_pass_through_the_event_loop(
@@ -404,9 +407,7 @@ async def test_records_arriving_during_an_append_share_the_next_transaction(
     events = [await first, await second, *rest]
     assert sorted(e.seq for e in events) == list(range(1, 31))
     assert log.batches == 2  # the first caller's own, then all 29 that queued during it
-    result = await verify_store(store)
-    assert result
-    assert result.head_seq == 30
+    assert await chain_head(store) == 30
 
 
 async def test_a_caller_cancelled_during_its_own_append_leaves_the_chain_whole(
@@ -422,9 +423,7 @@ async def test_a_caller_cancelled_during_its_own_append_leaves_the_chain_whole(
     # The writer thread never saw the cancellation: it committed the first event (its queue is
     # first come, first served), and the next one is sealed on top of it.
     assert after.seq == 2
-    result = await verify_store(store)
-    assert result
-    assert result.head_seq == 2
+    assert await chain_head(store) == 2
 
 
 async def test_flush_waits_for_an_append_made_in_its_callers_task(store: Storage, clock: FrozenClock) -> None:
