@@ -392,19 +392,32 @@ async def test_a_lone_record_is_appended_without_a_pass_through_the_event_loop(
         await store.close()
 
 
+class GatedStore(FlakyStore):
+    """A real store whose sealing appends wait until the test opens the gate."""
+
+    def __init__(self, inner: Storage) -> None:
+        super().__init__(inner)
+        self.gate = asyncio.Event()
+
+    async def append_sealed(self, seal: Any, effects: Any = ()) -> tuple[list[Event], list[list[object]]]:
+        await self.gate.wait()
+        return await super().append_sealed(seal, effects)
+
+
 async def test_records_arriving_during_an_append_share_the_next_transaction(
     store: Storage, clock: FrozenClock
 ) -> None:
-    # synchronous=FULL: every write waits for the writer thread, so the first caller's own append
-    # is still running when the others arrive; they queue and go in one transaction after it.
-    log = new_log(store, clock)
+    gated = GatedStore(store)
+    log = new_log(gated, clock)
     first = asyncio.create_task(log.record("decision", AGENT, data={"i": 0}))
-    await asyncio.sleep(0)  # the first caller is appending (waiting for the writer thread)
+    await asyncio.sleep(0)  # the first caller appends alone, and waits for the store
     second = asyncio.create_task(log.record("decision", AGENT, data={"i": 1}))
     await asyncio.sleep(0)  # it queued and started the writer task,
     await asyncio.sleep(0)  # which waits for the lock without taking a batch yet
-    rest = await asyncio.gather(*(log.record("decision", AGENT, data={"i": i}) for i in range(2, 30)))
-    events = [await first, await second, *rest]
+    rest = [asyncio.create_task(log.record("decision", AGENT, data={"i": i})) for i in range(2, 30)]
+    await asyncio.sleep(0)
+    gated.gate.set()
+    events = await asyncio.gather(first, second, *rest)
     assert sorted(e.seq for e in events) == list(range(1, 31))
     assert log.batches == 2  # the first caller's own, then all 29 that queued during it
     assert await chain_head(store) == 30
