@@ -61,7 +61,7 @@ import mcp_types as types
 import uvicorn
 from mcp.server.lowlevel.server import Server
 
-from bench import mcp_light
+from bench import mcp_floors, mcp_light
 from bench.egress_bench import percentile, serve, timed
 from bench.light.generator import WRK_MISSING
 from bench.openbao.procs import free_port, stop, wait_for_port
@@ -296,20 +296,71 @@ async def served(sqlite_synchronous: str = "normal") -> AsyncIterator[tuple[dict
     """As deployed: Tether is the shipped ``tether server`` (its own process, on a fresh data dir),
     the upstream its own uvicorn process; the four calls from this process, and the light run."""
     upstream_proc, node, port = await asyncio.to_thread(_start_served, sqlite_synchronous)
+    floors: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     try:
         upstream = f"http://127.0.0.1:{port}/mcp"
         async with httpx.AsyncClient(timeout=30, limits=LIMITS) as http:
             agent, task_id = await setup(http, node.addr, node.headers(), upstream)
 
-            def light(seconds: float, reps: int) -> Awaitable[dict[str, Any]]:
-                return mcp_light.run(
-                    node, upstream_proc.pid, upstream, agent, task_id, seconds=seconds, reps=reps
+            async def light(seconds: float, reps: int) -> dict[str, Any]:
+                if not floors:
+                    floors.update(await _start_floors(http, upstream))
+                return await mcp_light.run(
+                    node,
+                    upstream_proc.pid,
+                    upstream,
+                    agent,
+                    task_id,
+                    seconds=seconds,
+                    reps=reps,
+                    floors={kind: (proc.pid, url) for kind, (proc, url) in floors.items()},
                 )
 
             yield _paths(http, node.addr, upstream, agent, task_id), light
     finally:
+        for proc, _ in floors.values():
+            await asyncio.to_thread(stop, proc)
         await asyncio.to_thread(node.close)
         await asyncio.to_thread(stop, upstream_proc)
+
+
+def _launch_floors(upstream: str) -> dict[str, tuple[subprocess.Popen[bytes], str]]:
+    """Every floor of :mod:`bench.mcp_floors` in its own process, listening (all stopped if one fails)."""
+    launched: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    env = {**os.environ, mcp_floors.TOKEN_ENV: SECRET}
+    try:
+        for kind in mcp_floors.KINDS:
+            port = free_port()
+            command = [sys.executable, "-m", "bench.mcp_floors", kind, str(port), upstream]
+            proc = subprocess.Popen(command, cwd=ROOT, env=env)
+            launched[kind] = (proc, f"http://127.0.0.1:{port}/mcp")
+            wait_for_port(port, proc, timeout_seconds=60)
+    except BaseException:
+        for proc, _ in launched.values():
+            stop(proc)
+        raise
+    return launched
+
+
+async def _start_floors(
+    http: httpx.AsyncClient, upstream: str
+) -> dict[str, tuple[subprocess.Popen[bytes], str]]:
+    """The floors, each checked to answer the bench's call on both wires (which also opens its
+    workers' upstream clients)."""
+    started = await asyncio.to_thread(_launch_floors, upstream)
+    try:
+        for _ in range(8):  # both workers of each, most likely
+            for kind, (_, url) in started.items():
+                for modern in (False, True):
+                    headers = {**HEADERS, **_wire("search", modern)}
+                    answer = await http.post(url, content=_call(1, "search", modern), headers=headers)
+                    if answer.status_code != 200 or "results for" not in answer.text:
+                        raise RuntimeError(f"floor {kind} answered {answer.status_code}: {answer.text[:200]}")
+    except BaseException:
+        for proc, _ in started.values():
+            await asyncio.to_thread(stop, proc)
+        raise
+    return started
 
 
 async def run(
@@ -507,6 +558,45 @@ def _light_lines(light: dict[str, Any]) -> list[str]:
                 f"| {d['server_cpu_us_per_call']:,.0f} / {_cpu(g, 'upstream_cpu_us_per_call')} "
                 f"/ {g['server_cpu_us_per_call']:,.0f} |"
             )
+    return lines + _floor_lines(light)
+
+
+def _floor_lines(light: dict[str, Any]) -> list[str]:
+    """What the added latency is made of: the floors' rows (none in an older mcp.json)."""
+    kinds = [k for k in mcp_floors.KINDS if any(key.startswith(f"floor_{k}_") for key in light)]
+    if not kinds:
+        return []
+    lines = [
+        "",
+        "**What the added latency is made of** (`bench/mcp_floors.py`): the same call through proxies "
+        "that do less than Tether, each served like Tether (its own process, uvicorn on uvloop and "
+        "httptools, one worker per core) and run with the direct and gateway runs above, alternating, "
+        "in the *1* and *16 paced* shapes. *Relay*: the request's bytes to the upstream and the answer's "
+        "back, on Tether's HTTP/1.1 transport (the extra hop alone). *SDK proxy, out of the box*: the "
+        "SDK's low-level `Server` behind its own stateless streamable HTTP app, each call forwarded by "
+        "its `Client` on its own transport: what the issue prescribes at both ends, and nothing else. "
+        "*SDK proxy, as Tether runs the SDK*: the front's one-exchange path into the SDK's kernel and "
+        "the SDK's `Client` on Tether's dispatcher, without governance. None of them authenticates, "
+        "decides, records or redacts anything. Added p50 over direct, ms (the proxy's CPU per call, µs):",
+        "",
+        "| wire | connections | " + " | ".join(mcp_floors.LABELS[k] for k in kinds) + " | Tether gateway |",
+        "|---|---|" + "---|" * (len(kinds) + 1),
+    ]
+    for suffix, wire in (("", "bare JSON-RPC"), (f"_{MODERN}", MODERN)):
+        for shape in mcp_light.SHAPES:
+            if shape.key not in mcp_light.FLOOR_SHAPES:
+                continue
+            direct = light[f"direct{suffix}_{shape.key}"]["p50_us"]
+            cells = []
+            for figures in [light.get(f"floor_{k}{suffix}_{shape.key}") for k in kinds] + [
+                light[f"gateway{suffix}_{shape.key}"]
+            ]:
+                if figures is None:
+                    cells.append("-")
+                    continue
+                added = (figures["p50_us"] - direct) / 1000
+                cells.append(f"{added:.2f} ({figures['server_cpu_us_per_call']:,.0f})")
+            lines.append(f"| {wire} | {shape.label} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -34,6 +34,7 @@ import asyncio
 import statistics
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ import httpx
 from bench.light.generator import Load, raw_request, run_load, write_pool, wrk_path
 from bench.openbao.procs import tree_cpu_seconds
 
-__all__ = ["SHAPES", "Shape", "available", "run"]
+__all__ = ["FLOOR_SHAPES", "SHAPES", "Shape", "available", "run"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ SHAPES = (
     Shape("16", 16, 0, 3000),
     Shape("16_paced", 16, THINK_MS, 800),
 )
+#: The shapes the floors (:mod:`bench.mcp_floors`) run in: one call alone, and 16 paced agents.
+FLOOR_SHAPES = ("1", "16_paced")
 
 
 def available() -> bool:
@@ -134,10 +137,20 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def run(
-    node: Any, upstream_pid: int, upstream: str, agent: Any, task_id: str, *, seconds: float, reps: int
+    node: Any,
+    upstream_pid: int,
+    upstream: str,
+    agent: Any,
+    task_id: str,
+    *,
+    seconds: float,
+    reps: int,
+    floors: Mapping[str, tuple[int, str]] | None = None,
 ) -> dict[str, Any]:
     """Direct and gateway, both wires, every shape; ``reps`` runs each, alternating direct and
-    gateway so that a change in the host's load touches both."""
+    gateway so that a change in the host's load touches both. ``floors`` (kind: PID, URL; see
+    :mod:`bench.mcp_floors`) run between the two in the :data:`FLOOR_SHAPES`, as
+    ``floor_<kind><wire>_<shape>``."""
     from bench import mcp_bench as mb  # the calls' bytes; imported here: mcp_bench imports this module
 
     up_host = urlsplit(upstream).netloc
@@ -171,6 +184,25 @@ async def run(
                             upstream,
                         )
                     )
+                    for kind, (pid, url) in (floors or {}).items() if shape.key in FLOOR_SHAPES else ():
+                        floor_host = urlsplit(url).netloc
+                        floor_headers = {**mb.HEADERS, **mb._wire("search", modern)}
+                        calls = [
+                            raw_request("POST", floor_host, "/mcp", floor_headers, body)
+                            for body in (mb._call(i, "search", modern) for i in range(1, 65))
+                        ]
+                        write_pool(prefix, calls, 1)
+                        runs.setdefault(kind, []).append(
+                            await asyncio.to_thread(
+                                _measure,
+                                f"{kind}{suffix}, {shape.label}",
+                                Load(url.rsplit("/", 1)[0], prefix, shape.connections, False, shape.think_ms),
+                                [pid],
+                                seconds,
+                                upstream,
+                                upstream_pid,
+                            )
+                        )
                     token = await agent.token()
                     count = int(shape.max_rate * seconds) + 4 * shape.connections
                     url = node.addr + "/mcp"
@@ -196,6 +228,9 @@ async def run(
                             upstream_pid,
                         )
                     )
+                for kind in floors or {}:
+                    if kind in runs:
+                        results[f"floor_{kind}{suffix}_{shape.key}"] = _median(runs[kind])
                 d, g = _median(runs["direct"]), _median(runs["gateway"])
                 results[f"direct{suffix}_{shape.key}"] = d
                 results[f"gateway{suffix}_{shape.key}"] = g
