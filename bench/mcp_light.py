@@ -18,6 +18,10 @@ mostly waits for the other 15); and 16 paced connections, 16 such agents (about 
 many calls overlap, the machine is not saturated). The two paced shapes apart say how much of the
 16 agents' added latency comes from calls running cold and how much from calls overlapping.
 
+In the *1* and *16 paced* shapes the floors of :mod:`bench.mcp_floors` (a byte relay, the SDK out of
+the box, the SDK as Tether runs it: proxies without governance, served like Tether) are measured
+between the direct and gateway runs, with the same call and the same checks.
+
 wrk counts only non-2xx answers as errors, and a refused tool call is a 200 with a JSON-RPC error,
 so every run is checked against the upstream's own count of the tool calls it answered
 (``GET /count``): gateway answers that never reached the upstream would show there. Tether's CPU
