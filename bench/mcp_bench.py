@@ -17,7 +17,9 @@ Tether on SQLite (WAL) with that upstream registered (``Authorization: Bearer <s
   its own uvicorn process: as deployed, on the same two cores as the client.
 - **light** (the served setup again): driven by wrk with pre-built, pre-signed requests instead of a
   Python client: 1 connection, 1 paced, 16 in a closed loop, 16 paced (:mod:`bench.mcp_light`;
-  ``--light-seconds 0`` or no wrk: none).
+  ``--light-seconds 0`` or no wrk: none), and in the 1 and 16 paced shapes the floors of
+  :mod:`bench.mcp_floors` (proxies without governance: a byte relay, the SDK out of the box, the SDK
+  as Tether runs it), which say roughly what the added latency is made of.
 
 The same ``httpx.AsyncClient`` sends the same JSON-RPC ``tools/call``:
 
@@ -318,10 +320,14 @@ async def served(sqlite_synchronous: str = "normal") -> AsyncIterator[tuple[dict
 
             yield _paths(http, node.addr, upstream, agent, task_id), light
     finally:
-        for proc, _ in floors.values():
-            await asyncio.to_thread(stop, proc)
-        await asyncio.to_thread(node.close)
-        await asyncio.to_thread(stop, upstream_proc)
+        try:
+            for proc, _ in floors.values():
+                await asyncio.to_thread(stop, proc)
+        finally:
+            try:
+                await asyncio.to_thread(node.close)
+            finally:
+                await asyncio.to_thread(stop, upstream_proc)
 
 
 def _launch_floors(upstream: str) -> dict[str, tuple[subprocess.Popen[bytes], str]]:
@@ -345,14 +351,15 @@ def _launch_floors(upstream: str) -> dict[str, tuple[subprocess.Popen[bytes], st
 async def _start_floors(
     http: httpx.AsyncClient, upstream: str
 ) -> dict[str, tuple[subprocess.Popen[bytes], str]]:
-    """The floors, each checked to answer the bench's call on both wires (which also opens its
-    workers' upstream clients)."""
+    """The floors, each checked to answer the bench's call on both wires. Every check comes on a
+    connection of its own, which the kernel hands to a worker at random: with 16 of them, every
+    worker has almost surely opened its upstream client before the measured runs."""
     started = await asyncio.to_thread(_launch_floors, upstream)
     try:
-        for _ in range(8):  # both workers of each, most likely
+        for _ in range(8):
             for kind, (_, url) in started.items():
                 for modern in (False, True):
-                    headers = {**HEADERS, **_wire("search", modern)}
+                    headers = {**HEADERS, **_wire("search", modern), "Connection": "close"}
                     answer = await http.post(url, content=_call(1, "search", modern), headers=headers)
                     if answer.status_code != 200 or "results for" not in answer.text:
                         raise RuntimeError(f"floor {kind} answered {answer.status_code}: {answer.text[:200]}")
@@ -563,21 +570,25 @@ def _light_lines(light: dict[str, Any]) -> list[str]:
 
 def _floor_lines(light: dict[str, Any]) -> list[str]:
     """What the added latency is made of: the floors' rows (none in an older mcp.json)."""
-    kinds = [k for k in mcp_floors.KINDS if any(key.startswith(f"floor_{k}_") for key in light)]
+    keys = [f"{suffix}_{shape}" for suffix in ("", f"_{MODERN}") for shape in mcp_light.FLOOR_SHAPES]
+    kinds = [k for k in mcp_floors.KINDS if any(f"floor_{k}{key}" in light for key in keys)]
     if not kinds:
         return []
     lines = [
         "",
-        "**What the added latency is made of** (`bench/mcp_floors.py`): the same call through proxies "
-        "that do less than Tether, each served like Tether (its own process, uvicorn on uvloop and "
-        "httptools, one worker per core) and run with the direct and gateway runs above, alternating, "
-        "in the *1* and *16 paced* shapes. *Relay*: the request's bytes to the upstream and the answer's "
-        "back, on Tether's HTTP/1.1 transport (the extra hop alone). *SDK proxy, out of the box*: the "
-        "SDK's low-level `Server` behind its own stateless streamable HTTP app, each call forwarded by "
-        "its `Client` on its own transport: what the issue prescribes at both ends, and nothing else. "
-        "*SDK proxy, as Tether runs the SDK*: the front's one-exchange path into the SDK's kernel and "
-        "the SDK's `Client` on Tether's dispatcher, without governance. None of them authenticates, "
-        "decides, records or redacts anything. Added p50 over direct, ms (the proxy's CPU per call, µs):",
+        "**What the added latency is made of**, roughly (`bench/mcp_floors.py`): the same call through "
+        "proxies that do less than Tether, each served as `tether server` serves (a worker per core on "
+        "its own `SO_REUSEPORT` socket, Tether's HTTP protocol and event loop, the startup heap frozen), "
+        "run after each gateway run in the *1* and *16 paced* shapes. *Relay*: the request's bytes to "
+        "the upstream and the answer's back, on Tether's HTTP/1.1 transport (the extra hop alone). *SDK "
+        "proxy, out of the box*: the SDK's low-level `Server` behind its own stateless streamable HTTP "
+        "app, each call forwarded by its `Client` on its own transport, the tools' input schemas listed "
+        "once (as Tether has its pinned ones): the SDK at both ends as the issue prescribes, and nothing "
+        "else. *SDK proxy, as Tether runs the SDK*: the front's one-exchange path into the SDK's kernel "
+        "and the SDK's `Client` on Tether's dispatcher. None of them authenticates, decides, records or "
+        "redacts anything: the gateway minus the last one is, roughly, Tether's own work on a call "
+        "(governance and the app around the SDK). Added p50 over direct, ms (the proxy's CPU per call, "
+        "µs):",
         "",
         "| wire | connections | " + " | ".join(mcp_floors.LABELS[k] for k in kinds) + " | Tether gateway |",
         "|---|---|" + "---|" * (len(kinds) + 1),

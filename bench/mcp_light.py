@@ -19,8 +19,8 @@ many calls overlap, the machine is not saturated). The two paced shapes apart sa
 16 agents' added latency comes from calls running cold and how much from calls overlapping.
 
 In the *1* and *16 paced* shapes the floors of :mod:`bench.mcp_floors` (a byte relay, the SDK out of
-the box, the SDK as Tether runs it: proxies without governance, served like Tether) are measured
-between the direct and gateway runs, with the same call and the same checks.
+the box, the SDK as Tether runs it: proxies without governance, served as Tether serves) are measured
+after each gateway run, with the same call and the same checks.
 
 wrk counts only non-2xx answers as errors, and a refused tool call is a 200 with a JSON-RPC error,
 so every run is checked against the upstream's own count of the tool calls it answered
@@ -56,7 +56,7 @@ __all__ = ["FLOOR_SHAPES", "SHAPES", "Shape", "available", "run"]
 class Shape:
     """How a run drives the servers: connections, and each one's pause between calls."""
 
-    key: str  # in the results: direct_<key>, gateway_<key>, added_<key>
+    key: str  # in the results: direct_<key>, gateway_<key>, added_<key> (floor_<kind>_<key>)
     connections: int
     think_ms: float  # mean pause after an answer (0: a closed loop)
     #: Calls per second a gateway pool is sized for (each proof is sent once); this machine serves
@@ -153,7 +153,7 @@ async def run(
 ) -> dict[str, Any]:
     """Direct and gateway, both wires, every shape; ``reps`` runs each, alternating direct and
     gateway so that a change in the host's load touches both. ``floors`` (kind: PID, URL; see
-    :mod:`bench.mcp_floors`) run between the two in the :data:`FLOOR_SHAPES`, as
+    :mod:`bench.mcp_floors`) run after each gateway run in the :data:`FLOOR_SHAPES`, as
     ``floor_<kind><wire>_<shape>``."""
     from bench import mcp_bench as mb  # the calls' bytes; imported here: mcp_bench imports this module
 
@@ -170,8 +170,10 @@ async def run(
                 **mb._wire("search", modern),
             }
             gateway_headers = {**mb.HEADERS, **mb._wire("bench__search", modern), "Tether-Task": task_id}
+            floor_headers = {**mb.HEADERS, **mb._wire("search", modern)}
             for shape in SHAPES:
                 runs: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
+                shape_floors = (floors or {}) if shape.key in FLOOR_SHAPES else {}
                 for _ in range(reps):
                     direct = [
                         raw_request("POST", up_host, "/mcp", direct_headers, mb._call(i, "search", modern))
@@ -188,25 +190,6 @@ async def run(
                             upstream,
                         )
                     )
-                    for kind, (pid, url) in (floors or {}).items() if shape.key in FLOOR_SHAPES else ():
-                        floor_host = urlsplit(url).netloc
-                        floor_headers = {**mb.HEADERS, **mb._wire("search", modern)}
-                        calls = [
-                            raw_request("POST", floor_host, "/mcp", floor_headers, body)
-                            for body in (mb._call(i, "search", modern) for i in range(1, 65))
-                        ]
-                        write_pool(prefix, calls, 1)
-                        runs.setdefault(kind, []).append(
-                            await asyncio.to_thread(
-                                _measure,
-                                f"{kind}{suffix}, {shape.label}",
-                                Load(url.rsplit("/", 1)[0], prefix, shape.connections, False, shape.think_ms),
-                                [pid],
-                                seconds,
-                                upstream,
-                                upstream_pid,
-                            )
-                        )
                     token = await agent.token()
                     count = int(shape.max_rate * seconds) + 4 * shape.connections
                     url = node.addr + "/mcp"
@@ -232,6 +215,26 @@ async def run(
                             upstream_pid,
                         )
                     )
+                    # After both: direct and gateway stay adjacent, as the target's figure needs.
+                    for kind, (pid, floor_url) in shape_floors.items():
+                        floor_host = urlsplit(floor_url).netloc
+                        floor_base = f"http://{floor_host}"
+                        calls = [
+                            raw_request("POST", floor_host, "/mcp", floor_headers, body)
+                            for body in (mb._call(i, "search", modern) for i in range(1, 65))
+                        ]
+                        write_pool(prefix, calls, 1)
+                        runs.setdefault(kind, []).append(
+                            await asyncio.to_thread(
+                                _measure,
+                                f"{kind}{suffix}, {shape.label}",
+                                Load(floor_base, prefix, shape.connections, False, shape.think_ms),
+                                [pid],
+                                seconds,
+                                upstream,
+                                upstream_pid,
+                            )
+                        )
                 for kind in floors or {}:
                     if kind in runs:
                         results[f"floor_{kind}{suffix}_{shape.key}"] = _median(runs[kind])
