@@ -247,6 +247,8 @@ def main(argv: list[str]) -> None:
     from tether.api.workers import listen
     from tether.config import MAX_WORKERS
 
+    if len(argv) != 3 or not argv[1].isdigit():
+        raise SystemExit("usage: python -m bench.mcp_floors KIND PORT UPSTREAM_URL")
     kind, port, upstream = argv
     if kind not in _APPS:
         raise SystemExit(f"unknown floor {kind!r}: one of {', '.join(KINDS)}")
