@@ -242,17 +242,24 @@ def _worker(app: ASGIApp, sock: Any, parent: int) -> None:
         runner.run(serve())
 
 
+def default_workers() -> int:
+    """How many workers ``tether server`` runs by default on this machine (one per core; the
+    formula of ``Settings.worker_count``, which needs a data directory a floor does not have)."""
+    from tether.config import MAX_WORKERS
+
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
 def main(argv: list[str]) -> None:
     """``KIND PORT UPSTREAM_URL``: serve that floor with one worker per core until SIGTERM."""
     from tether.api.workers import listen
-    from tether.config import MAX_WORKERS
 
     if len(argv) != 3 or not argv[1].isdigit():
         raise SystemExit("usage: python -m bench.mcp_floors KIND PORT UPSTREAM_URL")
     kind, port, upstream = argv
     if kind not in _APPS:
         raise SystemExit(f"unknown floor {kind!r}: one of {', '.join(KINDS)}")
-    count = max(1, min(os.cpu_count() or 1, MAX_WORKERS))  # `tether server`'s default
+    count = default_workers()
     parent = os.getpid()
     children = []
     for sock in listen("127.0.0.1", int(port), count):
