@@ -28,6 +28,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from tether.cpus import available_cpus
 from tether.crypto.keyprovider import EnvKeyProvider, FileKeyProvider, KeyProvider, UnsafeDevKeyProvider
 from tether.domain.secrets import DEFAULT_MAX_SECRET_BYTES, MAX_SECRET_BYTES_CAP
 from tether.errors import ConfigError
@@ -317,7 +318,7 @@ class Settings(BaseSettings):
     #: acknowledged — survives power loss. ``normal`` (WAL): survives a crash of the process, not
     #: of the machine; an order of magnitude faster per commit. See docs/operations.md.
     sqlite_synchronous: Annotated[StrictStr, _one_of("full", "normal")] = "full"
-    #: HTTP worker processes of ``tether server`` (1..64); unset: one per CPU core.
+    #: HTTP worker processes of ``tether server`` (1..64); unset: one per core it may use.
     workers: Annotated[Integer, _between(1, MAX_WORKERS)] | None = None
     #: ``text`` (one line for people) or ``json`` (one object per line); ``--log-format`` overrides.
     log_format: Annotated[StrictStr, _one_of(*LOG_FORMATS)] = "text"
@@ -401,10 +402,11 @@ class Settings(BaseSettings):
 
     @property
     def worker_count(self) -> int:
-        """``workers``, or one per CPU core (at most 64) when unset."""
+        """``workers``, or when unset one per core this process may use (its CPU affinity and
+        cgroup CPU limit: :func:`tether.cpus.available_cpus`), at most 64."""
         if self.workers is not None:
             return self.workers
-        return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+        return min(available_cpus(), MAX_WORKERS)
 
     @property
     def backend(self) -> str:

@@ -163,11 +163,9 @@ async def test_background_loops_are_taken_over_when_the_holder_leaves(tmp_path: 
 def test_workers_setting_is_bounded_and_defaults_to_the_cores(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    monkeypatch.setattr("tether.config.available_cpus", lambda: 6)
     assert Settings(data_dir=tmp_path).worker_count == 6
-    monkeypatch.setattr("os.cpu_count", lambda: None)
-    assert Settings(data_dir=tmp_path).worker_count == 1
-    monkeypatch.setattr("os.cpu_count", lambda: 512)
+    monkeypatch.setattr("tether.config.available_cpus", lambda: 512)
     assert Settings(data_dir=tmp_path).worker_count == 64
     assert Settings.load(tmp_path, {"TETHER_WORKERS": "3"}).worker_count == 3
     for bad in ("0", "65"):

@@ -218,7 +218,10 @@ def server(
             "--workers",
             min=1,
             max=64,
-            help="Worker processes on the one socket (default: the workers setting, else one per core).",
+            help=(
+                "Worker processes on the one socket (default: the workers setting, else one per core "
+                "it may use)."
+            ),
             show_default=False,
         ),
     ] = None,

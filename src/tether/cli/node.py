@@ -157,7 +157,7 @@ def load_initialised(data_dir: Path) -> Settings:
 def serve(data_dir: Path, listen: str, workers: int | None = None, log_format: str | None = None) -> None:
     """``tether server``: start the node and serve HTTP until Ctrl-C or SIGTERM, in this process
     (one worker) or with ``workers`` worker processes on one socket (default: the ``workers``
-    setting, else one per CPU core); logs as ``log_format`` (default: the ``log_format`` setting)."""
+    setting, else one per core it may use); logs as ``log_format`` (default: the ``log_format`` setting)."""
     from tether.api import server
     from tether.logs import configure_logging
 
