@@ -245,8 +245,8 @@ def _worker(app: ASGIApp, sock: Any, parent: int) -> None:
 def default_workers() -> int:
     """How many workers ``tether server`` runs by default on this machine (one per core it may use;
     the formula of ``Settings.worker_count``, which needs a data directory a floor does not have)."""
+    from tether._cpus import available_cpus
     from tether.config import MAX_WORKERS
-    from tether.cpus import available_cpus
 
     return min(available_cpus(), MAX_WORKERS)
 

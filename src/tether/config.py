@@ -28,7 +28,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from tether.cpus import available_cpus
+from tether._cpus import available_cpus
 from tether.crypto.keyprovider import EnvKeyProvider, FileKeyProvider, KeyProvider, UnsafeDevKeyProvider
 from tether.domain.secrets import DEFAULT_MAX_SECRET_BYTES, MAX_SECRET_BYTES_CAP
 from tether.errors import ConfigError
@@ -403,7 +403,7 @@ class Settings(BaseSettings):
     @property
     def worker_count(self) -> int:
         """``workers``, or when unset one per core this process may use (its CPU affinity and
-        cgroup CPU limit: :func:`tether.cpus.available_cpus`), at most 64."""
+        cgroup CPU limit: :func:`tether._cpus.available_cpus`), at most 64."""
         if self.workers is not None:
             return self.workers
         return min(available_cpus(), MAX_WORKERS)

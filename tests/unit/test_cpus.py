@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tether.cpus import available_cpus, cgroup_cpu_limit, cpu_max_cores
+from tether._cpus import available_cpus, cgroup_cpu_limit, cpu_max_cores
 
 
 def _cgroup_tree(tmp_path: Path, own: str, limits: dict[str, str]) -> tuple[Path, Path]:
@@ -49,9 +49,11 @@ def test_the_tightest_limit_of_the_cgroup_and_its_ancestors_holds(tmp_path: Path
     root, proc = _cgroup_tree(
         tmp_path,
         "/kubepods/pod1/ctr",
-        {"kubepods": "400000 100000", "kubepods/pod1": "150000 100000", "kubepods/pod1/ctr": "max 100000"},
+        {"kubepods": "150000 100000", "kubepods/pod1": "400000 100000", "kubepods/pod1/ctr": "max 100000"},
     )
-    assert cgroup_cpu_limit(root, proc) == 1.5
+    assert cgroup_cpu_limit(root, proc) == 1.5  # the grandparent's, though the parent allows more
+    (root / "kubepods" / "pod1" / "ctr" / "cpu.max").write_text("50000 100000\n", encoding="utf-8")
+    assert cgroup_cpu_limit(root, proc) == 0.5  # its own, now the tightest
 
 
 def test_no_limit_without_a_cgroup_v2_line_or_a_readable_file(tmp_path: Path) -> None:
@@ -62,13 +64,17 @@ def test_no_limit_without_a_cgroup_v2_line_or_a_readable_file(tmp_path: Path) ->
     assert cgroup_cpu_limit(root, tmp_path / "missing") is None
 
 
-def test_a_cgroup_path_cannot_climb_out_of_the_root(tmp_path: Path) -> None:
+def test_a_cgroup_outside_the_namespace_is_not_read(tmp_path: Path) -> None:
+    # The kernel writes a cgroup outside this process's cgroup namespace with leading "..": it is
+    # not under the root seen here, so neither the look-alike under the root nor anything above
+    # the root is read.
     root, proc = _cgroup_tree(tmp_path, "/../../etc", {"etc": "100000 100000"})
-    (tmp_path / "cpu.max").write_text("100000 100000\n", encoding="utf-8")  # outside the root
-    # ".." segments are dropped: /../../etc is read as /etc under the root, never above it
-    assert cgroup_cpu_limit(root, proc) == 1.0
+    (tmp_path / "cpu.max").write_text("50000 100000\n", encoding="utf-8")
+    assert cgroup_cpu_limit(root, proc) is None
     proc.write_text("0::/../..\n", encoding="utf-8")
     assert cgroup_cpu_limit(root, proc) is None
+    proc.write_text("0::/./etc\n", encoding="utf-8")  # "." is no step anywhere
+    assert cgroup_cpu_limit(root, proc) == 1.0
 
 
 def test_available_cpus_is_the_affinity_capped_by_the_limit_rounded_up(
@@ -79,6 +85,8 @@ def test_available_cpus_is_the_affinity_capped_by_the_limit_rounded_up(
     assert available_cpus(root, proc) == 4
     (root / "cpu.max").write_text("150000 100000\n", encoding="utf-8")
     assert available_cpus(root, proc) == 2
+    (root / "cpu.max").write_text("120000 100000\n", encoding="utf-8")
+    assert available_cpus(root, proc) == 2  # rounded up, not to the nearest
     (root / "cpu.max").write_text("10000 100000\n", encoding="utf-8")
     assert available_cpus(root, proc) == 1  # a tenth of a core still runs one worker
     (root / "cpu.max").write_text("1600000 100000\n", encoding="utf-8")
@@ -94,6 +102,7 @@ def test_without_affinity_the_machine_cores_count(tmp_path: Path, monkeypatch: p
     assert available_cpus(root, proc) == 8
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this system")
 def test_this_process_gets_at_least_one_and_no_more_than_its_affinity() -> None:
     cores = available_cpus()
     assert 1 <= cores <= len(os.sched_getaffinity(0))

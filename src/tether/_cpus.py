@@ -5,8 +5,12 @@
 limit, ``docker run --cpus``). More busy workers than the cores a node may use only evict each
 other's caches and wait for each other (docs/operations.md, *Sizing the workers*).
 
-Only cgroup v2 limits are read (the unified hierarchy: ``0::<path>`` in ``/proc/self/cgroup``); a
-limit that cannot be read counts as none.
+Only cgroup v2 limits are read (the unified hierarchy: ``0::<path>`` in ``/proc/self/cgroup``,
+mounted at ``/sys/fs/cgroup``, as container runtimes with a cgroup namespace present it); a limit
+that cannot be read (cgroup v1, a hierarchy mounted elsewhere, a cgroup outside this process's
+namespace) counts as none, and the ``workers`` setting is then the way to size a node. A limit is
+rounded up: a worker runs on one core at a time, so 1.5 CPUs take two workers to be used whole
+(Go's runtime rounds its default the same way); at saturation the limit throttles them.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ def cpu_max_cores(text: str) -> float | None:
 def cgroup_cpu_limit(root: Path = _CGROUP_ROOT, proc_cgroup: Path = _PROC_CGROUP) -> float | None:
     """The tightest cgroup v2 CPU limit on this process, in cores: its own cgroup's ``cpu.max``
     and its ancestors' up to ``root`` (a parent's limit holds for its children); None when there
-    is none, or no cgroup v2 hierarchy to read."""
+    is none, or no cgroup v2 hierarchy to read (see the module docstring)."""
     try:
         lines = proc_cgroup.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
@@ -47,7 +51,9 @@ def cgroup_cpu_limit(root: Path = _CGROUP_ROOT, proc_cgroup: Path = _PROC_CGROUP
     path = next((line[3:] for line in lines if line.startswith("0::")), None)
     if path is None:
         return None
-    parts = [part for part in path.split("/") if part and part not in {".", ".."}]
+    parts = [part for part in path.split("/") if part and part != "."]
+    if ".." in parts:  # the cgroup is outside this process's namespace: not under the root seen here
+        return None
     limits: list[float] = []
     for depth in range(len(parts), -1, -1):
         try:
