@@ -400,18 +400,38 @@ class _SealNotifier:
         await self.app(scope, receive, notify_then_send)
 
 
+#: Set once this worker was told to stop (SIGTERM or SIGINT outside uvicorn's own handlers).
+_STOPPING = threading.Event()
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
+    _STOPPING.set()
     raise KeyboardInterrupt
 
 
 def _worker_main(fd: int, ready_fd: int, parent_pid: int, index: int) -> None:
     die_with_parent(parent_pid)
-    # uvicorn handles SIGTERM/SIGINT while it serves, then raises the signal again once the app
-    # has shut down (the broker closed): this handler turns that into a clean exit.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _interrupt)
     # The supervisor resolved the log format (flag, environment, file) and exported it.
     configure_logging(os.environ.get(ENV_VARS["log_format"]) or "text", label="worker")
+    # uvicorn handles SIGTERM/SIGINT while it serves, then raises the signal again once the app
+    # has shut down (the broker closed): this handler turns that into a clean exit. A signal that
+    # comes before uvicorn takes them over (while the app is built, or the event loop starts) is
+    # raised wherever the worker is: inside uvloop's start it leaves the loop half started, and
+    # the runner's teardown then fails too ("this event loop is already running"). Asked to stop,
+    # the worker exits whatever its way out raised, with a log line instead of a traceback.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _interrupt)
+    try:
+        _serve_worker(fd, ready_fd, parent_pid, index)
+    except BaseException as exc:
+        if not _STOPPING.is_set():
+            raise
+        if not isinstance(exc, KeyboardInterrupt):
+            log.warning("worker %d: %s on its way out after it was told to stop", index, type(exc).__name__)
+
+
+def _serve_worker(fd: int, ready_fd: int, parent_pid: int, index: int) -> None:
+    """Serve the inherited socket until uvicorn stops (see :func:`_worker_main`)."""
     sock = socket.socket(fileno=fd)
     app = create_app_from_env(sealed=bool(os.environ.get(SEALED_ENV)))
     if sys.platform != "win32":  # the factory already added request ids and spans
@@ -464,11 +484,12 @@ def _worker_main(fd: int, ready_fd: int, parent_pid: int, index: int) -> None:
         finally:
             reporter.cancel()
 
+    serving = serve()
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(serve())
-    except KeyboardInterrupt:
-        return
+            runner.run(serving)
+    finally:
+        serving.close()  # a no-op once run; else no "never awaited" warning on the log
 
 
 def main(argv: list[str] | None = None) -> None:
