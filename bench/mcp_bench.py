@@ -390,10 +390,12 @@ async def run(
 ) -> dict[str, Any]:
     """One setup's runs. ``workers`` (served only): Tether's ``--workers``, None for its default
     (one per core; the floors are measured with that run only)."""
-    setup: dict[str, Any] = {}
-    if deployed:
-        setup = {"sqlite_synchronous": sqlite_synchronous, "workers": workers, "floors_too": workers is None}
-    async with served(**setup) if deployed else started(sqlite_synchronous) as (paths, light):
+    opened = (
+        served(sqlite_synchronous, workers=workers, floors_too=workers is None)
+        if deployed
+        else started(sqlite_synchronous)
+    )
+    async with opened as (paths, light):
         for call in paths.values():  # warm-up: connections, the upstream session, caches
             await timed(call, 50, 1)
         results: dict[str, Any] = {
@@ -584,7 +586,7 @@ def _cpu(figures: dict[str, Any], key: str) -> str:
     return f"{figures[key]:,.0f}" if key in figures else "-"
 
 
-def _light_lines(light: dict[str, Any], host: str = "not measured") -> list[str]:
+def _light_lines(light: dict[str, Any], host: str) -> list[str]:
     lines = [
         f"**Light** (`bench/mcp_light.py`): the served setup again, driven by wrk with pre-built requests "
         "(each gateway request its own DPoP proof, signed before the run and sent once) instead of a "
