@@ -19,7 +19,7 @@ Tether on SQLite (WAL) with that upstream registered (``Authorization: Bearer <s
   sized to the core the upstream and the client leave it; 0 or the default count: not run).
 - **light** (the served setup again): driven by wrk with pre-built, pre-signed requests instead of a
   Python client: 1 connection, 1 paced, 16 in a closed loop, 16 paced (:mod:`bench.mcp_light`;
-  ``--light-seconds 0`` or no wrk: none), and in the 1 and 16 paced shapes the floors of
+  ``--light-seconds 0`` or no wrk: none), and in the 1, 16 and 16 paced shapes the floors of
   :mod:`bench.mcp_floors` (proxies without governance: a byte relay, the SDK out of the box, the SDK
   as Tether runs it), which say roughly what the added latency is made of.
 
@@ -652,9 +652,15 @@ def _light_table(light: dict[str, Any]) -> list[str]:
 
 
 def _floor_lines(light: dict[str, Any]) -> list[str]:
-    """What the added latency is made of: the floors' rows (none in an older mcp.json)."""
-    keys = [f"{suffix}_{shape}" for suffix in ("", f"_{MODERN}") for shape in mcp_light.FLOOR_SHAPES]
-    kinds = [k for k in mcp_floors.KINDS if any(f"floor_{k}{key}" in light for key in keys)]
+    """What the added latency is made of: the floors' rows, in the shapes they ran in (none in an
+    older mcp.json, and no row for a shape an older run did not measure them in)."""
+    wires = (("", "bare JSON-RPC"), (f"_{MODERN}", MODERN))
+
+    def measured(kind: str, key: str) -> bool:
+        return any(f"floor_{kind}{suffix}_{key}" in light for suffix, _ in wires)
+
+    shapes = [s for s in mcp_light.SHAPES if any(measured(k, s.key) for k in mcp_floors.KINDS)]
+    kinds = [k for k in mcp_floors.KINDS if any(measured(k, s.key) for s in shapes)]
     if not kinds:
         return []
     lines = [
@@ -662,24 +668,25 @@ def _floor_lines(light: dict[str, Any]) -> list[str]:
         "**What the added latency is made of**, roughly (`bench/mcp_floors.py`): the same call through "
         "proxies that do less than Tether, each served as `tether server` serves (a worker per core on "
         "its own `SO_REUSEPORT` socket, Tether's HTTP protocol and event loop, the startup heap frozen), "
-        "run after each gateway run in the *1* and *16 paced* shapes. *Relay*: the request's bytes to "
-        "the upstream and the answer's back, on Tether's HTTP/1.1 transport (the extra hop alone). *SDK "
+        f"run after each gateway run in the {_shape_names([s.key for s in shapes])} shapes. *Relay*: "
+        "the request's bytes to the upstream and the answer's back, on Tether's HTTP/1.1 transport (the "
+        "extra hop alone). *SDK "
         "proxy, out of the box*: the SDK's low-level `Server` behind its own stateless streamable HTTP "
         "app, each call forwarded by its `Client` on its own transport, the tools' input schemas listed "
         "once (as Tether has its pinned ones): the SDK at both ends as the issue prescribes, and nothing "
         "else. *SDK proxy, as Tether runs the SDK*: the front's one-exchange path into the SDK's kernel "
         "and the SDK's `Client` on Tether's dispatcher. None of them authenticates, decides, records or "
         "redacts anything: the gateway minus the last one is, roughly, Tether's own work on a call "
-        "(governance and the app around the SDK). Added p50 over direct, ms (the proxy's CPU per call, "
-        "µs):",
+        "(governance and the app around the SDK). On the bare wire the SDK proxies, like Tether, call "
+        "the upstream on the 2026-07-28 wire, which costs it less CPU than the bare one (the upstream's "
+        "CPU per direct call above): a saving the direct call and the relay do not have, largest with "
+        "16 in a closed loop. Added p50 over direct, ms (the proxy's CPU per call, µs):",
         "",
         "| wire | connections | " + " | ".join(mcp_floors.LABELS[k] for k in kinds) + " | Tether gateway |",
         "|---|---|" + "---|" * (len(kinds) + 1),
     ]
-    for suffix, wire in (("", "bare JSON-RPC"), (f"_{MODERN}", MODERN)):
-        for shape in mcp_light.SHAPES:
-            if shape.key not in mcp_light.FLOOR_SHAPES:
-                continue
+    for suffix, wire in wires:
+        for shape in shapes:
             direct = light[f"direct{suffix}_{shape.key}"]["p50_us"]
             cells = []
             for figures in [light.get(f"floor_{k}{suffix}_{shape.key}") for k in kinds] + [
@@ -692,6 +699,12 @@ def _floor_lines(light: dict[str, Any]) -> list[str]:
                 cells.append(f"{added:.2f} ({figures['server_cpu_us_per_call']:,.0f})")
             lines.append(f"| {wire} | {shape.label} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _shape_names(keys: list[str]) -> str:
+    """``("1", "16")`` → ``*1* and *16*``: the shapes' labels without their pauses."""
+    names = [f"*{key.replace('_', ' ')}*" for key in keys]
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
 
 
 def write_latest(section: str) -> None:

@@ -18,9 +18,10 @@ mostly waits for the other 15); and 16 paced connections, 16 such agents (about 
 many calls overlap, the machine is not saturated). The two paced shapes apart say how much of the
 16 agents' added latency comes from calls running cold and how much from calls overlapping.
 
-In the *1* and *16 paced* shapes the floors of :mod:`bench.mcp_floors` (a byte relay, the SDK out of
-the box, the SDK as Tether runs it: proxies without governance, served as Tether serves) are measured
-after each gateway run, with the same call and the same checks.
+In the *1*, *16* and *16 paced* shapes the floors of :mod:`bench.mcp_floors` (a byte relay, the SDK
+out of the box, the SDK as Tether runs it: proxies without governance, served as Tether serves) are
+measured after each gateway run, with the same call and the same checks. With 16 in a closed loop,
+they say what the 2 cores allow any proxy in front of this upstream, before any governance.
 
 wrk counts only non-2xx answers as errors, and a refused tool call is a 200 with a JSON-RPC error,
 so every run is checked against the upstream's own count of the tool calls it answered
@@ -77,8 +78,9 @@ SHAPES = (
     Shape("16", 16, 0, 3000),
     Shape("16_paced", 16, THINK_MS, 800),
 )
-#: The shapes the floors (:mod:`bench.mcp_floors`) run in: one call alone, and 16 paced agents.
-FLOOR_SHAPES = ("1", "16_paced")
+#: The shapes the floors (:mod:`bench.mcp_floors`) run in: one call alone, 16 in a closed loop (the
+#: issue's 16 concurrent), and 16 paced agents.
+FLOOR_SHAPES = ("1", "16", "16_paced")
 
 
 def available() -> bool:
