@@ -670,8 +670,8 @@ def _floor_lines(light: dict[str, Any]) -> list[str]:
         "its own `SO_REUSEPORT` socket, Tether's HTTP protocol and event loop, the startup heap frozen), "
         f"run after each gateway run in the {_shape_names([s.key for s in shapes])} shapes. *Relay*: "
         "the request's bytes to the upstream and the answer's back, on Tether's HTTP/1.1 transport (the "
-        "extra hop alone). *SDK "
-        "proxy, out of the box*: the SDK's low-level `Server` behind its own stateless streamable HTTP "
+        "extra hop alone). *SDK proxy, out of the box*: the SDK's low-level `Server` behind its own "
+        "stateless streamable HTTP "
         "app, each call forwarded by its `Client` on its own transport, the tools' input schemas listed "
         "once (as Tether has its pinned ones): the SDK at both ends as the issue prescribes, and nothing "
         "else. *SDK proxy, as Tether runs the SDK*: the front's one-exchange path into the SDK's kernel "
@@ -702,7 +702,7 @@ def _floor_lines(light: dict[str, Any]) -> list[str]:
 
 
 def _shape_names(keys: list[str]) -> str:
-    """``("1", "16")`` → ``*1* and *16*``: the shapes' labels without their pauses."""
+    """``["1", "16_paced"]`` → ``*1* and *16 paced*``: the shapes' keys as the report names them."""
     names = [f"*{key.replace('_', ' ')}*" for key in keys]
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
 
