@@ -679,19 +679,21 @@ def _floor_lines(light: dict[str, Any]) -> list[str]:
         "redacts anything: the gateway minus the last one is, roughly, Tether's own work on a call "
         "(governance and the app around the SDK). On the bare wire the SDK proxies, like Tether, call "
         "the upstream on the 2026-07-28 wire, which costs it less CPU than the bare one (the upstream's "
-        "CPU per direct call above): a saving the direct call and the relay do not have, largest with "
-        "16 in a closed loop. Added p50 over direct, ms (the proxy's CPU per call, µs):",
+        "CPU per direct call above): a saving the direct call and the relay do not have"
+        + (", largest with 16 in a closed loop" if any(s.key == "16" for s in shapes) else "")
+        + ". Added p50 over direct, ms (the proxy's CPU per call, µs):",
         "",
         "| wire | connections | " + " | ".join(mcp_floors.LABELS[k] for k in kinds) + " | Tether gateway |",
         "|---|---|" + "---|" * (len(kinds) + 1),
     ]
     for suffix, wire in wires:
         for shape in shapes:
+            floors = [light.get(f"floor_{k}{suffix}_{shape.key}") for k in kinds]
+            if not any(floors):  # measured on the other wire only
+                continue
             direct = light[f"direct{suffix}_{shape.key}"]["p50_us"]
             cells = []
-            for figures in [light.get(f"floor_{k}{suffix}_{shape.key}") for k in kinds] + [
-                light[f"gateway{suffix}_{shape.key}"]
-            ]:
+            for figures in [*floors, light[f"gateway{suffix}_{shape.key}"]]:
                 if figures is None:
                     cells.append("-")
                     continue
