@@ -73,7 +73,7 @@ from bench.openbao.tether_server import Tether
 from tether.api import create_app
 from tether.api.routes_mcp import close_mcp
 from tether.broker import Broker
-from tether.config import MAX_WORKERS, Settings
+from tether.config import MAX_WORKERS, Settings, default_workers
 from tether.crypto.jose import generate_private_jwk
 from tether.sdk import AsyncAgent
 
@@ -184,6 +184,8 @@ async def setup(
 
 Call = Callable[[], Awaitable[bool]]
 MODERN = "2026-07-28"
+#: The two wire forms: the key suffix of their figures, and their name in the report.
+WIRES = (("", "bare JSON-RPC"), (f"_{MODERN}", MODERN))
 CPUS = os.cpu_count() or 1
 #: The per-request envelope of the 2026-07-28 wire, as the SDK's ``Client`` sends it.
 ENVELOPE = {
@@ -404,7 +406,7 @@ async def run(
             "setup": _setup_label(deployed, workers),
         }
         if deployed:
-            results["workers"] = workers or mcp_floors.default_workers()
+            results["workers"] = workers or default_workers()
             # Each served run says how fast the host was as it began: a second run can meet
             # another host speed than the first (the machine is shared).
             results["load"] = round(os.getloadavg()[0], 2)
@@ -430,7 +432,7 @@ def _setup_label(deployed: bool, workers: int | None) -> str:
     if not deployed:
         return "one process"
     if workers is None:
-        return f"served, {mcp_floors.default_workers()} workers (one per core)"
+        return f"served, {default_workers()} workers (one per core)"
     return f"served, {workers} worker{'s' if workers != 1 else ''}"
 
 
@@ -533,7 +535,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines += ["", *_light_lines(light, _host_line(one))]
         else:
             lines += ["", *_light_again_lines(one, results.get("cpus", 2))]
-        for suffix, wire in (("", "bare JSON-RPC"), (f"_{MODERN}", MODERN)):
+        for suffix, wire in WIRES:
             for shape in mcp_light.SHAPES:
                 what = "sequential" if shape.connections == 1 and not shape.think_ms else shape.label
                 what += " concurrent" if shape.connections > 1 and not shape.think_ms else ""
@@ -551,7 +553,7 @@ def markdown(results: dict[str, Any]) -> str:
             "| wire | direct, M | gateway, M | added, M |",
             "|---|---|---|---|",
         ]
-        for suffix, wire in (("", "bare JSON-RPC"), (f"_{MODERN}", MODERN)):
+        for suffix, wire in WIRES:
             d, g = counts["direct" + suffix], counts["gateway" + suffix]
             lines.append(f"| {wire} | {d:.2f} | {g:.2f} | {g - d:.2f} |")
     lines += ["", results["setup"], END]
@@ -638,7 +640,7 @@ def _light_table(light: dict[str, Any]) -> list[str]:
         "Tether) / Tether |",
         "|---|---|---|---|---|---|---|",
     ]
-    for suffix, wire in (("", "bare JSON-RPC"), (f"_{MODERN}", MODERN)):
+    for suffix, wire in WIRES:
         for shape in mcp_light.SHAPES:
             d, g = light[f"direct{suffix}_{shape.key}"], light[f"gateway{suffix}_{shape.key}"]
             added = light[f"added{suffix}_{shape.key}"]
@@ -654,10 +656,9 @@ def _light_table(light: dict[str, Any]) -> list[str]:
 def _floor_lines(light: dict[str, Any]) -> list[str]:
     """What the added latency is made of: the floors' rows, in the shapes they ran in (none in an
     older mcp.json, and no row for a shape an older run did not measure them in)."""
-    wires = (("", "bare JSON-RPC"), (f"_{MODERN}", MODERN))
 
     def measured(kind: str, key: str) -> bool:
-        return any(f"floor_{kind}{suffix}_{key}" in light for suffix, _ in wires)
+        return any(f"floor_{kind}{suffix}_{key}" in light for suffix, _ in WIRES)
 
     shapes = [s for s in mcp_light.SHAPES if any(measured(k, s.key) for k in mcp_floors.KINDS)]
     kinds = [k for k in mcp_floors.KINDS if any(measured(k, s.key) for s in shapes)]
@@ -686,7 +687,7 @@ def _floor_lines(light: dict[str, Any]) -> list[str]:
         "| wire | connections | " + " | ".join(mcp_floors.LABELS[k] for k in kinds) + " | Tether gateway |",
         "|---|---|" + "---|" * (len(kinds) + 1),
     ]
-    for suffix, wire in wires:
+    for suffix, wire in WIRES:
         for shape in shapes:
             floors = [light.get(f"floor_{k}{suffix}_{shape.key}") for k in kinds]
             if not any(floors):  # measured on the other wire only
@@ -761,7 +762,7 @@ async def main(argv: list[str] | None = None) -> None:
             light_seconds = 0
             print(f"no light runs: {WRK_MISSING}", flush=True)
         served_workers: list[int | None] = [None]
-        if args.also_workers and args.also_workers != mcp_floors.default_workers():
+        if args.also_workers and args.also_workers != default_workers():
             served_workers.append(args.also_workers)
         for workers in served_workers:
             runs.append(

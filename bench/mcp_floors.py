@@ -242,18 +242,10 @@ def _worker(app: ASGIApp, sock: Any, parent: int) -> None:
         runner.run(serve())
 
 
-def default_workers() -> int:
-    """How many workers ``tether server`` runs by default on this machine (one per core it may use;
-    the formula of ``Settings.worker_count``, which needs a data directory a floor does not have)."""
-    from tether._cpus import available_cpus
-    from tether.config import MAX_WORKERS
-
-    return min(available_cpus(), MAX_WORKERS)
-
-
 def main(argv: list[str]) -> None:
     """``KIND PORT UPSTREAM_URL``: serve that floor with one worker per core until SIGTERM."""
     from tether.api.workers import listen
+    from tether.config import default_workers  # tether server's count: served as it serves
 
     if len(argv) != 3 or not argv[1].isdigit():
         raise SystemExit("usage: python -m bench.mcp_floors KIND PORT UPSTREAM_URL")

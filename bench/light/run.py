@@ -31,8 +31,7 @@ from bench.light.profile import profile_activation
 from bench.openbao.procs import free_port, stop, wait_for_port
 from bench.openbao.server import KV_PATH, BaoMissingError, OpenBao
 from bench.openbao.tether_server import Tether, server_has_workers_flag
-from tether._cpus import available_cpus
-from tether.config import MAX_WORKERS
+from tether.config import default_workers
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 CONCURRENCY = 16
@@ -459,7 +458,7 @@ def parse(argv: list[str] | None) -> Options:
         generator=args.generator,
         threads=args.threads,
         max_rate=args.max_rate,
-        workers=args.workers or min(available_cpus(), MAX_WORKERS),  # tether server's default
+        workers=args.workers or default_workers(),  # tether server's default
         groups=groups,
         policy_iterations=1000 if args.quick else 5000,
         quick=args.quick,

@@ -48,6 +48,15 @@ DEFAULT_LISTEN = "127.0.0.1:8420"
 KEY_PROVIDERS = ("unsafe-dev", "env", "file")
 LOG_FORMATS = ("text", "json")
 MAX_WORKERS = 64
+
+
+def default_workers() -> int:
+    """``tether server``'s workers when the ``workers`` setting is unset: one per core this process
+    may use (its CPU affinity and cgroup CPU limit: :func:`tether._cpus.available_cpus`), at most
+    :data:`MAX_WORKERS`."""
+    return min(available_cpus(), MAX_WORKERS)
+
+
 _TRUST_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
 _DIGITS = re.compile(r"[0-9]{1,9}")
 
@@ -402,11 +411,8 @@ class Settings(BaseSettings):
 
     @property
     def worker_count(self) -> int:
-        """``workers``, or when unset one per core this process may use (its CPU affinity and
-        cgroup CPU limit: :func:`tether._cpus.available_cpus`), at most 64."""
-        if self.workers is not None:
-            return self.workers
-        return min(available_cpus(), MAX_WORKERS)
+        """``workers``, or when unset :func:`default_workers`."""
+        return self.workers if self.workers is not None else default_workers()
 
     @property
     def backend(self) -> str:
